@@ -27,21 +27,74 @@ pub struct TestCard {
 }
 
 const GENERIC: Behaviour = Behaviour::Decline("card_declined", "generic_decline", "Your card was declined.");
-const FUNDS: Behaviour =
-    Behaviour::Decline("card_declined", "insufficient_funds", "Your card has insufficient funds.");
+const FUNDS: Behaviour = Behaviour::Decline("card_declined", "insufficient_funds", "Your card has insufficient funds.");
 const EXPIRED: Behaviour = Behaviour::Decline("expired_card", "expired_card", "Your card has expired.");
 
 /// The cards the simulator recognises; any other Luhn-valid number behaves like 4242.
 pub const CARDS: &[TestCard] = &[
-    TestCard { number: "4242424242424242", brand: "visa", pm_id: "pm_card_visa", funding: "credit", behaviour: Behaviour::Succeed },
-    TestCard { number: "5555555555554444", brand: "mastercard", pm_id: "pm_card_mastercard", funding: "credit", behaviour: Behaviour::Succeed },
-    TestCard { number: "378282246310005", brand: "amex", pm_id: "pm_card_amex", funding: "credit", behaviour: Behaviour::Succeed },
-    TestCard { number: "4000002500003155", brand: "visa", pm_id: "pm_card_authenticationRequiredOnSetup", funding: "credit", behaviour: Behaviour::RequireAuthentication },
-    TestCard { number: "4000002760003184", brand: "visa", pm_id: "pm_card_authenticationRequired", funding: "credit", behaviour: Behaviour::RequireAuthentication },
-    TestCard { number: "4000000000003220", brand: "visa", pm_id: "pm_card_threeDSecure2Required", funding: "credit", behaviour: Behaviour::RequireAuthentication },
-    TestCard { number: "4000000000000002", brand: "visa", pm_id: "pm_card_visa_chargeDeclined", funding: "credit", behaviour: GENERIC },
-    TestCard { number: "4000000000009995", brand: "visa", pm_id: "pm_card_visa_chargeDeclinedInsufficientFunds", funding: "credit", behaviour: FUNDS },
-    TestCard { number: "4000000000000069", brand: "visa", pm_id: "pm_card_chargeDeclinedExpiredCard", funding: "credit", behaviour: EXPIRED },
+    TestCard {
+        number: "4242424242424242",
+        brand: "visa",
+        pm_id: "pm_card_visa",
+        funding: "credit",
+        behaviour: Behaviour::Succeed,
+    },
+    TestCard {
+        number: "5555555555554444",
+        brand: "mastercard",
+        pm_id: "pm_card_mastercard",
+        funding: "credit",
+        behaviour: Behaviour::Succeed,
+    },
+    TestCard {
+        number: "378282246310005",
+        brand: "amex",
+        pm_id: "pm_card_amex",
+        funding: "credit",
+        behaviour: Behaviour::Succeed,
+    },
+    TestCard {
+        number: "4000002500003155",
+        brand: "visa",
+        pm_id: "pm_card_authenticationRequiredOnSetup",
+        funding: "credit",
+        behaviour: Behaviour::RequireAuthentication,
+    },
+    TestCard {
+        number: "4000002760003184",
+        brand: "visa",
+        pm_id: "pm_card_authenticationRequired",
+        funding: "credit",
+        behaviour: Behaviour::RequireAuthentication,
+    },
+    TestCard {
+        number: "4000000000003220",
+        brand: "visa",
+        pm_id: "pm_card_threeDSecure2Required",
+        funding: "credit",
+        behaviour: Behaviour::RequireAuthentication,
+    },
+    TestCard {
+        number: "4000000000000002",
+        brand: "visa",
+        pm_id: "pm_card_visa_chargeDeclined",
+        funding: "credit",
+        behaviour: GENERIC,
+    },
+    TestCard {
+        number: "4000000000009995",
+        brand: "visa",
+        pm_id: "pm_card_visa_chargeDeclinedInsufficientFunds",
+        funding: "credit",
+        behaviour: FUNDS,
+    },
+    TestCard {
+        number: "4000000000000069",
+        brand: "visa",
+        pm_id: "pm_card_chargeDeclinedExpiredCard",
+        funding: "credit",
+        behaviour: EXPIRED,
+    },
 ];
 
 /// Finds a test card by its `pm_card_*` id.
@@ -91,7 +144,7 @@ pub fn luhn_valid(number: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 #[cfg(test)]

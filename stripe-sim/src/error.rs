@@ -6,9 +6,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// One API failure. Built through the constructors so each kind keeps Stripe's status.
+/// Boxed so that `Result<_, ApiError>` stays one pointer wide on the happy path.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}: {message}")]
-pub struct ApiError {
+#[error("{}: {}", .0.kind, .0.message)]
+pub struct ApiError(Box<ErrorDetail>);
+
+/// What an [`ApiError`] says.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
     /// HTTP status Stripe uses for this failure.
     pub status: StatusCode,
     /// Stripe's `type`: `invalid_request_error`, `card_error`, `idempotency_error`, `api_error`.
@@ -27,7 +32,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ErrorDetail {
             status,
             kind,
             code: None,
@@ -35,7 +40,7 @@ impl ApiError {
             param: None,
             decline_code: None,
             extra: Vec::new(),
-        }
+        }))
     }
 
     /// 400 `invalid_request_error`.
@@ -75,8 +80,7 @@ impl ApiError {
     /// A transient server-side failure (500 `api_error`) or rate limit (429), injected by faults.
     pub fn transient(status: StatusCode) -> Self {
         if status == StatusCode::TOO_MANY_REQUESTS {
-            Self::new(status, "invalid_request_error", "Too many requests hit the API too quickly.")
-                .code("rate_limit")
+            Self::new(status, "invalid_request_error", "Too many requests hit the API too quickly.").code("rate_limit")
         } else {
             Self::new(status, "api_error", "An unexpected error occurred inside the simulator (injected fault).")
         }
@@ -93,16 +97,12 @@ impl ApiError {
 
     /// 405-free variant Stripe uses for a missing required parameter.
     pub fn param_missing(param: &str) -> Self {
-        Self::invalid(format!("Missing required param: {param}."))
-            .code("parameter_missing")
-            .param(param)
+        Self::invalid(format!("Missing required param: {param}.")).code("parameter_missing").param(param)
     }
 
     /// A parameter the endpoint does not accept.
     pub fn param_unknown(param: &str) -> Self {
-        Self::invalid(format!("Received unknown parameter: {param}"))
-            .code("parameter_unknown")
-            .param(param)
+        Self::invalid(format!("Received unknown parameter: {param}")).code("parameter_unknown").param(param)
     }
 
     /// Sets `code`.
@@ -129,7 +129,10 @@ impl ApiError {
         let obj = error.as_object_mut().expect("literal object");
         if let Some(code) = &self.code {
             obj.insert("code".into(), json!(code));
-            obj.insert("doc_url".into(), json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))));
+            obj.insert(
+                "doc_url".into(),
+                json!(format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-"))),
+            );
         }
         if let Some(param) = &self.param {
             obj.insert("param".into(), json!(param));
@@ -141,6 +144,20 @@ impl ApiError {
             obj.insert((*k).into(), v.clone());
         }
         json!({ "error": error })
+    }
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = ErrorDetail;
+
+    fn deref(&self) -> &ErrorDetail {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorDetail {
+        &mut self.0
     }
 }
 

@@ -64,10 +64,8 @@ fn arrays_from_indexed_objects(value: &mut Value) {
     if map.is_empty() || !map.keys().all(|k| k.parse::<usize>().is_ok()) {
         return;
     }
-    let mut items: Vec<(usize, Value)> = std::mem::take(map)
-        .into_iter()
-        .map(|(k, v)| (k.parse().expect("checked above"), v))
-        .collect();
+    let mut items: Vec<(usize, Value)> =
+        std::mem::take(map).into_iter().map(|(k, v)| (k.parse().expect("checked above"), v)).collect();
     items.sort_by_key(|(i, _)| *i);
     *value = Value::Array(items.into_iter().map(|(_, v)| v).collect());
 }

@@ -58,14 +58,11 @@ pub fn currency(raw: Option<&Value>) -> Result<String, ApiError> {
 
 /// Parses an integer parameter the way Stripe does (`12.5` or `abc` is `parameter_invalid_integer`).
 pub fn integer(raw: &Value, param: &str) -> Result<i64, ApiError> {
-    raw.as_str()
-        .and_then(|s| s.parse::<i64>().ok())
-        .or_else(|| raw.as_i64())
-        .ok_or_else(|| {
-            ApiError::invalid(format!("Invalid integer: {}", raw.as_str().unwrap_or_default()))
-                .code("parameter_invalid_integer")
-                .param(param)
-        })
+    raw.as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| raw.as_i64()).ok_or_else(|| {
+        ApiError::invalid(format!("Invalid integer: {}", raw.as_str().unwrap_or_default()))
+            .code("parameter_invalid_integer")
+            .param(param)
+    })
 }
 
 /// Validates a PaymentIntent amount for `currency`.

@@ -325,7 +325,13 @@ pub fn refund(charge: &Value, amount: i64, reason: Option<&str>, metadata: Value
 }
 
 /// A webhook endpoint (the `secret` is included only in the create response, as Stripe does).
-pub fn webhook_endpoint(id: &str, url: &str, enabled_events: &[String], description: Option<&str>, application: Option<&str>) -> Value {
+pub fn webhook_endpoint(
+    id: &str,
+    url: &str,
+    enabled_events: &[String],
+    description: Option<&str>,
+    application: Option<&str>,
+) -> Value {
     json!({
         "id": id,
         "object": "webhook_endpoint",
@@ -347,7 +353,14 @@ pub fn application(client_id: &str, name: &str) -> Value {
 }
 
 /// An event of `kind` about `object`. `account` is set for connected accounts only.
-pub fn event(kind: &str, object: &Value, account: Option<&str>, previous: Option<Value>, request: (Option<&str>, Option<&str>), pending: usize) -> Value {
+pub fn event(
+    kind: &str,
+    object: &Value,
+    account: Option<&str>,
+    previous: Option<Value>,
+    request: (Option<&str>, Option<&str>),
+    pending: usize,
+) -> Value {
     let mut data = json!({"object": object});
     if let Some(prev) = previous {
         data["previous_attributes"] = prev;

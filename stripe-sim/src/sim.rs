@@ -149,8 +149,8 @@ impl Sim {
         op: impl FnOnce(&mut Tx<'_>) -> ApiResult<Value>,
     ) -> Response {
         let (result, emitted, later) = self.with_world(|world| {
-            if let Some(key) = idempotency_key {
-                if let Some(saved) = world.idempotency.get(&(account.to_owned(), key.to_owned())) {
+            if let Some(key) = idempotency_key
+                && let Some(saved) = world.idempotency.get(&(account.to_owned(), key.to_owned())) {
                     if saved.fingerprint != fingerprint {
                         let err = ApiError::idempotency(format!(
                             "Keys for idempotent requests can only be used with the same parameters they were first used with. \
@@ -161,7 +161,6 @@ impl Sim {
                     let status = StatusCode::from_u16(saved.status).unwrap_or(StatusCode::OK);
                     return (Ok((status, saved.body.clone(), true)), vec![], vec![]);
                 }
-            }
             let mut tx = Tx {
                 world,
                 account: account.to_owned(),
@@ -177,14 +176,13 @@ impl Sim {
                 Ok(v) => (StatusCode::OK, v),
                 Err(e) => (e.status, e.body()),
             };
-            if let Some(key) = idempotency_key {
-                if status.is_success() || status == StatusCode::PAYMENT_REQUIRED {
+            if let Some(key) = idempotency_key
+                && (status.is_success() || status == StatusCode::PAYMENT_REQUIRED) {
                     world.idempotency.insert(
                         (account.to_owned(), key.to_owned()),
                         IdempotentResult { fingerprint, status: status.as_u16(), body: body.clone() },
                     );
                 }
-            }
             (Ok((status, body, false)), emitted, later)
         });
         self.deliver(emitted);
@@ -198,7 +196,8 @@ impl Sim {
                     resp.headers_mut().insert("stripe-should-retry", "false".parse().expect("static"));
                 }
                 if let Some(key) = idempotency_key {
-                    resp.headers_mut().insert("idempotency-key", key.parse().unwrap_or_else(|_| "invalid".parse().expect("static")));
+                    resp.headers_mut()
+                        .insert("idempotency-key", key.parse().unwrap_or_else(|_| "invalid".parse().expect("static")));
                 }
                 if replayed {
                     resp.headers_mut().insert("idempotent-replayed", "true".parse().expect("static"));

@@ -63,9 +63,11 @@ impl Collection {
             Some(raw) => {
                 let n = crate::money::integer(raw, "limit")?;
                 if !(1..=100).contains(&n) {
-                    return Err(ApiError::invalid("This value must be between 1 and 100 (it currently is out of range).")
-                        .code("parameter_invalid_integer")
-                        .param("limit"));
+                    return Err(ApiError::invalid(
+                        "This value must be between 1 and 100 (it currently is out of range).",
+                    )
+                    .code("parameter_invalid_integer")
+                    .param("limit"));
                 }
                 n as usize
             }
@@ -217,8 +219,19 @@ impl Faults {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f != Faults::default().$f { self.$f = other.$f; } )* };
         }
-        take!(api_errors, api_error_status, api_delays, api_delay_ms, webhook_duplicate, webhook_reorder,
-              webhook_delays, webhook_delay_ms, webhook_drop_attempts, decline_next_confirm, processing_delay_ms);
+        take!(
+            api_errors,
+            api_error_status,
+            api_delays,
+            api_delay_ms,
+            webhook_duplicate,
+            webhook_reorder,
+            webhook_delays,
+            webhook_delay_ms,
+            webhook_drop_attempts,
+            decline_next_confirm,
+            processing_delay_ms
+        );
     }
 }
 
@@ -325,7 +338,14 @@ impl World {
     }
 
     /// Creates a test account; `connected` says whether the platform is already authorised on it.
-    pub fn create_account(&mut self, email: Option<&str>, name: Option<&str>, country: &str, currency: &str, connected: bool) -> String {
+    pub fn create_account(
+        &mut self,
+        email: Option<&str>,
+        name: Option<&str>,
+        country: &str,
+        currency: &str,
+        connected: bool,
+    ) -> String {
         let id = crate::ids::new_id("acct");
         let object = objects::account(&id, email, name, country, currency);
         self.accounts.insert(id.clone(), AccountData::new(object, connected));

@@ -4,13 +4,13 @@ use super::{ApiRequest, secret_caller};
 use crate::error::ApiError;
 use crate::sim::Sim;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 /// `GET /v1/account`: the account the key (and `Stripe-Account`) acts on.
 pub async fn current(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| Ok(w.account(&who.account)?.object.clone()))
 }
@@ -19,7 +19,7 @@ pub async fn current(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| {
         let visible = id == who.account || (!who.connected && w.accounts.get(&id).is_some_and(|a| a.connected));

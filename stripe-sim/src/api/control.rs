@@ -29,8 +29,8 @@ pub struct NewAccount {
 
 /// `POST /_sim/accounts`: creates a Standard account, connected to the platform by default.
 pub async fn create_account(State(sim): State<Sim>, headers: HeaderMap, body: Option<Json<NewAccount>>) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     let spec = body.map(|b| b.0).unwrap_or_default();
     let (id, pk, account) = sim.with_world(|w| {
@@ -44,14 +44,15 @@ pub async fn create_account(State(sim): State<Sim>, headers: HeaderMap, body: Op
         let a = &w.accounts[&id];
         (id.clone(), a.publishable_key.clone(), a.object.clone())
     });
-    Json(json!({"id": id, "publishable_key": pk, "connected": spec.connected.unwrap_or(true), "account": account})).into_response()
+    Json(json!({"id": id, "publishable_key": pk, "connected": spec.connected.unwrap_or(true), "account": account}))
+        .into_response()
 }
 
 /// `POST /_sim/reset`: forgets every account, object, event, endpoint created through the API,
 /// fault and log; start-up endpoints stay. Deliveries in flight stop retrying.
 pub async fn reset(State(sim): State<Sim>, headers: HeaderMap) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     sim.with_world(|w| {
         let mut fresh = crate::state::World::new(&sim.config().platform_name);
@@ -68,16 +69,16 @@ pub async fn reset(State(sim): State<Sim>, headers: HeaderMap) -> Response {
 
 /// `GET /_sim/faults`: faults still waiting to fire.
 pub async fn faults(State(sim): State<Sim>, headers: HeaderMap) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     Json(sim.with_world(|w| w.faults.clone())).into_response()
 }
 
 /// `POST /_sim/faults` with a JSON [`Faults`]: adds those faults (fields left out keep their value).
 pub async fn set_faults(State(sim): State<Sim>, headers: HeaderMap, Json(f): Json<Faults>) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     Json(sim.with_world(|w| {
         w.faults.merge(f);
@@ -88,8 +89,8 @@ pub async fn set_faults(State(sim): State<Sim>, headers: HeaderMap, Json(f): Jso
 
 /// `DELETE /_sim/faults`: clears every fault.
 pub async fn clear_faults(State(sim): State<Sim>, headers: HeaderMap) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     sim.with_world(|w| {
         w.faults = Faults::default();
@@ -100,16 +101,16 @@ pub async fn clear_faults(State(sim): State<Sim>, headers: HeaderMap) -> Respons
 
 /// `GET /_sim/deliveries`: every webhook delivery attempt, oldest first.
 pub async fn deliveries(State(sim): State<Sim>, headers: HeaderMap) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     Json(json!({"data": sim.with_world(|w| w.deliveries.clone())})).into_response()
 }
 
 /// `GET /_sim/receipts`: receipt e-mails "sent" for succeeded payments, oldest first.
 pub async fn receipts(State(sim): State<Sim>, headers: HeaderMap) -> Response {
-    if let Err(r) = require_platform_secret(&sim, &headers) {
-        return r;
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
     }
     Json(json!({"data": sim.with_world(|w| w.receipts.clone())})).into_response()
 }

@@ -14,11 +14,13 @@ use serde_json::{Value, json};
 pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let kind = req.str("type").map(str::to_owned);
     sim.read(|w| {
-        w.account(&who.account)?.events.page(&req.params, "/v1/events", |e| kind.as_deref().is_none_or(|k| e["type"] == k))
+        w.account(&who.account)?
+            .events
+            .page(&req.params, "/v1/events", |e| kind.as_deref().is_none_or(|k| e["type"] == k))
     })
 }
 
@@ -26,7 +28,7 @@ pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| w.account(&who.account)?.events.get(&id).cloned().ok_or_else(|| ApiError::missing("event", &id, "id")))
 }
@@ -36,10 +38,11 @@ pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRe
 pub async fn create_endpoint(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if who.connected {
-        return ApiError::invalid("Webhook endpoints are created on the platform account, without Stripe-Account.").into_response();
+        return ApiError::invalid("Webhook endpoints are created on the platform account, without Stripe-Account.")
+            .into_response();
     }
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(&["url", "enabled_events", "connect", "description", "api_version", "metadata"])?;
@@ -76,8 +79,8 @@ pub async fn create_endpoint(State(sim): State<Sim>, req: ApiRequest) -> Respons
 
 /// `GET /v1/webhook_endpoints`.
 pub async fn list_endpoints(State(sim): State<Sim>, req: ApiRequest) -> Response {
-    if let Err(r) = secret_caller(&sim, &req) {
-        return r;
+    if let Err(e) = secret_caller(&sim, &req) {
+        return e.into_response();
     }
     sim.read(|w| {
         let data: Vec<Value> = w.endpoints.iter().rev().map(|e| e.object.clone()).collect();
@@ -87,8 +90,8 @@ pub async fn list_endpoints(State(sim): State<Sim>, req: ApiRequest) -> Response
 
 /// `GET /v1/webhook_endpoints/{id}`.
 pub async fn retrieve_endpoint(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
-    if let Err(r) = secret_caller(&sim, &req) {
-        return r;
+    if let Err(e) = secret_caller(&sim, &req) {
+        return e.into_response();
     }
     sim.read(|w| {
         w.endpoints
@@ -103,7 +106,7 @@ pub async fn retrieve_endpoint(State(sim): State<Sim>, Path(id): Path<String>, r
 pub async fn delete_endpoint(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, None, req.fingerprint(), |tx| {
         let before = tx.world.endpoints.len();

@@ -140,7 +140,8 @@ impl<S: Send + Sync> FromRequest<S> for ApiRequest {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         let body_params = if is_json {
-            serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")).into_response())?
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")).into_response())?
         } else {
             crate::form::decode(&body)
         };
@@ -166,10 +167,10 @@ impl ApiRequest {
     /// Stripe.js parameters are always allowed.
     pub fn only(&self, allowed: &[&str]) -> ApiResult<()> {
         const ALWAYS: &[&str] = &["expand", "key", "_stripe_account", "client_secret"];
-        if let Some(map) = self.params.as_object() {
-            if let Some(bad) = map.keys().find(|k| !allowed.contains(&k.as_str()) && !ALWAYS.contains(&k.as_str())) {
-                return Err(ApiError::param_unknown(bad));
-            }
+        if let Some(map) = self.params.as_object()
+            && let Some(bad) = map.keys().find(|k| !allowed.contains(&k.as_str()) && !ALWAYS.contains(&k.as_str()))
+        {
+            return Err(ApiError::param_unknown(bad));
         }
         Ok(())
     }
@@ -257,10 +258,7 @@ pub fn authenticate(sim: &Sim, req: &ApiRequest) -> ApiResult<Caller> {
         } else {
             return Err(ApiError::unauthorized(format!("Invalid API Key provided: {}", mask(key))));
         };
-        let requested = req
-            .header("stripe-account")
-            .or_else(|| req.str("_stripe_account"))
-            .map(str::to_owned);
+        let requested = req.header("stripe-account").or_else(|| req.str("_stripe_account")).map(str::to_owned);
         let account = match (own_account, requested) {
             (Some(own), Some(req)) if own != req => {
                 return Err(ApiError::permission(format!("The provided key does not have access to account '{req}'.")));
@@ -282,20 +280,20 @@ pub fn authenticate(sim: &Sim, req: &ApiRequest) -> ApiResult<Caller> {
     })
 }
 
-/// Shorthand for handlers: authenticate or answer with the error.
-pub fn caller(sim: &Sim, req: &ApiRequest) -> Result<Caller, Response> {
-    authenticate(sim, req).map_err(IntoResponse::into_response)
+/// Shorthand for handlers.
+pub fn caller(sim: &Sim, req: &ApiRequest) -> ApiResult<Caller> {
+    authenticate(sim, req)
 }
 
 /// Shorthand for secret-key-only handlers.
-pub fn secret_caller(sim: &Sim, req: &ApiRequest) -> Result<Caller, Response> {
+pub fn secret_caller(sim: &Sim, req: &ApiRequest) -> ApiResult<Caller> {
     let who = caller(sim, req)?;
-    who.require_secret().map_err(IntoResponse::into_response)?;
+    who.require_secret()?;
     Ok(who)
 }
 
 /// Authenticates a control-API (`/_sim`) request: the platform secret key only.
-pub fn require_platform_secret(sim: &Sim, headers: &HeaderMap) -> Result<(), Response> {
+pub fn require_platform_secret(sim: &Sim, headers: &HeaderMap) -> ApiResult<()> {
     let ok = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -304,7 +302,6 @@ pub fn require_platform_secret(sim: &Sim, headers: &HeaderMap) -> Result<(), Res
     if ok {
         Ok(())
     } else {
-        Err(ApiError::unauthorized("The simulator's control API needs the platform secret key as a Bearer token.")
-            .into_response())
+        Err(ApiError::unauthorized("The simulator's control API needs the platform secret key as a Bearer token."))
     }
 }

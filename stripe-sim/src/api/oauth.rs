@@ -3,8 +3,8 @@
 //! the single-use code exchange (`POST /oauth/token`) and `POST /oauth/deauthorize`.
 //! OAuth errors use OAuth's own shape, `{"error","error_description"}`, as Stripe's do.
 
-use super::pages::escape;
 use super::ApiRequest;
+use super::pages::escape;
 use crate::ids::{now, random_token};
 use crate::objects;
 use crate::sim::Sim;
@@ -46,7 +46,8 @@ pub async fn authorize_page(State(sim): State<Sim>, Query(q): Query<HashMap<Stri
     if !SCOPES.contains(&scope) {
         return error_page("scope must be read_write or read_only.");
     }
-    let Some(redirect_uri) = q.get("redirect_uri").filter(|u| u.starts_with("http://") || u.starts_with("https://")) else {
+    let Some(redirect_uri) = q.get("redirect_uri").filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+    else {
         return error_page("A valid redirect_uri is required.");
     };
     let state = q.get("state").cloned().unwrap_or_default();
@@ -54,7 +55,9 @@ pub async fn authorize_page(State(sim): State<Sim>, Query(q): Query<HashMap<Stri
         w.accounts
             .iter()
             .filter(|(id, _)| **id != w.platform)
-            .map(|(id, a)| (id.clone(), a.object["business_profile"]["name"].as_str().unwrap_or("Unnamed account").to_owned()))
+            .map(|(id, a)| {
+                (id.clone(), a.object["business_profile"]["name"].as_str().unwrap_or("Unnamed account").to_owned())
+            })
             .collect()
     });
     let mut options = String::new();
@@ -101,16 +104,23 @@ pub async fn authorize_decision(State(sim): State<Sim>, req: ApiRequest) -> Resp
     if req.str("client_id") != Some(cfg.client_id.as_str()) {
         return error_page("Unknown client_id.");
     }
-    let Some(redirect_uri) = req.str("redirect_uri").filter(|u| u.starts_with("http://") || u.starts_with("https://")) else {
+    let Some(redirect_uri) = req.str("redirect_uri").filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+    else {
         return error_page("A valid redirect_uri is required.");
     };
     let state = req.str("state").unwrap_or_default();
     let sep = if redirect_uri.contains('?') { '&' } else { '?' };
     let encode = |pairs: &[(&str, &str)]| {
-        form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty())).finish()
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs.iter().filter(|(_, v)| !v.is_empty()))
+            .finish()
     };
     if req.str("decision") != Some("allow") {
-        let query = encode(&[("error", "access_denied"), ("error_description", "The user denied your request"), ("state", state)]);
+        let query = encode(&[
+            ("error", "access_denied"),
+            ("error_description", "The user denied your request"),
+            ("state", state),
+        ]);
         return Redirect::to(&format!("{redirect_uri}{sep}{query}")).into_response();
     }
     let scope = req.str("scope").filter(|s| SCOPES.contains(s)).unwrap_or("read_only").to_owned();
@@ -124,7 +134,8 @@ pub async fn authorize_decision(State(sim): State<Sim>, req: ApiRequest) -> Resp
             Some(id) if w.accounts.contains_key(id) && id != w.platform => id.to_owned(),
             Some(_) => return Err("That account does not exist."),
         };
-        w.oauth_codes.insert(code.clone(), OAuthGrant { account, scope: scope.clone(), expires_at: now() + CODE_TTL_SECS });
+        w.oauth_codes
+            .insert(code.clone(), OAuthGrant { account, scope: scope.clone(), expires_at: now() + CODE_TTL_SECS });
         Ok(())
     });
     if let Err(msg) = picked {
@@ -143,7 +154,11 @@ fn client_secret_ok(sim: &Sim, req: &ApiRequest) -> bool {
 /// publishable key and an access token.
 pub async fn token(State(sim): State<Sim>, req: ApiRequest) -> Response {
     if !client_secret_ok(&sim, &req) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "No valid client secret (the platform's secret key) was provided.");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "No valid client secret (the platform's secret key) was provided.",
+        );
     }
     let grant_type = req.str("grant_type").unwrap_or_default().to_owned();
     let result = sim.with_world(|w| {
@@ -151,7 +166,10 @@ pub async fn token(State(sim): State<Sim>, req: ApiRequest) -> Response {
             "authorization_code" => {
                 let code = req.str("code").ok_or(("invalid_request", "No authorization code provided".to_owned()))?;
                 // Removing it first makes the code single-use even when the exchange fails below.
-                let grant = w.oauth_codes.remove(code).ok_or(("invalid_grant", format!("Authorization code does not exist or was already used: {code}")))?;
+                let grant = w.oauth_codes.remove(code).ok_or((
+                    "invalid_grant",
+                    format!("Authorization code does not exist or was already used: {code}"),
+                ))?;
                 if grant.expires_at < now() {
                     return Err(("invalid_grant", format!("Authorization code expired: {code}")));
                 }
@@ -159,7 +177,8 @@ pub async fn token(State(sim): State<Sim>, req: ApiRequest) -> Response {
             }
             "refresh_token" => {
                 let rt = req.str("refresh_token").unwrap_or_default();
-                let account = w.access_tokens.get(rt).cloned().ok_or(("invalid_grant", "Invalid refresh token".to_owned()))?;
+                let account =
+                    w.access_tokens.get(rt).cloned().ok_or(("invalid_grant", "Invalid refresh token".to_owned()))?;
                 if !w.accounts.get(&account).is_some_and(|a| a.connected) {
                     return Err(("invalid_grant", "The account has disconnected from your platform.".to_owned()));
                 }
@@ -189,7 +208,11 @@ pub async fn token(State(sim): State<Sim>, req: ApiRequest) -> Response {
 /// sends `account.application.deauthorized` to Connect endpoints.
 pub async fn deauthorize(State(sim): State<Sim>, req: ApiRequest) -> Response {
     if !client_secret_ok(&sim, &req) {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "No valid client secret (the platform's secret key) was provided.");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "No valid client secret (the platform's secret key) was provided.",
+        );
     }
     let cfg = sim.config();
     if req.str("client_id") != Some(cfg.client_id.as_str()) {
@@ -203,8 +226,11 @@ pub async fn deauthorize(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let resp = sim.write(&platform, None, req.fingerprint(), |tx| {
         let connected = tx.world.accounts.get(&user).is_some_and(|a| a.connected && user != tx.world.platform);
         if !connected {
-            return Err(crate::error::ApiError::invalid(format!("Stripe user {user} is not connected to client {}.", cfg.client_id))
-                .code("invalid_client"));
+            return Err(crate::error::ApiError::invalid(format!(
+                "Stripe user {user} is not connected to client {}.",
+                cfg.client_id
+            ))
+            .code("invalid_client"));
         }
         let acct = tx.world.accounts.get_mut(&user).expect("checked above");
         acct.connected = false;
@@ -215,7 +241,10 @@ pub async fn deauthorize(State(sim): State<Sim>, req: ApiRequest) -> Response {
     if resp.status().is_success() {
         resp
     } else {
-        oauth_error(StatusCode::BAD_REQUEST, "invalid_client", &format!("Stripe user {user} is not connected to client {}.", cfg.client_id))
+        oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client",
+            &format!("Stripe user {user} is not connected to client {}.", cfg.client_id),
+        )
     }
 }
-

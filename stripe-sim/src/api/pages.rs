@@ -47,12 +47,20 @@ pub async fn stripe_js() -> Response {
 
 /// `GET /3ds/{id}`: the issuer's challenge page. Buttons report the outcome to
 /// `/_sim/3ds/{id}`, then tell the opener (Stripe.js stand-in) or follow `return_url`.
-pub async fn three_ds_page(State(sim): State<Sim>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn three_ds_page(
+    State(sim): State<Sim>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let secret = q.get("client_secret").cloned().unwrap_or_default();
     let account = q.get("account").cloned().unwrap_or_default();
     let found = sim.with_world(|w| {
         let acct = if account.is_empty() { w.platform.clone() } else { account.clone() };
-        w.accounts.get(&acct).and_then(|a| a.payment_intents.get(&id)).filter(|pi| pi["client_secret"] == secret.as_str()).cloned()
+        w.accounts
+            .get(&acct)
+            .and_then(|a| a.payment_intents.get(&id))
+            .filter(|pi| pi["client_secret"] == secret.as_str())
+            .cloned()
     });
     let Some(pi) = found else {
         return (StatusCode::NOT_FOUND, page("Not found", "<p>No such payment to authenticate.</p>")).into_response();
@@ -103,7 +111,9 @@ fn js(s: &str) -> String {
 pub async fn receipt(State(sim): State<Sim>, Path(id): Path<String>) -> Response {
     let found = sim.with_world(|w| {
         w.accounts.values().find_map(|a| {
-            a.charges.get(&id).map(|ch| (ch.clone(), a.object["business_profile"]["name"].as_str().unwrap_or("").to_owned()))
+            a.charges
+                .get(&id)
+                .map(|ch| (ch.clone(), a.object["business_profile"]["name"].as_str().unwrap_or("").to_owned()))
         })
     });
     let Some((ch, merchant)) = found else {
@@ -122,7 +132,11 @@ pub async fn receipt(State(sim): State<Sim>, Path(id): Path<String>) -> Response
         escape(ch["receipt_email"].as_str().unwrap_or("")),
     );
     if refunded > 0 {
-        let _ = write!(body, "<p>Refunded: {}</p>", escape(&money::display(refunded, ch["currency"].as_str().unwrap_or("aud"))));
+        let _ = write!(
+            body,
+            "<p>Refunded: {}</p>",
+            escape(&money::display(refunded, ch["currency"].as_str().unwrap_or("aud")))
+        );
     }
     body.push_str("</main>");
     page("Receipt", &body).into_response()

@@ -12,22 +12,40 @@ use crate::objects::{self, ChargeOutcome, NewPaymentIntent};
 use crate::sim::{Sim, Tx};
 use crate::state::{AccountData, Receipt, World};
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const CREATE_PARAMS: &[&str] = &[
-    "amount", "currency", "description", "receipt_email", "metadata", "automatic_payment_methods",
-    "payment_method_types", "statement_descriptor_suffix", "statement_descriptor", "application_fee_amount",
-    "capture_method", "confirm", "payment_method", "return_url",
+    "amount",
+    "currency",
+    "description",
+    "receipt_email",
+    "metadata",
+    "automatic_payment_methods",
+    "payment_method_types",
+    "statement_descriptor_suffix",
+    "statement_descriptor",
+    "application_fee_amount",
+    "capture_method",
+    "confirm",
+    "payment_method",
+    "return_url",
 ];
 const UPDATE_PARAMS: &[&str] = &[
-    "amount", "currency", "description", "receipt_email", "metadata", "statement_descriptor_suffix",
-    "application_fee_amount", "payment_method",
+    "amount",
+    "currency",
+    "description",
+    "receipt_email",
+    "metadata",
+    "statement_descriptor_suffix",
+    "application_fee_amount",
+    "payment_method",
 ];
 const CONFIRM_PARAMS: &[&str] = &["payment_method", "receipt_email", "return_url", "use_stripe_sdk"];
 const CANCEL_REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer", "abandoned"];
-const CANCELABLE: &[&str] = &["requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"];
+const CANCELABLE: &[&str] =
+    &["requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"];
 /// Stripe's limits on metadata.
 const METADATA_MAX_KEYS: usize = 50;
 const METADATA_MAX_KEY_LEN: usize = 40;
@@ -37,7 +55,7 @@ const METADATA_MAX_VALUE_LEN: usize = 500;
 pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(CREATE_PARAMS)?;
@@ -45,7 +63,7 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
         let amount = money::amount(req.params.get("amount"), &currency)?;
         let automatic = match req.params.get("automatic_payment_methods") {
             Some(v) => bool_param(&v["enabled"], "automatic_payment_methods[enabled]")?,
-            None => !req.params.get("payment_method_types").is_some(),
+            None => req.params.get("payment_method_types").is_none(),
         };
         let types = payment_method_types(&req, automatic)?;
         let fee = application_fee(&req, amount, &who)?;
@@ -85,7 +103,7 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| {
         let acct = w.account(&who.account)?;
@@ -98,14 +116,17 @@ pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRe
 pub async fn update(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(UPDATE_PARAMS)?;
         let pi = find(tx.acct(), &id, &req, &who)?.clone();
         let status = pi["status"].as_str().unwrap_or_default();
         if !matches!(status, "requires_payment_method" | "requires_confirmation" | "requires_action") {
-            return Err(unexpected_state(&pi, &format!("You cannot update this PaymentIntent because it has a status of {status}.")));
+            return Err(unexpected_state(
+                &pi,
+                &format!("You cannot update this PaymentIntent because it has a status of {status}."),
+            ));
         }
         let currency = match req.params.get("currency") {
             Some(c) => money::currency(Some(c))?,
@@ -127,7 +148,10 @@ pub async fn update(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequ
             changes.insert("receipt_email".into(), json!(email_param(&req)?));
         }
         if req.params.get("statement_descriptor_suffix").is_some() {
-            changes.insert("statement_descriptor_suffix".into(), json!(text_param(&req, "statement_descriptor_suffix", 22)?));
+            changes.insert(
+                "statement_descriptor_suffix".into(),
+                json!(text_param(&req, "statement_descriptor_suffix", 22)?),
+            );
         }
         if let Some(m) = req.params.get("metadata") {
             changes.insert("metadata".into(), metadata(Some(m), &pi["metadata"])?);
@@ -152,7 +176,7 @@ pub async fn update(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequ
 pub async fn confirm(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(CONFIRM_PARAMS)?;
@@ -166,19 +190,19 @@ pub async fn confirm(State(sim): State<Sim>, Path(id): Path<String>, req: ApiReq
 pub async fn cancel(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(&["cancellation_reason"])?;
         let reason = req.str("cancellation_reason");
-        if let Some(r) = reason {
-            if !CANCEL_REASONS.contains(&r) {
-                return Err(ApiError::invalid(format!(
-                    "Invalid cancellation_reason: must be one of {}",
-                    CANCEL_REASONS.join(", ")
-                ))
-                .param("cancellation_reason"));
-            }
+        if let Some(r) = reason
+            && !CANCEL_REASONS.contains(&r)
+        {
+            return Err(ApiError::invalid(format!(
+                "Invalid cancellation_reason: must be one of {}",
+                CANCEL_REASONS.join(", ")
+            ))
+            .param("cancellation_reason"));
         }
         let pi = find(tx.acct(), &id, &req, &who)?.clone();
         let status = pi["status"].as_str().unwrap_or_default();
@@ -207,7 +231,7 @@ pub async fn cancel(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequ
 pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| w.account(&who.account)?.payment_intents.page(&req.params, "/v1/payment_intents", |_| true))
 }
@@ -216,15 +240,18 @@ pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn create_payment_method(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(&["type", "card", "billing_details", "metadata"])?;
         if req.str("type") != Some("card") {
-            return Err(ApiError::invalid("Only type=card PaymentMethods are supported by the simulator.").param("type"));
+            return Err(
+                ApiError::invalid("Only type=card PaymentMethods are supported by the simulator.").param("type")
+            );
         }
         let card = &req.params["card"];
-        let number: String = card["number"].as_str().unwrap_or_default().chars().filter(|c| !c.is_whitespace()).collect();
+        let number: String =
+            card["number"].as_str().unwrap_or_default().chars().filter(|c| !c.is_whitespace()).collect();
         let test_card = cards::by_number(&number).ok_or_else(|| {
             ApiError::card("incorrect_number", None, "Your card number is incorrect.").param("card[number]")
         })?;
@@ -232,11 +259,13 @@ pub async fn create_payment_method(State(sim): State<Sim>, req: ApiRequest) -> R
         let year = card.get("exp_year").map(|v| money::integer(v, "card[exp_year]")).transpose()?.unwrap_or(0);
         let year = if (0..100).contains(&year) { 2000 + year } else { year };
         if !(1..=12).contains(&month) {
-            return Err(ApiError::card("invalid_expiry_month", None, "Your card's expiration month is invalid.").param("card[exp_month]"));
+            return Err(ApiError::card("invalid_expiry_month", None, "Your card's expiration month is invalid.")
+                .param("card[exp_month]"));
         }
         let (this_year, this_month) = current_year_month();
         if year < this_year || (year == this_year && month < this_month) || year > this_year + 50 {
-            return Err(ApiError::card("invalid_expiry_year", None, "Your card's expiration year is invalid.").param("card[exp_year]"));
+            return Err(ApiError::card("invalid_expiry_year", None, "Your card's expiration year is invalid.")
+                .param("card[exp_year]"));
         }
         let cvc = card["cvc"].as_str().unwrap_or_default();
         if !(3..=4).contains(&cvc.len()) || !cvc.bytes().all(|b| b.is_ascii_digit()) {
@@ -256,7 +285,7 @@ pub async fn create_payment_method(State(sim): State<Sim>, req: ApiRequest) -> R
 pub async fn three_ds_outcome(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, None, req.fingerprint(), |tx| {
         let pi = find(tx.acct(), &id, &req, &who)?.clone();
@@ -309,7 +338,8 @@ fn confirm_in(tx: &mut Tx<'_>, id: &str, req: &ApiRequest) -> ApiResult<()> {
             &format!("You cannot confirm this PaymentIntent because it has a status of {status}."),
         ));
     }
-    let pm_ref = req.str("payment_method").map(str::to_owned).or_else(|| pi["payment_method"].as_str().map(str::to_owned));
+    let pm_ref =
+        req.str("payment_method").map(str::to_owned).or_else(|| pi["payment_method"].as_str().map(str::to_owned));
     let Some(pm_ref) = pm_ref else {
         return Err(unexpected_state(
             &pi,
@@ -318,10 +348,13 @@ fn confirm_in(tx: &mut Tx<'_>, id: &str, req: &ApiRequest) -> ApiResult<()> {
     };
     let receipt = email_param(req)?.map(str::to_owned);
     let pm = resolve_payment_method(tx.acct(), &pm_ref)?;
-    let card = tx.acct().pm_cards.get(pm["id"].as_str().unwrap_or_default()).copied().expect("every stored pm has its card");
+    let card =
+        tx.acct().pm_cards.get(pm["id"].as_str().unwrap_or_default()).copied().expect("every stored pm has its card");
     let forced = tx.world.faults.decline_next_confirm.take();
     let behaviour = match forced.as_deref() {
-        Some("insufficient_funds") => Behaviour::Decline("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+        Some("insufficient_funds") => {
+            Behaviour::Decline("card_declined", "insufficient_funds", "Your card has insufficient funds.")
+        }
         Some("expired_card") => Behaviour::Decline("expired_card", "expired_card", "Your card has expired."),
         Some(_) => Behaviour::Decline("card_declined", "generic_decline", "Your card was declined."),
         None => card.behaviour,
@@ -355,7 +388,8 @@ fn confirm_in(tx: &mut Tx<'_>, id: &str, req: &ApiRequest) -> ApiResult<()> {
         }
         Behaviour::Decline(code, decline, message) => {
             let pi_now = tx.acct().payment_intents.get(id).cloned().expect("exists");
-            let charge = objects::charge(&pi_now, &pm, &ChargeOutcome::Failed(code, decline, message), false, &tx.base_url);
+            let charge =
+                objects::charge(&pi_now, &pm, &ChargeOutcome::Failed(code, decline, message), false, &tx.base_url);
             tx.acct().charges.insert(charge.clone());
             tx.emit("charge.failed", &charge, None);
             let error = json!({
@@ -452,7 +486,8 @@ fn resolve_payment_method(acct: &mut AccountData, id: &str) -> ApiResult<Value> 
     if let Some(pm) = acct.payment_methods.get(id) {
         return Ok(pm.clone());
     }
-    let card: &TestCard = cards::by_pm_id(id).ok_or_else(|| ApiError::missing("payment_method", id, "payment_method"))?;
+    let card: &TestCard =
+        cards::by_pm_id(id).ok_or_else(|| ApiError::missing("payment_method", id, "payment_method"))?;
     let (year, _) = current_year_month();
     let pm = objects::payment_method(card, &card.number[card.number.len() - 4..], 12, year + 3, None);
     acct.pm_cards.insert(pm["id"].as_str().unwrap_or_default().to_owned(), *card);
@@ -463,15 +498,15 @@ fn resolve_payment_method(acct: &mut AccountData, id: &str) -> ApiResult<Value> 
 /// The intent as JSON, with `latest_charge` / `payment_method` expanded when asked.
 fn expand(acct: &AccountData, id: &str, req: &ApiRequest) -> Value {
     let mut pi = acct.payment_intents.get(id).cloned().unwrap_or(Value::Null);
-    if req.expands("latest_charge") {
-        if let Some(ch) = pi["latest_charge"].as_str().and_then(|c| acct.charges.get(c)) {
-            pi["latest_charge"] = ch.clone();
-        }
+    if req.expands("latest_charge")
+        && let Some(ch) = pi["latest_charge"].as_str().and_then(|c| acct.charges.get(c))
+    {
+        pi["latest_charge"] = ch.clone();
     }
-    if req.expands("payment_method") {
-        if let Some(pm) = pi["payment_method"].as_str().and_then(|p| acct.payment_methods.get(p)) {
-            pi["payment_method"] = pm.clone();
-        }
+    if req.expands("payment_method")
+        && let Some(pm) = pi["payment_method"].as_str().and_then(|p| acct.payment_methods.get(p))
+    {
+        pi["payment_method"] = pm.clone();
     }
     pi
 }
@@ -495,15 +530,23 @@ fn text_param<'a>(req: &'a ApiRequest, name: &str, max: usize) -> ApiResult<Opti
         None => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max => Ok(Some(s)),
-        Some(Value::String(_)) => Err(ApiError::invalid(format!("{name} must be at most {max} characters.")).param(name)),
-        Some(_) => Err(ApiError::invalid(format!("Invalid string: {name}")).code("parameter_invalid_string").param(name)),
+        Some(Value::String(_)) => {
+            Err(ApiError::invalid(format!("{name} must be at most {max} characters.")).param(name))
+        }
+        Some(_) => {
+            Err(ApiError::invalid(format!("Invalid string: {name}")).code("parameter_invalid_string").param(name))
+        }
     }
 }
 
 fn email_param(req: &ApiRequest) -> ApiResult<Option<&str>> {
     let Some(email) = text_param(req, "receipt_email", 800)? else { return Ok(None) };
     let valid = email.split_once('@').is_some_and(|(user, host)| {
-        !user.is_empty() && host.contains('.') && !host.starts_with('.') && !host.ends_with('.') && !email.contains(char::is_whitespace)
+        !user.is_empty()
+            && host.contains('.')
+            && !host.starts_with('.')
+            && !host.ends_with('.')
+            && !email.contains(char::is_whitespace)
     });
     if valid {
         Ok(Some(email))
@@ -528,12 +571,16 @@ fn payment_method_types(req: &ApiRequest, automatic: bool) -> ApiResult<Vec<Stri
         _ => vec![],
     };
     if items.is_empty() {
-        return Err(ApiError::invalid("payment_method_types must list at least one type.").param("payment_method_types"));
+        return Err(
+            ApiError::invalid("payment_method_types must list at least one type.").param("payment_method_types")
+        );
     }
     if let Some(bad) = items.iter().find(|t| t.as_str() != "card") {
-        return Err(ApiError::invalid(format!("The payment method type \"{bad}\" is invalid or not supported by the simulator (only card)."))
-            .code("payment_method_invalid_parameter")
-            .param("payment_method_types"));
+        return Err(ApiError::invalid(format!(
+            "The payment method type \"{bad}\" is invalid or not supported by the simulator (only card)."
+        ))
+        .code("payment_method_invalid_parameter")
+        .param("payment_method_types"));
     }
     Ok(items)
 }
@@ -548,7 +595,8 @@ fn application_fee(req: &ApiRequest, amount: i64, who: &Caller) -> ApiResult<Opt
         .param("application_fee_amount"));
     }
     if fee < 0 || fee > amount {
-        return Err(ApiError::invalid("application_fee_amount must be between 0 and the amount.").param("application_fee_amount"));
+        return Err(ApiError::invalid("application_fee_amount must be between 0 and the amount.")
+            .param("application_fee_amount"));
     }
     Ok(Some(fee))
 }
@@ -565,7 +613,9 @@ pub(crate) fn metadata(raw: Option<&Value>, existing: &Value) -> ApiResult<Value
     };
     for (k, v) in map {
         let Some(v) = v.as_str() else {
-            return Err(ApiError::invalid(format!("Invalid metadata value for '{k}': must be a string.")).param("metadata"));
+            return Err(
+                ApiError::invalid(format!("Invalid metadata value for '{k}': must be a string.")).param("metadata")
+            );
         };
         if k.chars().count() > METADATA_MAX_KEY_LEN || v.chars().count() > METADATA_MAX_VALUE_LEN {
             return Err(ApiError::invalid(format!(

@@ -6,7 +6,7 @@ use crate::money;
 use crate::objects;
 use crate::sim::Sim;
 use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 const REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer"];
@@ -15,7 +15,7 @@ const REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer"];
 pub async fn retrieve_charge(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.read(|w| {
         w.account(&who.account)?.charges.get(&id).cloned().ok_or_else(|| ApiError::missing("charge", &id, "id"))
@@ -26,7 +26,7 @@ pub async fn retrieve_charge(State(sim): State<Sim>, Path(id): Path<String>, req
 pub async fn list_charges(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let pi = req.str("payment_intent").map(str::to_owned);
     sim.read(|w| {
@@ -40,16 +40,18 @@ pub async fn list_charges(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn retrieve(State(sim): State<Sim>, Path(id): Path<String>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    sim.read(|w| w.account(&who.account)?.refunds.get(&id).cloned().ok_or_else(|| ApiError::missing("refund", &id, "id")))
+    sim.read(|w| {
+        w.account(&who.account)?.refunds.get(&id).cloned().ok_or_else(|| ApiError::missing("refund", &id, "id"))
+    })
 }
 
 /// `GET /v1/refunds`, optionally filtered by `payment_intent` or `charge`.
 pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let pi = req.str("payment_intent").map(str::to_owned);
     let ch = req.str("charge").map(str::to_owned);
@@ -64,40 +66,49 @@ pub async fn list(State(sim): State<Sim>, req: ApiRequest) -> Response {
 pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
     let who = match secret_caller(&sim, &req) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     sim.write(&who.account, req.idempotency_key(), req.fingerprint(), |tx| {
         req.only(&["payment_intent", "charge", "amount", "reason", "metadata"])?;
         let acct = tx.acct();
         let charge_id = match (req.str("charge"), req.str("payment_intent")) {
             (None, None) => {
-                return Err(ApiError::invalid("One of the following params should be provided for this request: payment_intent or charge.")
-                    .code("parameter_missing"));
+                return Err(ApiError::invalid(
+                    "One of the following params should be provided for this request: payment_intent or charge.",
+                )
+                .code("parameter_missing"));
             }
             (Some(ch), pi) => {
                 let charge = acct.charges.get(ch).ok_or_else(|| ApiError::missing("charge", ch, "charge"))?;
-                if let Some(pi) = pi {
-                    if charge["payment_intent"] != pi {
-                        return Err(ApiError::invalid(format!("Charge {ch} does not belong to PaymentIntent {pi}.")).param("charge"));
-                    }
+                if let Some(pi) = pi
+                    && charge["payment_intent"] != pi
+                {
+                    return Err(ApiError::invalid(format!("Charge {ch} does not belong to PaymentIntent {pi}."))
+                        .param("charge"));
                 }
                 ch.to_owned()
             }
             (None, Some(pi_id)) => {
-                let pi = acct.payment_intents.get(pi_id).ok_or_else(|| ApiError::missing("payment_intent", pi_id, "payment_intent"))?;
+                let pi = acct
+                    .payment_intents
+                    .get(pi_id)
+                    .ok_or_else(|| ApiError::missing("payment_intent", pi_id, "payment_intent"))?;
                 match (pi["status"].as_str(), pi["latest_charge"].as_str()) {
                     (Some("succeeded"), Some(ch)) => ch.to_owned(),
                     _ => {
-                        return Err(ApiError::invalid(format!("This PaymentIntent ({pi_id}) does not have a successful charge to refund."))
-                            .code("charge_not_refundable")
-                            .param("payment_intent"));
+                        return Err(ApiError::invalid(format!(
+                            "This PaymentIntent ({pi_id}) does not have a successful charge to refund."
+                        ))
+                        .code("charge_not_refundable")
+                        .param("payment_intent"));
                     }
                 }
             }
         };
         let charge = acct.charges.get(&charge_id).cloned().expect("resolved above");
         if charge["status"] != "succeeded" {
-            return Err(ApiError::invalid(format!("Charge {charge_id} has not succeeded, so it cannot be refunded.")).code("charge_not_refundable"));
+            return Err(ApiError::invalid(format!("Charge {charge_id} has not succeeded, so it cannot be refunded."))
+                .code("charge_not_refundable"));
         }
         let total = charge["amount"].as_i64().unwrap_or(0);
         let refunded = charge["amount_refunded"].as_i64().unwrap_or(0);
@@ -113,7 +124,9 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
             Some(raw) => money::integer(raw, "amount")?,
         };
         if amount <= 0 {
-            return Err(ApiError::invalid("Refund amount must be positive.").code("parameter_invalid_integer").param("amount"));
+            return Err(ApiError::invalid("Refund amount must be positive.")
+                .code("parameter_invalid_integer")
+                .param("amount"));
         }
         if amount > remaining {
             return Err(ApiError::invalid(format!(
@@ -125,10 +138,12 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
             .param("amount"));
         }
         let reason = req.str("reason");
-        if let Some(r) = reason {
-            if !REASONS.contains(&r) {
-                return Err(ApiError::invalid(format!("Invalid reason: must be one of {}", REASONS.join(", "))).param("reason"));
-            }
+        if let Some(r) = reason
+            && !REASONS.contains(&r)
+        {
+            return Err(
+                ApiError::invalid(format!("Invalid reason: must be one of {}", REASONS.join(", "))).param("reason")
+            );
         }
         let metadata = super::payment_intents::metadata(req.params.get("metadata"), &json!({}))?;
         let refund = objects::refund(&charge, amount, reason, metadata);
@@ -145,4 +160,3 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
         Ok(refund)
     })
 }
-
