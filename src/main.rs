@@ -1,1 +1,49 @@
-fn main() {}
+//! `callpay` command line: `serve` for production, `demo` for the offline product.
+
+use anyhow::{Context, bail};
+use callpay::app::{App, Dependencies, node_id};
+use callpay::config::Config;
+use std::path::PathBuf;
+
+const USAGE: &str = "usage:
+  callpay serve [--config FILE]      run the hub (settings: FILE, then CALLPAY__SECTION__KEY variables)
+  callpay demo [--data-dir DIR] [--listen ADDR]
+                                     run everything offline: hub, SQLite, Stripe simulator, web pages";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let flag = |name: &str| rest.iter().position(|a| a == name).and_then(|i| rest.get(i + 1)).cloned();
+    match command.as_str() {
+        "serve" => {
+            let file = flag("--config").map(PathBuf::from);
+            let config = Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
+            if let Err(e) = config.validate_for_serve() {
+                bail!("refusing to start: {e}");
+            }
+            let node = node_id();
+            let deps = Dependencies::from_config(&config, &node).await?;
+            let app = App::build(config, deps, node).await?;
+            tracing::info!(addr = %app.addr(), "callpay serving");
+            callpay::shutdown::on_signal(app.state.shutdown.clone());
+            app.run_until_stopped().await
+        }
+        "demo" => {
+            let dir = flag("--data-dir").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data/demo"));
+            let listen = flag("--listen").map(|l| l.parse()).transpose().context("--listen must be HOST:PORT")?;
+            callpay::demo::run(dir, listen).await
+        }
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+}

@@ -1,0 +1,132 @@
+//! Start-up: the shared [`AppState`], the router, binding the listener, and running until the
+//! root cancellation token fires, then draining sessions and closing the store.
+
+use crate::auth::Verifier;
+use crate::bus::{Bus, MemoryBus};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::payments::Payments;
+use crate::payments::stripe::{StripeApi, StripeGateway};
+use crate::rooms::RoomRegistry;
+use crate::store::{SqlStore, Store};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every handler and session shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Fan-out.
+    pub hub: Arc<Hub>,
+    /// The payment service.
+    pub payments: Arc<Payments>,
+    /// Token verification.
+    pub verifier: Arc<Verifier>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Every session and background task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+    /// One permit per open WebSocket.
+    pub connection_slots: Arc<Semaphore>,
+}
+
+/// External I/O the app runs on; tests and the demo pass their own.
+pub struct Dependencies {
+    /// Where state is kept.
+    pub store: Arc<dyn Store>,
+    /// Stripe.
+    pub stripe: Arc<dyn StripeApi>,
+    /// Cross-node fan-out.
+    pub bus: Arc<dyn Bus>,
+}
+
+impl Dependencies {
+    /// The production set: the configured database, Stripe, and the in-process bus.
+    pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
+        let store = SqlStore::connect(&config.database.url).await.context("opening the database")?;
+        let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
+        Ok(Self { store: Arc::new(store), stripe: Arc::new(stripe), bus: Arc::new(MemoryBus::new(node_id)) })
+    }
+}
+
+/// A bound, not yet running app.
+pub struct App {
+    /// Shared state (tests reach into it).
+    pub state: AppState,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+/// A random node id for bus envelopes.
+pub fn node_id() -> String {
+    format!("node_{}", crate::payments::random_id())
+}
+
+impl App {
+    /// Binds `config.server.listen` and wires everything.
+    pub async fn build(config: Config, deps: Dependencies, node_id: String) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        Self::build_on(listener, config, deps, node_id).await
+    }
+
+    /// Wires everything on an already bound listener (the demo binds first to learn its port).
+    pub async fn build_on(
+        listener: tokio::net::TcpListener,
+        config: Config,
+        deps: Dependencies,
+        node_id: String,
+    ) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let verifier = Verifier::new(&config.auth).context("auth settings")?;
+        let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
+        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone());
+        let payments = Payments::new(deps.store.clone(), deps.stripe, hub.clone(), config.payments.clone());
+        let shutdown = CancellationToken::new();
+        hub.start(shutdown.clone());
+        let state = AppState {
+            connection_slots: Arc::new(Semaphore::new(config.server.max_connections)),
+            config: Arc::new(config),
+            store: deps.store,
+            hub,
+            payments: Arc::new(payments),
+            verifier: Arc::new(verifier),
+            metrics: Arc::new(Metrics::default()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        };
+        Ok(Self { state, listener, addr })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `state.shutdown` is cancelled, then waits (bounded) for sessions to close.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let state = self.state;
+        let router = crate::http::router(state.clone());
+        let stop = state.shutdown.clone();
+        axum::serve(self.listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        // axum does not wait for upgraded sockets; sessions close themselves on the token.
+        state.tracker.close();
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+        if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "sessions still open after the grace period");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,165 @@
+//! Tokens signed by the video-call platform. Join tokens admit a participant to one call;
+//! the algorithm is pinned by configuration and `exp` is required, so an unsigned, re-signed or
+//! expired token is refused before any WebSocket upgrade.
+
+use crate::config::AuthConfig;
+use callpay_protocol::{Participant, Role};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Clock skew tolerated on `exp`/`nbf`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+
+/// Why a token was refused. Deliberately coarse toward clients: the reason is logged, not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the request.
+    #[error("no token")]
+    Missing,
+    /// Bad signature, wrong algorithm, expired, malformed, or claims missing.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// A valid token for a different call.
+    #[error("token is for another call")]
+    WrongCall,
+    /// The auth settings themselves are unusable.
+    #[error("auth configuration: {0}")]
+    Config(String),
+}
+
+/// Claims of a join token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinClaims {
+    /// Participant id.
+    pub sub: String,
+    /// The call it admits to.
+    pub call_id: String,
+    /// The clinic running the call.
+    pub clinic_id: String,
+    /// Clinician or patient.
+    pub role: Role,
+    /// Display name.
+    pub name: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+}
+
+impl JoinClaims {
+    /// The participant these claims describe.
+    pub fn participant(&self) -> Participant {
+        Participant { id: self.sub.clone(), name: self.name.clone(), role: self.role }
+    }
+}
+
+/// Verifies platform tokens with the configured key and algorithm.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    /// Builds a verifier from settings.
+    pub fn new(cfg: &AuthConfig) -> Result<Self, AuthError> {
+        let (alg, key) = match cfg.algorithm.as_str() {
+            "HS256" => (Algorithm::HS256, DecodingKey::from_secret(cfg.secret.expose().as_bytes())),
+            "EdDSA" => (
+                Algorithm::EdDSA,
+                DecodingKey::from_ed_pem(pem(cfg)?.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?,
+            ),
+            "RS256" => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(pem(cfg)?.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?,
+            ),
+            other => return Err(AuthError::Config(format!("unsupported algorithm {other}"))),
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        validation.validate_aud = cfg.audience.is_some();
+        if let Some(aud) = &cfg.audience {
+            validation.set_audience(&[aud]);
+        }
+        if let Some(iss) = &cfg.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Self { key, validation })
+    }
+
+    /// Verifies a token and decodes its claims.
+    pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
+        jsonwebtoken::decode::<T>(token, &self.key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Invalid(e.to_string()))
+    }
+
+    /// Verifies a join token for `call_id`.
+    pub fn join(&self, token: &str, call_id: &str) -> Result<JoinClaims, AuthError> {
+        let claims: JoinClaims = self.verify(token)?;
+        if claims.call_id != call_id {
+            return Err(AuthError::WrongCall);
+        }
+        Ok(claims)
+    }
+}
+
+fn pem(cfg: &AuthConfig) -> Result<&str, AuthError> {
+    cfg.public_key_pem.as_deref().ok_or_else(|| AuthError::Config("public_key_pem is required".into()))
+}
+
+/// Signs HS256 tokens: what the platform does; used by the demo and tests.
+pub fn sign_hs256<T: Serialize>(secret: &str, claims: &T) -> String {
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
+        .expect("HS256 signing cannot fail")
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&AuthConfig { secret: Secret::new(SECRET), ..AuthConfig::default() }).unwrap()
+    }
+
+    fn claims(exp: u64) -> JoinClaims {
+        JoinClaims {
+            sub: "u1".into(),
+            call_id: "call_1".into(),
+            clinic_id: "c1".into(),
+            role: Role::Patient,
+            name: "Sam".into(),
+            exp,
+        }
+    }
+
+    #[test]
+    fn accepts_valid_and_rejects_forged_expired_wrong_call_and_none_alg() {
+        let v = verifier();
+        let good = sign_hs256(SECRET, &claims(now_secs() + 600));
+        assert_eq!(v.join(&good, "call_1").unwrap().sub, "u1");
+        assert!(matches!(v.join(&good, "call_2"), Err(AuthError::WrongCall)));
+        let forged = sign_hs256("another-secret-another-secret-xx", &claims(now_secs() + 600));
+        assert!(matches!(v.join(&forged, "call_1"), Err(AuthError::Invalid(_))));
+        let expired = sign_hs256(SECRET, &claims(now_secs() - 3600));
+        assert!(matches!(v.join(&expired, "call_1"), Err(AuthError::Invalid(_))));
+        // alg=none with the same claims: header {"alg":"none"}.
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", good.split('.').nth(1).unwrap());
+        assert!(v.join(&none, "call_1").is_err());
+        #[derive(Serialize)]
+        struct NoExp<'a> {
+            sub: &'a str,
+            call_id: &'a str,
+        }
+        let no_exp = sign_hs256(SECRET, &NoExp { sub: "u1", call_id: "call_1" });
+        assert!(v.join(&no_exp, "call_1").is_err());
+        assert!(v.join("not-a-jwt", "call_1").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Fan-out between hub instances. A room event is delivered to this node's members directly and
+//! published on the [`Bus`] as an [`Envelope`] stamped with the node id; every other node
+//! delivers it to its own members and ignores its own echo.
+//!
+//! [`MemoryBus`] connects nodes inside one process (tests, the demo); a Redis implementation
+//! serves several processes.
+
+mod memory;
+
+pub use memory::MemoryBus;
+
+use crate::store::Payment;
+use async_trait::async_trait;
+use callpay_protocol::{Participant, ProgressStage};
+use serde::{Deserialize, Serialize};
+
+/// Something that happened in a call, in role-neutral form: each node renders it per recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RoomEvent {
+    /// A participant's first connection opened.
+    Joined {
+        /// Who.
+        participant: Participant,
+    },
+    /// A participant's last connection closed.
+    Left {
+        /// Who.
+        participant: Participant,
+    },
+    /// A new payment request (status `requested`, or `creating` for clinicians only).
+    PaymentRequested {
+        /// The payment.
+        payment: Box<Payment>,
+    },
+    /// A payment changed.
+    PaymentUpdated {
+        /// The payment.
+        payment: Box<Payment>,
+    },
+    /// A payment was confirmed by Stripe (once per payment).
+    PaymentConfirmed {
+        /// The payment.
+        payment: Box<Payment>,
+    },
+    /// The patient's progress, for clinicians.
+    Progress {
+        /// Payment.
+        payment_id: String,
+        /// Stage.
+        stage: ProgressStage,
+        /// Patient.
+        participant_id: String,
+    },
+    /// Whether the clinic can take new payments changed.
+    ClinicUpdated {
+        /// Available now?
+        payments_available: bool,
+        /// Why not.
+        reason: Option<String>,
+    },
+}
+
+/// A room event on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The node that published it.
+    pub origin: String,
+    /// The call.
+    pub call_id: String,
+    /// The clinic the call belongs to (lets nodes route clinic-wide changes).
+    pub clinic_id: String,
+    /// What happened.
+    pub event: RoomEvent,
+}
+
+/// Bus failures. Local members have already been served when a publish fails; only other
+/// nodes miss the event, and they resync from the store when their bus reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus backend is unreachable.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives envelopes published by other nodes.
+pub trait EnvelopeSink: Send + Sync + 'static {
+    /// Delivers a remote envelope to local members.
+    fn deliver_remote(&self, envelope: &Envelope);
+    /// Called after a gap in delivery (lag, reconnect): local rooms must resync from the store.
+    fn resync(&self);
+}
+
+/// Cross-node publish/subscribe.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes to other nodes.
+    async fn publish(&self, envelope: &Envelope) -> Result<(), BusError>;
+    /// Starts delivering other nodes' envelopes to `sink` until `stop` is cancelled.
+    fn start(&self, sink: std::sync::Arc<dyn EnvelopeSink>, stop: tokio_util::sync::CancellationToken);
+}

@@ -1,0 +1,399 @@
+//! Typed settings: built-in defaults, then an optional TOML file, then environment variables
+//! named `CALLPAY__SECTION__KEY` (e.g. `CALLPAY__STRIPE__SECRET_KEY`). Secrets are wrapped so
+//! they never appear in `Debug` output or logs. [`Config::validate_for_serve`] refuses to start
+//! production with a missing or unsafe setting and says which one.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A secret string: usable, never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "[empty]" } else { "[redacted]" })
+    }
+}
+
+/// Configuration problems, each naming the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file or an environment value could not be parsed.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// A required setting is missing or unsafe.
+    #[error("{setting} (env CALLPAY__{env}): {problem}")]
+    Invalid {
+        /// Dotted setting name.
+        setting: &'static str,
+        /// The environment variable suffix.
+        env: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// All settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listener and WebSocket limits.
+    pub server: ServerConfig,
+    /// Join-token and admin-token verification.
+    pub auth: AuthConfig,
+    /// The store.
+    pub database: DatabaseConfig,
+    /// Stripe API, Connect and webhooks.
+    pub stripe: StripeConfig,
+    /// Payment request rules.
+    pub payments: PaymentsConfig,
+}
+
+/// Listener and per-connection limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Public base URL (for OAuth redirects and links); defaults to `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Most concurrent WebSocket connections; beyond it upgrades get 503.
+    pub max_connections: usize,
+    /// Frames queued per connection before it is closed as a slow consumer. 64 frames is
+    /// minutes of normal traffic for one call, yet bounds memory per socket to a few hundred KiB.
+    pub outbound_queue: usize,
+    /// Largest accepted client frame; real frames are under 1 KiB.
+    pub max_message_bytes: usize,
+    /// Seconds between server pings; a connection silent for 1.5x this is closed.
+    pub ping_interval_secs: u64,
+    /// Client frames allowed per second per connection (sustained).
+    pub rate_per_sec: u32,
+    /// Client frames allowed in a burst.
+    pub rate_burst: u32,
+    /// Seconds to wait for connections to close on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            max_connections: 10_000,
+            outbound_queue: 64,
+            max_message_bytes: 16 * 1024,
+            ping_interval_secs: 15,
+            rate_per_sec: 10,
+            rate_burst: 20,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Token verification: the video-call platform signs join and admin tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `HS256` (shared secret), `EdDSA` or `RS256` (public key). Pinned: tokens in any other
+    /// algorithm are rejected.
+    pub algorithm: String,
+    /// HS256 shared secret (at least 32 bytes).
+    pub secret: Secret,
+    /// PEM public key for EdDSA / RS256.
+    pub public_key_pem: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: "HS256".into(),
+            secret: Secret::default(),
+            public_key_pem: None,
+            issuer: None,
+            audience: None,
+        }
+    }
+}
+
+/// Store location.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/callpay.db`, `sqlite::memory:` or `postgres://…`.
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: "sqlite://callpay.db".into() }
+    }
+}
+
+/// Stripe settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeConfig {
+    /// Platform secret key (`sk_live_…` / `sk_test_…`).
+    pub secret_key: Secret,
+    /// Platform publishable key, handed to patients' Stripe.js.
+    pub publishable_key: String,
+    /// Connect OAuth client id (`ca_…`).
+    pub client_id: String,
+    /// API base URL.
+    pub api_base: String,
+    /// Connect OAuth base URL.
+    pub connect_base: String,
+    /// Where patients' browsers load Stripe.js.
+    pub js_url: String,
+    /// Connect webhook signing secrets; several are allowed during rotation.
+    pub webhook_secrets: Vec<Secret>,
+    /// Per-attempt timeout for Stripe calls.
+    pub timeout_ms: u64,
+    /// Attempts per Stripe POST (same idempotency key every time).
+    pub max_attempts: u32,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        Self {
+            secret_key: Secret::default(),
+            publishable_key: String::new(),
+            client_id: String::new(),
+            api_base: "https://api.stripe.com/".into(),
+            connect_base: "https://connect.stripe.com/".into(),
+            js_url: "https://js.stripe.com/v3".into(),
+            webhook_secrets: Vec::new(),
+            timeout_ms: 10_000,
+            max_attempts: 3,
+        }
+    }
+}
+
+/// What a payment request may be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PaymentsConfig {
+    /// Allowed lowercase currencies.
+    pub currencies: Vec<String>,
+    /// Largest amount in minor units (default 10,000.00).
+    pub max_amount: i64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self { currencies: vec!["aud".into()], max_amount: 1_000_000 }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `CALLPAY__…` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut tree = serde_json::to_value(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            let from_file: Value =
+                toml::from_str(&text).map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
+            merge(&mut tree, from_file);
+        }
+        for (key, raw) in env {
+            let Some(rest) = key.strip_prefix("CALLPAY__") else { continue };
+            let path: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            let target = path.iter().try_fold(&tree, |node, part| node.get(part));
+            let value = match target {
+                Some(Value::Array(_)) if !raw.trim_start().starts_with('[') => Value::Array(
+                    raw.split(',').map(|s| Value::String(s.trim().to_owned())).filter(|v| v != "").collect(),
+                ),
+                Some(Value::String(_)) | Some(Value::Null) => Value::String(raw),
+                _ => serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
+            };
+            let mut patch = value;
+            for part in path.iter().rev() {
+                patch = serde_json::json!({ part: patch });
+            }
+            merge(&mut tree, patch);
+        }
+        serde_json::from_value(tree).map_err(|e| ConfigError::Parse(e.to_string()))
+    }
+
+    /// Checks what `callpay serve` needs; the error names the setting and its variable.
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, env, problem: &str| Err(ConfigError::Invalid { setting, env, problem: problem.into() });
+        match self.auth.algorithm.as_str() {
+            "HS256" if self.auth.secret.expose().len() < 32 => {
+                return invalid("auth.secret", "AUTH__SECRET", "HS256 needs a shared secret of at least 32 bytes");
+            }
+            "HS256" => {}
+            "EdDSA" | "RS256" if self.auth.public_key_pem.is_none() => {
+                return invalid(
+                    "auth.public_key_pem",
+                    "AUTH__PUBLIC_KEY_PEM",
+                    "EdDSA/RS256 need the platform's PEM public key",
+                );
+            }
+            "EdDSA" | "RS256" => {}
+            _ => return invalid("auth.algorithm", "AUTH__ALGORITHM", "must be HS256, EdDSA or RS256"),
+        }
+        let sk = self.stripe.secret_key.expose();
+        if !(sk.starts_with("sk_live_") || sk.starts_with("sk_test_") || sk.starts_with("rk_")) {
+            return invalid(
+                "stripe.secret_key",
+                "STRIPE__SECRET_KEY",
+                "missing or not a Stripe secret key (sk_live_… / sk_test_…)",
+            );
+        }
+        if !self.stripe.publishable_key.starts_with("pk_") {
+            return invalid(
+                "stripe.publishable_key",
+                "STRIPE__PUBLISHABLE_KEY",
+                "missing or not a publishable key (pk_…)",
+            );
+        }
+        if sk.starts_with("sk_live_") != self.stripe.publishable_key.starts_with("pk_live_") {
+            return invalid("stripe.publishable_key", "STRIPE__PUBLISHABLE_KEY", "live and test keys are mixed");
+        }
+        if self.stripe.webhook_secrets.is_empty()
+            || self.stripe.webhook_secrets.iter().any(|s| !s.expose().starts_with("whsec_"))
+        {
+            return invalid(
+                "stripe.webhook_secrets",
+                "STRIPE__WEBHOOK_SECRETS",
+                "at least one whsec_… secret is required",
+            );
+        }
+        if self.stripe.max_attempts == 0 || self.stripe.timeout_ms == 0 {
+            return invalid("stripe.max_attempts", "STRIPE__MAX_ATTEMPTS", "attempts and timeout must be positive");
+        }
+        if self.payments.currencies.is_empty()
+            || self.payments.currencies.iter().any(|c| c.len() != 3 || c.chars().any(|ch| !ch.is_ascii_lowercase()))
+        {
+            return invalid("payments.currencies", "PAYMENTS__CURRENCIES", "a list of lowercase ISO 4217 codes");
+        }
+        if self.payments.max_amount <= 0 {
+            return invalid("payments.max_amount", "PAYMENTS__MAX_AMOUNT", "must be positive");
+        }
+        if self.server.outbound_queue == 0 || self.server.max_connections == 0 {
+            return invalid(
+                "server.outbound_queue",
+                "SERVER__OUTBOUND_QUEUE",
+                "queue and connection limits must be positive",
+            );
+        }
+        Ok(())
+    }
+
+    /// The public base URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn good_env() -> Vec<(String, String)> {
+        env(&[
+            ("CALLPAY__AUTH__SECRET", "0123456789abcdef0123456789abcdef"),
+            ("CALLPAY__STRIPE__SECRET_KEY", "sk_test_x"),
+            ("CALLPAY__STRIPE__PUBLISHABLE_KEY", "pk_test_x"),
+            ("CALLPAY__STRIPE__WEBHOOK_SECRETS", "whsec_a, whsec_b"),
+            ("CALLPAY__SERVER__OUTBOUND_QUEUE", "8"),
+            ("UNRELATED", "x"),
+        ])
+    }
+
+    #[test]
+    fn layers_defaults_file_env() {
+        let dir = std::env::temp_dir().join(format!("callpay-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("callpay.toml");
+        std::fs::write(
+            &file,
+            "[server]\noutbound_queue = 32\nmax_connections = 5\n[payments]\ncurrencies = [\"aud\", \"nzd\"]\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&file), good_env()).unwrap();
+        assert_eq!(cfg.server.outbound_queue, 8, "env beats file");
+        assert_eq!(cfg.server.max_connections, 5, "file beats default");
+        assert_eq!(cfg.server.ping_interval_secs, 15, "default kept");
+        assert_eq!(cfg.payments.currencies, vec!["aud", "nzd"]);
+        assert_eq!(cfg.stripe.webhook_secrets.len(), 2);
+        cfg.validate_for_serve().unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let cfg = Config::load(None, good_env()).unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("sk_test_x") && !shown.contains("whsec_a") && !shown.contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn serve_refuses_missing_or_unsafe_settings() {
+        let err = Config::load(None, vec![]).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("CALLPAY__AUTH__SECRET"), "{err}");
+        let mut e = good_env();
+        e.retain(|(k, _)| k != "CALLPAY__STRIPE__WEBHOOK_SECRETS");
+        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("webhook_secrets"), "{err}");
+        let mut e = good_env();
+        e.push(("CALLPAY__STRIPE__PUBLISHABLE_KEY".into(), "pk_live_x".into()));
+        assert!(Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string().contains("mixed"));
+        assert!(Config::load(None, env(&[("CALLPAY__SERVER__NOPE", "1")])).is_err(), "unknown settings are errors");
+    }
+}

@@ -1,0 +1,173 @@
+//! `callpay demo`: the whole product on one machine with nothing to install. It starts the
+//! Stripe simulator in-process, the hub on SQLite under a data directory, seeds a demo
+//! organisation and clinic (app enabled, linked to a simulated Stripe account), mints a
+//! clinician and a patient join token for a fresh call, and prints what to open plus one
+//! `CALLPAY_DEMO {json}` line for scripts.
+
+use crate::app::{App, Dependencies, node_id};
+use crate::auth::{JoinClaims, now_secs, sign_hs256};
+use crate::bus::MemoryBus;
+use crate::config::{Config, Secret};
+use crate::payments::random_id;
+use crate::payments::stripe::StripeGateway;
+use crate::store::{Clinic, SqlStore, Store, now_ms};
+use anyhow::Context;
+use callpay_protocol::Role;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Demo join tokens last a working day.
+const TOKEN_TTL_SECS: u64 = 12 * 3600;
+/// The seeded clinic.
+pub const DEMO_CLINIC: &str = "clinic_demo";
+/// The seeded organisation.
+pub const DEMO_ORG: &str = "org_demo";
+
+/// What a running demo exposes, for tests and the printed line.
+pub struct DemoInfo {
+    /// The hub's base URL.
+    pub hub_url: String,
+    /// The simulator's base URL.
+    pub stripe_url: String,
+    /// The call the tokens are for.
+    pub call_id: String,
+    /// Clinician join token.
+    pub clinician_token: String,
+    /// Patient join token.
+    pub patient_token: String,
+    /// HS256 secret the demo "platform" signs tokens with.
+    pub platform_secret: String,
+}
+
+/// A started demo: the app (not yet running), the simulator handle and what to print.
+pub struct Demo {
+    /// The hub, bound.
+    pub app: App,
+    /// The simulator (kept alive by holding it).
+    pub sim: stripe_sim::SimHandle,
+    /// URLs and tokens.
+    pub info: DemoInfo,
+}
+
+/// Signs a join token the way the video-call platform would.
+pub fn join_token(secret: &str, call_id: &str, clinic_id: &str, sub: &str, name: &str, role: Role) -> String {
+    let claims = JoinClaims {
+        sub: sub.into(),
+        call_id: call_id.into(),
+        clinic_id: clinic_id.into(),
+        role,
+        name: name.into(),
+        exp: now_secs() + TOKEN_TTL_SECS,
+    };
+    sign_hs256(secret, &claims)
+}
+
+/// Builds the demo: simulator, store under `data_dir` (or in memory when `None`), seeded clinic.
+pub async fn start(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<Demo> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; choose another address with --listen 127.0.0.1:PORT"))?;
+    let addr = listener.local_addr()?;
+    let hub_url = format!("http://{addr}");
+    let webhook_secret = format!("whsec_demo_{}", random_id());
+    let sim = stripe_sim::spawn(stripe_sim::SimConfig {
+        webhooks: vec![stripe_sim::WebhookTarget {
+            url: format!("{hub_url}/v1/stripe/webhook"),
+            secret: webhook_secret.clone(),
+        }],
+        platform_name: "callpay demo platform".into(),
+        ..stripe_sim::SimConfig::default()
+    })
+    .await
+    .context("starting the Stripe simulator")?;
+
+    let platform_secret = format!("demo-platform-secret-{}", random_id());
+    let mut config = Config::default();
+    config.server.listen = addr;
+    config.server.public_url = Some(hub_url.clone());
+    config.auth.secret = Secret::new(platform_secret.clone());
+    config.database.url = match &data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            format!("sqlite://{}", dir.join("callpay.db").display())
+        }
+        None => "sqlite::memory:".into(),
+    };
+    config.stripe.secret_key = Secret::new(sim.secret_key());
+    config.stripe.publishable_key = sim.publishable_key().to_owned();
+    config.stripe.client_id = sim.client_id().to_owned();
+    config.stripe.api_base = sim.url.clone();
+    config.stripe.connect_base = sim.url.clone();
+    config.stripe.js_url = format!("{}js/v3", sim.url);
+    config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
+    config.validate_for_serve().context("demo configuration")?;
+
+    let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
+    let account = sim
+        .sim
+        .with_world(|w| w.create_account(Some("reception@harbour.example"), Some("Harbour Clinic"), "AU", "aud", true));
+    store
+        .upsert_clinic(&Clinic {
+            id: DEMO_CLINIC.into(),
+            org_id: DEMO_ORG.into(),
+            name: "Harbour Clinic".into(),
+            app_enabled: true,
+            stripe_account: Some(account),
+            stripe_publishable_key: None,
+            stripe_livemode: false,
+            linked_by: Some("demo seed".into()),
+            linked_at: Some(now_ms()),
+        })
+        .await?;
+    let node = node_id();
+    let deps = Dependencies {
+        store: Arc::new(store),
+        stripe: Arc::new(StripeGateway::new(&config.stripe)?),
+        bus: Arc::new(MemoryBus::new(node.clone())),
+    };
+    let call_id = format!("demo-call-{}", &random_id()[..8]);
+    let info = DemoInfo {
+        clinician_token: join_token(
+            &platform_secret,
+            &call_id,
+            DEMO_CLINIC,
+            "clinician-ada",
+            "Dr Ada Lee",
+            Role::Clinician,
+        ),
+        patient_token: join_token(&platform_secret, &call_id, DEMO_CLINIC, "patient-sam", "Sam Taylor", Role::Patient),
+        hub_url,
+        stripe_url: sim.url.trim_end_matches('/').to_owned(),
+        call_id,
+        platform_secret,
+    };
+    let app = App::build_on(listener, config, deps, node).await?;
+    Ok(Demo { app, sim, info })
+}
+
+/// `callpay demo`: starts, prints, runs until Ctrl-C.
+pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let demo = start(Some(data_dir), listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))).await?;
+    let i = &demo.info;
+    println!("callpay demo is running (Ctrl-C to stop)");
+    println!("  hub:                {}", i.hub_url);
+    println!("  stripe simulator:   {}/dashboard", i.stripe_url);
+    println!("  call:               {}", i.call_id);
+    println!("  clinician token:    {}", i.clinician_token);
+    println!("  patient token:      {}", i.patient_token);
+    println!(
+        "CALLPAY_DEMO {}",
+        json!({
+            "hub_url": i.hub_url,
+            "stripe_url": i.stripe_url,
+            "clinician_token": i.clinician_token,
+            "patient_token": i.patient_token,
+            "call_id": i.call_id,
+        })
+    );
+    crate::shutdown::on_signal(demo.app.state.shutdown.clone());
+    let _sim = demo.sim;
+    demo.app.run_until_stopped().await
+}

@@ -1,0 +1,65 @@
+//! `POST /v1/stripe/webhook`: Stripe's Connect webhook. The signature is checked on the raw
+//! body against every configured secret (rotation), then the event is applied. The answer is
+//! 2xx for anything processed (including duplicates and unknown payments), 400 for a bad
+//! signature or body, and 503 when the store is down so that Stripe retries later.
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::payments::EventOutcome;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use stripe_webhook::{Webhook, WebhookError};
+
+/// Verifies with each secret in turn; the first that matches wins.
+fn verify(app: &AppState, payload: &str, signature: &str) -> Result<stripe_webhook::Event, ApiError> {
+    let mut bad_payload = false;
+    for secret in &app.config.stripe.webhook_secrets {
+        match Webhook::construct_event(payload, signature, secret.expose()) {
+            Ok(event) => return Ok(event),
+            Err(WebhookError::BadParse(_)) => bad_payload = true,
+            Err(_) => {}
+        }
+    }
+    if bad_payload {
+        return Err(ApiError::bad_request("bad_payload", "The signature matched but the event could not be parsed."));
+    }
+    Err(ApiError::bad_request("bad_signature", "The Stripe-Signature header does not match, or is too old."))
+}
+
+/// Receives one delivery.
+pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(signature) = headers.get("stripe-signature").and_then(|v| v.to_str().ok()) else {
+        app.metrics.webhooks_rejected.inc();
+        return ApiError::bad_request("bad_signature", "Missing Stripe-Signature header.").into_response();
+    };
+    let Ok(payload) = std::str::from_utf8(&body) else {
+        app.metrics.webhooks_rejected.inc();
+        return ApiError::bad_request("bad_payload", "The body is not UTF-8.").into_response();
+    };
+    let event = match verify(&app, payload, signature) {
+        Ok(e) => e,
+        Err(e) => {
+            app.metrics.webhooks_rejected.inc();
+            tracing::warn!("webhook refused: {e:?}");
+            return e.into_response();
+        }
+    };
+    match app.payments.apply_event(&event).await {
+        Ok(outcome) => {
+            match outcome {
+                EventOutcome::Applied => app.metrics.webhooks_applied.inc(),
+                EventOutcome::Duplicate => app.metrics.webhooks_duplicate.inc(),
+                _ => {}
+            }
+            tracing::info!(event_id = event.id.as_str(), kind = event.type_.as_str(), ?outcome, "webhook processed");
+            axum::Json(json!({"received": true, "outcome": format!("{outcome:?}").to_lowercase()})).into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, event_id = event.id.as_str(), "webhook not applied; Stripe will retry");
+            ApiError::unavailable("The event could not be stored; retry later.").into_response()
+        }
+    }
+}

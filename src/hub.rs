@@ -1,0 +1,72 @@
+//! The hub's fan-out point: a room event goes to this node's members at once and to other nodes
+//! over the bus. It is also the bus's sink: remote events are delivered locally, and after a gap
+//! every local room is resynced from the store.
+
+use crate::bus::{Bus, Envelope, EnvelopeSink, RoomEvent};
+use crate::rooms::RoomRegistry;
+use crate::store::Store;
+use std::sync::Arc;
+
+/// Publishes room events locally and across nodes.
+pub struct Hub {
+    /// This node's id (random per process), stamped on envelopes.
+    pub node_id: String,
+    /// Local rooms.
+    pub rooms: Arc<RoomRegistry>,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+}
+
+impl Hub {
+    /// A hub for this node.
+    pub fn new(node_id: String, rooms: Arc<RoomRegistry>, bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self { node_id, rooms, bus, store })
+    }
+
+    /// Delivers to local members, then publishes to other nodes. A bus failure is logged: local
+    /// members are already served and remote nodes resync when their bus comes back.
+    pub async fn publish(&self, call_id: &str, clinic_id: &str, event: RoomEvent) {
+        self.rooms.deliver(call_id, &event);
+        let envelope =
+            Envelope { origin: self.node_id.clone(), call_id: call_id.into(), clinic_id: clinic_id.into(), event };
+        if let Err(e) = self.bus.publish(&envelope).await {
+            tracing::warn!(error = %e, call_id, "bus publish failed; other nodes will resync");
+        }
+    }
+
+    /// Starts receiving other nodes' events.
+    pub fn start(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        self.bus.start(self.clone(), stop);
+    }
+
+    /// Re-sends the stored state of every payment in every local room as `payment.updated`.
+    /// Clients keep the highest version per payment, so repeats are harmless.
+    pub async fn resync_rooms(&self) {
+        for (call_id, _) in self.rooms.calls() {
+            match self.store.payments_for_call(&call_id).await {
+                Ok(payments) => {
+                    for p in payments {
+                        self.rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, call_id, "resync failed: store unavailable"),
+            }
+        }
+    }
+}
+
+impl EnvelopeSink for Hub {
+    fn deliver_remote(&self, envelope: &Envelope) {
+        self.rooms.deliver(&envelope.call_id, &envelope.event);
+    }
+
+    fn resync(&self) {
+        let hub = Hub {
+            node_id: self.node_id.clone(),
+            rooms: self.rooms.clone(),
+            bus: self.bus.clone(),
+            store: self.store.clone(),
+        };
+        tokio::spawn(async move { hub.resync_rooms().await });
+    }
+}

@@ -1,0 +1,284 @@
+//! The payment state machine. Pure: it takes a stored payment and a change (from Stripe or the
+//! clinician) and returns the next payment, or nothing when the change must not apply.
+//!
+//! It never moves backwards: `succeeded`, `canceled` and `refunded` absorb every later status
+//! change (a late `payment_failed` after `succeeded` changes nothing), refunds only grow, and a
+//! non-final change older than the newest applied Stripe event is ignored as stale.
+
+use crate::store::{Payment, now_ms};
+use callpay_protocol::PaymentStatus;
+
+/// Something that happened to a payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The PaymentIntent exists on Stripe and waits for the patient.
+    Created {
+        /// PaymentIntent id.
+        payment_intent_id: String,
+        /// Its client secret.
+        client_secret: String,
+    },
+    /// The bank asked for 3-D Secure.
+    RequiresAction,
+    /// Stripe is processing.
+    Processing,
+    /// The attempt failed; the patient may retry.
+    Failed {
+        /// Stripe's code.
+        code: String,
+        /// Bank's decline code.
+        decline_code: Option<String>,
+        /// Message.
+        message: String,
+    },
+    /// Paid.
+    Succeeded {
+        /// Amount received.
+        amount_received: i64,
+        /// Receipt address set at confirm.
+        receipt_email: Option<String>,
+        /// Card brand and last four, when known.
+        card: Option<(String, String)>,
+    },
+    /// Withdrawn.
+    Canceled,
+    /// Card details of the successful charge (from `charge.succeeded`).
+    CardDetails {
+        /// Brand.
+        brand: String,
+        /// Last four.
+        last4: String,
+    },
+    /// Total refunded on the charge so far.
+    Refunded {
+        /// Cumulative amount refunded.
+        amount_refunded: i64,
+    },
+}
+
+/// The outcome of applying a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The payment after the change (version + 1).
+    pub payment: Payment,
+    /// True exactly once per payment: when it first becomes `succeeded`.
+    pub newly_succeeded: bool,
+}
+
+fn is_final_for_status(status: PaymentStatus) -> bool {
+    matches!(
+        status,
+        PaymentStatus::Succeeded | PaymentStatus::Canceled | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded
+    )
+}
+
+/// Applies `change`, seen in a Stripe event created at `event_at` (Unix s; 0 when it did not
+/// come from an event), to `current`. `None` means: nothing changes.
+pub fn apply(current: &Payment, change: &Change, event_at: i64) -> Option<Transition> {
+    use PaymentStatus as S;
+    let mut next = current.clone();
+    let stale = event_at != 0 && event_at < current.last_event_at;
+    let paid = is_final_for_status(current.status) && current.status != S::Canceled;
+    match change {
+        Change::Created { payment_intent_id, client_secret } => {
+            if current.status != S::Creating {
+                return None;
+            }
+            next.status = S::Requested;
+            next.payment_intent_id = Some(payment_intent_id.clone());
+            next.client_secret = Some(client_secret.clone());
+        }
+        Change::Succeeded { amount_received, receipt_email, card } => {
+            if is_final_for_status(current.status) {
+                return None;
+            }
+            next.status = S::Succeeded;
+            next.amount_received = Some(*amount_received);
+            next.paid_at = Some(now_ms());
+            next.receipt_email = receipt_email.clone().or(next.receipt_email);
+            if let Some((brand, last4)) = card {
+                next.card_brand = Some(brand.clone());
+                next.card_last4 = Some(last4.clone());
+            }
+            clear_failure(&mut next);
+        }
+        Change::Canceled => {
+            if is_final_for_status(current.status) {
+                return None;
+            }
+            next.status = S::Canceled;
+        }
+        Change::RequiresAction | Change::Processing | Change::Failed { .. } => {
+            if is_final_for_status(current.status) || stale || current.status == S::Creating {
+                return None;
+            }
+            match change {
+                Change::RequiresAction => {
+                    if current.status == S::Processing {
+                        return None;
+                    }
+                    next.status = S::Authenticating;
+                    clear_failure(&mut next);
+                }
+                Change::Processing => {
+                    next.status = S::Processing;
+                    clear_failure(&mut next);
+                }
+                Change::Failed { code, decline_code, message } => {
+                    next.status = S::Failed;
+                    next.failure_code = Some(code.clone());
+                    next.failure_decline_code = decline_code.clone();
+                    next.failure_message = Some(message.clone());
+                }
+                _ => unreachable!("matched above"),
+            }
+        }
+        Change::CardDetails { brand, last4 } => {
+            if current.card_brand.as_deref() == Some(brand) && current.card_last4.as_deref() == Some(last4) {
+                return None;
+            }
+            next.card_brand = Some(brand.clone());
+            next.card_last4 = Some(last4.clone());
+        }
+        Change::Refunded { amount_refunded } => {
+            if !paid || *amount_refunded <= current.amount_refunded {
+                return None;
+            }
+            next.amount_refunded = *amount_refunded;
+            let received = current.amount_received.unwrap_or(current.amount);
+            next.status = if *amount_refunded >= received { S::Refunded } else { S::PartiallyRefunded };
+        }
+    }
+    if next == *current {
+        return None;
+    }
+    next.version = current.version + 1;
+    next.last_event_at = current.last_event_at.max(event_at);
+    next.updated_at = now_ms();
+    let newly_succeeded = next.status == S::Succeeded && current.status != S::Succeeded;
+    Some(Transition { payment: next, newly_succeeded })
+}
+
+fn clear_failure(p: &mut Payment) {
+    p.failure_code = None;
+    p.failure_decline_code = None;
+    p.failure_message = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payment(status: PaymentStatus) -> Payment {
+        Payment {
+            id: "pay_1".into(),
+            call_id: "call_1".into(),
+            clinic_id: "c".into(),
+            client_ref: "r".into(),
+            requested_by_id: "u".into(),
+            requested_by_name: "Dr".into(),
+            amount: 5000,
+            currency: "aud".into(),
+            description: "d".into(),
+            status,
+            version: 3,
+            stripe_account: "acct".into(),
+            payment_intent_id: Some("pi".into()),
+            client_secret: Some("pi_secret".into()),
+            amount_received: None,
+            amount_refunded: 0,
+            paid_at: None,
+            receipt_email: None,
+            card_brand: None,
+            card_last4: None,
+            failure_code: None,
+            failure_decline_code: None,
+            failure_message: None,
+            last_event_at: 100,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn failed() -> Change {
+        Change::Failed {
+            code: "card_declined".into(),
+            decline_code: Some("generic_decline".into()),
+            message: "no".into(),
+        }
+    }
+
+    fn succeeded() -> Change {
+        Change::Succeeded {
+            amount_received: 5000,
+            receipt_email: Some("p@e.co".into()),
+            card: Some(("visa".into(), "4242".into())),
+        }
+    }
+
+    #[test]
+    fn success_is_final_and_reported_once() {
+        let t = apply(&payment(PaymentStatus::Requested), &succeeded(), 101).unwrap();
+        assert!(t.newly_succeeded);
+        assert_eq!(t.payment.status, PaymentStatus::Succeeded);
+        assert_eq!(t.payment.version, 4);
+        assert_eq!(t.payment.card_last4.as_deref(), Some("4242"));
+        // A duplicate success, a late failure, a late 3DS prompt or a cancel change nothing.
+        for late in [succeeded(), failed(), Change::RequiresAction, Change::Processing, Change::Canceled] {
+            assert_eq!(apply(&t.payment, &late, 102), None, "{late:?}");
+        }
+    }
+
+    #[test]
+    fn declines_can_be_retried_until_success() {
+        let f = apply(&payment(PaymentStatus::Requested), &failed(), 101).unwrap();
+        assert_eq!(f.payment.status, PaymentStatus::Failed);
+        assert_eq!(f.payment.failure_decline_code.as_deref(), Some("generic_decline"));
+        let a = apply(&f.payment, &Change::RequiresAction, 102).unwrap();
+        assert_eq!(a.payment.status, PaymentStatus::Authenticating);
+        assert_eq!(a.payment.failure_code, None, "a new attempt clears the old failure");
+        let s = apply(&a.payment, &succeeded(), 103).unwrap();
+        assert!(s.newly_succeeded);
+    }
+
+    #[test]
+    fn stale_non_final_events_are_ignored_but_success_is_not() {
+        let p = payment(PaymentStatus::Failed);
+        assert_eq!(apply(&p, &Change::RequiresAction, 99), None, "older than the newest applied event");
+        assert!(apply(&p, &succeeded(), 99).is_some(), "success is the truth whenever it arrives");
+        assert_eq!(apply(&payment(PaymentStatus::Processing), &Change::RequiresAction, 101), None);
+    }
+
+    #[test]
+    fn cancel_only_while_unpaid_and_is_final() {
+        let c = apply(&payment(PaymentStatus::Requested), &Change::Canceled, 0).unwrap();
+        assert_eq!(c.payment.status, PaymentStatus::Canceled);
+        assert_eq!(apply(&c.payment, &succeeded(), 200), None);
+        assert_eq!(apply(&c.payment, &Change::Canceled, 200), None);
+    }
+
+    #[test]
+    fn refunds_only_grow_and_only_after_payment() {
+        assert_eq!(apply(&payment(PaymentStatus::Requested), &Change::Refunded { amount_refunded: 100 }, 101), None);
+        let paid = apply(&payment(PaymentStatus::Requested), &succeeded(), 101).unwrap().payment;
+        let part = apply(&paid, &Change::Refunded { amount_refunded: 1000 }, 102).unwrap().payment;
+        assert_eq!((part.status, part.amount_refunded), (PaymentStatus::PartiallyRefunded, 1000));
+        assert_eq!(apply(&part, &Change::Refunded { amount_refunded: 500 }, 103), None, "never shrinks");
+        let full = apply(&part, &Change::Refunded { amount_refunded: 5000 }, 104).unwrap().payment;
+        assert_eq!(full.status, PaymentStatus::Refunded);
+        assert_eq!(apply(&full, &failed(), 105), None);
+    }
+
+    #[test]
+    fn created_only_from_creating() {
+        let mut p = payment(PaymentStatus::Creating);
+        p.payment_intent_id = None;
+        let t = apply(&p, &Change::Created { payment_intent_id: "pi_9".into(), client_secret: "s".into() }, 0).unwrap();
+        assert_eq!(t.payment.status, PaymentStatus::Requested);
+        assert_eq!(
+            apply(&t.payment, &Change::Created { payment_intent_id: "pi_x".into(), client_secret: "s".into() }, 0),
+            None
+        );
+        assert_eq!(apply(&p, &failed(), 101), None, "no Stripe status before the intent exists");
+    }
+}

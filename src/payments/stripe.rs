@@ -1,0 +1,216 @@
+//! Stripe behind the [`StripeApi`] trait. [`StripeGateway`] is the real implementation on
+//! async-stripe 1.0; it talks to any base URL, so the same code runs against Stripe and against
+//! stripe-sim. Every POST carries an Idempotency-Key derived from callpay's own payment id, and a
+//! transient failure (timeout, 409, 429, 5xx) is retried with the same key, so a retry can never
+//! create a second PaymentIntent or cancel twice.
+
+use crate::config::StripeConfig;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
+use stripe::{RequestStrategy, StripeRequest};
+use stripe_core::payment_intent::{
+    CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentAutomaticPaymentMethods, RetrievePaymentIntent,
+};
+
+/// First wait between attempts; doubles each time.
+const BACKOFF_START: Duration = Duration::from_millis(200);
+
+/// Stripe failures, sorted by what the caller can do about them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// Stripe could not be reached or asked us to retry, and the attempts ran out.
+    #[error("stripe unavailable: {0}")]
+    Unavailable(String),
+    /// The platform lost access to the connected account (deauthorised or unknown).
+    #[error("no access to the connected account: {0}")]
+    AccountAccess(String),
+    /// Stripe refused the request.
+    #[error("stripe rejected the request ({status} {code:?}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Stripe's error code.
+        code: Option<String>,
+        /// Stripe's message.
+        message: String,
+    },
+}
+
+/// A new PaymentIntent, as a direct charge on a connected account.
+#[derive(Debug, Clone)]
+pub struct NewIntent {
+    /// Connected account (`Stripe-Account`).
+    pub account: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Lowercase currency.
+    pub currency: String,
+    /// Shown on the clinic's dashboard and the receipt.
+    pub description: String,
+    /// callpay ids only, never clinical data.
+    pub metadata: HashMap<String, String>,
+    /// Derived from callpay's payment id.
+    pub idempotency_key: String,
+}
+
+/// What callpay needs to know about a PaymentIntent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentInfo {
+    /// `pi_…`.
+    pub id: String,
+    /// For the patient's Stripe.js.
+    pub client_secret: Option<String>,
+    /// Stripe's status string.
+    pub status: String,
+    /// Amount received.
+    pub amount_received: i64,
+    /// Receipt address.
+    pub receipt_email: Option<String>,
+    /// Brand and last four of the latest charge's card.
+    pub card: Option<(String, String)>,
+}
+
+/// Stripe operations callpay performs.
+#[async_trait]
+pub trait StripeApi: Send + Sync + 'static {
+    /// Creates a PaymentIntent on the connected account.
+    async fn create_intent(&self, intent: &NewIntent) -> Result<IntentInfo, GatewayError>;
+    /// Cancels a PaymentIntent.
+    async fn cancel_intent(&self, account: &str, id: &str, idempotency_key: &str) -> Result<IntentInfo, GatewayError>;
+    /// Reads a PaymentIntent with its latest charge.
+    async fn intent(&self, account: &str, id: &str) -> Result<IntentInfo, GatewayError>;
+}
+
+/// The real Stripe client.
+pub struct StripeGateway {
+    client: stripe::Client,
+    max_attempts: u32,
+}
+
+impl StripeGateway {
+    /// A client for `cfg.api_base` with the platform secret key.
+    pub fn new(cfg: &StripeConfig) -> Result<Self, GatewayError> {
+        let base = if cfg.api_base.ends_with('/') { cfg.api_base.clone() } else { format!("{}/", cfg.api_base) };
+        let client = stripe::ClientBuilder::new(cfg.secret_key.expose())
+            .url(base)
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .build()
+            .map_err(|e| GatewayError::Unavailable(format!("client configuration: {e}")))?;
+        Ok(Self { client, max_attempts: cfg.max_attempts.max(1) })
+    }
+
+    /// Runs `send` up to `max_attempts` times while the failure is transient.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut send: F) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, stripe::StripeError>>,
+    {
+        let mut wait = BACKOFF_START;
+        let mut attempt = 1;
+        loop {
+            match send().await.map_err(classify) {
+                Ok(v) => return Ok(v),
+                Err(GatewayError::Unavailable(why)) if attempt < self.max_attempts => {
+                    tracing::warn!(what, attempt, %why, "stripe call failed; retrying with the same idempotency key");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn classify(e: stripe::StripeError) -> GatewayError {
+    match e {
+        stripe::StripeError::Stripe(err, status) => {
+            let code = err.code.as_ref().map(|c| c.as_str().to_owned());
+            let message = err.message.clone().unwrap_or_default();
+            match status {
+                409 | 429 | 500..=599 => GatewayError::Unavailable(format!("{status}: {message}")),
+                401 | 403 => GatewayError::AccountAccess(message),
+                _ => GatewayError::Rejected { status, code, message },
+            }
+        }
+        stripe::StripeError::ClientError(m) => GatewayError::Unavailable(m),
+        stripe::StripeError::Timeout => GatewayError::Unavailable("timeout".into()),
+        other => GatewayError::Rejected { status: 0, code: None, message: other.to_string() },
+    }
+}
+
+fn account_id(account: &str) -> Result<stripe::AccountId, GatewayError> {
+    stripe::AccountId::from_str(account).map_err(|_| GatewayError::AccountAccess(format!("bad account id {account}")))
+}
+
+fn key(k: &str) -> Result<RequestStrategy, GatewayError> {
+    stripe::IdempotencyKey::new(k).map(RequestStrategy::Idempotent).map_err(|e| GatewayError::Rejected {
+        status: 0,
+        code: None,
+        message: format!("idempotency key: {e}"),
+    })
+}
+
+fn info(pi: stripe_shared::PaymentIntent) -> IntentInfo {
+    let card = match &pi.latest_charge {
+        Some(stripe_types::Expandable::Object(charge)) => charge
+            .payment_method_details
+            .as_ref()
+            .and_then(|d| d.card.as_ref())
+            .and_then(|c| Some((c.brand.clone()?, c.last4.clone()?))),
+        _ => None,
+    };
+    IntentInfo {
+        id: pi.id.as_str().to_owned(),
+        client_secret: pi.client_secret,
+        status: pi.status.as_str().to_owned(),
+        amount_received: pi.amount_received,
+        receipt_email: pi.receipt_email,
+        card,
+    }
+}
+
+#[async_trait]
+impl StripeApi for StripeGateway {
+    async fn create_intent(&self, n: &NewIntent) -> Result<IntentInfo, GatewayError> {
+        let currency = stripe_types::Currency::from_str(&n.currency).map_err(|_| GatewayError::Rejected {
+            status: 0,
+            code: None,
+            message: format!("unknown currency {}", n.currency),
+        })?;
+        let account = account_id(&n.account)?;
+        let strategy = key(&n.idempotency_key)?;
+        let request = CreatePaymentIntent::new(n.amount, currency)
+            .description(n.description.clone())
+            .metadata(n.metadata.clone())
+            .automatic_payment_methods(CreatePaymentIntentAutomaticPaymentMethods::new(true));
+        self.with_retries("create payment intent", || {
+            request.customize().account_id(account.clone()).request_strategy(strategy.clone()).send(&self.client)
+        })
+        .await
+        .map(info)
+    }
+
+    async fn cancel_intent(&self, account: &str, id: &str, idempotency_key: &str) -> Result<IntentInfo, GatewayError> {
+        let account = account_id(account)?;
+        let strategy = key(idempotency_key)?;
+        let request = CancelPaymentIntent::new(id);
+        self.with_retries("cancel payment intent", || {
+            request.customize().account_id(account.clone()).request_strategy(strategy.clone()).send(&self.client)
+        })
+        .await
+        .map(info)
+    }
+
+    async fn intent(&self, account: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+        let account = account_id(account)?;
+        let request = RetrievePaymentIntent::new(id).expand(vec!["latest_charge".to_owned()]);
+        self.with_retries("retrieve payment intent", || {
+            request.customize().account_id(account.clone()).send(&self.client)
+        })
+        .await
+        .map(info)
+    }
+}

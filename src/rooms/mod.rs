@@ -1,0 +1,330 @@
+//! Per-call rooms: who is connected to each call on this node, and fan-out of room events to
+//! them. Domain state only: synchronous, no I/O, and no lock is ever held across an `.await`
+//! (the room's mutex guards a member map and a counter; every critical section is a loop of
+//! non-blocking `try_send`s).
+
+use crate::bus::RoomEvent;
+use crate::payments::view::{encode, payment_view, visible_to};
+use crate::ws::outbound::Outbound;
+use callpay_protocol::{Participant, Role, ServerMsg};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// All rooms with members on this node.
+pub struct RoomRegistry {
+    rooms: DashMap<String, Arc<Room>>,
+    next_conn: AtomicU64,
+    publishable_key: String,
+}
+
+/// One call's members on this node.
+pub struct Room {
+    clinic_id: String,
+    inner: Mutex<RoomInner>,
+}
+
+struct RoomInner {
+    seq: u64,
+    members: HashMap<u64, Member>,
+}
+
+struct Member {
+    participant: Participant,
+    out: Outbound,
+}
+
+/// What joining gives a connection.
+pub struct Joined {
+    /// Keeps the connection in the room until dropped or [`Membership::leave`] is called.
+    pub membership: Membership,
+    /// The room's counter at the moment of joining; later events have a larger `seq`.
+    pub seq: u64,
+    /// Everyone connected to the call on this node, the new member included.
+    pub participants: Vec<Participant>,
+    /// Whether this is the participant's first connection (others should hear they joined).
+    pub first_connection: bool,
+}
+
+impl RoomRegistry {
+    /// An empty registry. Patients' payment copies carry `publishable_key` for Stripe.js.
+    pub fn new(publishable_key: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self { rooms: DashMap::new(), next_conn: AtomicU64::new(1), publishable_key: publishable_key.into() })
+    }
+
+    /// Adds a connection to `call_id`'s room, creating the room if needed.
+    pub fn join(self: &Arc<Self>, call_id: &str, clinic_id: &str, participant: Participant, out: Outbound) -> Joined {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        // Clone the Arc out and drop the DashMap guard before locking the room.
+        let room = self
+            .rooms
+            .entry(call_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Room {
+                    clinic_id: clinic_id.to_owned(),
+                    inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new() }),
+                })
+            })
+            .clone();
+        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let first_connection = !inner.members.values().any(|m| m.participant.id == participant.id);
+        inner.members.insert(conn, Member { participant: participant.clone(), out });
+        let participants = unique_participants(&inner.members);
+        let seq = inner.seq;
+        drop(inner);
+        Joined {
+            membership: Membership {
+                registry: self.clone(),
+                call_id: call_id.to_owned(),
+                conn,
+                participant,
+                left: false,
+            },
+            seq,
+            participants,
+            first_connection,
+        }
+    }
+
+    /// Delivers a room event to this node's members of `call_id`; returns how many got it.
+    pub fn deliver(&self, call_id: &str, event: &RoomEvent) -> usize {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return 0 };
+        room.broadcast(event, &self.publishable_key)
+    }
+
+    /// The current event counter of a room (0 if nobody is here).
+    pub fn seq(&self, call_id: &str) -> u64 {
+        self.rooms.get(call_id).map(|r| r.clone()).map_or(0, |r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).seq)
+    }
+
+    /// Calls with members on this node, with their clinic.
+    pub fn calls(&self) -> Vec<(String, String)> {
+        self.rooms.iter().map(|r| (r.key().clone(), r.clinic_id.clone())).collect()
+    }
+
+    /// Open connections on this node.
+    pub fn connections(&self) -> usize {
+        self.rooms.iter().map(|r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.len()).sum()
+    }
+
+    fn leave(&self, call_id: &str, conn: u64, participant_id: &str) -> bool {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return false };
+        let (empty, last_of_participant) = {
+            let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.members.remove(&conn);
+            let last = !inner.members.values().any(|m| m.participant.id == participant_id);
+            (inner.members.is_empty(), last)
+        };
+        if empty {
+            // Re-checked under the map's shard lock, so a concurrent join is never dropped.
+            self.rooms.remove_if(call_id, |_, r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.is_empty());
+        }
+        last_of_participant
+    }
+}
+
+impl Room {
+    fn broadcast(&self, event: &RoomEvent, publishable_key: &str) -> usize {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.seq += 1;
+        let seq = inner.seq;
+        // Rendered at most once per role, then shared by every member of that role.
+        let mut rendered: [Option<Option<Arc<str>>>; 2] = [None, None];
+        let mut sent = 0;
+        for member in inner.members.values() {
+            let role = member.participant.role;
+            let slot = &mut rendered[role as usize];
+            let frame = slot.get_or_insert_with(|| render(event, role, seq, publishable_key));
+            if let Some(frame) = frame {
+                if member.out.push(frame.clone()) {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+}
+
+fn unique_participants(members: &HashMap<u64, Member>) -> Vec<Participant> {
+    let mut seen: Vec<Participant> = Vec::new();
+    let mut sorted: Vec<(&u64, &Member)> = members.iter().collect();
+    sorted.sort_by_key(|(id, _)| **id);
+    for (_, m) in sorted {
+        if !seen.iter().any(|p| p.id == m.participant.id) {
+            seen.push(m.participant.clone());
+        }
+    }
+    seen
+}
+
+/// The frame `role` gets for `event`, or `None` if that role does not see it.
+fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Arc<str>> {
+    let msg = match event {
+        RoomEvent::Joined { participant } => ServerMsg::ParticipantJoined { participant: participant.clone() },
+        RoomEvent::Left { participant } => ServerMsg::ParticipantLeft { participant: participant.clone() },
+        RoomEvent::PaymentRequested { payment } => {
+            if !visible_to(payment, role) {
+                return None;
+            }
+            ServerMsg::PaymentRequested { payment: payment_view(payment, role, pk) }
+        }
+        RoomEvent::PaymentUpdated { payment } => {
+            if !visible_to(payment, role) {
+                return None;
+            }
+            ServerMsg::PaymentUpdated { payment: payment_view(payment, role, pk) }
+        }
+        RoomEvent::PaymentConfirmed { payment } => {
+            ServerMsg::PaymentConfirmed { payment: payment_view(payment, role, pk) }
+        }
+        RoomEvent::Progress { payment_id, stage, participant_id } => {
+            if role != Role::Clinician {
+                return None;
+            }
+            ServerMsg::PaymentProgress {
+                payment_id: payment_id.clone(),
+                stage: *stage,
+                participant_id: participant_id.clone(),
+            }
+        }
+        RoomEvent::ClinicUpdated { payments_available, reason } => {
+            ServerMsg::ClinicUpdated { payments_available: *payments_available, reason: reason.clone() }
+        }
+    };
+    Some(encode(seq, msg))
+}
+
+/// A connection's place in a room. Leaving happens on [`Membership::leave`] or on drop.
+pub struct Membership {
+    registry: Arc<RoomRegistry>,
+    call_id: String,
+    conn: u64,
+    participant: Participant,
+    left: bool,
+}
+
+impl Membership {
+    /// Leaves the room; returns the participant if this was their last connection to the call.
+    pub fn leave(mut self) -> Option<Participant> {
+        self.left = true;
+        self.registry.leave(&self.call_id, self.conn, &self.participant.id).then(|| self.participant.clone())
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if !self.left {
+            self.registry.leave(&self.call_id, self.conn, &self.participant.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Payment, now_ms};
+    use callpay_protocol::{PaymentStatus, ServerFrame};
+
+    fn person(id: &str, role: Role) -> Participant {
+        Participant { id: id.into(), name: id.into(), role }
+    }
+
+    fn payment(status: PaymentStatus) -> Box<Payment> {
+        Box::new(Payment {
+            id: "pay_1".into(),
+            call_id: "call".into(),
+            clinic_id: "c".into(),
+            client_ref: "r".into(),
+            requested_by_id: "doc".into(),
+            requested_by_name: "Doc".into(),
+            amount: 5000,
+            currency: "aud".into(),
+            description: "Consult".into(),
+            status,
+            version: 2,
+            stripe_account: "acct_1".into(),
+            payment_intent_id: Some("pi_1".into()),
+            client_secret: Some("pi_1_secret_x".into()),
+            amount_received: None,
+            amount_refunded: 0,
+            paid_at: None,
+            receipt_email: None,
+            card_brand: None,
+            card_last4: None,
+            failure_code: None,
+            failure_decline_code: None,
+            failure_message: None,
+            last_event_at: 0,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+        })
+    }
+
+    fn frame(rx: &mut tokio::sync::mpsc::Receiver<Arc<str>>) -> ServerFrame {
+        serde_json::from_str(&rx.try_recv().expect("a frame")).unwrap()
+    }
+
+    #[test]
+    fn fan_out_renders_per_role_and_never_leaks_the_secret_to_clinicians() {
+        let reg = RoomRegistry::new("pk_test_x");
+        let (doc_out, mut doc_rx) = Outbound::new(8);
+        let (pat_out, mut pat_rx) = Outbound::new(8);
+        let doc = reg.join("call", "c", person("doc", Role::Clinician), doc_out);
+        let pat = reg.join("call", "c", person("pat", Role::Patient), pat_out);
+        assert_eq!(pat.participants.len(), 2);
+        assert_eq!(reg.deliver("call", &RoomEvent::PaymentRequested { payment: payment(PaymentStatus::Requested) }), 2);
+        let d = frame(&mut doc_rx);
+        let p = frame(&mut pat_rx);
+        assert_eq!(d.seq, 1);
+        assert_eq!(p.seq, 1);
+        let ServerMsg::PaymentRequested { payment: dv } = d.msg else { panic!() };
+        let ServerMsg::PaymentRequested { payment: pv } = p.msg else { panic!() };
+        assert!(dv.stripe.is_none());
+        assert_eq!(pv.stripe.unwrap().client_secret, "pi_1_secret_x");
+        // Progress goes to clinicians only; a creating payment to clinicians only.
+        reg.deliver(
+            "call",
+            &RoomEvent::Progress {
+                payment_id: "pay_1".into(),
+                stage: callpay_protocol::ProgressStage::Viewing,
+                participant_id: "pat".into(),
+            },
+        );
+        reg.deliver("call", &RoomEvent::PaymentRequested { payment: payment(PaymentStatus::Creating) });
+        assert_eq!(frame(&mut doc_rx).seq, 2);
+        assert_eq!(frame(&mut doc_rx).seq, 3);
+        assert!(pat_rx.try_recv().is_err());
+        drop((doc, pat));
+        assert_eq!(reg.connections(), 0);
+        assert!(reg.calls().is_empty(), "empty rooms are removed");
+    }
+
+    #[test]
+    fn presence_counts_connections_per_participant() {
+        let reg = RoomRegistry::new("pk");
+        let a1 = reg.join("call", "c", person("a", Role::Patient), Outbound::new(4).0);
+        let a2 = reg.join("call", "c", person("a", Role::Patient), Outbound::new(4).0);
+        assert!(a1.first_connection);
+        assert!(!a2.first_connection);
+        assert_eq!(a2.participants.len(), 1);
+        assert_eq!(a1.membership.leave(), None, "another connection of a remains");
+        assert_eq!(a2.membership.leave().map(|p| p.id), Some("a".into()));
+    }
+
+    #[test]
+    fn a_slow_member_is_flagged_and_others_still_served() {
+        let reg = RoomRegistry::new("pk");
+        let (slow, _slow_rx) = Outbound::new(1);
+        let (fast, mut fast_rx) = Outbound::new(8);
+        let _s = reg.join("call", "c", person("s", Role::Clinician), slow.clone());
+        let _f = reg.join("call", "c", person("f", Role::Clinician), fast);
+        for _ in 0..3 {
+            reg.deliver("call", &RoomEvent::ClinicUpdated { payments_available: true, reason: None });
+        }
+        assert!(slow.slow_consumer().is_cancelled());
+        for seq in 1..=3 {
+            assert_eq!(frame(&mut fast_rx).seq, seq);
+        }
+    }
+}

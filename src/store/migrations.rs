@@ -1,0 +1,63 @@
+//! Schema migrations, embedded in the binary and written in SQL that SQLite and PostgreSQL both
+//! accept (TEXT, BIGINT, `$n` placeholders). Applied in order at start-up, each exactly once.
+
+/// (version, name, statements). Never edit a released entry: add a new one.
+pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
+    1,
+    "clinics, payments, webhook events",
+    &[
+        "CREATE TABLE IF NOT EXISTS clinics (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            app_enabled BIGINT NOT NULL DEFAULT 0,
+            stripe_account TEXT,
+            stripe_publishable_key TEXT,
+            stripe_livemode BIGINT NOT NULL DEFAULT 0,
+            linked_by TEXT,
+            linked_at BIGINT,
+            updated_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS clinics_stripe_account ON clinics (stripe_account)",
+        "CREATE TABLE IF NOT EXISTS payments (
+            id TEXT PRIMARY KEY,
+            call_id TEXT NOT NULL,
+            clinic_id TEXT NOT NULL,
+            client_ref TEXT NOT NULL,
+            requested_by_id TEXT NOT NULL,
+            requested_by_name TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            currency TEXT NOT NULL,
+            description TEXT NOT NULL,
+            status TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            stripe_account TEXT NOT NULL,
+            payment_intent_id TEXT,
+            client_secret TEXT,
+            amount_received BIGINT,
+            amount_refunded BIGINT NOT NULL DEFAULT 0,
+            paid_at BIGINT,
+            receipt_email TEXT,
+            card_brand TEXT,
+            card_last4 TEXT,
+            failure_code TEXT,
+            failure_decline_code TEXT,
+            failure_message TEXT,
+            last_event_at BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            UNIQUE (call_id, client_ref)
+        )",
+        "CREATE INDEX IF NOT EXISTS payments_intent ON payments (payment_intent_id)",
+        "CREATE INDEX IF NOT EXISTS payments_call ON payments (call_id, created_at)",
+        "CREATE INDEX IF NOT EXISTS payments_clinic ON payments (clinic_id, created_at)",
+        "CREATE TABLE IF NOT EXISTS webhook_events (
+            event_id TEXT PRIMARY KEY,
+            event_type TEXT NOT NULL,
+            account TEXT,
+            payment_id TEXT,
+            outcome TEXT NOT NULL,
+            received_at BIGINT NOT NULL
+        )",
+    ],
+)];

@@ -1,0 +1,183 @@
+//! Persistence behind the [`Store`] trait: clinics, payments and processed Stripe webhook events.
+//! [`SqlStore`] implements it on SQLite (embedded default, also in-memory for tests) and
+//! PostgreSQL (for several hub instances) through one portable SQL dialect.
+
+mod migrations;
+mod sql;
+
+pub use sql::SqlStore;
+
+use async_trait::async_trait;
+use callpay_protocol::PaymentStatus;
+
+/// Store failures. Callers treat every variant as "try again later": nothing was half-written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row held a value the code does not know (e.g. an unknown status).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A clinic as the payment app knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clinic {
+    /// The platform's clinic id.
+    pub id: String,
+    /// The organisation it belongs to.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Whether the platform operator approved the payment app for it.
+    pub app_enabled: bool,
+    /// The linked Stripe Standard account, if any.
+    pub stripe_account: Option<String>,
+    /// That account's publishable key, from the OAuth exchange.
+    pub stripe_publishable_key: Option<String>,
+    /// Whether the link is a live-mode one.
+    pub stripe_livemode: bool,
+    /// Who linked it.
+    pub linked_by: Option<String>,
+    /// When (Unix ms).
+    pub linked_at: Option<i64>,
+}
+
+impl Clinic {
+    /// Whether a clinician can request payments now, and the error code if not.
+    pub fn payment_readiness(&self) -> Result<&str, callpay_protocol::ErrorCode> {
+        if !self.app_enabled {
+            return Err(callpay_protocol::ErrorCode::AppNotEnabled);
+        }
+        self.stripe_account.as_deref().ok_or(callpay_protocol::ErrorCode::StripeNotConnected)
+    }
+}
+
+/// A payment record: ours, kept alongside Stripe's so reports never depend on Stripe.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Payment {
+    /// callpay's id (`pay_…`).
+    pub id: String,
+    /// The call it was requested in.
+    pub call_id: String,
+    /// The clinic that is paid.
+    pub clinic_id: String,
+    /// The clinician's idempotency reference.
+    pub client_ref: String,
+    /// Clinician's participant id.
+    pub requested_by_id: String,
+    /// Clinician's display name.
+    pub requested_by_name: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Lowercase currency.
+    pub currency: String,
+    /// What it is for.
+    pub description: String,
+    /// State-machine status.
+    pub status: PaymentStatus,
+    /// Grows by one with every change.
+    pub version: i64,
+    /// The connected account the charge is made on (kept even if the clinic re-links).
+    pub stripe_account: String,
+    /// Stripe PaymentIntent id once created.
+    pub payment_intent_id: Option<String>,
+    /// The PaymentIntent's client secret (handed only to patients of this call).
+    pub client_secret: Option<String>,
+    /// Amount received once paid.
+    pub amount_received: Option<i64>,
+    /// Refunded so far.
+    pub amount_refunded: i64,
+    /// When it was paid (Unix ms).
+    pub paid_at: Option<i64>,
+    /// Where the receipt went.
+    pub receipt_email: Option<String>,
+    /// Card brand of the successful charge.
+    pub card_brand: Option<String>,
+    /// Last four digits of that card.
+    pub card_last4: Option<String>,
+    /// Stripe's code for the last failure.
+    pub failure_code: Option<String>,
+    /// Bank's decline code for the last failure.
+    pub failure_decline_code: Option<String>,
+    /// Message for the last failure.
+    pub failure_message: Option<String>,
+    /// `created` (Unix s) of the newest Stripe event applied, to spot stale events.
+    pub last_event_at: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+}
+
+/// What inserting a payment found.
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new row.
+    New,
+    /// A payment with the same (call, client_ref) already existed.
+    Existing(Box<Payment>),
+}
+
+/// What recording a webhook event did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WebhookWrite {
+    /// Recorded (and the payment updated, if one was given).
+    Applied,
+    /// The event id was already recorded: nothing changed.
+    Duplicate,
+    /// The payment changed since it was read: nothing was written; read again and retry.
+    Conflict,
+}
+
+/// Where callpay keeps its state.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+    /// Creates or replaces a clinic.
+    async fn upsert_clinic(&self, clinic: &Clinic) -> StoreResult<()>;
+    /// A clinic by id.
+    async fn clinic(&self, id: &str) -> StoreResult<Option<Clinic>>;
+    /// Clinics linked to a Stripe account.
+    async fn clinics_by_account(&self, account: &str) -> StoreResult<Vec<Clinic>>;
+    /// Inserts a payment unless (call_id, client_ref) exists.
+    async fn insert_payment(&self, payment: &Payment) -> StoreResult<Inserted>;
+    /// A payment by id.
+    async fn payment(&self, id: &str) -> StoreResult<Option<Payment>>;
+    /// A payment by its Stripe PaymentIntent id.
+    async fn payment_by_intent(&self, payment_intent_id: &str) -> StoreResult<Option<Payment>>;
+    /// Every payment of a call, oldest first.
+    async fn payments_for_call(&self, call_id: &str) -> StoreResult<Vec<Payment>>;
+    /// Writes `payment` if the stored version is still `expected_version`; false if not.
+    async fn update_payment(&self, payment: &Payment, expected_version: i64) -> StoreResult<bool>;
+    /// Whether a Stripe event id was already processed.
+    async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
+    /// Records a Stripe event and, in the same transaction, the payment change it causes.
+    async fn record_webhook(&self, event: &WebhookRecord, update: Option<(&Payment, i64)>)
+    -> StoreResult<WebhookWrite>;
+}
+
+/// A processed Stripe event, for deduplication and audit.
+#[derive(Debug, Clone)]
+pub struct WebhookRecord {
+    /// `evt_…`.
+    pub event_id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Connected account, if any.
+    pub account: Option<String>,
+    /// The payment it concerned, if known.
+    pub payment_id: Option<String>,
+    /// What the hub did (`applied`, `stale`, `unknown_payment`, `ignored`).
+    pub outcome: String,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,438 @@
+//! [`Store`] on SQL through sqlx's `Any` driver: `sqlite:` URLs (a file, or `sqlite::memory:`)
+//! and `postgres:` URLs run the same statements.
+
+use super::migrations::MIGRATIONS;
+use super::{Clinic, Inserted, Payment, Store, StoreError, StoreResult, WebhookRecord, WebhookWrite, now_ms};
+use async_trait::async_trait;
+use callpay_protocol::PaymentStatus;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+// Every composed statement below is built from constants only; values are always bound.
+use sqlx::{AnyPool, AssertSqlSafe, Row};
+use std::time::Duration;
+
+/// How long a SQLite writer waits for another writer before giving up; short enough that a
+/// stuck database surfaces as an error to the caller rather than a hung request.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+/// Pool sizes: SQLite serialises writers anyway; PostgreSQL gets a few for concurrent calls.
+const SQLITE_POOL: u32 = 4;
+const POSTGRES_POOL: u32 = 16;
+/// Longest wait for a pooled connection before a request fails with a store error.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A SQLite or PostgreSQL store.
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+}
+
+const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, currency, \
+    description, status, version, stripe_account, payment_intent_id, client_secret, amount_received, amount_refunded, \
+    paid_at, receipt_email, card_brand, card_last4, failure_code, failure_decline_code, failure_message, last_event_at, \
+    created_at, updated_at";
+
+impl SqlStore {
+    /// Connects and applies pending migrations. `sqlite::memory:` gives a private in-memory database.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url = if url == "sqlite::memory:" {
+            // One shared in-memory database per store, however many pooled connections use it.
+            format!("sqlite:file:callpay_{}?mode=memory&cache=shared", rand::random::<u64>())
+        } else if sqlite && !url.contains("mode=") {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { SQLITE_POOL } else { POSTGRES_POOL })
+            .min_connections(if url.contains("mode=memory") { 1 } else { 0 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .idle_timeout(None::<Duration>)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::query(AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await.ok();
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS callpay_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, name, statements) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<i64> = sqlx::query_scalar("SELECT version FROM callpay_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in *statements {
+                sqlx::query(*statement).execute(&mut *tx).await?;
+            }
+            // ON CONFLICT: two instances starting together both try; the loser's insert is a no-op.
+            sqlx::query(
+                "INSERT INTO callpay_migrations (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(*version)
+            .bind(*name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for in-flight statements.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn status_str(s: PaymentStatus) -> &'static str {
+    match s {
+        PaymentStatus::Creating => "creating",
+        PaymentStatus::Requested => "requested",
+        PaymentStatus::Authenticating => "authenticating",
+        PaymentStatus::Processing => "processing",
+        PaymentStatus::Failed => "failed",
+        PaymentStatus::Succeeded => "succeeded",
+        PaymentStatus::Canceled => "canceled",
+        PaymentStatus::PartiallyRefunded => "partially_refunded",
+        PaymentStatus::Refunded => "refunded",
+    }
+}
+
+fn parse_status(s: &str) -> StoreResult<PaymentStatus> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| StoreError::Corrupt(format!("unknown payment status {s:?}")))
+}
+
+fn clinic_from(row: &AnyRow) -> StoreResult<Clinic> {
+    Ok(Clinic {
+        id: row.try_get("id")?,
+        org_id: row.try_get("org_id")?,
+        name: row.try_get("name")?,
+        app_enabled: row.try_get::<i64, _>("app_enabled")? != 0,
+        stripe_account: row.try_get("stripe_account")?,
+        stripe_publishable_key: row.try_get("stripe_publishable_key")?,
+        stripe_livemode: row.try_get::<i64, _>("stripe_livemode")? != 0,
+        linked_by: row.try_get("linked_by")?,
+        linked_at: row.try_get("linked_at")?,
+    })
+}
+
+fn payment_from(row: &AnyRow) -> StoreResult<Payment> {
+    Ok(Payment {
+        id: row.try_get("id")?,
+        call_id: row.try_get("call_id")?,
+        clinic_id: row.try_get("clinic_id")?,
+        client_ref: row.try_get("client_ref")?,
+        requested_by_id: row.try_get("requested_by_id")?,
+        requested_by_name: row.try_get("requested_by_name")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        description: row.try_get("description")?,
+        status: parse_status(&row.try_get::<String, _>("status")?)?,
+        version: row.try_get("version")?,
+        stripe_account: row.try_get("stripe_account")?,
+        payment_intent_id: row.try_get("payment_intent_id")?,
+        client_secret: row.try_get("client_secret")?,
+        amount_received: row.try_get("amount_received")?,
+        amount_refunded: row.try_get("amount_refunded")?,
+        paid_at: row.try_get("paid_at")?,
+        receipt_email: row.try_get("receipt_email")?,
+        card_brand: row.try_get("card_brand")?,
+        card_last4: row.try_get("card_last4")?,
+        failure_code: row.try_get("failure_code")?,
+        failure_decline_code: row.try_get("failure_decline_code")?,
+        failure_message: row.try_get("failure_message")?,
+        last_event_at: row.try_get("last_event_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Binds every payment column except `id` (used by UPDATE, whose WHERE binds id and version).
+macro_rules! bind_payment_fields {
+    ($q:expr, $p:expr) => {
+        $q.bind(&$p.call_id)
+            .bind(&$p.clinic_id)
+            .bind(&$p.client_ref)
+            .bind(&$p.requested_by_id)
+            .bind(&$p.requested_by_name)
+            .bind($p.amount)
+            .bind(&$p.currency)
+            .bind(&$p.description)
+            .bind(status_str($p.status))
+            .bind($p.version)
+            .bind(&$p.stripe_account)
+            .bind(&$p.payment_intent_id)
+            .bind(&$p.client_secret)
+            .bind($p.amount_received)
+            .bind($p.amount_refunded)
+            .bind($p.paid_at)
+            .bind(&$p.receipt_email)
+            .bind(&$p.card_brand)
+            .bind(&$p.card_last4)
+            .bind(&$p.failure_code)
+            .bind(&$p.failure_decline_code)
+            .bind(&$p.failure_message)
+            .bind($p.last_event_at)
+            .bind($p.created_at)
+            .bind($p.updated_at)
+    };
+}
+
+const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, client_ref = $3, requested_by_id = $4, \
+    requested_by_name = $5, amount = $6, currency = $7, description = $8, status = $9, version = $10, \
+    stripe_account = $11, payment_intent_id = $12, client_secret = $13, amount_received = $14, amount_refunded = $15, \
+    paid_at = $16, receipt_email = $17, card_brand = $18, card_last4 = $19, failure_code = $20, \
+    failure_decline_code = $21, failure_message = $22, last_event_at = $23, created_at = $24, updated_at = $25 \
+    WHERE id = $26 AND version = $27";
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn upsert_clinic(&self, c: &Clinic) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO clinics (id, org_id, name, app_enabled, stripe_account, stripe_publishable_key, stripe_livemode, \
+             linked_by, linked_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, app_enabled = excluded.app_enabled, \
+             stripe_account = excluded.stripe_account, stripe_publishable_key = excluded.stripe_publishable_key, \
+             stripe_livemode = excluded.stripe_livemode, linked_by = excluded.linked_by, linked_at = excluded.linked_at, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(&c.id)
+        .bind(&c.org_id)
+        .bind(&c.name)
+        .bind(i64::from(c.app_enabled))
+        .bind(&c.stripe_account)
+        .bind(&c.stripe_publishable_key)
+        .bind(i64::from(c.stripe_livemode))
+        .bind(&c.linked_by)
+        .bind(c.linked_at)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clinic(&self, id: &str) -> StoreResult<Option<Clinic>> {
+        let row = sqlx::query("SELECT * FROM clinics WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(clinic_from).transpose()
+    }
+
+    async fn clinics_by_account(&self, account: &str) -> StoreResult<Vec<Clinic>> {
+        let rows =
+            sqlx::query("SELECT * FROM clinics WHERE stripe_account = $1").bind(account).fetch_all(&self.pool).await?;
+        rows.iter().map(clinic_from).collect()
+    }
+
+    async fn insert_payment(&self, p: &Payment) -> StoreResult<Inserted> {
+        let sql = format!(
+            "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT (call_id, client_ref) DO NOTHING"
+        );
+        let q = sqlx::query(AssertSqlSafe(sql)).bind(&p.id);
+        let done = bind_payment_fields!(q, p).execute(&self.pool).await?;
+        if done.rows_affected() == 1 {
+            return Ok(Inserted::New);
+        }
+        let existing = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id = $1 AND client_ref = $2"
+        )))
+        .bind(&p.call_id)
+        .bind(&p.client_ref)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Inserted::Existing(Box::new(payment_from(&existing)?)))
+    }
+
+    async fn payment(&self, id: &str) -> StoreResult<Option<Payment>> {
+        let row = sqlx::query(AssertSqlSafe(format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(payment_from).transpose()
+    }
+
+    async fn payment_by_intent(&self, pi: &str) -> StoreResult<Option<Payment>> {
+        let row =
+            sqlx::query(AssertSqlSafe(format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_intent_id = $1")))
+                .bind(pi)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(payment_from).transpose()
+    }
+
+    async fn payments_for_call(&self, call_id: &str) -> StoreResult<Vec<Payment>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id = $1 ORDER BY created_at, id"
+        )))
+        .bind(call_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(payment_from).collect()
+    }
+
+    async fn update_payment(&self, p: &Payment, expected_version: i64) -> StoreResult<bool> {
+        let q = sqlx::query(UPDATE_PAYMENT);
+        let done = bind_payment_fields!(q, p).bind(&p.id).bind(expected_version).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
+        let row: Option<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn record_webhook(&self, e: &WebhookRecord, update: Option<(&Payment, i64)>) -> StoreResult<WebhookWrite> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO webhook_events (event_id, event_type, account, payment_id, outcome, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(&e.event_id)
+        .bind(&e.event_type)
+        .bind(&e.account)
+        .bind(&e.payment_id)
+        .bind(&e.outcome)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(WebhookWrite::Duplicate);
+        }
+        if let Some((p, expected)) = update {
+            let q = sqlx::query(UPDATE_PAYMENT);
+            let done = bind_payment_fields!(q, p).bind(&p.id).bind(expected).execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(WebhookWrite::Conflict);
+            }
+        }
+        tx.commit().await?;
+        Ok(WebhookWrite::Applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(id: &str, call: &str, client_ref: &str) -> Payment {
+        Payment {
+            id: id.into(),
+            call_id: call.into(),
+            clinic_id: "clinic_1".into(),
+            client_ref: client_ref.into(),
+            requested_by_id: "u1".into(),
+            requested_by_name: "Dr A".into(),
+            amount: 5000,
+            currency: "aud".into(),
+            description: "Consult".into(),
+            status: PaymentStatus::Creating,
+            version: 1,
+            stripe_account: "acct_1".into(),
+            payment_intent_id: None,
+            client_secret: None,
+            amount_received: None,
+            amount_refunded: 0,
+            paid_at: None,
+            receipt_email: None,
+            card_brand: None,
+            card_last4: None,
+            failure_code: None,
+            failure_decline_code: None,
+            failure_message: None,
+            last_event_at: 0,
+            created_at: now_ms(),
+            updated_at: now_ms(),
+        }
+    }
+
+    #[tokio::test]
+    async fn payments_are_unique_per_call_and_ref_and_updates_are_versioned() {
+        let store = SqlStore::connect("sqlite::memory:").await.unwrap();
+        let p = sample("pay_1", "call_1", "ref_1");
+        assert!(matches!(store.insert_payment(&p).await.unwrap(), Inserted::New));
+        let again = sample("pay_2", "call_1", "ref_1");
+        match store.insert_payment(&again).await.unwrap() {
+            Inserted::Existing(existing) => assert_eq!(existing.id, "pay_1"),
+            Inserted::New => panic!("duplicate client_ref inserted"),
+        }
+        let mut next = p.clone();
+        next.status = PaymentStatus::Requested;
+        next.version = 2;
+        next.payment_intent_id = Some("pi_1".into());
+        assert!(store.update_payment(&next, 1).await.unwrap());
+        assert!(!store.update_payment(&next, 1).await.unwrap(), "stale version is refused");
+        let loaded = store.payment_by_intent("pi_1").await.unwrap().unwrap();
+        assert_eq!(loaded, next);
+        assert_eq!(store.payments_for_call("call_1").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn webhook_events_are_recorded_once_with_their_update() {
+        let store = SqlStore::connect("sqlite::memory:").await.unwrap();
+        let p = sample("pay_1", "call_1", "ref_1");
+        store.insert_payment(&p).await.unwrap();
+        let mut paid = p.clone();
+        paid.status = PaymentStatus::Succeeded;
+        paid.version = 2;
+        let rec = WebhookRecord {
+            event_id: "evt_1".into(),
+            event_type: "payment_intent.succeeded".into(),
+            account: Some("acct_1".into()),
+            payment_id: Some("pay_1".into()),
+            outcome: "applied".into(),
+        };
+        assert_eq!(store.record_webhook(&rec, Some((&paid, 1))).await.unwrap(), WebhookWrite::Applied);
+        assert_eq!(store.record_webhook(&rec, Some((&paid, 2))).await.unwrap(), WebhookWrite::Duplicate);
+        assert!(store.webhook_seen("evt_1").await.unwrap());
+        // A conflicting version writes nothing, not even the event id, so a retry can apply it.
+        let rec2 = WebhookRecord { event_id: "evt_2".into(), ..rec.clone() };
+        assert_eq!(store.record_webhook(&rec2, Some((&paid, 1))).await.unwrap(), WebhookWrite::Conflict);
+        assert!(!store.webhook_seen("evt_2").await.unwrap());
+        assert_eq!(store.payment("pay_1").await.unwrap().unwrap().status, PaymentStatus::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn a_file_database_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("callpay-store-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("callpay.db").display());
+        {
+            let store = SqlStore::connect(&url).await.unwrap();
+            store.insert_payment(&sample("pay_1", "call_1", "r")).await.unwrap();
+            store.close().await;
+        }
+        let store = SqlStore::connect(&url).await.unwrap();
+        assert!(store.payment("pay_1").await.unwrap().is_some());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

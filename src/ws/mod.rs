@@ -1,0 +1,60 @@
+//! WebSocket transport: the upgrade handler (authenticates before upgrading and enforces the
+//! connection cap and frame limits) and one session task per connection.
+
+pub mod outbound;
+mod session;
+
+use crate::app::AppState;
+use crate::http::ApiError;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+/// `?token=` for browsers, which cannot set headers on a WebSocket.
+#[derive(Debug, Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The bearer token from `Authorization` or `?token=`.
+pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or(query)
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /v1/calls/{call_id}/ws`.
+pub async fn upgrade(
+    State(app): State<AppState>,
+    Path(call_id): Path<String>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(token) = bearer(&headers, q.token.as_deref()) else {
+        return ApiError::unauthorized("A join token is required (Authorization: Bearer … or ?token=…).")
+            .into_response();
+    };
+    let claims = match app.verifier.join(token, &call_id) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(call_id, error = %e, "join refused");
+            app.metrics.joins_refused.inc();
+            return ApiError::unauthorized("The join token is not valid for this call.").into_response();
+        }
+    };
+    let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
+        return ApiError::overloaded("This hub is at its connection limit; retry shortly.").into_response();
+    };
+    let limit = app.config.server.max_message_bytes;
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
+        let tracker = app.tracker.clone();
+        tracker.track_future(session::run(socket, app, claims, permit))
+    })
+}

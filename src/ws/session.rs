@@ -1,0 +1,287 @@
+//! One connection's life: join the room, send `welcome` from the store, then three parts run
+//! until any of them ends — the reader (decodes and rate-limits client frames), the writer
+//! (drains the bounded outbound queue, pings, closes on overflow, heartbeat loss or shutdown)
+//! and the command task (runs payment requests one at a time so a slow Stripe call never stalls
+//! reading pongs).
+
+use super::outbound::Outbound;
+use crate::app::AppState;
+use crate::auth::JoinClaims;
+use crate::bus::RoomEvent;
+use crate::payments::view::{encode, payment_view, visible_to};
+use crate::payments::{Caller, Refusal};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg, close};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Client commands waiting behind the one being handled. Beyond this the client is sending
+/// faster than payments can be made and gets `rate_limited`.
+const COMMAND_QUEUE: usize = 8;
+
+/// Token bucket for client frames.
+struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        Self { tokens: f64::from(burst), burst: f64::from(burst), per_sec: f64::from(per_sec), at: Instant::now() }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Arc<str> {
+    encode(app.hub.rooms.seq(call_id), ServerMsg::Error { code: r.code, message: r.message, reference: r.reference })
+}
+
+/// Decodes a client frame; a non-integer amount on a request is `invalid_amount`, anything else
+/// malformed is `bad_frame`.
+fn decode(text: &str) -> Result<ClientMsg, Refusal> {
+    serde_json::from_str(text).map_err(|e| {
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        if value["type"] == "payment.request" && value.get("amount").is_some_and(|a| !a.is_i64()) {
+            let reference = value["client_ref"].as_str().map(str::to_owned);
+            return Refusal {
+                code: ErrorCode::InvalidAmount,
+                message: "Amount must be a whole number of cents.".into(),
+                reference,
+            };
+        }
+        Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {e}"), reference: None }
+    })
+}
+
+/// Runs a connection to completion.
+pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: OwnedSemaphorePermit) {
+    let participant = claims.participant();
+    let call_id = claims.call_id.clone();
+    let clinic_id = claims.clinic_id.clone();
+    app.metrics.connections_opened.inc();
+    let (out, mut out_rx) = Outbound::new(app.config.server.outbound_queue);
+    // Join before reading the snapshot: anything that happens meanwhile is queued behind
+    // `welcome`, and clients drop what the snapshot already covers by version.
+    let joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
+    let (mut sink, mut stream) = socket.split();
+    let welcome = match welcome(&app, &claims, joined.seq, joined.participants).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, call_id, "cannot build welcome: store unavailable");
+            let frame = error_frame(
+                &app,
+                &call_id,
+                Refusal {
+                    code: ErrorCode::Internal,
+                    message: "The hub cannot load this call right now; reconnect shortly.".into(),
+                    reference: None,
+                },
+            );
+            let _ = sink.send(Message::Text(Utf8Bytes::from(&*frame))).await;
+            let _ =
+                sink.send(Message::Close(Some(CloseFrame { code: 1011, reason: "store unavailable".into() }))).await;
+            return;
+        }
+    };
+    if sink.send(Message::Text(Utf8Bytes::from(&*welcome))).await.is_err() {
+        return;
+    }
+    if joined.first_connection {
+        app.hub.publish(&call_id, &clinic_id, RoomEvent::Joined { participant: participant.clone() }).await;
+    }
+
+    let done = CancellationToken::new();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let (cmd_tx, cmd_rx) = mpsc::channel::<ClientMsg>(COMMAND_QUEUE);
+    let caller = Caller { participant: participant.clone(), call_id: call_id.clone(), clinic_id: clinic_id.clone() };
+    app.tracker.spawn(commands(app.clone(), caller, cmd_rx, out.clone()));
+
+    let ping_every = Duration::from_secs(app.config.server.ping_interval_secs.max(1));
+    let writer = {
+        let (done, shutdown, slow, last_seen) =
+            (done.clone(), app.shutdown.clone(), out.slow_consumer().clone(), last_seen.clone());
+        app.tracker.spawn(async move {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+            let close_with = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = slow.cancelled() => {
+                        let _ = sink.send(close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync")).await;
+                        break;
+                    }
+                    _ = shutdown.cancelled() => {
+                        let _ = sink.send(close_with(close::GOING_AWAY, "hub shutting down")).await;
+                        break;
+                    }
+                    _ = done.cancelled() => break,
+                    frame = out_rx.recv() => {
+                        let Some(frame) = frame else { break };
+                        // Feed everything already queued, then flush once.
+                        let mut ok = sink.feed(Message::Text(Utf8Bytes::from(&*frame))).await.is_ok();
+                        while ok {
+                            match out_rx.try_recv() {
+                                Ok(f) => ok = sink.feed(Message::Text(Utf8Bytes::from(&*f))).await.is_ok(),
+                                Err(_) => break,
+                            }
+                        }
+                        if !ok || sink.flush().await.is_err() {
+                            break;
+                        }
+                    }
+                    _ = ping.tick() => {
+                        let silent = started.elapsed().as_millis() as u64 - last_seen.load(Ordering::Relaxed);
+                        if silent > ping_every.as_millis() as u64 * 3 / 2 {
+                            let _ = sink.send(close_with(close::HEARTBEAT_TIMEOUT, "no pong")).await;
+                            break;
+                        }
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            done.cancel();
+        })
+    };
+
+    let mut limit = RateLimit::new(app.config.server.rate_per_sec, app.config.server.rate_burst);
+    loop {
+        let next = tokio::select! {
+            _ = done.cancelled() => break,
+            m = stream.next() => m,
+        };
+        let Some(Ok(msg)) = next else { break };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let refusal = match msg {
+            Message::Text(text) => {
+                if !limit.allow() {
+                    Some(Refusal {
+                        code: ErrorCode::RateLimited,
+                        message: "Too many messages; slow down.".into(),
+                        reference: None,
+                    })
+                } else {
+                    match decode(text.as_str()) {
+                        Ok(cmd) => match cmd_tx.try_send(cmd) {
+                            Ok(()) => None,
+                            Err(_) => Some(Refusal {
+                                code: ErrorCode::RateLimited,
+                                message: "Too many requests in flight; wait for the earlier ones.".into(),
+                                reference: None,
+                            }),
+                        },
+                        Err(r) => Some(r),
+                    }
+                }
+            }
+            Message::Binary(_) => Some(Refusal {
+                code: ErrorCode::BadFrame,
+                message: "Binary frames are not part of the protocol.".into(),
+                reference: None,
+            }),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => None,
+        };
+        if let Some(r) = refusal {
+            app.metrics.frames_refused.inc();
+            out.push(error_frame(&app, &call_id, r));
+        }
+    }
+    done.cancel();
+    drop(cmd_tx);
+    let _ = writer.await;
+    if let Some(left) = joined.membership.leave() {
+        app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left }).await;
+    }
+    app.metrics.connections_closed.inc();
+}
+
+async fn welcome(
+    app: &AppState,
+    claims: &JoinClaims,
+    seq: u64,
+    participants: Vec<callpay_protocol::Participant>,
+) -> Result<Arc<str>, crate::store::StoreError> {
+    let payments = app.payments.snapshot(&claims.call_id).await?;
+    let clinic = app.store.clinic(&claims.clinic_id).await?;
+    let role = claims.role;
+    let pk = &app.config.stripe.publishable_key;
+    Ok(encode(
+        seq,
+        ServerMsg::Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            call_id: claims.call_id.clone(),
+            clinic_name: clinic.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+            you: claims.participant(),
+            participants,
+            payments: payments.iter().filter(|p| visible_to(p, role)).map(|p| payment_view(p, role, pk)).collect(),
+            payments_available: clinic.as_ref().is_some_and(|c| c.payment_readiness().is_ok()),
+        },
+    ))
+}
+
+async fn commands(app: AppState, caller: Caller, mut rx: mpsc::Receiver<ClientMsg>, out: Outbound) {
+    while let Some(cmd) = rx.recv().await {
+        let result = match cmd {
+            ClientMsg::PaymentRequest { client_ref, amount, currency, description } => {
+                app.payments.request(&caller, &client_ref, amount, &currency, &description).await
+            }
+            ClientMsg::PaymentCancel { payment_id } => app.payments.cancel(&caller, &payment_id).await,
+            ClientMsg::PaymentProgress { payment_id, stage } => {
+                app.payments.progress(&caller, &payment_id, stage).await
+            }
+        };
+        if let Err(r) = result {
+            app.metrics.frames_refused.inc();
+            out.push(error_frame(&app, &caller.call_id, r));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_sorts_bad_frames() {
+        assert!(decode(r#"{"type":"payment.cancel","payment_id":"p"}"#).is_ok());
+        assert_eq!(decode("not json").unwrap_err().code, ErrorCode::BadFrame);
+        assert_eq!(decode(r#"{"type":"nope"}"#).unwrap_err().code, ErrorCode::BadFrame);
+        let r =
+            decode(r#"{"type":"payment.request","client_ref":"r1","amount":12.5,"currency":"aud","description":"d"}"#)
+                .unwrap_err();
+        assert_eq!((r.code, r.reference.as_deref()), (ErrorCode::InvalidAmount, Some("r1")));
+        assert_eq!(
+            decode(r#"{"type":"payment.request","client_ref":"r1","amount":"50","currency":"aud","description":"d"}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidAmount
+        );
+    }
+
+    #[test]
+    fn rate_limit_allows_a_burst_then_refuses() {
+        let mut r = RateLimit::new(1, 3);
+        assert!(r.allow() && r.allow() && r.allow());
+        assert!(!r.allow());
+    }
+}
