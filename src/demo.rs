@@ -66,6 +66,17 @@ pub fn join_token(secret: &str, call_id: &str, clinic_id: &str, sub: &str, name:
 
 /// Builds the demo: simulator, store under `data_dir` (or in memory when `None`), seeded clinic.
 pub async fn start(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<Demo> {
+    start_with(data_dir, listen, stripe_sim::SimConfig::default(), |_| {}).await
+}
+
+/// [`start`] with simulator settings and a last word on the hub's configuration (tests use it
+/// for fast webhook retries, small queues and short timeouts).
+pub async fn start_with(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    sim_config: stripe_sim::SimConfig,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<Demo> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; choose another address with --listen 127.0.0.1:PORT"))?;
@@ -78,7 +89,7 @@ pub async fn start(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Res
             secret: webhook_secret.clone(),
         }],
         platform_name: "callpay demo platform".into(),
-        ..stripe_sim::SimConfig::default()
+        ..sim_config
     })
     .await
     .context("starting the Stripe simulator")?;
@@ -102,6 +113,7 @@ pub async fn start(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Res
     config.stripe.connect_base = sim.url.clone();
     config.stripe.js_url = format!("{}js/v3", sim.url);
     config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
+    tweak(&mut config);
     config.validate_for_serve().context("demo configuration")?;
 
     let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;

@@ -227,24 +227,19 @@ impl Payments {
             let key = format!("callpay:{}:cancel", payment.id);
             if let Err(e) = self.stripe.cancel_intent(&payment.stripe_account, pi, &key).await {
                 // The patient may have paid a moment ago: take Stripe's word for the state.
-                if let GatewayError::Rejected { .. } = e {
-                    if let Ok(info) = self.stripe.intent(&payment.stripe_account, pi).await {
-                        if info.status == "succeeded" {
-                            let change = Change::Succeeded {
-                                amount_received: info.amount_received,
-                                receipt_email: info.receipt_email,
-                                card: info.card,
-                            };
-                            if let Ok(Some(t)) = self.transition(&payment.id, &change, 0).await {
-                                self.announce(t).await;
-                            }
-                            return Err(Refusal::new(
-                                ErrorCode::InvalidState,
-                                "The patient has already paid.",
-                                reference,
-                            ));
-                        }
+                if let GatewayError::Rejected { .. } = e
+                    && let Ok(info) = self.stripe.intent(&payment.stripe_account, pi).await
+                    && info.status == "succeeded"
+                {
+                    let change = Change::Succeeded {
+                        amount_received: info.amount_received,
+                        receipt_email: info.receipt_email,
+                        card: info.card,
+                    };
+                    if let Ok(Some(t)) = self.transition(&payment.id, &change, 0).await {
+                        self.announce(t).await;
                     }
+                    return Err(Refusal::new(ErrorCode::InvalidState, "The patient has already paid.", reference));
                 }
                 return Err(gateway_refusal(e, reference));
             }

@@ -136,10 +136,10 @@ impl Room {
             let role = member.participant.role;
             let slot = &mut rendered[role as usize];
             let frame = slot.get_or_insert_with(|| render(event, role, seq, publishable_key));
-            if let Some(frame) = frame {
-                if member.out.push(frame.clone()) {
-                    sent += 1;
-                }
+            if let Some(frame) = frame
+                && member.out.push(frame.clone())
+            {
+                sent += 1;
             }
         }
         sent

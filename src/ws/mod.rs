@@ -38,6 +38,7 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Some(token) = bearer(&headers, q.token.as_deref()) else {
+        app.metrics.joins_refused.inc();
         return ApiError::unauthorized("A join token is required (Authorization: Bearer … or ?token=…).")
             .into_response();
     };

@@ -1,0 +1,79 @@
+//! Join tokens are checked before the upgrade: missing, forged, expired or other-call tokens
+//! get HTTP 401 and never a socket.
+
+use crate::helpers::*;
+use callpay::auth::{JoinClaims, now_secs, sign_hs256};
+use callpay_protocol::Role;
+use tokio_tungstenite::connect_async;
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+async fn refused_status(url: &str) -> u16 {
+    match connect_async(url).await {
+        Err(WsError::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("upgrade should have been refused"),
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_before_upgrade() {
+    let hub = TestHub::start().await;
+    let call = hub.info.call_id.clone();
+    let base = hub.info.hub_url.replace("http://", "ws://");
+    assert_eq!(refused_status(&format!("{base}/v1/calls/{call}/ws")).await, 401);
+    let forged = sign_hs256(
+        "not-the-platform-secret-not-the-platform",
+        &JoinClaims {
+            sub: "x".into(),
+            call_id: call.clone(),
+            clinic_id: "clinic_demo".into(),
+            role: Role::Clinician,
+            name: "X".into(),
+            exp: now_secs() + 60,
+        },
+    );
+    assert_eq!(refused_status(&hub.ws_url(&call, &forged)).await, 401);
+    let expired = sign_hs256(
+        &hub.info.platform_secret,
+        &JoinClaims {
+            sub: "x".into(),
+            call_id: call.clone(),
+            clinic_id: "clinic_demo".into(),
+            role: Role::Clinician,
+            name: "X".into(),
+            exp: now_secs() - 3600,
+        },
+    );
+    assert_eq!(refused_status(&hub.ws_url(&call, &expired)).await, 401);
+    // A valid token for call A cannot join call B.
+    assert_eq!(refused_status(&hub.ws_url("some-other-call", &hub.info.clinician_token)).await, 401);
+    // The header form works too.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "{base}/v1/calls/{call}/ws"
+    ))
+    .unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", hub.info.patient_token).parse().unwrap());
+    let (mut ws, _) = connect_async(req).await.expect("header token accepted");
+    use futures_util::StreamExt;
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"welcome\""));
+    let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
+    assert!(metrics.contains("callpay_ws_joins_refused_total 4"), "{metrics}");
+}
+
+#[tokio::test]
+async fn connection_cap_answers_503() {
+    let hub = TestHub::start_with(|c| c.server.max_connections = 1).await;
+    let _first = hub.clinician().await;
+    assert_eq!(refused_status(&hub.ws_url(&hub.info.call_id, &hub.info.patient_token)).await, 503);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_going_away() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    hub.state.shutdown.cancel();
+    assert_eq!(doc.until_closed().await, callpay_protocol::close::GOING_AWAY);
+    assert_eq!(pat.until_closed().await, callpay_protocol::close::GOING_AWAY);
+}

@@ -1,0 +1,9 @@
+//! The hub's integration tests over real sockets: one binary, one module per concern. Each test
+//! starts its own hub and Stripe simulator on loopback ports.
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod flow;
+mod webhooks;
