@@ -1,6 +1,7 @@
 //! Start-up: the shared [`AppState`], the router, binding the listener, and running until the
 //! root cancellation token fires, then draining sessions and closing the store.
 
+use crate::admin::connect::{ConnectApi, StripeConnect};
 use crate::auth::Verifier;
 use crate::bus::{Bus, MemoryBus};
 use crate::config::Config;
@@ -29,6 +30,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// The payment service.
     pub payments: Arc<Payments>,
+    /// Stripe's API (also used directly by the admin pages for account names).
+    pub payments_stripe: Arc<dyn StripeApi>,
+    /// Stripe Connect OAuth.
+    pub connect: Arc<dyn ConnectApi>,
     /// Token verification.
     pub verifier: Arc<Verifier>,
     /// Counters.
@@ -49,6 +54,8 @@ pub struct Dependencies {
     pub stripe: Arc<dyn StripeApi>,
     /// Cross-node fan-out.
     pub bus: Arc<dyn Bus>,
+    /// Stripe Connect OAuth.
+    pub connect: Arc<dyn ConnectApi>,
 }
 
 impl Dependencies {
@@ -56,7 +63,12 @@ impl Dependencies {
     pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
         let store = SqlStore::connect(&config.database.url).await.context("opening the database")?;
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
-        Ok(Self { store: Arc::new(store), stripe: Arc::new(stripe), bus: Arc::new(MemoryBus::new(node_id)) })
+        Ok(Self {
+            store: Arc::new(store),
+            stripe: Arc::new(stripe),
+            bus: Arc::new(MemoryBus::new(node_id)),
+            connect: Arc::new(StripeConnect::new(&config.stripe)),
+        })
     }
 }
 
@@ -93,7 +105,7 @@ impl App {
         let verifier = Verifier::new(&config.auth).context("auth settings")?;
         let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
         let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone());
-        let payments = Payments::new(deps.store.clone(), deps.stripe, hub.clone(), config.payments.clone());
+        let payments = Payments::new(deps.store.clone(), deps.stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());
         let state = AppState {
@@ -102,6 +114,8 @@ impl App {
             store: deps.store,
             hub,
             payments: Arc::new(payments),
+            payments_stripe: deps.stripe,
+            connect: deps.connect,
             verifier: Arc::new(verifier),
             metrics: Arc::new(Metrics::default()),
             tracker: TaskTracker::new(),

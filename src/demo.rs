@@ -12,6 +12,7 @@ use crate::payments::random_id;
 use crate::payments::stripe::StripeGateway;
 use crate::store::{Clinic, SqlStore, Store, now_ms};
 use anyhow::Context;
+use crate::admin::authz::AdminRole;
 use callpay_protocol::Role;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -39,6 +40,25 @@ pub struct DemoInfo {
     pub patient_token: String,
     /// HS256 secret the demo "platform" signs tokens with.
     pub platform_secret: String,
+    /// Admin token of the demo organisation's admin.
+    pub org_admin_token: String,
+    /// Admin token of the demo clinic's admin.
+    pub clinic_admin_token: String,
+    /// Admin token of the platform operator (service desk).
+    pub operator_token: String,
+}
+
+/// Signs an admin token the way the platform would.
+pub fn admin_token(secret: &str, sub: &str, name: &str, role: crate::admin::authz::AdminRole, org_id: Option<&str>, clinic_ids: &[&str]) -> String {
+    let claims = crate::admin::authz::AdminClaims {
+        sub: sub.into(),
+        name: name.into(),
+        role,
+        org_id: org_id.map(str::to_owned),
+        clinic_ids: clinic_ids.iter().map(|c| (*c).to_owned()).collect(),
+        exp: now_secs() + TOKEN_TTL_SECS,
+    };
+    sign_hs256(secret, &claims)
 }
 
 /// A started demo: the app (not yet running), the simulator handle and what to print.
@@ -117,6 +137,7 @@ pub async fn start_with(
     config.validate_for_serve().context("demo configuration")?;
 
     let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
+    store.upsert_org(&crate::store::Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await?;
     let account = sim
         .sim
         .with_world(|w| w.create_account(Some("reception@harbour.example"), Some("Harbour Clinic"), "AU", "aud", true));
@@ -128,6 +149,7 @@ pub async fn start_with(
             app_enabled: true,
             stripe_account: Some(account),
             stripe_publishable_key: None,
+            stripe_display_name: Some("Harbour Clinic".into()),
             stripe_livemode: false,
             linked_by: Some("demo seed".into()),
             linked_at: Some(now_ms()),
@@ -138,6 +160,7 @@ pub async fn start_with(
         store: Arc::new(store),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
         bus: Arc::new(MemoryBus::new(node.clone())),
+        connect: Arc::new(crate::admin::connect::StripeConnect::new(&config.stripe)),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
     let info = DemoInfo {
@@ -153,6 +176,9 @@ pub async fn start_with(
         hub_url,
         stripe_url: sim.url.trim_end_matches('/').to_owned(),
         call_id,
+        org_admin_token: admin_token(&platform_secret, "admin-olivia", "Olivia (org admin)", AdminRole::OrgAdmin, Some(DEMO_ORG), &[]),
+        clinic_admin_token: admin_token(&platform_secret, "admin-cam", "Cam (clinic admin)", AdminRole::TeamAdmin, None, &[DEMO_CLINIC]),
+        operator_token: admin_token(&platform_secret, "desk-pat", "Pat (service desk)", AdminRole::PlatformOperator, None, &[]),
         platform_secret,
     };
     let app = App::build_on(listener, config, deps, node).await?;
@@ -169,6 +195,9 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Resul
     println!("  call:               {}", i.call_id);
     println!("  clinician token:    {}", i.clinician_token);
     println!("  patient token:      {}", i.patient_token);
+    println!("  clinic admin token: {}", i.clinic_admin_token);
+    println!("  org admin token:    {}", i.org_admin_token);
+    println!("  operator token:     {}", i.operator_token);
     println!(
         "CALLPAY_DEMO {}",
         json!({

@@ -34,6 +34,16 @@ impl Hub {
         }
     }
 
+    /// Delivers to every call of `clinic_id` on every node (e.g. the clinic was unlinked).
+    /// On the bus, an empty `call_id` means "every call of the clinic".
+    pub async fn publish_clinic(&self, clinic_id: &str, event: RoomEvent) {
+        self.rooms.deliver_clinic(clinic_id, &event);
+        let envelope = Envelope { origin: self.node_id.clone(), call_id: String::new(), clinic_id: clinic_id.into(), event };
+        if let Err(e) = self.bus.publish(&envelope).await {
+            tracing::warn!(error = %e, clinic_id, "bus publish failed; other nodes will resync");
+        }
+    }
+
     /// Starts receiving other nodes' events.
     pub fn start(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         self.bus.start(self.clone(), stop);
@@ -57,7 +67,11 @@ impl Hub {
 
 impl EnvelopeSink for Hub {
     fn deliver_remote(&self, envelope: &Envelope) {
-        self.rooms.deliver(&envelope.call_id, &envelope.event);
+        if envelope.call_id.is_empty() {
+            self.rooms.deliver_clinic(&envelope.clinic_id, &envelope.event);
+        } else {
+            self.rooms.deliver(&envelope.call_id, &envelope.event);
+        }
     }
 
     fn resync(&self) {

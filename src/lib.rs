@@ -6,6 +6,7 @@
 //!   the WebSocket upgrade with one session task per connection.
 //! - [`rooms`] holds per-call membership and fan-out (domain state, no I/O);
 //!   [`hub`] publishes room events locally and over the [`bus`].
+//! - [`admin`] is the administrative API: app enablement, Connect OAuth, audit log.
 //! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait.
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
 //! - [`auth`] verifies the platform's tokens; [`config`] loads settings; [`metrics`] counts;
@@ -13,6 +14,7 @@
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod bus;

@@ -52,6 +52,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Escapes text for HTML content and quoted attributes.
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
 /// Every route.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -60,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::live))
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
+        .merge(crate::admin::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.") })
         .with_state(state)
 }

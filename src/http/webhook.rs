@@ -47,6 +47,21 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Byte
             return e.into_response();
         }
     };
+    if let stripe_webhook::EventObject::AccountApplicationDeauthorized(_) = &event.data.object {
+        let Some(account) = event.account.as_deref() else {
+            return axum::Json(json!({"received": true, "outcome": "ignored"})).into_response();
+        };
+        return match crate::admin::on_deauthorized(&app, event.id.as_str(), account).await {
+            Ok(n) => {
+                tracing::info!(account, clinics = n, "clinic Stripe access revoked from Stripe's side");
+                axum::Json(json!({"received": true, "outcome": "deauthorized", "clinics": n})).into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deauthorization not applied; Stripe will retry");
+                ApiError::unavailable("The event could not be stored; retry later.").into_response()
+            }
+        };
+    }
     match app.payments.apply_event(&event).await {
         Ok(outcome) => {
             match outcome {

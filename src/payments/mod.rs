@@ -92,8 +92,22 @@ impl Payments {
         self.store.payments_for_call(call_id).await
     }
 
-    /// `payment.request` from a clinician.
+    /// `payment.request` from a clinician; audited whatever the outcome.
     pub async fn request(
+        &self,
+        who: &Caller,
+        client_ref: &str,
+        amount: i64,
+        currency: &str,
+        description: &str,
+    ) -> Result<(), Refusal> {
+        let result = self.request_inner(who, client_ref, amount, currency, description).await;
+        let detail = format!("{} ref {client_ref}", validate::display_amount(amount, currency));
+        self.audit(who, "payment.requested", Some(client_ref), &result, detail).await;
+        result
+    }
+
+    async fn request_inner(
         &self,
         who: &Caller,
         client_ref: &str,
@@ -202,8 +216,41 @@ impl Payments {
         Ok(())
     }
 
-    /// `payment.cancel` from a clinician.
+    /// `payment.cancel` from a clinician; audited whatever the outcome.
     pub async fn cancel(&self, who: &Caller, payment_id: &str) -> Result<(), Refusal> {
+        let result = self.cancel_inner(who, payment_id).await;
+        self.audit(who, "payment.canceled", Some(payment_id), &result, String::new()).await;
+        result
+    }
+
+    /// Appends an audit record of a participant's payment action; failures are logged.
+    async fn audit(&self, who: &Caller, action: &str, target: Option<&str>, result: &Result<(), Refusal>, detail: String) {
+        let (outcome, detail) = match result {
+            Ok(()) => ("ok", detail),
+            Err(r) => ("refused", format!("{detail} {:?}: {}", r.code, r.message).trim().to_owned()),
+        };
+        let entry = crate::store::AuditEntry {
+            id: format!("aud_{}", random_id()),
+            at: now_ms(),
+            org_id: None,
+            clinic_id: Some(who.clinic_id.clone()),
+            actor_id: who.participant.id.clone(),
+            actor_name: who.participant.name.clone(),
+            actor_role: match who.participant.role {
+                Role::Clinician => "clinician".into(),
+                Role::Patient => "patient".into(),
+            },
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            outcome: outcome.to_owned(),
+            detail: (!detail.is_empty()).then_some(detail),
+        };
+        if let Err(e) = self.store.append_audit(&entry).await {
+            tracing::error!(error = %e, action, "AUDIT RECORD LOST: store unavailable");
+        }
+    }
+
+    async fn cancel_inner(&self, who: &Caller, payment_id: &str) -> Result<(), Refusal> {
         let reference = Some(payment_id);
         if who.participant.role != Role::Clinician {
             return Err(Refusal::new(
@@ -407,6 +454,22 @@ impl Payments {
                 .await?
             {
                 WebhookWrite::Applied => {
+                    let entry = crate::store::AuditEntry {
+                        id: format!("aud_{}", random_id()),
+                        at: now_ms(),
+                        org_id: None,
+                        clinic_id: Some(t.payment.clinic_id.clone()),
+                        actor_id: "stripe".into(),
+                        actor_name: "Stripe".into(),
+                        actor_role: "stripe".into(),
+                        action: format!("payment.{}", crate::store::status_str(t.payment.status)),
+                        target: Some(t.payment.id.clone()),
+                        outcome: "ok".into(),
+                        detail: Some(format!("event {event_id}")),
+                    };
+                    if let Err(e) = self.store.append_audit(&entry).await {
+                        tracing::error!(error = %e, "AUDIT RECORD LOST: store unavailable");
+                    }
                     self.announce(t).await;
                     return Ok(EventOutcome::Applied);
                 }

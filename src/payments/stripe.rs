@@ -81,6 +81,8 @@ pub trait StripeApi: Send + Sync + 'static {
     async fn cancel_intent(&self, account: &str, id: &str, idempotency_key: &str) -> Result<IntentInfo, GatewayError>;
     /// Reads a PaymentIntent with its latest charge.
     async fn intent(&self, account: &str, id: &str) -> Result<IntentInfo, GatewayError>;
+    /// The connected account's business name, for admin pages (`None` if unknown/unreachable).
+    async fn account_name(&self, account: &str) -> Option<String>;
 }
 
 /// The real Stripe client.
@@ -212,5 +214,13 @@ impl StripeApi for StripeGateway {
         })
         .await
         .map(info)
+    }
+
+    async fn account_name(&self, account: &str) -> Option<String> {
+        let request = stripe_connect::account::RetrieveAccount::new(account);
+        let acct = self.with_retries("retrieve account", || request.customize().send(&self.client)).await.ok()?;
+        let profile = acct.business_profile.and_then(|p| p.name);
+        let dashboard = acct.settings.and_then(|s| s.dashboard.display_name);
+        profile.or(dashboard)
     }
 }

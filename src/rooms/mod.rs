@@ -93,6 +93,12 @@ impl RoomRegistry {
         room.broadcast(event, &self.publishable_key)
     }
 
+    /// Delivers to every local room of `clinic_id`.
+    pub fn deliver_clinic(&self, clinic_id: &str, event: &RoomEvent) -> usize {
+        let rooms: Vec<Arc<Room>> = self.rooms.iter().filter(|r| r.clinic_id == clinic_id).map(|r| r.clone()).collect();
+        rooms.iter().map(|room| room.broadcast(event, &self.publishable_key)).sum()
+    }
+
     /// The current event counter of a room (0 if nobody is here).
     pub fn seq(&self, call_id: &str) -> u64 {
         self.rooms.get(call_id).map(|r| r.clone()).map_or(0, |r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).seq)

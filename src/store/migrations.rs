@@ -60,4 +60,52 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             received_at BIGINT NOT NULL
         )",
     ],
+), (
+    2,
+    "organisations, app enablement, OAuth states, audit log",
+    &[
+        "CREATE TABLE IF NOT EXISTS orgs (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+        "CREATE INDEX IF NOT EXISTS clinics_org ON clinics (org_id)",
+        "CREATE TABLE IF NOT EXISTS enablement_requests (
+            id TEXT PRIMARY KEY,
+            org_id TEXT NOT NULL,
+            clinic_id TEXT NOT NULL,
+            ticket_ref TEXT NOT NULL,
+            requested_by TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            decided_by TEXT,
+            created_at BIGINT NOT NULL,
+            decided_at BIGINT
+        )",
+        "CREATE INDEX IF NOT EXISTS enablement_org ON enablement_requests (org_id, created_at)",
+        "CREATE TABLE IF NOT EXISTS oauth_states (
+            state TEXT PRIMARY KEY,
+            clinic_id TEXT NOT NULL,
+            admin_id TEXT NOT NULL,
+            admin_name TEXT NOT NULL,
+            admin_role TEXT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at BIGINT
+        )",
+        "CREATE TABLE IF NOT EXISTS audit_log (
+            id TEXT PRIMARY KEY,
+            at BIGINT NOT NULL,
+            org_id TEXT,
+            clinic_id TEXT,
+            actor_id TEXT NOT NULL,
+            actor_name TEXT NOT NULL,
+            actor_role TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT,
+            outcome TEXT NOT NULL,
+            detail TEXT
+        )",
+        "CREATE INDEX IF NOT EXISTS audit_clinic ON audit_log (clinic_id, at, id)",
+        "ALTER TABLE clinics ADD COLUMN stripe_display_name TEXT",
+    ],
 )];

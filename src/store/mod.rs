@@ -5,7 +5,7 @@
 mod migrations;
 mod sql;
 
-pub use sql::SqlStore;
+pub use sql::{SqlStore, status_str};
 
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -25,7 +25,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A clinic as the payment app knows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Clinic {
     /// The platform's clinic id.
     pub id: String,
@@ -39,6 +39,8 @@ pub struct Clinic {
     pub stripe_account: Option<String>,
     /// That account's publishable key, from the OAuth exchange.
     pub stripe_publishable_key: Option<String>,
+    /// The account's business name on Stripe, for the admin page.
+    pub stripe_display_name: Option<String>,
     /// Whether the link is a live-mode one.
     pub stripe_livemode: bool,
     /// Who linked it.
@@ -160,6 +162,118 @@ pub trait Store: Send + Sync + 'static {
     /// Records a Stripe event and, in the same transaction, the payment change it causes.
     async fn record_webhook(&self, event: &WebhookRecord, update: Option<(&Payment, i64)>)
     -> StoreResult<WebhookWrite>;
+    /// Creates or renames an organisation.
+    async fn upsert_org(&self, org: &Org) -> StoreResult<()>;
+    /// An organisation by id.
+    async fn org(&self, id: &str) -> StoreResult<Option<Org>>;
+    /// An organisation's clinics, by id.
+    async fn clinics_for_org(&self, org_id: &str) -> StoreResult<Vec<Clinic>>;
+    /// Stores a new enablement request.
+    async fn insert_enablement(&self, e: &Enablement) -> StoreResult<()>;
+    /// An enablement request by id.
+    async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>>;
+    /// Enablement requests, newest first, optionally for one organisation and/or status.
+    async fn enablements(&self, org_id: Option<&str>, status: Option<&str>) -> StoreResult<Vec<Enablement>>;
+    /// Records a decision if the request is still pending; false if it was already decided.
+    async fn decide_enablement(&self, e: &Enablement) -> StoreResult<bool>;
+    /// Stores a new OAuth state.
+    async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()>;
+    /// Marks a state used and returns it, atomically: a second take is `Reused`.
+    async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken>;
+    /// Appends an audit record.
+    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()>;
+    /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.
+    async fn audit_for_clinic(&self, clinic_id: &str, limit: i64, before: Option<(i64, String)>)
+    -> StoreResult<Vec<AuditEntry>>;
+}
+
+/// An organisation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Org {
+    /// The platform's organisation id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// An organisation admin's request to enable the payment app on a clinic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Enablement {
+    /// `enr_…`.
+    pub id: String,
+    /// Organisation.
+    pub org_id: String,
+    /// Clinic.
+    pub clinic_id: String,
+    /// The service-desk ticket of the authorised telehealth manager.
+    pub ticket_ref: String,
+    /// Who asked (admin id).
+    pub requested_by: String,
+    /// `pending`, `approved` or `rejected`.
+    pub status: String,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// The operator who decided.
+    pub decided_by: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub decided_at: Option<i64>,
+}
+
+/// A pending Connect OAuth attempt: random, single-use, bound to a clinic and an admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthState {
+    /// The random `state` sent to Stripe.
+    pub state: String,
+    /// The clinic being linked.
+    pub clinic_id: String,
+    /// The admin who started it.
+    pub admin_id: String,
+    /// Their name.
+    pub admin_name: String,
+    /// Their role.
+    pub admin_role: String,
+    /// Unix ms after which it is refused.
+    pub expires_at: i64,
+}
+
+/// What taking an OAuth state found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateTaken {
+    /// First use: here it is (now marked used).
+    Fresh(OAuthState),
+    /// It exists but was used before.
+    Reused,
+    /// No such state.
+    Unknown,
+}
+
+/// One audit record. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// `aud_…`.
+    pub id: String,
+    /// Unix ms.
+    pub at: i64,
+    /// Organisation concerned.
+    pub org_id: Option<String>,
+    /// Clinic concerned.
+    pub clinic_id: Option<String>,
+    /// Who acted (`stripe` for webhooks).
+    pub actor_id: String,
+    /// Their name.
+    pub actor_name: String,
+    /// Their role.
+    pub actor_role: String,
+    /// What, e.g. `stripe.linked`, `payment.requested`.
+    pub action: String,
+    /// The id acted on.
+    pub target: Option<String>,
+    /// `ok`, `refused`, `failed`.
+    pub outcome: String,
+    /// Extra detail (amount, account, reason).
+    pub detail: Option<String>,
 }
 
 /// A processed Stripe event, for deduplication and audit.

@@ -2,7 +2,10 @@
 //! and `postgres:` URLs run the same statements.
 
 use super::migrations::MIGRATIONS;
-use super::{Clinic, Inserted, Payment, Store, StoreError, StoreResult, WebhookRecord, WebhookWrite, now_ms};
+use super::{
+    AuditEntry, Clinic, Enablement, Inserted, OAuthState, Org, Payment, StateTaken, Store, StoreError, StoreResult,
+    WebhookRecord, WebhookWrite, now_ms,
+};
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -104,7 +107,8 @@ impl SqlStore {
     }
 }
 
-fn status_str(s: PaymentStatus) -> &'static str {
+/// The stored (and wire) name of a status.
+pub fn status_str(s: PaymentStatus) -> &'static str {
     match s {
         PaymentStatus::Creating => "creating",
         PaymentStatus::Requested => "requested",
@@ -131,6 +135,7 @@ fn clinic_from(row: &AnyRow) -> StoreResult<Clinic> {
         app_enabled: row.try_get::<i64, _>("app_enabled")? != 0,
         stripe_account: row.try_get("stripe_account")?,
         stripe_publishable_key: row.try_get("stripe_publishable_key")?,
+        stripe_display_name: row.try_get("stripe_display_name")?,
         stripe_livemode: row.try_get::<i64, _>("stripe_livemode")? != 0,
         linked_by: row.try_get("linked_by")?,
         linked_at: row.try_get("linked_at")?,
@@ -216,11 +221,11 @@ impl Store for SqlStore {
     async fn upsert_clinic(&self, c: &Clinic) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO clinics (id, org_id, name, app_enabled, stripe_account, stripe_publishable_key, stripe_livemode, \
-             linked_by, linked_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             linked_by, linked_at, updated_at, stripe_display_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, app_enabled = excluded.app_enabled, \
              stripe_account = excluded.stripe_account, stripe_publishable_key = excluded.stripe_publishable_key, \
              stripe_livemode = excluded.stripe_livemode, linked_by = excluded.linked_by, linked_at = excluded.linked_at, \
-             updated_at = excluded.updated_at",
+             updated_at = excluded.updated_at, stripe_display_name = excluded.stripe_display_name",
         )
         .bind(&c.id)
         .bind(&c.org_id)
@@ -232,6 +237,7 @@ impl Store for SqlStore {
         .bind(&c.linked_by)
         .bind(c.linked_at)
         .bind(now_ms())
+        .bind(&c.stripe_display_name)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -338,6 +344,191 @@ impl Store for SqlStore {
         tx.commit().await?;
         Ok(WebhookWrite::Applied)
     }
+
+    async fn upsert_org(&self, org: &Org) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO orgs (id, name, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
+        )
+        .bind(&org.id)
+        .bind(&org.name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn org(&self, id: &str) -> StoreResult<Option<Org>> {
+        let row = sqlx::query("SELECT id, name FROM orgs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(match row {
+            Some(r) => Some(Org { id: r.try_get("id")?, name: r.try_get("name")? }),
+            None => None,
+        })
+    }
+
+    async fn clinics_for_org(&self, org_id: &str) -> StoreResult<Vec<Clinic>> {
+        let rows = sqlx::query("SELECT * FROM clinics WHERE org_id = $1 ORDER BY id").bind(org_id).fetch_all(&self.pool).await?;
+        rows.iter().map(clinic_from).collect()
+    }
+
+    async fn insert_enablement(&self, e: &Enablement) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO enablement_requests (id, org_id, clinic_id, ticket_ref, requested_by, status, reason, decided_by, \
+             created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&e.id)
+        .bind(&e.org_id)
+        .bind(&e.clinic_id)
+        .bind(&e.ticket_ref)
+        .bind(&e.requested_by)
+        .bind(&e.status)
+        .bind(&e.reason)
+        .bind(&e.decided_by)
+        .bind(e.created_at)
+        .bind(e.decided_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>> {
+        let row = sqlx::query("SELECT * FROM enablement_requests WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(enablement_from).transpose()
+    }
+
+    async fn enablements(&self, org_id: Option<&str>, status: Option<&str>) -> StoreResult<Vec<Enablement>> {
+        let rows = sqlx::query(
+            "SELECT * FROM enablement_requests WHERE ($1 = '' OR org_id = $1) AND ($2 = '' OR status = $2) \
+             ORDER BY created_at DESC, id DESC",
+        )
+        .bind(org_id.unwrap_or(""))
+        .bind(status.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(enablement_from).collect()
+    }
+
+    async fn decide_enablement(&self, e: &Enablement) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE enablement_requests SET status = $1, reason = $2, decided_by = $3, decided_at = $4 \
+             WHERE id = $5 AND status = 'pending'",
+        )
+        .bind(&e.status)
+        .bind(&e.reason)
+        .bind(&e.decided_by)
+        .bind(e.decided_at)
+        .bind(&e.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO oauth_states (state, clinic_id, admin_id, admin_name, admin_role, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&s.state)
+        .bind(&s.clinic_id)
+        .bind(&s.admin_id)
+        .bind(&s.admin_name)
+        .bind(&s.admin_role)
+        .bind(s.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken> {
+        // The conditional UPDATE is the single-use guarantee: of two concurrent callbacks with
+        // the same state, exactly one changes the row.
+        let claimed = sqlx::query("UPDATE oauth_states SET used_at = $1 WHERE state = $2 AND used_at IS NULL")
+            .bind(now_ms())
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT * FROM oauth_states WHERE state = $1").bind(state).fetch_optional(&self.pool).await?;
+        Ok(match (row, claimed.rows_affected()) {
+            (None, _) => StateTaken::Unknown,
+            (Some(_), 0) => StateTaken::Reused,
+            (Some(r), _) => StateTaken::Fresh(OAuthState {
+                state: r.try_get("state")?,
+                clinic_id: r.try_get("clinic_id")?,
+                admin_id: r.try_get("admin_id")?,
+                admin_name: r.try_get("admin_name")?,
+                admin_role: r.try_get("admin_role")?,
+                expires_at: r.try_get("expires_at")?,
+            }),
+        })
+    }
+
+    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, org_id, clinic_id, actor_id, actor_name, actor_role, action, target, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&e.id)
+        .bind(e.at)
+        .bind(&e.org_id)
+        .bind(&e.clinic_id)
+        .bind(&e.actor_id)
+        .bind(&e.actor_name)
+        .bind(&e.actor_role)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.outcome)
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_for_clinic(&self, clinic_id: &str, limit: i64, before: Option<(i64, String)>) -> StoreResult<Vec<AuditEntry>> {
+        let (at, id) = before.unwrap_or((i64::MAX, String::new()));
+        // Keyset pagination on (at, id): stable under concurrent appends.
+        let rows = sqlx::query(
+            "SELECT * FROM audit_log WHERE clinic_id = $1 AND (at < $2 OR (at = $2 AND id < $3) OR ($3 = '' AND at <= $2)) \
+             ORDER BY at DESC, id DESC LIMIT $4",
+        )
+        .bind(clinic_id)
+        .bind(at)
+        .bind(&id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    org_id: r.try_get("org_id")?,
+                    clinic_id: r.try_get("clinic_id")?,
+                    actor_id: r.try_get("actor_id")?,
+                    actor_name: r.try_get("actor_name")?,
+                    actor_role: r.try_get("actor_role")?,
+                    action: r.try_get("action")?,
+                    target: r.try_get("target")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn enablement_from(r: &AnyRow) -> StoreResult<Enablement> {
+    Ok(Enablement {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        clinic_id: r.try_get("clinic_id")?,
+        ticket_ref: r.try_get("ticket_ref")?,
+        requested_by: r.try_get("requested_by")?,
+        status: r.try_get("status")?,
+        reason: r.try_get("reason")?,
+        decided_by: r.try_get("decided_by")?,
+        created_at: r.try_get("created_at")?,
+        decided_at: r.try_get("decided_at")?,
+    })
 }
 
 #[cfg(test)]

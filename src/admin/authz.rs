@@ -1,0 +1,169 @@
+//! Who may do what, as one table: role x action -> how far the role reaches (any resource, its
+//! own organisation's, its own clinics', or none). Every admin handler asks [`authorize`] and
+//! nothing else decides access.
+
+use serde::{Deserialize, Serialize};
+
+/// Platform roles, from the admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Organisation admin: scoped by `org_id`.
+    OrgAdmin,
+    /// Clinic (team) admin: scoped by `clinic_ids`.
+    TeamAdmin,
+    /// Clinician: scoped by `clinic_ids`.
+    TeamMember,
+    /// The platform's service desk.
+    PlatformOperator,
+}
+
+impl AdminRole {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrgAdmin => "org_admin",
+            Self::TeamAdmin => "team_admin",
+            Self::TeamMember => "team_member",
+            Self::PlatformOperator => "platform_operator",
+        }
+    }
+}
+
+/// Claims of a platform admin token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminClaims {
+    /// Admin's user id.
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: AdminRole,
+    /// The organisation (org admins).
+    #[serde(default)]
+    pub org_id: Option<String>,
+    /// The clinics (team admins and members).
+    #[serde(default)]
+    pub clinic_ids: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+}
+
+/// Everything the admin API does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Register or rename an organisation.
+    UpsertOrg,
+    /// Register or rename a clinic.
+    UpsertClinic,
+    /// List an organisation's clinics.
+    ListClinics,
+    /// See a clinic's app and Stripe status.
+    ViewClinic,
+    /// Ask for the payment app on clinics.
+    RequestEnablement,
+    /// See enablement requests.
+    ListEnablements,
+    /// Approve or reject an enablement request.
+    DecideEnablement,
+    /// Turn the app off for a clinic.
+    DisableApp,
+    /// Link, re-link or remove the clinic's Stripe account.
+    ManageStripe,
+    /// Read the clinic's audit log.
+    ViewAudit,
+}
+
+/// How far a role reaches for an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Not at all.
+    No,
+    /// Resources of the admin's own organisation.
+    OwnOrg,
+    /// The admin's own clinics.
+    OwnClinic,
+    /// Any resource.
+    Any,
+}
+
+use Reach::{Any, No, OwnClinic, OwnOrg};
+
+/// The matrix. Columns: org_admin, team_admin, team_member, platform_operator.
+pub const MATRIX: &[(Action, [Reach; 4])] = &[
+    (Action::UpsertOrg, [No, No, No, Any]),
+    (Action::UpsertClinic, [No, No, No, Any]),
+    (Action::ListClinics, [OwnOrg, No, No, Any]),
+    (Action::ViewClinic, [OwnOrg, OwnClinic, OwnClinic, Any]),
+    (Action::RequestEnablement, [OwnOrg, No, No, No]),
+    (Action::ListEnablements, [OwnOrg, No, No, Any]),
+    (Action::DecideEnablement, [No, No, No, Any]),
+    (Action::DisableApp, [OwnOrg, No, No, Any]),
+    (Action::ManageStripe, [OwnOrg, OwnClinic, No, No]),
+    (Action::ViewAudit, [OwnOrg, OwnClinic, No, Any]),
+];
+
+/// The resource an action touches: its organisation and, if any, its clinic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The resource's organisation.
+    pub org_id: Option<&'a str>,
+    /// The resource's clinic.
+    pub clinic_id: Option<&'a str>,
+}
+
+/// Whether `who` may do `action` on `scope`.
+pub fn authorize(who: &AdminClaims, action: Action, scope: Scope<'_>) -> bool {
+    let column = match who.role {
+        AdminRole::OrgAdmin => 0,
+        AdminRole::TeamAdmin => 1,
+        AdminRole::TeamMember => 2,
+        AdminRole::PlatformOperator => 3,
+    };
+    let reach = MATRIX.iter().find(|(a, _)| *a == action).map_or(No, |(_, row)| row[column]);
+    match reach {
+        No => false,
+        Any => true,
+        OwnOrg => who.org_id.is_some() && scope.org_id.is_some() && who.org_id.as_deref() == scope.org_id,
+        OwnClinic => scope.clinic_id.is_some_and(|c| who.clinic_ids.iter().any(|own| own == c)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(role: AdminRole) -> AdminClaims {
+        AdminClaims { sub: "a".into(), name: "A".into(), role, org_id: Some("o1".into()), clinic_ids: vec!["c1".into()], exp: 0 }
+    }
+
+    #[test]
+    fn every_action_has_a_row_and_scopes_are_checked() {
+        for action in [
+            Action::UpsertOrg,
+            Action::UpsertClinic,
+            Action::ListClinics,
+            Action::ViewClinic,
+            Action::RequestEnablement,
+            Action::ListEnablements,
+            Action::DecideEnablement,
+            Action::DisableApp,
+            Action::ManageStripe,
+            Action::ViewAudit,
+        ] {
+            assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
+        }
+        let own = Scope { org_id: Some("o1"), clinic_id: Some("c1") };
+        let other = Scope { org_id: Some("o2"), clinic_id: Some("c9") };
+        assert!(authorize(&who(AdminRole::OrgAdmin), Action::ManageStripe, own));
+        assert!(!authorize(&who(AdminRole::OrgAdmin), Action::ManageStripe, other));
+        assert!(authorize(&who(AdminRole::TeamAdmin), Action::ManageStripe, own));
+        assert!(!authorize(&who(AdminRole::TeamAdmin), Action::ManageStripe, other));
+        assert!(!authorize(&who(AdminRole::TeamMember), Action::ManageStripe, own));
+        assert!(!authorize(&who(AdminRole::PlatformOperator), Action::ManageStripe, own));
+        assert!(authorize(&who(AdminRole::PlatformOperator), Action::DecideEnablement, other));
+        let mut no_org = who(AdminRole::OrgAdmin);
+        no_org.org_id = None;
+        assert!(!authorize(&no_org, Action::ListClinics, Scope { org_id: None, clinic_id: None }));
+    }
+}

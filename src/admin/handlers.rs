@@ -1,0 +1,472 @@
+//! Admin request handlers: load the resource, ask the matrix, act, audit, answer.
+
+use super::authz::{Action, AdminClaims, Scope, authorize};
+use super::connect::ConnectError;
+use super::{Admin, Actor, announce_clinic, audit, unlink};
+use crate::app::AppState;
+use crate::http::ApiError;
+use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// How long a Connect OAuth state stays valid.
+const STATE_TTL_MS: i64 = 10 * 60 * 1000;
+/// Cookie binding an OAuth attempt to the browser that started it.
+const STATE_COOKIE: &str = "callpay_oauth_state";
+/// Page size bounds.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 200;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn store_err(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "store failure in admin API");
+    ApiError::unavailable("The store is unavailable; nothing was changed. Retry shortly.")
+}
+
+fn forbidden() -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Your role does not allow this for this resource.")
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No such {what}."))
+}
+
+fn check(who: &AdminClaims, action: Action, org_id: Option<&str>, clinic_id: Option<&str>) -> Result<()> {
+    if authorize(who, action, Scope { org_id, clinic_id }) { Ok(()) } else { Err(forbidden()) }
+}
+
+async fn load_clinic(app: &AppState, id: &str) -> Result<Clinic> {
+    app.store.clinic(id).await.map_err(store_err)?.ok_or_else(|| not_found("clinic"))
+}
+
+/// The clinic as the admin pages show it.
+async fn clinic_view(app: &AppState, c: &Clinic) -> Result<Value> {
+    let latest = app
+        .store
+        .enablements(Some(&c.org_id), None)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .find(|e| e.clinic_id == c.id);
+    Ok(json!({
+        "id": c.id,
+        "org_id": c.org_id,
+        "name": c.name,
+        "app_enabled": c.app_enabled,
+        "payments_available": c.payment_readiness().is_ok(),
+        "enablement": latest,
+        "stripe": {
+            "linked": c.stripe_account.is_some(),
+            "account": c.stripe_account,
+            "display_name": c.stripe_display_name,
+            "livemode": c.stripe_livemode,
+            "linked_by": c.linked_by,
+            "linked_at": c.linked_at,
+        },
+    }))
+}
+
+/// `?limit=&cursor=` on list endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct Page {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// One page of `items` (already in order) after the item whose key is `cursor`.
+fn paginate<T: serde::Serialize>(items: Vec<T>, key: impl Fn(&T) -> String, page: &Page) -> Value {
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let start = match &page.cursor {
+        Some(c) => items.iter().position(|i| key(i) == *c).map_or(items.len(), |p| p + 1),
+        None => 0,
+    };
+    let end = (start + limit).min(items.len());
+    let next = (end < items.len()).then(|| key(&items[end - 1]));
+    let data: Vec<&T> = items[start..end].iter().collect();
+    json!({"data": data, "next_cursor": next})
+}
+
+/// Body of an upsert.
+#[derive(Debug, Deserialize)]
+pub struct Named {
+    name: String,
+}
+
+fn valid_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok { Ok(()) } else { Err(ApiError::bad_request("invalid_id", "Ids are 1 to 64 letters, digits, '-', '_' or '.'.")) }
+}
+
+fn valid_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 120 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("invalid_name", "Names are 1 to 120 characters without control characters."));
+    }
+    Ok(name.to_owned())
+}
+
+/// `PUT /v1/orgs/{org_id}`.
+pub async fn upsert_org(State(app): State<AppState>, Admin(who): Admin, Path(org_id): Path<String>, Json(body): Json<Named>) -> Result<Json<Value>> {
+    check(&who, Action::UpsertOrg, Some(&org_id), None)?;
+    valid_id(&org_id)?;
+    let org = Org { id: org_id.clone(), name: valid_name(&body.name)? };
+    app.store.upsert_org(&org).await.map_err(store_err)?;
+    audit(&app, Actor::from(&who), Some(&org_id), None, "org.upserted", Some(&org_id), "ok", Some(org.name.clone())).await;
+    Ok(Json(json!(org)))
+}
+
+/// `PUT /v1/orgs/{org_id}/clinics/{clinic_id}`.
+pub async fn upsert_clinic(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path((org_id, clinic_id)): Path<(String, String)>,
+    Json(body): Json<Named>,
+) -> Result<Json<Value>> {
+    check(&who, Action::UpsertClinic, Some(&org_id), Some(&clinic_id))?;
+    valid_id(&clinic_id)?;
+    app.store.org(&org_id).await.map_err(store_err)?.ok_or_else(|| not_found("organisation"))?;
+    let name = valid_name(&body.name)?;
+    let clinic = match app.store.clinic(&clinic_id).await.map_err(store_err)? {
+        Some(existing) if existing.org_id != org_id => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "That clinic belongs to another organisation."));
+        }
+        Some(existing) => Clinic { name, ..existing },
+        None => Clinic {
+            id: clinic_id.clone(),
+            org_id: org_id.clone(),
+            name,
+            app_enabled: false,
+            stripe_account: None,
+            stripe_publishable_key: None,
+            stripe_display_name: None,
+            stripe_livemode: false,
+            linked_by: None,
+            linked_at: None,
+        },
+    };
+    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
+    audit(&app, Actor::from(&who), Some(&org_id), Some(&clinic_id), "clinic.upserted", Some(&clinic_id), "ok", Some(clinic.name.clone())).await;
+    Ok(Json(clinic_view(&app, &clinic).await?))
+}
+
+/// `GET /v1/orgs/{org_id}/clinics`.
+pub async fn list_clinics(State(app): State<AppState>, Admin(who): Admin, Path(org_id): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>> {
+    check(&who, Action::ListClinics, Some(&org_id), None)?;
+    let clinics = app.store.clinics_for_org(&org_id).await.map_err(store_err)?;
+    let mut views = Vec::with_capacity(clinics.len());
+    for c in &clinics {
+        views.push(clinic_view(&app, c).await?);
+    }
+    Ok(Json(paginate(views, |v| v["id"].as_str().unwrap_or_default().to_owned(), &page)))
+}
+
+/// `GET /v1/clinics/{clinic_id}`.
+pub async fn view_clinic(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+    let clinic = load_clinic(&app, &clinic_id).await?;
+    check(&who, Action::ViewClinic, Some(&clinic.org_id), Some(&clinic.id))?;
+    Ok(Json(clinic_view(&app, &clinic).await?))
+}
+
+/// Body of an enablement request.
+#[derive(Debug, Deserialize)]
+pub struct EnablementBody {
+    clinic_ids: Vec<String>,
+    ticket_ref: String,
+}
+
+/// `POST /v1/orgs/{org_id}/enablement-requests`.
+pub async fn request_enablement(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(org_id): Path<String>,
+    Json(body): Json<EnablementBody>,
+) -> Result<Response> {
+    check(&who, Action::RequestEnablement, Some(&org_id), None)?;
+    let ticket = body.ticket_ref.trim();
+    if ticket.is_empty() || ticket.len() > 64 {
+        return Err(ApiError::bad_request("invalid_ticket_ref", "The service-desk ticket reference is required (1 to 64 characters)."));
+    }
+    if body.clinic_ids.is_empty() {
+        return Err(ApiError::bad_request("invalid_clinics", "Name at least one clinic."));
+    }
+    let mut created = Vec::new();
+    for clinic_id in &body.clinic_ids {
+        let clinic = load_clinic(&app, clinic_id).await?;
+        if clinic.org_id != org_id {
+            return Err(forbidden());
+        }
+    }
+    for clinic_id in &body.clinic_ids {
+        let e = Enablement {
+            id: format!("enr_{}", crate::payments::random_id()),
+            org_id: org_id.clone(),
+            clinic_id: clinic_id.clone(),
+            ticket_ref: ticket.to_owned(),
+            requested_by: who.sub.clone(),
+            status: "pending".into(),
+            reason: None,
+            decided_by: None,
+            created_at: now_ms(),
+            decided_at: None,
+        };
+        app.store.insert_enablement(&e).await.map_err(store_err)?;
+        audit(&app, Actor::from(&who), Some(&org_id), Some(clinic_id), "app.enable_requested", Some(&e.id), "ok", Some(format!("ticket {ticket}"))).await;
+        created.push(e);
+    }
+    Ok((StatusCode::CREATED, Json(json!({"data": created}))).into_response())
+}
+
+/// `?org_id=&status=` plus paging on the enablement list.
+#[derive(Debug, Deserialize)]
+pub struct EnablementQuery {
+    org_id: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/enablement-requests`.
+pub async fn list_enablements(State(app): State<AppState>, Admin(who): Admin, Query(q): Query<EnablementQuery>) -> Result<Json<Value>> {
+    // Org admins see their own organisation's only, whatever they ask for.
+    let org = match who.role {
+        super::authz::AdminRole::PlatformOperator => q.org_id.clone(),
+        _ => who.org_id.clone(),
+    };
+    check(&who, Action::ListEnablements, org.as_deref(), None)?;
+    let items = app.store.enablements(org.as_deref(), q.status.as_deref()).await.map_err(store_err)?;
+    let page = Page { limit: q.limit, cursor: q.cursor };
+    Ok(Json(paginate(items, |e| e.id.clone(), &page)))
+}
+
+/// Body of a rejection.
+#[derive(Debug, Deserialize)]
+pub struct Reason {
+    reason: String,
+}
+
+async fn decide(app: &AppState, who: &AdminClaims, id: &str, approve: bool, reason: Option<String>) -> Result<Json<Value>> {
+    let mut e = app.store.enablement(id).await.map_err(store_err)?.ok_or_else(|| not_found("enablement request"))?;
+    check(who, Action::DecideEnablement, Some(&e.org_id), Some(&e.clinic_id))?;
+    e.status = if approve { "approved" } else { "rejected" }.into();
+    e.reason = reason;
+    e.decided_by = Some(who.sub.clone());
+    e.decided_at = Some(now_ms());
+    if !app.store.decide_enablement(&e).await.map_err(store_err)? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "already_decided", "This request was already decided."));
+    }
+    let action = if approve { "app.enable_approved" } else { "app.enable_rejected" };
+    audit(app, Actor::from(who), Some(&e.org_id), Some(&e.clinic_id), action, Some(&e.id), "ok", e.reason.clone()).await;
+    if approve {
+        let mut clinic = load_clinic(app, &e.clinic_id).await?;
+        clinic.app_enabled = true;
+        app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
+        announce_clinic(app, &clinic, Some("Link the clinic's Stripe account to take payments.")).await;
+    }
+    Ok(Json(json!(e)))
+}
+
+/// `POST /v1/enablement-requests/{id}/approve`.
+pub async fn approve(State(app): State<AppState>, Admin(who): Admin, Path(id): Path<String>) -> Result<Json<Value>> {
+    decide(&app, &who, &id, true, None).await
+}
+
+/// `POST /v1/enablement-requests/{id}/reject`.
+pub async fn reject(State(app): State<AppState>, Admin(who): Admin, Path(id): Path<String>, Json(body): Json<Reason>) -> Result<Json<Value>> {
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::bad_request("invalid_reason", "A reason (1 to 500 characters) is required."));
+    }
+    decide(&app, &who, &id, false, Some(reason.to_owned())).await
+}
+
+/// `POST /v1/clinics/{clinic_id}/disable`.
+pub async fn disable(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+    let mut clinic = load_clinic(&app, &clinic_id).await?;
+    check(&who, Action::DisableApp, Some(&clinic.org_id), Some(&clinic.id))?;
+    clinic.app_enabled = false;
+    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
+    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "app.disabled", Some(&clinic.id), "ok", None).await;
+    announce_clinic(&app, &clinic, Some("The payment app was disabled for this clinic.")).await;
+    Ok(Json(clinic_view(&app, &clinic).await?))
+}
+
+/// `POST /v1/clinics/{clinic_id}/stripe/connect`: a fresh single-use state bound to this clinic
+/// and admin (and, by cookie, to this browser); answers the Stripe URL to send the browser to.
+pub async fn start_connect(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Response> {
+    let clinic = load_clinic(&app, &clinic_id).await?;
+    check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
+    if !clinic.app_enabled {
+        return Err(ApiError::new(StatusCode::CONFLICT, "app_not_enabled", "Enable the payment app for this clinic first."));
+    }
+    let state = format!("{}{}", crate::payments::random_id(), crate::payments::random_id());
+    app.store
+        .insert_oauth_state(&OAuthState {
+            state: state.clone(),
+            clinic_id: clinic.id.clone(),
+            admin_id: who.sub.clone(),
+            admin_name: who.name.clone(),
+            admin_role: who.role.as_str().into(),
+            expires_at: now_ms() + STATE_TTL_MS,
+        })
+        .await
+        .map_err(store_err)?;
+    let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
+    let url = app.connect.authorize_url(&state, &redirect);
+    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.link_started", Some(&clinic.id), "ok", None).await;
+    let cookie = format!("{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}", STATE_TTL_MS / 1000);
+    Ok(([(header::SET_COOKIE, cookie)], Json(json!({"authorize_url": url, "expires_in": STATE_TTL_MS / 1000}))).into_response())
+}
+
+/// Query of Stripe's redirect.
+#[derive(Debug, Deserialize)]
+pub struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn page(status: StatusCode, title: &str, body: &str, clinic_id: Option<&str>) -> Response {
+    let back = clinic_id
+        .map(|c| format!("<p><a href=\"/admin/client-payment?clinic={}\">Back to Client Payment</a></p>", crate::http::escape(c)))
+        .unwrap_or_default();
+    let html = format!(
+        "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
+         <title>{t}</title><main style='font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem'>\
+         <h1>{t}</h1><p role=status id=outcome>{b}</p>{back}</main></html>",
+        t = crate::http::escape(title),
+        b = crate::http::escape(body),
+    );
+    (status, Html(html)).into_response()
+}
+
+fn cookie_state(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == STATE_COOKIE).then(|| v.to_owned())
+    })
+}
+
+/// `GET /v1/stripe/oauth/callback`: Stripe sends the admin's browser back here.
+pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
+    let bad = |title: &str, body: &str| page(StatusCode::BAD_REQUEST, title, body, None);
+    let Some(state) = q.state.filter(|s| !s.is_empty()) else {
+        return bad("Stripe link failed", "The response from Stripe had no state. Start again from Configure > Client Payment.");
+    };
+    if cookie_state(&headers).as_deref() != Some(state.as_str()) {
+        return bad("Stripe link failed", "This link was not started from this browser. Start again from Configure > Client Payment.");
+    }
+    let s = match app.store.take_oauth_state(&state).await {
+        Err(e) => {
+            tracing::error!(error = %e, "store unavailable in OAuth callback");
+            return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay cannot save the link right now. Start again in a minute.", None);
+        }
+        Ok(StateTaken::Unknown) => return bad("Stripe link failed", "This link is not one callpay started. Start again from Configure > Client Payment."),
+        Ok(StateTaken::Reused) => return bad("Stripe link failed", "This link was already used. Start again from Configure > Client Payment."),
+        Ok(StateTaken::Fresh(s)) => s,
+    };
+    let clinic_id = s.clinic_id.clone();
+    let actor = Actor { id: &s.admin_id, name: &s.admin_name, role: &s.admin_role };
+    let Ok(Some(mut clinic)) = app.store.clinic(&clinic_id).await else {
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay cannot load the clinic right now.", None);
+    };
+    if s.expires_at < now_ms() {
+        audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "refused", Some("state expired".into())).await;
+        return page(StatusCode::BAD_REQUEST, "Stripe link expired", "This link expired. Start again from Configure > Client Payment.", Some(&clinic_id));
+    }
+    if let Some(error) = q.error {
+        let detail = format!("{error}: {}", q.error_description.unwrap_or_default());
+        audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "refused", Some(detail)).await;
+        let body = if error == "access_denied" {
+            "You cancelled on Stripe's page, so no account was linked. Nothing changed."
+        } else {
+            "Stripe did not link the account. Nothing changed; you can try again."
+        };
+        return page(StatusCode::BAD_REQUEST, "Stripe account not linked", body, Some(&clinic_id));
+    }
+    let Some(code) = q.code else {
+        return page(StatusCode::BAD_REQUEST, "Stripe link failed", "Stripe's response had no authorization code.", Some(&clinic_id));
+    };
+    let linked = match app.connect.exchange(&code).await {
+        Ok(l) => l,
+        Err(e) => {
+            audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "failed", Some(e.to_string())).await;
+            let (status, body) = match e {
+                ConnectError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "Stripe could not be reached. Nothing changed; try again in a minute."),
+                ConnectError::Refused { .. } => (StatusCode::BAD_REQUEST, "Stripe did not accept the authorization. Nothing changed; start again."),
+            };
+            return page(status, "Stripe account not linked", body, Some(&clinic_id));
+        }
+    };
+    let previous = clinic.stripe_account.clone();
+    clinic.stripe_display_name = app.payments_stripe.account_name(&linked.stripe_user_id).await;
+    clinic.stripe_account = Some(linked.stripe_user_id.clone());
+    clinic.stripe_publishable_key = linked.stripe_publishable_key.clone();
+    clinic.stripe_livemode = linked.livemode;
+    clinic.linked_by = Some(s.admin_name.clone());
+    clinic.linked_at = Some(now_ms());
+    if let Err(e) = app.store.upsert_clinic(&clinic).await {
+        tracing::error!(error = %e, "could not store the Stripe link");
+        return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay could not save the link. Start again in a minute.", Some(&clinic_id));
+    }
+    let (action, detail) = match &previous {
+        Some(old) if *old != linked.stripe_user_id => ("stripe.relinked", format!("{old} -> {}", linked.stripe_user_id)),
+        _ => ("stripe.linked", linked.stripe_user_id.clone()),
+    };
+    audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), action, Some(&linked.stripe_user_id), "ok", Some(detail)).await;
+    announce_clinic(&app, &clinic, None).await;
+    let name = clinic.stripe_display_name.clone().unwrap_or_else(|| linked.stripe_user_id.clone());
+    page(
+        StatusCode::OK,
+        "Stripe account linked",
+        &format!("{name} ({}) is now linked to {}. Patients' payments go straight to it.", linked.stripe_user_id, clinic.name),
+        Some(&clinic_id),
+    )
+}
+
+/// `DELETE /v1/clinics/{clinic_id}/stripe`: revoke callpay's access on Stripe, then unlink.
+pub async fn remove_stripe(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+    let mut clinic = load_clinic(&app, &clinic_id).await?;
+    check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
+    let Some(account) = clinic.stripe_account.clone() else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_linked", "This clinic has no linked Stripe account."));
+    };
+    match app.connect.deauthorize(&account).await {
+        Ok(()) => {}
+        // Already revoked from Stripe's side: unlinking here is still right.
+        Err(ConnectError::Refused { error, .. }) if error == "invalid_client" => {}
+        Err(e) => {
+            audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.removed", Some(&account), "failed", Some(e.to_string())).await;
+            return Err(ApiError::unavailable("Stripe could not be reached; the account is still linked. Try again."));
+        }
+    }
+    unlink(&mut clinic);
+    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
+    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.removed", Some(&account), "ok", None).await;
+    announce_clinic(&app, &clinic, Some("The clinic's Stripe account was removed.")).await;
+    Ok(Json(clinic_view(&app, &clinic).await?))
+}
+
+/// `GET /v1/clinics/{clinic_id}/audit?limit=&cursor=`; the cursor is `{at}:{id}` of the last row.
+pub async fn audit_log(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>> {
+    let clinic = load_clinic(&app, &clinic_id).await?;
+    check(&who, Action::ViewAudit, Some(&clinic.org_id), Some(&clinic.id))?;
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;
+    let before = match page.cursor.as_deref() {
+        None => None,
+        Some(c) => {
+            let (at, id) = c.split_once(':').ok_or_else(|| ApiError::bad_request("invalid_cursor", "Bad cursor."))?;
+            Some((at.parse().map_err(|_| ApiError::bad_request("invalid_cursor", "Bad cursor."))?, id.to_owned()))
+        }
+    };
+    let rows = app.store.audit_for_clinic(&clinic_id, limit + 1, before).await.map_err(store_err)?;
+    let more = rows.len() as i64 > limit;
+    let data: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let next = if more { data.last().map(|e| format!("{}:{}", e.at, e.id)) } else { None };
+    Ok(Json(json!({"data": data, "next_cursor": next})))
+}

@@ -1,0 +1,176 @@
+//! The administrative half: organisations and clinics (registered by the platform), enabling the
+//! payment app (org admin asks, operator decides), linking the clinic's Stripe account through
+//! Connect OAuth, removing it, and the append-only audit log. JSON under `/v1/`, stable error
+//! codes, cursor pagination on lists, and an OpenAPI document built from the route table below.
+
+pub mod authz;
+pub mod connect;
+mod handlers;
+pub mod openapi;
+
+use crate::app::AppState;
+use crate::bus::RoomEvent;
+use crate::http::ApiError;
+use crate::store::{AuditEntry, Clinic, now_ms};
+use authz::{Action, AdminClaims};
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post, put};
+
+/// A documented route: the router and the OpenAPI document are both made from this table.
+pub struct RouteDoc {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path with `{params}`.
+    pub path: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// The authorization matrix row it is checked against (`None`: authorized by other means).
+    pub action: Option<Action>,
+}
+
+/// Every admin route.
+pub const ROUTES: &[RouteDoc] = &[
+    RouteDoc { method: "put", path: "/v1/orgs/{org_id}", summary: "Register or rename an organisation", action: Some(Action::UpsertOrg) },
+    RouteDoc { method: "put", path: "/v1/orgs/{org_id}/clinics/{clinic_id}", summary: "Register or rename a clinic", action: Some(Action::UpsertClinic) },
+    RouteDoc { method: "get", path: "/v1/orgs/{org_id}/clinics", summary: "List an organisation's clinics (paginated)", action: Some(Action::ListClinics) },
+    RouteDoc { method: "post", path: "/v1/orgs/{org_id}/enablement-requests", summary: "Ask for the payment app on clinics", action: Some(Action::RequestEnablement) },
+    RouteDoc { method: "get", path: "/v1/enablement-requests", summary: "List enablement requests (paginated)", action: Some(Action::ListEnablements) },
+    RouteDoc { method: "post", path: "/v1/enablement-requests/{request_id}/approve", summary: "Approve an enablement request", action: Some(Action::DecideEnablement) },
+    RouteDoc { method: "post", path: "/v1/enablement-requests/{request_id}/reject", summary: "Reject an enablement request with a reason", action: Some(Action::DecideEnablement) },
+    RouteDoc { method: "get", path: "/v1/clinics/{clinic_id}", summary: "A clinic's app and Stripe status", action: Some(Action::ViewClinic) },
+    RouteDoc { method: "post", path: "/v1/clinics/{clinic_id}/disable", summary: "Disable the payment app for a clinic", action: Some(Action::DisableApp) },
+    RouteDoc { method: "post", path: "/v1/clinics/{clinic_id}/stripe/connect", summary: "Start linking (or re-linking) the clinic's Stripe account", action: Some(Action::ManageStripe) },
+    RouteDoc { method: "delete", path: "/v1/clinics/{clinic_id}/stripe", summary: "Remove the clinic's Stripe account", action: Some(Action::ManageStripe) },
+    RouteDoc { method: "get", path: "/v1/clinics/{clinic_id}/audit", summary: "The clinic's audit log (paginated)", action: Some(Action::ViewAudit) },
+    RouteDoc { method: "get", path: "/v1/stripe/oauth/callback", summary: "Stripe's OAuth redirect (authorized by the single-use state)", action: None },
+    RouteDoc { method: "get", path: "/v1/openapi.json", summary: "This document", action: None },
+];
+
+/// The admin routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/orgs/{org_id}", put(handlers::upsert_org))
+        .route("/v1/orgs/{org_id}/clinics/{clinic_id}", put(handlers::upsert_clinic))
+        .route("/v1/orgs/{org_id}/clinics", get(handlers::list_clinics))
+        .route("/v1/orgs/{org_id}/enablement-requests", post(handlers::request_enablement))
+        .route("/v1/enablement-requests", get(handlers::list_enablements))
+        .route("/v1/enablement-requests/{request_id}/approve", post(handlers::approve))
+        .route("/v1/enablement-requests/{request_id}/reject", post(handlers::reject))
+        .route("/v1/clinics/{clinic_id}", get(handlers::view_clinic))
+        .route("/v1/clinics/{clinic_id}/disable", post(handlers::disable))
+        .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::start_connect))
+        .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::remove_stripe))
+        .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit_log))
+        .route("/v1/stripe/oauth/callback", get(handlers::oauth_callback))
+        .route("/v1/openapi.json", get(openapi::serve))
+}
+
+/// An authenticated admin (from `Authorization: Bearer <platform admin token>`).
+pub struct Admin(pub AdminClaims);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+        let token = crate::ws::bearer(&parts.headers, None)
+            .ok_or_else(|| ApiError::unauthorized("An admin token is required (Authorization: Bearer …)."))?;
+        app.verifier
+            .verify::<AdminClaims>(token)
+            .map(Admin)
+            .map_err(|_| ApiError::unauthorized("The admin token is not valid."))
+    }
+}
+
+/// Who did something, for the audit log.
+pub struct Actor<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Role.
+    pub role: &'a str,
+}
+
+impl<'a> From<&'a AdminClaims> for Actor<'a> {
+    fn from(c: &'a AdminClaims) -> Self {
+        Actor { id: &c.sub, name: &c.name, role: c.role.as_str() }
+    }
+}
+
+/// Stripe, as an actor (webhooks).
+pub const STRIPE: Actor<'static> = Actor { id: "stripe", name: "Stripe", role: "stripe" };
+
+/// Appends an audit record. A failure is logged loudly but does not undo the action it
+/// describes: the action already happened, and refusing to report it would be worse.
+#[allow(clippy::too_many_arguments)]
+pub async fn audit(
+    app: &AppState,
+    actor: Actor<'_>,
+    org_id: Option<&str>,
+    clinic_id: Option<&str>,
+    action: &str,
+    target: Option<&str>,
+    outcome: &str,
+    detail: Option<String>,
+) {
+    let entry = AuditEntry {
+        id: format!("aud_{}", crate::payments::random_id()),
+        at: now_ms(),
+        org_id: org_id.map(str::to_owned),
+        clinic_id: clinic_id.map(str::to_owned),
+        actor_id: actor.id.to_owned(),
+        actor_name: actor.name.to_owned(),
+        actor_role: actor.role.to_owned(),
+        action: action.to_owned(),
+        target: target.map(str::to_owned),
+        outcome: outcome.to_owned(),
+        detail,
+    };
+    if let Err(e) = app.store.append_audit(&entry).await {
+        tracing::error!(error = %e, action, "AUDIT RECORD LOST: store unavailable");
+    }
+}
+
+/// Tells every live call of the clinic whether it can take new payments now.
+pub async fn announce_clinic(app: &AppState, clinic: &Clinic, reason: Option<&str>) {
+    let available = clinic.payment_readiness().is_ok();
+    let event = RoomEvent::ClinicUpdated {
+        payments_available: available,
+        reason: if available { None } else { reason.map(str::to_owned) },
+    };
+    app.hub.publish_clinic(&clinic.id, event).await;
+}
+
+/// Unlinks every clinic linked to `account` after Stripe told us access was revoked.
+pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> Result<usize, crate::store::StoreError> {
+    let record = crate::store::WebhookRecord {
+        event_id: event_id.to_owned(),
+        event_type: "account.application.deauthorized".into(),
+        account: Some(account.to_owned()),
+        payment_id: None,
+        outcome: "deauthorized".into(),
+    };
+    if app.store.record_webhook(&record, None).await? == crate::store::WebhookWrite::Duplicate {
+        return Ok(0);
+    }
+    let clinics = app.store.clinics_by_account(account).await?;
+    for mut clinic in clinics.iter().cloned() {
+        unlink(&mut clinic);
+        app.store.upsert_clinic(&clinic).await?;
+        audit(app, STRIPE, Some(&clinic.org_id), Some(&clinic.id), "stripe.deauthorized", Some(account), "ok", None).await;
+        announce_clinic(app, &clinic, Some("The clinic's Stripe account was disconnected.")).await;
+    }
+    Ok(clinics.len())
+}
+
+/// Clears a clinic's Stripe link.
+pub fn unlink(clinic: &mut Clinic) {
+    clinic.stripe_account = None;
+    clinic.stripe_publishable_key = None;
+    clinic.stripe_display_name = None;
+    clinic.stripe_livemode = false;
+    clinic.linked_by = None;
+    clinic.linked_at = None;
+}
