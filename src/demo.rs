@@ -4,6 +4,7 @@
 //! clinician and a patient join token for a fresh call, and prints what to open plus one
 //! `CALLPAY_DEMO {json}` line for scripts.
 
+use crate::admin::authz::AdminRole;
 use crate::app::{App, Dependencies, node_id};
 use crate::auth::{JoinClaims, now_secs, sign_hs256};
 use crate::bus::MemoryBus;
@@ -12,7 +13,6 @@ use crate::payments::random_id;
 use crate::payments::stripe::StripeGateway;
 use crate::store::{Clinic, SqlStore, Store, now_ms};
 use anyhow::Context;
-use crate::admin::authz::AdminRole;
 use callpay_protocol::Role;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -49,7 +49,14 @@ pub struct DemoInfo {
 }
 
 /// Signs an admin token the way the platform would.
-pub fn admin_token(secret: &str, sub: &str, name: &str, role: crate::admin::authz::AdminRole, org_id: Option<&str>, clinic_ids: &[&str]) -> String {
+pub fn admin_token(
+    secret: &str,
+    sub: &str,
+    name: &str,
+    role: crate::admin::authz::AdminRole,
+    org_id: Option<&str>,
+    clinic_ids: &[&str],
+) -> String {
     let claims = crate::admin::authz::AdminClaims {
         sub: sub.into(),
         name: name.into(),
@@ -176,9 +183,30 @@ pub async fn start_with(
         hub_url,
         stripe_url: sim.url.trim_end_matches('/').to_owned(),
         call_id,
-        org_admin_token: admin_token(&platform_secret, "admin-olivia", "Olivia (org admin)", AdminRole::OrgAdmin, Some(DEMO_ORG), &[]),
-        clinic_admin_token: admin_token(&platform_secret, "admin-cam", "Cam (clinic admin)", AdminRole::TeamAdmin, None, &[DEMO_CLINIC]),
-        operator_token: admin_token(&platform_secret, "desk-pat", "Pat (service desk)", AdminRole::PlatformOperator, None, &[]),
+        org_admin_token: admin_token(
+            &platform_secret,
+            "admin-olivia",
+            "Olivia (org admin)",
+            AdminRole::OrgAdmin,
+            Some(DEMO_ORG),
+            &[],
+        ),
+        clinic_admin_token: admin_token(
+            &platform_secret,
+            "admin-cam",
+            "Cam (clinic admin)",
+            AdminRole::TeamAdmin,
+            None,
+            &[DEMO_CLINIC],
+        ),
+        operator_token: admin_token(
+            &platform_secret,
+            "desk-pat",
+            "Pat (service desk)",
+            AdminRole::PlatformOperator,
+            None,
+            &[],
+        ),
         platform_secret,
     };
     let app = App::build_on(listener, config, deps, node).await?;

@@ -38,7 +38,8 @@ impl Hub {
     /// On the bus, an empty `call_id` means "every call of the clinic".
     pub async fn publish_clinic(&self, clinic_id: &str, event: RoomEvent) {
         self.rooms.deliver_clinic(clinic_id, &event);
-        let envelope = Envelope { origin: self.node_id.clone(), call_id: String::new(), clinic_id: clinic_id.into(), event };
+        let envelope =
+            Envelope { origin: self.node_id.clone(), call_id: String::new(), clinic_id: clinic_id.into(), event };
         if let Err(e) = self.bus.publish(&envelope).await {
             tracing::warn!(error = %e, clinic_id, "bus publish failed; other nodes will resync");
         }

@@ -134,7 +134,14 @@ mod tests {
     use super::*;
 
     fn who(role: AdminRole) -> AdminClaims {
-        AdminClaims { sub: "a".into(), name: "A".into(), role, org_id: Some("o1".into()), clinic_ids: vec!["c1".into()], exp: 0 }
+        AdminClaims {
+            sub: "a".into(),
+            name: "A".into(),
+            role,
+            org_id: Some("o1".into()),
+            clinic_ids: vec!["c1".into()],
+            exp: 0,
+        }
     }
 
     #[test]

@@ -65,11 +65,8 @@ pub struct StripeConnect {
 impl StripeConnect {
     /// A client for `cfg.connect_base`.
     pub fn new(cfg: &StripeConfig) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let https =
+            hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
         Self {
             base: cfg.connect_base.trim_end_matches('/').to_owned(),
             client_id: cfg.client_id.clone(),
@@ -91,7 +88,8 @@ impl StripeConnect {
             .map_err(|_| ConnectError::Unavailable("timeout".into()))?
             .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
         let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|e| ConnectError::Unavailable(e.to_string()))?.to_bytes();
+        let bytes =
+            response.into_body().collect().await.map_err(|e| ConnectError::Unavailable(e.to_string()))?.to_bytes();
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| ConnectError::Unavailable(format!("{status}: {e}")))?;
         if status.is_server_error() || status.as_u16() == 429 {
@@ -126,6 +124,8 @@ impl ConnectApi for StripeConnect {
     }
 
     async fn deauthorize(&self, account: &str) -> Result<(), ConnectError> {
-        self.post("/oauth/deauthorize", &[("client_id", &self.client_id), ("stripe_user_id", account)]).await.map(|_| ())
+        self.post("/oauth/deauthorize", &[("client_id", &self.client_id), ("stripe_user_id", account)])
+            .await
+            .map(|_| ())
     }
 }

@@ -2,7 +2,7 @@
 
 use super::authz::{Action, AdminClaims, Scope, authorize};
 use super::connect::ConnectError;
-use super::{Admin, Actor, announce_clinic, audit, unlink};
+use super::{Actor, Admin, announce_clinic, audit, unlink};
 use crate::app::AppState;
 use crate::http::ApiError;
 use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
@@ -99,7 +99,11 @@ pub struct Named {
 
 fn valid_id(id: &str) -> Result<()> {
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    if ok { Ok(()) } else { Err(ApiError::bad_request("invalid_id", "Ids are 1 to 64 letters, digits, '-', '_' or '.'.")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("invalid_id", "Ids are 1 to 64 letters, digits, '-', '_' or '.'."))
+    }
 }
 
 fn valid_name(name: &str) -> Result<String> {
@@ -111,12 +115,18 @@ fn valid_name(name: &str) -> Result<String> {
 }
 
 /// `PUT /v1/orgs/{org_id}`.
-pub async fn upsert_org(State(app): State<AppState>, Admin(who): Admin, Path(org_id): Path<String>, Json(body): Json<Named>) -> Result<Json<Value>> {
+pub async fn upsert_org(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(org_id): Path<String>,
+    Json(body): Json<Named>,
+) -> Result<Json<Value>> {
     check(&who, Action::UpsertOrg, Some(&org_id), None)?;
     valid_id(&org_id)?;
     let org = Org { id: org_id.clone(), name: valid_name(&body.name)? };
     app.store.upsert_org(&org).await.map_err(store_err)?;
-    audit(&app, Actor::from(&who), Some(&org_id), None, "org.upserted", Some(&org_id), "ok", Some(org.name.clone())).await;
+    audit(&app, Actor::from(&who), Some(&org_id), None, "org.upserted", Some(&org_id), "ok", Some(org.name.clone()))
+        .await;
     Ok(Json(json!(org)))
 }
 
@@ -133,7 +143,11 @@ pub async fn upsert_clinic(
     let name = valid_name(&body.name)?;
     let clinic = match app.store.clinic(&clinic_id).await.map_err(store_err)? {
         Some(existing) if existing.org_id != org_id => {
-            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", "That clinic belongs to another organisation."));
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "That clinic belongs to another organisation.",
+            ));
         }
         Some(existing) => Clinic { name, ..existing },
         None => Clinic {
@@ -150,12 +164,27 @@ pub async fn upsert_clinic(
         },
     };
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(&app, Actor::from(&who), Some(&org_id), Some(&clinic_id), "clinic.upserted", Some(&clinic_id), "ok", Some(clinic.name.clone())).await;
+    audit(
+        &app,
+        Actor::from(&who),
+        Some(&org_id),
+        Some(&clinic_id),
+        "clinic.upserted",
+        Some(&clinic_id),
+        "ok",
+        Some(clinic.name.clone()),
+    )
+    .await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
 /// `GET /v1/orgs/{org_id}/clinics`.
-pub async fn list_clinics(State(app): State<AppState>, Admin(who): Admin, Path(org_id): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>> {
+pub async fn list_clinics(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(org_id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>> {
     check(&who, Action::ListClinics, Some(&org_id), None)?;
     let clinics = app.store.clinics_for_org(&org_id).await.map_err(store_err)?;
     let mut views = Vec::with_capacity(clinics.len());
@@ -166,7 +195,11 @@ pub async fn list_clinics(State(app): State<AppState>, Admin(who): Admin, Path(o
 }
 
 /// `GET /v1/clinics/{clinic_id}`.
-pub async fn view_clinic(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+pub async fn view_clinic(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+) -> Result<Json<Value>> {
     let clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::ViewClinic, Some(&clinic.org_id), Some(&clinic.id))?;
     Ok(Json(clinic_view(&app, &clinic).await?))
@@ -189,7 +222,10 @@ pub async fn request_enablement(
     check(&who, Action::RequestEnablement, Some(&org_id), None)?;
     let ticket = body.ticket_ref.trim();
     if ticket.is_empty() || ticket.len() > 64 {
-        return Err(ApiError::bad_request("invalid_ticket_ref", "The service-desk ticket reference is required (1 to 64 characters)."));
+        return Err(ApiError::bad_request(
+            "invalid_ticket_ref",
+            "The service-desk ticket reference is required (1 to 64 characters).",
+        ));
     }
     if body.clinic_ids.is_empty() {
         return Err(ApiError::bad_request("invalid_clinics", "Name at least one clinic."));
@@ -215,7 +251,17 @@ pub async fn request_enablement(
             decided_at: None,
         };
         app.store.insert_enablement(&e).await.map_err(store_err)?;
-        audit(&app, Actor::from(&who), Some(&org_id), Some(clinic_id), "app.enable_requested", Some(&e.id), "ok", Some(format!("ticket {ticket}"))).await;
+        audit(
+            &app,
+            Actor::from(&who),
+            Some(&org_id),
+            Some(clinic_id),
+            "app.enable_requested",
+            Some(&e.id),
+            "ok",
+            Some(format!("ticket {ticket}")),
+        )
+        .await;
         created.push(e);
     }
     Ok((StatusCode::CREATED, Json(json!({"data": created}))).into_response())
@@ -231,7 +277,11 @@ pub struct EnablementQuery {
 }
 
 /// `GET /v1/enablement-requests`.
-pub async fn list_enablements(State(app): State<AppState>, Admin(who): Admin, Query(q): Query<EnablementQuery>) -> Result<Json<Value>> {
+pub async fn list_enablements(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Query(q): Query<EnablementQuery>,
+) -> Result<Json<Value>> {
     // Org admins see their own organisation's only, whatever they ask for.
     let org = match who.role {
         super::authz::AdminRole::PlatformOperator => q.org_id.clone(),
@@ -249,7 +299,13 @@ pub struct Reason {
     reason: String,
 }
 
-async fn decide(app: &AppState, who: &AdminClaims, id: &str, approve: bool, reason: Option<String>) -> Result<Json<Value>> {
+async fn decide(
+    app: &AppState,
+    who: &AdminClaims,
+    id: &str,
+    approve: bool,
+    reason: Option<String>,
+) -> Result<Json<Value>> {
     let mut e = app.store.enablement(id).await.map_err(store_err)?.ok_or_else(|| not_found("enablement request"))?;
     check(who, Action::DecideEnablement, Some(&e.org_id), Some(&e.clinic_id))?;
     e.status = if approve { "approved" } else { "rejected" }.into();
@@ -260,7 +316,8 @@ async fn decide(app: &AppState, who: &AdminClaims, id: &str, approve: bool, reas
         return Err(ApiError::new(StatusCode::CONFLICT, "already_decided", "This request was already decided."));
     }
     let action = if approve { "app.enable_approved" } else { "app.enable_rejected" };
-    audit(app, Actor::from(who), Some(&e.org_id), Some(&e.clinic_id), action, Some(&e.id), "ok", e.reason.clone()).await;
+    audit(app, Actor::from(who), Some(&e.org_id), Some(&e.clinic_id), action, Some(&e.id), "ok", e.reason.clone())
+        .await;
     if approve {
         let mut clinic = load_clinic(app, &e.clinic_id).await?;
         clinic.app_enabled = true;
@@ -276,7 +333,12 @@ pub async fn approve(State(app): State<AppState>, Admin(who): Admin, Path(id): P
 }
 
 /// `POST /v1/enablement-requests/{id}/reject`.
-pub async fn reject(State(app): State<AppState>, Admin(who): Admin, Path(id): Path<String>, Json(body): Json<Reason>) -> Result<Json<Value>> {
+pub async fn reject(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(id): Path<String>,
+    Json(body): Json<Reason>,
+) -> Result<Json<Value>> {
     let reason = body.reason.trim();
     if reason.is_empty() || reason.len() > 500 {
         return Err(ApiError::bad_request("invalid_reason", "A reason (1 to 500 characters) is required."));
@@ -285,23 +347,45 @@ pub async fn reject(State(app): State<AppState>, Admin(who): Admin, Path(id): Pa
 }
 
 /// `POST /v1/clinics/{clinic_id}/disable`.
-pub async fn disable(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+pub async fn disable(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+) -> Result<Json<Value>> {
     let mut clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::DisableApp, Some(&clinic.org_id), Some(&clinic.id))?;
     clinic.app_enabled = false;
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "app.disabled", Some(&clinic.id), "ok", None).await;
+    audit(
+        &app,
+        Actor::from(&who),
+        Some(&clinic.org_id),
+        Some(&clinic.id),
+        "app.disabled",
+        Some(&clinic.id),
+        "ok",
+        None,
+    )
+    .await;
     announce_clinic(&app, &clinic, Some("The payment app was disabled for this clinic.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
 /// `POST /v1/clinics/{clinic_id}/stripe/connect`: a fresh single-use state bound to this clinic
 /// and admin (and, by cookie, to this browser); answers the Stripe URL to send the browser to.
-pub async fn start_connect(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Response> {
+pub async fn start_connect(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+) -> Result<Response> {
     let clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
     if !clinic.app_enabled {
-        return Err(ApiError::new(StatusCode::CONFLICT, "app_not_enabled", "Enable the payment app for this clinic first."));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "app_not_enabled",
+            "Enable the payment app for this clinic first.",
+        ));
     }
     let state = format!("{}{}", crate::payments::random_id(), crate::payments::random_id());
     app.store
@@ -317,9 +401,23 @@ pub async fn start_connect(State(app): State<AppState>, Admin(who): Admin, Path(
         .map_err(store_err)?;
     let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
     let url = app.connect.authorize_url(&state, &redirect);
-    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.link_started", Some(&clinic.id), "ok", None).await;
-    let cookie = format!("{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}", STATE_TTL_MS / 1000);
-    Ok(([(header::SET_COOKIE, cookie)], Json(json!({"authorize_url": url, "expires_in": STATE_TTL_MS / 1000}))).into_response())
+    audit(
+        &app,
+        Actor::from(&who),
+        Some(&clinic.org_id),
+        Some(&clinic.id),
+        "stripe.link_started",
+        Some(&clinic.id),
+        "ok",
+        None,
+    )
+    .await;
+    let cookie = format!(
+        "{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}",
+        STATE_TTL_MS / 1000
+    );
+    Ok(([(header::SET_COOKIE, cookie)], Json(json!({"authorize_url": url, "expires_in": STATE_TTL_MS / 1000})))
+        .into_response())
 }
 
 /// Query of Stripe's redirect.
@@ -333,7 +431,12 @@ pub struct Callback {
 
 fn page(status: StatusCode, title: &str, body: &str, clinic_id: Option<&str>) -> Response {
     let back = clinic_id
-        .map(|c| format!("<p><a href=\"/admin/client-payment?clinic={}\">Back to Client Payment</a></p>", crate::http::escape(c)))
+        .map(|c| {
+            format!(
+                "<p><a href=\"/admin/client-payment?clinic={}\">Back to Client Payment</a></p>",
+                crate::http::escape(c)
+            )
+        })
         .unwrap_or_default();
     let html = format!(
         "<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>\
@@ -356,18 +459,39 @@ fn cookie_state(headers: &HeaderMap) -> Option<String> {
 pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
     let bad = |title: &str, body: &str| page(StatusCode::BAD_REQUEST, title, body, None);
     let Some(state) = q.state.filter(|s| !s.is_empty()) else {
-        return bad("Stripe link failed", "The response from Stripe had no state. Start again from Configure > Client Payment.");
+        return bad(
+            "Stripe link failed",
+            "The response from Stripe had no state. Start again from Configure > Client Payment.",
+        );
     };
     if cookie_state(&headers).as_deref() != Some(state.as_str()) {
-        return bad("Stripe link failed", "This link was not started from this browser. Start again from Configure > Client Payment.");
+        return bad(
+            "Stripe link failed",
+            "This link was not started from this browser. Start again from Configure > Client Payment.",
+        );
     }
     let s = match app.store.take_oauth_state(&state).await {
         Err(e) => {
             tracing::error!(error = %e, "store unavailable in OAuth callback");
-            return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay cannot save the link right now. Start again in a minute.", None);
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "callpay cannot save the link right now. Start again in a minute.",
+                None,
+            );
         }
-        Ok(StateTaken::Unknown) => return bad("Stripe link failed", "This link is not one callpay started. Start again from Configure > Client Payment."),
-        Ok(StateTaken::Reused) => return bad("Stripe link failed", "This link was already used. Start again from Configure > Client Payment."),
+        Ok(StateTaken::Unknown) => {
+            return bad(
+                "Stripe link failed",
+                "This link is not one callpay started. Start again from Configure > Client Payment.",
+            );
+        }
+        Ok(StateTaken::Reused) => {
+            return bad(
+                "Stripe link failed",
+                "This link was already used. Start again from Configure > Client Payment.",
+            );
+        }
         Ok(StateTaken::Fresh(s)) => s,
     };
     let clinic_id = s.clinic_id.clone();
@@ -376,8 +500,23 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
         return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay cannot load the clinic right now.", None);
     };
     if s.expires_at < now_ms() {
-        audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "refused", Some("state expired".into())).await;
-        return page(StatusCode::BAD_REQUEST, "Stripe link expired", "This link expired. Start again from Configure > Client Payment.", Some(&clinic_id));
+        audit(
+            &app,
+            actor,
+            Some(&clinic.org_id),
+            Some(&clinic_id),
+            "stripe.link",
+            None,
+            "refused",
+            Some("state expired".into()),
+        )
+        .await;
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Stripe link expired",
+            "This link expired. Start again from Configure > Client Payment.",
+            Some(&clinic_id),
+        );
     }
     if let Some(error) = q.error {
         let detail = format!("{error}: {}", q.error_description.unwrap_or_default());
@@ -390,15 +529,34 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
         return page(StatusCode::BAD_REQUEST, "Stripe account not linked", body, Some(&clinic_id));
     }
     let Some(code) = q.code else {
-        return page(StatusCode::BAD_REQUEST, "Stripe link failed", "Stripe's response had no authorization code.", Some(&clinic_id));
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Stripe link failed",
+            "Stripe's response had no authorization code.",
+            Some(&clinic_id),
+        );
     };
     let linked = match app.connect.exchange(&code).await {
         Ok(l) => l,
         Err(e) => {
-            audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "failed", Some(e.to_string())).await;
+            audit(
+                &app,
+                actor,
+                Some(&clinic.org_id),
+                Some(&clinic_id),
+                "stripe.link",
+                None,
+                "failed",
+                Some(e.to_string()),
+            )
+            .await;
             let (status, body) = match e {
-                ConnectError::Unavailable(_) => (StatusCode::BAD_GATEWAY, "Stripe could not be reached. Nothing changed; try again in a minute."),
-                ConnectError::Refused { .. } => (StatusCode::BAD_REQUEST, "Stripe did not accept the authorization. Nothing changed; start again."),
+                ConnectError::Unavailable(_) => {
+                    (StatusCode::BAD_GATEWAY, "Stripe could not be reached. Nothing changed; try again in a minute.")
+                }
+                ConnectError::Refused { .. } => {
+                    (StatusCode::BAD_REQUEST, "Stripe did not accept the authorization. Nothing changed; start again.")
+                }
             };
             return page(status, "Stripe account not linked", body, Some(&clinic_id));
         }
@@ -412,25 +570,49 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
     clinic.linked_at = Some(now_ms());
     if let Err(e) = app.store.upsert_clinic(&clinic).await {
         tracing::error!(error = %e, "could not store the Stripe link");
-        return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay could not save the link. Start again in a minute.", Some(&clinic_id));
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Try again",
+            "callpay could not save the link. Start again in a minute.",
+            Some(&clinic_id),
+        );
     }
     let (action, detail) = match &previous {
-        Some(old) if *old != linked.stripe_user_id => ("stripe.relinked", format!("{old} -> {}", linked.stripe_user_id)),
+        Some(old) if *old != linked.stripe_user_id => {
+            ("stripe.relinked", format!("{old} -> {}", linked.stripe_user_id))
+        }
         _ => ("stripe.linked", linked.stripe_user_id.clone()),
     };
-    audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), action, Some(&linked.stripe_user_id), "ok", Some(detail)).await;
+    audit(
+        &app,
+        actor,
+        Some(&clinic.org_id),
+        Some(&clinic_id),
+        action,
+        Some(&linked.stripe_user_id),
+        "ok",
+        Some(detail),
+    )
+    .await;
     announce_clinic(&app, &clinic, None).await;
     let name = clinic.stripe_display_name.clone().unwrap_or_else(|| linked.stripe_user_id.clone());
     page(
         StatusCode::OK,
         "Stripe account linked",
-        &format!("{name} ({}) is now linked to {}. Patients' payments go straight to it.", linked.stripe_user_id, clinic.name),
+        &format!(
+            "{name} ({}) is now linked to {}. Patients' payments go straight to it.",
+            linked.stripe_user_id, clinic.name
+        ),
         Some(&clinic_id),
     )
 }
 
 /// `DELETE /v1/clinics/{clinic_id}/stripe`: revoke callpay's access on Stripe, then unlink.
-pub async fn remove_stripe(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>) -> Result<Json<Value>> {
+pub async fn remove_stripe(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+) -> Result<Json<Value>> {
     let mut clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
     let Some(account) = clinic.stripe_account.clone() else {
@@ -441,19 +623,44 @@ pub async fn remove_stripe(State(app): State<AppState>, Admin(who): Admin, Path(
         // Already revoked from Stripe's side: unlinking here is still right.
         Err(ConnectError::Refused { error, .. }) if error == "invalid_client" => {}
         Err(e) => {
-            audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.removed", Some(&account), "failed", Some(e.to_string())).await;
+            audit(
+                &app,
+                Actor::from(&who),
+                Some(&clinic.org_id),
+                Some(&clinic.id),
+                "stripe.removed",
+                Some(&account),
+                "failed",
+                Some(e.to_string()),
+            )
+            .await;
             return Err(ApiError::unavailable("Stripe could not be reached; the account is still linked. Try again."));
         }
     }
     unlink(&mut clinic);
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(&app, Actor::from(&who), Some(&clinic.org_id), Some(&clinic.id), "stripe.removed", Some(&account), "ok", None).await;
+    audit(
+        &app,
+        Actor::from(&who),
+        Some(&clinic.org_id),
+        Some(&clinic.id),
+        "stripe.removed",
+        Some(&account),
+        "ok",
+        None,
+    )
+    .await;
     announce_clinic(&app, &clinic, Some("The clinic's Stripe account was removed.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
 /// `GET /v1/clinics/{clinic_id}/audit?limit=&cursor=`; the cursor is `{at}:{id}` of the last row.
-pub async fn audit_log(State(app): State<AppState>, Admin(who): Admin, Path(clinic_id): Path<String>, Query(page): Query<Page>) -> Result<Json<Value>> {
+pub async fn audit_log(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>> {
     let clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::ViewAudit, Some(&clinic.org_id), Some(&clinic.id))?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;

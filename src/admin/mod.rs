@@ -32,19 +32,84 @@ pub struct RouteDoc {
 
 /// Every admin route.
 pub const ROUTES: &[RouteDoc] = &[
-    RouteDoc { method: "put", path: "/v1/orgs/{org_id}", summary: "Register or rename an organisation", action: Some(Action::UpsertOrg) },
-    RouteDoc { method: "put", path: "/v1/orgs/{org_id}/clinics/{clinic_id}", summary: "Register or rename a clinic", action: Some(Action::UpsertClinic) },
-    RouteDoc { method: "get", path: "/v1/orgs/{org_id}/clinics", summary: "List an organisation's clinics (paginated)", action: Some(Action::ListClinics) },
-    RouteDoc { method: "post", path: "/v1/orgs/{org_id}/enablement-requests", summary: "Ask for the payment app on clinics", action: Some(Action::RequestEnablement) },
-    RouteDoc { method: "get", path: "/v1/enablement-requests", summary: "List enablement requests (paginated)", action: Some(Action::ListEnablements) },
-    RouteDoc { method: "post", path: "/v1/enablement-requests/{request_id}/approve", summary: "Approve an enablement request", action: Some(Action::DecideEnablement) },
-    RouteDoc { method: "post", path: "/v1/enablement-requests/{request_id}/reject", summary: "Reject an enablement request with a reason", action: Some(Action::DecideEnablement) },
-    RouteDoc { method: "get", path: "/v1/clinics/{clinic_id}", summary: "A clinic's app and Stripe status", action: Some(Action::ViewClinic) },
-    RouteDoc { method: "post", path: "/v1/clinics/{clinic_id}/disable", summary: "Disable the payment app for a clinic", action: Some(Action::DisableApp) },
-    RouteDoc { method: "post", path: "/v1/clinics/{clinic_id}/stripe/connect", summary: "Start linking (or re-linking) the clinic's Stripe account", action: Some(Action::ManageStripe) },
-    RouteDoc { method: "delete", path: "/v1/clinics/{clinic_id}/stripe", summary: "Remove the clinic's Stripe account", action: Some(Action::ManageStripe) },
-    RouteDoc { method: "get", path: "/v1/clinics/{clinic_id}/audit", summary: "The clinic's audit log (paginated)", action: Some(Action::ViewAudit) },
-    RouteDoc { method: "get", path: "/v1/stripe/oauth/callback", summary: "Stripe's OAuth redirect (authorized by the single-use state)", action: None },
+    RouteDoc {
+        method: "put",
+        path: "/v1/orgs/{org_id}",
+        summary: "Register or rename an organisation",
+        action: Some(Action::UpsertOrg),
+    },
+    RouteDoc {
+        method: "put",
+        path: "/v1/orgs/{org_id}/clinics/{clinic_id}",
+        summary: "Register or rename a clinic",
+        action: Some(Action::UpsertClinic),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/orgs/{org_id}/clinics",
+        summary: "List an organisation's clinics (paginated)",
+        action: Some(Action::ListClinics),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/orgs/{org_id}/enablement-requests",
+        summary: "Ask for the payment app on clinics",
+        action: Some(Action::RequestEnablement),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/enablement-requests",
+        summary: "List enablement requests (paginated)",
+        action: Some(Action::ListEnablements),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/enablement-requests/{request_id}/approve",
+        summary: "Approve an enablement request",
+        action: Some(Action::DecideEnablement),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/enablement-requests/{request_id}/reject",
+        summary: "Reject an enablement request with a reason",
+        action: Some(Action::DecideEnablement),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/clinics/{clinic_id}",
+        summary: "A clinic's app and Stripe status",
+        action: Some(Action::ViewClinic),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/clinics/{clinic_id}/disable",
+        summary: "Disable the payment app for a clinic",
+        action: Some(Action::DisableApp),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/clinics/{clinic_id}/stripe/connect",
+        summary: "Start linking (or re-linking) the clinic's Stripe account",
+        action: Some(Action::ManageStripe),
+    },
+    RouteDoc {
+        method: "delete",
+        path: "/v1/clinics/{clinic_id}/stripe",
+        summary: "Remove the clinic's Stripe account",
+        action: Some(Action::ManageStripe),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/clinics/{clinic_id}/audit",
+        summary: "The clinic's audit log (paginated)",
+        action: Some(Action::ViewAudit),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/stripe/oauth/callback",
+        summary: "Stripe's OAuth redirect (authorized by the single-use state)",
+        action: None,
+    },
     RouteDoc { method: "get", path: "/v1/openapi.json", summary: "This document", action: None },
 ];
 
@@ -159,7 +224,8 @@ pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> R
     for mut clinic in clinics.iter().cloned() {
         unlink(&mut clinic);
         app.store.upsert_clinic(&clinic).await?;
-        audit(app, STRIPE, Some(&clinic.org_id), Some(&clinic.id), "stripe.deauthorized", Some(account), "ok", None).await;
+        audit(app, STRIPE, Some(&clinic.org_id), Some(&clinic.id), "stripe.deauthorized", Some(account), "ok", None)
+            .await;
         announce_clinic(app, &clinic, Some("The clinic's Stripe account was disconnected.")).await;
     }
     Ok(clinics.len())

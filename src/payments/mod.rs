@@ -224,7 +224,14 @@ impl Payments {
     }
 
     /// Appends an audit record of a participant's payment action; failures are logged.
-    async fn audit(&self, who: &Caller, action: &str, target: Option<&str>, result: &Result<(), Refusal>, detail: String) {
+    async fn audit(
+        &self,
+        who: &Caller,
+        action: &str,
+        target: Option<&str>,
+        result: &Result<(), Refusal>,
+        detail: String,
+    ) {
         let (outcome, detail) = match result {
             Ok(()) => ("ok", detail),
             Err(r) => ("refused", format!("{detail} {:?}: {}", r.code, r.message).trim().to_owned()),

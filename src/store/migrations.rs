@@ -2,11 +2,12 @@
 //! accept (TEXT, BIGINT, `$n` placeholders). Applied in order at start-up, each exactly once.
 
 /// (version, name, statements). Never edit a released entry: add a new one.
-pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
-    1,
-    "clinics, payments, webhook events",
-    &[
-        "CREATE TABLE IF NOT EXISTS clinics (
+pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
+    (
+        1,
+        "clinics, payments, webhook events",
+        &[
+            "CREATE TABLE IF NOT EXISTS clinics (
             id TEXT PRIMARY KEY,
             org_id TEXT NOT NULL,
             name TEXT NOT NULL,
@@ -18,8 +19,8 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             linked_at BIGINT,
             updated_at BIGINT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS clinics_stripe_account ON clinics (stripe_account)",
-        "CREATE TABLE IF NOT EXISTS payments (
+            "CREATE INDEX IF NOT EXISTS clinics_stripe_account ON clinics (stripe_account)",
+            "CREATE TABLE IF NOT EXISTS payments (
             id TEXT PRIMARY KEY,
             call_id TEXT NOT NULL,
             clinic_id TEXT NOT NULL,
@@ -48,10 +49,10 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             updated_at BIGINT NOT NULL,
             UNIQUE (call_id, client_ref)
         )",
-        "CREATE INDEX IF NOT EXISTS payments_intent ON payments (payment_intent_id)",
-        "CREATE INDEX IF NOT EXISTS payments_call ON payments (call_id, created_at)",
-        "CREATE INDEX IF NOT EXISTS payments_clinic ON payments (clinic_id, created_at)",
-        "CREATE TABLE IF NOT EXISTS webhook_events (
+            "CREATE INDEX IF NOT EXISTS payments_intent ON payments (payment_intent_id)",
+            "CREATE INDEX IF NOT EXISTS payments_call ON payments (call_id, created_at)",
+            "CREATE INDEX IF NOT EXISTS payments_clinic ON payments (clinic_id, created_at)",
+            "CREATE TABLE IF NOT EXISTS webhook_events (
             event_id TEXT PRIMARY KEY,
             event_type TEXT NOT NULL,
             account TEXT,
@@ -59,18 +60,19 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             outcome TEXT NOT NULL,
             received_at BIGINT NOT NULL
         )",
-    ],
-), (
-    2,
-    "organisations, app enablement, OAuth states, audit log",
-    &[
-        "CREATE TABLE IF NOT EXISTS orgs (
+        ],
+    ),
+    (
+        2,
+        "organisations, app enablement, OAuth states, audit log",
+        &[
+            "CREATE TABLE IF NOT EXISTS orgs (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             updated_at BIGINT NOT NULL
         )",
-        "CREATE INDEX IF NOT EXISTS clinics_org ON clinics (org_id)",
-        "CREATE TABLE IF NOT EXISTS enablement_requests (
+            "CREATE INDEX IF NOT EXISTS clinics_org ON clinics (org_id)",
+            "CREATE TABLE IF NOT EXISTS enablement_requests (
             id TEXT PRIMARY KEY,
             org_id TEXT NOT NULL,
             clinic_id TEXT NOT NULL,
@@ -82,8 +84,8 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             created_at BIGINT NOT NULL,
             decided_at BIGINT
         )",
-        "CREATE INDEX IF NOT EXISTS enablement_org ON enablement_requests (org_id, created_at)",
-        "CREATE TABLE IF NOT EXISTS oauth_states (
+            "CREATE INDEX IF NOT EXISTS enablement_org ON enablement_requests (org_id, created_at)",
+            "CREATE TABLE IF NOT EXISTS oauth_states (
             state TEXT PRIMARY KEY,
             clinic_id TEXT NOT NULL,
             admin_id TEXT NOT NULL,
@@ -92,7 +94,7 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             expires_at BIGINT NOT NULL,
             used_at BIGINT
         )",
-        "CREATE TABLE IF NOT EXISTS audit_log (
+            "CREATE TABLE IF NOT EXISTS audit_log (
             id TEXT PRIMARY KEY,
             at BIGINT NOT NULL,
             org_id TEXT,
@@ -105,7 +107,8 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[(
             outcome TEXT NOT NULL,
             detail TEXT
         )",
-        "CREATE INDEX IF NOT EXISTS audit_clinic ON audit_log (clinic_id, at, id)",
-        "ALTER TABLE clinics ADD COLUMN stripe_display_name TEXT",
-    ],
-)];
+            "CREATE INDEX IF NOT EXISTS audit_clinic ON audit_log (clinic_id, at, id)",
+            "ALTER TABLE clinics ADD COLUMN stripe_display_name TEXT",
+        ],
+    ),
+];

@@ -183,8 +183,12 @@ pub trait Store: Send + Sync + 'static {
     /// Appends an audit record.
     async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.
-    async fn audit_for_clinic(&self, clinic_id: &str, limit: i64, before: Option<(i64, String)>)
-    -> StoreResult<Vec<AuditEntry>>;
+    async fn audit_for_clinic(
+        &self,
+        clinic_id: &str,
+        limit: i64,
+        before: Option<(i64, String)>,
+    ) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// An organisation.

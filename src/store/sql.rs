@@ -367,7 +367,10 @@ impl Store for SqlStore {
     }
 
     async fn clinics_for_org(&self, org_id: &str) -> StoreResult<Vec<Clinic>> {
-        let rows = sqlx::query("SELECT * FROM clinics WHERE org_id = $1 ORDER BY id").bind(org_id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM clinics WHERE org_id = $1 ORDER BY id")
+            .bind(org_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(clinic_from).collect()
     }
 
@@ -392,7 +395,8 @@ impl Store for SqlStore {
     }
 
     async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>> {
-        let row = sqlx::query("SELECT * FROM enablement_requests WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT * FROM enablement_requests WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         row.as_ref().map(enablement_from).transpose()
     }
 
@@ -447,7 +451,8 @@ impl Store for SqlStore {
             .bind(state)
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT * FROM oauth_states WHERE state = $1").bind(state).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT * FROM oauth_states WHERE state = $1").bind(state).fetch_optional(&self.pool).await?;
         Ok(match (row, claimed.rows_affected()) {
             (None, _) => StateTaken::Unknown,
             (Some(_), 0) => StateTaken::Reused,
@@ -483,7 +488,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn audit_for_clinic(&self, clinic_id: &str, limit: i64, before: Option<(i64, String)>) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_for_clinic(
+        &self,
+        clinic_id: &str,
+        limit: i64,
+        before: Option<(i64, String)>,
+    ) -> StoreResult<Vec<AuditEntry>> {
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
         // Keyset pagination on (at, id): stable under concurrent appends.
         let rows = sqlx::query(

@@ -181,15 +181,28 @@ impl Http {
     }
 
     pub async fn send(&self, method: &str, url: &str, headers: &[(&str, &str)], body: String) -> (u16, Value, String) {
+        let (status, _, json, text) = self.send_full(method, url, headers, body).await;
+        (status, json, text)
+    }
+
+    /// Like `send`, with the response headers.
+    pub async fn send_full(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> (u16, hyper::HeaderMap, Value, String) {
         let mut req = hyper::Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let resp = self.client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.expect("http");
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+        (status, headers, serde_json::from_str(&text).unwrap_or(Value::Null), text)
     }
 
     pub async fn form(&self, url: &str, body: &str) -> (u16, Value) {

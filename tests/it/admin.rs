@@ -1,0 +1,565 @@
+//! The administrative half: the authorization matrix walked for every role and endpoint, the
+//! Connect OAuth flow against stripe-sim (every bad-state case, denial, re-link, remove, and
+//! the deauthorization webhook), and the audit log's record of it all.
+
+use crate::helpers::*;
+use callpay::admin::authz::AdminRole;
+use callpay::auth::{now_secs, sign_hs256};
+use callpay::demo::{DEMO_CLINIC, DEMO_ORG, admin_token};
+use callpay::store::{Clinic, OAuthState, now_ms};
+use serde_json::{Value, json};
+
+const OTHER_ORG: &str = "org_other";
+const OTHER_CLINIC: &str = "clinic_other";
+
+impl TestHub {
+    async fn api(&self, token: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        let (status, json, _) = self
+            .http
+            .send(
+                method,
+                &format!("{}{path}", self.info.hub_url),
+                &headers,
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )
+            .await;
+        (status, json)
+    }
+
+    fn admin(&self, role: AdminRole, org: Option<&str>, clinics: &[&str]) -> String {
+        admin_token(
+            &self.info.platform_secret,
+            &format!("u-{}", role.as_str()),
+            &format!("{} user", role.as_str()),
+            role,
+            org,
+            clinics,
+        )
+    }
+
+    async fn seed_other_org(&self) {
+        let op = self.info.operator_token.clone();
+        assert_eq!(
+            self.api(Some(&op), "PUT", &format!("/v1/orgs/{OTHER_ORG}"), Some(json!({"name": "Other Health"}))).await.0,
+            200
+        );
+        let (s, c) = self
+            .api(
+                Some(&op),
+                "PUT",
+                &format!("/v1/orgs/{OTHER_ORG}/clinics/{OTHER_CLINIC}"),
+                Some(json!({"name": "Other Clinic"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{c}");
+    }
+
+    /// Puts the demo clinic back to enabled + linked to a connected simulator account.
+    async fn relink_demo(&self) {
+        let account = self.sim.sim.with_world(|w| w.create_account(None, Some("Harbour Clinic"), "AU", "aud", true));
+        let mut c: Clinic = self.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+        c.app_enabled = true;
+        c.stripe_account = Some(account);
+        self.state.store.upsert_clinic(&c).await.unwrap();
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Who {
+    OrgAdmin,
+    TeamAdmin,
+    TeamMember,
+    Operator,
+    NoToken,
+    Expired,
+    Forged,
+}
+
+/// Expected status for (endpoint, who, own resource?). The spec, written out independently
+/// of the code's matrix.
+fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
+    use Who::*;
+    let ok = |yes: bool, code: u16| if yes { code } else { 403 };
+    match who {
+        NoToken | Expired | Forged => 401,
+        _ => match endpoint {
+            "upsert_org" | "upsert_clinic" | "approve" | "reject" => ok(matches!(who, Operator), 200),
+            "list_clinics" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin) && own), 200),
+            "view_clinic" => ok(matches!(who, Operator) || own, 200),
+            "request_enablement" => ok(matches!(who, OrgAdmin) && own, 201),
+            "list_enablements" => ok(matches!(who, Operator | OrgAdmin), 200),
+            "disable" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin) && own), 200),
+            "connect" | "remove" => ok(matches!(who, OrgAdmin | TeamAdmin) && own, 200),
+            "audit" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin | TeamAdmin) && own), 200),
+            other => panic!("no expectation for {other}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn every_role_against_every_endpoint() {
+    let hub = TestHub::start().await;
+    hub.seed_other_org().await;
+    let token = |who: Who| -> Option<String> {
+        match who {
+            Who::OrgAdmin => Some(hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[])),
+            Who::TeamAdmin => Some(hub.admin(AdminRole::TeamAdmin, None, &[DEMO_CLINIC])),
+            Who::TeamMember => Some(hub.admin(AdminRole::TeamMember, None, &[DEMO_CLINIC])),
+            Who::Operator => Some(hub.admin(AdminRole::PlatformOperator, None, &[])),
+            Who::NoToken => None,
+            Who::Expired => Some(sign_hs256(
+                &hub.info.platform_secret,
+                &json!({"sub": "x", "name": "x", "role": "platform_operator", "exp": now_secs() - 3600}),
+            )),
+            Who::Forged => Some(sign_hs256(
+                "forged-forged-forged-forged-forged-forged",
+                &json!({"sub": "x", "name": "x", "role": "platform_operator", "exp": now_secs() + 600}),
+            )),
+        }
+    };
+    let everyone =
+        [Who::OrgAdmin, Who::TeamAdmin, Who::TeamMember, Who::Operator, Who::NoToken, Who::Expired, Who::Forged];
+    let mut checked = 0;
+    for who in everyone {
+        for own in [true, false] {
+            let (org, clinic) = if own { (DEMO_ORG, DEMO_CLINIC) } else { (OTHER_ORG, OTHER_CLINIC) };
+            let t = token(who);
+            let t = t.as_deref();
+            // A pending request to decide, made by the owning org's admin.
+            let requester = hub.admin(AdminRole::OrgAdmin, Some(org), &[]);
+            let (s, made) = hub
+                .api(
+                    Some(&requester),
+                    "POST",
+                    &format!("/v1/orgs/{org}/enablement-requests"),
+                    Some(json!({"clinic_ids": [clinic], "ticket_ref": "SD-1"})),
+                )
+                .await;
+            assert_eq!(s, 201, "{made}");
+            let pending = made["data"][0]["id"].as_str().unwrap().to_owned();
+            let pending2 = {
+                let (_, m) = hub
+                    .api(
+                        Some(&requester),
+                        "POST",
+                        &format!("/v1/orgs/{org}/enablement-requests"),
+                        Some(json!({"clinic_ids": [clinic], "ticket_ref": "SD-2"})),
+                    )
+                    .await;
+                m["data"][0]["id"].as_str().unwrap().to_owned()
+            };
+            let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
+                ("upsert_org", "PUT", format!("/v1/orgs/{org}"), Some(json!({"name": "Renamed"}))),
+                (
+                    "upsert_clinic",
+                    "PUT",
+                    format!("/v1/orgs/{org}/clinics/{clinic}"),
+                    Some(json!({"name": "Renamed clinic"})),
+                ),
+                ("list_clinics", "GET", format!("/v1/orgs/{org}/clinics"), None),
+                ("view_clinic", "GET", format!("/v1/clinics/{clinic}"), None),
+                (
+                    "request_enablement",
+                    "POST",
+                    format!("/v1/orgs/{org}/enablement-requests"),
+                    Some(json!({"clinic_ids": [clinic], "ticket_ref": "SD-9"})),
+                ),
+                ("list_enablements", "GET", "/v1/enablement-requests".into(), None),
+                ("approve", "POST", format!("/v1/enablement-requests/{pending}/approve"), None),
+                (
+                    "reject",
+                    "POST",
+                    format!("/v1/enablement-requests/{pending2}/reject"),
+                    Some(json!({"reason": "no ticket"})),
+                ),
+                ("audit", "GET", format!("/v1/clinics/{clinic}/audit"), None),
+                ("connect", "POST", format!("/v1/clinics/{clinic}/stripe/connect"), None),
+                ("remove", "DELETE", format!("/v1/clinics/{clinic}/stripe"), None),
+                ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
+            ];
+            for (name, method, path, body) in cases {
+                if own {
+                    hub.relink_demo().await;
+                } else {
+                    let mut c = hub.state.store.clinic(OTHER_CLINIC).await.unwrap().unwrap();
+                    c.app_enabled = true;
+                    c.stripe_account = Some("acct_other".into());
+                    hub.state.store.upsert_clinic(&c).await.unwrap();
+                }
+                let (status, body) = hub.api(t, method, &path, body).await;
+                let want = expected(name, who, own);
+                assert_eq!(
+                    status,
+                    want,
+                    "{who:?} {} {name} {method} {path}: {body}",
+                    if own { "own" } else { "other" }
+                );
+                if status >= 400 {
+                    assert!(body["code"].is_string(), "errors carry a code: {body}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 2 * 12);
+    // Org admins only ever see their own organisation's requests.
+    let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
+    let (_, list) =
+        hub.api(Some(&org_admin), "GET", &format!("/v1/enablement-requests?org_id={OTHER_ORG}&limit=500"), None).await;
+    assert!(list["data"].as_array().unwrap().iter().all(|e| e["org_id"] == DEMO_ORG));
+}
+
+#[tokio::test]
+async fn lists_paginate_and_openapi_matches_the_routes() {
+    let hub = TestHub::start().await;
+    let op = hub.info.operator_token.clone();
+    for i in 0..5 {
+        hub.api(
+            Some(&op),
+            "PUT",
+            &format!("/v1/orgs/{DEMO_ORG}/clinics/clinic_{i}"),
+            Some(json!({"name": format!("Clinic {i}")})),
+        )
+        .await;
+    }
+    let (_, first) = hub.api(Some(&op), "GET", &format!("/v1/orgs/{DEMO_ORG}/clinics?limit=4"), None).await;
+    assert_eq!(first["data"].as_array().unwrap().len(), 4);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) =
+        hub.api(Some(&op), "GET", &format!("/v1/orgs/{DEMO_ORG}/clinics?limit=4&cursor={cursor}"), None).await;
+    assert_eq!(second["data"].as_array().unwrap().len(), 2, "6 clinics in all");
+    assert!(second["next_cursor"].is_null());
+
+    let (status, doc) = hub.api(None, "GET", "/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.values().map(|p| p.as_object().unwrap().len()).sum::<usize>(), callpay::admin::ROUTES.len());
+    assert_eq!(
+        doc["paths"]["/v1/clinics/{clinic_id}/stripe/connect"]["post"]["x-callpay-roles"],
+        json!(["org_admin (own organisation)", "team_admin (own clinics)"])
+    );
+    // Every documented route exists: without a token it is 401 (or its own answer), never the 404 fallback.
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete =
+                path.replace("{org_id}", DEMO_ORG).replace("{clinic_id}", DEMO_CLINIC).replace("{request_id}", "enr_x");
+            let (status, body) = hub.api(None, &method.to_uppercase(), &concrete, Some(json!({}))).await;
+            assert_ne!(body["code"], "not_found", "{method} {path} is documented but not routed ({status})");
+        }
+    }
+    // Bad input is a clear 4xx.
+    let (s, b) = hub.api(Some(&op), "PUT", "/v1/orgs/bad%20id!", Some(json!({"name": "x"}))).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_id")));
+    let oa = hub.info.org_admin_token.clone();
+    let (s, b) = hub
+        .api(
+            Some(&oa),
+            "POST",
+            &format!("/v1/orgs/{DEMO_ORG}/enablement-requests"),
+            Some(json!({"clinic_ids": [DEMO_CLINIC], "ticket_ref": " "})),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_ticket_ref")));
+}
+
+/// Follows the simulator's consent page: posts the decision, returns the callback URL.
+async fn consent(hub: &TestHub, authorize_url: &str, decision: &str, account: &str, name: &str) -> String {
+    let (status, _, _, page) = hub.http.send_full("GET", authorize_url, &[], String::new()).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("Connect my Stripe account"));
+    let q: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(authorize_url.split_once('?').unwrap().1.as_bytes()).into_owned().collect();
+    assert_eq!(q["scope"], "read_write");
+    assert_eq!(q["client_id"], hub.sim.client_id());
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("decision", decision)
+        .append_pair("account", account)
+        .append_pair("business_name", name)
+        .append_pair("email", "owner@clinic.example")
+        .append_pair("client_id", &q["client_id"])
+        .append_pair("redirect_uri", &q["redirect_uri"])
+        .append_pair("state", &q["state"])
+        .append_pair("scope", &q["scope"])
+        .finish();
+    let (status, headers, _, _) = hub
+        .http
+        .send_full(
+            "POST",
+            &format!("{}/oauth/authorize", hub.info.stripe_url),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            body,
+        )
+        .await;
+    assert_eq!(status, 303);
+    headers.get("location").unwrap().to_str().unwrap().to_owned()
+}
+
+/// Starts linking as `token`; returns (authorize_url, cookie header value).
+async fn start_link(hub: &TestHub, token: &str) -> (String, String) {
+    let (status, headers, body, _) = hub
+        .http
+        .send_full(
+            "POST",
+            &format!("{}/v1/clinics/{DEMO_CLINIC}/stripe/connect", hub.info.hub_url),
+            &[("authorization", &format!("Bearer {token}"))],
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cookie = headers.get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
+    (body["authorize_url"].as_str().unwrap().to_owned(), cookie)
+}
+
+async fn callback(hub: &TestHub, url: &str, cookie: Option<&str>) -> (u16, String) {
+    let mut headers = vec![];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let (status, _, _, page) = hub.http.send_full("GET", url, &headers, String::new()).await;
+    (status, page)
+}
+
+#[tokio::test]
+async fn connect_oauth_end_to_end_with_every_bad_state() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.clinic_admin_token.clone();
+    // Start unlinked, as a new clinic would be.
+    let mut c = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+    callpay::admin::unlink(&mut c);
+    hub.state.store.upsert_clinic(&c).await.unwrap();
+    let mut doc = hub.clinician().await;
+    assert_eq!(doc.welcome["payments_available"], false);
+
+    // Link a new account.
+    let (url, cookie) = start_link(&hub, &admin).await;
+    let back = consent(&hub, &url, "allow", "new", "Harbour Clinic Pty Ltd").await;
+    assert!(back.starts_with(&format!("{}/v1/stripe/oauth/callback?", hub.info.hub_url)));
+    let (status, page) = callback(&hub, &back, Some(&cookie)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Stripe account linked") && page.contains("Harbour Clinic Pty Ltd"));
+    let (_, view) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}"), None).await;
+    let first_account = view["stripe"]["account"].as_str().unwrap().to_owned();
+    assert_eq!(view["stripe"]["linked"], true);
+    assert_eq!(view["stripe"]["display_name"], "Harbour Clinic Pty Ltd");
+    assert_eq!(view["stripe"]["livemode"], false);
+    assert_eq!(view["stripe"]["linked_by"], "Cam (clinic admin)");
+    assert!(view["stripe"]["linked_at"].as_i64().unwrap() > 0);
+    let update = doc.until("clinic.updated").await;
+    assert_eq!(update["payments_available"], true);
+
+    // The same callback again: the state is single-use.
+    let (status, page) = callback(&hub, &back, Some(&cookie)).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("already used"));
+    // Missing state; a state without this browser's cookie; an unknown state; an expired one.
+    assert_eq!(
+        callback(&hub, &format!("{}/v1/stripe/oauth/callback?code=ac_x", hub.info.hub_url), Some(&cookie)).await.0,
+        400
+    );
+    let (url2, cookie2) = start_link(&hub, &admin).await;
+    let back2 = consent(&hub, &url2, "allow", "new", "Other Co").await;
+    let (status, page) = callback(&hub, &back2, None).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("not started from this browser"));
+    let (status, page) = callback(
+        &hub,
+        &format!("{}/v1/stripe/oauth/callback?code=ac_x&state=forged", hub.info.hub_url),
+        Some("callpay_oauth_state=forged"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("not one callpay started"));
+    hub.state
+        .store
+        .insert_oauth_state(&OAuthState {
+            state: "old-state".into(),
+            clinic_id: DEMO_CLINIC.into(),
+            admin_id: "admin-cam".into(),
+            admin_name: "Cam".into(),
+            admin_role: "team_admin".into(),
+            expires_at: now_ms() - 1,
+        })
+        .await
+        .unwrap();
+    let (status, page) = callback(
+        &hub,
+        &format!("{}/v1/stripe/oauth/callback?code=ac_x&state=old-state", hub.info.hub_url),
+        Some("callpay_oauth_state=old-state"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(page.contains("expired"));
+    let _ = cookie2;
+
+    // Denied on Stripe's page.
+    let (url3, cookie3) = start_link(&hub, &admin).await;
+    let back3 = consent(&hub, &url3, "deny", "new", "x").await;
+    assert!(back3.contains("error=access_denied"));
+    let (status, page) = callback(&hub, &back3, Some(&cookie3)).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("You cancelled"));
+    let (_, view) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}"), None).await;
+    assert_eq!(view["stripe"]["account"], first_account.as_str(), "denial changes nothing");
+
+    // A payment on the first account, then re-link (as the org admin) to another account.
+    doc.request("before-relink", 5000, "Consult").await;
+    let before = doc.until("payment.requested").await["payment"]["payment_id"].as_str().unwrap().to_owned();
+    let org_admin = hub.info.org_admin_token.clone();
+    let (url4, cookie4) = start_link(&hub, &org_admin).await;
+    let back4 = consent(&hub, &url4, "allow", "new", "Harbour Clinic New Entity").await;
+    assert_eq!(callback(&hub, &back4, Some(&cookie4)).await.0, 200);
+    let (_, view) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}"), None).await;
+    let second_account = view["stripe"]["account"].as_str().unwrap().to_owned();
+    assert_ne!(second_account, first_account);
+    assert_eq!(view["stripe"]["linked_by"], "Olivia (org admin)");
+    let kept = hub.state.store.payment(&before).await.unwrap().unwrap();
+    assert_eq!(kept.stripe_account, first_account, "payments already made keep their account");
+
+    // Remove: Stripe access revoked, clinic unlinked, live calls told.
+    let (status, view) = hub.api(Some(&admin), "DELETE", &format!("/v1/clinics/{DEMO_CLINIC}/stripe"), None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["stripe"]["linked"], false);
+    let unavailable = doc.until_where("clinic.updated", |f| f["payments_available"] == false).await;
+    assert!(unavailable["reason"].as_str().unwrap().contains("removed"));
+    let connected = hub.sim.sim.with_world(|w| w.accounts[&second_account].connected);
+    assert!(!connected, "callpay's access was revoked on Stripe");
+    doc.request("after-remove", 5000, "Consult").await;
+    assert_eq!(doc.error_code().await, "stripe_not_connected");
+    let (status, body) = hub.api(Some(&admin), "DELETE", &format!("/v1/clinics/{DEMO_CLINIC}/stripe"), None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_linked")));
+
+    // Link again, then the clinic revokes callpay from Stripe's side: the webhook unlinks it.
+    let (url5, cookie5) = start_link(&hub, &admin).await;
+    let back5 = consent(&hub, &url5, "allow", &first_account, "").await;
+    assert_eq!(callback(&hub, &back5, Some(&cookie5)).await.0, 200);
+    doc.until_where("clinic.updated", |f| f["payments_available"] == true).await;
+    let (status, _) = hub
+        .http
+        .form(
+            &format!("{}/oauth/deauthorize", hub.info.stripe_url),
+            &format!(
+                "client_secret={}&client_id={}&stripe_user_id={first_account}",
+                hub.sim.secret_key(),
+                hub.sim.client_id()
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = doc.until_where("clinic.updated", |f| f["payments_available"] == false).await;
+    assert!(revoked["reason"].as_str().unwrap().contains("disconnected"));
+    let (_, view) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}"), None).await;
+    assert_eq!(view["stripe"]["linked"], false);
+
+    // The audit log tells the story with the right actors.
+    let (status, log) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=200"), None).await;
+    assert_eq!(status, 200);
+    let rows = log["data"].as_array().unwrap();
+    let has = |action: &str, actor: &str, outcome: &str| {
+        rows.iter().any(|r| r["action"] == action && r["actor_name"] == actor && r["outcome"] == outcome)
+    };
+    assert!(has("stripe.link_started", "Cam (clinic admin)", "ok"));
+    assert!(has("stripe.linked", "Cam (clinic admin)", "ok"));
+    assert!(has("stripe.link", "Cam (clinic admin)", "refused"), "denial and expiry are recorded");
+    assert!(has("stripe.relinked", "Olivia (org admin)", "ok"));
+    assert!(has("stripe.removed", "Cam (clinic admin)", "ok"));
+    assert!(has("stripe.deauthorized", "Stripe", "ok"));
+    assert!(has("payment.requested", "Dr Ada Lee", "ok"));
+    assert!(has("payment.requested", "Dr Ada Lee", "refused"));
+    let times: Vec<i64> = rows.iter().map(|r| r["at"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    // Paging through the log visits every row once.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=3&cursor={c}"),
+            None => format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=3"),
+        };
+        let (_, page) = hub.api(Some(&admin), "GET", &path, None).await;
+        seen += page["data"].as_array().unwrap().len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, rows.len());
+}
+
+#[tokio::test]
+async fn enablement_flow_and_disable() {
+    let hub = TestHub::start().await;
+    let op = hub.info.operator_token.clone();
+    let oa = hub.info.org_admin_token.clone();
+    hub.api(Some(&op), "PUT", &format!("/v1/orgs/{DEMO_ORG}/clinics/clinic_new"), Some(json!({"name": "New Clinic"})))
+        .await;
+    let (status, made) = hub
+        .api(
+            Some(&oa),
+            "POST",
+            &format!("/v1/orgs/{DEMO_ORG}/enablement-requests"),
+            Some(json!({"clinic_ids": ["clinic_new"], "ticket_ref": "SD-42"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let id = made["data"][0]["id"].as_str().unwrap().to_owned();
+    let (_, view) = hub.api(Some(&oa), "GET", "/v1/clinics/clinic_new", None).await;
+    assert_eq!(view["app_enabled"], false);
+    assert_eq!(view["enablement"]["status"], "pending");
+    let (_, pending) = hub.api(Some(&op), "GET", "/v1/enablement-requests?status=pending", None).await;
+    assert!(pending["data"].as_array().unwrap().iter().any(|e| e["id"] == id.as_str()));
+    let (status, decided) = hub.api(Some(&op), "POST", &format!("/v1/enablement-requests/{id}/approve"), None).await;
+    assert_eq!((status, decided["status"].as_str()), (200, Some("approved")));
+    let (status, again) =
+        hub.api(Some(&op), "POST", &format!("/v1/enablement-requests/{id}/reject"), Some(json!({"reason": "x"}))).await;
+    assert_eq!((status, again["code"].as_str()), (409, Some("already_decided")));
+    let (_, view) = hub.api(Some(&oa), "GET", "/v1/clinics/clinic_new", None).await;
+    assert_eq!(view["app_enabled"], true);
+    assert_eq!(view["payments_available"], false, "enabled but not linked yet");
+    // A rejection carries its reason; disabling tells live calls.
+    let (_, made) = hub
+        .api(
+            Some(&oa),
+            "POST",
+            &format!("/v1/orgs/{DEMO_ORG}/enablement-requests"),
+            Some(json!({"clinic_ids": [DEMO_CLINIC], "ticket_ref": "SD-43"})),
+        )
+        .await;
+    let rid = made["data"][0]["id"].as_str().unwrap().to_owned();
+    let (_, rejected) = hub
+        .api(
+            Some(&op),
+            "POST",
+            &format!("/v1/enablement-requests/{rid}/reject"),
+            Some(json!({"reason": "Ticket not authorised"})),
+        )
+        .await;
+    assert_eq!(rejected["reason"], "Ticket not authorised");
+    let mut doc = hub.clinician().await;
+    let (status, _) = hub.api(Some(&oa), "POST", &format!("/v1/clinics/{DEMO_CLINIC}/disable"), None).await;
+    assert_eq!(status, 200);
+    let f = doc.until("clinic.updated").await;
+    assert_eq!(f["payments_available"], false);
+    doc.request("x", 5000, "Consult").await;
+    assert_eq!(doc.error_code().await, "app_not_enabled");
+    let (_, log) = hub.api(Some(&op), "GET", &format!("/v1/clinics/{DEMO_CLINIC}/audit"), None).await;
+    assert!(
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "app.disabled" && r["actor_name"] == "Olivia (org admin)")
+    );
+    assert!(
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "app.enable_rejected" && r["actor_role"] == "platform_operator")
+    );
+}
