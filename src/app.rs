@@ -44,6 +44,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// One permit per open WebSocket.
     pub connection_slots: Arc<Semaphore>,
+    /// Demo page links (only in `callpay demo`).
+    pub demo: Option<Arc<crate::http::web::DemoLinks>>,
 }
 
 /// External I/O the app runs on; tests and the demo pass their own.
@@ -120,6 +122,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             tracker: TaskTracker::new(),
             shutdown,
+            demo: None,
         };
         Ok(Self { state, listener, addr })
     }

@@ -209,7 +209,15 @@ pub async fn start_with(
         ),
         platform_secret,
     };
-    let app = App::build_on(listener, config, deps, node).await?;
+    let mut app = App::build_on(listener, config, deps, node).await?;
+    app.state.demo = Some(Arc::new(crate::http::web::DemoLinks {
+        call_id: info.call_id.clone(),
+        clinician_token: info.clinician_token.clone(),
+        patient_token: info.patient_token.clone(),
+        clinic_admin_token: info.clinic_admin_token.clone(),
+        clinic_id: DEMO_CLINIC.into(),
+        stripe_dashboard: format!("{}/dashboard", info.stripe_url),
+    }));
     Ok(Demo { app, sim, info })
 }
 
@@ -218,6 +226,11 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Resul
     let demo = start(Some(data_dir), listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))).await?;
     let i = &demo.info;
     println!("callpay demo is running (Ctrl-C to stop)");
+    println!("  open the demo call: {}/demo", i.hub_url);
+    println!(
+        "  clinic admin page:  {}/admin/client-payment?clinic={DEMO_CLINIC}#token={}",
+        i.hub_url, i.clinic_admin_token
+    );
     println!("  hub:                {}", i.hub_url);
     println!("  stripe simulator:   {}/dashboard", i.stripe_url);
     println!("  call:               {}", i.call_id);
@@ -234,6 +247,10 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Resul
             "clinician_token": i.clinician_token,
             "patient_token": i.patient_token,
             "call_id": i.call_id,
+            "clinic_id": DEMO_CLINIC,
+            "clinic_admin_token": i.clinic_admin_token,
+            "org_admin_token": i.org_admin_token,
+            "operator_token": i.operator_token,
         })
     );
     crate::shutdown::on_signal(demo.app.state.shutdown.clone());

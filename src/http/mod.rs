@@ -2,6 +2,7 @@
 //! Handlers translate between HTTP and the services; errors are JSON with a stable `code`.
 
 mod health;
+pub mod web;
 mod webhook;
 
 use crate::app::AppState;
@@ -66,6 +67,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(crate::admin::router())
+        .route("/", get(web::root))
+        .route("/demo", get(web::demo))
+        .route("/call/clinician", get(web::clinician))
+        .route("/call/patient", get(web::patient))
+        .route("/admin/client-payment", get(web::admin))
+        .route("/web/{*path}", get(web::asset))
+        .route("/v1/client-config", get(web::client_config))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.") })
         .with_state(state)
 }

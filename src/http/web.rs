@@ -1,0 +1,139 @@
+//! The web app, embedded in the binary from `web/`: the clinician and patient panels, the admin
+//! page, the SDK, and (in demo mode only) the side-by-side demo call page.
+
+use crate::app::AppState;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde_json::json;
+
+/// (path under /web/, content type, body)
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("app.css", "text/css; charset=utf-8", include_str!("../../web/app.css")),
+    ("i18n.js", "text/javascript; charset=utf-8", include_str!("../../web/i18n.js")),
+    ("sdk/callpay.js", "text/javascript; charset=utf-8", include_str!("../../web/sdk/callpay.js")),
+    ("clinician.js", "text/javascript; charset=utf-8", include_str!("../../web/clinician.js")),
+    ("patient.js", "text/javascript; charset=utf-8", include_str!("../../web/patient.js")),
+    ("admin.js", "text/javascript; charset=utf-8", include_str!("../../web/admin.js")),
+];
+
+const CLINICIAN: &str = include_str!("../../web/clinician.html");
+const PATIENT: &str = include_str!("../../web/patient.html");
+const ADMIN: &str = include_str!("../../web/admin.html");
+
+/// Links the demo page shows: filled in by `callpay demo`, absent in production.
+#[derive(Debug, Clone)]
+pub struct DemoLinks {
+    /// The demo call.
+    pub call_id: String,
+    /// Clinician join token.
+    pub clinician_token: String,
+    /// Patient join token.
+    pub patient_token: String,
+    /// Clinic admin token.
+    pub clinic_admin_token: String,
+    /// The demo clinic.
+    pub clinic_id: String,
+    /// The simulator's dashboard.
+    pub stripe_dashboard: String,
+}
+
+fn origin(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let scheme = url.split_once("://").map_or("https", |(s, _)| s);
+    format!("{scheme}://{}", rest.split('/').next().unwrap_or_default())
+}
+
+/// Content-Security-Policy for the pages: our own scripts plus Stripe's origins, nothing inline.
+fn csp(app: &AppState) -> HeaderValue {
+    let js = origin(&app.config.stripe.js_url);
+    let api = origin(&app.config.stripe.api_base);
+    let policy = format!(
+        "default-src 'self'; script-src 'self' {js}; connect-src 'self' {api} {js}; frame-src 'self' {js} https://hooks.stripe.com; \
+         img-src 'self' data: {js}; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'self'"
+    );
+    HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"))
+}
+
+fn page(app: &AppState, html: &'static str) -> Response {
+    let mut resp = Html(html).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, csp(app));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    resp
+}
+
+/// `GET /call/clinician`.
+pub async fn clinician(State(app): State<AppState>) -> Response {
+    page(&app, CLINICIAN)
+}
+
+/// `GET /call/patient`.
+pub async fn patient(State(app): State<AppState>) -> Response {
+    page(&app, PATIENT)
+}
+
+/// `GET /admin/client-payment`.
+pub async fn admin(State(app): State<AppState>) -> Response {
+    page(&app, ADMIN)
+}
+
+/// `GET /web/{*path}`.
+pub async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(p, _, _)| *p == path) {
+        Some((_, kind, body)) => {
+            ([(header::CONTENT_TYPE, *kind), (header::CACHE_CONTROL, "no-cache")], *body).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+/// `GET /v1/client-config`: what the pages need to know about this hub.
+pub async fn client_config(State(app): State<AppState>) -> Response {
+    axum::Json(json!({
+        "stripe_js_url": app.config.stripe.js_url,
+        "currencies": app.config.payments.currencies,
+        "default_currency": app.config.payments.currencies.first().cloned().unwrap_or_else(|| "aud".into()),
+        "max_amount": app.config.payments.max_amount,
+    }))
+    .into_response()
+}
+
+/// `GET /`: the demo in demo mode, otherwise a pointer to the docs.
+pub async fn root(State(app): State<AppState>) -> Response {
+    if app.demo.is_some() {
+        return Redirect::to("/demo").into_response();
+    }
+    axum::Json(json!({"service": "callpay", "health": "/healthz", "api": "/v1/openapi.json"})).into_response()
+}
+
+/// `GET /demo`: clinician and patient side by side (demo mode only).
+pub async fn demo(State(app): State<AppState>) -> Response {
+    let Some(d) = app.demo.as_ref() else {
+        return (StatusCode::NOT_FOUND, "The demo page exists only in `callpay demo`.").into_response();
+    };
+    let e = super::escape;
+    let html = format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>callpay demo</title><link rel="stylesheet" href="/web/app.css"></head><body>
+<header><h1>callpay demo call</h1><nav class="row"><a href="/admin/client-payment?clinic={clinic}#token={admin}">Clinic admin: Configure › Client Payment</a> · <a href="{dash}" target="_blank" rel="noopener">Stripe simulator dashboard</a></nav></header>
+<main style="max-width:none"><p>Left: the clinician's panel (what opens from <em>Apps &amp; Tools › Request Payment</em>). Right: the patient's.
+Request $50.00 on the left, then pay on the right with card 4242 4242 4242 4242, any future expiry (e.g. 12/34) and any CVC.
+Try 4000 0025 0000 3155 for 3-D Secure and 4000 0000 0000 9995 for a declined card.</p></main>
+<div class="demo-grid">
+<iframe id="clinician" title="Clinician panel" allow="payment *" src="/call/clinician#call={call}&amp;token={doc}"></iframe>
+<iframe id="patient" title="Patient panel" allow="payment *" src="/call/patient#call={call}&amp;token={pat}"></iframe>
+</div></body></html>"#,
+        clinic = e(&d.clinic_id),
+        admin = e(&d.clinic_admin_token),
+        dash = e(&d.stripe_dashboard),
+        call = e(&d.call_id),
+        doc = e(&d.clinician_token),
+        pat = e(&d.patient_token),
+    );
+    let mut resp = Html(html).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,200 @@
+// End-to-end: real pages in headless Chromium against `callpay demo`.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startDemo, browser, page, shot, clinicianUrl, patientUrl, requestPayment, pay } from './harness.mjs';
+
+let b;
+before(async () => { b = await browser(); });
+after(async () => { await b.close(); });
+
+test('clinic admin removes, then links Stripe through the simulator OAuth page', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const admin = await page(b);
+    await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
+    await admin.getByText('Linked to acct_').waitFor();
+    await shot(admin, 'admin-1-linked');
+    await admin.getByRole('button', { name: 'Remove' }).click();
+    const dialog = admin.getByRole('dialog');
+    await dialog.getByRole('button', { name: 'Remove account' }).waitFor();
+    await shot(admin, 'admin-2-confirm-remove');
+    await dialog.getByRole('button', { name: 'Remove account' }).click();
+    await admin.getByText('Not linked').waitFor();
+    await admin.getByRole('button', { name: 'Go To Stripe' }).click();
+    await admin.getByText('would like to connect to your Stripe account').waitFor();
+    await admin.locator('input[name=account][value=new]').check();
+    await admin.getByLabel('New account name').fill('Harbour Clinic Pty Ltd');
+    await shot(admin, 'admin-3-stripe-consent');
+    await admin.getByRole('button', { name: 'Connect my Stripe account' }).click();
+    await admin.getByRole('heading', { name: 'Stripe account linked' }).waitFor();
+    assert.match(await admin.locator('#outcome').textContent(), /Harbour Clinic Pty Ltd/);
+    await shot(admin, 'admin-4-linked-callback');
+    await admin.getByRole('link', { name: 'Back to Client Payment' }).click();
+    await admin.getByText('Linked to acct_').waitFor();
+    assert.match(await admin.locator('#stripe-status').textContent(), /Harbour Clinic Pty Ltd.*Cam \(clinic admin\)/);
+    await admin.getByText('stripe.linked').first().waitFor();
+    await shot(admin, 'admin-5-relinked-with-audit');
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('clinician requests $50.00, patient pays with 4242, both see it', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const doc = await page(b);
+    const pat = await page(b, { width: 390, height: 844 });
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await doc.getByText('Live').waitFor();
+    await pat.getByText('Live').waitFor();
+    await requestPayment(doc, '50.00', 'Follow-up consultation');
+    const item = pat.locator('article', { hasText: 'Follow-up consultation' });
+    await item.getByText('$50.00').waitFor();
+    await item.getByText('Harbour Clinic').waitFor();
+    await shot(pat, 'pay-1-patient-sees-request');
+    await item.getByRole('button', { name: 'Pay Now' }).click();
+    await item.getByLabel('Card number').waitFor();
+    await doc.getByText('Patient is paying').waitFor();
+    await pay(pat, 'Follow-up consultation', '4242 4242 4242 4242', { open: false });
+    const done = item.locator('[data-confirmation]');
+    await done.getByText('Payment complete').waitFor({ timeout: 15000 });
+    const text = await done.textContent();
+    for (const part of ['$50.00', 'Follow-up consultation', 'visa', '4242', 's•••@example.com', 'pi_']) {
+      assert.ok(text.includes(part), `confirmation shows ${part}: ${text}`);
+    }
+    await shot(pat, 'pay-2-patient-confirmation-phone');
+    const popup = doc.getByRole('alertdialog');
+    await popup.getByText('Payment received').waitFor();
+    assert.match(await popup.textContent(), /\$50\.00.*Follow-up consultation/);
+    assert.match(await doc.locator('#announce').textContent(), /Payment received/);
+    await shot(doc, 'pay-3-clinician-popup');
+    await doc.getByRole('button', { name: 'Close' }).click();
+    await doc.locator('li[data-status=succeeded]').getByText('Paid').waitFor();
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('3-D Secure: completed, then failed and retried', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const doc = await page(b);
+    const pat = await page(b);
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await requestPayment(doc, '70.00', 'Specialist review');
+    await pat.locator('article', { hasText: 'Specialist review' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    let item = await pay(pat, 'Specialist review', '4000 0025 0000 3155');
+    const challenge = pat.frameLocator('iframe[name=stripe-sim-3ds-frame]');
+    await challenge.getByRole('button', { name: 'Complete authentication' }).waitFor();
+    await shot(pat, '3ds-1-challenge');
+    await challenge.getByRole('button', { name: 'Complete authentication' }).click();
+    await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+
+    await requestPayment(doc, '30.00', 'Prescription');
+    await pat.locator('article', { hasText: 'Prescription' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    item = await pay(pat, 'Prescription', '4000 0025 0000 3155');
+    await challenge.getByRole('button', { name: 'Fail authentication' }).click();
+    await item.locator('[data-role=pay-error]').getByText('did not go through').waitFor();
+    await shot(pat, '3ds-2-failed');
+    await doc.locator('li', { hasText: 'Prescription' }).getByText('Failed').waitFor();
+    await pay(pat, 'Prescription', '4242 4242 4242 4242', { open: false });
+    await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('a declined card shows a clear message, then a good card pays', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const doc = await page(b);
+    const pat = await page(b);
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await requestPayment(doc, '50.00', 'Consultation');
+    await pat.locator('article', { hasText: 'Consultation' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    const item = await pay(pat, 'Consultation', '4000 0000 0000 9995');
+    await item.locator('[data-role=pay-error]').getByText('insufficient funds').waitFor();
+    await shot(pat, 'decline-1-message');
+    await doc.locator('li', { hasText: 'Consultation' }).getByText('insufficient funds').waitFor();
+    await pay(pat, 'Consultation', '4242 4242 4242 4242', { open: false });
+    await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('the clinician cancels; the patient is told', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const doc = await page(b);
+    const pat = await page(b);
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await requestPayment(doc, '12.50', 'Letter');
+    await pat.locator('article', { hasText: 'Letter' }).getByText('$12.50').waitFor();
+    await doc.getByRole('button', { name: 'Cancel request' }).click();
+    await pat.locator('article', { hasText: 'Letter' }).getByText('cancelled by the clinic').waitFor();
+    await doc.locator('li', { hasText: 'Letter' }).getByText('Cancelled').waitFor();
+    await shot(pat, 'cancel-1-patient');
+    // The clinician's form validates as the hub does.
+    await requestPayment(doc, '0.20', 'Too small');
+    await doc.getByText('at least 0.50').waitFor();
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('the same flow in Bengali', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const doc = await page(b, { lang: 'bn-BD' });
+    const pat = await page(b, { lang: 'bn-BD' });
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await doc.getByRole('heading', { name: 'পেমেন্টের অনুরোধ' }).waitFor();
+    await doc.getByLabel('পরিমাণ (AUD)').fill('50.00');
+    await doc.getByLabel('বিবরণ').fill('Consultation');
+    await doc.getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).click();
+    const item = pat.locator('article', { hasText: 'Consultation' });
+    await item.getByRole('button', { name: 'এখনই পরিশোধ করুন' }).click();
+    await item.getByLabel('রসিদের জন্য ইমেইল').fill('sam@example.com');
+    await item.getByLabel('Card number').fill('4242424242424242');
+    await item.getByLabel('Expiry (MM / YY)').fill('12/34');
+    await item.getByLabel('Security code (CVC)').fill('123');
+    await item.locator('button[data-role=pay]').click();
+    await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
+    await doc.getByRole('alertdialog').getByText('পেমেন্ট পাওয়া গেছে').waitFor();
+    assert.equal(await doc.evaluate(() => document.documentElement.lang), 'bn');
+    await shot(pat, 'bn-1-patient');
+    await shot(doc, 'bn-2-clinician');
+    // The switch goes back to English.
+    await doc.getByLabel('ভাষা').selectOption('en');
+    await doc.getByRole('heading', { name: 'Request Payment' }).waitFor();
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('the demo page shows both panels side by side', async () => {
+  const demo = await startDemo();
+  try {
+    const p = await page(b, { width: 1400, height: 900 });
+    await p.goto(`${demo.info.hub_url}/demo`);
+    await p.frameLocator('#clinician').getByRole('button', { name: 'Request Payment' }).waitFor();
+    await p.frameLocator('#patient').getByText('Nothing to pay right now.').waitFor();
+    await shot(p, 'demo-page');
+  } finally {
+    await demo.stop();
+  }
+});

@@ -1,0 +1,118 @@
+// Clinician panel: request a payment, follow each request's live status, cancel, and get a
+// "payment received" pop-up (announced to screen readers) the moment Stripe confirms.
+import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
+import { t, applyI18n, languageSwitch, money, when } from '/web/i18n.js';
+
+const $ = (id) => document.getElementById(id);
+const { token, callId } = launchParams();
+const config = await fetch('/v1/client-config').then((r) => r.json());
+const progress = new Map();
+let unavailableReason = '';
+
+/** "50", "50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
+function parseAmount(text) {
+  const m = /^\s*(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(text);
+  if (!m) return null;
+  const cents = Number(m[1]) * 100 + Number((m[2] || '').padEnd(2, '0'));
+  return cents >= 50 && cents <= config.max_amount ? cents : null;
+}
+
+function statusText(p) {
+  if (p.status === 'failed') return t('status.failed', { reason: p.failure ? p.failure.message : '' });
+  if (p.status === 'requested' && progress.has(p.payment_id)) return t('status.paying');
+  return t(`status.${p.status}`);
+}
+
+function render() {
+  const list = $('payments');
+  list.innerHTML = '';
+  const items = [...client.payments.values()].sort((a, b) => b.created_at - a.created_at);
+  $('empty').hidden = items.length > 0;
+  for (const p of items) {
+    const li = document.createElement('li');
+    li.className = 'card';
+    li.dataset.paymentId = p.payment_id;
+    li.dataset.status = p.status;
+    const head = document.createElement('div');
+    head.className = 'row';
+    const amount = document.createElement('span');
+    amount.className = 'amount';
+    amount.textContent = money(p.amount, p.currency);
+    const status = document.createElement('span');
+    status.className = `status status-${p.status}`;
+    status.dataset.role = 'status';
+    status.textContent = statusText(p);
+    head.append(amount, status);
+    const desc = document.createElement('p');
+    desc.textContent = p.description;
+    li.append(head, desc);
+    if (p.status === 'succeeded' && p.card_last4) {
+      const paid = document.createElement('p');
+      paid.className = 'muted';
+      paid.textContent = `${p.card_brand || ''} •••• ${p.card_last4} · ${when(p.paid_at)}`;
+      li.append(paid);
+    }
+    if (['requested', 'authenticating', 'failed', 'creating'].includes(p.status)) {
+      const cancel = document.createElement('button');
+      cancel.className = 'secondary';
+      cancel.textContent = t('clinician.cancel');
+      cancel.addEventListener('click', () => client.cancel(p.payment_id));
+      li.append(cancel);
+    }
+    list.append(li);
+  }
+  $('unavailable').hidden = client.paymentsAvailable;
+  $('unavailable').textContent = t('clinician.unavailable', { reason: unavailableReason });
+  $('submit').disabled = !client.paymentsAvailable;
+}
+
+function popup(p) {
+  const body = t('clinician.popup.body', { amount: money(p.amount_received || p.amount, p.currency), description: p.description, time: when(p.paid_at || Date.now()) });
+  $('popup-body').textContent = body;
+  $('popup').hidden = false;
+  $('announce').textContent = `${t('clinician.popup.title')}: ${body}`;
+  $('popup-close').focus();
+}
+
+const client = new CallpayClient({
+  hubUrl: location.origin,
+  callId,
+  token,
+  on(event, detail) {
+    if (event === 'status') $('conn').textContent = t(`conn.${detail.state}`);
+    if (event === 'progress') progress.set(detail.payment_id, detail.stage);
+    if (event === 'confirmed') popup(detail);
+    if (event === 'clinic') unavailableReason = detail.reason || '';
+    if (event === 'error') $('form-error').textContent = detail.message;
+    render();
+  },
+});
+
+$('request').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const cents = parseAmount($('amount').value);
+  const description = $('description').value.trim();
+  if (cents === null) {
+    $('form-error').textContent = t('validate.amount', { max: money(config.max_amount, 'aud') });
+    $('amount').setAttribute('aria-invalid', 'true');
+    $('amount').focus();
+    return;
+  }
+  if (!description || description.length > 200) {
+    $('form-error').textContent = t('validate.description');
+    $('description').setAttribute('aria-invalid', 'true');
+    $('description').focus();
+    return;
+  }
+  $('form-error').textContent = '';
+  $('amount').removeAttribute('aria-invalid');
+  $('description').removeAttribute('aria-invalid');
+  client.request({ amount: cents, currency: config.default_currency, description });
+  $('request').reset();
+});
+$('popup-close').addEventListener('click', () => { $('popup').hidden = true; });
+
+languageSwitch($('lang'), render);
+applyI18n();
+client.connect();
+window.callpay = client;

@@ -1,0 +1,243 @@
+// The one message catalogue for every callpay page: English and Bengali. Pages mark text with
+// data-i18n="key" (content) or data-i18n-attr="attr:key"; scripts call t(key, vars).
+const MESSAGES = {
+  en: {
+    'lang.name': 'English',
+    'lang.switch': 'Language',
+    'conn.connecting': 'Connecting…',
+    'conn.live': 'Live',
+    'conn.reconnecting': 'Reconnecting…',
+    'clinician.title': 'Request Payment',
+    'clinician.amount': 'Amount (AUD)',
+    'clinician.amount.help': 'Dollars and cents, for example 50.00',
+    'clinician.description': 'Description',
+    'clinician.description.help': 'Shown to the patient and on the receipt (no clinical details).',
+    'clinician.submit': 'Request Payment',
+    'clinician.list': 'Requests in this call',
+    'clinician.none': 'No payment requests yet.',
+    'clinician.cancel': 'Cancel request',
+    'clinician.unavailable': 'Payments are not available for this clinic: {reason}',
+    'clinician.popup.title': 'Payment received',
+    'clinician.popup.body': '{amount} for "{description}" at {time}',
+    'clinician.popup.close': 'Close',
+    'validate.amount': 'Enter an amount like 50.00 (at least 0.50, at most {max}).',
+    'validate.description': 'Enter a description of 1 to 200 characters.',
+    'status.creating': 'Sending…',
+    'status.requested': 'Requested',
+    'status.paying': 'Patient is paying',
+    'status.authenticating': 'Authenticating',
+    'status.processing': 'Processing',
+    'status.failed': 'Failed: {reason}',
+    'status.succeeded': 'Paid',
+    'status.canceled': 'Cancelled',
+    'status.partially_refunded': 'Partly refunded',
+    'status.refunded': 'Refunded',
+    'patient.title': 'Payment',
+    'patient.none': 'Nothing to pay right now.',
+    'patient.from': 'Requested by {name}, {clinic}',
+    'patient.paynow': 'Pay Now',
+    'patient.email': 'Email for your receipt',
+    'patient.card': 'Card details',
+    'patient.pay': 'Pay {amount}',
+    'patient.paying': 'Paying…',
+    'patient.declined': 'Your payment did not go through: {reason} You can try again or use another card.',
+    'patient.email.invalid': 'Enter a valid email address for your receipt.',
+    'patient.done.title': 'Payment complete',
+    'patient.done.amount': 'Amount',
+    'patient.done.description': 'For',
+    'patient.done.date': 'Date',
+    'patient.done.card': 'Card',
+    'patient.done.receipt': 'Receipt sent to',
+    'patient.done.reference': 'Reference',
+    'patient.canceled': 'This request was cancelled by the clinic.',
+    'patient.waiting': 'Confirming with your bank…',
+    'admin.title': 'Configure › Client Payment',
+    'admin.status': 'Stripe account',
+    'admin.notlinked': 'Not linked. Link the clinic\'s Stripe account to take payments in calls.',
+    'admin.linked': 'Linked to {account} ({name}), {mode}. Linked by {by} on {when}.',
+    'admin.mode.test': 'test mode',
+    'admin.mode.live': 'live mode',
+    'admin.goto': 'Go To Stripe',
+    'admin.edit': 'Edit (link another account)',
+    'admin.remove': 'Remove',
+    'admin.remove.confirm': 'Remove the Stripe account? New payments cannot be requested until another account is linked. Payments already made stay in Stripe.',
+    'admin.remove.yes': 'Remove account',
+    'admin.remove.no': 'Keep it',
+    'admin.removed': 'The Stripe account was removed.',
+    'admin.app': 'Payment app',
+    'admin.app.enabled': 'Enabled for this clinic.',
+    'admin.app.disabled': 'Not enabled for this clinic.',
+    'admin.app.pending': 'Request {id} (ticket {ticket}) is waiting for the service desk.',
+    'admin.app.rejected': 'The last request was rejected: {reason}',
+    'admin.request': 'Ask for the payment app',
+    'admin.ticket': 'Service-desk ticket of the authorised telehealth manager',
+    'admin.requests': 'Enablement requests',
+    'admin.approve': 'Approve',
+    'admin.reject': 'Reject',
+    'admin.reason': 'Reason for rejecting',
+    'admin.audit': 'Audit log',
+    'admin.audit.when': 'When', 'admin.audit.who': 'Who', 'admin.audit.what': 'What', 'admin.audit.outcome': 'Outcome',
+    'admin.error': 'That did not work: {message}',
+    'demo.title': 'callpay demo call',
+    'demo.guide': 'Left: the clinician\'s panel. Right: the patient\'s. Request $50.00 on the left, pay on the right with 4242 4242 4242 4242 (any future date, any CVC). Try 4000 0025 0000 3155 for 3-D Secure and 4000 0000 0000 9995 for a decline.',
+    'demo.admin': 'Clinic admin: Configure › Client Payment',
+    'demo.dashboard': 'Stripe simulator dashboard',
+  },
+  bn: {
+    'lang.name': 'বাংলা',
+    'lang.switch': 'ভাষা',
+    'conn.connecting': 'সংযোগ করা হচ্ছে…',
+    'conn.live': 'সংযুক্ত',
+    'conn.reconnecting': 'আবার সংযোগ করা হচ্ছে…',
+    'clinician.title': 'পেমেন্টের অনুরোধ',
+    'clinician.amount': 'পরিমাণ (AUD)',
+    'clinician.amount.help': 'ডলার ও সেন্ট, যেমন 50.00',
+    'clinician.description': 'বিবরণ',
+    'clinician.description.help': 'রোগী ও রসিদে দেখানো হবে (কোনো চিকিৎসা-তথ্য নয়)।',
+    'clinician.submit': 'পেমেন্টের অনুরোধ পাঠান',
+    'clinician.list': 'এই কলের অনুরোধসমূহ',
+    'clinician.none': 'এখনও কোনো পেমেন্টের অনুরোধ নেই।',
+    'clinician.cancel': 'অনুরোধ বাতিল করুন',
+    'clinician.unavailable': 'এই ক্লিনিকে পেমেন্ট নেওয়া যাচ্ছে না: {reason}',
+    'clinician.popup.title': 'পেমেন্ট পাওয়া গেছে',
+    'clinician.popup.body': '"{description}"-এর জন্য {amount}, {time}-এ',
+    'clinician.popup.close': 'বন্ধ করুন',
+    'validate.amount': '50.00-এর মতো পরিমাণ লিখুন (কমপক্ষে 0.50, সর্বোচ্চ {max})।',
+    'validate.description': '১ থেকে ২০০ অক্ষরের একটি বিবরণ লিখুন।',
+    'status.creating': 'পাঠানো হচ্ছে…',
+    'status.requested': 'অনুরোধ পাঠানো হয়েছে',
+    'status.paying': 'রোগী পেমেন্ট করছেন',
+    'status.authenticating': 'যাচাই করা হচ্ছে',
+    'status.processing': 'প্রক্রিয়াধীন',
+    'status.failed': 'ব্যর্থ: {reason}',
+    'status.succeeded': 'পরিশোধিত',
+    'status.canceled': 'বাতিল',
+    'status.partially_refunded': 'আংশিক ফেরত',
+    'status.refunded': 'ফেরত দেওয়া হয়েছে',
+    'patient.title': 'পেমেন্ট',
+    'patient.none': 'এই মুহূর্তে পরিশোধের কিছু নেই।',
+    'patient.from': '{name}, {clinic} অনুরোধ করেছেন',
+    'patient.paynow': 'এখনই পরিশোধ করুন',
+    'patient.email': 'রসিদের জন্য ইমেইল',
+    'patient.card': 'কার্ডের তথ্য',
+    'patient.pay': '{amount} পরিশোধ করুন',
+    'patient.paying': 'পরিশোধ করা হচ্ছে…',
+    'patient.declined': 'আপনার পেমেন্ট সম্পন্ন হয়নি: {reason} আবার চেষ্টা করুন বা অন্য কার্ড ব্যবহার করুন।',
+    'patient.email.invalid': 'রসিদের জন্য একটি সঠিক ইমেইল ঠিকানা লিখুন।',
+    'patient.done.title': 'পেমেন্ট সম্পন্ন হয়েছে',
+    'patient.done.amount': 'পরিমাণ',
+    'patient.done.description': 'কিসের জন্য',
+    'patient.done.date': 'তারিখ',
+    'patient.done.card': 'কার্ড',
+    'patient.done.receipt': 'রসিদ পাঠানো হয়েছে',
+    'patient.done.reference': 'রেফারেন্স',
+    'patient.canceled': 'ক্লিনিক এই অনুরোধটি বাতিল করেছে।',
+    'patient.waiting': 'আপনার ব্যাংকের সঙ্গে নিশ্চিত করা হচ্ছে…',
+    'admin.title': 'কনফিগার › ক্লায়েন্ট পেমেন্ট',
+    'admin.status': 'Stripe অ্যাকাউন্ট',
+    'admin.notlinked': 'সংযুক্ত নয়। কলে পেমেন্ট নিতে ক্লিনিকের Stripe অ্যাকাউন্ট সংযুক্ত করুন।',
+    'admin.linked': '{account} ({name})-এর সঙ্গে সংযুক্ত, {mode}। {when}-এ {by} সংযুক্ত করেছেন।',
+    'admin.mode.test': 'টেস্ট মোড',
+    'admin.mode.live': 'লাইভ মোড',
+    'admin.goto': 'Stripe-এ যান',
+    'admin.edit': 'সম্পাদনা (অন্য অ্যাকাউন্ট সংযুক্ত করুন)',
+    'admin.remove': 'সরান',
+    'admin.remove.confirm': 'Stripe অ্যাকাউন্টটি সরাবেন? অন্য অ্যাকাউন্ট সংযুক্ত না হওয়া পর্যন্ত নতুন পেমেন্টের অনুরোধ করা যাবে না। আগের পেমেন্টগুলো Stripe-এ থেকে যাবে।',
+    'admin.remove.yes': 'অ্যাকাউন্ট সরান',
+    'admin.remove.no': 'রেখে দিন',
+    'admin.removed': 'Stripe অ্যাকাউন্টটি সরানো হয়েছে।',
+    'admin.app': 'পেমেন্ট অ্যাপ',
+    'admin.app.enabled': 'এই ক্লিনিকের জন্য চালু।',
+    'admin.app.disabled': 'এই ক্লিনিকের জন্য চালু নয়।',
+    'admin.app.pending': 'অনুরোধ {id} (টিকিট {ticket}) সার্ভিস ডেস্কের অপেক্ষায়।',
+    'admin.app.rejected': 'শেষ অনুরোধটি প্রত্যাখ্যাত হয়েছে: {reason}',
+    'admin.request': 'পেমেন্ট অ্যাপের জন্য অনুরোধ করুন',
+    'admin.ticket': 'অনুমোদিত টেলিহেলথ ম্যানেজারের সার্ভিস-ডেস্ক টিকিট',
+    'admin.requests': 'চালু করার অনুরোধসমূহ',
+    'admin.approve': 'অনুমোদন করুন',
+    'admin.reject': 'প্রত্যাখ্যান করুন',
+    'admin.reason': 'প্রত্যাখ্যানের কারণ',
+    'admin.audit': 'অডিট লগ',
+    'admin.audit.when': 'কখন', 'admin.audit.who': 'কে', 'admin.audit.what': 'কী', 'admin.audit.outcome': 'ফলাফল',
+    'admin.error': 'কাজটি হয়নি: {message}',
+    'demo.title': 'callpay ডেমো কল',
+    'demo.guide': 'বাঁয়ে চিকিৎসকের প্যানেল, ডানে রোগীর। বাঁয়ে $50.00-এর অনুরোধ করুন, ডানে 4242 4242 4242 4242 দিয়ে পরিশোধ করুন (যেকোনো ভবিষ্যৎ তারিখ, যেকোনো CVC)। 3-D Secure-এর জন্য 4000 0025 0000 3155 এবং প্রত্যাখ্যানের জন্য 4000 0000 0000 9995 চেষ্টা করুন।',
+    'demo.admin': 'ক্লিনিক অ্যাডমিন: কনফিগার › ক্লায়েন্ট পেমেন্ট',
+    'demo.dashboard': 'Stripe সিমুলেটর ড্যাশবোর্ড',
+  },
+};
+
+const STORAGE_KEY = 'callpay.lang';
+
+function pickLanguage() {
+  const params = new URLSearchParams(location.search);
+  const asked = params.get('lang') || safeStorage('get');
+  if (asked && MESSAGES[asked]) return asked;
+  for (const l of navigator.languages || [navigator.language || 'en']) {
+    const base = String(l).toLowerCase().split('-')[0];
+    if (MESSAGES[base]) return base;
+  }
+  return 'en';
+}
+
+function safeStorage(op, value) {
+  try {
+    if (op === 'get') return localStorage.getItem(STORAGE_KEY);
+    localStorage.setItem(STORAGE_KEY, value);
+  } catch (_) { /* storage can be blocked inside third-party iframes */ }
+  return null;
+}
+
+export let lang = pickLanguage();
+
+/** The message `key` in the current language, with {vars} filled in. */
+export function t(key, vars = {}) {
+  const text = (MESSAGES[lang] && MESSAGES[lang][key]) || MESSAGES.en[key] || key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => (vars[name] !== undefined ? String(vars[name]) : ''));
+}
+
+/** Fills every data-i18n element under `root`. */
+export function applyI18n(root = document) {
+  document.documentElement.lang = lang;
+  root.querySelectorAll('[data-i18n]').forEach((el) => { el.textContent = t(el.dataset.i18n); });
+  root.querySelectorAll('[data-i18n-attr]').forEach((el) => {
+    for (const pair of el.dataset.i18nAttr.split(',')) {
+      const [attr, key] = pair.split(':');
+      el.setAttribute(attr.trim(), t(key.trim()));
+    }
+  });
+}
+
+/** Builds the language switch into `select` and re-renders through `rerender` on change. */
+export function languageSwitch(select, rerender) {
+  select.innerHTML = '';
+  for (const code of Object.keys(MESSAGES)) {
+    const opt = document.createElement('option');
+    opt.value = code;
+    opt.textContent = MESSAGES[code]['lang.name'];
+    opt.selected = code === lang;
+    select.appendChild(opt);
+  }
+  select.addEventListener('change', () => {
+    lang = select.value;
+    safeStorage('set', lang);
+    applyI18n();
+    rerender();
+  });
+}
+
+/** Money for people: 5000 aud -> "$50.00" (locale-aware digits). */
+export function money(amount, currency) {
+  const zero = ['jpy', 'krw'].includes(currency);
+  const value = zero ? amount : amount / 100;
+  try {
+    return new Intl.NumberFormat(lang === 'bn' ? 'bn-BD' : 'en-AU', { style: 'currency', currency: currency.toUpperCase() }).format(value);
+  } catch (_) {
+    return `${value.toFixed(zero ? 0 : 2)} ${currency.toUpperCase()}`;
+  }
+}
+
+/** Date and time for people. */
+export function when(ms) {
+  return new Date(ms).toLocaleString(lang === 'bn' ? 'bn-BD' : 'en-AU', { dateStyle: 'medium', timeStyle: 'short' });
+}

@@ -1,0 +1,156 @@
+// Patient panel: a request appears at once; Pay Now opens e-mail + Stripe's Payment Element
+// (Stripe.js loaded from the configured URL: Stripe's in production, the simulator offline).
+// Card details go from Stripe.js to Stripe; this page only ever sees the outcome.
+import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
+import { t, applyI18n, languageSwitch, money, when } from '/web/i18n.js';
+
+const $ = (id) => document.getElementById(id);
+const { token, callId } = launchParams();
+const config = await fetch('/v1/client-config').then((r) => r.json());
+const open = new Map(); // payment_id -> {stripe, elements, email, error, busy}
+let stripeLoaded = null;
+
+function loadStripe() {
+  if (!stripeLoaded) {
+    stripeLoaded = new Promise((resolve, reject) => {
+      const s = document.createElement('script');
+      s.src = config.stripe_js_url;
+      s.onload = () => resolve(window.Stripe);
+      s.onerror = () => reject(new Error('Stripe.js could not be loaded'));
+      document.head.appendChild(s);
+    });
+  }
+  return stripeLoaded;
+}
+
+function el(tag, attrs = {}, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function confirmation(p) {
+  const box = el('section', { class: 'card', 'aria-labelledby': `done-${p.payment_id}`, 'data-confirmation': p.payment_id });
+  box.append(el('h2', { id: `done-${p.payment_id}`, class: 'ok' }, t('patient.done.title')));
+  const dl = el('dl', { class: 'details' });
+  const rows = [
+    ['patient.done.amount', money(p.amount_received || p.amount, p.currency)],
+    ['patient.done.description', p.description],
+    ['patient.done.date', when(p.paid_at || p.updated_at)],
+    ['patient.done.card', p.card_last4 ? `${p.card_brand || ''} •••• ${p.card_last4}` : '—'],
+    ['patient.done.receipt', p.receipt_email || '—'],
+    ['patient.done.reference', p.reference || p.payment_id],
+  ];
+  for (const [k, v] of rows) dl.append(el('dt', {}, t(k)), el('dd', {}, v));
+  box.append(dl);
+  return box;
+}
+
+async function startPaying(p, card) {
+  const state = { error: '', busy: false };
+  open.set(p.payment_id, state);
+  client.progress(p.payment_id, 'viewing');
+  const Stripe = await loadStripe();
+  state.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account });
+  state.elements = state.stripe.elements({ clientSecret: p.stripe.client_secret });
+  render();
+}
+
+/** The pay form, built once per payment and kept across re-renders so typed details survive. */
+function payForm(p, state) {
+  if (!state.form) {
+    const form = el('form', { novalidate: '' });
+    const emailId = `email-${p.payment_id}`;
+    form.append(el('label', { for: emailId }, t('patient.email')));
+    const email = el('input', { id: emailId, type: 'email', autocomplete: 'email', required: '' });
+    email.addEventListener('focus', () => client.progress(p.payment_id, 'entering_details'), { once: true });
+    form.append(email);
+    form.append(el('p', { class: 'muted' }, t('patient.card')));
+    const mount = el('div', { id: `card-${p.payment_id}` });
+    form.append(mount);
+    state.element = state.elements.create('payment');
+    state.element.mount(mount);
+    state.errEl = el('p', { class: 'error', role: 'alert', 'data-role': 'pay-error' });
+    state.btn = el('button', { type: 'submit', 'data-role': 'pay' });
+    form.append(state.errEl, state.btn);
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (state.busy) return;
+      if (!/^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(email.value)) {
+        state.error = t('patient.email.invalid');
+        render();
+        email.focus();
+        return;
+      }
+      state.busy = true;
+      state.error = '';
+      render();
+      client.progress(p.payment_id, 'submitting');
+      const result = await state.stripe.confirmPayment({
+        elements: state.elements,
+        confirmParams: { receipt_email: email.value, return_url: location.href },
+        redirect: 'if_required',
+      });
+      state.busy = false;
+      if (result.error) {
+        state.error = t('patient.declined', { reason: result.error.message || '' });
+      } else {
+        state.waiting = true;
+      }
+      render();
+    });
+    state.form = form;
+  }
+  state.errEl.textContent = state.error || '';
+  state.btn.textContent = state.busy ? t('patient.paying') : t('patient.pay', { amount: money(p.amount, p.currency) });
+  state.btn.disabled = !!state.busy;
+  return state.form;
+}
+
+function render() {
+  const root = $('requests');
+  const items = [...client.payments.values()].sort((a, b) => b.created_at - a.created_at);
+  $('empty').hidden = items.length > 0;
+  root.innerHTML = '';
+  for (const p of items) {
+    const card = el('article', { class: 'card', 'data-payment-id': p.payment_id, 'data-status': p.status });
+    card.append(el('div', { class: 'amount' }, money(p.amount, p.currency)));
+    card.append(el('p', {}, p.description));
+    card.append(el('p', { class: 'muted' }, t('patient.from', { name: p.requested_by.name, clinic: client.clinicName })));
+    const state = open.get(p.payment_id);
+    if (p.status === 'succeeded' || p.status === 'partially_refunded' || p.status === 'refunded') {
+      card.append(confirmation(p));
+    } else if (p.status === 'canceled') {
+      card.append(el('p', { class: 'error' }, t('patient.canceled')));
+    } else if (state && state.waiting && p.status !== 'failed') {
+      card.append(el('p', { role: 'status' }, t('patient.waiting')));
+    } else if (state && state.elements) {
+      card.append(payForm(p, state));
+    } else if (p.stripe) {
+      const btn = el('button', { type: 'button', 'data-role': 'pay-now' }, t('patient.paynow'));
+      btn.addEventListener('click', () => startPaying(p, card));
+      card.append(btn);
+    }
+    root.append(card);
+  }
+}
+
+const client = new CallpayClient({
+  hubUrl: location.origin,
+  callId,
+  token,
+  on(event, detail) {
+    if (event === 'status') $('conn').textContent = t(`conn.${detail.state}`);
+    if (event === 'payment' && detail.status === 'failed') {
+      const s = open.get(detail.payment_id);
+      if (s) { s.waiting = false; s.error = t('patient.declined', { reason: detail.failure ? detail.failure.message : '' }); }
+    }
+    if (event === 'status' || event === 'welcome' || event === 'payment' || event === 'clinic') render();
+  },
+});
+
+languageSwitch($('lang'), render);
+applyI18n();
+client.connect();
+window.callpay = client;

@@ -1,0 +1,147 @@
+// callpay browser SDK: connects a clinician or patient to a call's payment room, keeps the
+// call's payments (highest version wins), reconnects with backoff and resyncs from the
+// `welcome` snapshot, and exposes the three client actions. No dependencies.
+
+const BACKOFF_START_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+
+export class CallpayClient {
+  /**
+   * @param {object} opts
+   * @param {string} opts.hubUrl   e.g. "https://pay.example.com"
+   * @param {string} opts.callId
+   * @param {string} opts.token    the join token the platform issued
+   * @param {(event: string, detail: object) => void} opts.on  called for every event (see README)
+   */
+  constructor({ hubUrl, callId, token, on }) {
+    this.hubUrl = hubUrl.replace(/\/$/, '');
+    this.callId = callId;
+    this.token = token;
+    this.on = on || (() => {});
+    this.payments = new Map();
+    this.participants = [];
+    this.you = null;
+    this.clinicName = '';
+    this.paymentsAvailable = false;
+    this.ws = null;
+    this.closedByUser = false;
+    this.attempt = 0;
+    this.timer = null;
+  }
+
+  /** Opens the connection (and keeps it open until close()). */
+  connect() {
+    this.closedByUser = false;
+    const url = `${this.hubUrl.replace(/^http/, 'ws')}/v1/calls/${encodeURIComponent(this.callId)}/ws?token=${encodeURIComponent(this.token)}`;
+    this.on('status', { state: this.attempt ? 'reconnecting' : 'connecting' });
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (ev) => this.handle(JSON.parse(ev.data));
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.closedByUser) return;
+      this.on('status', { state: 'reconnecting', code: ev.code });
+      const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      this.attempt += 1;
+      this.timer = setTimeout(() => this.connect(), wait);
+    };
+  }
+
+  /** Closes for good. */
+  close() {
+    this.closedByUser = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close(1000);
+  }
+
+  send(msg) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  /** Clinician: request a payment. Returns the client_ref (reuse it to retry safely). */
+  request({ amount, currency = 'aud', description, clientRef }) {
+    const ref = clientRef || `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+    this.send({ type: 'payment.request', client_ref: ref, amount, currency, description });
+    return ref;
+  }
+
+  /** Clinician: cancel an unpaid request. */
+  cancel(paymentId) {
+    return this.send({ type: 'payment.cancel', payment_id: paymentId });
+  }
+
+  /** Patient: report progress ('viewing', 'entering_details', 'submitting', 'authenticating'). */
+  progress(paymentId, stage) {
+    return this.send({ type: 'payment.progress', payment_id: paymentId, stage });
+  }
+
+  /** Keeps the newer copy of a payment; returns true if `p` was new information. */
+  keep(p) {
+    const old = this.payments.get(p.payment_id);
+    if (old && old.version > p.version) return false;
+    this.payments.set(p.payment_id, p);
+    return !old || old.version < p.version || old.status !== p.status;
+  }
+
+  handle(frame) {
+    switch (frame.type) {
+      case 'welcome': {
+        this.attempt = 0;
+        this.you = frame.you;
+        this.clinicName = frame.clinic_name;
+        this.participants = frame.participants;
+        this.paymentsAvailable = frame.payments_available;
+        const before = new Map(this.payments);
+        this.payments = new Map();
+        for (const p of frame.payments) this.keep(p);
+        this.on('status', { state: 'live' });
+        this.on('welcome', frame);
+        // A payment that became paid while we were away still deserves its notice.
+        for (const p of this.payments.values()) {
+          const old = before.get(p.payment_id);
+          if (old && old.status !== 'succeeded' && p.status === 'succeeded') this.on('confirmed', p);
+        }
+        break;
+      }
+      case 'payment.requested':
+      case 'payment.updated':
+        if (this.keep(frame.payment)) this.on('payment', frame.payment);
+        break;
+      case 'payment.confirmed':
+        this.keep(frame.payment);
+        this.on('payment', frame.payment);
+        this.on('confirmed', frame.payment);
+        break;
+      case 'payment.progress':
+        this.on('progress', frame);
+        break;
+      case 'participant.joined':
+        if (!this.participants.some((p) => p.id === frame.participant.id)) this.participants.push(frame.participant);
+        this.on('participants', this.participants);
+        break;
+      case 'participant.left':
+        this.participants = this.participants.filter((p) => p.id !== frame.participant.id);
+        this.on('participants', this.participants);
+        break;
+      case 'clinic.updated':
+        this.paymentsAvailable = frame.payments_available;
+        this.on('clinic', frame);
+        break;
+      case 'error':
+        this.on('error', frame);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+/** Reads `#token=…&call=…` (the fragment keeps tokens out of server logs) and `?call=`. */
+export function launchParams() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const query = new URLSearchParams(location.search);
+  return { token: hash.get('token') || '', callId: hash.get('call') || query.get('call') || '', clinic: query.get('clinic') || hash.get('clinic') || '' };
+}
