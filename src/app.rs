@@ -3,7 +3,7 @@
 
 use crate::admin::connect::{ConnectApi, StripeConnect};
 use crate::auth::Verifier;
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -65,10 +65,14 @@ impl Dependencies {
     pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
         let store = SqlStore::connect(&config.database.url).await.context("opening the database")?;
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
+        let bus: Arc<dyn Bus> = match &config.bus.redis_url {
+            Some(url) => Arc::new(RedisBus::connect(url, node_id.to_owned()).await.context("connecting to Redis")?),
+            None => Arc::new(MemoryBus::new(node_id)),
+        };
         Ok(Self {
             store: Arc::new(store),
             stripe: Arc::new(stripe),
-            bus: Arc::new(MemoryBus::new(node_id)),
+            bus,
             connect: Arc::new(StripeConnect::new(&config.stripe)),
         })
     }

@@ -76,6 +76,16 @@ pub struct Config {
     pub stripe: StripeConfig,
     /// Payment request rules.
     pub payments: PaymentsConfig,
+    /// Cross-instance fan-out.
+    pub bus: BusConfig,
+}
+
+/// Cross-instance fan-out. Without a Redis URL the hub runs as a single instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `redis://host:6379/` to let several hub instances serve one call.
+    pub redis_url: Option<String>,
 }
 
 /// Listener and per-connection limits.
@@ -304,6 +314,13 @@ impl Config {
         }
         if self.payments.max_amount <= 0 {
             return invalid("payments.max_amount", "PAYMENTS__MAX_AMOUNT", "must be positive");
+        }
+        if self.bus.redis_url.is_some() && self.database.url.starts_with("sqlite:") {
+            return invalid(
+                "database.url",
+                "DATABASE__URL",
+                "several instances (bus.redis_url set) need a shared PostgreSQL database",
+            );
         }
         if self.server.outbound_queue == 0 || self.server.max_connections == 0 {
             return invalid(

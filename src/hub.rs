@@ -20,6 +20,7 @@ pub struct Hub {
 impl Hub {
     /// A hub for this node.
     pub fn new(node_id: String, rooms: Arc<RoomRegistry>, bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Arc<Self> {
+        rooms.set_observer(Arc::new(BusWatcher(bus.clone())));
         Arc::new(Self { node_id, rooms, bus, store })
     }
 
@@ -83,5 +84,18 @@ impl EnvelopeSink for Hub {
             store: self.store.clone(),
         };
         tokio::spawn(async move { hub.resync_rooms().await });
+    }
+}
+
+/// Subscribes the bus to the calls this node serves.
+struct BusWatcher(Arc<dyn Bus>);
+
+impl crate::rooms::RoomObserver for BusWatcher {
+    fn opened(&self, call_id: &str, clinic_id: &str) {
+        self.0.watch(call_id, clinic_id);
+    }
+
+    fn closed(&self, call_id: &str, clinic_id: &str) {
+        self.0.unwatch(call_id, clinic_id);
     }
 }

@@ -2,12 +2,15 @@
 //! published on the [`Bus`] as an [`Envelope`] stamped with the node id; every other node
 //! delivers it to its own members and ignores its own echo.
 //!
-//! [`MemoryBus`] connects nodes inside one process (tests, the demo); a Redis implementation
-//! serves several processes.
+//! [`MemoryBus`] connects nodes inside one process (tests, the demo); [`RedisBus`] connects
+//! processes through Redis pub/sub, subscribing to a call's channel only while this node has
+//! members in that call.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryBus;
+pub use redis::RedisBus;
 
 use crate::store::Payment;
 use async_trait::async_trait;
@@ -98,4 +101,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, envelope: &Envelope) -> Result<(), BusError>;
     /// Starts delivering other nodes' envelopes to `sink` until `stop` is cancelled.
     fn start(&self, sink: std::sync::Arc<dyn EnvelopeSink>, stop: tokio_util::sync::CancellationToken);
+    /// This node now has members in `call_id` (of `clinic_id`): receive its events.
+    /// Must not block: called from the room registry.
+    fn watch(&self, _call_id: &str, _clinic_id: &str) {}
+    /// This node no longer has members in `call_id`.
+    fn unwatch(&self, _call_id: &str, _clinic_id: &str) {}
 }

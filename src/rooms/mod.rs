@@ -12,11 +12,22 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Told when a call gains its first or loses its last member on this node (the bus uses it to
+/// subscribe only to calls it serves). Called under the room map's shard lock, so calls for one
+/// room arrive in order; implementations must not block.
+pub trait RoomObserver: Send + Sync + 'static {
+    /// The call now has members here.
+    fn opened(&self, call_id: &str, clinic_id: &str);
+    /// The call has no members here any more.
+    fn closed(&self, call_id: &str, clinic_id: &str);
+}
+
 /// All rooms with members on this node.
 pub struct RoomRegistry {
     rooms: DashMap<String, Arc<Room>>,
     next_conn: AtomicU64,
     publishable_key: String,
+    observer: std::sync::OnceLock<Arc<dyn RoomObserver>>,
 }
 
 /// One call's members on this node.
@@ -50,7 +61,17 @@ pub struct Joined {
 impl RoomRegistry {
     /// An empty registry. Patients' payment copies carry `publishable_key` for Stripe.js.
     pub fn new(publishable_key: impl Into<String>) -> Arc<Self> {
-        Arc::new(Self { rooms: DashMap::new(), next_conn: AtomicU64::new(1), publishable_key: publishable_key.into() })
+        Arc::new(Self {
+            rooms: DashMap::new(),
+            next_conn: AtomicU64::new(1),
+            publishable_key: publishable_key.into(),
+            observer: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets the observer (once, at start-up).
+    pub fn set_observer(&self, observer: Arc<dyn RoomObserver>) {
+        let _ = self.observer.set(observer);
     }
 
     /// Adds a connection to `call_id`'s room, creating the room if needed.
@@ -61,6 +82,9 @@ impl RoomRegistry {
             .rooms
             .entry(call_id.to_owned())
             .or_insert_with(|| {
+                if let Some(o) = self.observer.get() {
+                    o.opened(call_id, clinic_id);
+                }
                 Arc::new(Room {
                     clinic_id: clinic_id.to_owned(),
                     inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new() }),
@@ -124,7 +148,13 @@ impl RoomRegistry {
         };
         if empty {
             // Re-checked under the map's shard lock, so a concurrent join is never dropped.
-            self.rooms.remove_if(call_id, |_, r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.is_empty());
+            self.rooms.remove_if(call_id, |_, r| {
+                let empty = r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.is_empty();
+                if empty && let Some(o) = self.observer.get() {
+                    o.closed(call_id, &r.clinic_id);
+                }
+                empty
+            });
         }
         last_of_participant
     }

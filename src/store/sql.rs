@@ -26,6 +26,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    postgres: bool,
 }
 
 const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, currency, \
@@ -64,19 +65,28 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool };
+        let store = Self { pool, postgres: url.starts_with("postgres") };
         store.migrate().await?;
         Ok(store)
     }
 
     async fn migrate(&self) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7461)").execute(&mut *tx).await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS callpay_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         for (version, name, statements) in MIGRATIONS {
             let mut tx = self.pool.begin().await?;
+            if self.postgres {
+                // Instances starting together take turns: the second sees the version recorded.
+                sqlx::query("SELECT pg_advisory_xact_lock(7461)").execute(&mut *tx).await?;
+            }
             let done: Option<i64> = sqlx::query_scalar("SELECT version FROM callpay_migrations WHERE version = $1")
                 .bind(*version)
                 .fetch_optional(&mut *tx)
