@@ -2,9 +2,11 @@
 //! starts its own hub and Stripe simulator on loopback ports.
 
 mod helpers;
+mod services;
 
 mod admin;
 mod auth;
+mod cluster;
 mod errors;
 mod flow;
 mod webhooks;

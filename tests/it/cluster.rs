@@ -1,0 +1,247 @@
+//! Several hub instances serving one call: a shared PostgreSQL store and the Redis bus. A
+//! clinician on one node and a patient on another see each other's events; when Redis restarts,
+//! nodes resync their rooms from the store, so nothing published meanwhile is lost to clients.
+
+use crate::helpers::*;
+use crate::services::{PrivateRedis, REDIS_URL, TempDb, ensure_services};
+use callpay::app::{App, AppState, Dependencies};
+use callpay::bus::RedisBus;
+use callpay::config::{Config, Secret};
+use callpay::demo::{DEMO_CLINIC, DEMO_ORG, join_token};
+use callpay::store::{Clinic, Inserted, Org, SqlStore, Store};
+use callpay_protocol::Role;
+use serde_json::json;
+use std::sync::Arc;
+
+struct Cluster {
+    sim: stripe_sim::SimHandle,
+    nodes: Vec<(AppState, String)>,
+    secret: String,
+    call_id: String,
+    _db: TempDb,
+}
+
+impl Cluster {
+    /// `n` nodes on one database and one Redis; Stripe's webhooks go to node 0.
+    async fn start(n: usize, redis_url: &str) -> Self {
+        ensure_services();
+        let db = TempDb::new();
+        let listeners: Vec<tokio::net::TcpListener> =
+            futures_util::future::join_all((0..n).map(|_| tokio::net::TcpListener::bind("127.0.0.1:0")))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+        let first = listeners[0].local_addr().unwrap();
+        let webhook_secret = "whsec_cluster_test".to_owned();
+        let sim = stripe_sim::spawn(stripe_sim::SimConfig {
+            webhooks: vec![stripe_sim::WebhookTarget {
+                url: format!("http://{first}/v1/stripe/webhook"),
+                secret: webhook_secret.clone(),
+            }],
+            ..stripe_sim::SimConfig::for_tests()
+        })
+        .await
+        .unwrap();
+        let secret = "cluster-platform-secret-0123456789abcdef".to_owned();
+        let mut nodes = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let addr = listener.local_addr().unwrap();
+            let mut config = Config::default();
+            config.server.listen = addr;
+            config.auth.secret = Secret::new(secret.clone());
+            config.database.url = db.url.clone();
+            config.bus.redis_url = Some(redis_url.to_owned());
+            config.stripe.secret_key = Secret::new(sim.secret_key());
+            config.stripe.publishable_key = sim.publishable_key().into();
+            config.stripe.client_id = sim.client_id().into();
+            config.stripe.api_base = sim.url.clone();
+            config.stripe.connect_base = sim.url.clone();
+            config.stripe.webhook_secrets = vec![Secret::new(webhook_secret.clone())];
+            config.stripe.max_attempts = 2;
+            config.validate_for_serve().unwrap();
+            let node = format!("node-{i}");
+            let deps = Dependencies {
+                store: Arc::new(SqlStore::connect(&db.url).await.unwrap()),
+                stripe: Arc::new(callpay::payments::stripe::StripeGateway::new(&config.stripe).unwrap()),
+                bus: Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap()),
+                connect: Arc::new(callpay::admin::connect::StripeConnect::new(&config.stripe)),
+            };
+            let app = App::build_on(listener, config, deps, node).await.unwrap();
+            let state = app.state.clone();
+            tokio::spawn(app.run_until_stopped());
+            nodes.push((state, format!("ws://{addr}")));
+        }
+        let store = &nodes[0].0.store;
+        store.upsert_org(&Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await.unwrap();
+        let account = sim.sim.with_world(|w| w.create_account(None, Some("Harbour Clinic"), "AU", "aud", true));
+        store
+            .upsert_clinic(&Clinic {
+                id: DEMO_CLINIC.into(),
+                org_id: DEMO_ORG.into(),
+                name: "Harbour Clinic".into(),
+                app_enabled: true,
+                stripe_account: Some(account),
+                stripe_publishable_key: None,
+                stripe_display_name: None,
+                stripe_livemode: false,
+                linked_by: None,
+                linked_at: None,
+            })
+            .await
+            .unwrap();
+        let call_id = format!("cluster-{}", callpay::payments::random_id());
+        Self { sim, nodes, secret, call_id, _db: db }
+    }
+
+    async fn join(&self, node: usize, sub: &str, role: Role) -> Client {
+        let token = join_token(&self.secret, &self.call_id, DEMO_CLINIC, sub, sub, role);
+        Client::connect(&format!("{}/v1/calls/{}/ws?token={token}", self.nodes[node].1, self.call_id)).await
+    }
+}
+
+/// Pays as Stripe.js would, against the cluster's simulator.
+async fn pay(cluster: &Cluster, payment: &serde_json::Value, card: &str) -> u16 {
+    let http = Http::new();
+    let s = &payment["stripe"];
+    let (pk, acct, secret) = (
+        s["publishable_key"].as_str().unwrap(),
+        s["stripe_account"].as_str().unwrap(),
+        s["client_secret"].as_str().unwrap(),
+    );
+    let pi = secret.split("_secret_").next().unwrap();
+    let base = cluster.sim.url.trim_end_matches('/');
+    let (_, pm) = http.form(&format!("{base}/v1/payment_methods"), &format!("key={pk}&_stripe_account={acct}&type=card&card[number]={card}&card[exp_month]=12&card[exp_year]=2040&card[cvc]=123")).await;
+    let (status, _) = http
+        .form(
+            &format!("{base}/v1/payment_intents/{pi}/confirm"),
+            &format!(
+                "key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}&receipt_email=s%40e.co",
+                pm["id"].as_str().unwrap()
+            ),
+        )
+        .await;
+    status
+}
+
+#[tokio::test]
+async fn clinician_and_patient_on_different_nodes() {
+    let cluster = Cluster::start(2, REDIS_URL).await;
+    let mut doc = cluster.join(0, "doc", Role::Clinician).await;
+    let mut pat = cluster.join(1, "pat", Role::Patient).await;
+    doc.until_where("participant.joined", |f| f["participant"]["id"] == "pat").await;
+    doc.request("x1", 5000, "Consult").await;
+    let requested = pat.until("payment.requested").await;
+    assert!(
+        requested["payment"]["stripe"]["client_secret"].is_string(),
+        "the patient's node renders the patient's copy"
+    );
+    pat.send(json!({"type": "payment.progress", "payment_id": requested["payment"]["payment_id"], "stage": "viewing"}))
+        .await;
+    doc.until("payment.progress").await;
+    assert_eq!(pay(&cluster, &requested["payment"], "4242424242424242").await, 200);
+    // The webhook lands on node 0; node 1's patient hears it through Redis.
+    let confirmed = pat.until("payment.confirmed").await;
+    assert_eq!(confirmed["payment"]["card_last4"], "4242");
+    doc.until("payment.confirmed").await;
+    assert_no_secret(&doc.raw);
+    // A third node joining late gets the whole state from the shared store.
+    drop(pat);
+}
+
+#[tokio::test]
+async fn redis_restart_loses_nothing_clients_can_see() {
+    let mut redis = PrivateRedis::start();
+    let cluster = Cluster::start(2, &redis.url()).await;
+    let mut doc = cluster.join(0, "doc", Role::Clinician).await;
+    let mut pat = cluster.join(1, "pat", Role::Patient).await;
+    doc.request("before", 5000, "Before the outage").await;
+    pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "before").await;
+
+    redis.stop();
+    // While Redis is down the clinician's own node still serves them...
+    doc.request("during", 6000, "During the outage").await;
+    let during = doc.until_where("payment.requested", |f| f["payment"]["client_ref"] == "during").await;
+    let id = during["payment"]["payment_id"].as_str().unwrap().to_owned();
+
+    redis.restart();
+    // ...and once Redis is back, the patient's node resyncs from the store.
+    let resynced = pat.until_where("payment.updated", |f| f["payment"]["payment_id"] == id.as_str()).await;
+    assert_eq!(resynced["payment"]["status"], "requested");
+    assert_eq!(resynced["payment"]["amount"], 6000);
+    // Live traffic flows again.
+    doc.send(json!({"type": "payment.cancel", "payment_id": id})).await;
+    pat.until_where("payment.updated", |f| {
+        f["payment"]["payment_id"] == id.as_str() && f["payment"]["status"] == "canceled"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_store_behaves_the_same_on_postgres() {
+    let db = TempDb::new();
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    // Connecting again (a second instance starting) finds the schema in place.
+    let again = SqlStore::connect(&db.url).await.unwrap();
+    let payment = callpay::store::Payment {
+        id: "pay_pg".into(),
+        call_id: "call".into(),
+        clinic_id: "c".into(),
+        client_ref: "r".into(),
+        requested_by_id: "u".into(),
+        requested_by_name: "U".into(),
+        amount: 5000,
+        currency: "aud".into(),
+        description: "d".into(),
+        status: callpay_protocol::PaymentStatus::Creating,
+        version: 1,
+        stripe_account: "acct".into(),
+        payment_intent_id: None,
+        client_secret: None,
+        amount_received: None,
+        amount_refunded: 0,
+        paid_at: None,
+        receipt_email: None,
+        card_brand: None,
+        card_last4: None,
+        failure_code: None,
+        failure_decline_code: None,
+        failure_message: None,
+        last_event_at: 0,
+        created_at: 1,
+        updated_at: 1,
+    };
+    assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
+    assert!(matches!(
+        again.insert_payment(&callpay::store::Payment { id: "pay_other".into(), ..payment.clone() }).await.unwrap(),
+        Inserted::Existing(_)
+    ));
+    let mut next = payment.clone();
+    next.version = 2;
+    next.status = callpay_protocol::PaymentStatus::Requested;
+    next.payment_intent_id = Some("pi_pg".into());
+    assert!(store.update_payment(&next, 1).await.unwrap());
+    assert!(!again.update_payment(&next, 1).await.unwrap());
+    assert_eq!(again.payment_by_intent("pi_pg").await.unwrap().unwrap(), next);
+    let rec = callpay::store::WebhookRecord {
+        event_id: "evt_pg".into(),
+        event_type: "t".into(),
+        account: None,
+        payment_id: None,
+        outcome: "x".into(),
+    };
+    assert_eq!(store.record_webhook(&rec, None).await.unwrap(), callpay::store::WebhookWrite::Applied);
+    assert_eq!(again.record_webhook(&rec, None).await.unwrap(), callpay::store::WebhookWrite::Duplicate);
+    let state = callpay::store::OAuthState {
+        state: "s".into(),
+        clinic_id: "c".into(),
+        admin_id: "a".into(),
+        admin_name: "A".into(),
+        admin_role: "team_admin".into(),
+        expires_at: 9,
+    };
+    store.insert_oauth_state(&state).await.unwrap();
+    assert_eq!(again.take_oauth_state("s").await.unwrap(), callpay::store::StateTaken::Fresh(state));
+    assert_eq!(store.take_oauth_state("s").await.unwrap(), callpay::store::StateTaken::Reused);
+    store.ping().await.unwrap();
+}
