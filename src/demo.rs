@@ -104,6 +104,17 @@ pub async fn start_with(
     sim_config: stripe_sim::SimConfig,
     tweak: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Demo> {
+    start_wrapped(data_dir, listen, sim_config, tweak, |s| s).await
+}
+
+/// [`start_with`] with the store wrapped (tests inject store faults this way).
+pub async fn start_wrapped(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    sim_config: stripe_sim::SimConfig,
+    tweak: impl FnOnce(&mut Config),
+    wrap_store: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> anyhow::Result<Demo> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; choose another address with --listen 127.0.0.1:PORT"))?;
@@ -164,7 +175,7 @@ pub async fn start_with(
         .await?;
     let node = node_id();
     let deps = Dependencies {
-        store: Arc::new(store),
+        store: wrap_store(Arc::new(store)),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
         bus: Arc::new(MemoryBus::new(node.clone())),
         connect: Arc::new(crate::admin::connect::StripeConnect::new(&config.stripe)),

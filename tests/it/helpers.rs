@@ -33,14 +33,22 @@ impl TestHub {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let demo: Demo =
-            callpay::demo::start_with(None, "127.0.0.1:0".parse().unwrap(), stripe_sim::SimConfig::for_tests(), |c| {
-                // One attempt with a short timeout keeps failure tests quick; retries are tested
-                // separately with more attempts.
-                c.stripe.max_attempts = 2;
-                c.stripe.timeout_ms = 3_000;
-                tweak(c);
-            })
+        Self::start_wrapped(tweak, |s| s).await
+    }
+
+    /// A hub whose store is wrapped by `wrap` (for fault injection).
+    pub async fn start_wrapped(
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(std::sync::Arc<dyn callpay::store::Store>) -> std::sync::Arc<dyn callpay::store::Store>,
+    ) -> Self {
+        let settings = |c: &mut Config| {
+            // Two attempts with a short timeout keep failure tests quick.
+            c.stripe.max_attempts = 2;
+            c.stripe.timeout_ms = 3_000;
+            tweak(c);
+        };
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let demo: Demo = callpay::demo::start_wrapped(None, listen, stripe_sim::SimConfig::for_tests(), settings, wrap)
             .await
             .expect("demo starts");
         let state = demo.app.state.clone();

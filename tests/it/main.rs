@@ -9,4 +9,5 @@ mod auth;
 mod cluster;
 mod errors;
 mod flow;
+mod outage;
 mod webhooks;
