@@ -262,6 +262,8 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Resul
             "clinic_admin_token": i.clinic_admin_token,
             "org_admin_token": i.org_admin_token,
             "operator_token": i.operator_token,
+            // A demo-only random secret: load tests use it to mint join tokens for many calls.
+            "platform_secret": i.platform_secret,
         })
     );
     crate::shutdown::on_signal(demo.app.state.shutdown.clone());

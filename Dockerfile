@@ -1,0 +1,35 @@
+# callpay: multi-stage build with cargo-chef so dependency layers are cached between builds.
+# Build:  docker build -t callpay .
+# Run:    docker run -p 8080:8080 -e CALLPAY__SERVER__LISTEN=0.0.0.0:8080 \
+#           -e CALLPAY__AUTH__SECRET=... -e CALLPAY__STRIPE__SECRET_KEY=... \
+#           -e CALLPAY__STRIPE__PUBLISHABLE_KEY=... -e CALLPAY__STRIPE__CLIENT_ID=... \
+#           -e CALLPAY__STRIPE__WEBHOOK_SECRETS=whsec_... \
+#           -e CALLPAY__DATABASE__URL=postgres://... -e CALLPAY__BUS__REDIS_URL=redis://... callpay
+# The offline demo: docker run -p 8080:8080 callpay demo --listen 0.0.0.0:8080 --data-dir /data
+
+FROM rust:1.95-bookworm AS chef
+RUN cargo install --locked cargo-chef@0.1.73
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --recipe-path recipe.json -p callpay
+COPY . .
+RUN cargo build --release -p callpay --locked && strip target/release/callpay
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data callpay \
+    && mkdir -p /data && chown callpay /data
+COPY --from=builder /src/target/release/callpay /usr/local/bin/callpay
+USER callpay
+WORKDIR /data
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 || exit 1"]
+ENTRYPOINT ["callpay"]
+CMD ["serve"]

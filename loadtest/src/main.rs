@@ -1,0 +1,292 @@
+//! callpay load tests. Each scenario starts `callpay demo` as a separate process on loopback
+//! (so the hub and the load generator do not share a file-descriptor limit), drives it, stops by
+//! itself after a bounded number of operations, and prints a human summary plus one
+//! `LOADTEST {json}` line.
+//!
+//! Scenarios:
+//! - `relay`: N calls, each a clinician and a patient with one open payment; every patient sends
+//!   `payment.progress` at a fixed rate and we time until its clinician receives it.
+//! - `payments`: N calls run the whole flow concurrently: request -> patient sees it -> pay with
+//!   4242 through the simulator's API (as Stripe.js would) -> both sides get `payment.confirmed`.
+//! - `connections`: opens N idle sockets to one hub (in one call per 10 sockets) and measures how
+//!   long the upgrades take and how long a clinic-wide event takes to reach all of them.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use callpay::demo::join_token;
+use callpay_protocol::Role;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [--hub BIN]
+  relay        patient -> clinician relay latency (default 200 calls x 20 rounds at 4/s)
+  payments     full payment flow latency (default 50 calls)
+  connections  idle sockets and a clinic-wide broadcast (default 2000 sockets)
+  --hub BIN    the callpay binary (default target/release/callpay)";
+
+/// Latency samples.
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn add(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return f64::NAN;
+        }
+        self.0.sort();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i].as_secs_f64() * 1000.0
+    }
+
+    fn summary(&mut self) -> Value {
+        json!({"n": self.0.len(), "p50_ms": self.pct(0.5), "p95_ms": self.pct(0.95), "p99_ms": self.pct(0.99), "max_ms": self.pct(1.0)})
+    }
+}
+
+struct Hub {
+    info: Value,
+    child: tokio::process::Child,
+}
+
+impl Hub {
+    async fn start(bin: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("callpay-load-{}", std::process::id()));
+        let mut child = tokio::process::Command::new(bin)
+            .args(["demo", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {bin} (build it with cargo build --release)"))?;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let info = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(json) = line.strip_prefix("CALLPAY_DEMO ") {
+                    return Ok::<Value, anyhow::Error>(serde_json::from_str(json)?);
+                }
+            }
+            bail!("hub exited before it was ready")
+        })
+        .await
+        .context("hub did not start in 60 s")??;
+        // Keep draining stdout so the hub never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self { info, child })
+    }
+
+    fn token(&self, call: &str, sub: &str, role: Role) -> String {
+        join_token(self.info["platform_secret"].as_str().unwrap(), call, "clinic_demo", sub, sub, role)
+    }
+
+    async fn connect(&self, call: &str, sub: &str, role: Role) -> anyhow::Result<(Ws, Value)> {
+        let url = format!("{}/v1/calls/{call}/ws?token={}", self.info["hub_url"].as_str().unwrap().replace("http", "ws"), self.token(call, sub, role));
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let welcome = next(&mut ws).await?;
+        Ok((ws, welcome))
+    }
+}
+
+async fn next(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.context("no frame in 30 s")? {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t)?),
+            Some(Ok(Message::Close(f))) => bail!("closed: {f:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("stream ended"),
+        }
+    }
+}
+
+async fn until(ws: &mut Ws, kind: &str) -> anyhow::Result<Value> {
+    loop {
+        let f = next(ws).await?;
+        if f["type"] == kind {
+            return Ok(f);
+        }
+        if f["type"] == "error" {
+            bail!("error frame: {f}");
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(v.to_string().into())).await?;
+    Ok(())
+}
+
+/// Opens a call with a requested payment; returns (clinician, patient, payment).
+async fn open_call(hub: &Hub, call: &str) -> anyhow::Result<(Ws, Ws, Value)> {
+    let (mut doc, _) = hub.connect(call, "doc", Role::Clinician).await?;
+    let (mut pat, _) = hub.connect(call, "pat", Role::Patient).await?;
+    send(&mut doc, json!({"type": "payment.request", "client_ref": "r1", "amount": 5000, "currency": "aud", "description": "Consult"})).await?;
+    let payment = until(&mut pat, "payment.requested").await?["payment"].clone();
+    Ok((doc, pat, payment))
+}
+
+async fn relay(hub: &Hub, calls: usize, rounds: usize) -> anyhow::Result<Value> {
+    let per_round = Duration::from_millis(250);
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    for i in 0..calls {
+        let (mut doc, mut pat, payment) = open_call(hub, &format!("load-relay-{i}-{}", std::process::id())).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::default();
+            let id = payment["payment_id"].clone();
+            // Spread calls over the round so sends are not synchronised.
+            tokio::time::sleep(per_round.mul_f64(i as f64 / calls as f64)).await;
+            let mut tick = tokio::time::interval(per_round);
+            for _ in 0..rounds {
+                tick.tick().await;
+                let sent = Instant::now();
+                send(&mut pat, json!({"type": "payment.progress", "payment_id": id, "stage": "entering_details"})).await?;
+                until(&mut doc, "payment.progress").await?;
+                samples.add(sent.elapsed());
+            }
+            Ok::<Samples, anyhow::Error>(samples)
+        }));
+    }
+    let setup = start.elapsed();
+    let mut all = Samples::default();
+    for t in tasks {
+        all.0.extend(t.await??.0);
+    }
+    Ok(json!({"scenario": "relay", "calls": calls, "rounds": rounds, "rate_per_patient_hz": 4, "setup_s": setup.as_secs_f64(), "latency": all.summary()}))
+}
+
+async fn http_form(url: &str, body: String) -> anyhow::Result<(u16, Value)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(url).header("content-type", "application/x-www-form-urlencoded").body(Full::new(Bytes::from(body)))?;
+    let resp = client.request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
+    let stripe = hub.info["stripe_url"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..calls {
+        let call = format!("load-pay-{i}-{}", std::process::id());
+        let (mut doc, _) = hub.connect(&call, "doc", Role::Clinician).await?;
+        let (mut pat, _) = hub.connect(&call, "pat", Role::Patient).await?;
+        let stripe = stripe.clone();
+        tasks.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            send(&mut doc, json!({"type": "payment.request", "client_ref": "r1", "amount": 5000, "currency": "aud", "description": "Consult"})).await?;
+            let p = until(&mut pat, "payment.requested").await?["payment"].clone();
+            let requested = t0.elapsed();
+            let s = &p["stripe"];
+            let (pk, acct, secret) = (s["publishable_key"].as_str().unwrap(), s["stripe_account"].as_str().unwrap(), s["client_secret"].as_str().unwrap());
+            let pi = secret.split("_secret_").next().unwrap();
+            let (_, pm) = http_form(&format!("{stripe}/v1/payment_methods"), format!("key={pk}&_stripe_account={acct}&type=card&card[number]=4242424242424242&card[exp_month]=12&card[exp_year]=2040&card[cvc]=123")).await?;
+            let t1 = Instant::now();
+            let (status, _) = http_form(&format!("{stripe}/v1/payment_intents/{pi}/confirm"), format!("key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}", pm["id"].as_str().unwrap_or_default())).await?;
+            if status != 200 {
+                bail!("confirm answered {status}");
+            }
+            until(&mut doc, "payment.confirmed").await?;
+            let confirmed = t1.elapsed();
+            until(&mut pat, "payment.confirmed").await?;
+            Ok::<(Duration, Duration), anyhow::Error>((requested, confirmed))
+        }));
+    }
+    let (mut req, mut conf) = (Samples::default(), Samples::default());
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok((r, c)) => {
+                req.add(r);
+                conf.add(c);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("payment failed: {e}");
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    Ok(json!({"scenario": "payments", "calls": calls, "failed": failed, "wall_s": wall,
+        "request_to_patient": req.summary(), "confirm_to_clinician_confirmed": conf.summary()}))
+}
+
+async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    let mut all = Vec::with_capacity(sockets);
+    let mut connect = Samples::default();
+    for i in 0..sockets {
+        let call = format!("load-conn-{}-{}", i / 10, std::process::id());
+        let t = Instant::now();
+        let (ws, _) = hub.connect(&call, &format!("p{i}"), Role::Patient).await?;
+        connect.add(t.elapsed());
+        all.push(ws);
+    }
+    let open_s = start.elapsed().as_secs_f64();
+    // A clinic-wide event (the operator disables, then the test re-enables) reaches every socket.
+    let hub_url = hub.info["hub_url"].as_str().unwrap();
+    let op = hub.info["operator_token"].as_str().unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(format!("{hub_url}/v1/clinics/clinic_demo/disable")).header("authorization", format!("Bearer {op}")).body(Full::new(Bytes::new()))?;
+    let t = Instant::now();
+    let status = client.request(req).await?.status();
+    if !status.is_success() {
+        bail!("disable answered {status}");
+    }
+    let mut reach = Samples::default();
+    let mut handles = Vec::new();
+    for mut ws in all {
+        handles.push(tokio::spawn(async move {
+            loop {
+                let f = next(&mut ws).await?;
+                if f["type"] == "clinic.updated" {
+                    return Ok::<Duration, anyhow::Error>(t.elapsed());
+                }
+            }
+        }));
+    }
+    for h in handles {
+        reach.add(h.await??);
+    }
+    Ok(json!({"scenario": "connections", "sockets": sockets, "open_s": open_s, "connect": connect.summary(), "broadcast_reach": reach.summary()}))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = args.first().cloned() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let number = |name: &str, default: usize| flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")));
+    let bin = flag("--hub").unwrap_or_else(|| "target/release/callpay".into());
+    let hub = Hub::start(&bin).await?;
+    let result = tokio::time::timeout(Duration::from_secs(600), async {
+        match scenario.as_str() {
+            "relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
+            "payments" => payments(&hub, number("--calls", 50)?).await,
+            "connections" => connections(&hub, number("--calls", 2000)?).await,
+            other => bail!("unknown scenario {other}\n{USAGE}"),
+        }
+    })
+    .await
+    .context("scenario did not finish within 10 minutes")??;
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    println!("LOADTEST {result}");
+    drop(hub.child);
+    Ok(())
+}
