@@ -29,7 +29,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=builder /src/target/release/callpay /usr/local/bin/callpay
 USER callpay
 WORKDIR /data
+# Probes: GET /healthz (process up) and GET /readyz (the store answers).
 EXPOSE 8080
-HEALTHCHECK --interval=15s --timeout=3s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 || exit 1"]
 ENTRYPOINT ["callpay"]
 CMD ["serve"]

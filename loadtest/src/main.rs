@@ -92,7 +92,11 @@ impl Hub {
     }
 
     async fn connect(&self, call: &str, sub: &str, role: Role) -> anyhow::Result<(Ws, Value)> {
-        let url = format!("{}/v1/calls/{call}/ws?token={}", self.info["hub_url"].as_str().unwrap().replace("http", "ws"), self.token(call, sub, role));
+        let url = format!(
+            "{}/v1/calls/{call}/ws?token={}",
+            self.info["hub_url"].as_str().unwrap().replace("http", "ws"),
+            self.token(call, sub, role)
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
         let welcome = next(&mut ws).await?;
         Ok((ws, welcome))
@@ -152,7 +156,8 @@ async fn relay(hub: &Hub, calls: usize, rounds: usize) -> anyhow::Result<Value> 
             for _ in 0..rounds {
                 tick.tick().await;
                 let sent = Instant::now();
-                send(&mut pat, json!({"type": "payment.progress", "payment_id": id, "stage": "entering_details"})).await?;
+                send(&mut pat, json!({"type": "payment.progress", "payment_id": id, "stage": "entering_details"}))
+                    .await?;
                 until(&mut doc, "payment.progress").await?;
                 samples.add(sent.elapsed());
             }
@@ -164,12 +169,17 @@ async fn relay(hub: &Hub, calls: usize, rounds: usize) -> anyhow::Result<Value> 
     for t in tasks {
         all.0.extend(t.await??.0);
     }
-    Ok(json!({"scenario": "relay", "calls": calls, "rounds": rounds, "rate_per_patient_hz": 4, "setup_s": setup.as_secs_f64(), "latency": all.summary()}))
+    Ok(
+        json!({"scenario": "relay", "calls": calls, "rounds": rounds, "rate_per_patient_hz": 4, "setup_s": setup.as_secs_f64(), "latency": all.summary()}),
+    )
 }
 
 async fn http_form(url: &str, body: String) -> anyhow::Result<(u16, Value)> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::post(url).header("content-type", "application/x-www-form-urlencoded").body(Full::new(Bytes::from(body)))?;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(body)))?;
     let resp = client.request(req).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
@@ -239,8 +249,11 @@ async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
     // A clinic-wide event (the operator disables, then the test re-enables) reaches every socket.
     let hub_url = hub.info["hub_url"].as_str().unwrap();
     let op = hub.info["operator_token"].as_str().unwrap();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::post(format!("{hub_url}/v1/clinics/clinic_demo/disable")).header("authorization", format!("Bearer {op}")).body(Full::new(Bytes::new()))?;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::post(format!("{hub_url}/v1/clinics/clinic_demo/disable"))
+        .header("authorization", format!("Bearer {op}"))
+        .body(Full::new(Bytes::new()))?;
     let t = Instant::now();
     let status = client.request(req).await?.status();
     if !status.is_success() {
@@ -261,7 +274,9 @@ async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
     for h in handles {
         reach.add(h.await??);
     }
-    Ok(json!({"scenario": "connections", "sockets": sockets, "open_s": open_s, "connect": connect.summary(), "broadcast_reach": reach.summary()}))
+    Ok(
+        json!({"scenario": "connections", "sockets": sockets, "open_s": open_s, "connect": connect.summary(), "broadcast_reach": reach.summary()}),
+    )
 }
 
 #[tokio::main]
@@ -272,7 +287,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     };
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let number = |name: &str, default: usize| flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")));
+    let number = |name: &str, default: usize| {
+        flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")))
+    };
     let bin = flag("--hub").unwrap_or_else(|| "target/release/callpay".into());
     let hub = Hub::start(&bin).await?;
     let result = tokio::time::timeout(Duration::from_secs(600), async {

@@ -2,7 +2,7 @@
 
 use super::authz::{Action, AdminClaims, Scope, authorize};
 use super::connect::ConnectError;
-use super::{Actor, Admin, announce_clinic, audit, unlink};
+use super::{Actor, Admin, announce_clinic, audit, audit_clinic, unlink};
 use crate::app::AppState;
 use crate::http::ApiError;
 use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
@@ -150,18 +150,7 @@ pub async fn upsert_clinic(
             ));
         }
         Some(existing) => Clinic { name, ..existing },
-        None => Clinic {
-            id: clinic_id.clone(),
-            org_id: org_id.clone(),
-            name,
-            app_enabled: false,
-            stripe_account: None,
-            stripe_publishable_key: None,
-            stripe_display_name: None,
-            stripe_livemode: false,
-            linked_by: None,
-            linked_at: None,
-        },
+        None => Clinic { id: clinic_id.clone(), org_id: org_id.clone(), name, ..Clinic::default() },
     };
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
     audit(
@@ -356,17 +345,7 @@ pub async fn disable(
     check(&who, Action::DisableApp, Some(&clinic.org_id), Some(&clinic.id))?;
     clinic.app_enabled = false;
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(
-        &app,
-        Actor::from(&who),
-        Some(&clinic.org_id),
-        Some(&clinic.id),
-        "app.disabled",
-        Some(&clinic.id),
-        "ok",
-        None,
-    )
-    .await;
+    audit_clinic(&app, Actor::from(&who), &clinic, "app.disabled", Some(&clinic.id), "ok", None).await;
     announce_clinic(&app, &clinic, Some("The payment app was disabled for this clinic.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
@@ -401,17 +380,7 @@ pub async fn start_connect(
         .map_err(store_err)?;
     let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
     let url = app.connect.authorize_url(&state, &redirect);
-    audit(
-        &app,
-        Actor::from(&who),
-        Some(&clinic.org_id),
-        Some(&clinic.id),
-        "stripe.link_started",
-        Some(&clinic.id),
-        "ok",
-        None,
-    )
-    .await;
+    audit_clinic(&app, Actor::from(&who), &clinic, "stripe.link_started", Some(&clinic.id), "ok", None).await;
     let cookie = format!(
         "{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}",
         STATE_TTL_MS / 1000
@@ -623,11 +592,10 @@ pub async fn remove_stripe(
         // Already revoked from Stripe's side: unlinking here is still right.
         Err(ConnectError::Refused { error, .. }) if error == "invalid_client" => {}
         Err(e) => {
-            audit(
+            audit_clinic(
                 &app,
                 Actor::from(&who),
-                Some(&clinic.org_id),
-                Some(&clinic.id),
+                &clinic,
                 "stripe.removed",
                 Some(&account),
                 "failed",
@@ -639,17 +607,7 @@ pub async fn remove_stripe(
     }
     unlink(&mut clinic);
     app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(
-        &app,
-        Actor::from(&who),
-        Some(&clinic.org_id),
-        Some(&clinic.id),
-        "stripe.removed",
-        Some(&account),
-        "ok",
-        None,
-    )
-    .await;
+    audit_clinic(&app, Actor::from(&who), &clinic, "stripe.removed", Some(&account), "ok", None).await;
     announce_clinic(&app, &clinic, Some("The clinic's Stripe account was removed.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }

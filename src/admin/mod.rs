@@ -198,6 +198,19 @@ pub async fn audit(
     }
 }
 
+/// [`audit`] for an action on `clinic`.
+pub async fn audit_clinic(
+    app: &AppState,
+    actor: Actor<'_>,
+    clinic: &Clinic,
+    action: &str,
+    target: Option<&str>,
+    outcome: &str,
+    detail: Option<String>,
+) {
+    audit(app, actor, Some(&clinic.org_id), Some(&clinic.id), action, target, outcome, detail).await;
+}
+
 /// Tells every live call of the clinic whether it can take new payments now.
 pub async fn announce_clinic(app: &AppState, clinic: &Clinic, reason: Option<&str>) {
     let available = clinic.payment_readiness().is_ok();

@@ -172,31 +172,13 @@ mod tests {
     fn payment(status: PaymentStatus) -> Payment {
         Payment {
             id: "pay_1".into(),
-            call_id: "call_1".into(),
-            clinic_id: "c".into(),
-            client_ref: "r".into(),
-            requested_by_id: "u".into(),
-            requested_by_name: "Dr".into(),
-            amount: 5000,
-            currency: "aud".into(),
-            description: "d".into(),
             status,
             version: 3,
-            stripe_account: "acct".into(),
+            amount: 5000,
             payment_intent_id: Some("pi".into()),
             client_secret: Some("pi_secret".into()),
-            amount_received: None,
-            amount_refunded: 0,
-            paid_at: None,
-            receipt_email: None,
-            card_brand: None,
-            card_last4: None,
-            failure_code: None,
-            failure_decline_code: None,
-            failure_message: None,
             last_event_at: 100,
-            created_at: 0,
-            updated_at: 0,
+            ..Payment::default()
         }
     }
 

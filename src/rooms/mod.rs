@@ -270,8 +270,6 @@ mod tests {
         Box::new(Payment {
             id: "pay_1".into(),
             call_id: "call".into(),
-            clinic_id: "c".into(),
-            client_ref: "r".into(),
             requested_by_id: "doc".into(),
             requested_by_name: "Doc".into(),
             amount: 5000,
@@ -282,18 +280,8 @@ mod tests {
             stripe_account: "acct_1".into(),
             payment_intent_id: Some("pi_1".into()),
             client_secret: Some("pi_1_secret_x".into()),
-            amount_received: None,
-            amount_refunded: 0,
-            paid_at: None,
-            receipt_email: None,
-            card_brand: None,
-            card_last4: None,
-            failure_code: None,
-            failure_decline_code: None,
-            failure_message: None,
-            last_event_at: 0,
             created_at: now_ms(),
-            updated_at: now_ms(),
+            ..Payment::default()
         })
     }
 

@@ -25,7 +25,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A clinic as the payment app knows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Clinic {
     /// The platform's clinic id.
     pub id: String,
@@ -114,6 +114,40 @@ pub struct Payment {
     pub created_at: i64,
     /// Unix ms.
     pub updated_at: i64,
+}
+
+impl Default for Payment {
+    /// A payment being created: version 1, nothing from Stripe yet. Callers fill in the rest.
+    fn default() -> Self {
+        Self {
+            id: String::new(),
+            call_id: String::new(),
+            clinic_id: String::new(),
+            client_ref: String::new(),
+            requested_by_id: String::new(),
+            requested_by_name: String::new(),
+            amount: 0,
+            currency: String::new(),
+            description: String::new(),
+            status: PaymentStatus::Creating,
+            version: 1,
+            stripe_account: String::new(),
+            payment_intent_id: None,
+            client_secret: None,
+            amount_received: None,
+            amount_refunded: 0,
+            paid_at: None,
+            receipt_email: None,
+            card_brand: None,
+            card_last4: None,
+            failure_code: None,
+            failure_decline_code: None,
+            failure_message: None,
+            last_event_at: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
 }
 
 /// What inserting a payment found.

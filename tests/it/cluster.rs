@@ -82,11 +82,7 @@ impl Cluster {
                 name: "Harbour Clinic".into(),
                 app_enabled: true,
                 stripe_account: Some(account),
-                stripe_publishable_key: None,
-                stripe_display_name: None,
-                stripe_livemode: false,
-                linked_by: None,
-                linked_at: None,
+                ..Clinic::default()
             })
             .await
             .unwrap();
@@ -186,30 +182,10 @@ async fn the_store_behaves_the_same_on_postgres() {
     let payment = callpay::store::Payment {
         id: "pay_pg".into(),
         call_id: "call".into(),
-        clinic_id: "c".into(),
         client_ref: "r".into(),
-        requested_by_id: "u".into(),
-        requested_by_name: "U".into(),
         amount: 5000,
         currency: "aud".into(),
-        description: "d".into(),
-        status: callpay_protocol::PaymentStatus::Creating,
-        version: 1,
-        stripe_account: "acct".into(),
-        payment_intent_id: None,
-        client_secret: None,
-        amount_received: None,
-        amount_refunded: 0,
-        paid_at: None,
-        receipt_email: None,
-        card_brand: None,
-        card_last4: None,
-        failure_code: None,
-        failure_decline_code: None,
-        failure_message: None,
-        last_event_at: 0,
-        created_at: 1,
-        updated_at: 1,
+        ..Default::default()
     };
     assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
     assert!(matches!(
