@@ -162,4 +162,22 @@ mod tests {
         assert!(v.join(&no_exp, "call_1").is_err());
         assert!(v.join("not-a-jwt", "call_1").is_err());
     }
+
+    // A throwaway Ed25519 key pair made for this test with `openssl genpkey -algorithm ed25519`.
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIM7YlpeWst6o75bbGrUk0qfKzrrzfGV1Ep8hwjyb2cN6\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAXT1iYZ3ZmjMSvLFjMpWdWCBLKUikbxSRoIxckOHM25A=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn eddsa_is_pinned_when_configured() {
+        let cfg =
+            AuthConfig { algorithm: "EdDSA".into(), public_key_pem: Some(ED_PUBLIC.into()), ..AuthConfig::default() };
+        let v = Verifier::new(&cfg).unwrap();
+        let key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims(now_secs() + 600), &key).unwrap();
+        assert_eq!(v.join(&token, "call_1").unwrap().role, Role::Patient);
+        // An HS256 token, even one signed with the public key's bytes as the secret, is refused.
+        let confused = sign_hs256(ED_PUBLIC, &claims(now_secs() + 600));
+        assert!(v.join(&confused, "call_1").is_err());
+        assert!(Verifier::new(&AuthConfig { algorithm: "EdDSA".into(), ..AuthConfig::default() }).is_err());
+    }
 }

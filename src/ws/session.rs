@@ -49,6 +49,12 @@ impl RateLimit {
     }
 }
 
+/// Whether a connection silent for `silent` has lost its heartbeat: no frame (pongs included)
+/// for more than one and a half ping periods, so one late pong is tolerated but two are not.
+fn heartbeat_lost(silent: Duration, ping_every: Duration) -> bool {
+    silent > ping_every * 3 / 2
+}
+
 fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Arc<str> {
     encode(app.hub.rooms.seq(call_id), ServerMsg::Error { code: r.code, message: r.message, reference: r.reference })
 }
@@ -148,8 +154,8 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                         }
                     }
                     _ = ping.tick() => {
-                        let silent = started.elapsed().as_millis() as u64 - last_seen.load(Ordering::Relaxed);
-                        if silent > ping_every.as_millis() as u64 * 3 / 2 {
+                        let silent = started.elapsed().saturating_sub(Duration::from_millis(last_seen.load(Ordering::Relaxed)));
+                        if heartbeat_lost(silent, ping_every) {
                             let _ = sink.send(close_with(close::HEARTBEAT_TIMEOUT, "no pong")).await;
                             break;
                         }
@@ -276,6 +282,15 @@ mod tests {
                 .code,
             ErrorCode::InvalidAmount
         );
+    }
+
+    #[test]
+    fn heartbeat_tolerates_one_late_pong_not_two() {
+        let every = Duration::from_secs(15);
+        assert!(!heartbeat_lost(Duration::from_secs(15), every), "just pinged, pong not due yet");
+        assert!(!heartbeat_lost(Duration::from_millis(22_500), every));
+        assert!(heartbeat_lost(Duration::from_millis(22_501), every));
+        assert!(heartbeat_lost(Duration::from_secs(30), every));
     }
 
     #[test]

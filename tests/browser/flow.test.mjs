@@ -198,3 +198,35 @@ test('the demo page shows both panels side by side', async () => {
     await demo.stop();
   }
 });
+
+test('an org admin asks for the app on a new clinic and the service desk approves it', async () => {
+  const demo = await startDemo();
+  try {
+    const { info } = demo;
+    const put = await fetch(`${info.hub_url}/v1/orgs/org_demo/clinics/clinic_new`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${info.operator_token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'Northside Clinic' }),
+    });
+    assert.equal(put.status, 200);
+    const org = await page(b);
+    await org.goto(`${info.hub_url}/admin/client-payment?clinic=clinic_new#token=${info.org_admin_token}`);
+    await org.getByText('Not enabled for this clinic.').waitFor();
+    await org.getByLabel('Service-desk ticket of the authorised telehealth manager').fill('SD-2041');
+    await org.getByRole('button', { name: 'Ask for the payment app' }).click();
+    await org.getByText('is waiting for the service desk').waitFor();
+    await shot(org, 'enable-1-org-admin-requested');
+    const desk = await page(b);
+    await desk.goto(`${info.hub_url}/admin/client-payment?clinic=clinic_new#token=${info.operator_token}`);
+    const request = desk.locator('li', { hasText: 'SD-2041' });
+    await request.getByRole('button', { name: 'Approve' }).click();
+    await desk.getByText('Enabled for this clinic.').waitFor();
+    await shot(desk, 'enable-2-operator-approved');
+    await org.reload();
+    await org.getByText('Enabled for this clinic.').waitFor();
+    await org.getByRole('button', { name: 'Go To Stripe' }).waitFor();
+    await org.getByText('app.enable_approved').waitFor();
+  } finally {
+    await demo.stop();
+  }
+});

@@ -25,7 +25,8 @@ export async function startDemo() {
     const timer = setTimeout(() => reject(new Error(`demo did not start in 30 s: ${stderr}`)), 30000);
     proc.stdout.on('data', (d) => {
       out += d;
-      const line = out.split('\n').find((l) => l.startsWith('CALLPAY_DEMO '));
+      // Only whole lines: a chunk can end in the middle of the JSON.
+      const line = out.split('\n').slice(0, -1).find((l) => l.startsWith('CALLPAY_DEMO '));
       if (line) {
         clearTimeout(timer);
         resolve(JSON.parse(line.slice('CALLPAY_DEMO '.length)));

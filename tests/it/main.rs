@@ -6,6 +6,7 @@ mod services;
 
 mod admin;
 mod auth;
+mod cli;
 mod cluster;
 mod errors;
 mod flow;
