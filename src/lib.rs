@@ -14,6 +14,8 @@
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod app;
 pub mod auth;

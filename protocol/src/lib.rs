@@ -8,6 +8,8 @@
 //! order events. It may skip numbers (events meant for the other role). Each payment also has a
 //! `version`; a client keeps the highest version it has seen and drops older copies.
 
+#![warn(missing_docs)]
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

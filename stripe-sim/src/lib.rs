@@ -10,6 +10,7 @@
 //! `api` the HTTP routes; [`form`], [`money`], [`cards`], [`ids`], [`error`] helpers.
 
 #![recursion_limit = "256"]
+#![warn(missing_docs)]
 
 mod api;
 pub mod cards;
