@@ -141,7 +141,11 @@ impl App {
         let state = self.state;
         let router = crate::http::router(state.clone());
         let stop = state.shutdown.clone();
-        axum::serve(self.listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        // Real-time frames must not wait for Nagle's algorithm to coalesce them.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
         // axum does not wait for upgraded sockets; sessions close themselves on the token.
         state.tracker.close();
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);

@@ -100,6 +100,10 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<SimHandle> {
     let app = api::router(sim.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        // Small request/response pairs: answer without waiting for Nagle's algorithm.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = stop_rx.await;

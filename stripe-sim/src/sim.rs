@@ -99,7 +99,10 @@ impl Sim {
                 enabled_events: all,
             });
         }
-        let http = Client::builder(TokioExecutor::new()).build_http();
+        // Webhooks are small and latency-bound: send them without Nagle's delay.
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new()).build(connector);
         Self(Arc::new(Inner { config, world: Mutex::new(world), base_url: OnceLock::new(), http }))
     }
 
