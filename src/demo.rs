@@ -78,6 +78,18 @@ pub struct Demo {
     pub info: DemoInfo,
 }
 
+/// Points the Stripe settings at a running simulator: its keys, API, Connect OAuth and Stripe.js
+/// stand-in, and the webhook secret it signs with.
+pub fn use_simulator(config: &mut Config, sim: &stripe_sim::SimHandle, webhook_secret: &str) {
+    config.stripe.secret_key = Secret::new(sim.secret_key());
+    config.stripe.publishable_key = sim.publishable_key().to_owned();
+    config.stripe.client_id = sim.client_id().to_owned();
+    config.stripe.api_base = sim.url.clone();
+    config.stripe.connect_base = sim.url.clone();
+    config.stripe.js_url = format!("{}{}", sim.url.trim_end_matches('/'), sim.sim.config().stripe_js_path);
+    config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
+}
+
 /// Signs a join token the way the video-call platform would.
 pub fn join_token(secret: &str, call_id: &str, clinic_id: &str, sub: &str, name: &str, role: Role) -> String {
     let claims = JoinClaims {
@@ -144,13 +156,7 @@ pub async fn start_wrapped(
         }
         None => "sqlite::memory:".into(),
     };
-    config.stripe.secret_key = Secret::new(sim.secret_key());
-    config.stripe.publishable_key = sim.publishable_key().to_owned();
-    config.stripe.client_id = sim.client_id().to_owned();
-    config.stripe.api_base = sim.url.clone();
-    config.stripe.connect_base = sim.url.clone();
-    config.stripe.js_url = format!("{}js/v3", sim.url);
-    config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
+    use_simulator(&mut config, &sim, &webhook_secret);
     tweak(&mut config);
     config.validate_for_serve().context("demo configuration")?;
 

@@ -1,16 +1,14 @@
 // End-to-end: real pages in headless Chromium against `callpay demo`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startDemo, browser, page, shot, clinicianUrl, patientUrl, requestPayment, pay } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, withDemo, inCall } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
 after(async () => { await b.close(); });
 
 test('clinic admin removes, then links Stripe through the simulator OAuth page', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
+  await withDemo(async (info) => {
     const admin = await page(b);
     await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
     await admin.getByText('Linked to acct_').waitFor();
@@ -35,19 +33,11 @@ test('clinic admin removes, then links Stripe through the simulator OAuth page',
     assert.match(await admin.locator('#stripe-status').textContent(), /Harbour Clinic Pty Ltd.*Cam \(clinic admin\)/);
     await admin.getByText('stripe.linked').first().waitFor();
     await shot(admin, 'admin-5-relinked-with-audit');
-  } finally {
-    await demo.stop();
-  }
+  });
 });
 
 test('clinician requests $50.00, patient pays with 4242, both see it', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
-    const doc = await page(b);
-    const pat = await page(b, { width: 390, height: 844 });
-    await doc.goto(clinicianUrl(info));
-    await pat.goto(patientUrl(info));
+  await inCall(b, async ({ doc, pat }) => {
     await doc.getByText('Live').waitFor();
     await pat.getByText('Live').waitFor();
     await requestPayment(doc, '50.00', 'Follow-up consultation');
@@ -73,19 +63,11 @@ test('clinician requests $50.00, patient pays with 4242, both see it', async () 
     await shot(doc, 'pay-3-clinician-popup');
     await doc.getByRole('button', { name: 'Close' }).click();
     await doc.locator('li[data-status=succeeded]').getByText('Paid').waitFor();
-  } finally {
-    await demo.stop();
-  }
+  }, { patientViewport: { width: 390, height: 844 } });
 });
 
 test('3-D Secure: completed, then failed and retried', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
-    const doc = await page(b);
-    const pat = await page(b);
-    await doc.goto(clinicianUrl(info));
-    await pat.goto(patientUrl(info));
+  await inCall(b, async ({ doc, pat }) => {
     await requestPayment(doc, '70.00', 'Specialist review');
     await pat.locator('article', { hasText: 'Specialist review' }).getByRole('button', { name: 'Pay Now' }).waitFor();
     let item = await pay(pat, 'Specialist review', '4000 0025 0000 3155');
@@ -105,19 +87,11 @@ test('3-D Secure: completed, then failed and retried', async () => {
     await doc.locator('li', { hasText: 'Prescription' }).getByText('Failed').waitFor();
     await pay(pat, 'Prescription', '4242 4242 4242 4242', { open: false });
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
-  } finally {
-    await demo.stop();
-  }
+  });
 });
 
 test('a declined card shows a clear message, then a good card pays', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
-    const doc = await page(b);
-    const pat = await page(b);
-    await doc.goto(clinicianUrl(info));
-    await pat.goto(patientUrl(info));
+  await inCall(b, async ({ doc, pat }) => {
     await requestPayment(doc, '50.00', 'Consultation');
     await pat.locator('article', { hasText: 'Consultation' }).getByRole('button', { name: 'Pay Now' }).waitFor();
     const item = await pay(pat, 'Consultation', '4000 0000 0000 9995');
@@ -127,19 +101,11 @@ test('a declined card shows a clear message, then a good card pays', async () =>
     await pay(pat, 'Consultation', '4242 4242 4242 4242', { open: false });
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
     await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
-  } finally {
-    await demo.stop();
-  }
+  });
 });
 
 test('the clinician cancels; the patient is told', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
-    const doc = await page(b);
-    const pat = await page(b);
-    await doc.goto(clinicianUrl(info));
-    await pat.goto(patientUrl(info));
+  await inCall(b, async ({ doc, pat }) => {
     await requestPayment(doc, '12.50', 'Letter');
     await pat.locator('article', { hasText: 'Letter' }).getByText('$12.50').waitFor();
     await doc.getByRole('button', { name: 'Cancel request' }).click();
@@ -149,19 +115,11 @@ test('the clinician cancels; the patient is told', async () => {
     // The clinician's form validates as the hub does.
     await requestPayment(doc, '0.20', 'Too small');
     await doc.getByText('at least 0.50').waitFor();
-  } finally {
-    await demo.stop();
-  }
+  });
 });
 
 test('the same flow in Bengali', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
-    const doc = await page(b, { lang: 'bn-BD' });
-    const pat = await page(b, { lang: 'bn-BD' });
-    await doc.goto(clinicianUrl(info));
-    await pat.goto(patientUrl(info));
+  await inCall(b, async ({ doc, pat }) => {
     await doc.getByRole('heading', { name: 'পেমেন্টের অনুরোধ' }).waitFor();
     await doc.getByLabel('পরিমাণ (AUD)').fill('50.00');
     await doc.getByLabel('বিবরণ').fill('Consultation');
@@ -181,28 +139,21 @@ test('the same flow in Bengali', async () => {
     // The switch goes back to English.
     await doc.getByLabel('ভাষা').selectOption('en');
     await doc.getByRole('heading', { name: 'Request Payment' }).waitFor();
-  } finally {
-    await demo.stop();
-  }
+  }, { lang: 'bn-BD' });
 });
 
 test('the demo page shows both panels side by side', async () => {
-  const demo = await startDemo();
-  try {
+  await withDemo(async (info) => {
     const p = await page(b, { width: 1400, height: 900 });
-    await p.goto(`${demo.info.hub_url}/demo`);
+    await p.goto(`${info.hub_url}/demo`);
     await p.frameLocator('#clinician').getByRole('button', { name: 'Request Payment' }).waitFor();
     await p.frameLocator('#patient').getByText('Nothing to pay right now.').waitFor();
     await shot(p, 'demo-page');
-  } finally {
-    await demo.stop();
-  }
+  });
 });
 
 test('an org admin asks for the app on a new clinic and the service desk approves it', async () => {
-  const demo = await startDemo();
-  try {
-    const { info } = demo;
+  await withDemo(async (info) => {
     const put = await fetch(`${info.hub_url}/v1/orgs/org_demo/clinics/clinic_new`, {
       method: 'PUT',
       headers: { authorization: `Bearer ${info.operator_token}`, 'content-type': 'application/json' },
@@ -226,7 +177,5 @@ test('an org admin asks for the app on a new clinic and the service desk approve
     await org.getByText('Enabled for this clinic.').waitFor();
     await org.getByRole('button', { name: 'Go To Stripe' }).waitFor();
     await org.getByText('app.enable_approved').waitFor();
-  } finally {
-    await demo.stop();
-  }
+  });
 });

@@ -92,3 +92,24 @@ export async function pay(pat, description, card, { email = 'sam@example.com', o
   await item.locator('button[data-role=pay]').click();
   return item;
 }
+
+/** Runs `fn(info)` against a fresh demo, stopping it afterwards whatever happens. */
+export async function withDemo(fn) {
+  const demo = await startDemo();
+  try {
+    await fn(demo.info);
+  } finally {
+    await demo.stop();
+  }
+}
+
+/** A fresh demo with the clinician's and the patient's panels open. */
+export async function inCall(b, fn, { lang, patientViewport } = {}) {
+  await withDemo(async (info) => {
+    const doc = await page(b, lang ? { lang } : {});
+    const pat = await page(b, { ...(lang ? { lang } : {}), ...(patientViewport || {}) });
+    await doc.goto(clinicianUrl(info));
+    await pat.goto(patientUrl(info));
+    await fn({ info, doc, pat });
+  });
+}

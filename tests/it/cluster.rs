@@ -52,12 +52,7 @@ impl Cluster {
             config.auth.secret = Secret::new(secret.clone());
             config.database.url = db.url.clone();
             config.bus.redis_url = Some(redis_url.to_owned());
-            config.stripe.secret_key = Secret::new(sim.secret_key());
-            config.stripe.publishable_key = sim.publishable_key().into();
-            config.stripe.client_id = sim.client_id().into();
-            config.stripe.api_base = sim.url.clone();
-            config.stripe.connect_base = sim.url.clone();
-            config.stripe.webhook_secrets = vec![Secret::new(webhook_secret.clone())];
+            callpay::demo::use_simulator(&mut config, &sim, &webhook_secret);
             config.stripe.max_attempts = 2;
             config.validate_for_serve().unwrap();
             let node = format!("node-{i}");
