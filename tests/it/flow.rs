@@ -198,3 +198,41 @@ async fn a_retried_request_with_the_same_client_ref_makes_one_payment() {
     doc2.send(json!({"type": "payment.cancel", "payment_id": "pay_nope"})).await;
     assert_eq!(doc2.error_code().await, "unknown_payment");
 }
+
+#[tokio::test]
+async fn refunds_made_on_stripe_reach_the_call() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("rf", 5000, "Consult").await;
+    let payment = pat.until("payment.requested").await["payment"].clone();
+    assert_eq!(pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await.0, 200);
+    let confirmed = doc.until("payment.confirmed").await;
+    let pi = confirmed["payment"]["reference"].as_str().unwrap().to_owned();
+    let acct = payment["stripe"]["stripe_account"].as_str().unwrap().to_owned();
+    // The clinic refunds from its Stripe dashboard: part, then the rest.
+    let auth = format!("Bearer {}", hub.sim.secret_key());
+    let refund = |amount: &'static str| {
+        let (hub, pi, acct, auth) = (&hub, pi.clone(), acct.clone(), auth.clone());
+        async move {
+            let body = if amount.is_empty() {
+                format!("payment_intent={pi}")
+            } else {
+                format!("payment_intent={pi}&amount={amount}")
+            };
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("stripe-account", acct.as_str()),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ];
+            hub.http.send("POST", &format!("{}/v1/refunds", hub.info.stripe_url), &headers, body).await.0
+        }
+    };
+    assert_eq!(refund("2000").await, 200);
+    let part = doc.until_where("payment.updated", |f| f["payment"]["status"] == "partially_refunded").await;
+    assert_eq!(part["payment"]["amount_refunded"], 2000);
+    assert_eq!(refund("").await, 200);
+    let full = pat.until_where("payment.updated", |f| f["payment"]["status"] == "refunded").await;
+    assert_eq!(full["payment"]["amount_refunded"], 5000);
+    assert_eq!(doc.raw.iter().filter(|f| f.contains("\"payment.confirmed\"")).count(), 1, "refunds do not re-confirm");
+}
