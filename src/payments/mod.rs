@@ -20,6 +20,9 @@ use stripe_webhook::{Event, EventObject};
 
 /// Attempts at an optimistic update before giving up (each attempt re-reads the payment).
 const UPDATE_ATTEMPTS: usize = 5;
+/// How long a webhook may wait for the card's brand and last four before confirming without
+/// them: Stripe expects a quick answer, and `charge.succeeded` fills them in anyway.
+const CARD_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A refused client request: what goes into the `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,7 +382,11 @@ impl Payments {
                 // last four. If Stripe cannot be reached now, confirm anyway: charge.succeeded
                 // fills the card in later.
                 let card = match account.as_deref() {
-                    Some(acct) => self.stripe.intent(acct, pi.id.as_str()).await.ok().and_then(|i| i.card),
+                    Some(acct) => tokio::time::timeout(CARD_LOOKUP_TIMEOUT, self.stripe.intent(acct, pi.id.as_str()))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .and_then(|i| i.card),
                     None => None,
                 };
                 let change = Change::Succeeded {
