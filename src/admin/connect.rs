@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
+use sha2::Digest;
 use std::time::Duration;
 
 /// Connect failures.
@@ -47,8 +48,8 @@ pub trait ConnectApi: Send + Sync + 'static {
     fn authorize_url(&self, state: &str, redirect_uri: &str) -> String;
     /// Exchanges a single-use code for the account.
     async fn exchange(&self, code: &str) -> Result<Linked, ConnectError>;
-    /// Revokes the platform's access to an account.
-    async fn deauthorize(&self, account: &str) -> Result<(), ConnectError>;
+    /// Revokes the platform's access to an account. `idempotency_key` identifies this removal.
+    async fn deauthorize(&self, account: &str, idempotency_key: &str) -> Result<(), ConnectError>;
 }
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
@@ -76,11 +77,17 @@ impl StripeConnect {
         }
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Result<serde_json::Value, ConnectError> {
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        idempotency_key: &str,
+    ) -> Result<serde_json::Value, ConnectError> {
         let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
         let request = hyper::Request::post(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {}", self.secret))
             .header("content-type", "application/x-www-form-urlencoded")
+            .header("idempotency-key", idempotency_key)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
         let response = tokio::time::timeout(self.timeout, self.http.request(request))
@@ -119,12 +126,14 @@ impl ConnectApi for StripeConnect {
     }
 
     async fn exchange(&self, code: &str) -> Result<Linked, ConnectError> {
-        let json = self.post("/oauth/token", &[("grant_type", "authorization_code"), ("code", code)]).await?;
+        // Keyed by the code itself: the same exchange, retried, is the same request.
+        let key = format!("callpay:oauth-token:{}", hex::encode(&sha2::Sha256::digest(code.as_bytes())[..12]));
+        let json = self.post("/oauth/token", &[("grant_type", "authorization_code"), ("code", code)], &key).await?;
         serde_json::from_value(json).map_err(|e| ConnectError::Unavailable(format!("unexpected token response: {e}")))
     }
 
-    async fn deauthorize(&self, account: &str) -> Result<(), ConnectError> {
-        self.post("/oauth/deauthorize", &[("client_id", &self.client_id), ("stripe_user_id", account)])
+    async fn deauthorize(&self, account: &str, idempotency_key: &str) -> Result<(), ConnectError> {
+        self.post("/oauth/deauthorize", &[("client_id", &self.client_id), ("stripe_user_id", account)], idempotency_key)
             .await
             .map(|_| ())
     }

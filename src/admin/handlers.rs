@@ -587,7 +587,10 @@ pub async fn remove_stripe(
     let Some(account) = clinic.stripe_account.clone() else {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_linked", "This clinic has no linked Stripe account."));
     };
-    match app.connect.deauthorize(&account).await {
+    // One key per removal: a retry of this removal is the same request, a later removal (after a
+    // re-link to the same account) is a new one.
+    let key = format!("callpay:deauthorize:{}:{}", clinic.id, crate::payments::random_id());
+    match app.connect.deauthorize(&account, &key).await {
         Ok(()) => {}
         // Already revoked from Stripe's side: unlinking here is still right.
         Err(ConnectError::Refused { error, .. }) if error == "invalid_client" => {}

@@ -279,6 +279,21 @@ pub struct Receipt {
     pub receipt_url: String,
 }
 
+/// One API request as the simulator saw it, so tests can check what clients send.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Unix seconds.
+    pub at: i64,
+    /// HTTP method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Whether it was authenticated with the platform secret key (a server, not Stripe.js).
+    pub secret_key: bool,
+    /// The `Idempotency-Key` header, if any.
+    pub idempotency_key: Option<String>,
+}
+
 /// Everything the simulator knows.
 pub struct World {
     /// The platform's own account id.
@@ -301,6 +316,8 @@ pub struct World {
     pub deliveries: Vec<DeliveryRecord>,
     /// Receipt e-mails, oldest first.
     pub receipts: Vec<Receipt>,
+    /// API and OAuth requests, oldest first.
+    pub requests: Vec<RequestRecord>,
     /// Bumped by reset, so deliveries of the old world stop retrying.
     pub generation: u64,
 }
@@ -323,6 +340,7 @@ impl World {
             held_events: Vec::new(),
             deliveries: Vec::new(),
             receipts: Vec::new(),
+            requests: Vec::new(),
             generation: 0,
         }
     }

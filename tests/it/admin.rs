@@ -492,6 +492,9 @@ async fn connect_oauth_end_to_end_with_every_bad_state() {
         }
     }
     assert_eq!(seen, rows.len());
+    // Token exchanges, the removal and the payment request all carried our idempotency keys.
+    // Three code exchanges, one removal, one PaymentIntent.
+    assert_eq!(assert_hub_posts_are_idempotent(&hub).await, 5);
 }
 
 #[tokio::test]

@@ -67,6 +67,7 @@ async fn request_pay_confirm_on_both_sides() {
     assert_eq!(stored["metadata"]["call_id"], hub.info.call_id.as_str());
     assert_eq!(stored["application"], hub.sim.client_id());
     assert_no_secret(&doc.raw);
+    assert!(assert_hub_posts_are_idempotent(&hub).await >= 1);
     // The receipt e-mail went out.
     let receipts = hub.sim_control("GET", "/_sim/receipts", Value::Null).await;
     assert_eq!(receipts["data"][0]["to"], "sam@example.com");
@@ -144,6 +145,7 @@ async fn clinician_cancels_and_the_patient_can_no_longer_pay() {
     // Cancelling again, or a paid payment, is invalid_state.
     doc.send(json!({"type": "payment.cancel", "payment_id": payment["payment_id"]})).await;
     assert_eq!(doc.error_code().await, "invalid_state");
+    assert_eq!(assert_hub_posts_are_idempotent(&hub).await, 2, "create and cancel, each keyed");
 }
 
 #[tokio::test]

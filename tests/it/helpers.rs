@@ -267,6 +267,18 @@ pub async fn answer_3ds(hub: &TestHub, payment: &Value, outcome: &str) -> Value 
     body
 }
 
+/// Asserts every POST the hub made to Stripe (secret key) carried an Idempotency-Key, and returns
+/// how many there were.
+pub async fn assert_hub_posts_are_idempotent(hub: &TestHub) -> usize {
+    let log = hub.sim_control("GET", "/_sim/requests", Value::Null).await;
+    let posts: Vec<&Value> =
+        log["data"].as_array().unwrap().iter().filter(|r| r["secret_key"] == true && r["method"] == "POST").collect();
+    for r in &posts {
+        assert!(r["idempotency_key"].as_str().is_some_and(|k| k.starts_with("callpay:")), "POST without our key: {r}");
+    }
+    posts.len()
+}
+
 /// Asserts no frame the clinician got carries a client secret.
 pub fn assert_no_secret(frames: &[String]) {
     for f in frames {

@@ -114,3 +114,11 @@ pub async fn receipts(State(sim): State<Sim>, headers: HeaderMap) -> Response {
     }
     Json(json!({"data": sim.with_world(|w| w.receipts.clone())})).into_response()
 }
+
+/// `GET /_sim/requests`: API and OAuth requests with their Idempotency-Key, oldest first.
+pub async fn requests(State(sim): State<Sim>, headers: HeaderMap) -> Response {
+    if let Err(e) = require_platform_secret(&sim, &headers) {
+        return e.into_response();
+    }
+    Json(json!({"data": sim.with_world(|w| w.requests.clone())})).into_response()
+}

@@ -54,6 +54,7 @@ pub fn router(sim: Sim) -> Router {
         .route("/_sim/faults", get(control::faults).post(control::set_faults).delete(control::clear_faults))
         .route("/_sim/deliveries", get(control::deliveries))
         .route("/_sim/receipts", get(control::receipts))
+        .route("/_sim/requests", get(control::requests))
         .route("/_sim/3ds/{id}", post(payment_intents::three_ds_outcome))
         .route("/3ds/{id}", get(pages::three_ds_page))
         .route("/receipts/{id}", get(pages::receipt))
@@ -61,12 +62,33 @@ pub fn router(sim: Sim) -> Router {
         .route("/", get(pages::dashboard))
         .route(&js_path, get(pages::stripe_js))
         .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(sim.clone(), record))
         .layer(middleware::from_fn(cors))
         .with_state(sim)
 }
 
 async fn unknown_route(method: Method, uri: axum::http::Uri) -> Response {
     ApiError::unknown_route(method.as_str(), uri.path()).into_response()
+}
+
+/// Logs `/v1` and `/oauth` requests (method, path, key kind, Idempotency-Key) for `/_sim/requests`.
+async fn record(State(sim): State<Sim>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/v1/") || path.starts_with("/oauth/") {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let secret_key = header("authorization")
+            .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
+            .is_some_and(|k| k == sim.config().secret_key);
+        let entry = crate::state::RequestRecord {
+            at: crate::ids::now(),
+            method: req.method().to_string(),
+            path,
+            secret_key,
+            idempotency_key: header("idempotency-key"),
+        };
+        sim.with_world(|w| crate::state::World::push_capped(&mut w.requests, entry));
+    }
+    next.run(req).await
 }
 
 /// Stripe's API answers browsers from any origin; Stripe.js calls it cross-origin.
