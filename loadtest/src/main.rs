@@ -10,6 +10,10 @@
 //!   4242 through the simulator's API (as Stripe.js would) -> both sides get `payment.confirmed`.
 //! - `connections`: opens N idle sockets to one hub (in one call per 10 sockets) and measures how
 //!   long the upgrades take and how long a clinic-wide event takes to reach all of them.
+//! - `cluster-relay` / `cluster-payments`: the same as `relay` / `payments`, but against two
+//!   `callpay serve` processes sharing a fresh PostgreSQL database and Redis (127.0.0.1:5432 and
+//!   :6379), with every clinician on node 0 and every patient on node 1, so every event crosses
+//!   Redis. The Stripe simulator runs inside the load generator; its webhooks go to node 0.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -28,10 +32,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [--hub BIN]
-  relay        patient -> clinician relay latency (default 200 calls x 20 rounds at 4/s)
-  payments     full payment flow latency (default 50 calls)
-  connections  idle sockets and a clinic-wide broadcast (default 2000 sockets)
-  --hub BIN    the callpay binary (default target/release/callpay)";
+  relay             patient -> clinician relay latency (default 200 calls x 20 rounds at 4/s)
+  payments          full payment flow latency (default 50 calls)
+  connections       idle sockets and a clinic-wide broadcast (default 2000 sockets)
+  cluster-relay     relay across two instances over Redis + PostgreSQL
+  cluster-payments  payments across two instances over Redis + PostgreSQL
+  --hub BIN         the callpay binary (default target/release/callpay)";
 
 /// Latency samples.
 #[derive(Default)]
@@ -58,7 +64,33 @@ impl Samples {
 
 struct Hub {
     info: Value,
-    child: tokio::process::Child,
+    /// WebSocket base URLs of the instances (one for the demo).
+    nodes: Vec<String>,
+    children: Vec<tokio::process::Child>,
+    /// Kept alive for cluster runs (the simulator serves from this process).
+    _sim: Option<stripe_sim::SimHandle>,
+    db: Option<String>,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn psql(sql: &str) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("psql").args([PG_ADMIN, "-q", "-c", sql]).status()?.success();
+    if !ok {
+        bail!("psql failed: {sql}");
+    }
+    Ok(())
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+        if let Some(db) = &self.db {
+            let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
 }
 
 impl Hub {
@@ -84,7 +116,87 @@ impl Hub {
         .context("hub did not start in 60 s")??;
         // Keep draining stdout so the hub never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { info, child })
+        let node = info["hub_url"].as_str().unwrap_or_default().replace("http", "ws");
+        Ok(Self { info, nodes: vec![node], children: vec![child], _sim: None, db: None })
+    }
+
+    /// Two (or `n`) `callpay serve` instances on a fresh PostgreSQL database and Redis.
+    async fn start_cluster(bin: &str, n: usize) -> anyhow::Result<Self> {
+        let db = format!("callpay_load_{}", std::process::id());
+        psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
+        psql(&format!("CREATE DATABASE {db}"))?;
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+        let ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+            .collect::<Result<_, _>>()?;
+        let webhook_secret = "whsec_loadtest";
+        let sim = stripe_sim::spawn(stripe_sim::SimConfig {
+            webhooks: vec![stripe_sim::WebhookTarget {
+                url: format!("http://127.0.0.1:{}/v1/stripe/webhook", ports[0]),
+                secret: webhook_secret.into(),
+            }],
+            ..stripe_sim::SimConfig::default()
+        })
+        .await?;
+        let secret = "loadtest-platform-secret-0123456789abcdef".to_owned();
+        let mut children = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            children.push(
+                tokio::process::Command::new(bin)
+                    .arg("serve")
+                    .env("RUST_LOG", "warn")
+                    .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+                    .env("CALLPAY__AUTH__SECRET", &secret)
+                    .env("CALLPAY__DATABASE__URL", &db_url)
+                    .env("CALLPAY__BUS__REDIS_URL", "redis://127.0.0.1:6379/")
+                    .env("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key())
+                    .env("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key())
+                    .env("CALLPAY__STRIPE__CLIENT_ID", sim.client_id())
+                    .env("CALLPAY__STRIPE__API_BASE", &sim.url)
+                    .env("CALLPAY__STRIPE__CONNECT_BASE", &sim.url)
+                    .env("CALLPAY__STRIPE__WEBHOOK_SECRETS", webhook_secret)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("starting instance {i} from {bin}"))?,
+            );
+        }
+        let mut hub = Self {
+            info: Value::Null,
+            nodes: ports.iter().map(|p| format!("ws://127.0.0.1:{p}")).collect(),
+            children,
+            _sim: None,
+            db: Some(db),
+        };
+        for port in &ports {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
+                if Instant::now() > deadline {
+                    bail!("instance on port {port} did not start");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let store = callpay::store::SqlStore::connect(&db_url).await?;
+        use callpay::store::Store;
+        store.upsert_org(&callpay::store::Org { id: "org_demo".into(), name: "Load Health".into() }).await?;
+        let account = sim.sim.with_world(|w| w.create_account(None, Some("Load Clinic"), "AU", "aud", true));
+        store
+            .upsert_clinic(&callpay::store::Clinic {
+                id: "clinic_demo".into(),
+                org_id: "org_demo".into(),
+                name: "Load Clinic".into(),
+                app_enabled: true,
+                stripe_account: Some(account),
+                ..Default::default()
+            })
+            .await?;
+        hub.info = json!({
+            "hub_url": format!("http://127.0.0.1:{}", ports[0]),
+            "stripe_url": sim.url.trim_end_matches('/'),
+            "platform_secret": secret,
+        });
+        hub._sim = Some(sim);
+        Ok(hub)
     }
 
     fn token(&self, call: &str, sub: &str, role: Role) -> String {
@@ -291,11 +403,12 @@ async fn main() -> anyhow::Result<()> {
         flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")))
     };
     let bin = flag("--hub").unwrap_or_else(|| "target/release/callpay".into());
-    let hub = Hub::start(&bin).await?;
+    let hub =
+        if scenario.starts_with("cluster-") { Hub::start_cluster(&bin, 2).await? } else { Hub::start(&bin).await? };
     let result = tokio::time::timeout(Duration::from_secs(600), async {
         match scenario.as_str() {
-            "relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
-            "payments" => payments(&hub, number("--calls", 50)?).await,
+            "relay" | "cluster-relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
+            "payments" | "cluster-payments" => payments(&hub, number("--calls", 50)?).await,
             "connections" => connections(&hub, number("--calls", 2000)?).await,
             other => bail!("unknown scenario {other}\n{USAGE}"),
         }
@@ -303,7 +416,9 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("scenario did not finish within 10 minutes")??;
     println!("{}", serde_json::to_string_pretty(&result)?);
+    let mut result = result;
+    result["instances"] = json!(hub.nodes.len());
     println!("LOADTEST {result}");
-    drop(hub.child);
+    drop(hub);
     Ok(())
 }
