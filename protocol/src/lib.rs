@@ -180,7 +180,8 @@ pub struct PaymentView {
     /// Reference to quote to the clinic (Stripe's PaymentIntent id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    /// Patients only: what Stripe.js needs.
+    /// Patients only, and only while the payment can be paid (`requested`, `authenticating`,
+    /// `failed`): what Stripe.js needs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<StripeClientInfo>,
 }

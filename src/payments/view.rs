@@ -20,7 +20,10 @@ pub fn mask_email(email: &str) -> String {
 /// The payment as `role` may see it. `publishable_key` goes into the patient's Stripe block.
 pub fn payment_view(p: &Payment, role: Role, publishable_key: &str) -> PaymentView {
     let stripe = match (role, p.client_secret.as_ref(), p.status) {
-        (Role::Patient, Some(secret), s) if !matches!(s, PaymentStatus::Canceled | PaymentStatus::Creating) => {
+        // Only while there is something to pay: the secret is not handed out after the fact.
+        (Role::Patient, Some(secret), s)
+            if matches!(s, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed) =>
+        {
             Some(StripeClientInfo {
                 publishable_key: publishable_key.to_owned(),
                 stripe_account: p.stripe_account.clone(),
