@@ -90,6 +90,29 @@ pub fn use_simulator(config: &mut Config, sim: &stripe_sim::SimHandle, webhook_s
     config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
 }
 
+/// Seeds the demo organisation and clinic: the app enabled and linked to a new simulated Stripe
+/// account (as if a clinic admin had done it). Returns the account id.
+pub async fn seed(store: &dyn Store, sim: &stripe_sim::SimHandle) -> Result<String, crate::store::StoreError> {
+    store.upsert_org(&crate::store::Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await?;
+    let account = sim
+        .sim
+        .with_world(|w| w.create_account(Some("reception@harbour.example"), Some("Harbour Clinic"), "AU", "aud", true));
+    store
+        .upsert_clinic(&Clinic {
+            id: DEMO_CLINIC.into(),
+            org_id: DEMO_ORG.into(),
+            name: "Harbour Clinic".into(),
+            app_enabled: true,
+            stripe_account: Some(account.clone()),
+            stripe_display_name: Some("Harbour Clinic".into()),
+            linked_by: Some("demo seed".into()),
+            linked_at: Some(now_ms()),
+            ..Clinic::default()
+        })
+        .await?;
+    Ok(account)
+}
+
 /// Signs a join token the way the video-call platform would.
 pub fn join_token(secret: &str, call_id: &str, clinic_id: &str, sub: &str, name: &str, role: Role) -> String {
     let claims = JoinClaims {
@@ -161,24 +184,7 @@ pub async fn start_wrapped(
     config.validate_for_serve().context("demo configuration")?;
 
     let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
-    store.upsert_org(&crate::store::Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await?;
-    let account = sim
-        .sim
-        .with_world(|w| w.create_account(Some("reception@harbour.example"), Some("Harbour Clinic"), "AU", "aud", true));
-    store
-        .upsert_clinic(&Clinic {
-            id: DEMO_CLINIC.into(),
-            org_id: DEMO_ORG.into(),
-            name: "Harbour Clinic".into(),
-            app_enabled: true,
-            stripe_account: Some(account),
-            stripe_publishable_key: None,
-            stripe_display_name: Some("Harbour Clinic".into()),
-            stripe_livemode: false,
-            linked_by: Some("demo seed".into()),
-            linked_at: Some(now_ms()),
-        })
-        .await?;
+    seed(&store, &sim).await?;
     let node = node_id();
     let deps = Dependencies {
         store: wrap_store(Arc::new(store)),

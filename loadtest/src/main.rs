@@ -177,19 +177,7 @@ impl Hub {
             }
         }
         let store = callpay::store::SqlStore::connect(&db_url).await?;
-        use callpay::store::Store;
-        store.upsert_org(&callpay::store::Org { id: "org_demo".into(), name: "Load Health".into() }).await?;
-        let account = sim.sim.with_world(|w| w.create_account(None, Some("Load Clinic"), "AU", "aud", true));
-        store
-            .upsert_clinic(&callpay::store::Clinic {
-                id: "clinic_demo".into(),
-                org_id: "org_demo".into(),
-                name: "Load Clinic".into(),
-                app_enabled: true,
-                stripe_account: Some(account),
-                ..Default::default()
-            })
-            .await?;
+        callpay::demo::seed(&store, &sim).await?;
         hub.info = json!({
             "hub_url": format!("http://127.0.0.1:{}", ports[0]),
             "stripe_url": sim.url.trim_end_matches('/'),

@@ -7,8 +7,8 @@ use crate::services::{PrivateRedis, REDIS_URL, TempDb, ensure_services};
 use callpay::app::{App, AppState, Dependencies};
 use callpay::bus::RedisBus;
 use callpay::config::{Config, Secret};
-use callpay::demo::{DEMO_CLINIC, DEMO_ORG, join_token};
-use callpay::store::{Clinic, Inserted, Org, SqlStore, Store};
+use callpay::demo::{DEMO_CLINIC, join_token};
+use callpay::store::{Inserted, SqlStore, Store};
 use callpay_protocol::Role;
 use serde_json::json;
 use std::sync::Arc;
@@ -68,19 +68,7 @@ impl Cluster {
             nodes.push((state, format!("ws://{addr}")));
         }
         let store = &nodes[0].0.store;
-        store.upsert_org(&Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await.unwrap();
-        let account = sim.sim.with_world(|w| w.create_account(None, Some("Harbour Clinic"), "AU", "aud", true));
-        store
-            .upsert_clinic(&Clinic {
-                id: DEMO_CLINIC.into(),
-                org_id: DEMO_ORG.into(),
-                name: "Harbour Clinic".into(),
-                app_enabled: true,
-                stripe_account: Some(account),
-                ..Clinic::default()
-            })
-            .await
-            .unwrap();
+        callpay::demo::seed(store.as_ref(), &sim).await.unwrap();
         let call_id = format!("cluster-{}", callpay::payments::random_id());
         Self { sim, nodes, secret, call_id, _db: db }
     }
