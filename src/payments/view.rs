@@ -21,15 +21,15 @@ pub fn mask_email(email: &str) -> String {
 pub fn payment_view(p: &Payment, role: Role, publishable_key: &str) -> PaymentView {
     let stripe = match (role, p.client_secret.as_ref(), p.status) {
         // Only while there is something to pay: the secret is not handed out after the fact.
-        (Role::Patient, Some(secret), s)
-            if matches!(s, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed) =>
-        {
-            Some(StripeClientInfo {
-                publishable_key: publishable_key.to_owned(),
-                stripe_account: p.stripe_account.clone(),
-                client_secret: secret.clone(),
-            })
-        }
+        (
+            Role::Patient,
+            Some(secret),
+            PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed,
+        ) => Some(StripeClientInfo {
+            publishable_key: publishable_key.to_owned(),
+            stripe_account: p.stripe_account.clone(),
+            client_secret: secret.clone(),
+        }),
         _ => None,
     };
     PaymentView {
