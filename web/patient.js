@@ -62,11 +62,13 @@ function payForm(p, state) {
   if (!state.form) {
     const form = el('form', { novalidate: '' });
     const emailId = `email-${p.payment_id}`;
-    form.append(el('label', { for: emailId }, t('patient.email')));
+    state.emailLabel = el('label', { for: emailId });
+    form.append(state.emailLabel);
     const email = el('input', { id: emailId, type: 'email', autocomplete: 'email', required: '' });
     email.addEventListener('focus', () => client.progress(p.payment_id, 'entering_details'), { once: true });
     form.append(email);
-    form.append(el('p', { class: 'muted' }, t('patient.card')));
+    state.cardCaption = el('p', { class: 'muted' });
+    form.append(state.cardCaption);
     const mount = el('div', { id: `card-${p.payment_id}` });
     form.append(mount);
     state.element = state.elements.create('payment');
@@ -102,6 +104,9 @@ function payForm(p, state) {
     });
     state.form = form;
   }
+  // Texts are set on every render so the language switch relabels an open form too.
+  state.emailLabel.textContent = t('patient.email');
+  state.cardCaption.textContent = t('patient.card');
   state.errEl.textContent = state.error || '';
   state.btn.textContent = state.busy ? t('patient.paying') : t('patient.pay', { amount: money(p.amount, p.currency) });
   state.btn.disabled = !!state.busy;

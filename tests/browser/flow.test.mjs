@@ -179,3 +179,15 @@ test('an org admin asks for the app on a new clinic and the service desk approve
     await org.getByText('app.enable_approved').waitFor();
   });
 });
+
+test('switching language relabels an open pay form without losing what was typed', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await requestPayment(doc, '20.00', 'Script');
+    const item = pat.locator('article', { hasText: 'Script' });
+    await item.getByRole('button', { name: 'Pay Now' }).click();
+    await item.getByLabel('Email for your receipt').fill('sam@example.com');
+    await pat.getByLabel('Language').selectOption('bn');
+    await item.getByLabel('রসিদের জন্য ইমেইল').waitFor();
+    assert.equal(await item.getByLabel('রসিদের জন্য ইমেইল').inputValue(), 'sam@example.com');
+  });
+});
