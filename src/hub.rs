@@ -54,15 +54,19 @@ impl Hub {
     /// Re-sends the stored state of every payment in every local room as `payment.updated`.
     /// Clients keep the highest version per payment, so repeats are harmless.
     pub async fn resync_rooms(&self) {
-        for (call_id, _) in self.rooms.calls() {
-            match self.store.payments_for_call(&call_id).await {
-                Ok(payments) => {
-                    for p in payments {
-                        self.rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
-                    }
+        resync(self.rooms.clone(), self.store.clone()).await;
+    }
+}
+
+async fn resync(rooms: Arc<RoomRegistry>, store: Arc<dyn Store>) {
+    for (call_id, _) in rooms.calls() {
+        match store.payments_for_call(&call_id).await {
+            Ok(payments) => {
+                for p in payments {
+                    rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
                 }
-                Err(e) => tracing::error!(error = %e, call_id, "resync failed: store unavailable"),
             }
+            Err(e) => tracing::error!(error = %e, call_id, "resync failed: store unavailable"),
         }
     }
 }
@@ -77,13 +81,7 @@ impl EnvelopeSink for Hub {
     }
 
     fn resync(&self) {
-        let hub = Hub {
-            node_id: self.node_id.clone(),
-            rooms: self.rooms.clone(),
-            bus: self.bus.clone(),
-            store: self.store.clone(),
-        };
-        tokio::spawn(async move { hub.resync_rooms().await });
+        tokio::spawn(resync(self.rooms.clone(), self.store.clone()));
     }
 }
 
