@@ -77,26 +77,25 @@ impl RoomRegistry {
     /// Adds a connection to `call_id`'s room, creating the room if needed.
     pub fn join(self: &Arc<Self>, call_id: &str, clinic_id: &str, participant: Participant, out: Outbound) -> Joined {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        // Clone the Arc out and drop the DashMap guard before locking the room.
-        let room = self
-            .rooms
-            .entry(call_id.to_owned())
-            .or_insert_with(|| {
-                if let Some(o) = self.observer.get() {
-                    o.opened(call_id, clinic_id);
-                }
-                Arc::new(Room {
-                    clinic_id: clinic_id.to_owned(),
-                    inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new() }),
-                })
+        // The member is inserted while the map's shard lock is held (the entry guard), so it
+        // cannot land in a room that a concurrent last `leave` removes: that removal re-checks
+        // emptiness under the same shard lock (`remove_if`). Lock order: shard, then room.
+        let entry = self.rooms.entry(call_id.to_owned()).or_insert_with(|| {
+            if let Some(o) = self.observer.get() {
+                o.opened(call_id, clinic_id);
+            }
+            Arc::new(Room {
+                clinic_id: clinic_id.to_owned(),
+                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new() }),
             })
-            .clone();
-        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        });
+        let mut inner = entry.inner.lock().unwrap_or_else(|p| p.into_inner());
         let first_connection = !inner.members.values().any(|m| m.participant.id == participant.id);
         inner.members.insert(conn, Member { participant: participant.clone(), out });
         let participants = unique_participants(&inner.members);
         let seq = inner.seq;
         drop(inner);
+        drop(entry);
         Joined {
             membership: Membership {
                 registry: self.clone(),
@@ -334,6 +333,46 @@ mod tests {
         assert_eq!(a2.participants.len(), 1);
         assert_eq!(a1.membership.leave(), None, "another connection of a remains");
         assert_eq!(a2.membership.leave().map(|p| p.id), Some("a".into()));
+    }
+
+    /// A page reload: the new socket joins while the old one leaves. Whatever the interleaving,
+    /// the new member must end up in a room that is in the map and gets delivered events.
+    #[test]
+    fn a_reload_never_strands_the_new_socket() {
+        use std::sync::Barrier;
+        const ROUNDS: usize = 50_000;
+        let reg = RoomRegistry::new("pk");
+        let go = Arc::new(Barrier::new(2));
+        let (old_tx, old_rx) = std::sync::mpsc::channel::<Joined>();
+        let leaver = {
+            let go = go.clone();
+            std::thread::spawn(move || {
+                for old in old_rx {
+                    go.wait();
+                    drop(old.membership);
+                    go.wait();
+                }
+            })
+        };
+        let mut stranded = 0;
+        for _ in 0..ROUNDS {
+            let old = reg.join("call", "c", person("p", Role::Patient), Outbound::new(4).0);
+            old_tx.send(old).unwrap();
+            let (out, mut rx) = Outbound::new(4);
+            go.wait();
+            let new = reg.join("call", "c", person("p", Role::Patient), out);
+            // Let the leaver finish before checking.
+            go.wait();
+            reg.deliver("call", &RoomEvent::ClinicUpdated { payments_available: true, reason: None });
+            if rx.try_recv().is_err() {
+                stranded += 1;
+            }
+            drop(new);
+        }
+        drop(old_tx);
+        leaver.join().unwrap();
+        assert_eq!(stranded, 0, "{stranded} of {ROUNDS} reloads left the new socket outside the room map");
+        assert!(reg.calls().is_empty());
     }
 
     #[test]
