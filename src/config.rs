@@ -103,8 +103,12 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Largest accepted client frame; real frames are under 1 KiB.
     pub max_message_bytes: usize,
-    /// Seconds between server pings; a connection silent for 1.5x this is closed.
-    pub ping_interval_secs: u64,
+    /// Milliseconds between server pings; a connection silent for 1.5x this is closed (4009).
+    pub ping_interval_ms: u64,
+    /// Longest a single socket write (frame, flush, ping or close) may take. A peer that stops
+    /// reading fills its TCP window and then every write blocks; past this deadline the socket is
+    /// dropped so it cannot hold a connection slot or room membership.
+    pub write_timeout_ms: u64,
     /// Client frames allowed per second per connection (sustained).
     pub rate_per_sec: u32,
     /// Client frames allowed in a burst.
@@ -121,7 +125,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             outbound_queue: 64,
             max_message_bytes: 16 * 1024,
-            ping_interval_secs: 15,
+            ping_interval_ms: 15_000,
+            write_timeout_ms: 10_000,
             rate_per_sec: 10,
             rate_burst: 20,
             shutdown_grace_secs: 10,
@@ -386,7 +391,7 @@ mod tests {
         let cfg = Config::load(Some(&file), good_env()).unwrap();
         assert_eq!(cfg.server.outbound_queue, 8, "env beats file");
         assert_eq!(cfg.server.max_connections, 5, "file beats default");
-        assert_eq!(cfg.server.ping_interval_secs, 15, "default kept");
+        assert_eq!(cfg.server.ping_interval_ms, 15_000, "default kept");
         assert_eq!(cfg.payments.currencies, vec!["aud", "nzd"]);
         assert_eq!(cfg.stripe.webhook_secrets.len(), 2);
         cfg.validate_for_serve().unwrap();

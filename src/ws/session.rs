@@ -76,12 +76,36 @@ fn decode(text: &str) -> Result<ClientMsg, Refusal> {
     })
 }
 
+/// Counts the connection as closed however `run` returns, early returns included.
+struct ClosedOnDrop<'a>(&'a crate::metrics::Metrics);
+
+impl Drop for ClosedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.connections_closed.inc();
+    }
+}
+
+/// Sends one message within `deadline`; false if it failed or the peer did not take it in time.
+async fn send_within(sink: &mut WsSink, msg: Message, deadline: Duration) -> bool {
+    matches!(tokio::time::timeout(deadline, sink.send(msg)).await, Ok(Ok(())))
+}
+
+type WsSink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+fn close_with(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
 /// Runs a connection to completion.
 pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: OwnedSemaphorePermit) {
     let participant = claims.participant();
     let call_id = claims.call_id.clone();
     let clinic_id = claims.clinic_id.clone();
     app.metrics.connections_opened.inc();
+    let _closed = ClosedOnDrop(&app.metrics);
+    // Every socket write is bounded: a peer that stops reading blocks writes once its TCP
+    // window is full, and nothing else in this connection may wait on it for longer than this.
+    let write_deadline = Duration::from_millis(app.config.server.write_timeout_ms.max(1));
     let (out, mut out_rx) = Outbound::new(app.config.server.outbound_queue);
     // Join before reading the snapshot: anything that happens meanwhile is queued behind
     // `welcome`, and clients drop what the snapshot already covers by version.
@@ -100,13 +124,13 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                     reference: None,
                 },
             );
-            let _ = sink.send(Message::Text(Utf8Bytes::from(&*frame))).await;
-            let _ =
-                sink.send(Message::Close(Some(CloseFrame { code: 1011, reason: "store unavailable".into() }))).await;
+            if send_within(&mut sink, Message::Text(Utf8Bytes::from(&*frame)), write_deadline).await {
+                send_within(&mut sink, close_with(1011, "store unavailable"), write_deadline).await;
+            }
             return;
         }
     };
-    if sink.send(Message::Text(Utf8Bytes::from(&*welcome))).await.is_err() {
+    if !send_within(&mut sink, Message::Text(Utf8Bytes::from(&*welcome)), write_deadline).await {
         return;
     }
     if joined.first_connection {
@@ -120,51 +144,58 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let caller = Caller { participant: participant.clone(), call_id: call_id.clone(), clinic_id: clinic_id.clone() };
     app.tracker.spawn(commands(app.clone(), caller, cmd_rx, out.clone()));
 
-    let ping_every = Duration::from_secs(app.config.server.ping_interval_secs.max(1));
+    let ping_every = Duration::from_millis(app.config.server.ping_interval_ms.max(10));
     let writer = {
         let (done, shutdown, slow, last_seen) =
             (done.clone(), app.shutdown.clone(), out.slow_consumer().clone(), last_seen.clone());
+        let call_id = call_id.clone();
         app.tracker.spawn(async move {
             let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-            let close_with = |code: u16, reason: &'static str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
-            loop {
+            // Each arm's write is bounded by `write_deadline`, so the select is re-polled (and the
+            // slow-consumer flag, shutdown and heartbeat are seen) within that time whatever the
+            // peer does. A close that cannot be written in time is abandoned: dropping the socket
+            // ends the TCP connection instead.
+            let why = loop {
                 tokio::select! {
                     biased;
                     _ = slow.cancelled() => {
-                        let _ = sink.send(close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync")).await;
-                        break;
+                        send_within(&mut sink, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
+                        break "slow consumer";
                     }
                     _ = shutdown.cancelled() => {
-                        let _ = sink.send(close_with(close::GOING_AWAY, "hub shutting down")).await;
-                        break;
+                        send_within(&mut sink, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
+                        break "shutdown";
                     }
-                    _ = done.cancelled() => break,
+                    _ = done.cancelled() => break "reader ended",
                     frame = out_rx.recv() => {
-                        let Some(frame) = frame else { break };
+                        let Some(frame) = frame else { break "queue closed" };
                         // Feed everything already queued, then flush once.
-                        let mut ok = sink.feed(Message::Text(Utf8Bytes::from(&*frame))).await.is_ok();
-                        while ok {
-                            match out_rx.try_recv() {
-                                Ok(f) => ok = sink.feed(Message::Text(Utf8Bytes::from(&*f))).await.is_ok(),
-                                Err(_) => break,
+                        let batch = async {
+                            sink.feed(Message::Text(Utf8Bytes::from(&*frame))).await?;
+                            while let Ok(f) = out_rx.try_recv() {
+                                sink.feed(Message::Text(Utf8Bytes::from(&*f))).await?;
                             }
-                        }
-                        if !ok || sink.flush().await.is_err() {
-                            break;
+                            sink.flush().await
+                        };
+                        match tokio::time::timeout(write_deadline, batch).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => break "write failed",
+                            Err(_) => break "write deadline passed (peer not reading)",
                         }
                     }
                     _ = ping.tick() => {
                         let silent = started.elapsed().saturating_sub(Duration::from_millis(last_seen.load(Ordering::Relaxed)));
                         if heartbeat_lost(silent, ping_every) {
-                            let _ = sink.send(close_with(close::HEARTBEAT_TIMEOUT, "no pong")).await;
-                            break;
+                            send_within(&mut sink, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
+                            break "heartbeat lost";
                         }
-                        if sink.send(Message::Ping(Default::default())).await.is_err() {
-                            break;
+                        if !send_within(&mut sink, Message::Ping(Default::default()), write_deadline).await {
+                            break "ping not written in time";
                         }
                     }
                 }
-            }
+            };
+            tracing::debug!(call_id, why, "connection writer ended");
             done.cancel();
         })
     };
@@ -218,7 +249,6 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     if let Some(left) = joined.membership.leave() {
         app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left }).await;
     }
-    app.metrics.connections_closed.inc();
 }
 
 async fn welcome(

@@ -10,5 +10,7 @@ mod cli;
 mod cluster;
 mod errors;
 mod flow;
+mod money;
 mod outage;
+mod sockets;
 mod webhooks;

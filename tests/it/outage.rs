@@ -77,6 +77,10 @@ async fn joining_while_the_store_is_down_gets_an_error_and_a_clean_close() {
     }
     let (status, _, _) = hub.http.send("GET", &format!("{}/readyz", hub.info.hub_url), &[], String::new()).await;
     assert_eq!(status, 503, "not ready while the store is down");
+    // The refused connection is counted as closed too, and left nothing behind in the room.
+    let m = &hub.state.metrics;
+    eventually(async || (m.connections_closed.get() == 1).then_some(())).await;
+    assert_eq!((m.connections_opened.get(), hub.state.hub.rooms.connections()), (1, 0));
     down.store(false, Ordering::SeqCst);
     let doc = hub.clinician().await;
     assert_eq!(doc.welcome["type"], "welcome");

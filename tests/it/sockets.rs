@@ -1,0 +1,109 @@
+//! Sockets that misbehave at the TCP level: a peer that stops reading (its TCP window fills and
+//! every write to it blocks) and a peer that stops answering pings. Both must lose their socket,
+//! connection slot and room membership within a bounded time while the rest of the call goes on.
+
+use crate::helpers::*;
+use callpay::bus::RoomEvent;
+use futures_util::StreamExt;
+use std::time::Duration;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Opens a WebSocket whose kernel receive buffer is as small as Linux allows, and never reads
+/// from it: the hub's writes to it block as soon as a few KiB are in flight.
+async fn non_reading_socket(
+    hub: &TestHub,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let addr: std::net::SocketAddr = hub.info.hub_url.trim_start_matches("http://").parse().unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = hub.ws_url(&hub.info.call_id, token);
+    tokio_tungstenite::client_async(url, stream).await.expect("upgrade").0
+}
+
+fn open_connections(hub: &TestHub) -> usize {
+    hub.state.hub.rooms.connections()
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
+    let hub = TestHub::start_with(|c| c.server.write_timeout_ms = 500).await;
+    let stalled = non_reading_socket(&hub, &hub.info.clinician_token).await;
+    let mut patient = hub.patient().await;
+    assert_eq!(open_connections(&hub), 2);
+
+    // The patient reads promptly and counts what it gets; the clinician's socket never reads.
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        loop {
+            let f = patient.next().await;
+            if f["type"] == "clinic.updated" {
+                got += 1;
+                if f["reason"] == "done" {
+                    return (patient, got);
+                }
+            }
+        }
+    });
+    // About 16 MB of room events, paced so a reading peer keeps up with its 64-frame queue.
+    let (call, clinic) = (hub.info.call_id.clone(), callpay::demo::DEMO_CLINIC.to_owned());
+    let big = "x".repeat(8 * 1024);
+    for i in 0..2_000 {
+        let event = RoomEvent::ClinicUpdated { payments_available: true, reason: Some(big.clone()) };
+        hub.state.hub.publish(&call, &clinic, event).await;
+        if i % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // The stalled socket loses its slot and membership within a few seconds.
+    eventually(async || (open_connections(&hub) == 1).then_some(())).await;
+    let closed = hub.state.metrics.connections_closed.get();
+    assert_eq!(closed, 1, "exactly the stalled connection ended");
+
+    // The patient got every event, and still gets new ones.
+    let event = RoomEvent::ClinicUpdated { payments_available: true, reason: Some("done".into()) };
+    hub.state.hub.publish(&call, &clinic, event).await;
+    let (_patient, got) = tokio::time::timeout(WAIT, reader).await.expect("patient keeps receiving").unwrap();
+    assert_eq!(got, 2_001, "the reading member missed nothing");
+
+    // Whatever the stalled peer reads now ends: a close frame or the end of the TCP stream.
+    let mut stalled = stalled;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stalled.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the hub ended the stalled connection");
+    assert!(matches!(ended, None | Some(4008)), "closed as a slow consumer or dropped: {ended:?}");
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
+    let mut patient = hub.patient().await;
+    // A client answers pings only while it reads; stop reading for a few ping periods.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(patient.until_closed().await, 4009);
+    eventually(async || (open_connections(&hub) == 0).then_some(())).await;
+    assert_eq!(hub.state.metrics.connections_closed.get(), 1);
+}
+
+#[tokio::test]
+async fn a_peer_that_answers_pings_stays() {
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 100).await;
+    let mut patient = hub.patient().await;
+    // Reading answers pings; ten ping periods later the socket is still open (a close would
+    // panic in `next`) and usable.
+    let end = tokio::time::Instant::now() + Duration::from_millis(1_000);
+    while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
+    assert_eq!(open_connections(&hub), 1);
+    patient.request("nope", 5000, "Patients cannot request").await;
+    assert_eq!(patient.error_code().await, "forbidden");
+}
