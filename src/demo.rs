@@ -11,7 +11,7 @@ use crate::bus::MemoryBus;
 use crate::config::{Config, Secret};
 use crate::payments::random_id;
 use crate::payments::stripe::StripeGateway;
-use crate::store::{Clinic, SqlStore, Store, now_ms};
+use crate::store::{Clinic, ClinicChange, SqlStore, Store, StripeLink, Write, now_ms};
 use anyhow::Context;
 use callpay_protocol::Role;
 use serde_json::json;
@@ -93,22 +93,28 @@ pub fn use_simulator(config: &mut Config, sim: &stripe_sim::SimHandle, webhook_s
 /// Seeds the demo organisation and clinic: the app enabled and linked to a new simulated Stripe
 /// account (as if a clinic admin had done it). Returns the account id.
 pub async fn seed(store: &dyn Store, sim: &stripe_sim::SimHandle) -> Result<String, crate::store::StoreError> {
-    store.upsert_org(&crate::store::Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }).await?;
     let account = sim
         .sim
         .with_world(|w| w.create_account(Some("reception@harbour.example"), Some("Harbour Clinic"), "AU", "aud", true));
+    let clinic =
+        Clinic { id: DEMO_CLINIC.into(), org_id: DEMO_ORG.into(), name: "Harbour Clinic".into(), ..Clinic::default() };
+    // Enable and link explicitly: on a store kept from an earlier run the clinic exists, and
+    // this run's simulator has a new account.
+    let link = StripeLink {
+        account: account.clone(),
+        publishable_key: None,
+        display_name: Some("Harbour Clinic".into()),
+        livemode: false,
+        linked_by: "demo seed".into(),
+        linked_at: now_ms(),
+    };
     store
-        .upsert_clinic(&Clinic {
-            id: DEMO_CLINIC.into(),
-            org_id: DEMO_ORG.into(),
-            name: "Harbour Clinic".into(),
-            app_enabled: true,
-            stripe_account: Some(account.clone()),
-            stripe_display_name: Some("Harbour Clinic".into()),
-            linked_by: Some("demo seed".into()),
-            linked_at: Some(now_ms()),
-            ..Clinic::default()
-        })
+        .commit(&[
+            Write::UpsertOrg(crate::store::Org { id: DEMO_ORG.into(), name: "Harbour Health".into() }),
+            Write::UpsertClinic(clinic),
+            Write::Clinic { id: DEMO_CLINIC.into(), change: ClinicChange::SetEnabled(true) },
+            Write::Clinic { id: DEMO_CLINIC.into(), change: ClinicChange::Link(link) },
+        ])
         .await?;
     Ok(account)
 }

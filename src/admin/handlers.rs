@@ -2,9 +2,10 @@
 
 use super::authz::{Action, AdminClaims, Scope, authorize};
 use super::connect::ConnectError;
-use super::{Actor, Admin, announce_clinic, audit, audit_clinic, unlink};
+use super::{Actor, Admin, announce_clinic, audit_only, clinic_audit, unlink};
 use crate::app::AppState;
 use crate::http::ApiError;
+use crate::store::{AuditEntry, ClinicChange, Committed, StripeLink, Write};
 use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -124,9 +125,13 @@ pub async fn upsert_org(
     check(&who, Action::UpsertOrg, Some(&org_id), None)?;
     valid_id(&org_id)?;
     let org = Org { id: org_id.clone(), name: valid_name(&body.name)? };
-    app.store.upsert_org(&org).await.map_err(store_err)?;
-    audit(&app, Actor::from(&who), Some(&org_id), None, "org.upserted", Some(&org_id), "ok", Some(org.name.clone()))
-        .await;
+    let audit = AuditEntry {
+        org_id: Some(org_id.clone()),
+        target: Some(org_id.clone()),
+        ..AuditEntry::new(Actor::from(&who), "org.upserted", "ok")
+    }
+    .with_detail(org.name.clone());
+    app.store.commit(&[Write::UpsertOrg(org.clone()), Write::Audit(audit)]).await.map_err(store_err)?;
     Ok(Json(json!(org)))
 }
 
@@ -152,18 +157,11 @@ pub async fn upsert_clinic(
         Some(existing) => Clinic { name, ..existing },
         None => Clinic { id: clinic_id.clone(), org_id: org_id.clone(), name, ..Clinic::default() },
     };
-    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit(
-        &app,
-        Actor::from(&who),
-        Some(&org_id),
-        Some(&clinic_id),
-        "clinic.upserted",
-        Some(&clinic_id),
-        "ok",
-        Some(clinic.name.clone()),
-    )
-    .await;
+    let audit = clinic_audit(Actor::from(&who), &clinic, "clinic.upserted", Some(&clinic_id), "ok")
+        .with_detail(clinic.name.clone());
+    app.store.commit(&[Write::UpsertClinic(clinic), Write::Audit(audit)]).await.map_err(store_err)?;
+    // Read back: a rename changes only the name, whatever else changed meanwhile.
+    let clinic = load_clinic(&app, &clinic_id).await?;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
@@ -239,18 +237,14 @@ pub async fn request_enablement(
             created_at: now_ms(),
             decided_at: None,
         };
-        app.store.insert_enablement(&e).await.map_err(store_err)?;
-        audit(
-            &app,
-            Actor::from(&who),
-            Some(&org_id),
-            Some(clinic_id),
-            "app.enable_requested",
-            Some(&e.id),
-            "ok",
-            Some(format!("ticket {ticket}")),
-        )
-        .await;
+        let audit = AuditEntry {
+            org_id: Some(org_id.clone()),
+            clinic_id: Some(clinic_id.clone()),
+            target: Some(e.id.clone()),
+            ..AuditEntry::new(Actor::from(&who), "app.enable_requested", "ok")
+        }
+        .with_detail(format!("ticket {ticket}"));
+        app.store.commit(&[Write::NewEnablement(e.clone()), Write::Audit(audit)]).await.map_err(store_err)?;
         created.push(e);
     }
     Ok((StatusCode::CREATED, Json(json!({"data": created}))).into_response())
@@ -301,16 +295,24 @@ async fn decide(
     e.reason = reason;
     e.decided_by = Some(who.sub.clone());
     e.decided_at = Some(now_ms());
-    if !app.store.decide_enablement(&e).await.map_err(store_err)? {
+    let action = if approve { "app.enable_approved" } else { "app.enable_rejected" };
+    let audit = AuditEntry {
+        org_id: Some(e.org_id.clone()),
+        clinic_id: Some(e.clinic_id.clone()),
+        target: Some(e.id.clone()),
+        ..AuditEntry::new(Actor::from(who), action, "ok")
+    }
+    .with_detail(e.reason.clone().unwrap_or_default());
+    // The decision, the clinic's enablement and the audit record land together.
+    let mut writes = vec![Write::Decision(e.clone()), Write::Audit(audit)];
+    if approve {
+        writes.push(Write::Clinic { id: e.clinic_id.clone(), change: ClinicChange::SetEnabled(true) });
+    }
+    if app.store.commit(&writes).await.map_err(store_err)? != Committed::Applied {
         return Err(ApiError::new(StatusCode::CONFLICT, "already_decided", "This request was already decided."));
     }
-    let action = if approve { "app.enable_approved" } else { "app.enable_rejected" };
-    audit(app, Actor::from(who), Some(&e.org_id), Some(&e.clinic_id), action, Some(&e.id), "ok", e.reason.clone())
-        .await;
     if approve {
-        let mut clinic = load_clinic(app, &e.clinic_id).await?;
-        clinic.app_enabled = true;
-        app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
+        let clinic = load_clinic(app, &e.clinic_id).await?;
         announce_clinic(app, &clinic, Some("Link the clinic's Stripe account to take payments.")).await;
     }
     Ok(Json(json!(e)))
@@ -341,11 +343,13 @@ pub async fn disable(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let mut clinic = load_clinic(&app, &clinic_id).await?;
+    let clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::DisableApp, Some(&clinic.org_id), Some(&clinic.id))?;
-    clinic.app_enabled = false;
-    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit_clinic(&app, Actor::from(&who), &clinic, "app.disabled", Some(&clinic.id), "ok", None).await;
+    let audit = clinic_audit(Actor::from(&who), &clinic, "app.disabled", Some(&clinic.id), "ok");
+    let writes =
+        [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(false) }, Write::Audit(audit)];
+    app.store.commit(&writes).await.map_err(store_err)?;
+    let clinic = load_clinic(&app, &clinic_id).await?;
     announce_clinic(&app, &clinic, Some("The payment app was disabled for this clinic.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
@@ -380,7 +384,7 @@ pub async fn start_connect(
         .map_err(store_err)?;
     let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
     let url = app.connect.authorize_url(&state, &redirect);
-    audit_clinic(&app, Actor::from(&who), &clinic, "stripe.link_started", Some(&clinic.id), "ok", None).await;
+    audit_only(&app, clinic_audit(Actor::from(&who), &clinic, "stripe.link_started", Some(&clinic.id), "ok")).await;
     let cookie = format!(
         "{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}",
         STATE_TTL_MS / 1000
@@ -424,6 +428,22 @@ fn cookie_state(headers: &HeaderMap) -> Option<String> {
     })
 }
 
+/// Whether the admin who started an OAuth link may still manage `clinic`'s Stripe account.
+fn may_manage_stripe(s: &crate::store::OAuthState, clinic: &Clinic) -> bool {
+    let Ok(role) = serde_json::from_value::<super::authz::AdminRole>(Value::String(s.admin_role.clone())) else {
+        return false;
+    };
+    let claims = AdminClaims {
+        sub: s.admin_id.clone(),
+        name: s.admin_name.clone(),
+        role,
+        org_id: Some(clinic.org_id.clone()),
+        clinic_ids: vec![clinic.id.clone()],
+        exp: 0,
+    };
+    check(&claims, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id)).is_ok()
+}
+
 /// `GET /v1/stripe/oauth/callback`: Stripe sends the admin's browser back here.
 pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
     let bad = |title: &str, body: &str| page(StatusCode::BAD_REQUEST, title, body, None);
@@ -465,21 +485,12 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
     };
     let clinic_id = s.clinic_id.clone();
     let actor = Actor { id: &s.admin_id, name: &s.admin_name, role: &s.admin_role };
-    let Ok(Some(mut clinic)) = app.store.clinic(&clinic_id).await else {
+    let Ok(Some(clinic)) = app.store.clinic(&clinic_id).await else {
         return page(StatusCode::SERVICE_UNAVAILABLE, "Try again", "callpay cannot load the clinic right now.", None);
     };
     if s.expires_at < now_ms() {
-        audit(
-            &app,
-            actor,
-            Some(&clinic.org_id),
-            Some(&clinic_id),
-            "stripe.link",
-            None,
-            "refused",
-            Some("state expired".into()),
-        )
-        .await;
+        audit_only(&app, clinic_audit(actor, &clinic, "stripe.link", None, "refused").with_detail("state expired"))
+            .await;
         return page(
             StatusCode::BAD_REQUEST,
             "Stripe link expired",
@@ -489,7 +500,7 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
     }
     if let Some(error) = q.error {
         let detail = format!("{error}: {}", q.error_description.unwrap_or_default());
-        audit(&app, actor, Some(&clinic.org_id), Some(&clinic_id), "stripe.link", None, "refused", Some(detail)).await;
+        audit_only(&app, clinic_audit(actor, &clinic, "stripe.link", None, "refused").with_detail(detail)).await;
         let body = if error == "access_denied" {
             "You cancelled on Stripe's page, so no account was linked. Nothing changed."
         } else {
@@ -508,17 +519,8 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
     let linked = match app.connect.exchange(&code).await {
         Ok(l) => l,
         Err(e) => {
-            audit(
-                &app,
-                actor,
-                Some(&clinic.org_id),
-                Some(&clinic_id),
-                "stripe.link",
-                None,
-                "failed",
-                Some(e.to_string()),
-            )
-            .await;
+            audit_only(&app, clinic_audit(actor, &clinic, "stripe.link", None, "failed").with_detail(e.to_string()))
+                .await;
             let (status, body) = match e {
                 ConnectError::Unavailable(_) => {
                     (StatusCode::BAD_GATEWAY, "Stripe could not be reached. Nothing changed; try again in a minute.")
@@ -530,39 +532,78 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
             return page(status, "Stripe account not linked", body, Some(&clinic_id));
         }
     };
-    let previous = clinic.stripe_account.clone();
-    clinic.stripe_display_name = app.payments_stripe.account_name(&linked.stripe_user_id).await;
-    clinic.stripe_account = Some(linked.stripe_user_id.clone());
-    clinic.stripe_publishable_key = linked.stripe_publishable_key.clone();
-    clinic.stripe_livemode = linked.livemode;
-    clinic.linked_by = Some(s.admin_name.clone());
-    clinic.linked_at = Some(now_ms());
-    if let Err(e) = app.store.upsert_clinic(&clinic).await {
-        tracing::error!(error = %e, "could not store the Stripe link");
+    let link = StripeLink {
+        account: linked.stripe_user_id.clone(),
+        publishable_key: linked.stripe_publishable_key.clone(),
+        display_name: app.payments_stripe.account_name(&linked.stripe_user_id).await,
+        livemode: linked.livemode,
+        linked_by: s.admin_name.clone(),
+        linked_at: now_ms(),
+    };
+    // Two network calls happened since the clinic was read: re-read it, and re-check that the
+    // admin's role may still manage this clinic's Stripe link and that the app is still enabled
+    // (the store re-checks enablement in the same statement that links).
+    let clinic = match app.store.clinic(&clinic_id).await {
+        Ok(Some(c)) => c,
+        _ => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "callpay cannot load the clinic right now.",
+                None,
+            );
+        }
+    };
+    if !may_manage_stripe(&s, &clinic) {
+        audit_only(
+            &app,
+            clinic_audit(actor, &clinic, "stripe.link", None, "refused").with_detail("role no longer allowed"),
+        )
+        .await;
         return page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Try again",
-            "callpay could not save the link. Start again in a minute.",
+            StatusCode::FORBIDDEN,
+            "Stripe account not linked",
+            "Your role may not link this clinic's Stripe account.",
             Some(&clinic_id),
         );
     }
+    let previous = clinic.stripe_account.clone();
     let (action, detail) = match &previous {
         Some(old) if *old != linked.stripe_user_id => {
             ("stripe.relinked", format!("{old} -> {}", linked.stripe_user_id))
         }
         _ => ("stripe.linked", linked.stripe_user_id.clone()),
     };
-    audit(
-        &app,
-        actor,
-        Some(&clinic.org_id),
-        Some(&clinic_id),
-        action,
-        Some(&linked.stripe_user_id),
-        "ok",
-        Some(detail),
-    )
-    .await;
+    let audit = clinic_audit(actor, &clinic, action, Some(&linked.stripe_user_id), "ok").with_detail(detail);
+    let writes = [Write::Clinic { id: clinic_id.clone(), change: ClinicChange::Link(link) }, Write::Audit(audit)];
+    match app.store.commit(&writes).await {
+        Ok(Committed::Applied) => {}
+        Ok(_) => {
+            audit_only(
+                &app,
+                clinic_audit(actor, &clinic, "stripe.link", None, "refused").with_detail("app disabled meanwhile"),
+            )
+            .await;
+            return page(
+                StatusCode::CONFLICT,
+                "Stripe account not linked",
+                "The payment app was disabled for this clinic while you were at Stripe, so nothing was linked.",
+                Some(&clinic_id),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store the Stripe link");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "callpay could not save the link. Start again in a minute.",
+                Some(&clinic_id),
+            );
+        }
+    }
+    let Ok(Some(clinic)) = app.store.clinic(&clinic_id).await else {
+        return page(StatusCode::OK, "Stripe account linked", "The account is linked.", Some(&clinic_id));
+    };
     announce_clinic(&app, &clinic, None).await;
     let name = clinic.stripe_display_name.clone().unwrap_or_else(|| linked.stripe_user_id.clone());
     page(
@@ -582,7 +623,7 @@ pub async fn remove_stripe(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let mut clinic = load_clinic(&app, &clinic_id).await?;
+    let clinic = load_clinic(&app, &clinic_id).await?;
     check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
     let Some(account) = clinic.stripe_account.clone() else {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_linked", "This clinic has no linked Stripe account."));
@@ -595,22 +636,21 @@ pub async fn remove_stripe(
         // Already revoked from Stripe's side: unlinking here is still right.
         Err(ConnectError::Refused { error, .. }) if error == "invalid_client" => {}
         Err(e) => {
-            audit_clinic(
-                &app,
-                Actor::from(&who),
-                &clinic,
-                "stripe.removed",
-                Some(&account),
-                "failed",
-                Some(e.to_string()),
-            )
-            .await;
+            let entry = clinic_audit(Actor::from(&who), &clinic, "stripe.removed", Some(&account), "failed");
+            audit_only(&app, entry.with_detail(e.to_string())).await;
             return Err(ApiError::unavailable("Stripe could not be reached; the account is still linked. Try again."));
         }
     }
-    unlink(&mut clinic);
-    app.store.upsert_clinic(&clinic).await.map_err(store_err)?;
-    audit_clinic(&app, Actor::from(&who), &clinic, "stripe.removed", Some(&account), "ok", None).await;
+    let audit = clinic_audit(Actor::from(&who), &clinic, "stripe.removed", Some(&account), "ok");
+    let writes = [
+        Write::Clinic { id: clinic.id.clone(), change: ClinicChange::Unlink { account: account.clone() } },
+        Write::Audit(audit),
+    ];
+    app.store.commit(&writes).await.map_err(store_err)?;
+    let mut clinic = load_clinic(&app, &clinic_id).await?;
+    if clinic.stripe_account.as_deref() == Some(account.as_str()) {
+        unlink(&mut clinic);
+    }
     announce_clinic(&app, &clinic, Some("The clinic's Stripe account was removed.")).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }

@@ -11,7 +11,7 @@ pub mod openapi;
 use crate::app::AppState;
 use crate::bus::RoomEvent;
 use crate::http::ApiError;
-use crate::store::{AuditEntry, Clinic, now_ms};
+use crate::store::{AuditEntry, Clinic, ClinicChange, Committed, Write};
 use authz::{Action, AdminClaims};
 use axum::Router;
 use axum::extract::FromRequestParts;
@@ -148,15 +148,7 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// Who did something, for the audit log.
-pub struct Actor<'a> {
-    /// Id.
-    pub id: &'a str,
-    /// Name.
-    pub name: &'a str,
-    /// Role.
-    pub role: &'a str,
-}
+pub use crate::store::{Actor, STRIPE};
 
 impl<'a> From<&'a AdminClaims> for Actor<'a> {
     fn from(c: &'a AdminClaims) -> Self {
@@ -164,51 +156,30 @@ impl<'a> From<&'a AdminClaims> for Actor<'a> {
     }
 }
 
-/// Stripe, as an actor (webhooks).
-pub const STRIPE: Actor<'static> = Actor { id: "stripe", name: "Stripe", role: "stripe" };
-
-/// Appends an audit record. A failure is logged loudly but does not undo the action it
-/// describes: the action already happened, and refusing to report it would be worse.
-#[allow(clippy::too_many_arguments)]
-pub async fn audit(
-    app: &AppState,
-    actor: Actor<'_>,
-    org_id: Option<&str>,
-    clinic_id: Option<&str>,
-    action: &str,
-    target: Option<&str>,
-    outcome: &str,
-    detail: Option<String>,
-) {
-    let entry = AuditEntry {
-        id: format!("aud_{}", crate::payments::random_id()),
-        at: now_ms(),
-        org_id: org_id.map(str::to_owned),
-        clinic_id: clinic_id.map(str::to_owned),
-        actor_id: actor.id.to_owned(),
-        actor_name: actor.name.to_owned(),
-        actor_role: actor.role.to_owned(),
-        action: action.to_owned(),
-        target: target.map(str::to_owned),
-        outcome: outcome.to_owned(),
-        detail,
-    };
-    if let Err(e) = app.store.append_audit(&entry).await {
-        tracing::error!(error = %e, action, "AUDIT RECORD LOST: store unavailable");
-    }
-}
-
-/// [`audit`] for an action on `clinic`.
-pub async fn audit_clinic(
-    app: &AppState,
+/// An audit record of `actor` doing `action` on `clinic`.
+pub fn clinic_audit(
     actor: Actor<'_>,
     clinic: &Clinic,
     action: &str,
     target: Option<&str>,
     outcome: &str,
-    detail: Option<String>,
-) {
-    audit(app, actor, Some(&clinic.org_id), Some(&clinic.id), action, target, outcome, detail).await;
+) -> AuditEntry {
+    AuditEntry {
+        org_id: Some(clinic.org_id.clone()),
+        clinic_id: Some(clinic.id.clone()),
+        target: target.map(str::to_owned),
+        ..AuditEntry::new(actor, action, outcome)
+    }
+}
+
+/// Appends an audit record of something that changed nothing (a refusal, a failure, a link
+/// started). A change is audited in the same transaction as the change itself, through
+/// [`crate::store::Store::commit`]; this is only for records that stand alone, and a failure
+/// to write one is logged.
+pub async fn audit_only(app: &AppState, entry: AuditEntry) {
+    if let Err(e) = app.store.commit(&[Write::Audit(entry.clone())]).await {
+        tracing::error!(error = %e, action = entry.action, "AUDIT RECORD LOST: store unavailable");
+    }
 }
 
 /// Tells every live call of the clinic whether it can take new payments now.
@@ -221,7 +192,9 @@ pub async fn announce_clinic(app: &AppState, clinic: &Clinic, reason: Option<&st
     app.hub.publish_clinic(&clinic.id, event).await;
 }
 
-/// Unlinks every clinic linked to `account` after Stripe told us access was revoked.
+/// Unlinks every clinic linked to `account` after Stripe told us access was revoked. The event
+/// id, every unlink and their audit records are one transaction: a store failure leaves nothing
+/// recorded, so Stripe's retry applies it in full.
 pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> Result<usize, crate::store::StoreError> {
     let record = crate::store::WebhookRecord {
         event_id: event_id.to_owned(),
@@ -230,15 +203,20 @@ pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> R
         payment_id: None,
         outcome: "deauthorized".into(),
     };
-    if app.store.record_webhook(&record, None).await? == crate::store::WebhookWrite::Duplicate {
+    let clinics = app.store.clinics_by_account(account).await?;
+    let mut writes = vec![Write::Webhook(record)];
+    for clinic in &clinics {
+        writes.push(Write::Clinic {
+            id: clinic.id.clone(),
+            change: ClinicChange::Unlink { account: account.to_owned() },
+        });
+        writes.push(Write::Audit(clinic_audit(STRIPE, clinic, "stripe.deauthorized", Some(account), "ok")));
+    }
+    if app.store.commit(&writes).await? == Committed::Duplicate {
         return Ok(0);
     }
-    let clinics = app.store.clinics_by_account(account).await?;
     for mut clinic in clinics.iter().cloned() {
         unlink(&mut clinic);
-        app.store.upsert_clinic(&clinic).await?;
-        audit(app, STRIPE, Some(&clinic.org_id), Some(&clinic.id), "stripe.deauthorized", Some(account), "ok", None)
-            .await;
         announce_clinic(app, &clinic, Some("The clinic's Stripe account was disconnected.")).await;
     }
     Ok(clinics.len())

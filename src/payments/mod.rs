@@ -10,7 +10,9 @@ pub mod view;
 use crate::bus::RoomEvent;
 use crate::config::PaymentsConfig;
 use crate::hub::Hub;
-use crate::store::{Inserted, Payment, Store, StoreError, WebhookRecord, WebhookWrite, now_ms};
+use crate::store::{
+    Actor, AuditEntry, Committed, Inserted, Payment, STRIPE, Store, StoreError, WebhookRecord, Write, now_ms,
+};
 use callpay_protocol::{ErrorCode, Participant, PaymentStatus, ProgressStage, Role};
 use state::{Change, Transition};
 use std::collections::HashMap;
@@ -82,6 +84,20 @@ pub enum EventOutcome {
     UnknownPayment,
     /// An event type callpay does not act on.
     Ignored,
+    /// Refused and audited: a PaymentIntent other than the one the hub created, or a success
+    /// for another amount or currency than was requested. The payment is not confirmed.
+    Refused,
+}
+
+/// Why a webhook event could not be handled now; Stripe retries the delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Settling a same-second tie needs the PaymentIntent from Stripe, which did not answer.
+    #[error("stripe unavailable while settling a same-second tie: {0}")]
+    Stripe(#[from] GatewayError),
 }
 
 impl Payments {
@@ -95,7 +111,8 @@ impl Payments {
         self.store.payments_for_call(call_id).await
     }
 
-    /// `payment.request` from a clinician; audited whatever the outcome.
+    /// `payment.request` from a clinician; audited whatever the outcome (a request that goes
+    /// through is audited in the same transaction as the payment it creates).
     pub async fn request(
         &self,
         who: &Caller,
@@ -104,9 +121,12 @@ impl Payments {
         currency: &str,
         description: &str,
     ) -> Result<(), Refusal> {
-        let result = self.request_inner(who, client_ref, amount, currency, description).await;
         let detail = format!("{} ref {client_ref}", validate::display_amount(amount, currency));
-        self.audit(who, "payment.requested", Some(client_ref), &result, detail).await;
+        let ok = who.audit("payment.requested", Some(client_ref), "ok").with_detail(detail.clone());
+        let result = self.request_inner(who, client_ref, amount, currency, description, ok).await;
+        if let Err(r) = &result {
+            self.audit_refusal(who, "payment.requested", Some(client_ref), r, detail).await;
+        }
         result
     }
 
@@ -117,6 +137,7 @@ impl Payments {
         amount: i64,
         currency: &str,
         description: &str,
+        ok: AuditEntry,
     ) -> Result<(), Refusal> {
         let reference = Some(client_ref);
         if who.participant.role != Role::Clinician {
@@ -173,6 +194,7 @@ impl Payments {
                 }
                 if existing.status != PaymentStatus::Creating {
                     // A retry of a request that went through: show its current state again.
+                    self.audit_only(ok.with_detail("repeated request; nothing new was created")).await;
                     self.publish(&existing, RoomEvent::PaymentUpdated { payment: existing.clone() }).await;
                     return Ok(());
                 }
@@ -194,7 +216,8 @@ impl Payments {
         let created = self.stripe.create_intent(&intent).await.map_err(|e| gateway_refusal(e, reference))?;
         let change =
             Change::Created { payment_intent_id: created.id, client_secret: created.client_secret.unwrap_or_default() };
-        match self.transition(&payment.id, &change, 0).await.map_err(|e| Refusal::store(e, reference))? {
+        let ok = AuditEntry { target: Some(payment.id.clone()), ..ok };
+        match self.transition(&payment.id, &change, ok).await.map_err(|e| Refusal::store(e, reference))? {
             Some(t) => {
                 self.publish(&t.payment, RoomEvent::PaymentRequested { payment: Box::new(t.payment.clone()) }).await
             }
@@ -209,41 +232,23 @@ impl Payments {
     /// `payment.cancel` from a clinician; audited whatever the outcome.
     pub async fn cancel(&self, who: &Caller, payment_id: &str) -> Result<(), Refusal> {
         let result = self.cancel_inner(who, payment_id).await;
-        self.audit(who, "payment.canceled", Some(payment_id), &result, String::new()).await;
+        if let Err(r) = &result {
+            self.audit_refusal(who, "payment.canceled", Some(payment_id), r, String::new()).await;
+        }
         result
     }
 
-    /// Appends an audit record of a participant's payment action; failures are logged.
-    async fn audit(
-        &self,
-        who: &Caller,
-        action: &str,
-        target: Option<&str>,
-        result: &Result<(), Refusal>,
-        detail: String,
-    ) {
-        let (outcome, detail) = match result {
-            Ok(()) => ("ok", detail),
-            Err(r) => ("refused", format!("{detail} {:?}: {}", r.code, r.message).trim().to_owned()),
-        };
-        let entry = crate::store::AuditEntry {
-            id: format!("aud_{}", random_id()),
-            at: now_ms(),
-            org_id: None,
-            clinic_id: Some(who.clinic_id.clone()),
-            actor_id: who.participant.id.clone(),
-            actor_name: who.participant.name.clone(),
-            actor_role: match who.participant.role {
-                Role::Clinician => "clinician".into(),
-                Role::Patient => "patient".into(),
-            },
-            action: action.to_owned(),
-            target: target.map(str::to_owned),
-            outcome: outcome.to_owned(),
-            detail: (!detail.is_empty()).then_some(detail),
-        };
-        if let Err(e) = self.store.append_audit(&entry).await {
-            tracing::error!(error = %e, action, "AUDIT RECORD LOST: store unavailable");
+    /// Records a refused participant action. Nothing changed, so a lost record is only logged.
+    async fn audit_refusal(&self, who: &Caller, action: &str, target: Option<&str>, r: &Refusal, detail: String) {
+        let entry = who
+            .audit(action, target, "refused")
+            .with_detail(format!("{detail} {:?}: {}", r.code, r.message).trim().to_owned());
+        self.audit_only(entry).await;
+    }
+
+    async fn audit_only(&self, entry: AuditEntry) {
+        if let Err(e) = self.store.commit(&[Write::Audit(entry)]).await {
+            tracing::error!(error = %e, "AUDIT RECORD LOST: store unavailable");
         }
     }
 
@@ -275,20 +280,16 @@ impl Payments {
                     && let Ok(info) = self.stripe.intent(&payment.stripe_account, pi).await
                     && info.status == "succeeded"
                 {
-                    let change = Change::Succeeded {
-                        amount_received: info.amount_received,
-                        receipt_email: info.receipt_email,
-                        card: info.card,
-                    };
-                    if let Ok(Some(t)) = self.transition(&payment.id, &change, 0).await {
-                        self.announce(t).await;
+                    if let Some(change) = state::from_intent(&info) {
+                        self.settle(&payment, change, 0, "cancel found it paid").await;
                     }
                     return Err(Refusal::new(ErrorCode::InvalidState, "The patient has already paid.", reference));
                 }
                 return Err(gateway_refusal(e, reference));
             }
         }
-        match self.transition(&payment.id, &Change::Canceled, 0).await.map_err(|e| Refusal::store(e, reference))? {
+        let ok = who.audit("payment.canceled", Some(payment_id), "ok");
+        match self.transition(&payment.id, &Change::Canceled, ok).await.map_err(|e| Refusal::store(e, reference))? {
             Some(t) => self.announce(t).await,
             None => {
                 return Err(Refusal::new(
@@ -299,6 +300,22 @@ impl Payments {
             }
         }
         Ok(())
+    }
+
+    /// Applies what the hub learnt from Stripe itself (not from a webhook) to `payment`:
+    /// through the same checks and state machine, audited as Stripe's, announced if it changed.
+    async fn settle(&self, payment: &Payment, change: Change, event_at: i64, why: &str) {
+        if let Some(problem) = success_mismatch(payment, &change) {
+            self.audit_only(refused_success(payment, &problem, why)).await;
+            return;
+        }
+        let action = format!("payment.{}", crate::store::status_str(change_status(payment, &change)));
+        let entry = stripe_audit(payment, &action).with_detail(why);
+        match self.transition_at(&payment.id, &change, event_at, entry).await {
+            Ok(Some(t)) => self.announce(t).await,
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, payment_id = %payment.id, "could not store what Stripe reported"),
+        }
     }
 
     /// `payment.progress` from a patient.
@@ -325,12 +342,28 @@ impl Payments {
         }
     }
 
-    /// Applies `change` with optimistic concurrency: read, compute, write if unchanged, else retry.
-    async fn transition(&self, id: &str, change: &Change, event_at: i64) -> Result<Option<Transition>, StoreError> {
+    /// Applies a change that did not come from a webhook event.
+    async fn transition(&self, id: &str, change: &Change, audit: AuditEntry) -> Result<Option<Transition>, StoreError> {
+        self.transition_at(id, change, 0, audit).await
+    }
+
+    /// Applies `change` with optimistic concurrency (read, compute, write if unchanged, else
+    /// retry), writing `audit` in the same transaction as the change.
+    async fn transition_at(
+        &self,
+        id: &str,
+        change: &Change,
+        event_at: i64,
+        audit: AuditEntry,
+    ) -> Result<Option<Transition>, StoreError> {
         for _ in 0..UPDATE_ATTEMPTS {
             let Some(current) = self.store.payment(id).await? else { return Ok(None) };
             let Some(t) = state::apply(&current, change, event_at) else { return Ok(None) };
-            if self.store.update_payment(&t.payment, current.version).await? {
+            let writes = [
+                Write::Payment { payment: t.payment.clone(), expected_version: current.version },
+                Write::Audit(audit.clone()),
+            ];
+            if self.store.commit(&writes).await? == Committed::Applied {
                 return Ok(Some(t));
             }
         }
@@ -338,6 +371,9 @@ impl Payments {
     }
 
     async fn announce(&self, t: Transition) {
+        if !t.visible {
+            return;
+        }
         let p = Box::new(t.payment);
         self.publish(&p, RoomEvent::PaymentUpdated { payment: p.clone() }).await;
         if t.newly_succeeded {
@@ -349,73 +385,19 @@ impl Payments {
         self.hub.publish(&p.call_id, &p.clinic_id, event).await;
     }
 
-    /// Applies a verified Stripe event: deduplicated by id, through the state machine, stored,
-    /// then pushed to the room. A store error is returned so Stripe retries the delivery.
-    pub async fn apply_event(&self, event: &Event) -> Result<EventOutcome, StoreError> {
+    /// Applies a verified Stripe event: deduplicated by id, matched to the PaymentIntent the hub
+    /// created (metadata only helps find it), checked against the request, settled on Stripe's
+    /// own status when it ties with the last applied event, run through the state machine, and
+    /// stored with its audit record in one transaction, then pushed to the room. An error means
+    /// nothing was stored: Stripe retries the delivery.
+    pub async fn apply_event(&self, event: &Event) -> Result<EventOutcome, EventError> {
         let event_id = event.id.as_str();
         if self.store.webhook_seen(event_id).await? {
             return Ok(EventOutcome::Duplicate);
         }
         let account = event.account.clone();
         let created = event.created;
-        let (intent_id, metadata_id, change) = match &event.data.object {
-            EventObject::PaymentIntentRequiresAction(pi) => {
-                (Some(pi.id.to_string()), pi.metadata.get("callpay_payment_id").cloned(), Some(Change::RequiresAction))
-            }
-            EventObject::PaymentIntentProcessing(pi) => {
-                (Some(pi.id.to_string()), pi.metadata.get("callpay_payment_id").cloned(), Some(Change::Processing))
-            }
-            EventObject::PaymentIntentPaymentFailed(pi) => {
-                let err = pi.last_payment_error.as_deref();
-                let change = Change::Failed {
-                    code: err
-                        .and_then(|e| e.code.as_ref())
-                        .map(|c| c.as_str().to_owned())
-                        .unwrap_or_else(|| "payment_failed".into()),
-                    decline_code: err.and_then(|e| e.decline_code.clone()),
-                    message: err.and_then(|e| e.message.clone()).unwrap_or_else(|| "The payment failed.".into()),
-                };
-                (Some(pi.id.to_string()), pi.metadata.get("callpay_payment_id").cloned(), Some(change))
-            }
-            EventObject::PaymentIntentSucceeded(pi) => {
-                // The event carries the charge id only; read the charge for the card's brand and
-                // last four. If Stripe cannot be reached now, confirm anyway: charge.succeeded
-                // fills the card in later.
-                let card = match account.as_deref() {
-                    Some(acct) => tokio::time::timeout(CARD_LOOKUP_TIMEOUT, self.stripe.intent(acct, pi.id.as_str()))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                        .and_then(|i| i.card),
-                    None => None,
-                };
-                let change = Change::Succeeded {
-                    amount_received: pi.amount_received,
-                    receipt_email: pi.receipt_email.clone(),
-                    card,
-                };
-                (Some(pi.id.to_string()), pi.metadata.get("callpay_payment_id").cloned(), Some(change))
-            }
-            EventObject::PaymentIntentCanceled(pi) => {
-                (Some(pi.id.to_string()), pi.metadata.get("callpay_payment_id").cloned(), Some(Change::Canceled))
-            }
-            EventObject::ChargeSucceeded(ch) => {
-                let card = ch.payment_method_details.as_ref().and_then(|d| d.card.as_ref());
-                let change =
-                    card.and_then(|c| Some(Change::CardDetails { brand: c.brand.clone()?, last4: c.last4.clone()? }));
-                (
-                    ch.payment_intent.as_ref().map(|p| p.id().to_string()),
-                    ch.metadata.get("callpay_payment_id").cloned(),
-                    change,
-                )
-            }
-            EventObject::ChargeRefunded(ch) => (
-                ch.payment_intent.as_ref().map(|p| p.id().to_string()),
-                ch.metadata.get("callpay_payment_id").cloned(),
-                Some(Change::Refunded { amount_refunded: ch.amount_refunded }),
-            ),
-            _ => (None, None, None),
-        };
+        let parsed = parse_event(event, account.as_deref(), self.stripe.as_ref()).await;
         let record = |payment_id: Option<&str>, outcome: &str| WebhookRecord {
             event_id: event_id.to_owned(),
             event_type: event.type_.as_str().to_owned(),
@@ -423,63 +405,245 @@ impl Payments {
             payment_id: payment_id.map(str::to_owned),
             outcome: outcome.to_owned(),
         };
-        let Some(change) = change else {
-            self.store.record_webhook(&record(None, "ignored"), None).await?;
+        let Some((intent_id, metadata_id, change)) = parsed else {
+            self.record_only(record(None, "ignored")).await?;
             return Ok(EventOutcome::Ignored);
         };
         for _ in 0..UPDATE_ATTEMPTS {
-            let payment = match &metadata_id {
-                Some(id) => self.store.payment(id).await?,
-                None => None,
+            let current = match self.find(&intent_id, metadata_id.as_deref(), account.as_deref()).await? {
+                Found::Ours(p) => p,
+                Found::Nothing => {
+                    tracing::info!(
+                        event_id,
+                        kind = event.type_.as_str(),
+                        "webhook for a payment this hub does not know"
+                    );
+                    return Ok(self
+                        .record_only(record(None, "unknown_payment"))
+                        .await?
+                        .unwrap_or(EventOutcome::UnknownPayment));
+                }
+                Found::OtherIntent(p) => {
+                    tracing::error!(
+                        event_id,
+                        payment_id = %p.id,
+                        event_intent = %intent_id,
+                        "ALERT: a PaymentIntent the hub did not create claims one of its payments; refused"
+                    );
+                    let audit = AuditEntry { outcome: "refused".into(), ..stripe_audit(&p, "payment.intent_mismatch") }
+                        .with_detail(format!("event {event_id} for {intent_id}"));
+                    let writes = [Write::Webhook(record(Some(&p.id), "intent_mismatch")), Write::Audit(audit)];
+                    return Ok(match self.store.commit(&writes).await? {
+                        Committed::Duplicate => EventOutcome::Duplicate,
+                        _ => EventOutcome::Refused,
+                    });
+                }
             };
-            let payment = match (payment, &intent_id) {
-                (Some(p), _) => Some(p),
-                (None, Some(pi)) => self.store.payment_by_intent(pi).await?,
-                (None, None) => None,
+            // Same second as the last applied event: the order of delivery says nothing, so
+            // ask Stripe for the PaymentIntent's status now and apply that instead.
+            let change = if state::ties(&current, &change, created) {
+                let info = self.stripe.intent(&current.stripe_account, &intent_id).await?;
+                match state::from_intent(&info) {
+                    Some(truth) => truth,
+                    None => change.clone(),
+                }
+            } else {
+                change.clone()
             };
-            // An event from another account cannot touch our payment, whatever its metadata says.
-            let Some(current) = payment.filter(|p| Some(&p.stripe_account) == account.as_ref()) else {
-                tracing::info!(event_id, kind = event.type_.as_str(), "webhook for a payment this hub does not know");
-                self.store.record_webhook(&record(None, "unknown_payment"), None).await?;
-                return Ok(EventOutcome::UnknownPayment);
-            };
+            if let Some(problem) = success_mismatch(&current, &change) {
+                let audit = refused_success(&current, &problem, &format!("event {event_id}"));
+                let writes = [Write::Webhook(record(Some(&current.id), "amount_mismatch")), Write::Audit(audit)];
+                return Ok(match self.store.commit(&writes).await? {
+                    Committed::Duplicate => EventOutcome::Duplicate,
+                    _ => EventOutcome::Refused,
+                });
+            }
             let Some(t) = state::apply(&current, &change, created) else {
-                return match self.store.record_webhook(&record(Some(&current.id), "no_change"), None).await? {
-                    WebhookWrite::Duplicate => Ok(EventOutcome::Duplicate),
-                    _ => Ok(EventOutcome::NoChange),
-                };
+                return Ok(self
+                    .record_only(record(Some(&current.id), "no_change"))
+                    .await?
+                    .unwrap_or(EventOutcome::NoChange));
             };
-            match self
-                .store
-                .record_webhook(&record(Some(&current.id), "applied"), Some((&t.payment, current.version)))
-                .await?
-            {
-                WebhookWrite::Applied => {
-                    let entry = crate::store::AuditEntry {
-                        id: format!("aud_{}", random_id()),
-                        at: now_ms(),
-                        org_id: None,
-                        clinic_id: Some(t.payment.clinic_id.clone()),
-                        actor_id: "stripe".into(),
-                        actor_name: "Stripe".into(),
-                        actor_role: "stripe".into(),
-                        action: format!("payment.{}", crate::store::status_str(t.payment.status)),
-                        target: Some(t.payment.id.clone()),
-                        outcome: "ok".into(),
-                        detail: Some(format!("event {event_id}")),
-                    };
-                    if let Err(e) = self.store.append_audit(&entry).await {
-                        tracing::error!(error = %e, "AUDIT RECORD LOST: store unavailable");
-                    }
+            let action = format!("payment.{}", crate::store::status_str(t.payment.status));
+            let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
+            let writes = [
+                Write::Webhook(record(Some(&current.id), "applied")),
+                Write::Payment { payment: t.payment.clone(), expected_version: current.version },
+                Write::Audit(audit),
+            ];
+            match self.store.commit(&writes).await? {
+                Committed::Applied => {
                     self.announce(t).await;
                     return Ok(EventOutcome::Applied);
                 }
-                WebhookWrite::Duplicate => return Ok(EventOutcome::Duplicate),
-                WebhookWrite::Conflict => continue,
+                Committed::Duplicate => return Ok(EventOutcome::Duplicate),
+                Committed::Conflict => continue,
             }
         }
-        Err(StoreError::Corrupt(format!("event {event_id}: payment kept changing under concurrent updates")))
+        Err(StoreError::Corrupt(format!("event {event_id}: payment kept changing under concurrent updates")).into())
     }
+
+    /// Records an event that changes nothing; `Some(Duplicate)` if it was seen before.
+    async fn record_only(&self, record: WebhookRecord) -> Result<Option<EventOutcome>, StoreError> {
+        Ok(match self.store.commit(&[Write::Webhook(record)]).await? {
+            Committed::Duplicate => Some(EventOutcome::Duplicate),
+            _ => None,
+        })
+    }
+
+    /// The payment an event is about. The stored PaymentIntent id decides; the metadata only
+    /// helps find a payment, which then must name the same PaymentIntent and account.
+    async fn find(
+        &self,
+        intent_id: &str,
+        metadata_id: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Found, StoreError> {
+        let by_intent = self.store.payment_by_intent(intent_id).await?;
+        let payment = match (by_intent, metadata_id) {
+            (Some(p), _) => p,
+            (None, Some(id)) => match self.store.payment(id).await? {
+                Some(p) => p,
+                None => return Ok(Found::Nothing),
+            },
+            (None, None) => return Ok(Found::Nothing),
+        };
+        // An event from another account cannot touch our payment, whatever its metadata says.
+        if Some(payment.stripe_account.as_str()) != account {
+            return Ok(Found::Nothing);
+        }
+        if payment.payment_intent_id.as_deref() != Some(intent_id) {
+            return Ok(Found::OtherIntent(payment));
+        }
+        Ok(Found::Ours(payment))
+    }
+}
+
+/// What [`Payments::find`] found.
+enum Found {
+    /// The payment whose PaymentIntent this is.
+    Ours(Payment),
+    /// A payment named by metadata whose PaymentIntent is another one.
+    OtherIntent(Payment),
+    /// Nothing of ours.
+    Nothing,
+}
+
+impl Caller {
+    /// An audit record of this participant's `action`.
+    fn audit(&self, action: &str, target: Option<&str>, outcome: &str) -> AuditEntry {
+        let role = match self.participant.role {
+            Role::Clinician => "clinician",
+            Role::Patient => "patient",
+        };
+        let actor = Actor { id: &self.participant.id, name: &self.participant.name, role };
+        AuditEntry {
+            clinic_id: Some(self.clinic_id.clone()),
+            target: target.map(str::to_owned),
+            ..AuditEntry::new(actor, action, outcome)
+        }
+    }
+}
+
+/// An audit record of Stripe changing `payment`.
+fn stripe_audit(payment: &Payment, action: &str) -> AuditEntry {
+    AuditEntry {
+        clinic_id: Some(payment.clinic_id.clone()),
+        target: Some(payment.id.clone()),
+        ..AuditEntry::new(STRIPE, action, "ok")
+    }
+}
+
+/// Alerts on a success that does not match the request and returns its audit record; the
+/// payment is never confirmed on it.
+fn refused_success(payment: &Payment, problem: &str, source: &str) -> AuditEntry {
+    tracing::error!(
+        payment_id = %payment.id,
+        clinic_id = %payment.clinic_id,
+        problem,
+        source,
+        "ALERT: Stripe reported a success that does not match the request; not confirmed"
+    );
+    AuditEntry { outcome: "refused".into(), ..stripe_audit(payment, "payment.amount_mismatch") }
+        .with_detail(format!("{problem} ({source})"))
+}
+
+/// The status `change` would give `payment`, for naming the audit action.
+fn change_status(payment: &Payment, change: &Change) -> PaymentStatus {
+    state::apply(payment, change, 0).map_or(payment.status, |t| t.payment.status)
+}
+
+/// Why a reported success cannot be this payment's, if it cannot.
+fn success_mismatch(payment: &Payment, change: &Change) -> Option<String> {
+    let Change::Succeeded { amount_received, currency, .. } = change else { return None };
+    let same = *amount_received == payment.amount && currency.eq_ignore_ascii_case(&payment.currency);
+    (!same).then(|| {
+        format!(
+            "requested {}, Stripe received {}",
+            validate::display_amount(payment.amount, &payment.currency),
+            validate::display_amount(*amount_received, currency)
+        )
+    })
+}
+
+/// The PaymentIntent id, callpay metadata id and state change a Stripe event carries, or
+/// `None` for event types the hub does not act on.
+async fn parse_event(
+    event: &Event,
+    account: Option<&str>,
+    stripe: &dyn StripeApi,
+) -> Option<(String, Option<String>, Change)> {
+    let meta = |m: &HashMap<String, String>| m.get("callpay_payment_id").cloned();
+    let (pi, metadata, change) = match &event.data.object {
+        EventObject::PaymentIntentRequiresAction(pi) => (pi.id.to_string(), meta(&pi.metadata), Change::RequiresAction),
+        EventObject::PaymentIntentProcessing(pi) => (pi.id.to_string(), meta(&pi.metadata), Change::Processing),
+        EventObject::PaymentIntentPaymentFailed(pi) => {
+            let err = pi.last_payment_error.as_deref();
+            let change = Change::Failed {
+                code: err
+                    .and_then(|e| e.code.as_ref())
+                    .map(|c| c.as_str().to_owned())
+                    .unwrap_or_else(|| "payment_failed".into()),
+                decline_code: err.and_then(|e| e.decline_code.clone()),
+                message: err.and_then(|e| e.message.clone()).unwrap_or_else(|| "The payment failed.".into()),
+            };
+            (pi.id.to_string(), meta(&pi.metadata), change)
+        }
+        EventObject::PaymentIntentSucceeded(pi) => {
+            // The event carries the charge id only; read the charge for the card's brand and
+            // last four. If Stripe cannot be reached now, confirm anyway: charge.succeeded
+            // fills the card in later.
+            let card = match account {
+                Some(acct) => tokio::time::timeout(CARD_LOOKUP_TIMEOUT, stripe.intent(acct, pi.id.as_str()))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|i| i.card),
+                None => None,
+            };
+            let change = Change::Succeeded {
+                amount_received: pi.amount_received,
+                currency: pi.currency.to_string(),
+                receipt_email: pi.receipt_email.clone(),
+                card,
+            };
+            (pi.id.to_string(), meta(&pi.metadata), change)
+        }
+        EventObject::PaymentIntentCanceled(pi) => (pi.id.to_string(), meta(&pi.metadata), Change::Canceled),
+        EventObject::ChargeSucceeded(ch) => {
+            let card = ch.payment_method_details.as_ref().and_then(|d| d.card.as_ref());
+            let change =
+                card.and_then(|c| Some(Change::CardDetails { brand: c.brand.clone()?, last4: c.last4.clone()? }))?;
+            (ch.payment_intent.as_ref()?.id().to_string(), meta(&ch.metadata), change)
+        }
+        EventObject::ChargeRefunded(ch) => (
+            ch.payment_intent.as_ref()?.id().to_string(),
+            meta(&ch.metadata),
+            Change::Refunded { amount_refunded: ch.amount_refunded },
+        ),
+        _ => return None,
+    };
+    Some((pi, metadata, change))
 }
 
 fn gateway_refusal(e: GatewayError, reference: Option<&str>) -> Refusal {

@@ -5,6 +5,7 @@
 //! change (a late `payment_failed` after `succeeded` changes nothing), refunds only grow, and a
 //! non-final change older than the newest applied Stripe event is ignored as stale.
 
+use super::stripe::IntentInfo;
 use crate::store::{Payment, now_ms};
 use callpay_protocol::PaymentStatus;
 
@@ -35,6 +36,8 @@ pub enum Change {
     Succeeded {
         /// Amount received.
         amount_received: i64,
+        /// Currency received (lowercase).
+        currency: String,
         /// Receipt address set at confirm.
         receipt_email: Option<String>,
         /// Card brand and last four, when known.
@@ -63,6 +66,9 @@ pub struct Transition {
     pub payment: Payment,
     /// True exactly once per payment: when it first becomes `succeeded`.
     pub newly_succeeded: bool,
+    /// False when only bookkeeping changed (a newer event confirmed the current status): the
+    /// change is stored, but nobody needs to hear about it.
+    pub visible: bool,
 }
 
 fn is_final_for_status(status: PaymentStatus) -> bool {
@@ -88,7 +94,7 @@ pub fn apply(current: &Payment, change: &Change, event_at: i64) -> Option<Transi
             next.payment_intent_id = Some(payment_intent_id.clone());
             next.client_secret = Some(client_secret.clone());
         }
-        Change::Succeeded { amount_received, receipt_email, card } => {
+        Change::Succeeded { amount_received, receipt_email, card, .. } => {
             if is_final_for_status(current.status) {
                 return None;
             }
@@ -149,14 +155,61 @@ pub fn apply(current: &Payment, change: &Change, event_at: i64) -> Option<Transi
             next.status = if *amount_refunded >= received { S::Refunded } else { S::PartiallyRefunded };
         }
     }
+    let mut visible = true;
     if next == *current {
-        return None;
+        // A newer status event that confirms the current status changes nothing visible, but
+        // its second must be remembered: a later event of that same second is a tie to settle,
+        // not a newer truth.
+        let confirms_status = matches!(change, Change::RequiresAction | Change::Processing | Change::Failed { .. });
+        if !(confirms_status && event_at > current.last_event_at) {
+            return None;
+        }
+        visible = false;
     }
     next.version = current.version + 1;
     next.last_event_at = current.last_event_at.max(event_at);
     next.updated_at = now_ms();
     let newly_succeeded = next.status == S::Succeeded && current.status != S::Succeeded;
-    Some(Transition { payment: next, newly_succeeded })
+    Some(Transition { payment: next, newly_succeeded, visible })
+}
+
+/// Whether `change`, seen in an event created at `event_at`, ties with the newest event already
+/// applied: the same whole second, a non-final status, and a status other than the current one.
+/// Stripe's `created` has one-second resolution and deliveries may arrive in any order, so a tie
+/// cannot be ordered by the events; the PaymentIntent's status at Stripe settles it instead.
+pub fn ties(current: &Payment, change: &Change, event_at: i64) -> bool {
+    use PaymentStatus as S;
+    let proposed = match change {
+        Change::RequiresAction => S::Authenticating,
+        Change::Processing => S::Processing,
+        Change::Failed { .. } => S::Failed,
+        _ => return false,
+    };
+    event_at != 0
+        && event_at == current.last_event_at
+        && proposed != current.status
+        && !is_final_for_status(current.status)
+}
+
+/// The change a retrieved PaymentIntent's status stands for; `None` when its status says
+/// nothing new (waiting for a payment method with no error, or a status callpay does not use).
+pub fn from_intent(info: &IntentInfo) -> Option<Change> {
+    Some(match info.status.as_str() {
+        "requires_action" => Change::RequiresAction,
+        "processing" => Change::Processing,
+        "succeeded" => Change::Succeeded {
+            amount_received: info.amount_received,
+            currency: info.currency.clone(),
+            receipt_email: info.receipt_email.clone(),
+            card: info.card.clone(),
+        },
+        "canceled" => Change::Canceled,
+        "requires_payment_method" => {
+            let (code, decline_code, message) = info.last_error.clone()?;
+            Change::Failed { code, decline_code, message }
+        }
+        _ => return None,
+    })
 }
 
 fn clear_failure(p: &mut Payment) {
@@ -193,6 +246,7 @@ mod tests {
     fn succeeded() -> Change {
         Change::Succeeded {
             amount_received: 5000,
+            currency: "aud".into(),
             receipt_email: Some("p@e.co".into()),
             card: Some(("visa".into(), "4242".into())),
         }
@@ -249,6 +303,50 @@ mod tests {
         let full = apply(&part, &Change::Refunded { amount_refunded: 5000 }, 104).unwrap().payment;
         assert_eq!(full.status, PaymentStatus::Refunded);
         assert_eq!(apply(&full, &failed(), 105), None);
+    }
+
+    /// Every pair of same-second status events, delivered in either order, ends on the status
+    /// Stripe reports when the tie is settled by asking it (the rule `apply_event` follows).
+    #[test]
+    fn same_second_pairs_converge_on_the_truth_in_either_order() {
+        let events = [Change::RequiresAction, Change::Processing, failed()];
+        let status_of = |c: &Change| match c {
+            Change::RequiresAction => PaymentStatus::Authenticating,
+            Change::Processing => PaymentStatus::Processing,
+            _ => PaymentStatus::Failed,
+        };
+        for a in &events {
+            for b in &events {
+                // Either event may be the truth at Stripe; the truth is one of the pair. Stripe
+                // never goes from processing back to requires_action, so that pair with
+                // requires_action as the truth cannot happen (and the machine refuses it).
+                for truth in [a, b] {
+                    if *truth == Change::RequiresAction && (*a == Change::Processing || *b == Change::Processing) {
+                        continue;
+                    }
+                    for (first, second) in [(a, b), (b, a)] {
+                        let mut p = payment(PaymentStatus::Requested);
+                        for change in [first, second] {
+                            let change = if ties(&p, change, 200) { truth } else { change };
+                            if let Some(t) = apply(&p, change, 200) {
+                                p = t.payment;
+                            }
+                        }
+                        assert_eq!(p.status, status_of(truth), "{first:?} then {second:?}, truth {truth:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_event_confirming_the_status_is_remembered_silently() {
+        let p = payment(PaymentStatus::Authenticating);
+        let t = apply(&p, &Change::RequiresAction, 150).unwrap();
+        assert!(!t.visible);
+        assert_eq!((t.payment.status, t.payment.last_event_at), (PaymentStatus::Authenticating, 150));
+        assert!(ties(&t.payment, &failed(), 150), "a failure in the same second is now a tie");
+        assert_eq!(apply(&p, &Change::RequiresAction, 100), None, "not newer: nothing to remember");
     }
 
     #[test]

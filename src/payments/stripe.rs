@@ -64,8 +64,14 @@ pub struct IntentInfo {
     pub client_secret: Option<String>,
     /// Stripe's status string.
     pub status: String,
+    /// Amount asked for.
+    pub amount: i64,
     /// Amount received.
     pub amount_received: i64,
+    /// Lowercase currency.
+    pub currency: String,
+    /// The last attempt's error: code, decline code, message.
+    pub last_error: Option<(String, Option<String>, String)>,
     /// Receipt address.
     pub receipt_email: Option<String>,
     /// Brand and last four of the latest charge's card.
@@ -168,7 +174,16 @@ fn info(pi: stripe_shared::PaymentIntent) -> IntentInfo {
         id: pi.id.as_str().to_owned(),
         client_secret: pi.client_secret,
         status: pi.status.as_str().to_owned(),
+        amount: pi.amount,
         amount_received: pi.amount_received,
+        currency: pi.currency.to_string(),
+        last_error: pi.last_payment_error.as_deref().map(|e| {
+            (
+                e.code.as_ref().map(|c| c.as_str().to_owned()).unwrap_or_else(|| "payment_failed".into()),
+                e.decline_code.clone(),
+                e.message.clone().unwrap_or_else(|| "The payment failed.".into()),
+            )
+        }),
         receipt_email: pi.receipt_email,
         card,
     }

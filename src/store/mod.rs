@@ -159,14 +159,83 @@ pub enum Inserted {
     Existing(Box<Payment>),
 }
 
-/// What recording a webhook event did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WebhookWrite {
-    /// Recorded (and the payment updated, if one was given).
+/// One write of a [`Store::commit`] batch. A batch is one transaction: a change and the audit
+/// record that describes it (and the webhook event that caused it) land together or not at all.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Records a Stripe event id. If it was recorded before, the whole batch is a no-op
+    /// ([`Committed::Duplicate`]).
+    Webhook(WebhookRecord),
+    /// Writes the payment if its stored version is still `expected_version`; otherwise the
+    /// whole batch is a no-op ([`Committed::Conflict`]).
+    Payment {
+        /// The new row.
+        payment: Payment,
+        /// The version it was computed from.
+        expected_version: i64,
+    },
+    /// Changes only the named columns of one clinic, so concurrent changes to other columns
+    /// are never reverted by a stale read.
+    Clinic {
+        /// Clinic id.
+        id: String,
+        /// What to change.
+        change: ClinicChange,
+    },
+    /// Appends an audit record.
+    Audit(AuditEntry),
+    /// Inserts a clinic as given, or renames an existing one (its name only).
+    UpsertClinic(Clinic),
+    /// Creates or renames an organisation.
+    UpsertOrg(Org),
+    /// Stores a new enablement request.
+    NewEnablement(Enablement),
+    /// Records a decision on an enablement request; the whole batch is a
+    /// [`Committed::Conflict`] if it was already decided.
+    Decision(Enablement),
+}
+
+/// A targeted clinic change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClinicChange {
+    /// The operator approved (true) or disabled (false) the payment app.
+    SetEnabled(bool),
+    /// Links a Stripe account. Only while the app is enabled: on a disabled clinic the whole
+    /// batch is a [`Committed::Conflict`] (the app was disabled while the admin was at Stripe).
+    Link(StripeLink),
+    /// Clears the Stripe link, but only if the clinic is still linked to `account` (a re-link
+    /// to another account in the meantime is kept). No rows changed is not an error.
+    Unlink {
+        /// The account being removed.
+        account: String,
+    },
+}
+
+/// A Stripe account link, from the OAuth exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeLink {
+    /// `acct_…`.
+    pub account: String,
+    /// Its publishable key.
+    pub publishable_key: Option<String>,
+    /// Its business name.
+    pub display_name: Option<String>,
+    /// Live mode?
+    pub livemode: bool,
+    /// Who linked it.
+    pub linked_by: String,
+    /// When (Unix ms).
+    pub linked_at: i64,
+}
+
+/// What a [`Store::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    /// Every write landed.
     Applied,
-    /// The event id was already recorded: nothing changed.
+    /// The batch's webhook event was already recorded: nothing was written.
     Duplicate,
-    /// The payment changed since it was read: nothing was written; read again and retry.
+    /// A payment changed since it was read, or a clinic precondition failed: nothing was written.
     Conflict,
 }
 
@@ -175,8 +244,6 @@ pub enum WebhookWrite {
 pub trait Store: Send + Sync + 'static {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> StoreResult<()>;
-    /// Creates or replaces a clinic.
-    async fn upsert_clinic(&self, clinic: &Clinic) -> StoreResult<()>;
     /// A clinic by id.
     async fn clinic(&self, id: &str) -> StoreResult<Option<Clinic>>;
     /// Clinics linked to a Stripe account.
@@ -189,33 +256,26 @@ pub trait Store: Send + Sync + 'static {
     async fn payment_by_intent(&self, payment_intent_id: &str) -> StoreResult<Option<Payment>>;
     /// Every payment of a call, oldest first.
     async fn payments_for_call(&self, call_id: &str) -> StoreResult<Vec<Payment>>;
-    /// Writes `payment` if the stored version is still `expected_version`; false if not.
-    async fn update_payment(&self, payment: &Payment, expected_version: i64) -> StoreResult<bool>;
     /// Whether a Stripe event id was already processed.
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
-    /// Records a Stripe event and, in the same transaction, the payment change it causes.
-    async fn record_webhook(&self, event: &WebhookRecord, update: Option<(&Payment, i64)>)
-    -> StoreResult<WebhookWrite>;
-    /// Creates or renames an organisation.
-    async fn upsert_org(&self, org: &Org) -> StoreResult<()>;
+    /// Applies `writes` in one transaction (see [`Write`] for each write's precondition).
+    async fn commit(&self, writes: &[Write]) -> StoreResult<Committed>;
+    /// The clinics with these ids that exist, in one query.
+    async fn clinics(&self, ids: &[String]) -> StoreResult<Vec<Clinic>>;
+    /// Every payment of these calls, oldest first, in one query.
+    async fn payments_for_calls(&self, call_ids: &[String]) -> StoreResult<Vec<Payment>>;
     /// An organisation by id.
     async fn org(&self, id: &str) -> StoreResult<Option<Org>>;
     /// An organisation's clinics, by id.
     async fn clinics_for_org(&self, org_id: &str) -> StoreResult<Vec<Clinic>>;
-    /// Stores a new enablement request.
-    async fn insert_enablement(&self, e: &Enablement) -> StoreResult<()>;
     /// An enablement request by id.
     async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>>;
     /// Enablement requests, newest first, optionally for one organisation and/or status.
     async fn enablements(&self, org_id: Option<&str>, status: Option<&str>) -> StoreResult<Vec<Enablement>>;
-    /// Records a decision if the request is still pending; false if it was already decided.
-    async fn decide_enablement(&self, e: &Enablement) -> StoreResult<bool>;
     /// Stores a new OAuth state.
     async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()>;
     /// Marks a state used and returns it, atomically: a second take is `Reused`.
     async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken>;
-    /// Appends an audit record.
-    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.
     async fn audit_for_clinic(
         &self,
@@ -312,6 +372,59 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Extra detail (amount, account, reason).
     pub detail: Option<String>,
+}
+
+/// Who did something, for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub struct Actor<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Role.
+    pub role: &'a str,
+}
+
+/// Stripe, as an actor (webhooks and what the hub learns by asking Stripe).
+pub const STRIPE: Actor<'static> = Actor { id: "stripe", name: "Stripe", role: "stripe" };
+
+/// Longest audit `detail` kept; anything longer is cut (the log is append-only, so it must
+/// not grow by whatever a client chose to send).
+const MAX_AUDIT_DETAIL: usize = 500;
+
+impl AuditEntry {
+    /// A record of `action` by `actor` with `outcome`, stamped now with a fresh id; the other
+    /// fields are empty and set with struct update syntax.
+    pub fn new(actor: Actor<'_>, action: &str, outcome: &str) -> Self {
+        Self {
+            id: format!("aud_{}", crate::payments::random_id()),
+            at: now_ms(),
+            org_id: None,
+            clinic_id: None,
+            actor_id: actor.id.to_owned(),
+            actor_name: actor.name.to_owned(),
+            actor_role: actor.role.to_owned(),
+            action: action.to_owned(),
+            target: None,
+            outcome: outcome.to_owned(),
+            detail: None,
+        }
+    }
+
+    /// Sets the detail, cut to a bounded length on a character boundary.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        let mut d: String = detail.into();
+        if d.len() > MAX_AUDIT_DETAIL {
+            let mut cut = MAX_AUDIT_DETAIL;
+            while !d.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            d.truncate(cut);
+            d.push('…');
+        }
+        self.detail = (!d.is_empty()).then_some(d);
+        self
+    }
 }
 
 /// A processed Stripe event, for deduplication and audit.

@@ -3,8 +3,8 @@
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AuditEntry, Clinic, Enablement, Inserted, OAuthState, Org, Payment, StateTaken, Store, StoreError, StoreResult,
-    WebhookRecord, WebhookWrite, now_ms,
+    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, StateTaken, Store,
+    StoreError, StoreResult, Write, now_ms,
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -221,35 +221,155 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
     failure_decline_code = $21, failure_message = $22, last_event_at = $23, created_at = $24, updated_at = $25 \
     WHERE id = $26 AND version = $27";
 
+/// `$1, $2, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+async fn insert_audit(tx: &mut Tx, e: &AuditEntry) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, org_id, clinic_id, actor_id, actor_name, actor_role, action, target, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(&e.id)
+    .bind(e.at)
+    .bind(&e.org_id)
+    .bind(&e.clinic_id)
+    .bind(&e.actor_id)
+    .bind(&e.actor_name)
+    .bind(&e.actor_role)
+    .bind(&e.action)
+    .bind(&e.target)
+    .bind(&e.outcome)
+    .bind(&e.detail)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Applies a targeted clinic change; false when its precondition does not hold.
+async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreResult<bool> {
+    let done = match change {
+        ClinicChange::SetEnabled(on) => {
+            sqlx::query("UPDATE clinics SET app_enabled = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(*on))
+                .bind(now_ms())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?
+        }
+        ClinicChange::Link(l) => {
+            sqlx::query(
+                "UPDATE clinics SET stripe_account = $1, stripe_publishable_key = $2, stripe_display_name = $3, \
+                 stripe_livemode = $4, linked_by = $5, linked_at = $6, updated_at = $7 WHERE id = $8 AND app_enabled = 1",
+            )
+            .bind(&l.account)
+            .bind(&l.publishable_key)
+            .bind(&l.display_name)
+            .bind(i64::from(l.livemode))
+            .bind(&l.linked_by)
+            .bind(l.linked_at)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+        }
+        ClinicChange::Unlink { account } => {
+            sqlx::query(
+                "UPDATE clinics SET stripe_account = NULL, stripe_publishable_key = NULL, stripe_display_name = NULL, \
+                 stripe_livemode = 0, linked_by = NULL, linked_at = NULL, updated_at = $1 \
+                 WHERE id = $2 AND stripe_account = $3",
+            )
+            .bind(now_ms())
+            .bind(id)
+            .bind(account)
+            .execute(&mut **tx)
+            .await?;
+            return Ok(true);
+        }
+    };
+    Ok(done.rows_affected() == 1)
+}
+
+/// Inserts a clinic as given, or renames an existing one: a rename never touches enablement
+/// or the Stripe link, which change only through targeted [`ClinicChange`]s.
+async fn upsert_clinic(tx: &mut Tx, c: &Clinic) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO clinics (id, org_id, name, app_enabled, stripe_account, stripe_publishable_key, stripe_livemode, \
+         linked_by, linked_at, updated_at, stripe_display_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
+    )
+    .bind(&c.id)
+    .bind(&c.org_id)
+    .bind(&c.name)
+    .bind(i64::from(c.app_enabled))
+    .bind(&c.stripe_account)
+    .bind(&c.stripe_publishable_key)
+    .bind(i64::from(c.stripe_livemode))
+    .bind(&c.linked_by)
+    .bind(c.linked_at)
+    .bind(now_ms())
+    .bind(&c.stripe_display_name)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_org(tx: &mut Tx, org: &Org) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO orgs (id, name, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
+    )
+    .bind(&org.id)
+    .bind(&org.name)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_enablement(tx: &mut Tx, e: &Enablement) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO enablement_requests (id, org_id, clinic_id, ticket_ref, requested_by, status, reason, decided_by, \
+         created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&e.id)
+    .bind(&e.org_id)
+    .bind(&e.clinic_id)
+    .bind(&e.ticket_ref)
+    .bind(&e.requested_by)
+    .bind(&e.status)
+    .bind(&e.reason)
+    .bind(&e.decided_by)
+    .bind(e.created_at)
+    .bind(e.decided_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records a decision if the request is still pending; false if it was already decided.
+async fn decide_enablement(tx: &mut Tx, e: &Enablement) -> StoreResult<bool> {
+    let done = sqlx::query(
+        "UPDATE enablement_requests SET status = $1, reason = $2, decided_by = $3, decided_at = $4 \
+         WHERE id = $5 AND status = 'pending'",
+    )
+    .bind(&e.status)
+    .bind(&e.reason)
+    .bind(&e.decided_by)
+    .bind(e.decided_at)
+    .bind(&e.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn upsert_clinic(&self, c: &Clinic) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO clinics (id, org_id, name, app_enabled, stripe_account, stripe_publishable_key, stripe_livemode, \
-             linked_by, linked_at, updated_at, stripe_display_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (id) DO UPDATE SET org_id = excluded.org_id, name = excluded.name, app_enabled = excluded.app_enabled, \
-             stripe_account = excluded.stripe_account, stripe_publishable_key = excluded.stripe_publishable_key, \
-             stripe_livemode = excluded.stripe_livemode, linked_by = excluded.linked_by, linked_at = excluded.linked_at, \
-             updated_at = excluded.updated_at, stripe_display_name = excluded.stripe_display_name",
-        )
-        .bind(&c.id)
-        .bind(&c.org_id)
-        .bind(&c.name)
-        .bind(i64::from(c.app_enabled))
-        .bind(&c.stripe_account)
-        .bind(&c.stripe_publishable_key)
-        .bind(i64::from(c.stripe_livemode))
-        .bind(&c.linked_by)
-        .bind(c.linked_at)
-        .bind(now_ms())
-        .bind(&c.stripe_display_name)
-        .execute(&self.pool)
-        .await?;
         Ok(())
     }
 
@@ -311,12 +431,6 @@ impl Store for SqlStore {
         rows.iter().map(payment_from).collect()
     }
 
-    async fn update_payment(&self, p: &Payment, expected_version: i64) -> StoreResult<bool> {
-        let q = sqlx::query(UPDATE_PAYMENT);
-        let done = bind_payment_fields!(q, p).bind(&p.id).bind(expected_version).execute(&self.pool).await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {
         let row: Option<String> = sqlx::query_scalar("SELECT event_id FROM webhook_events WHERE event_id = $1")
             .bind(event_id)
@@ -325,47 +439,87 @@ impl Store for SqlStore {
         Ok(row.is_some())
     }
 
-    async fn record_webhook(&self, e: &WebhookRecord, update: Option<(&Payment, i64)>) -> StoreResult<WebhookWrite> {
+    async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO webhook_events (event_id, event_type, account, payment_id, outcome, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-        )
-        .bind(&e.event_id)
-        .bind(&e.event_type)
-        .bind(&e.account)
-        .bind(&e.payment_id)
-        .bind(&e.outcome)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(WebhookWrite::Duplicate);
-        }
-        if let Some((p, expected)) = update {
-            let q = sqlx::query(UPDATE_PAYMENT);
-            let done = bind_payment_fields!(q, p).bind(&p.id).bind(expected).execute(&mut *tx).await?;
-            if done.rows_affected() != 1 {
+        for write in writes {
+            let landed = match write {
+                Write::Webhook(e) => {
+                    let inserted = sqlx::query(
+                        "INSERT INTO webhook_events (event_id, event_type, account, payment_id, outcome, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+                    )
+                    .bind(&e.event_id)
+                    .bind(&e.event_type)
+                    .bind(&e.account)
+                    .bind(&e.payment_id)
+                    .bind(&e.outcome)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                    if inserted.rows_affected() == 0 {
+                        tx.rollback().await?;
+                        return Ok(Committed::Duplicate);
+                    }
+                    true
+                }
+                Write::Payment { payment: p, expected_version } => {
+                    let q = sqlx::query(UPDATE_PAYMENT);
+                    let done = bind_payment_fields!(q, p).bind(&p.id).bind(*expected_version).execute(&mut *tx).await?;
+                    done.rows_affected() == 1
+                }
+                Write::Clinic { id, change } => clinic_change(&mut tx, id, change).await?,
+                Write::UpsertClinic(c) => {
+                    upsert_clinic(&mut tx, c).await?;
+                    true
+                }
+                Write::UpsertOrg(o) => {
+                    upsert_org(&mut tx, o).await?;
+                    true
+                }
+                Write::NewEnablement(e) => {
+                    insert_enablement(&mut tx, e).await?;
+                    true
+                }
+                Write::Decision(e) => decide_enablement(&mut tx, e).await?,
+                Write::Audit(e) => {
+                    insert_audit(&mut tx, e).await?;
+                    true
+                }
+            };
+            if !landed {
                 tx.rollback().await?;
-                return Ok(WebhookWrite::Conflict);
+                return Ok(Committed::Conflict);
             }
         }
         tx.commit().await?;
-        Ok(WebhookWrite::Applied)
+        Ok(Committed::Applied)
     }
 
-    async fn upsert_org(&self, org: &Org) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO orgs (id, name, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, updated_at = excluded.updated_at",
-        )
-        .bind(&org.id)
-        .bind(&org.name)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+    async fn clinics(&self, ids: &[String]) -> StoreResult<Vec<Clinic>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT * FROM clinics WHERE id IN ({})", placeholders(ids.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool).await?.iter().map(clinic_from).collect()
+    }
+
+    async fn payments_for_calls(&self, call_ids: &[String]) -> StoreResult<Vec<Payment>> {
+        if call_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id IN ({}) ORDER BY created_at, id",
+            placeholders(call_ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in call_ids {
+            q = q.bind(id);
+        }
+        q.fetch_all(&self.pool).await?.iter().map(payment_from).collect()
     }
 
     async fn org(&self, id: &str) -> StoreResult<Option<Org>> {
@@ -384,26 +538,6 @@ impl Store for SqlStore {
         rows.iter().map(clinic_from).collect()
     }
 
-    async fn insert_enablement(&self, e: &Enablement) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO enablement_requests (id, org_id, clinic_id, ticket_ref, requested_by, status, reason, decided_by, \
-             created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&e.id)
-        .bind(&e.org_id)
-        .bind(&e.clinic_id)
-        .bind(&e.ticket_ref)
-        .bind(&e.requested_by)
-        .bind(&e.status)
-        .bind(&e.reason)
-        .bind(&e.decided_by)
-        .bind(e.created_at)
-        .bind(e.decided_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>> {
         let row =
             sqlx::query("SELECT * FROM enablement_requests WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
@@ -420,21 +554,6 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(enablement_from).collect()
-    }
-
-    async fn decide_enablement(&self, e: &Enablement) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE enablement_requests SET status = $1, reason = $2, decided_by = $3, decided_at = $4 \
-             WHERE id = $5 AND status = 'pending'",
-        )
-        .bind(&e.status)
-        .bind(&e.reason)
-        .bind(&e.decided_by)
-        .bind(e.decided_at)
-        .bind(&e.id)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()> {
@@ -475,27 +594,6 @@ impl Store for SqlStore {
                 expires_at: r.try_get("expires_at")?,
             }),
         })
-    }
-
-    async fn append_audit(&self, e: &AuditEntry) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, org_id, clinic_id, actor_id, actor_name, actor_role, action, target, outcome, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&e.id)
-        .bind(e.at)
-        .bind(&e.org_id)
-        .bind(&e.clinic_id)
-        .bind(&e.actor_id)
-        .bind(&e.actor_name)
-        .bind(&e.actor_role)
-        .bind(&e.action)
-        .bind(&e.target)
-        .bind(&e.outcome)
-        .bind(&e.detail)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn audit_for_clinic(
@@ -554,6 +652,7 @@ fn enablement_from(r: &AnyRow) -> StoreResult<Enablement> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::WebhookRecord;
 
     pub(crate) fn sample(id: &str, call: &str, client_ref: &str) -> Payment {
         Payment {
@@ -584,8 +683,9 @@ mod tests {
         next.status = PaymentStatus::Requested;
         next.version = 2;
         next.payment_intent_id = Some("pi_1".into());
-        assert!(store.update_payment(&next, 1).await.unwrap());
-        assert!(!store.update_payment(&next, 1).await.unwrap(), "stale version is refused");
+        let write = [Write::Payment { payment: next.clone(), expected_version: 1 }];
+        assert_eq!(store.commit(&write).await.unwrap(), Committed::Applied);
+        assert_eq!(store.commit(&write).await.unwrap(), Committed::Conflict, "stale version is refused");
         let loaded = store.payment_by_intent("pi_1").await.unwrap().unwrap();
         assert_eq!(loaded, next);
         assert_eq!(store.payments_for_call("call_1").await.unwrap().len(), 1);
@@ -606,12 +706,15 @@ mod tests {
             payment_id: Some("pay_1".into()),
             outcome: "applied".into(),
         };
-        assert_eq!(store.record_webhook(&rec, Some((&paid, 1))).await.unwrap(), WebhookWrite::Applied);
-        assert_eq!(store.record_webhook(&rec, Some((&paid, 2))).await.unwrap(), WebhookWrite::Duplicate);
+        let batch = |rec: &WebhookRecord, expected_version| {
+            [Write::Webhook(rec.clone()), Write::Payment { payment: paid.clone(), expected_version }]
+        };
+        assert_eq!(store.commit(&batch(&rec, 1)).await.unwrap(), Committed::Applied);
+        assert_eq!(store.commit(&batch(&rec, 2)).await.unwrap(), Committed::Duplicate);
         assert!(store.webhook_seen("evt_1").await.unwrap());
         // A conflicting version writes nothing, not even the event id, so a retry can apply it.
         let rec2 = WebhookRecord { event_id: "evt_2".into(), ..rec.clone() };
-        assert_eq!(store.record_webhook(&rec2, Some((&paid, 1))).await.unwrap(), WebhookWrite::Conflict);
+        assert_eq!(store.commit(&batch(&rec2, 1)).await.unwrap(), Committed::Conflict);
         assert!(!store.webhook_seen("evt_2").await.unwrap());
         assert_eq!(store.payment("pay_1").await.unwrap().unwrap().status, PaymentStatus::Succeeded);
     }

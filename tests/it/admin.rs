@@ -6,7 +6,7 @@ use crate::helpers::*;
 use callpay::admin::authz::AdminRole;
 use callpay::auth::{now_secs, sign_hs256};
 use callpay::demo::{DEMO_CLINIC, DEMO_ORG, admin_token};
-use callpay::store::{Clinic, OAuthState, now_ms};
+use callpay::store::{OAuthState, now_ms};
 use serde_json::{Value, json};
 
 const OTHER_ORG: &str = "org_other";
@@ -62,10 +62,7 @@ impl TestHub {
     /// Puts the demo clinic back to enabled + linked to a connected simulator account.
     async fn relink_demo(&self) {
         let account = self.sim.sim.with_world(|w| w.create_account(None, Some("Harbour Clinic"), "AU", "aud", true));
-        let mut c: Clinic = self.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
-        c.app_enabled = true;
-        c.stripe_account = Some(account);
-        self.state.store.upsert_clinic(&c).await.unwrap();
+        set_clinic(self, DEMO_CLINIC, true, Some(&account)).await;
     }
 }
 
@@ -186,10 +183,7 @@ async fn every_role_against_every_endpoint() {
                 if own {
                     hub.relink_demo().await;
                 } else {
-                    let mut c = hub.state.store.clinic(OTHER_CLINIC).await.unwrap().unwrap();
-                    c.app_enabled = true;
-                    c.stripe_account = Some("acct_other".into());
-                    hub.state.store.upsert_clinic(&c).await.unwrap();
+                    set_clinic(&hub, OTHER_CLINIC, true, Some("acct_other")).await;
                 }
                 let (status, body) = hub.api(t, method, &path, body).await;
                 let want = expected(name, who, own);
@@ -330,9 +324,7 @@ async fn connect_oauth_end_to_end_with_every_bad_state() {
     let hub = TestHub::start().await;
     let admin = hub.info.clinic_admin_token.clone();
     // Start unlinked, as a new clinic would be.
-    let mut c = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
-    callpay::admin::unlink(&mut c);
-    hub.state.store.upsert_clinic(&c).await.unwrap();
+    set_clinic(&hub, DEMO_CLINIC, true, None).await;
     let mut doc = hub.clinician().await;
     assert_eq!(doc.welcome["payments_available"], false);
 
@@ -568,4 +560,56 @@ async fn enablement_flow_and_disable() {
             .iter()
             .any(|r| r["action"] == "app.enable_rejected" && r["actor_role"] == "platform_operator")
     );
+}
+
+#[tokio::test]
+async fn disabling_the_app_during_an_oauth_callback_is_not_undone() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.clinic_admin_token.clone();
+    let operator = hub.admin(AdminRole::PlatformOperator, None, &[]);
+    let (url, cookie) = start_link(&hub, &admin).await;
+    let back = consent(&hub, &url, "allow", "new", "Harbour Clinic Pty Ltd").await;
+    // The callback's account lookup at Stripe is held for 1.5 s; the operator disables the app
+    // while it waits.
+    hub.sim_control("POST", "/_sim/faults", json!({"api_delays": 1, "api_delay_ms": 1500})).await;
+    let link = {
+        let (http, back, cookie) = (Http::new(), back.clone(), cookie.clone());
+        tokio::spawn(async move { http.send_full("GET", &back, &[("cookie", &cookie)], String::new()).await })
+    };
+    eventually(async || {
+        let log = hub.sim_control("GET", "/_sim/requests", Value::Null).await;
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"].as_str().unwrap().starts_with("/v1/accounts/"))
+            .then_some(())
+    })
+    .await;
+    let (status, _) = hub.api(Some(&operator), "POST", &format!("/v1/clinics/{DEMO_CLINIC}/disable"), None).await;
+    assert_eq!(status, 200);
+    let (status, _, _, page) = link.await.unwrap();
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("disabled"), "{page}");
+    let clinic = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+    assert!(!clinic.app_enabled, "the disable stands");
+}
+
+#[tokio::test]
+async fn renaming_a_clinic_changes_only_its_name() {
+    let hub = TestHub::start().await;
+    let operator = hub.admin(AdminRole::PlatformOperator, None, &[]);
+    let before = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+    let (status, body) = hub
+        .api(
+            Some(&operator),
+            "PUT",
+            &format!("/v1/orgs/{}/clinics/{DEMO_CLINIC}", before.org_id),
+            Some(json!({"name": "Harbour Clinic North"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let after = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+    assert_eq!(after.name, "Harbour Clinic North");
+    assert_eq!((after.app_enabled, after.stripe_account), (before.app_enabled, before.stripe_account));
 }

@@ -179,8 +179,10 @@ async fn the_store_behaves_the_same_on_postgres() {
     next.version = 2;
     next.status = callpay_protocol::PaymentStatus::Requested;
     next.payment_intent_id = Some("pi_pg".into());
-    assert!(store.update_payment(&next, 1).await.unwrap());
-    assert!(!again.update_payment(&next, 1).await.unwrap());
+    use callpay::store::{Committed, Write};
+    let write = [Write::Payment { payment: next.clone(), expected_version: 1 }];
+    assert_eq!(store.commit(&write).await.unwrap(), Committed::Applied);
+    assert_eq!(again.commit(&write).await.unwrap(), Committed::Conflict);
     assert_eq!(again.payment_by_intent("pi_pg").await.unwrap().unwrap(), next);
     let rec = callpay::store::WebhookRecord {
         event_id: "evt_pg".into(),
@@ -189,8 +191,8 @@ async fn the_store_behaves_the_same_on_postgres() {
         payment_id: None,
         outcome: "x".into(),
     };
-    assert_eq!(store.record_webhook(&rec, None).await.unwrap(), callpay::store::WebhookWrite::Applied);
-    assert_eq!(again.record_webhook(&rec, None).await.unwrap(), callpay::store::WebhookWrite::Duplicate);
+    assert_eq!(store.commit(&[Write::Webhook(rec.clone())]).await.unwrap(), Committed::Applied);
+    assert_eq!(again.commit(&[Write::Webhook(rec)]).await.unwrap(), Committed::Duplicate);
     let state = callpay::store::OAuthState {
         state: "s".into(),
         clinic_id: "c".into(),

@@ -78,14 +78,12 @@ async fn roles_are_enforced() {
 async fn clinic_not_enabled_or_not_linked() {
     let hub = TestHub::start().await;
     let mut doc = hub.clinician().await;
-    let mut clinic = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap();
-    clinic.app_enabled = false;
-    hub.state.store.upsert_clinic(&clinic).await.unwrap();
+    let clinic = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap();
+    let account = clinic.stripe_account.clone();
+    set_clinic(&hub, callpay::demo::DEMO_CLINIC, false, account.as_deref()).await;
     doc.request("x1", 5000, "Consult").await;
     assert_eq!(doc.error_code().await, "app_not_enabled");
-    clinic.app_enabled = true;
-    clinic.stripe_account = None;
-    hub.state.store.upsert_clinic(&clinic).await.unwrap();
+    set_clinic(&hub, callpay::demo::DEMO_CLINIC, true, None).await;
     doc.request("x2", 5000, "Consult").await;
     assert_eq!(doc.error_code().await, "stripe_not_connected");
     let fresh = hub.clinician().await;

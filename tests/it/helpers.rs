@@ -297,3 +297,26 @@ pub async fn eventually<T>(mut f: impl AsyncFnMut() -> Option<T>) -> T {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Sets a clinic's enablement and Stripe link directly in the store (what the admin flows do).
+pub async fn set_clinic(hub: &TestHub, clinic_id: &str, enabled: bool, account: Option<&str>) {
+    use callpay::store::{ClinicChange, StripeLink, Write};
+    let current = hub.state.store.clinic(clinic_id).await.unwrap().expect("clinic exists");
+    let mut writes = vec![Write::Clinic { id: clinic_id.into(), change: ClinicChange::SetEnabled(true) }];
+    if let Some(old) = current.stripe_account {
+        writes.push(Write::Clinic { id: clinic_id.into(), change: ClinicChange::Unlink { account: old } });
+    }
+    if let Some(acct) = account {
+        let link = StripeLink {
+            account: acct.into(),
+            publishable_key: None,
+            display_name: None,
+            livemode: false,
+            linked_by: "test".into(),
+            linked_at: callpay::store::now_ms(),
+        };
+        writes.push(Write::Clinic { id: clinic_id.into(), change: ClinicChange::Link(link) });
+    }
+    writes.push(Write::Clinic { id: clinic_id.into(), change: ClinicChange::SetEnabled(enabled) });
+    assert_eq!(hub.state.store.commit(&writes).await.unwrap(), callpay::store::Committed::Applied);
+}

@@ -149,7 +149,9 @@ async fn settled(hub: &TestHub) {
     let sim = hub.sim.sim.clone();
     eventually(async || {
         sim.with_world(|w| {
-            w.deliveries.iter().all(|d| d.delivered || w.deliveries.iter().any(|o| o.event_id == d.event_id && o.delivered))
+            w.deliveries
+                .iter()
+                .all(|d| d.delivered || w.deliveries.iter().any(|o| o.event_id == d.event_id && o.delivered))
         })
         .then_some(())
     })
@@ -186,7 +188,8 @@ async fn same_second_events_settle_on_stripes_status_in_either_order() {
     let hub = TestHub::start().await;
     // A second later than any real event, so the first replay applies and the second ties.
     let second = callpay::auth::now_secs() + 100;
-    for (n, (fail_last, reversed)) in [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
+    for (n, (fail_last, reversed)) in
+        [(true, false), (true, true), (false, false), (false, true)].into_iter().enumerate()
     {
         let (pid, action, failed) = same_second(&hub, &format!("ss{n}"), fail_last).await;
         let (a, b) = if reversed { (&failed, &action) } else { (&action, &failed) };

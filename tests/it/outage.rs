@@ -5,12 +5,14 @@ use crate::helpers::*;
 use async_trait::async_trait;
 use callpay::store::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// A store that fails every call while `down` is set, and otherwise passes through.
 struct FlakyStore {
     inner: Arc<dyn Store>,
     down: Arc<AtomicBool>,
+    /// The next N batches that change a clinic fail (a database error mid-change).
+    fail_clinic_writes: Arc<AtomicU32>,
 }
 
 impl FlakyStore {
@@ -19,46 +21,62 @@ impl FlakyStore {
     }
 }
 
+fn outage() -> StoreError {
+    StoreError::Database(sqlx::Error::PoolTimedOut)
+}
+
 /// Writes the whole impl, so `#[async_trait]` sees the expanded methods.
 macro_rules! pass {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
         #[async_trait]
         impl Store for FlakyStore {
             $(async fn $name(&self, $($arg: $ty),*) -> StoreResult<$ret> { self.check()?; self.inner.$name($($arg),*).await })*
+
+            async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {
+                self.check()?;
+                let touches_clinic = writes.iter().any(|w| matches!(w, Write::Clinic { .. }));
+                if touches_clinic && self.fail_clinic_writes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                    return Err(outage());
+                }
+                self.inner.commit(writes).await
+            }
         }
     };
 }
 
 pass! {
         ping() -> ();
-        upsert_clinic(c: &Clinic) -> ();
         clinic(id: &str) -> Option<Clinic>;
         clinics_by_account(a: &str) -> Vec<Clinic>;
         insert_payment(p: &Payment) -> Inserted;
         payment(id: &str) -> Option<Payment>;
         payment_by_intent(pi: &str) -> Option<Payment>;
         payments_for_call(call: &str) -> Vec<Payment>;
-        update_payment(p: &Payment, v: i64) -> bool;
         webhook_seen(id: &str) -> bool;
-        record_webhook(e: &WebhookRecord, u: Option<(&Payment, i64)>) -> WebhookWrite;
-        upsert_org(o: &Org) -> ();
+        clinics(ids: &[String]) -> Vec<Clinic>;
+        payments_for_calls(ids: &[String]) -> Vec<Payment>;
         org(id: &str) -> Option<Org>;
         clinics_for_org(o: &str) -> Vec<Clinic>;
-        insert_enablement(e: &Enablement) -> ();
         enablement(id: &str) -> Option<Enablement>;
         enablements(o: Option<&str>, s: Option<&str>) -> Vec<Enablement>;
-        decide_enablement(e: &Enablement) -> bool;
         insert_oauth_state(s: &OAuthState) -> ();
         take_oauth_state(s: &str) -> StateTaken;
-        append_audit(e: &AuditEntry) -> ();
         audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {
-    let down = Arc::new(AtomicBool::new(false));
-    let flag = down.clone();
-    let hub = TestHub::start_wrapped(|_| {}, move |inner| Arc::new(FlakyStore { inner, down: flag })).await;
+    let (hub, down, _) = flaky_hub_with_clinic_faults().await;
     (hub, down)
+}
+
+async fn flaky_hub_with_clinic_faults() -> (TestHub, Arc<AtomicBool>, Arc<AtomicU32>) {
+    let down = Arc::new(AtomicBool::new(false));
+    let fail = Arc::new(AtomicU32::new(0));
+    let (flag, fail_clinic_writes) = (down.clone(), fail.clone());
+    let hub =
+        TestHub::start_wrapped(|_| {}, move |inner| Arc::new(FlakyStore { inner, down: flag, fail_clinic_writes }))
+            .await;
+    (hub, down, fail)
 }
 
 #[tokio::test]
@@ -136,4 +154,36 @@ async fn a_webhook_refused_during_an_outage_is_retried_by_stripe_and_applied() {
     })
     .await;
     assert_eq!(log.first(), Some(&Some(503)), "refused while the store was down: {log:?}");
+}
+
+#[tokio::test]
+async fn a_deauthorization_that_fails_to_store_is_applied_on_stripes_retry() {
+    let (hub, _down, fail) = flaky_hub_with_clinic_faults().await;
+    let mut doc = hub.clinician().await;
+    let account = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap().stripe_account.unwrap();
+    // The store fails the first attempt to unlink; Stripe retries the event.
+    fail.store(1, Ordering::SeqCst);
+    let (status, _) = hub
+        .http
+        .form(
+            &format!("{}/oauth/deauthorize", hub.info.stripe_url),
+            &format!(
+                "client_secret={}&client_id={}&stripe_user_id={account}",
+                hub.sim.secret_key(),
+                hub.sim.client_id()
+            ),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = doc.until_where("clinic.updated", |f| f["payments_available"] == false).await;
+    assert!(revoked["reason"].as_str().unwrap().contains("disconnected"));
+    let clinic = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap();
+    assert_eq!(clinic.stripe_account, None, "unlinked on the retry, not left linked as a duplicate");
+    let sim = hub.sim.sim.clone();
+    let statuses: Vec<Option<u16>> = sim.with_world(|w| {
+        w.deliveries.iter().filter(|d| d.event_type == "account.application.deauthorized").map(|d| d.status).collect()
+    });
+    assert_eq!(statuses.first(), Some(&Some(503)), "the failed attempt was refused: {statuses:?}");
+    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    assert_eq!(rows.iter().filter(|r| r.action == "stripe.deauthorized").count(), 1, "audited once, with the change");
 }

@@ -11,10 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Opens a WebSocket whose kernel receive buffer is as small as Linux allows, and never reads
 /// from it: the hub's writes to it block as soon as a few KiB are in flight.
-async fn non_reading_socket(
-    hub: &TestHub,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+async fn non_reading_socket(hub: &TestHub, token: &str) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
     let addr: std::net::SocketAddr = hub.info.hub_url.trim_start_matches("http://").parse().unwrap();
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(2048).unwrap();
