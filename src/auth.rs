@@ -28,9 +28,17 @@ pub enum AuthError {
     Config(String),
 }
 
+/// The `typ` claim of a join token. Join and admin tokens are signed with the same platform
+/// key, so each carries its kind and each verifier refuses the other kind.
+pub const JOIN_TYP: &str = "callpay-join";
+/// The `typ` claim of an admin token.
+pub const ADMIN_TYP: &str = "callpay-admin";
+
 /// Claims of a join token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JoinClaims {
+    /// Always [`JOIN_TYP`].
+    pub typ: String,
     /// Participant id.
     pub sub: String,
     /// The call it admits to.
@@ -96,8 +104,22 @@ impl Verifier {
     /// Verifies a join token for `call_id`.
     pub fn join(&self, token: &str, call_id: &str) -> Result<JoinClaims, AuthError> {
         let claims: JoinClaims = self.verify(token)?;
+        if claims.typ != JOIN_TYP {
+            return Err(AuthError::Invalid(format!("typ {:?} is not a join token", claims.typ)));
+        }
         if claims.call_id != call_id {
             return Err(AuthError::WrongCall);
+        }
+        Ok(claims)
+    }
+}
+
+impl Verifier {
+    /// Verifies an admin token.
+    pub fn admin(&self, token: &str) -> Result<crate::admin::authz::AdminClaims, AuthError> {
+        let claims: crate::admin::authz::AdminClaims = self.verify(token)?;
+        if claims.typ != ADMIN_TYP {
+            return Err(AuthError::Invalid(format!("typ {:?} is not an admin token", claims.typ)));
         }
         Ok(claims)
     }
@@ -131,6 +153,7 @@ mod tests {
 
     fn claims(exp: u64) -> JoinClaims {
         JoinClaims {
+            typ: JOIN_TYP.into(),
             sub: "u1".into(),
             call_id: "call_1".into(),
             clinic_id: "c1".into(),

@@ -297,7 +297,9 @@ impl Config {
                 "missing or not a publishable key (pk_…)",
             );
         }
-        if sk.starts_with("sk_live_") != self.stripe.publishable_key.starts_with("pk_live_") {
+        // Restricted keys (rk_live_/rk_test_) are as live as their sk_ twins.
+        let live_secret = sk.starts_with("sk_live_") || sk.starts_with("rk_live_");
+        if live_secret != self.stripe.publishable_key.starts_with("pk_live_") {
             return invalid("stripe.publishable_key", "STRIPE__PUBLISHABLE_KEY", "live and test keys are mixed");
         }
         if self.stripe.webhook_secrets.is_empty()
@@ -417,5 +419,17 @@ mod tests {
         e.push(("CALLPAY__STRIPE__PUBLISHABLE_KEY".into(), "pk_live_x".into()));
         assert!(Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string().contains("mixed"));
         assert!(Config::load(None, env(&[("CALLPAY__SERVER__NOPE", "1")])).is_err(), "unknown settings are errors");
+        // Restricted keys: live with live, test with test; mixed is refused.
+        for (sk, pk, ok) in [
+            ("rk_live_x", "pk_live_x", true),
+            ("rk_test_x", "pk_test_x", true),
+            ("rk_live_x", "pk_test_x", false),
+            ("rk_test_x", "pk_live_x", false),
+        ] {
+            let mut e = good_env();
+            e.push(("CALLPAY__STRIPE__SECRET_KEY".into(), sk.into()));
+            e.push(("CALLPAY__STRIPE__PUBLISHABLE_KEY".into(), pk.into()));
+            assert_eq!(Config::load(None, e).unwrap().validate_for_serve().is_ok(), ok, "{sk} with {pk}");
+        }
     }
 }

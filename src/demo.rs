@@ -58,6 +58,7 @@ pub fn admin_token(
     clinic_ids: &[&str],
 ) -> String {
     let claims = crate::admin::authz::AdminClaims {
+        typ: crate::auth::ADMIN_TYP.into(),
         sub: sub.into(),
         name: name.into(),
         role,
@@ -122,6 +123,7 @@ pub async fn seed(store: &dyn Store, sim: &stripe_sim::SimHandle) -> Result<Stri
 /// Signs a join token the way the video-call platform would.
 pub fn join_token(secret: &str, call_id: &str, clinic_id: &str, sub: &str, name: &str, role: Role) -> String {
     let claims = JoinClaims {
+        typ: crate::auth::JOIN_TYP.into(),
         sub: sub.into(),
         call_id: call_id.into(),
         clinic_id: clinic_id.into(),

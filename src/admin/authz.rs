@@ -33,6 +33,8 @@ impl AdminRole {
 /// Claims of a platform admin token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminClaims {
+    /// Always [`crate::auth::ADMIN_TYP`].
+    pub typ: String,
     /// Admin's user id.
     pub sub: String,
     /// Display name.
@@ -135,6 +137,7 @@ mod tests {
 
     fn who(role: AdminRole) -> AdminClaims {
         AdminClaims {
+            typ: crate::auth::ADMIN_TYP.into(),
             sub: "a".into(),
             name: "A".into(),
             role,

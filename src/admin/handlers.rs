@@ -385,8 +385,10 @@ pub async fn start_connect(
     let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
     let url = app.connect.authorize_url(&state, &redirect);
     audit_only(&app, clinic_audit(Actor::from(&who), &clinic, "stripe.link_started", Some(&clinic.id), "ok")).await;
+    // Secure whenever the public URL is https, so the state never travels in clear text.
+    let secure = if app.config.public_url().starts_with("https://") { "; Secure" } else { "" };
     let cookie = format!(
-        "{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}",
+        "{STATE_COOKIE}={state}; Path=/v1/stripe/oauth; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
         STATE_TTL_MS / 1000
     );
     Ok(([(header::SET_COOKIE, cookie)], Json(json!({"authorize_url": url, "expires_in": STATE_TTL_MS / 1000})))
@@ -434,6 +436,7 @@ fn may_manage_stripe(s: &crate::store::OAuthState, clinic: &Clinic) -> bool {
         return false;
     };
     let claims = AdminClaims {
+        typ: crate::auth::ADMIN_TYP.into(),
         sub: s.admin_id.clone(),
         name: s.admin_name.clone(),
         role,

@@ -141,10 +141,7 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
         let token = crate::ws::bearer(&parts.headers, None)
             .ok_or_else(|| ApiError::unauthorized("An admin token is required (Authorization: Bearer …)."))?;
-        app.verifier
-            .verify::<AdminClaims>(token)
-            .map(Admin)
-            .map_err(|_| ApiError::unauthorized("The admin token is not valid."))
+        app.verifier.admin(token).map(Admin).map_err(|_| ApiError::unauthorized("The admin token is not valid."))
     }
 }
 

@@ -665,9 +665,33 @@ fn gateway_refusal(e: GatewayError, reference: Option<&str>) -> Refusal {
             )
         }
         GatewayError::Rejected { status, code, message } => {
+            // Stripe's own message is for us (it can name parameters, accounts and keys), not
+            // for people in the call: log it, and tell them in our words with Stripe's code.
             tracing::error!(status, ?code, %message, "stripe rejected a request");
-            Refusal::new(ErrorCode::Internal, format!("Stripe refused the request: {message}"), reference)
+            let code = code.unwrap_or_else(|| "unknown".into());
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("Stripe did not accept this request (Stripe code {code}); nothing was charged."),
+                reference,
+            )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_own_wording_never_reaches_the_call() {
+        let e = GatewayError::Rejected {
+            status: 400,
+            code: Some("parameter_invalid_integer".into()),
+            message: "Invalid integer: 12.5 for amount on acct_1Secret (sk_live_...)".into(),
+        };
+        let r = gateway_refusal(e, Some("r1"));
+        assert!(r.message.contains("parameter_invalid_integer"), "{}", r.message);
+        assert!(!r.message.contains("acct_") && !r.message.contains("Invalid integer"), "{}", r.message);
     }
 }
 

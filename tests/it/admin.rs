@@ -613,3 +613,26 @@ async fn renaming_a_clinic_changes_only_its_name() {
     assert_eq!(after.name, "Harbour Clinic North");
     assert_eq!((after.app_enabled, after.stripe_account), (before.app_enabled, before.stripe_account));
 }
+
+#[tokio::test]
+async fn the_oauth_state_cookie_is_secure_behind_https() {
+    let hub = TestHub::start_with(|c| c.server.public_url = Some("https://pay.clinic.example".into())).await;
+    async fn state_cookie(hub: &TestHub) -> String {
+        let (status, headers, body, _) = hub
+            .http
+            .send_full(
+                "POST",
+                &format!("{}/v1/clinics/{DEMO_CLINIC}/stripe/connect", hub.info.hub_url),
+                &[("authorization", &format!("Bearer {}", hub.info.clinic_admin_token))],
+                String::new(),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        headers.get("set-cookie").unwrap().to_str().unwrap().to_owned()
+    }
+    let cookie = state_cookie(&hub).await;
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let plain = TestHub::start().await;
+    let cookie = state_cookie(&plain).await;
+    assert!(!cookie.contains("Secure"), "plain http keeps a cookie the browser will send back: {cookie}");
+}

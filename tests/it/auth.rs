@@ -24,6 +24,7 @@ async fn bad_tokens_get_401_before_upgrade() {
     let forged = sign_hs256(
         "not-the-platform-secret-not-the-platform",
         &JoinClaims {
+            typ: callpay::auth::JOIN_TYP.into(),
             sub: "x".into(),
             call_id: call.clone(),
             clinic_id: "clinic_demo".into(),
@@ -36,6 +37,7 @@ async fn bad_tokens_get_401_before_upgrade() {
     let expired = sign_hs256(
         &hub.info.platform_secret,
         &JoinClaims {
+            typ: callpay::auth::JOIN_TYP.into(),
             sub: "x".into(),
             call_id: call.clone(),
             clinic_id: "clinic_demo".into(),
@@ -76,4 +78,37 @@ async fn shutdown_closes_sockets_with_going_away() {
     hub.state.shutdown.cancel();
     assert_eq!(doc.until_closed().await, callpay_protocol::close::GOING_AWAY);
     assert_eq!(pat.until_closed().await, callpay_protocol::close::GOING_AWAY);
+}
+
+#[tokio::test]
+async fn join_and_admin_tokens_are_not_interchangeable() {
+    let hub = TestHub::start().await;
+    let call = hub.info.call_id.clone();
+    // A join-shaped token of the wrong kind, or of no kind, does not open a socket.
+    for typ in [Some(callpay::auth::ADMIN_TYP), Some("something-else"), None] {
+        let mut claims = serde_json::json!({
+            "sub": "x", "call_id": call, "clinic_id": "clinic_demo", "role": "clinician", "name": "X",
+            "exp": now_secs() + 60,
+        });
+        if let Some(t) = typ {
+            claims["typ"] = t.into();
+        }
+        let token = sign_hs256(&hub.info.platform_secret, &claims);
+        assert_eq!(refused_status(&hub.ws_url(&call, &token)).await, 401, "typ {typ:?}");
+    }
+    // An admin-shaped token of the join kind is no admin token.
+    let claims = serde_json::json!({
+        "typ": callpay::auth::JOIN_TYP, "sub": "a", "name": "A", "role": "platform_operator", "exp": now_secs() + 60,
+    });
+    let token = sign_hs256(&hub.info.platform_secret, &claims);
+    let (status, body, _) = hub
+        .http
+        .send(
+            "GET",
+            &format!("{}/v1/enablement-requests", hub.info.hub_url),
+            &[("authorization", &format!("Bearer {token}"))],
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
 }
