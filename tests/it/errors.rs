@@ -139,3 +139,27 @@ async fn flooding_is_rate_limited() {
     assert!(codes.contains(&"rate_limited".to_owned()), "{codes:?}");
     assert!(codes.contains(&"unknown_payment".to_owned()), "{codes:?}");
 }
+
+/// The contract: room events have strictly increasing `seq`; an `error` repeats the latest
+/// room event's `seq` and never advances it.
+#[tokio::test]
+async fn error_frames_repeat_the_latest_seq_and_never_advance_it() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    doc.request("s1", 5000, "Consult").await;
+    let event = doc.until("payment.requested").await["seq"].as_u64().unwrap();
+    doc.request("s2", 1, "Too little").await;
+    let error = doc.until("error").await;
+    assert_eq!(error["seq"].as_u64(), Some(event), "{error}");
+    doc.request("s3", 5000, "Next").await;
+    let next = doc.until("payment.requested").await["seq"].as_u64().unwrap();
+    assert!(next > event, "{next} > {event}");
+    let seqs: Vec<u64> = doc
+        .raw
+        .iter()
+        .map(|f| serde_json::from_str::<serde_json::Value>(f).unwrap())
+        .filter(|f| f["type"] != "error")
+        .map(|f| f["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "room events strictly increase: {seqs:?}");
+}
