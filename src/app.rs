@@ -110,7 +110,8 @@ impl App {
         let addr = listener.local_addr()?;
         let verifier = Verifier::new(&config.auth).context("auth settings")?;
         let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
-        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone());
+        let tracker = TaskTracker::new();
+        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone(), tracker.clone());
         let payments = Payments::new(deps.store.clone(), deps.stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());
@@ -124,7 +125,7 @@ impl App {
             connect: deps.connect,
             verifier: Arc::new(verifier),
             metrics: Arc::new(Metrics::default()),
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown,
             demo: None,
         };

@@ -6,6 +6,8 @@ use crate::bus::{Bus, Envelope, EnvelopeSink, RoomEvent};
 use crate::rooms::RoomRegistry;
 use crate::store::Store;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::task::TaskTracker;
 
 /// Publishes room events locally and across nodes.
 pub struct Hub {
@@ -15,13 +17,29 @@ pub struct Hub {
     pub rooms: Arc<RoomRegistry>,
     bus: Arc<dyn Bus>,
     store: Arc<dyn Store>,
+    tracker: TaskTracker,
+    resync: Arc<Resync>,
+}
+
+/// At most one resync runs at a time; a request while one runs makes it go round once more
+/// (so a gap that opens during a resync is still covered), never a second concurrent one.
+#[derive(Default)]
+struct Resync {
+    running: AtomicBool,
+    again: AtomicBool,
 }
 
 impl Hub {
-    /// A hub for this node.
-    pub fn new(node_id: String, rooms: Arc<RoomRegistry>, bus: Arc<dyn Bus>, store: Arc<dyn Store>) -> Arc<Self> {
+    /// A hub for this node. Resyncs run on `tracker`, so shutdown waits for them.
+    pub fn new(
+        node_id: String,
+        rooms: Arc<RoomRegistry>,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn Store>,
+        tracker: TaskTracker,
+    ) -> Arc<Self> {
         rooms.set_observer(Arc::new(BusWatcher(bus.clone())));
-        Arc::new(Self { node_id, rooms, bus, store })
+        Arc::new(Self { node_id, rooms, bus, store, tracker, resync: Arc::default() })
     }
 
     /// Delivers to local members, then publishes to other nodes. A bus failure is logged: local
@@ -51,22 +69,74 @@ impl Hub {
         self.bus.start(self.clone(), stop);
     }
 
-    /// Re-sends the stored state of every payment in every local room as `payment.updated`.
-    /// Clients keep the highest version per payment, so repeats are harmless.
+    /// Re-sends what every local room may have missed during a bus gap, from the store: each
+    /// payment's state, the clinic's availability, and (to other nodes) who is here. Clients keep
+    /// the highest version per payment and the latest availability, so repeats are harmless.
+    /// Returns when this request's resync is done, or at once when one is already running
+    /// (that one goes round again to cover this request).
     pub async fn resync_rooms(&self) {
-        resync(self.rooms.clone(), self.store.clone()).await;
-    }
-}
-
-async fn resync(rooms: Arc<RoomRegistry>, store: Arc<dyn Store>) {
-    for (call_id, _) in rooms.calls() {
-        match store.payments_for_call(&call_id).await {
-            Ok(payments) => {
-                for p in payments {
-                    rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
+        if self.resync.running.swap(true, Ordering::AcqRel) {
+            self.resync.again.store(true, Ordering::Release);
+            return;
+        }
+        loop {
+            self.resync.again.store(false, Ordering::Release);
+            self.resync_once().await;
+            if !self.resync.again.load(Ordering::Acquire) {
+                self.resync.running.store(false, Ordering::Release);
+                // A request may have arrived between the check and the release: take it.
+                if !(self.resync.again.load(Ordering::Acquire) && !self.resync.running.swap(true, Ordering::AcqRel)) {
+                    return;
                 }
             }
-            Err(e) => tracing::error!(error = %e, call_id, "resync failed: store unavailable"),
+        }
+    }
+
+    /// One pass over every local room: two queries in all, whatever the number of rooms.
+    async fn resync_once(&self) {
+        let calls = self.rooms.calls();
+        if calls.is_empty() {
+            return;
+        }
+        let call_ids: Vec<String> = calls.iter().map(|(c, _)| c.clone()).collect();
+        let mut clinic_ids: Vec<String> = calls.iter().map(|(_, k)| k.clone()).collect();
+        clinic_ids.sort();
+        clinic_ids.dedup();
+        let (payments, clinics) =
+            match tokio::try_join!(self.store.payments_for_calls(&call_ids), self.store.clinics(&clinic_ids)) {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(error = %e, rooms = calls.len(), "resync failed: store unavailable");
+                    return;
+                }
+            };
+        for p in payments {
+            let call_id = p.call_id.clone();
+            self.rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
+        }
+        for clinic in &clinics {
+            let ready = clinic.payment_readiness();
+            let event = RoomEvent::ClinicUpdated {
+                payments_available: ready.is_ok(),
+                reason: ready.err().map(|_| "Payments are not available for this clinic right now.".to_owned()),
+            };
+            self.rooms.deliver_clinic(&clinic.id, &event);
+        }
+        // A join published while other nodes were cut off is lost to them: tell them again who
+        // is here. (Leaves lost in a gap need shared presence with expiry: not in this node.)
+        for (call_id, clinic_id) in &calls {
+            for participant in self.rooms.participants(call_id) {
+                let envelope = Envelope {
+                    origin: self.node_id.clone(),
+                    call_id: call_id.clone(),
+                    clinic_id: clinic_id.clone(),
+                    event: RoomEvent::Joined { participant },
+                };
+                if let Err(e) = self.bus.publish(&envelope).await {
+                    tracing::warn!(error = %e, call_id, "presence not re-announced; bus unavailable");
+                    break;
+                }
+            }
         }
     }
 }
@@ -80,8 +150,9 @@ impl EnvelopeSink for Hub {
         }
     }
 
-    fn resync(&self) {
-        tokio::spawn(resync(self.rooms.clone(), self.store.clone()));
+    fn resync(self: Arc<Self>) {
+        let hub = self.clone();
+        self.tracker.spawn(async move { hub.resync_rooms().await });
     }
 }
 

@@ -51,7 +51,7 @@ impl Bus for MemoryBus {
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "memory bus lagged; resyncing rooms from the store");
-                        sink.resync();
+                        sink.clone().resync();
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

@@ -91,7 +91,7 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     /// Delivers a remote envelope to local members.
     fn deliver_remote(&self, envelope: &Envelope);
     /// Called after a gap in delivery (lag, reconnect): local rooms must resync from the store.
-    fn resync(&self);
+    fn resync(self: std::sync::Arc<Self>);
 }
 
 /// Cross-node publish/subscribe.

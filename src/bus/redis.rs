@@ -137,7 +137,7 @@ impl Bus for RedisBus {
         tokio::spawn(async move {
             loop {
                 if lagged.swap(false, Ordering::Relaxed) {
-                    sink.resync();
+                    sink.clone().resync();
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -154,7 +154,7 @@ impl Bus for RedisBus {
                             if let Command::Subscribe(ch) = cmd {
                                 recover(&mut sub, &stop).await;
                                 let _ = sub.subscribe(&ch).await;
-                                sink.resync();
+                                sink.clone().resync();
                             }
                         }
                     }
@@ -173,7 +173,7 @@ impl Bus for RedisBus {
                                 tracing::warn!("redis bus disconnected; will resync rooms once it is back");
                                 recover(&mut sub, &stop).await;
                                 tracing::info!("redis bus reconnected; resyncing rooms from the store");
-                                sink.resync();
+                                sink.clone().resync();
                             }
                             _ => {}
                         }

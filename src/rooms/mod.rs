@@ -132,6 +132,13 @@ impl RoomRegistry {
         self.rooms.iter().map(|r| (r.key().clone(), r.clinic_id.clone())).collect()
     }
 
+    /// The distinct participants connected to `call_id` on this node.
+    pub fn participants(&self, call_id: &str) -> Vec<Participant> {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return Vec::new() };
+        let inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        unique_participants(&inner.members)
+    }
+
     /// Open connections on this node.
     pub fn connections(&self) -> usize {
         self.rooms.iter().map(|r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.len()).sum()

@@ -206,3 +206,19 @@ async fn the_store_behaves_the_same_on_postgres() {
     assert_eq!(store.take_oauth_state("s").await.unwrap(), callpay::store::StateTaken::Reused);
     store.ping().await.unwrap();
 }
+
+/// A `clinic.updated` lost in a bus gap is repaired by the resync that follows the gap, not
+/// only the payments.
+#[tokio::test]
+async fn a_resync_repairs_availability_lost_in_a_gap() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    assert_eq!(doc.welcome["payments_available"], true);
+    // Another node disabled the app; its announcement never reached this node.
+    let account = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap().stripe_account;
+    set_clinic(&hub, callpay::demo::DEMO_CLINIC, false, account.as_deref()).await;
+    // Two gaps reported at once run one resync at a time and both are covered.
+    tokio::join!(hub.state.hub.resync_rooms(), hub.state.hub.resync_rooms());
+    let update = doc.until("clinic.updated").await;
+    assert_eq!(update["payments_available"], false, "{update}");
+}
