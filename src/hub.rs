@@ -95,6 +95,11 @@ impl Hub {
     /// One pass over every local room: two queries in all, whatever the number of rooms.
     async fn resync_once(&self) {
         let calls = self.rooms.calls();
+        self.resync_calls(&calls, true).await;
+    }
+
+    /// Re-sends stored state to the given local rooms; `announce` also re-announces presence.
+    async fn resync_calls(&self, calls: &[(String, String)], announce: bool) {
         if calls.is_empty() {
             return;
         }
@@ -120,11 +125,16 @@ impl Hub {
                 payments_available: ready.is_ok(),
                 reason: ready.err().map(|_| "Payments are not available for this clinic right now.".to_owned()),
             };
-            self.rooms.deliver_clinic(&clinic.id, &event);
+            for (call_id, _) in calls.iter().filter(|(_, k)| *k == clinic.id) {
+                self.rooms.deliver(call_id, &event);
+            }
         }
         // A join published while other nodes were cut off is lost to them: tell them again who
         // is here. (Leaves lost in a gap need shared presence with expiry: not in this node.)
-        for (call_id, clinic_id) in &calls {
+        if !announce {
+            return;
+        }
+        for (call_id, clinic_id) in calls {
             for participant in self.rooms.participants(call_id) {
                 let envelope = Envelope {
                     origin: self.node_id.clone(),
@@ -153,6 +163,11 @@ impl EnvelopeSink for Hub {
     fn resync(self: Arc<Self>) {
         let hub = self.clone();
         self.tracker.spawn(async move { hub.resync_rooms().await });
+    }
+
+    fn resync_call(self: Arc<Self>, call_id: String, clinic_id: String) {
+        let hub = self.clone();
+        self.tracker.spawn(async move { hub.resync_calls(&[(call_id, clinic_id)], false).await });
     }
 }
 

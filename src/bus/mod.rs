@@ -92,6 +92,9 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     fn deliver_remote(&self, envelope: &Envelope);
     /// Called after a gap in delivery (lag, reconnect): local rooms must resync from the store.
     fn resync(self: std::sync::Arc<Self>);
+    /// Called once this node's subscription to `call_id` is live: events other nodes published
+    /// before that are lost to it, so that room must resync from the store.
+    fn resync_call(self: std::sync::Arc<Self>, call_id: String, clinic_id: String);
 }
 
 /// Cross-node publish/subscribe.

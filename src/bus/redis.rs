@@ -28,9 +28,11 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_START: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Membership changes, in the order the room registry made them. The subscriber task keeps
+/// the clinic refcounts itself, so a count and its SUBSCRIBE/UNSUBSCRIBE can never be reordered.
 enum Command {
-    Subscribe(String),
-    Unsubscribe(String),
+    Watch { call_id: String, clinic_id: String },
+    Unwatch { call_id: String, clinic_id: String },
 }
 
 /// The Redis bus for one node.
@@ -41,8 +43,6 @@ pub struct RedisBus {
     commands_tx: mpsc::Sender<Command>,
     parts: std::sync::Mutex<Option<(mpsc::Receiver<Command>, mpsc::Receiver<PushInfo>)>>,
     lagged: Arc<AtomicBool>,
-    /// Rooms per clinic on this node, to know when the clinic channel is still needed.
-    clinics: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 fn call_channel(call_id: &str) -> String {
@@ -95,7 +95,6 @@ impl RedisBus {
             commands_tx,
             parts: std::sync::Mutex::new(Some((commands_rx, push_rx))),
             lagged,
-            clinics: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -127,93 +126,127 @@ impl Bus for RedisBus {
     }
 
     fn start(&self, sink: Arc<dyn EnvelopeSink>, stop: CancellationToken) {
-        let Some((mut commands, mut pushes)) = self.parts.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some((commands, pushes)) = self.parts.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             tracing::error!("redis bus started twice");
             return;
         };
-        let node = self.node.clone();
-        let mut sub = self.subscriber.clone();
-        let lagged = self.lagged.clone();
-        tokio::spawn(async move {
-            loop {
-                if lagged.swap(false, Ordering::Relaxed) {
-                    sink.clone().resync();
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    cmd = commands.recv() => {
-                        let Some(cmd) = cmd else { return };
-                        let result = match &cmd {
-                            Command::Subscribe(ch) => sub.subscribe(ch).await,
-                            Command::Unsubscribe(ch) => sub.unsubscribe(ch).await,
-                        };
-                        if let Err(e) = result {
-                            // Automatic resubscription covers channels subscribed before a
-                            // disconnection; one that failed now is retried on recovery.
-                            tracing::warn!(error = %e, "redis subscribe/unsubscribe failed");
-                            if let Command::Subscribe(ch) = cmd {
-                                recover(&mut sub, &stop).await;
-                                let _ = sub.subscribe(&ch).await;
-                                sink.clone().resync();
-                            }
-                        }
-                    }
-                    push = pushes.recv() => {
-                        let Some(push) = push else { return };
-                        match push.kind {
-                            PushKind::Message => {
-                                let Some(redis::Value::BulkString(bytes)) = push.data.get(1) else { continue };
-                                match serde_json::from_slice::<Envelope>(bytes) {
-                                    Ok(env) if env.origin != node => sink.deliver_remote(&env),
-                                    Ok(_) => {}
-                                    Err(e) => tracing::warn!(error = %e, "undecodable envelope on the bus"),
-                                }
-                            }
-                            PushKind::Disconnection => {
-                                tracing::warn!("redis bus disconnected; will resync rooms once it is back");
-                                recover(&mut sub, &stop).await;
-                                tracing::info!("redis bus reconnected; resyncing rooms from the store");
-                                sink.clone().resync();
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        });
+        // Two tasks, so a slow SUBSCRIBE never holds up delivering messages and a burst of
+        // messages never holds up subscribing.
+        tokio::spawn(subscriptions(self.subscriber.clone(), commands, sink.clone(), stop.clone()));
+        tokio::spawn(messages(self.node.clone(), self.subscriber.clone(), pushes, self.lagged.clone(), sink, stop));
     }
 
     fn watch(&self, call_id: &str, clinic_id: &str) {
-        self.command(Command::Subscribe(call_channel(call_id)));
-        let first = {
-            let mut clinics = self.clinics.lock().unwrap_or_else(|p| p.into_inner());
-            let n = clinics.entry(clinic_id.to_owned()).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first {
-            self.command(Command::Subscribe(clinic_channel(clinic_id)));
-        }
+        self.command(Command::Watch { call_id: call_id.to_owned(), clinic_id: clinic_id.to_owned() });
     }
 
     fn unwatch(&self, call_id: &str, clinic_id: &str) {
-        self.command(Command::Unsubscribe(call_channel(call_id)));
-        let last = {
-            let mut clinics = self.clinics.lock().unwrap_or_else(|p| p.into_inner());
-            match clinics.get_mut(clinic_id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    clinics.remove(clinic_id);
-                    true
-                }
-                None => false,
-            }
+        self.command(Command::Unwatch { call_id: call_id.to_owned(), clinic_id: clinic_id.to_owned() });
+    }
+}
+
+/// Applies membership changes in order: subscribes a call's channel (and its clinic's, on the
+/// clinic's first call here), retrying until Redis takes it, then resyncs that room from the
+/// store, since whatever other nodes published before the subscription was live is lost.
+async fn subscriptions(
+    mut sub: ConnectionManager,
+    mut commands: mpsc::Receiver<Command>,
+    sink: Arc<dyn EnvelopeSink>,
+    stop: CancellationToken,
+) {
+    let mut clinics: HashMap<String, usize> = HashMap::new();
+    loop {
+        let cmd = tokio::select! {
+            _ = stop.cancelled() => return,
+            cmd = commands.recv() => match cmd { Some(c) => c, None => return },
         };
-        if last {
-            self.command(Command::Unsubscribe(clinic_channel(clinic_id)));
+        match cmd {
+            Command::Watch { call_id, clinic_id } => {
+                let n = clinics.entry(clinic_id.clone()).or_insert(0);
+                *n += 1;
+                if *n == 1 && !subscribe(&mut sub, &clinic_channel(&clinic_id), &stop).await {
+                    return;
+                }
+                if !subscribe(&mut sub, &call_channel(&call_id), &stop).await {
+                    return;
+                }
+                sink.clone().resync_call(call_id, clinic_id);
+            }
+            Command::Unwatch { call_id, clinic_id } => {
+                if let Err(e) = sub.unsubscribe(call_channel(&call_id)).await {
+                    // Harmless: a stray subscription only delivers events for a room that is
+                    // not here, which are dropped.
+                    tracing::warn!(error = %e, call_id, "redis unsubscribe failed");
+                }
+                let last = match clinics.get_mut(&clinic_id) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        false
+                    }
+                    Some(_) => {
+                        clinics.remove(&clinic_id);
+                        true
+                    }
+                    None => false,
+                };
+                if last && let Err(e) = sub.unsubscribe(clinic_channel(&clinic_id)).await {
+                    tracing::warn!(error = %e, clinic_id, "redis unsubscribe failed");
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes, retrying with backoff until Redis acknowledges; false only when stopping.
+async fn subscribe(sub: &mut ConnectionManager, channel: &str, stop: &CancellationToken) -> bool {
+    let mut wait = RETRY_START;
+    loop {
+        match sub.subscribe(channel).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, channel, "redis subscribe failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Delivers other nodes' envelopes, and resyncs every room after a lost message or a
+/// disconnection.
+async fn messages(
+    node: String,
+    mut sub: ConnectionManager,
+    mut pushes: mpsc::Receiver<PushInfo>,
+    lagged: Arc<AtomicBool>,
+    sink: Arc<dyn EnvelopeSink>,
+    stop: CancellationToken,
+) {
+    loop {
+        if lagged.swap(false, Ordering::Relaxed) {
+            sink.clone().resync();
+        }
+        let push = tokio::select! {
+            _ = stop.cancelled() => return,
+            push = pushes.recv() => match push { Some(p) => p, None => return },
+        };
+        match push.kind {
+            PushKind::Message => {
+                let Some(redis::Value::BulkString(bytes)) = push.data.get(1) else { continue };
+                match serde_json::from_slice::<Envelope>(bytes) {
+                    Ok(env) if env.origin != node => sink.deliver_remote(&env),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "undecodable envelope on the bus"),
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("redis bus disconnected; will resync rooms once it is back");
+                recover(&mut sub, &stop).await;
+                tracing::info!("redis bus reconnected; resyncing rooms from the store");
+                sink.clone().resync();
+            }
+            _ => {}
         }
     }
 }

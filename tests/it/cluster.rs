@@ -222,3 +222,63 @@ async fn a_resync_repairs_availability_lost_in_a_gap() {
     let update = doc.until("clinic.updated").await;
     assert_eq!(update["payments_available"], false, "{update}");
 }
+
+/// Records what a Redis bus hands its node.
+#[derive(Default)]
+struct Recorder {
+    delivered: std::sync::Mutex<Vec<callpay::bus::Envelope>>,
+    resynced_calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl callpay::bus::EnvelopeSink for Recorder {
+    fn deliver_remote(&self, envelope: &callpay::bus::Envelope) {
+        self.delivered.lock().unwrap().push(envelope.clone());
+    }
+    fn resync(self: Arc<Self>) {}
+    fn resync_call(self: Arc<Self>, call_id: String, _clinic_id: String) {
+        self.resynced_calls.lock().unwrap().push(call_id);
+    }
+}
+
+async fn numsub(channel: &str) -> i64 {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (_, n): (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg(channel).query_async(&mut conn).await.unwrap();
+    n
+}
+
+#[tokio::test]
+async fn a_call_is_resynced_once_its_subscription_is_live_and_clinic_channels_follow_their_calls() {
+    use callpay::bus::{Bus, Envelope, RoomEvent};
+    ensure_services();
+    let run = callpay::payments::random_id();
+    let (call, clinic) = (format!("call_{run}"), format!("clinic_{run}"));
+    let a = RedisBus::connect(REDIS_URL, "a".into()).await.unwrap();
+    let b = RedisBus::connect(REDIS_URL, "b".into()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let seen = Arc::new(Recorder::default());
+    b.start(seen.clone(), stop.clone());
+    b.watch(&call, &clinic);
+    // The room resyncs only after Redis acknowledged the subscription: from then on nothing
+    // another node publishes is lost.
+    eventually(async || seen.resynced_calls.lock().unwrap().contains(&call).then_some(())).await;
+    let event = RoomEvent::ClinicUpdated { payments_available: false, reason: None };
+    let envelope = Envelope { origin: "a".into(), call_id: call.clone(), clinic_id: clinic.clone(), event };
+    a.publish(&envelope).await.unwrap();
+    eventually(async || seen.delivered.lock().unwrap().contains(&envelope).then_some(())).await;
+
+    // Rooms of one clinic opening and closing in quick succession: the clinic channel stays
+    // subscribed exactly while a call of the clinic is here.
+    for i in 0..200 {
+        b.watch(&format!("{call}-{i}"), &clinic);
+        b.unwatch(&format!("{call}-{i}"), &clinic);
+    }
+    let marker = format!("{call}-marker");
+    b.watch(&marker, &clinic);
+    eventually(async || seen.resynced_calls.lock().unwrap().contains(&marker).then_some(())).await;
+    assert_eq!(numsub(&format!("callpay:clinic:{clinic}")).await, 1, "clinic channel still subscribed");
+    b.unwatch(&call, &clinic);
+    b.unwatch(&marker, &clinic);
+    eventually(async || (numsub(&format!("callpay:clinic:{clinic}")).await == 0).then_some(())).await;
+    stop.cancel();
+}
