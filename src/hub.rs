@@ -85,7 +85,7 @@ impl Hub {
             if !self.resync.again.load(Ordering::Acquire) {
                 self.resync.running.store(false, Ordering::Release);
                 // A request may have arrived between the check and the release: take it.
-                if !(self.resync.again.load(Ordering::Acquire) && !self.resync.running.swap(true, Ordering::AcqRel)) {
+                if !self.resync.again.load(Ordering::Acquire) || self.resync.running.swap(true, Ordering::AcqRel) {
                     return;
                 }
             }

@@ -360,7 +360,7 @@ impl Payments {
             let Some(current) = self.store.payment(id).await? else { return Ok(None) };
             let Some(t) = state::apply(&current, change, event_at) else { return Ok(None) };
             let writes = [
-                Write::Payment { payment: t.payment.clone(), expected_version: current.version },
+                Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
                 Write::Audit(audit.clone()),
             ];
             if self.store.commit(&writes).await? == Committed::Applied {
@@ -468,7 +468,7 @@ impl Payments {
             let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
             let writes = [
                 Write::Webhook(record(Some(&current.id), "applied")),
-                Write::Payment { payment: t.payment.clone(), expected_version: current.version },
+                Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
                 Write::Audit(audit),
             ];
             match self.store.commit(&writes).await? {
@@ -678,23 +678,6 @@ fn gateway_refusal(e: GatewayError, reference: Option<&str>) -> Refusal {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stripes_own_wording_never_reaches_the_call() {
-        let e = GatewayError::Rejected {
-            status: 400,
-            code: Some("parameter_invalid_integer".into()),
-            message: "Invalid integer: 12.5 for amount on acct_1Secret (sk_live_...)".into(),
-        };
-        let r = gateway_refusal(e, Some("r1"));
-        assert!(r.message.contains("parameter_invalid_integer"), "{}", r.message);
-        assert!(!r.message.contains("acct_") && !r.message.contains("Invalid integer"), "{}", r.message);
-    }
-}
-
 fn status_word(s: PaymentStatus) -> &'static str {
     match s {
         PaymentStatus::Creating => "being created",
@@ -715,4 +698,21 @@ pub fn random_id() -> String {
     const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
     let mut rng = rand::rng();
     (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stripes_own_wording_never_reaches_the_call() {
+        let e = GatewayError::Rejected {
+            status: 400,
+            code: Some("parameter_invalid_integer".into()),
+            message: "Invalid integer: 12.5 for amount on acct_1Secret (sk_live_...)".into(),
+        };
+        let r = gateway_refusal(e, Some("r1"));
+        assert!(r.message.contains("parameter_invalid_integer"), "{}", r.message);
+        assert!(!r.message.contains("acct_") && !r.message.contains("Invalid integer"), "{}", r.message);
+    }
 }

@@ -170,7 +170,7 @@ pub enum Write {
     /// whole batch is a no-op ([`Committed::Conflict`]).
     Payment {
         /// The new row.
-        payment: Payment,
+        payment: Box<Payment>,
         /// The version it was computed from.
         expected_version: i64,
     },

@@ -683,7 +683,7 @@ mod tests {
         next.status = PaymentStatus::Requested;
         next.version = 2;
         next.payment_intent_id = Some("pi_1".into());
-        let write = [Write::Payment { payment: next.clone(), expected_version: 1 }];
+        let write = [Write::Payment { payment: Box::new(next.clone()), expected_version: 1 }];
         assert_eq!(store.commit(&write).await.unwrap(), Committed::Applied);
         assert_eq!(store.commit(&write).await.unwrap(), Committed::Conflict, "stale version is refused");
         let loaded = store.payment_by_intent("pi_1").await.unwrap().unwrap();
@@ -707,7 +707,7 @@ mod tests {
             outcome: "applied".into(),
         };
         let batch = |rec: &WebhookRecord, expected_version| {
-            [Write::Webhook(rec.clone()), Write::Payment { payment: paid.clone(), expected_version }]
+            [Write::Webhook(rec.clone()), Write::Payment { payment: Box::new(paid.clone()), expected_version }]
         };
         assert_eq!(store.commit(&batch(&rec, 1)).await.unwrap(), Committed::Applied);
         assert_eq!(store.commit(&batch(&rec, 2)).await.unwrap(), Committed::Duplicate);

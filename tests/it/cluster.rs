@@ -180,7 +180,7 @@ async fn the_store_behaves_the_same_on_postgres() {
     next.status = callpay_protocol::PaymentStatus::Requested;
     next.payment_intent_id = Some("pi_pg".into());
     use callpay::store::{Committed, Write};
-    let write = [Write::Payment { payment: next.clone(), expected_version: 1 }];
+    let write = [Write::Payment { payment: Box::new(next.clone()), expected_version: 1 }];
     assert_eq!(store.commit(&write).await.unwrap(), Committed::Applied);
     assert_eq!(again.commit(&write).await.unwrap(), Committed::Conflict);
     assert_eq!(again.payment_by_intent("pi_pg").await.unwrap().unwrap(), next);
