@@ -282,3 +282,26 @@ async fn a_call_is_resynced_once_its_subscription_is_live_and_clinic_channels_fo
     eventually(async || (numsub(&format!("callpay:clinic:{clinic}")).await == 0).then_some(())).await;
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
+    use callpay::bus::Bus;
+    ensure_services();
+    let mut redis = PrivateRedis::start();
+    let bus = RedisBus::connect(&redis.url(), "b".into()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let seen = Arc::new(Recorder::default());
+    bus.start(seen.clone(), stop.clone());
+    redis.stop();
+    bus.watch("call_down", "clinic_down");
+    // Still down: the room cannot have been resynced, since nothing is subscribed yet.
+    assert!(seen.resynced_calls.lock().unwrap().is_empty());
+    redis.restart();
+    eventually(async || seen.resynced_calls.lock().unwrap().iter().any(|c| c == "call_down").then_some(())).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let (_, n): (String, i64) =
+        redis::cmd("PUBSUB").arg("NUMSUB").arg("callpay:call:call_down").query_async(&mut conn).await.unwrap();
+    assert_eq!(n, 1, "subscribed once Redis came back");
+    stop.cancel();
+}
