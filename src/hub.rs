@@ -42,24 +42,30 @@ impl Hub {
         Arc::new(Self { node_id, rooms, bus, store, tracker, resync: Arc::default() })
     }
 
-    /// Delivers to local members, then publishes to other nodes. A bus failure is logged: local
-    /// members are already served and remote nodes resync when their bus comes back.
-    pub async fn publish(&self, call_id: &str, clinic_id: &str, event: RoomEvent) {
+    /// Delivers to local members, then queues for other nodes; never waits on the bus. A bus
+    /// failure is logged: local members are already served and other nodes resync.
+    pub fn publish(&self, call_id: &str, clinic_id: &str, event: RoomEvent) {
         self.rooms.deliver(call_id, &event);
+        if !self.bus.has_peers() {
+            return;
+        }
         let envelope =
             Envelope { origin: self.node_id.clone(), call_id: call_id.into(), clinic_id: clinic_id.into(), event };
-        if let Err(e) = self.bus.publish(&envelope).await {
+        if let Err(e) = self.bus.publish(envelope) {
             tracing::warn!(error = %e, call_id, "bus publish failed; other nodes will resync");
         }
     }
 
     /// Delivers to every call of `clinic_id` on every node (e.g. the clinic was unlinked).
     /// On the bus, an empty `call_id` means "every call of the clinic".
-    pub async fn publish_clinic(&self, clinic_id: &str, event: RoomEvent) {
+    pub fn publish_clinic(&self, clinic_id: &str, event: RoomEvent) {
         self.rooms.deliver_clinic(clinic_id, &event);
+        if !self.bus.has_peers() {
+            return;
+        }
         let envelope =
             Envelope { origin: self.node_id.clone(), call_id: String::new(), clinic_id: clinic_id.into(), event };
-        if let Err(e) = self.bus.publish(&envelope).await {
+        if let Err(e) = self.bus.publish(envelope) {
             tracing::warn!(error = %e, clinic_id, "bus publish failed; other nodes will resync");
         }
     }
@@ -142,7 +148,7 @@ impl Hub {
                     clinic_id: clinic_id.clone(),
                     event: RoomEvent::Joined { participant },
                 };
-                if let Err(e) = self.bus.publish(&envelope).await {
+                if let Err(e) = self.bus.publish(envelope) {
                     tracing::warn!(error = %e, call_id, "presence not re-announced; bus unavailable");
                     break;
                 }

@@ -186,7 +186,7 @@ pub async fn announce_clinic(app: &AppState, clinic: &Clinic, reason: Option<&st
         payments_available: available,
         reason: if available { None } else { reason.map(str::to_owned) },
     };
-    app.hub.publish_clinic(&clinic.id, event).await;
+    app.hub.publish_clinic(&clinic.id, event);
 }
 
 /// Unlinks every clinic linked to `account` after Stripe told us access was revoked. The event

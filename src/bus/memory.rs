@@ -2,7 +2,6 @@
 //! process (tests, the demo) behave like nodes on Redis.
 
 use super::{Bus, BusError, Envelope, EnvelopeSink};
-use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -29,12 +28,16 @@ impl MemoryBus {
     }
 }
 
-#[async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         // No subscribers is fine: a single node has nobody else to tell.
-        let _ = self.tx.send(envelope.clone());
+        let _ = self.tx.send(envelope);
         Ok(())
+    }
+
+    /// A started node holds one receiver of its own: only more than that means other nodes.
+    fn has_peers(&self) -> bool {
+        self.tx.receiver_count() > 1
     }
 
     fn start(&self, sink: Arc<dyn EnvelopeSink>, stop: CancellationToken) {

@@ -13,7 +13,6 @@ pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
 use crate::store::Payment;
-use async_trait::async_trait;
 use callpay_protocol::{Participant, ProgressStage};
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +97,15 @@ pub trait EnvelopeSink: Send + Sync + 'static {
 }
 
 /// Cross-node publish/subscribe.
-#[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Publishes to other nodes.
-    async fn publish(&self, envelope: &Envelope) -> Result<(), BusError>;
+    /// Hands an envelope to other nodes without waiting for them: it is queued (bounded) and
+    /// sent in the background, so a slow bus never stalls local delivery. An error means it
+    /// was not queued; other nodes then learn of the gap and resync.
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError>;
+    /// Whether any other node may be listening (false spares building envelopes on one node).
+    fn has_peers(&self) -> bool {
+        true
+    }
     /// Starts delivering other nodes' envelopes to `sink` until `stop` is cancelled.
     fn start(&self, sink: std::sync::Arc<dyn EnvelopeSink>, stop: tokio_util::sync::CancellationToken);
     /// This node now has members in `call_id` (of `clinic_id`): receive its events.

@@ -7,7 +7,6 @@
 //! the node waits until Redis answers again and then resyncs its rooms from the store.
 
 use super::{Bus, BusError, Envelope, EnvelopeSink};
-use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind};
 use std::collections::HashMap;
@@ -22,8 +21,16 @@ use tokio_util::sync::CancellationToken;
 const PUSH_BUFFER: usize = 8192;
 /// Watch/unwatch commands waiting for the subscriber task (one per room opened or closed).
 const COMMAND_BUFFER: usize = 65_536;
-/// How long a publish may take before the bus counts as unavailable.
+/// Envelopes waiting to be published. Publishing never waits on Redis: past this many queued
+/// envelopes the node drops what does not fit and, once Redis takes publishes again, tells every
+/// node to resync (a gap), rather than stalling local delivery or growing without bound.
+const PUBLISH_QUEUE: usize = 65_536;
+/// Envelopes sent in one pipelined round trip.
+const PUBLISH_BATCH: usize = 512;
+/// How long a pipelined publish may take before the bus counts as unavailable.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Where a node that lost publishes tells every node to resync.
+const GAP_CHANNEL: &str = "callpay:gap";
 /// Reconnection backoff bounds.
 const RETRY_START: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -38,7 +45,9 @@ enum Command {
 /// The Redis bus for one node.
 pub struct RedisBus {
     node: String,
-    publisher: ConnectionManager,
+    publish_tx: mpsc::Sender<(String, Vec<u8>)>,
+    /// Set when an envelope could not be queued; the publisher announces the gap.
+    dropped: Arc<AtomicBool>,
     subscriber: ConnectionManager,
     commands_tx: mpsc::Sender<Command>,
     parts: std::sync::Mutex<Option<(mpsc::Receiver<Command>, mpsc::Receiver<PushInfo>)>>,
@@ -71,7 +80,7 @@ impl RedisBus {
                 .set_response_timeout(Some(Duration::from_secs(2)))
                 .set_max_delay(RETRY_MAX)
         };
-        let publisher = ConnectionManager::new_with_config(client.clone(), settings())
+        let publisher_conn = ConnectionManager::new_with_config(client.clone(), settings())
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
@@ -88,9 +97,13 @@ impl RedisBus {
             .await
             .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
+        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+        let dropped = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publisher(publisher_conn, publish_rx, dropped.clone(), node.clone()));
         Ok(Self {
             node,
-            publisher,
+            publish_tx,
+            dropped,
             subscriber,
             commands_tx,
             parts: std::sync::Mutex::new(Some((commands_rx, push_rx))),
@@ -106,23 +119,18 @@ impl RedisBus {
     }
 }
 
-#[async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, envelope: &Envelope) -> Result<(), BusError> {
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let channel = if envelope.call_id.is_empty() {
             clinic_channel(&envelope.clinic_id)
         } else {
             call_channel(&envelope.call_id)
         };
-        let payload = serde_json::to_string(envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let mut conn = self.publisher.clone();
-        let sent = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async::<i64>(&mut conn),
-        )
-        .await
-        .map_err(|_| BusError::Unavailable("publish timed out".into()))?;
-        sent.map(|_| ()).map_err(|e| BusError::Unavailable(e.to_string()))
+        let payload = serde_json::to_vec(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        self.publish_tx.try_send((channel, payload)).map_err(|_| {
+            self.dropped.store(true, Ordering::Relaxed);
+            BusError::Unavailable("publish queue full".into())
+        })
     }
 
     fn start(&self, sink: Arc<dyn EnvelopeSink>, stop: CancellationToken) {
@@ -155,6 +163,9 @@ async fn subscriptions(
     stop: CancellationToken,
 ) {
     let mut clinics: HashMap<String, usize> = HashMap::new();
+    if !subscribe(&mut sub, GAP_CHANNEL, &stop).await {
+        return;
+    }
     loop {
         let cmd = tokio::select! {
             _ = stop.cancelled() => return,
@@ -233,6 +244,15 @@ async fn messages(
         };
         match push.kind {
             PushKind::Message => {
+                if let Some(redis::Value::BulkString(ch)) = push.data.first()
+                    && ch == GAP_CHANNEL.as_bytes()
+                {
+                    if push.data.get(1).is_none_or(|v| *v != redis::Value::BulkString(node.as_bytes().to_vec())) {
+                        tracing::warn!("another node lost bus messages; resyncing rooms from the store");
+                        sink.clone().resync();
+                    }
+                    continue;
+                }
                 let Some(redis::Value::BulkString(bytes)) = push.data.get(1) else { continue };
                 match serde_json::from_slice::<Envelope>(bytes) {
                     Ok(env) if env.origin != node => sink.deliver_remote(&env),
@@ -247,6 +267,41 @@ async fn messages(
                 sink.clone().resync();
             }
             _ => {}
+        }
+    }
+}
+
+/// Sends queued envelopes in pipelined batches. Whatever could not be sent (Redis down, queue
+/// overflow) is a gap for the other nodes: once a publish goes through again, a gap message makes
+/// every node resync its rooms from the store.
+async fn publisher(
+    mut conn: ConnectionManager,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    dropped: Arc<AtomicBool>,
+    node: String,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    loop {
+        if rx.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+        }
+        if dropped.swap(false, Ordering::Relaxed) {
+            pipe.cmd("PUBLISH").arg(GAP_CHANNEL).arg(&node).ignore();
+        }
+        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "bus publish failed; other nodes will resync");
+                dropped.store(true, Ordering::Relaxed);
+            }
+            Err(_) => {
+                tracing::warn!("bus publish timed out; other nodes will resync");
+                dropped.store(true, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod view;
 use crate::bus::RoomEvent;
 use crate::config::PaymentsConfig;
 use crate::hub::Hub;
+use crate::rooms::ProgressRefusal;
 use crate::store::{
     Actor, AuditEntry, Committed, Inserted, Payment, STRIPE, Store, StoreError, WebhookRecord, Write, now_ms,
 };
@@ -195,7 +196,7 @@ impl Payments {
                 if existing.status != PaymentStatus::Creating {
                     // A retry of a request that went through: show its current state again.
                     self.audit_only(ok.with_detail("repeated request; nothing new was created")).await;
-                    self.publish(&existing, RoomEvent::PaymentUpdated { payment: existing.clone() }).await;
+                    self.publish(&existing, RoomEvent::PaymentUpdated { payment: existing.clone() });
                     return Ok(());
                 }
                 *existing
@@ -218,9 +219,7 @@ impl Payments {
             Change::Created { payment_intent_id: created.id, client_secret: created.client_secret.unwrap_or_default() };
         let ok = AuditEntry { target: Some(payment.id.clone()), ..ok };
         match self.transition(&payment.id, &change, ok).await.map_err(|e| Refusal::store(e, reference))? {
-            Some(t) => {
-                self.publish(&t.payment, RoomEvent::PaymentRequested { payment: Box::new(t.payment.clone()) }).await
-            }
+            Some(t) => self.publish(&t.payment, RoomEvent::PaymentRequested { payment: Box::new(t.payment.clone()) }),
             None => {
                 // A concurrent retry created it first and already announced it.
                 tracing::debug!(payment_id = %payment.id, "payment already created by a concurrent request");
@@ -290,7 +289,7 @@ impl Payments {
         }
         let ok = who.audit("payment.canceled", Some(payment_id), "ok");
         match self.transition(&payment.id, &Change::Canceled, ok).await.map_err(|e| Refusal::store(e, reference))? {
-            Some(t) => self.announce(t).await,
+            Some(t) => self.announce(t),
             None => {
                 return Err(Refusal::new(
                     ErrorCode::InvalidState,
@@ -312,25 +311,42 @@ impl Payments {
         let action = format!("payment.{}", crate::store::status_str(change_status(payment, &change)));
         let entry = stripe_audit(payment, &action).with_detail(why);
         match self.transition_at(&payment.id, &change, event_at, entry).await {
-            Ok(Some(t)) => self.announce(t).await,
+            Ok(Some(t)) => self.announce(t),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, payment_id = %payment.id, "could not store what Stripe reported"),
         }
     }
 
-    /// `payment.progress` from a patient.
-    pub async fn progress(&self, who: &Caller, payment_id: &str, stage: ProgressStage) -> Result<(), Refusal> {
+    /// `payment.progress` from a patient: checked against the room's routing state (kept by
+    /// the events that change payments) and relayed, without touching the store.
+    pub fn progress(&self, who: &Caller, payment_id: &str, stage: ProgressStage) -> Result<(), Refusal> {
         let reference = Some(payment_id);
         if who.participant.role != Role::Patient {
             return Err(Refusal::new(ErrorCode::Forbidden, "Only the patient reports payment progress.", reference));
         }
-        let payment = self.payment_in_call(who, payment_id).await?;
-        if !matches!(payment.status, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed) {
-            return Err(Refusal::new(ErrorCode::InvalidState, "This payment is not waiting to be paid.", reference));
+        match self.hub.rooms.check_progress(&who.call_id, payment_id) {
+            Ok(()) => {}
+            Err(ProgressRefusal::UnknownPayment) => {
+                return Err(Refusal::new(
+                    ErrorCode::UnknownPayment,
+                    "There is no such payment in this call.",
+                    reference,
+                ));
+            }
+            Err(ProgressRefusal::NotPayable) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidState,
+                    "This payment is not waiting to be paid.",
+                    reference,
+                ));
+            }
         }
-        let event =
-            RoomEvent::Progress { payment_id: payment.id.clone(), stage, participant_id: who.participant.id.clone() };
-        self.hub.publish(&who.call_id, &who.clinic_id, event).await;
+        let event = RoomEvent::Progress {
+            payment_id: payment_id.to_owned(),
+            stage,
+            participant_id: who.participant.id.clone(),
+        };
+        self.hub.publish(&who.call_id, &who.clinic_id, event);
         Ok(())
     }
 
@@ -370,19 +386,19 @@ impl Payments {
         Err(StoreError::Corrupt(format!("payment {id} kept changing under concurrent updates")))
     }
 
-    async fn announce(&self, t: Transition) {
+    fn announce(&self, t: Transition) {
         if !t.visible {
             return;
         }
         let p = Box::new(t.payment);
-        self.publish(&p, RoomEvent::PaymentUpdated { payment: p.clone() }).await;
+        self.publish(&p, RoomEvent::PaymentUpdated { payment: p.clone() });
         if t.newly_succeeded {
-            self.publish(&p, RoomEvent::PaymentConfirmed { payment: p.clone() }).await;
+            self.publish(&p, RoomEvent::PaymentConfirmed { payment: p.clone() });
         }
     }
 
-    async fn publish(&self, p: &Payment, event: RoomEvent) {
-        self.hub.publish(&p.call_id, &p.clinic_id, event).await;
+    fn publish(&self, p: &Payment, event: RoomEvent) {
+        self.hub.publish(&p.call_id, &p.clinic_id, event);
     }
 
     /// Applies a verified Stripe event: deduplicated by id, matched to the PaymentIntent the hub
@@ -473,7 +489,7 @@ impl Payments {
             ];
             match self.store.commit(&writes).await? {
                 Committed::Applied => {
-                    self.announce(t).await;
+                    self.announce(t);
                     return Ok(EventOutcome::Applied);
                 }
                 Committed::Duplicate => return Ok(EventOutcome::Duplicate),

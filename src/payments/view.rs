@@ -72,9 +72,9 @@ pub fn visible_to(p: &Payment, role: Role) -> bool {
     role == Role::Clinician || p.status != PaymentStatus::Creating
 }
 
-/// Serialises a frame once, for every recipient of the same role.
-pub fn encode(seq: u64, msg: ServerMsg) -> std::sync::Arc<str> {
-    serde_json::to_string(&ServerFrame { seq, msg }).expect("protocol types always serialise").into()
+/// Serialises a frame once, for every recipient of the same role: UTF-8 JSON in shared bytes.
+pub fn encode(seq: u64, msg: ServerMsg) -> bytes::Bytes {
+    serde_json::to_vec(&ServerFrame { seq, msg }).expect("protocol types always serialise").into()
 }
 
 #[cfg(test)]

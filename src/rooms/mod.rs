@@ -1,12 +1,22 @@
-//! Per-call rooms: who is connected to each call on this node, and fan-out of room events to
-//! them. Domain state only: synchronous, no I/O, and no lock is ever held across an `.await`
-//! (the room's mutex guards a member map and a counter; every critical section is a loop of
-//! non-blocking `try_send`s).
+//! Per-call rooms: who is connected to each call on this node, what a relay needs to know about
+//! the call's payments, and fan-out of room events to them as shared encoded frames. Domain
+//! state only: synchronous, no I/O, and no lock is ever held across an `.await` (the room's
+//! mutex guards a member map, the payments' routing state and a counter; every critical section
+//! is a loop of non-blocking `try_send`s).
+//!
+//! The routing state (each payment's status and version) is kept current by the same events
+//! that are fanned out, and seeded from the store when a connection's snapshot is read, so a
+//! relayed `payment.progress` is checked without touching the store or another thread.
+
+pub mod outbound;
+
+pub use outbound::Outbound;
 
 use crate::bus::RoomEvent;
 use crate::payments::view::{encode, payment_view, visible_to};
-use crate::ws::outbound::Outbound;
-use callpay_protocol::{Participant, Role, ServerMsg};
+use crate::store::Payment;
+use bytes::Bytes;
+use callpay_protocol::{Participant, PaymentStatus, Role, ServerMsg};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +49,30 @@ pub struct Room {
 struct RoomInner {
     seq: u64,
     members: HashMap<u64, Member>,
+    /// Each known payment's (status, version): what routing and authorising a relay needs.
+    payments: HashMap<String, (PaymentStatus, i64)>,
+}
+
+impl RoomInner {
+    /// Keeps the newest known state of a payment (versions only grow).
+    fn remember(&mut self, p: &Payment) {
+        match self.payments.get_mut(&p.id) {
+            Some(known) if known.1 >= p.version => {}
+            Some(known) => *known = (p.status, p.version),
+            None => {
+                self.payments.insert(p.id.clone(), (p.status, p.version));
+            }
+        }
+    }
+}
+
+/// Why a patient's progress report cannot be relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressRefusal {
+    /// No payment of that id in this call.
+    UnknownPayment,
+    /// The payment is not waiting to be paid.
+    NotPayable,
 }
 
 struct Member {
@@ -86,7 +120,7 @@ impl RoomRegistry {
             }
             Arc::new(Room {
                 clinic_id: clinic_id.to_owned(),
-                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new() }),
+                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new(), payments: HashMap::new() }),
             })
         });
         let mut inner = entry.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -120,6 +154,30 @@ impl RoomRegistry {
     pub fn deliver_clinic(&self, clinic_id: &str, event: &RoomEvent) -> usize {
         let rooms: Vec<Arc<Room>> = self.rooms.iter().filter(|r| r.clinic_id == clinic_id).map(|r| r.clone()).collect();
         rooms.iter().map(|room| room.broadcast(event, &self.publishable_key)).sum()
+    }
+
+    /// Seeds a room's routing state from a snapshot read from the store (newer versions win, so
+    /// events that arrived meanwhile are kept).
+    pub fn remember_payments(&self, call_id: &str, payments: &[Payment]) {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return };
+        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for p in payments {
+            inner.remember(p);
+        }
+    }
+
+    /// Whether a patient may report progress on `payment_id` in `call_id` now: the payment is
+    /// this call's and waits to be paid. Answered from memory.
+    pub fn check_progress(&self, call_id: &str, payment_id: &str) -> Result<(), ProgressRefusal> {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else {
+            return Err(ProgressRefusal::UnknownPayment);
+        };
+        let inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        match inner.payments.get(payment_id) {
+            None => Err(ProgressRefusal::UnknownPayment),
+            Some((PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed, _)) => Ok(()),
+            Some(_) => Err(ProgressRefusal::NotPayable),
+        }
     }
 
     /// The current event counter of a room (0 if nobody is here).
@@ -169,10 +227,16 @@ impl RoomRegistry {
 impl Room {
     fn broadcast(&self, event: &RoomEvent, publishable_key: &str) -> usize {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let RoomEvent::PaymentRequested { payment }
+        | RoomEvent::PaymentUpdated { payment }
+        | RoomEvent::PaymentConfirmed { payment } = event
+        {
+            inner.remember(payment);
+        }
         inner.seq += 1;
         let seq = inner.seq;
         // Rendered at most once per role, then shared by every member of that role.
-        let mut rendered: [Option<Option<Arc<str>>>; 2] = [None, None];
+        let mut rendered: [Option<Option<Bytes>>; 2] = [None, None];
         let mut sent = 0;
         for member in inner.members.values() {
             let role = member.participant.role;
@@ -201,7 +265,7 @@ fn unique_participants(members: &HashMap<u64, Member>) -> Vec<Participant> {
 }
 
 /// The frame `role` gets for `event`, or `None` if that role does not see it.
-fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Arc<str>> {
+fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Bytes> {
     let msg = match event {
         RoomEvent::Joined { participant } => ServerMsg::ParticipantJoined { participant: participant.clone() },
         RoomEvent::Left { participant } => ServerMsg::ParticipantLeft { participant: participant.clone() },
@@ -291,8 +355,8 @@ mod tests {
         })
     }
 
-    fn frame(rx: &mut tokio::sync::mpsc::Receiver<Arc<str>>) -> ServerFrame {
-        serde_json::from_str(&rx.try_recv().expect("a frame")).unwrap()
+    fn frame(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> ServerFrame {
+        serde_json::from_slice(&rx.try_recv().expect("a frame")).unwrap()
     }
 
     #[test]
@@ -328,6 +392,23 @@ mod tests {
         drop((doc, pat));
         assert_eq!(reg.connections(), 0);
         assert!(reg.calls().is_empty(), "empty rooms are removed");
+    }
+
+    #[test]
+    fn progress_is_checked_against_routing_state_kept_by_events() {
+        let reg = RoomRegistry::new("pk");
+        let _p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
+        assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::UnknownPayment));
+        // Seeded from a snapshot; then an older copy changes nothing, a newer event does.
+        reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]);
+        assert_eq!(reg.check_progress("call", "pay_1"), Ok(()));
+        let mut paid = payment(PaymentStatus::Succeeded);
+        paid.version = 3;
+        reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid });
+        assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::NotPayable));
+        reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]);
+        assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::NotPayable), "stale snapshot ignored");
+        assert_eq!(reg.check_progress("other", "pay_1"), Err(ProgressRefusal::UnknownPayment));
     }
 
     #[test]

@@ -1,23 +1,23 @@
-//! One connection's life: join the room, send `welcome` from the store, then three parts run
-//! until any of them ends — the reader (decodes and rate-limits client frames), the writer
-//! (drains the bounded outbound queue, pings, closes on overflow, heartbeat loss or shutdown)
-//! and the command task (runs payment requests one at a time so a slow Stripe call never stalls
-//! reading pongs).
+//! One connection's life in one task: join the room, send `welcome` from the store, then one
+//! loop serves the socket until it ends: it reads and rate-limits client frames, relays
+//! `payment.progress` on the spot (checked against the room's routing state, no store, no other
+//! task), drains the bounded outbound queue, pings, and closes on overflow, heartbeat loss or
+//! shutdown. Payment requests and cancels call Stripe and may take seconds, so a clinician's are
+//! handed to a second task, started on the first one, which runs them in order; a patient never
+//! has one.
 
-use super::outbound::Outbound;
 use crate::app::AppState;
 use crate::auth::JoinClaims;
 use crate::bus::RoomEvent;
 use crate::payments::view::{encode, payment_view, visible_to};
 use crate::payments::{Caller, Refusal};
+use crate::rooms::Outbound;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
 use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg, close};
 use futures_util::{SinkExt, StreamExt};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio_util::sync::CancellationToken;
 
 /// Client commands waiting behind the one being handled. Beyond this the client is sending
 /// faster than payments can be made and gets `rate_limited`.
@@ -55,8 +55,13 @@ fn heartbeat_lost(silent: Duration, ping_every: Duration) -> bool {
     silent > ping_every * 3 / 2
 }
 
-fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Arc<str> {
+fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Bytes {
     encode(app.hub.rooms.seq(call_id), ServerMsg::Error { code: r.code, message: r.message, reference: r.reference })
+}
+
+/// A frame as a text message; frames are UTF-8 JSON, so the check never fails in practice.
+fn text(frame: Bytes) -> Option<Message> {
+    Utf8Bytes::try_from(frame).ok().map(Message::Text)
 }
 
 /// Decodes a client frame; a non-integer amount on a request is `invalid_amount`, anything else
@@ -124,130 +129,123 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                     reference: None,
                 },
             );
-            if send_within(&mut sink, Message::Text(Utf8Bytes::from(&*frame)), write_deadline).await {
+            if let Some(m) = text(frame)
+                && send_within(&mut sink, m, write_deadline).await
+            {
                 send_within(&mut sink, close_with(1011, "store unavailable"), write_deadline).await;
             }
             return;
         }
     };
-    if !send_within(&mut sink, Message::Text(Utf8Bytes::from(&*welcome)), write_deadline).await {
+    let Some(welcome) = text(welcome) else { return };
+    if !send_within(&mut sink, welcome, write_deadline).await {
         return;
     }
     if joined.first_connection {
-        app.hub.publish(&call_id, &clinic_id, RoomEvent::Joined { participant: participant.clone() }).await;
+        app.hub.publish(&call_id, &clinic_id, RoomEvent::Joined { participant: participant.clone() });
     }
 
-    let done = CancellationToken::new();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let (cmd_tx, cmd_rx) = mpsc::channel::<ClientMsg>(COMMAND_QUEUE);
     let caller = Caller { participant: participant.clone(), call_id: call_id.clone(), clinic_id: clinic_id.clone() };
-    app.tracker.spawn(commands(app.clone(), caller, cmd_rx, out.clone()));
-
+    let mut commands_tx: Option<mpsc::Sender<ClientMsg>> = None;
     let ping_every = Duration::from_millis(app.config.server.ping_interval_ms.max(10));
-    let writer = {
-        let (done, shutdown, slow, last_seen) =
-            (done.clone(), app.shutdown.clone(), out.slow_consumer().clone(), last_seen.clone());
-        let call_id = call_id.clone();
-        app.tracker.spawn(async move {
-            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-            // Each arm's write is bounded by `write_deadline`, so the select is re-polled (and the
-            // slow-consumer flag, shutdown and heartbeat are seen) within that time whatever the
-            // peer does. A close that cannot be written in time is abandoned: dropping the socket
-            // ends the TCP connection instead.
-            let why = loop {
-                tokio::select! {
-                    biased;
-                    _ = slow.cancelled() => {
-                        send_within(&mut sink, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
-                        break "slow consumer";
-                    }
-                    _ = shutdown.cancelled() => {
-                        send_within(&mut sink, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
-                        break "shutdown";
-                    }
-                    _ = done.cancelled() => break "reader ended",
-                    frame = out_rx.recv() => {
-                        let Some(frame) = frame else { break "queue closed" };
-                        // Feed everything already queued, then flush once.
-                        let batch = async {
-                            sink.feed(Message::Text(Utf8Bytes::from(&*frame))).await?;
-                            while let Ok(f) = out_rx.try_recv() {
-                                sink.feed(Message::Text(Utf8Bytes::from(&*f))).await?;
-                            }
-                            sink.flush().await
-                        };
-                        match tokio::time::timeout(write_deadline, batch).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(_)) => break "write failed",
-                            Err(_) => break "write deadline passed (peer not reading)",
-                        }
-                    }
-                    _ = ping.tick() => {
-                        let silent = started.elapsed().saturating_sub(Duration::from_millis(last_seen.load(Ordering::Relaxed)));
-                        if heartbeat_lost(silent, ping_every) {
-                            send_within(&mut sink, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
-                            break "heartbeat lost";
-                        }
-                        if !send_within(&mut sink, Message::Ping(Default::default()), write_deadline).await {
-                            break "ping not written in time";
-                        }
-                    }
-                }
-            };
-            tracing::debug!(call_id, why, "connection writer ended");
-            done.cancel();
-        })
-    };
-
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_seen = Instant::now();
     let mut limit = RateLimit::new(app.config.server.rate_per_sec, app.config.server.rate_burst);
-    loop {
-        let next = tokio::select! {
-            _ = done.cancelled() => break,
-            m = stream.next() => m,
-        };
-        let Some(Ok(msg)) = next else { break };
-        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let refusal = match msg {
-            Message::Text(text) => {
-                if !limit.allow() {
-                    Some(Refusal {
-                        code: ErrorCode::RateLimited,
-                        message: "Too many messages; slow down.".into(),
-                        reference: None,
-                    })
-                } else {
-                    match decode(text.as_str()) {
-                        Ok(cmd) => match cmd_tx.try_send(cmd) {
-                            Ok(()) => None,
-                            Err(_) => Some(Refusal {
-                                code: ErrorCode::RateLimited,
-                                message: "Too many requests in flight; wait for the earlier ones.".into(),
-                                reference: None,
-                            }),
-                        },
-                        Err(r) => Some(r),
+    let (slow, shutdown) = (out.slow_consumer().clone(), app.shutdown.clone());
+    // Each write is bounded by `write_deadline`, so the loop comes back to the slow-consumer
+    // flag, shutdown, the heartbeat and reading within that time whatever the peer does. A close
+    // that cannot be written in time is abandoned: dropping the socket ends the TCP connection.
+    let why = loop {
+        tokio::select! {
+            biased;
+            _ = slow.cancelled() => {
+                send_within(&mut sink, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
+                break "slow consumer";
+            }
+            _ = shutdown.cancelled() => {
+                send_within(&mut sink, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
+                break "shutdown";
+            }
+            frame = out_rx.recv() => {
+                let Some(frame) = frame else { break "queue closed" };
+                // Feed everything already queued, then flush once.
+                let batch = async {
+                    if let Some(m) = text(frame) {
+                        sink.feed(m).await?;
                     }
+                    while let Ok(f) = out_rx.try_recv() {
+                        if let Some(m) = text(f) {
+                            sink.feed(m).await?;
+                        }
+                    }
+                    sink.flush().await
+                };
+                match tokio::time::timeout(write_deadline, batch).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break "write failed",
+                    Err(_) => break "write deadline passed (peer not reading)",
                 }
             }
-            Message::Binary(_) => Some(Refusal {
-                code: ErrorCode::BadFrame,
-                message: "Binary frames are not part of the protocol.".into(),
-                reference: None,
-            }),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => None,
-        };
-        if let Some(r) = refusal {
-            app.metrics.frames_refused.inc();
-            out.push(error_frame(&app, &call_id, r));
+            _ = ping.tick() => {
+                if heartbeat_lost(last_seen.elapsed(), ping_every) {
+                    send_within(&mut sink, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
+                    break "heartbeat lost";
+                }
+                if !send_within(&mut sink, Message::Ping(Bytes::new()), write_deadline).await {
+                    break "ping not written in time";
+                }
+            }
+            msg = stream.next() => {
+                let Some(Ok(msg)) = msg else { break "peer closed" };
+                last_seen = Instant::now();
+                let refusal = match msg {
+                    Message::Text(frame) => {
+                        if !limit.allow() {
+                            Some(Refusal {
+                                code: ErrorCode::RateLimited,
+                                message: "Too many messages; slow down.".into(),
+                                reference: None,
+                            })
+                        } else {
+                            match decode(frame.as_str()) {
+                                Ok(ClientMsg::PaymentProgress { payment_id, stage }) => {
+                                    app.payments.progress(&caller, &payment_id, stage).err()
+                                }
+                                Ok(cmd) => {
+                                    let tx = commands_tx.get_or_insert_with(|| {
+                                        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                                        app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
+                                        tx
+                                    });
+                                    tx.try_send(cmd).err().map(|_| Refusal {
+                                        code: ErrorCode::RateLimited,
+                                        message: "Too many requests in flight; wait for the earlier ones.".into(),
+                                        reference: None,
+                                    })
+                                }
+                                Err(r) => Some(r),
+                            }
+                        }
+                    }
+                    Message::Binary(_) => Some(Refusal {
+                        code: ErrorCode::BadFrame,
+                        message: "Binary frames are not part of the protocol.".into(),
+                        reference: None,
+                    }),
+                    Message::Close(_) => break "peer closed",
+                    Message::Ping(_) | Message::Pong(_) => None,
+                };
+                if let Some(r) = refusal {
+                    app.metrics.frames_refused.inc();
+                    out.push(error_frame(&app, &call_id, r));
+                }
+            }
         }
-    }
-    done.cancel();
-    drop(cmd_tx);
-    let _ = writer.await;
+    };
+    tracing::debug!(call_id, why, "connection ended");
+    drop(commands_tx);
     if let Some(left) = joined.membership.leave() {
-        app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left }).await;
+        app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left });
     }
 }
 
@@ -256,8 +254,9 @@ async fn welcome(
     claims: &JoinClaims,
     seq: u64,
     participants: Vec<callpay_protocol::Participant>,
-) -> Result<Arc<str>, crate::store::StoreError> {
+) -> Result<Bytes, crate::store::StoreError> {
     let payments = app.payments.snapshot(&claims.call_id).await?;
+    app.hub.rooms.remember_payments(&claims.call_id, &payments);
     let clinic = app.store.clinic(&claims.clinic_id).await?;
     let role = claims.role;
     let pk = &app.config.stripe.publishable_key;
@@ -282,9 +281,7 @@ async fn commands(app: AppState, caller: Caller, mut rx: mpsc::Receiver<ClientMs
                 app.payments.request(&caller, &client_ref, amount, &currency, &description).await
             }
             ClientMsg::PaymentCancel { payment_id } => app.payments.cancel(&caller, &payment_id).await,
-            ClientMsg::PaymentProgress { payment_id, stage } => {
-                app.payments.progress(&caller, &payment_id, stage).await
-            }
+            ClientMsg::PaymentProgress { payment_id, stage } => app.payments.progress(&caller, &payment_id, stage),
         };
         if let Err(r) = result {
             app.metrics.frames_refused.inc();

@@ -264,7 +264,7 @@ async fn a_call_is_resynced_once_its_subscription_is_live_and_clinic_channels_fo
     eventually(async || seen.resynced_calls.lock().unwrap().contains(&call).then_some(())).await;
     let event = RoomEvent::ClinicUpdated { payments_available: false, reason: None };
     let envelope = Envelope { origin: "a".into(), call_id: call.clone(), clinic_id: clinic.clone(), event };
-    a.publish(&envelope).await.unwrap();
+    a.publish(envelope.clone()).unwrap();
     eventually(async || seen.delivered.lock().unwrap().contains(&envelope).then_some(())).await;
 
     // Rooms of one clinic opening and closing in quick succession: the clinic channel stays

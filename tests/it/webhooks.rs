@@ -96,8 +96,9 @@ async fn duplicated_and_out_of_order_webhooks_confirm_exactly_once() {
         (n >= 4).then_some(())
     })
     .await;
-    let duplicates = hub.state.metrics.webhooks_duplicate.get();
-    assert!(duplicates >= 2, "duplicates were seen and ignored: {duplicates}");
+    // Duplicates are counted as the hub answers them, which may trail the deliveries counted above.
+    let metrics = hub.state.metrics.clone();
+    eventually(async || (metrics.webhooks_duplicate.get() >= 2).then_some(())).await;
     // A fresh connection's snapshot is the paid payment; the old sockets got one confirmation.
     let fresh = hub.clinician().await;
     assert_eq!(fresh.welcome["payments"][0]["status"], "succeeded");
