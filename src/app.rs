@@ -115,8 +115,10 @@ impl App {
         let payments = Payments::new(deps.store.clone(), deps.stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());
+        let cap = crate::limits::connection_cap(config.server.max_connections);
+        tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         let state = AppState {
-            connection_slots: Arc::new(Semaphore::new(config.server.max_connections)),
+            connection_slots: Arc::new(Semaphore::new(cap)),
             config: Arc::new(config),
             store: deps.store,
             hub,

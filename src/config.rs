@@ -96,7 +96,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Public base URL (for OAuth redirects and links); defaults to `http://{listen}`.
     pub public_url: Option<String>,
-    /// Most concurrent WebSocket connections; beyond it upgrades get 503.
+    /// Most concurrent WebSocket connections; beyond it upgrades get 503. `0` (the default)
+    /// means: as many as the process's open-file limit allows, less a reserve for the database,
+    /// Redis, HTTP requests and files (see [`crate::limits`]).
     pub max_connections: usize,
     /// Frames queued per connection before it is closed as a slow consumer. 64 frames is
     /// minutes of normal traffic for one call, yet bounds memory per socket to a few hundred KiB.
@@ -122,7 +124,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
-            max_connections: 10_000,
+            max_connections: 0,
             outbound_queue: 64,
             max_message_bytes: 16 * 1024,
             ping_interval_ms: 15_000,
@@ -329,12 +331,8 @@ impl Config {
                 "several instances (bus.redis_url set) need a shared PostgreSQL database",
             );
         }
-        if self.server.outbound_queue == 0 || self.server.max_connections == 0 {
-            return invalid(
-                "server.outbound_queue",
-                "SERVER__OUTBOUND_QUEUE",
-                "queue and connection limits must be positive",
-            );
+        if self.server.outbound_queue == 0 {
+            return invalid("server.outbound_queue", "SERVER__OUTBOUND_QUEUE", "the outbound queue must be positive");
         }
         Ok(())
     }

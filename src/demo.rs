@@ -252,9 +252,20 @@ pub async fn start_wrapped(
     Ok(Demo { app, sim, info })
 }
 
-/// `callpay demo`: starts, prints, runs until Ctrl-C.
-pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let demo = start(Some(data_dir), listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)))).await?;
+/// `callpay demo`: starts, prints, runs until Ctrl-C. `settings` come from `--config` and the
+/// environment as for `serve`; the demo keeps its own auth, database, Stripe and bus, and takes
+/// the server (limits, timeouts) and payments settings from them.
+pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config) -> anyhow::Result<()> {
+    let listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let demo = start_with(Some(data_dir), listen, stripe_sim::SimConfig::default(), |c| {
+        c.server = crate::config::ServerConfig {
+            listen: c.server.listen,
+            public_url: c.server.public_url.clone(),
+            ..settings.server
+        };
+        c.payments = settings.payments;
+    })
+    .await?;
     let i = &demo.info;
     println!("callpay demo is running (Ctrl-C to stop)");
     println!("  open the demo call: {}/demo", i.hub_url);

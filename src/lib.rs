@@ -10,6 +10,7 @@
 //! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait.
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
 //! - [`auth`] verifies the platform's tokens; [`config`] loads settings; [`metrics`] counts;
+//!   [`limits`] sizes the connection cap from the open-file limit;
 //!   [`demo`] runs the whole product offline against the Stripe simulator.
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod payments;
 pub mod rooms;

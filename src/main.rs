@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 const USAGE: &str = "usage:
   callpay serve [--config FILE]      run the hub (settings: FILE, then CALLPAY__SECTION__KEY variables)
-  callpay demo [--data-dir DIR] [--listen ADDR]
-                                     run everything offline: hub, SQLite, Stripe simulator, web pages";
+  callpay demo [--data-dir DIR] [--listen ADDR] [--config FILE]
+                                     run everything offline: hub, SQLite, Stripe simulator, web pages
+                                     (server and payments settings from FILE and CALLPAY__… as for serve)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         "demo" => {
             let dir = flag("--data-dir").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data/demo"));
             let listen = flag("--listen").map(|l| l.parse()).transpose().context("--listen must be HOST:PORT")?;
-            callpay::demo::run(dir, listen).await
+            let file = flag("--config").map(PathBuf::from);
+            let settings = Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
+            callpay::demo::run(dir, listen, settings).await
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

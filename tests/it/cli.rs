@@ -32,8 +32,11 @@ async fn serve_refuses_to_start_without_required_settings() {
 #[tokio::test]
 async fn demo_prints_urls_and_the_machine_line() {
     let dir = std::env::temp_dir().join(format!("callpay-cli-{}", callpay::payments::random_id()));
+    // The demo takes the server settings from the environment as `serve` does: a cap of one
+    // socket, so a second upgrade is refused with 503.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callpay"))
         .args(["demo", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+        .env("CALLPAY__SERVER__MAX_CONNECTIONS", "1")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -57,6 +60,13 @@ async fn demo_prints_urls_and_the_machine_line() {
     let hub = info["hub_url"].as_str().unwrap();
     assert!(seen.iter().any(|l| l.contains(&format!("{hub}/demo"))), "prints the demo URL: {seen:?}");
     assert!(dir.join("callpay.db").exists(), "SQLite lives under the data directory");
+    let ws = format!("{}/v1/calls/{}/ws?token=", hub.replace("http://", "ws://"), info["call_id"].as_str().unwrap());
+    let first = tokio_tungstenite::connect_async(format!("{ws}{}", info["clinician_token"].as_str().unwrap())).await;
+    assert!(first.is_ok(), "the first socket fits");
+    match tokio_tungstenite::connect_async(format!("{ws}{}", info["patient_token"].as_str().unwrap())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 past the configured cap, got {:?}", other.map(|_| ())),
+    }
     child.kill().await.ok();
     std::fs::remove_dir_all(dir).ok();
 }
