@@ -14,6 +14,11 @@
 //!   `callpay serve` processes sharing a fresh PostgreSQL database and Redis (127.0.0.1:5432 and
 //!   :6379), with every clinician on node 0 and every patient on node 1, so every event crosses
 //!   Redis. The Stripe simulator runs inside the load generator; its webhooks go to node 0.
+//! - `compare relay|cluster-relay|idle`: callpay and a Socket.IO 4.8 relay side by side under
+//!   the same open-loop load (see [`compare`]).
+
+mod chart;
+mod compare;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -22,6 +27,7 @@ use callpay_protocol::Role;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -37,6 +43,14 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
   connections       idle sockets and a clinic-wide broadcast (default 2000 sockets)
   cluster-relay     relay across two instances over Redis + PostgreSQL
   cluster-payments  payments across two instances over Redis + PostgreSQL
+  compare relay|cluster-relay|idle
+                    callpay and Socket.IO 4.8 back to back under the same open-loop load
+    --calls N         calls (2 sockets each; default 2000)
+    --rates A,B,..    aggregate events/s (default 1000,2000,5000,10000,15000,20000)
+    --seconds S       measured seconds per rate (default 5)
+    --sockets A,B,..  idle socket counts (default 1000,10000,19000)
+    --peers a,b       default callpay,socketio
+    --out DIR         write DIR/<date>-<scenario>.json and .svg (default loadtest/results)
   --hub BIN         the callpay binary (default target/release/callpay)";
 
 /// Latency samples.
@@ -95,10 +109,16 @@ impl Drop for Hub {
 
 impl Hub {
     async fn start(bin: &str) -> anyhow::Result<Self> {
+        Self::start_with(bin, &[]).await
+    }
+
+    /// [`Hub::start`] with extra `CALLPAY__…` settings for the demo.
+    async fn start_with(bin: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("callpay-load-{}", std::process::id()));
         let mut child = tokio::process::Command::new(bin)
             .args(["demo", "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -122,6 +142,11 @@ impl Hub {
 
     /// Two (or `n`) `callpay serve` instances on a fresh PostgreSQL database and Redis.
     async fn start_cluster(bin: &str, n: usize) -> anyhow::Result<Self> {
+        Self::start_cluster_with(bin, n, &[]).await
+    }
+
+    /// [`Hub::start_cluster`] with extra `CALLPAY__…` settings for every instance.
+    async fn start_cluster_with(bin: &str, n: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let db = format!("callpay_load_{}", std::process::id());
         psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
         psql(&format!("CREATE DATABASE {db}"))?;
@@ -155,6 +180,7 @@ impl Hub {
                     .env("CALLPAY__STRIPE__API_BASE", &sim.url)
                     .env("CALLPAY__STRIPE__CONNECT_BASE", &sim.url)
                     .env("CALLPAY__STRIPE__WEBHOOK_SECRETS", webhook_secret)
+                    .envs(env.iter().copied())
                     .kill_on_drop(true)
                     .spawn()
                     .with_context(|| format!("starting instance {i} from {bin}"))?,
@@ -379,6 +405,18 @@ async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
     )
 }
 
+/// Raises the soft open-file limit to the hard one (each socket is a file); children inherit it.
+fn raise_open_files() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -391,6 +429,28 @@ async fn main() -> anyhow::Result<()> {
         flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")))
     };
     let bin = flag("--hub").unwrap_or_else(|| "target/release/callpay".into());
+    if scenario == "compare" {
+        raise_open_files();
+        let list = |name: &str, default: &str| -> anyhow::Result<Vec<u64>> {
+            flag(name).unwrap_or_else(|| default.into()).split(',').map(|v| v.trim().parse().context(format!("{name} takes numbers"))).collect()
+        };
+        let plan = compare::Plan {
+            scenario: args.get(1).cloned().unwrap_or_else(|| "relay".into()),
+            calls: number("--calls", 2000)?,
+            rates: list("--rates", "1000,2000,5000,10000,15000,20000")?,
+            seconds: flag("--seconds").map_or(Ok(5.0), |v| v.parse().context("--seconds takes a number"))?,
+            sockets: list("--sockets", "1000,10000,19000")?.into_iter().map(|n| n as usize).collect(),
+            hub_bin: bin,
+            out_dir: Some(flag("--out").map_or_else(|| PathBuf::from("loadtest/results"), PathBuf::from)),
+            peers: flag("--peers").unwrap_or_else(|| "callpay,socketio".into()).split(',').map(str::to_owned).collect(),
+        };
+        let report = tokio::time::timeout(Duration::from_secs(1800), compare::run(plan))
+            .await
+            .context("compare did not finish within 30 minutes")??;
+        println!("{}", serde_json::to_string_pretty(&report["ratios"])?);
+        println!("LOADTEST {report}");
+        return Ok(());
+    }
     let hub =
         if scenario.starts_with("cluster-") { Hub::start_cluster(&bin, 2).await? } else { Hub::start(&bin).await? };
     let result = tokio::time::timeout(Duration::from_secs(600), async {

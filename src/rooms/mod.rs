@@ -18,6 +18,7 @@ use crate::store::Payment;
 use bytes::Bytes;
 use callpay_protocol::{Participant, PaymentStatus, Role, ServerMsg};
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,9 @@ pub trait RoomObserver: Send + Sync + 'static {
 
 /// All rooms with members on this node.
 pub struct RoomRegistry {
-    rooms: DashMap<String, Arc<Room>>,
+    /// Keyed with foldhash: SipHash showed in the relay profile, and call ids come from
+    /// platform-signed tokens, not from anonymous clients.
+    rooms: DashMap<String, Arc<Room>, RandomState>,
     next_conn: AtomicU64,
     publishable_key: String,
     observer: std::sync::OnceLock<Arc<dyn RoomObserver>>,
@@ -48,9 +51,9 @@ pub struct Room {
 
 struct RoomInner {
     seq: u64,
-    members: HashMap<u64, Member>,
+    members: HashMap<u64, Member, RandomState>,
     /// Each known payment's (status, version): what routing and authorising a relay needs.
-    payments: HashMap<String, (PaymentStatus, i64)>,
+    payments: HashMap<String, (PaymentStatus, i64), RandomState>,
 }
 
 impl RoomInner {
@@ -96,7 +99,7 @@ impl RoomRegistry {
     /// An empty registry. Patients' payment copies carry `publishable_key` for Stripe.js.
     pub fn new(publishable_key: impl Into<String>) -> Arc<Self> {
         Arc::new(Self {
-            rooms: DashMap::new(),
+            rooms: DashMap::with_hasher(RandomState::default()),
             next_conn: AtomicU64::new(1),
             publishable_key: publishable_key.into(),
             observer: std::sync::OnceLock::new(),
@@ -120,7 +123,7 @@ impl RoomRegistry {
             }
             Arc::new(Room {
                 clinic_id: clinic_id.to_owned(),
-                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::new(), payments: HashMap::new() }),
+                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::default(), payments: HashMap::default() }),
             })
         });
         let mut inner = entry.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -252,7 +255,7 @@ impl Room {
     }
 }
 
-fn unique_participants(members: &HashMap<u64, Member>) -> Vec<Participant> {
+fn unique_participants(members: &HashMap<u64, Member, RandomState>) -> Vec<Participant> {
     let mut seen: Vec<Participant> = Vec::new();
     let mut sorted: Vec<(&u64, &Member)> = members.iter().collect();
     sorted.sort_by_key(|(id, _)| **id);

@@ -91,11 +91,9 @@ impl Drop for ClosedOnDrop<'_> {
 }
 
 /// Sends one message within `deadline`; false if it failed or the peer did not take it in time.
-async fn send_within(sink: &mut WsSink, msg: Message, deadline: Duration) -> bool {
-    matches!(tokio::time::timeout(deadline, sink.send(msg)).await, Ok(Ok(())))
+async fn send_within(socket: &mut WebSocket, msg: Message, deadline: Duration) -> bool {
+    matches!(tokio::time::timeout(deadline, socket.send(msg)).await, Ok(Ok(())))
 }
-
-type WsSink = futures_util::stream::SplitSink<WebSocket, Message>;
 
 fn close_with(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.into() }))
@@ -115,7 +113,8 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     // Join before reading the snapshot: anything that happens meanwhile is queued behind
     // `welcome`, and clients drop what the snapshot already covers by version.
     let joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
-    let (mut sink, mut stream) = socket.split();
+    // One owner for both directions: split halves would take a lock on every read and write.
+    let mut socket = socket;
     let welcome = match welcome(&app, &claims, joined.seq, joined.participants).await {
         Ok(w) => w,
         Err(e) => {
@@ -130,15 +129,15 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                 },
             );
             if let Some(m) = text(frame)
-                && send_within(&mut sink, m, write_deadline).await
+                && send_within(&mut socket, m, write_deadline).await
             {
-                send_within(&mut sink, close_with(1011, "store unavailable"), write_deadline).await;
+                send_within(&mut socket, close_with(1011, "store unavailable"), write_deadline).await;
             }
             return;
         }
     };
     let Some(welcome) = text(welcome) else { return };
-    if !send_within(&mut sink, welcome, write_deadline).await {
+    if !send_within(&mut socket, welcome, write_deadline).await {
         return;
     }
     if joined.first_connection {
@@ -151,19 +150,24 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
     let mut limit = RateLimit::new(app.config.server.rate_per_sec, app.config.server.rate_burst);
+    // Created once and polled by reference: a `cancelled()` future made afresh on every turn of
+    // the loop registers and unregisters a waiter each time (it showed in the relay profile).
     let (slow, shutdown) = (out.slow_consumer().clone(), app.shutdown.clone());
+    let slow = slow.cancelled();
+    let shutdown = shutdown.cancelled();
+    tokio::pin!(slow, shutdown);
     // Each write is bounded by `write_deadline`, so the loop comes back to the slow-consumer
     // flag, shutdown, the heartbeat and reading within that time whatever the peer does. A close
     // that cannot be written in time is abandoned: dropping the socket ends the TCP connection.
     let why = loop {
         tokio::select! {
             biased;
-            _ = slow.cancelled() => {
-                send_within(&mut sink, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
+            _ = &mut slow => {
+                send_within(&mut socket, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
                 break "slow consumer";
             }
-            _ = shutdown.cancelled() => {
-                send_within(&mut sink, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
+            _ = &mut shutdown => {
+                send_within(&mut socket, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
                 break "shutdown";
             }
             frame = out_rx.recv() => {
@@ -171,14 +175,14 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                 // Feed everything already queued, then flush once.
                 let batch = async {
                     if let Some(m) = text(frame) {
-                        sink.feed(m).await?;
+                        socket.feed(m).await?;
                     }
                     while let Ok(f) = out_rx.try_recv() {
                         if let Some(m) = text(f) {
-                            sink.feed(m).await?;
+                            socket.feed(m).await?;
                         }
                     }
-                    sink.flush().await
+                    socket.flush().await
                 };
                 match tokio::time::timeout(write_deadline, batch).await {
                     Ok(Ok(())) => {}
@@ -188,14 +192,14 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
             }
             _ = ping.tick() => {
                 if heartbeat_lost(last_seen.elapsed(), ping_every) {
-                    send_within(&mut sink, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
+                    send_within(&mut socket, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
                     break "heartbeat lost";
                 }
-                if !send_within(&mut sink, Message::Ping(Bytes::new()), write_deadline).await {
+                if !send_within(&mut socket, Message::Ping(Bytes::new()), write_deadline).await {
                     break "ping not written in time";
                 }
             }
-            msg = stream.next() => {
+            msg = socket.next() => {
                 let Some(Ok(msg)) = msg else { break "peer closed" };
                 last_seen = Instant::now();
                 let refusal = match msg {
