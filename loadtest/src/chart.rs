@@ -24,12 +24,14 @@ fn color(peer: &str) -> &'static str {
 /// One panel at horizontal offset `x0`: axes, ticks, series and a legend.
 fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, log_y: bool, series: &[Series]) {
     let xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
-    let ys: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite() && *y > 0.0).collect();
+    let ys: Vec<f64> =
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite() && *y > 0.0).collect();
     if xs.is_empty() || ys.is_empty() {
         return;
     }
     let (x_min, x_max) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(0.0, f64::max));
-    let (mut y_min, mut y_max) = (ys.iter().cloned().fold(f64::INFINITY, f64::min), ys.iter().cloned().fold(0.0, f64::max));
+    let (mut y_min, mut y_max) =
+        (ys.iter().cloned().fold(f64::INFINITY, f64::min), ys.iter().cloned().fold(0.0, f64::max));
     if log_y {
         y_min = 10f64.powf(y_min.log10().floor());
         y_max = 10f64.powf(y_max.log10().ceil());
@@ -39,7 +41,11 @@ fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, l
     }
     let fx = |x: f64| x0 + PAD + (x - x_min) / (x_max - x_min).max(1e-9) * (W - 2.0 * PAD);
     let fy = |y: f64| {
-        let t = if log_y { (y.log10() - y_min.log10()) / (y_max.log10() - y_min.log10()).max(1e-9) } else { (y - y_min) / (y_max - y_min).max(1e-9) };
+        let t = if log_y {
+            (y.log10() - y_min.log10()) / (y_max.log10() - y_min.log10()).max(1e-9)
+        } else {
+            (y - y_min) / (y_max - y_min).max(1e-9)
+        };
         H - PAD - t * (H - 2.0 * PAD)
     };
     let _ = write!(out, r#"<text x="{}" y="20" font-size="14" font-weight="bold">{title}</text>"#, x0 + PAD);
@@ -51,7 +57,12 @@ fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, l
         c = x0 + W - PAD,
         d = PAD
     );
-    let _ = write!(out, r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{x_label}</text>"#, x0 + W / 2.0, H - 16.0);
+    let _ = write!(
+        out,
+        r#"<text x="{}" y="{}" font-size="11" text-anchor="middle">{x_label}</text>"#,
+        x0 + W / 2.0,
+        H - 16.0
+    );
     let _ = write!(
         out,
         r#"<text x="{x}" y="{y}" font-size="11" text-anchor="middle" transform="rotate(-90 {x} {y})">{y_label}</text>"#,
@@ -62,7 +73,13 @@ fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, l
     xt.sort_by(f64::total_cmp);
     xt.dedup();
     for x in xt {
-        let _ = write!(out, r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#, fx(x), H - PAD + 14.0, short(x));
+        let _ = write!(
+            out,
+            r#"<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+            fx(x),
+            H - PAD + 14.0,
+            short(x)
+        );
     }
     let yt: Vec<f64> = if log_y {
         let mut v = Vec::new();
@@ -95,7 +112,12 @@ fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, l
             .map(|(x, y)| format!("{:.1},{:.1}", fx(*x), fy(y.clamp(y_min, y_max))))
             .collect();
         let dash = if s.dashed { r#" stroke-dasharray="4 3""# } else { "" };
-        let _ = write!(out, r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#, s.color, pts.join(" "));
+        let _ = write!(
+            out,
+            r#"<polyline fill="none" stroke="{}" stroke-width="2"{dash} points="{}"/>"#,
+            s.color,
+            pts.join(" ")
+        );
         let ly = PAD + 14.0 * i as f64;
         let _ = write!(
             out,
@@ -139,7 +161,12 @@ pub fn svg(report: &Value) -> String {
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .map(|row| (row["sockets"].as_f64().unwrap_or(0.0), row["rss_per_socket_bytes"].as_f64().unwrap_or(0.0) / 1024.0))
+                        .map(|row| {
+                            (
+                                row["sockets"].as_f64().unwrap_or(0.0),
+                                row["rss_per_socket_bytes"].as_f64().unwrap_or(0.0) / 1024.0,
+                            )
+                        })
                         .collect(),
                 }
             })
@@ -151,10 +178,29 @@ pub fn svg(report: &Value) -> String {
         for r in &results {
             let peer = r["peer"].as_str().unwrap_or_default();
             let rows: Vec<&Value> = r["rates"].as_array().into_iter().flatten().collect();
-            let pts = |key: &str| rows.iter().map(|row| (row["rate"].as_f64().unwrap_or(0.0), row[key].as_f64().unwrap_or(f64::NAN))).collect();
-            latency.push(Series { label: format!("{peer} p99"), color: color(peer), dashed: false, points: pts("p99_ms") });
-            latency.push(Series { label: format!("{peer} p50"), color: color(peer), dashed: true, points: pts("p50_ms") });
-            cpu.push(Series { label: peer.to_owned(), color: color(peer), dashed: false, points: pts("cpu_us_per_event") });
+            let pts = |key: &str| {
+                rows.iter()
+                    .map(|row| (row["rate"].as_f64().unwrap_or(0.0), row[key].as_f64().unwrap_or(f64::NAN)))
+                    .collect()
+            };
+            latency.push(Series {
+                label: format!("{peer} p99"),
+                color: color(peer),
+                dashed: false,
+                points: pts("p99_ms"),
+            });
+            latency.push(Series {
+                label: format!("{peer} p50"),
+                color: color(peer),
+                dashed: true,
+                points: pts("p50_ms"),
+            });
+            cpu.push(Series {
+                label: peer.to_owned(),
+                color: color(peer),
+                dashed: false,
+                points: pts("cpu_us_per_event"),
+            });
         }
         panel(&mut body, 0.0, "Relay latency (ms, log)", "events per second", "ms", true, &latency);
         panel(&mut body, W, "Server CPU per relayed event", "events per second", "µs per event", false, &cpu);

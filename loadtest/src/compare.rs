@@ -197,7 +197,8 @@ impl Server {
         socket.bind((source, 0).into())?;
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
         match self.proto {
             Proto::Callpay => {
                 let welcome = text(&mut ws).await?;
@@ -277,13 +278,8 @@ struct Shared {
 
 fn progress_message(proto: Proto, payment_id: &str) -> Message {
     let body = match proto {
-        Proto::Callpay => {
-            json!({"type": "payment.progress", "payment_id": payment_id, "stage": "viewing"}).to_string()
-        }
-        Proto::SocketIo => format!(
-            "42{}",
-            json!(["payment.progress", {"payment_id": payment_id, "stage": "viewing"}])
-        ),
+        Proto::Callpay => json!({"type": "payment.progress", "payment_id": payment_id, "stage": "viewing"}).to_string(),
+        Proto::SocketIo => format!("42{}", json!(["payment.progress", {"payment_id": payment_id, "stage": "viewing"}])),
     };
     Message::Text(body.into())
 }
@@ -481,7 +477,9 @@ async fn relay(proto: Proto, plan: &Plan, nodes: usize) -> anyhow::Result<Value>
         .filter(|r| r["p99_ms"].as_f64().is_some_and(|p| p < 10.0) && r["lost"] == 0)
         .filter_map(|r| r["rate"].as_u64())
         .max();
-    Ok(json!({"peer": proto.name(), "calls": plan.calls, "sockets": plan.calls * 2, "nodes": nodes, "rates": rows, "highest_rate_p99_under_10ms": best}))
+    Ok(
+        json!({"peer": proto.name(), "calls": plan.calls, "sockets": plan.calls * 2, "nodes": nodes, "rates": rows, "highest_rate_p99_under_10ms": best}),
+    )
 }
 
 async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
@@ -528,10 +526,9 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Value {
 /// Ratios that answer "by how much": other / callpay for costs (higher is better for callpay),
 /// callpay / other for throughput.
 fn ratios(scenario: &str, results: &[Value]) -> Value {
-    let (Some(c), Some(s)) = (
-        results.iter().find(|r| r["peer"] == "callpay"),
-        results.iter().find(|r| r["peer"] == "socketio"),
-    ) else {
+    let (Some(c), Some(s)) =
+        (results.iter().find(|r| r["peer"] == "callpay"), results.iter().find(|r| r["peer"] == "socketio"))
+    else {
         return Value::Null;
     };
     if scenario == "idle" {

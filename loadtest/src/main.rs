@@ -432,7 +432,11 @@ async fn main() -> anyhow::Result<()> {
     if scenario == "compare" {
         raise_open_files();
         let list = |name: &str, default: &str| -> anyhow::Result<Vec<u64>> {
-            flag(name).unwrap_or_else(|| default.into()).split(',').map(|v| v.trim().parse().context(format!("{name} takes numbers"))).collect()
+            flag(name)
+                .unwrap_or_else(|| default.into())
+                .split(',')
+                .map(|v| v.trim().parse().context(format!("{name} takes numbers")))
+                .collect()
         };
         let plan = compare::Plan {
             scenario: args.get(1).cloned().unwrap_or_else(|| "relay".into()),

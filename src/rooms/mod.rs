@@ -10,7 +10,7 @@
 
 pub mod outbound;
 
-pub use outbound::Outbound;
+pub use outbound::{Next, Outbound, OutboundRx};
 
 use crate::bus::RoomEvent;
 use crate::payments::view::{encode, payment_view, visible_to};
@@ -358,8 +358,8 @@ mod tests {
         })
     }
 
-    fn frame(rx: &mut tokio::sync::mpsc::Receiver<Bytes>) -> ServerFrame {
-        serde_json::from_slice(&rx.try_recv().expect("a frame")).unwrap()
+    fn frame(rx: &mut OutboundRx) -> ServerFrame {
+        serde_json::from_slice(&rx.try_next().expect("a frame")).unwrap()
     }
 
     #[test]
@@ -391,7 +391,7 @@ mod tests {
         reg.deliver("call", &RoomEvent::PaymentRequested { payment: payment(PaymentStatus::Creating) });
         assert_eq!(frame(&mut doc_rx).seq, 2);
         assert_eq!(frame(&mut doc_rx).seq, 3);
-        assert!(pat_rx.try_recv().is_err());
+        assert!(pat_rx.try_next().is_none());
         drop((doc, pat));
         assert_eq!(reg.connections(), 0);
         assert!(reg.calls().is_empty(), "empty rooms are removed");
@@ -455,7 +455,7 @@ mod tests {
             // Let the leaver finish before checking.
             go.wait();
             reg.deliver("call", &RoomEvent::ClinicUpdated { payments_available: true, reason: None });
-            if rx.try_recv().is_err() {
+            if rx.try_next().is_none() {
                 stranded += 1;
             }
             drop(new);
@@ -476,7 +476,7 @@ mod tests {
         for _ in 0..3 {
             reg.deliver("call", &RoomEvent::ClinicUpdated { payments_available: true, reason: None });
         }
-        assert!(slow.slow_consumer().is_cancelled());
+        assert!(slow.is_slow());
         for seq in 1..=3 {
             assert_eq!(frame(&mut fast_rx).seq, seq);
         }

@@ -11,8 +11,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-/// Bytes read from the socket at a time.
-const READ_BUFFER: usize = 4 * 1024;
+/// Bytes read from the socket at a time. Client frames are well under this; a rare larger one
+/// takes a few reads. Every idle socket holds this buffer, so it is kept small.
+const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write goes to the socket (a flush always writes everything).
 const WRITE_BUFFER: usize = 8 * 1024;
 

@@ -11,7 +11,7 @@ use crate::auth::JoinClaims;
 use crate::bus::RoomEvent;
 use crate::payments::view::{encode, payment_view, visible_to};
 use crate::payments::{Caller, Refusal};
-use crate::rooms::Outbound;
+use crate::rooms::{Next, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg, close};
@@ -152,32 +152,33 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let mut limit = RateLimit::new(app.config.server.rate_per_sec, app.config.server.rate_burst);
     // Created once and polled by reference: a `cancelled()` future made afresh on every turn of
     // the loop registers and unregisters a waiter each time (it showed in the relay profile).
-    let (slow, shutdown) = (out.slow_consumer().clone(), app.shutdown.clone());
-    let slow = slow.cancelled();
+    let shutdown = app.shutdown.clone();
     let shutdown = shutdown.cancelled();
-    tokio::pin!(slow, shutdown);
+    tokio::pin!(shutdown);
     // Each write is bounded by `write_deadline`, so the loop comes back to the slow-consumer
     // flag, shutdown, the heartbeat and reading within that time whatever the peer does. A close
     // that cannot be written in time is abandoned: dropping the socket ends the TCP connection.
     let why = loop {
         tokio::select! {
             biased;
-            _ = &mut slow => {
-                send_within(&mut socket, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
-                break "slow consumer";
-            }
             _ = &mut shutdown => {
                 send_within(&mut socket, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
                 break "shutdown";
             }
-            frame = out_rx.recv() => {
-                let Some(frame) = frame else { break "queue closed" };
+            next = out_rx.next() => {
+                let frame = match next {
+                    Next::Frame(frame) => frame,
+                    Next::Slow => {
+                        send_within(&mut socket, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
+                        break "slow consumer";
+                    }
+                };
                 // Feed everything already queued, then flush once.
                 let batch = async {
                     if let Some(m) = text(frame) {
                         socket.feed(m).await?;
                     }
-                    while let Ok(f) = out_rx.try_recv() {
+                    while let Some(f) = out_rx.try_next() {
                         if let Some(m) = text(f) {
                             socket.feed(m).await?;
                         }
