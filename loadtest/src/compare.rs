@@ -64,6 +64,8 @@ pub struct Plan {
     pub out_dir: Option<PathBuf>,
     /// Which peers (`callpay`, `socketio`).
     pub peers: Vec<String>,
+    /// Fail the run if any relayed event was lost or any idle socket did not open (smoke runs).
+    pub strict: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -578,6 +580,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             "idle" => idle(proto, &plan).await?,
             other => bail!("unknown compare scenario {other} (relay, cluster-relay, idle)"),
         };
+        if plan.strict {
+            for row in result["rates"].as_array().into_iter().flatten() {
+                if row["lost"] != 0 || row["delivered"].as_u64().unwrap_or(0) < row["sent"].as_u64().unwrap_or(1) {
+                    bail!("{peer} lost relayed events: {row}");
+                }
+            }
+        }
         results.push(result);
     }
     let report = json!({

@@ -51,6 +51,7 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
     --sockets A,B,..  idle socket counts (default 1000,10000,19000)
     --peers a,b       default callpay,socketio
     --out DIR         write DIR/<date>-<scenario>.json and .svg (default loadtest/results)
+    --strict          fail if any event is lost (smoke runs)
   --hub BIN         the callpay binary (default target/release/callpay)";
 
 /// Latency samples.
@@ -447,6 +448,7 @@ async fn main() -> anyhow::Result<()> {
             hub_bin: bin,
             out_dir: Some(flag("--out").map_or_else(|| PathBuf::from("loadtest/results"), PathBuf::from)),
             peers: flag("--peers").unwrap_or_else(|| "callpay,socketio".into()).split(',').map(str::to_owned).collect(),
+            strict: args.iter().any(|a| a == "--strict"),
         };
         let report = tokio::time::timeout(Duration::from_secs(1800), compare::run(plan))
             .await
