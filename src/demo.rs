@@ -40,6 +40,8 @@ pub struct DemoInfo {
     pub patient_token: String,
     /// HS256 secret the demo "platform" signs tokens with.
     pub platform_secret: String,
+    /// The demo's random webhook signing secret (load tests sign their own events with it).
+    pub webhook_secret: String,
     /// Admin token of the demo organisation's admin.
     pub org_admin_token: String,
     /// Admin token of the demo clinic's admin.
@@ -214,6 +216,7 @@ pub async fn start_wrapped(
         hub_url,
         stripe_url: sim.url.trim_end_matches('/').to_owned(),
         call_id,
+        webhook_secret: webhook_secret.clone(),
         org_admin_token: admin_token(
             &platform_secret,
             "admin-olivia",
@@ -293,8 +296,9 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config
             "clinic_admin_token": i.clinic_admin_token,
             "org_admin_token": i.org_admin_token,
             "operator_token": i.operator_token,
-            // A demo-only random secret: load tests use it to mint join tokens for many calls.
+            // Demo-only random secrets: load tests mint join tokens and sign webhook events.
             "platform_secret": i.platform_secret,
+            "webhook_secret": i.webhook_secret,
         })
     );
     crate::shutdown::on_signal(demo.app.state.shutdown.clone());

@@ -361,12 +361,15 @@ async fn open_calls(
                 Proto::Callpay => {
                     let request = json!({"type": "payment.request", "client_ref": "r1", "amount": 5000, "currency": "aud", "description": "Consult"});
                     doc.send(Message::Text(request.to_string().into())).await?;
+                    // `payment.updated` too: a resync's copy when the request beat this
+                    // instance's subscription to the call.
                     loop {
                         let f: Value = serde_json::from_str(&text(&mut pat).await?)?;
-                        if f["type"] == "payment.requested" {
+                        let kind = f["type"].as_str().unwrap_or_default();
+                        if (kind == "payment.requested" || kind == "payment.updated") && f["payment"]["status"] == "requested" {
                             break f["payment"]["payment_id"].as_str().unwrap_or_default().to_owned();
                         }
-                        if f["type"] == "error" {
+                        if kind == "error" {
                             bail!("payment request refused: {f}");
                         }
                     }

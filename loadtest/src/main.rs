@@ -14,11 +14,13 @@
 //!   `callpay serve` processes sharing a fresh PostgreSQL database and Redis (127.0.0.1:5432 and
 //!   :6379), with every clinician on node 0 and every patient on node 1, so every event crosses
 //!   Redis. The Stripe simulator runs inside the load generator; its webhooks go to node 0.
+//! - `confirm` / `cluster-confirm`: webhook to pop-up latency (see [`confirm`]).
 //! - `compare relay|cluster-relay|idle`: callpay and a Socket.IO 4.8 relay side by side under
 //!   the same open-loop load (see [`compare`]).
 
 mod chart;
 mod compare;
+mod confirm;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -43,6 +45,9 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
   connections       idle sockets and a clinic-wide broadcast (default 2000 sockets)
   cluster-relay     relay across two instances over Redis + PostgreSQL
   cluster-payments  payments across two instances over Redis + PostgreSQL
+  confirm           signed payment_intent.succeeded webhooks at --rate/s (default 500) until the
+                    clinician's payment.confirmed (default 2000 calls)
+  cluster-confirm   the same across two instances (webhooks to one, clinicians on the other)
   compare relay|cluster-relay|idle
                     callpay and Socket.IO 4.8 back to back under the same open-loop load
     --calls N         calls (2 sockets each; default 2000)
@@ -209,6 +214,7 @@ impl Hub {
             "hub_url": format!("http://127.0.0.1:{}", ports[0]),
             "stripe_url": sim.url.trim_end_matches('/'),
             "platform_secret": secret,
+            "webhook_secret": webhook_secret,
         });
         hub._sim = Some(sim);
         Ok(hub)
@@ -216,6 +222,11 @@ impl Hub {
 
     fn token(&self, call: &str, sub: &str, role: Role) -> String {
         join_token(self.info["platform_secret"].as_str().unwrap(), call, "clinic_demo", sub, sub, role)
+    }
+
+    /// The WebSocket URL of `call` on instance `node` for participant `sub`.
+    fn url(&self, node: usize, call: &str, sub: &str, role: Role) -> String {
+        format!("{}/v1/calls/{call}/ws?token={}", self.nodes[node % self.nodes.len()], self.token(call, sub, role))
     }
 
     async fn connect(&self, call: &str, sub: &str, role: Role) -> anyhow::Result<(Ws, Value)> {
@@ -249,6 +260,22 @@ async fn until(ws: &mut Ws, kind: &str) -> anyhow::Result<Value> {
             return Ok(f);
         }
         if f["type"] == "error" {
+            bail!("error frame: {f}");
+        }
+    }
+}
+
+/// Waits until `ws` hears of a payment waiting to be paid: `payment.requested`, or the same
+/// state as `payment.updated` (what a resync sends when the request was published on another
+/// instance before this one's subscription to the call was live).
+async fn until_payable(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let f = next(ws).await?;
+        let kind = f["type"].as_str().unwrap_or_default();
+        if (kind == "payment.requested" || kind == "payment.updated") && f["payment"]["status"] == "requested" {
+            return Ok(f["payment"].clone());
+        }
+        if kind == "error" {
             bail!("error frame: {f}");
         }
     }
@@ -357,6 +384,9 @@ async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
         }
     }
     let wall = started.elapsed().as_secs_f64();
+    if failed > 0 {
+        bail!("{failed} of {calls} payments failed");
+    }
     Ok(json!({"scenario": "payments", "calls": calls, "failed": failed, "wall_s": wall,
         "request_to_patient": req.summary(), "confirm_to_clinician_confirmed": conf.summary()}))
 }
@@ -464,6 +494,9 @@ async fn main() -> anyhow::Result<()> {
             "relay" | "cluster-relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
             "payments" | "cluster-payments" => payments(&hub, number("--calls", 50)?).await,
             "connections" => connections(&hub, number("--calls", 2000)?).await,
+            "confirm" | "cluster-confirm" => {
+                confirm::run(&hub, number("--calls", 2000)?, number("--rate", 500)? as u64).await
+            }
             other => bail!("unknown scenario {other}\n{USAGE}"),
         }
     })

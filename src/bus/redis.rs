@@ -112,9 +112,14 @@ impl RedisBus {
     }
 
     fn command(&self, cmd: Command) {
-        if self.commands_tx.try_send(cmd).is_err() {
-            tracing::error!("redis bus command queue full; rooms may miss remote events until the next resync");
-            self.lagged.store(true, Ordering::Relaxed);
+        match self.commands_tx.try_send(cmd) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!("redis bus command queue full; rooms may miss remote events until the next resync");
+                self.lagged.store(true, Ordering::Relaxed);
+            }
+            // The bus is stopping (shutdown): subscriptions no longer matter.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
