@@ -111,8 +111,12 @@ impl App {
         let verifier = Verifier::new(&config.auth).context("auth settings")?;
         let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
         let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        deps.bus.observe_with(metrics.clone());
+        let stripe: Arc<dyn crate::payments::stripe::StripeApi> =
+            Arc::new(crate::payments::stripe::Timed::new(deps.stripe, metrics.clone()));
         let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone(), tracker.clone());
-        let payments = Payments::new(deps.store.clone(), deps.stripe.clone(), hub.clone(), config.payments.clone());
+        let payments = Payments::new(deps.store.clone(), stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());
         let cap = crate::limits::connection_cap(config.server.max_connections);
@@ -123,10 +127,10 @@ impl App {
             store: deps.store,
             hub,
             payments: Arc::new(payments),
-            payments_stripe: deps.stripe,
+            payments_stripe: stripe,
             connect: deps.connect,
             verifier: Arc::new(verifier),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             tracker,
             shutdown,
             demo: None,

@@ -1,27 +1,28 @@
-//! Process counters, exposed at `/metrics` in Prometheus' text format. Plain atomics: the hot
-//! path pays one relaxed increment per event.
+//! What the hub measures, exposed at `/metrics` in Prometheus' text format through
+//! `prometheus-client`: counters of connections, refusals and webhooks, and latency histograms
+//! of the paths people wait on (a relayed event inside the hub, a webhook until the room hears
+//! it, Stripe calls by operation and outcome, bus publishes) plus how deep outbound queues get.
+//! Recording is a few atomic operations; nothing on the hot path allocates.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Instant;
 
-/// A monotonically increasing counter.
-#[derive(Default, Debug)]
-pub struct Counter(AtomicU64);
+/// Labels of a Stripe call: `operation`, `outcome`.
+pub type StripeLabels = Vec<(&'static str, &'static str)>;
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+fn seconds() -> Histogram {
+    // 50 µs to ~26 s in factors of 2: a relay takes tens of µs, a Stripe call hundreds of ms.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
 }
 
-/// Every counter the hub keeps.
-#[derive(Default, Debug)]
+/// Every metric of one hub.
 pub struct Metrics {
+    registry: Registry,
     /// WebSocket connections accepted.
     pub connections_opened: Counter,
     /// WebSocket connections ended.
@@ -36,21 +37,119 @@ pub struct Metrics {
     pub webhooks_applied: Counter,
     /// Webhook events already seen.
     pub webhooks_duplicate: Counter,
+    /// A client's `payment.progress` from the frame read to every local recipient queued.
+    pub relay_seconds: Histogram,
+    /// A Stripe webhook from its request arriving to the room having been told.
+    pub webhook_to_room_seconds: Histogram,
+    /// Stripe API calls by operation and outcome.
+    pub stripe_seconds: Family<StripeLabels, Histogram, fn() -> Histogram>,
+    /// A pipelined batch of bus publishes, queue to Redis's answer.
+    pub bus_publish_seconds: Histogram,
+    /// Frames waiting in a connection's outbound queue when its writer drains it.
+    pub outbound_queue_depth: Histogram,
+    open_connections: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    /// Prometheus text exposition; `open_connections` is a gauge read at scrape time.
+    /// A registry with every metric registered under `callpay_`.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("callpay");
+        let m = Self {
+            connections_opened: Counter::default(),
+            connections_closed: Counter::default(),
+            joins_refused: Counter::default(),
+            frames_refused: Counter::default(),
+            webhooks_rejected: Counter::default(),
+            webhooks_applied: Counter::default(),
+            webhooks_duplicate: Counter::default(),
+            relay_seconds: seconds(),
+            webhook_to_room_seconds: seconds(),
+            stripe_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
+            bus_publish_seconds: seconds(),
+            outbound_queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            open_connections: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("ws_connections_opened", "WebSocket connections accepted", m.connections_opened.clone());
+        r.register("ws_connections_closed", "WebSocket connections ended", m.connections_closed.clone());
+        r.register(
+            "ws_joins_refused",
+            "Upgrades refused for a bad, expired or wrong-call token",
+            m.joins_refused.clone(),
+        );
+        r.register("ws_frames_refused", "Client frames answered with an error frame", m.frames_refused.clone());
+        r.register(
+            "webhooks_rejected",
+            "Webhook deliveries with a bad or missing signature",
+            m.webhooks_rejected.clone(),
+        );
+        r.register("webhooks_applied", "Webhook events that changed a payment", m.webhooks_applied.clone());
+        r.register("webhooks_duplicate", "Webhook events already processed", m.webhooks_duplicate.clone());
+        r.register("ws_connections_open", "WebSocket connections open now", m.open_connections.clone());
+        r.register(
+            "relay_seconds",
+            "A payment.progress frame from being read to every local recipient's queue",
+            m.relay_seconds.clone(),
+        );
+        r.register(
+            "webhook_to_room_seconds",
+            "A Stripe webhook from arrival to the call's room being told",
+            m.webhook_to_room_seconds.clone(),
+        );
+        r.register("stripe_request_seconds", "Stripe API calls by operation and outcome", m.stripe_seconds.clone());
+        r.register(
+            "bus_publish_seconds",
+            "A pipelined batch of bus publishes until Redis answered",
+            m.bus_publish_seconds.clone(),
+        );
+        r.register(
+            "ws_outbound_queue_depth",
+            "Frames waiting in a connection's outbound queue when its writer drains it",
+            m.outbound_queue_depth.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Records the seconds since `start` in `histogram`.
+    pub fn since(histogram: &Histogram, start: Instant) {
+        histogram.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Prometheus text exposition; `open_connections` is read at scrape time.
     pub fn render(&self, open_connections: usize) -> String {
-        let rows = [
-            ("callpay_ws_connections_opened_total", "counter", self.connections_opened.get()),
-            ("callpay_ws_connections_closed_total", "counter", self.connections_closed.get()),
-            ("callpay_ws_joins_refused_total", "counter", self.joins_refused.get()),
-            ("callpay_ws_frames_refused_total", "counter", self.frames_refused.get()),
-            ("callpay_webhooks_rejected_total", "counter", self.webhooks_rejected.get()),
-            ("callpay_webhooks_applied_total", "counter", self.webhooks_applied.get()),
-            ("callpay_webhooks_duplicate_total", "counter", self.webhooks_duplicate.get()),
-            ("callpay_ws_connections_open", "gauge", open_connections as u64),
-        ];
-        rows.iter().map(|(name, kind, v)| format!("# TYPE {name} {kind}\n{name} {v}\n")).collect()
+        self.open_connections.set(open_connections as i64);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_help() {
+        let m = Metrics::new();
+        m.webhooks_rejected.inc();
+        m.relay_seconds.observe(0.000_2);
+        m.stripe_seconds.get_or_create(&vec![("operation", "create_intent"), ("outcome", "ok")]).observe(0.3);
+        let text = m.render(3);
+        assert!(text.contains("callpay_webhooks_rejected_total 1"), "{text}");
+        assert!(text.contains("callpay_ws_connections_open 3"), "{text}");
+        assert!(text.contains("# HELP callpay_relay_seconds"), "{text}");
+        assert!(text.contains("callpay_relay_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(r#"callpay_stripe_request_seconds_count{operation="create_intent",outcome="ok"} 1"#),
+            "{text}"
+        );
     }
 }

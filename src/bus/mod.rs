@@ -106,6 +106,8 @@ pub trait Bus: Send + Sync + 'static {
     fn has_peers(&self) -> bool {
         true
     }
+    /// Where to record publish latency (a bus without a network has none to record).
+    fn observe_with(&self, _metrics: std::sync::Arc<crate::metrics::Metrics>) {}
     /// Starts delivering other nodes' envelopes to `sink` until `stop` is cancelled.
     fn start(&self, sink: std::sync::Arc<dyn EnvelopeSink>, stop: tokio_util::sync::CancellationToken);
     /// This node now has members in `call_id` (of `clinic_id`): receive its events.

@@ -48,6 +48,8 @@ pub struct RedisBus {
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
     /// Set when an envelope could not be queued; the publisher announces the gap.
     dropped: Arc<AtomicBool>,
+    /// Publish latency goes here once the app has its metrics.
+    metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
     subscriber: ConnectionManager,
     commands_tx: mpsc::Sender<Command>,
     parts: std::sync::Mutex<Option<(mpsc::Receiver<Command>, mpsc::Receiver<PushInfo>)>>,
@@ -99,11 +101,13 @@ impl RedisBus {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicBool::new(false));
-        tokio::spawn(publisher(publisher_conn, publish_rx, dropped.clone(), node.clone()));
+        let metrics = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(publisher(publisher_conn, publish_rx, dropped.clone(), node.clone(), metrics.clone()));
         Ok(Self {
             node,
             publish_tx,
             dropped,
+            metrics,
             subscriber,
             commands_tx,
             parts: std::sync::Mutex::new(Some((commands_rx, push_rx))),
@@ -147,6 +151,10 @@ impl Bus for RedisBus {
         // messages never holds up subscribing.
         tokio::spawn(subscriptions(self.subscriber.clone(), commands, sink.clone(), stop.clone()));
         tokio::spawn(messages(self.node.clone(), self.subscriber.clone(), pushes, self.lagged.clone(), sink, stop));
+    }
+
+    fn observe_with(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     fn watch(&self, call_id: &str, clinic_id: &str) {
@@ -284,6 +292,7 @@ async fn publisher(
     mut rx: mpsc::Receiver<(String, Vec<u8>)>,
     dropped: Arc<AtomicBool>,
     node: String,
+    metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
 ) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
@@ -297,8 +306,13 @@ async fn publisher(
         if dropped.swap(false, Ordering::Relaxed) {
             pipe.cmd("PUBLISH").arg(GAP_CHANNEL).arg(&node).ignore();
         }
+        let start = std::time::Instant::now();
         match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                if let Some(m) = metrics.get() {
+                    crate::metrics::Metrics::since(&m.bus_publish_seconds, start);
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "bus publish failed; other nodes will resync");
                 dropped.store(true, Ordering::Relaxed);

@@ -31,6 +31,7 @@ fn verify(app: &AppState, payload: &str, signature: &str) -> Result<stripe_webho
 
 /// Receives one delivery.
 pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let arrived = std::time::Instant::now();
     let Some(signature) = headers.get("stripe-signature").and_then(|v| v.to_str().ok()) else {
         app.metrics.webhooks_rejected.inc();
         return ApiError::bad_request("bad_signature", "Missing Stripe-Signature header.").into_response();
@@ -65,8 +66,14 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Byte
     match app.payments.apply_event(&event).await {
         Ok(outcome) => {
             match outcome {
-                EventOutcome::Applied => app.metrics.webhooks_applied.inc(),
-                EventOutcome::Duplicate => app.metrics.webhooks_duplicate.inc(),
+                EventOutcome::Applied => {
+                    app.metrics.webhooks_applied.inc();
+                    // The room has been told by now: apply_event announces before returning.
+                    crate::metrics::Metrics::since(&app.metrics.webhook_to_room_seconds, arrived);
+                }
+                EventOutcome::Duplicate => {
+                    app.metrics.webhooks_duplicate.inc();
+                }
                 _ => {}
             }
             tracing::info!(event_id = event.id.as_str(), kind = event.type_.as_str(), ?outcome, "webhook processed");

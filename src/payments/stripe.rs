@@ -239,3 +239,61 @@ impl StripeApi for StripeGateway {
         profile.or(dashboard)
     }
 }
+
+/// Times every call of the wrapped [`StripeApi`] into `callpay_stripe_request_seconds`, by
+/// operation and outcome.
+pub struct Timed {
+    inner: std::sync::Arc<dyn StripeApi>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Timed {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<dyn StripeApi>, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn record<T>(&self, operation: &'static str, start: std::time::Instant, result: &Result<T, GatewayError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(GatewayError::Unavailable(_)) => "unavailable",
+            Err(GatewayError::AccountAccess(_)) => "no_access",
+            Err(GatewayError::Rejected { .. }) => "rejected",
+        };
+        let labels = vec![("operation", operation), ("outcome", outcome)];
+        self.metrics.stripe_seconds.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+    }
+}
+
+#[async_trait]
+impl StripeApi for Timed {
+    async fn create_intent(&self, intent: &NewIntent) -> Result<IntentInfo, GatewayError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.create_intent(intent).await;
+        self.record("create_intent", start, &r);
+        r
+    }
+
+    async fn cancel_intent(&self, account: &str, id: &str, idempotency_key: &str) -> Result<IntentInfo, GatewayError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.cancel_intent(account, id, idempotency_key).await;
+        self.record("cancel_intent", start, &r);
+        r
+    }
+
+    async fn intent(&self, account: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.intent(account, id).await;
+        self.record("retrieve_intent", start, &r);
+        r
+    }
+
+    async fn account_name(&self, account: &str) -> Option<String> {
+        let start = std::time::Instant::now();
+        let r = self.inner.account_name(account).await;
+        let outcome = if r.is_some() { "ok" } else { "unavailable" };
+        let labels = vec![("operation", "retrieve_account"), ("outcome", outcome)];
+        self.metrics.stripe_seconds.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+        r
+    }
+}

@@ -174,15 +174,19 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                     }
                 };
                 // Feed everything already queued, then flush once.
+                let metrics = &app.metrics;
                 let batch = async {
+                    let mut depth = 1;
                     if let Some(m) = text(frame) {
                         socket.feed(m).await?;
                     }
                     while let Some(f) = out_rx.try_next() {
+                        depth += 1;
                         if let Some(m) = text(f) {
                             socket.feed(m).await?;
                         }
                     }
+                    metrics.outbound_queue_depth.observe(f64::from(depth));
                     socket.flush().await
                 };
                 match tokio::time::timeout(write_deadline, batch).await {
@@ -214,7 +218,11 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                         } else {
                             match decode(frame.as_str()) {
                                 Ok(ClientMsg::PaymentProgress { payment_id, stage }) => {
-                                    app.payments.progress(&caller, &payment_id, stage).err()
+                                    let refused = app.payments.progress(&caller, &payment_id, stage).err();
+                                    if refused.is_none() {
+                                        crate::metrics::Metrics::since(&app.metrics.relay_seconds, last_seen);
+                                    }
+                                    refused
                                 }
                                 Ok(cmd) => {
                                     let tx = commands_tx.get_or_insert_with(|| {

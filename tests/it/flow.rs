@@ -238,3 +238,33 @@ async fn refunds_made_on_stripe_reach_the_call() {
     assert_eq!(full["payment"]["amount_refunded"], 5000);
     assert_eq!(doc.raw.iter().filter(|f| f.contains("\"payment.confirmed\"")).count(), 1, "refunds do not re-confirm");
 }
+
+/// `/metrics` carries latency histograms of the paths people wait on, recorded by real traffic.
+#[tokio::test]
+async fn metrics_histograms_record_relays_webhooks_and_stripe_calls() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("m1", 5000, "Consult").await;
+    let payment = pat.until("payment.requested").await["payment"].clone();
+    let id = payment["payment_id"].as_str().unwrap();
+    pat.send(serde_json::json!({"type": "payment.progress", "payment_id": id, "stage": "viewing"})).await;
+    doc.until("payment.progress").await;
+    let (status, _) = pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    assert_eq!(status, 200);
+    doc.until("payment.confirmed").await;
+    let metrics = eventually(async || {
+        let text = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
+        let applied =
+            text.lines().any(|l| l.starts_with("callpay_webhook_to_room_seconds_count ") && !l.ends_with(" 0"));
+        applied.then_some(text)
+    })
+    .await;
+    for line in [
+        "callpay_relay_seconds_count 1",
+        r#"callpay_stripe_request_seconds_count{operation="create_intent",outcome="ok"} 1"#,
+        "# HELP callpay_ws_outbound_queue_depth",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
