@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -110,18 +109,7 @@ async fn start_socketio(redis: bool) -> anyhow::Result<(tokio::process::Child, u
         cmd.env("REDIS_URL", "redis://127.0.0.1:6379/");
     }
     let mut child = cmd.spawn().context("starting node (Node.js 20 is required)")?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ready: Value = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(json) = line.strip_prefix("SOCKETIO_PEER ") {
-                return Ok::<Value, anyhow::Error>(serde_json::from_str(json)?);
-            }
-        }
-        bail!("socket.io peer exited before it was ready")
-    })
-    .await
-    .context("socket.io peer did not start in 30 s")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let ready = crate::ready_line(&mut child, "SOCKETIO_PEER ", Duration::from_secs(30)).await?;
     Ok((child, ready["port"].as_u64().unwrap_or(0) as u16, ready["pid"].as_u64().unwrap_or(0) as u32))
 }
 

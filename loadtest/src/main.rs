@@ -129,19 +129,7 @@ impl Hub {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {bin} (build it with cargo build --release)"))?;
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let info = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(json) = line.strip_prefix("CALLPAY_DEMO ") {
-                    return Ok::<Value, anyhow::Error>(serde_json::from_str(json)?);
-                }
-            }
-            bail!("hub exited before it was ready")
-        })
-        .await
-        .context("hub did not start in 60 s")??;
-        // Keep draining stdout so the hub never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let info = ready_line(&mut child, "CALLPAY_DEMO ", Duration::from_secs(60)).await?;
         let node = info["hub_url"].as_str().unwrap_or_default().replace("http", "ws");
         Ok(Self { info, nodes: vec![node], children: vec![child], _sim: None, db: None })
     }
@@ -434,6 +422,24 @@ async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
     Ok(
         json!({"scenario": "connections", "sockets": sockets, "open_s": open_s, "connect": connect.summary(), "broadcast_reach": reach.summary()}),
     )
+}
+
+/// Reads `child`'s stdout until the line starting with `prefix` and returns the JSON after it;
+/// keeps draining stdout afterwards so the child never blocks on a full pipe.
+async fn ready_line(child: &mut tokio::process::Child, prefix: &str, wait: Duration) -> anyhow::Result<Value> {
+    let mut lines = BufReader::new(child.stdout.take().context("stdout is piped")?).lines();
+    let found = tokio::time::timeout(wait, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(json) = line.strip_prefix(prefix) {
+                return Ok::<Value, anyhow::Error>(serde_json::from_str(json)?);
+            }
+        }
+        bail!("the process exited before printing {prefix}")
+    })
+    .await
+    .with_context(|| format!("no {prefix}line within {wait:?}"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(found)
 }
 
 /// Raises the soft open-file limit to the hard one (each socket is a file); children inherit it.

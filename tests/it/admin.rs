@@ -434,18 +434,7 @@ async fn connect_oauth_end_to_end_with_every_bad_state() {
     let back5 = consent(&hub, &url5, "allow", &first_account, "").await;
     assert_eq!(callback(&hub, &back5, Some(&cookie5)).await.0, 200);
     doc.until_where("clinic.updated", |f| f["payments_available"] == true).await;
-    let (status, _) = hub
-        .http
-        .form(
-            &format!("{}/oauth/deauthorize", hub.info.stripe_url),
-            &format!(
-                "client_secret={}&client_id={}&stripe_user_id={first_account}",
-                hub.sim.secret_key(),
-                hub.sim.client_id()
-            ),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(deauthorize_on_stripe(&hub, &first_account).await, 200);
     let revoked = doc.until_where("clinic.updated", |f| f["payments_available"] == false).await;
     assert!(revoked["reason"].as_str().unwrap().contains("disconnected"));
     let (_, view) = hub.api(Some(&admin), "GET", &format!("/v1/clinics/{DEMO_CLINIC}"), None).await;

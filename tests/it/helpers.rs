@@ -320,3 +320,12 @@ pub async fn set_clinic(hub: &TestHub, clinic_id: &str, enabled: bool, account: 
     writes.push(Write::Clinic { id: clinic_id.into(), change: ClinicChange::SetEnabled(enabled) });
     assert_eq!(hub.state.store.commit(&writes).await.unwrap(), callpay::store::Committed::Applied);
 }
+
+/// The clinic revokes callpay on Stripe's side (what its dashboard's "disconnect" does); Stripe
+/// then sends `account.application.deauthorized`. Returns the HTTP status.
+pub async fn deauthorize_on_stripe(hub: &TestHub, account: &str) -> u16 {
+    let url = format!("{}/oauth/deauthorize", hub.info.stripe_url);
+    let body =
+        format!("client_secret={}&client_id={}&stripe_user_id={account}", hub.sim.secret_key(), hub.sim.client_id());
+    hub.http.form(&url, &body).await.0
+}

@@ -163,18 +163,7 @@ async fn a_deauthorization_that_fails_to_store_is_applied_on_stripes_retry() {
     let account = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap().stripe_account.unwrap();
     // The store fails the first attempt to unlink; Stripe retries the event.
     fail.store(1, Ordering::SeqCst);
-    let (status, _) = hub
-        .http
-        .form(
-            &format!("{}/oauth/deauthorize", hub.info.stripe_url),
-            &format!(
-                "client_secret={}&client_id={}&stripe_user_id={account}",
-                hub.sim.secret_key(),
-                hub.sim.client_id()
-            ),
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(deauthorize_on_stripe(&hub, &account).await, 200);
     let revoked = doc.until_where("clinic.updated", |f| f["payments_available"] == false).await;
     assert!(revoked["reason"].as_str().unwrap().contains("disconnected"));
     let clinic = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap();
