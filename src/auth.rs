@@ -84,6 +84,8 @@ impl Verifier {
         let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp"]);
+        // A token is not valid before its `nbf`; `iat` in the future is checked in `verify`.
+        validation.validate_nbf = true;
         validation.validate_aud = cfg.audience.is_some();
         if let Some(aud) = &cfg.audience {
             validation.set_audience(&[aud]);
@@ -94,11 +96,20 @@ impl Verifier {
         Ok(Self { key, validation })
     }
 
-    /// Verifies a token and decodes its claims.
+    /// Verifies a token and decodes its claims: signature, algorithm, `exp`, `nbf`, an `iat`
+    /// that is not in the future (each with [`LEEWAY_SECS`]), and no empty string claim (an
+    /// empty scope must never be read as "any").
     pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
-        jsonwebtoken::decode::<T>(token, &self.key, &self.validation)
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
             .map(|d| d.claims)
-            .map_err(|e| AuthError::Invalid(e.to_string()))
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if claims.get("iat").and_then(serde_json::Value::as_u64).is_some_and(|iat| iat > now_secs() + LEEWAY_SECS) {
+            return Err(AuthError::Invalid("issued in the future".into()));
+        }
+        if let Some(empty) = empty_claim(&claims) {
+            return Err(AuthError::Invalid(format!("claim {empty} is empty")));
+        }
+        serde_json::from_value(claims).map_err(|e| AuthError::Invalid(e.to_string()))
     }
 
     /// Verifies a join token for `call_id`.
@@ -123,6 +134,19 @@ impl Verifier {
         }
         Ok(claims)
     }
+}
+
+/// The name of a claim that is an empty string (or a list holding one), if any.
+fn empty_claim(claims: &serde_json::Value) -> Option<String> {
+    let obj = claims.as_object()?;
+    obj.iter().find_map(|(k, v)| {
+        let empty = match v {
+            serde_json::Value::String(s) => s.trim().is_empty(),
+            serde_json::Value::Array(items) => items.iter().any(|i| i.as_str().is_some_and(|s| s.trim().is_empty())),
+            _ => false,
+        };
+        empty.then(|| k.clone())
+    })
 }
 
 fn pem(cfg: &AuthConfig) -> Result<&str, AuthError> {

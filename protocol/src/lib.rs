@@ -321,4 +321,6 @@ pub mod close {
     pub const HEARTBEAT_TIMEOUT: u16 = 4009;
     /// The hub is shutting down (standard "going away").
     pub const GOING_AWAY: u16 = 1001;
+    /// The client kept flooding after being told `rate_limited` (standard "policy violation").
+    pub const POLICY_VIOLATION: u16 = 1008;
 }

@@ -39,8 +39,11 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>, reference: Option<&str>) -> Self {
-        Self { code, message: message.into(), reference: reference.map(str::to_owned) }
+    /// A refusal; a reference that is not a well-formed `client_ref` or payment id (too long,
+    /// control characters) is not echoed back.
+    pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<&str>) -> Self {
+        let reference = reference.filter(|r| validate::client_ref_ok(r)).map(str::to_owned);
+        Self { code, message: message.into(), reference }
     }
 
     fn store(e: StoreError, reference: Option<&str>) -> Self {
@@ -122,11 +125,13 @@ impl Payments {
         currency: &str,
         description: &str,
     ) -> Result<(), Refusal> {
-        let detail = format!("{} ref {client_ref}", validate::display_amount(amount, currency));
-        let ok = who.audit("payment.requested", Some(client_ref), "ok").with_detail(detail.clone());
+        // A malformed client_ref is refused below; it is never stored beyond a bounded cut.
+        let shown: String = client_ref.chars().take(validate::MAX_CLIENT_REF).collect();
+        let detail = format!("{} ref {shown}", validate::display_amount(amount, currency));
+        let ok = who.audit("payment.requested", Some(&shown), "ok").with_detail(detail.clone());
         let result = self.request_inner(who, client_ref, amount, currency, description, ok).await;
         if let Err(r) = &result {
-            self.audit_refusal(who, "payment.requested", Some(client_ref), r, detail).await;
+            self.audit_refusal(who, "payment.requested", Some(&shown), r, detail).await;
         }
         result
     }

@@ -36,6 +36,18 @@ pub fn display_amount(amount: i64, currency: &str) -> String {
     }
 }
 
+/// Unicode's directional formatting characters: they can make a description shown to a patient
+/// (and printed on a receipt) read differently from what was typed.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+}
+
+/// Whether `client_ref` is well formed: 1 to [`MAX_CLIENT_REF`] printable characters. Only such a
+/// reference is ever echoed back or stored.
+pub fn client_ref_ok(client_ref: &str) -> bool {
+    !client_ref.is_empty() && client_ref.chars().count() <= MAX_CLIENT_REF && !client_ref.chars().any(char::is_control)
+}
+
 /// Validates a request; returns the description trimmed.
 pub fn request(
     cfg: &PaymentsConfig,
@@ -44,8 +56,7 @@ pub fn request(
     currency: &str,
     description: &str,
 ) -> Result<String, Rejection> {
-    if client_ref.is_empty() || client_ref.chars().count() > MAX_CLIENT_REF || client_ref.chars().any(char::is_control)
-    {
+    if !client_ref_ok(client_ref) {
         return Err((
             ErrorCode::InvalidClientRef,
             format!("client_ref must be 1 to {MAX_CLIENT_REF} printable characters."),
@@ -74,6 +85,12 @@ pub fn request(
     if trimmed.chars().any(char::is_control) {
         return Err((ErrorCode::InvalidDescription, "Description must not contain control characters.".into()));
     }
+    if trimmed.chars().any(is_bidi_control) {
+        return Err((
+            ErrorCode::InvalidDescription,
+            "Description must not contain text-direction control characters.".into(),
+        ));
+    }
     Ok(trimmed.to_owned())
 }
 
@@ -100,6 +117,9 @@ mod tests {
         assert_eq!(ok(5000, "aud", &"x".repeat(201)).unwrap_err().0, ErrorCode::InvalidDescription);
         assert!(ok(5000, "aud", &"é".repeat(200)).is_ok(), "characters, not bytes");
         assert_eq!(ok(5000, "aud", "a\u{7}b").unwrap_err().0, ErrorCode::InvalidDescription);
+        for bidi in ['\u{202E}', '\u{2066}', '\u{200F}', '\u{061C}'] {
+            assert_eq!(ok(5000, "aud", &format!("a{bidi}b")).unwrap_err().0, ErrorCode::InvalidDescription);
+        }
         assert_eq!(request(&cfg(), "", 5000, "aud", "x").unwrap_err().0, ErrorCode::InvalidClientRef);
         assert_eq!(request(&cfg(), &"r".repeat(65), 5000, "aud", "x").unwrap_err().0, ErrorCode::InvalidClientRef);
         assert_eq!(display_amount(5000, "aud"), "50.00 AUD");

@@ -545,14 +545,24 @@ impl Store for SqlStore {
     }
 
     async fn enablements(&self, org_id: Option<&str>, status: Option<&str>) -> StoreResult<Vec<Enablement>> {
-        let rows = sqlx::query(
-            "SELECT * FROM enablement_requests WHERE ($1 = '' OR org_id = $1) AND ($2 = '' OR status = $2) \
-             ORDER BY created_at DESC, id DESC",
-        )
-        .bind(org_id.unwrap_or(""))
-        .bind(status.unwrap_or(""))
-        .fetch_all(&self.pool)
-        .await?;
+        // Each filter is either absent or an exact match: an empty string matches nothing
+        // rather than meaning "every organisation".
+        let mut sql = String::from("SELECT * FROM enablement_requests WHERE 1 = 1");
+        let mut binds = Vec::new();
+        if let Some(org) = org_id {
+            binds.push(org);
+            sql.push_str(&format!(" AND org_id = ${}", binds.len()));
+        }
+        if let Some(st) = status {
+            binds.push(st);
+            sql.push_str(&format!(" AND status = ${}", binds.len()));
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter().map(enablement_from).collect()
     }
 

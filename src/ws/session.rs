@@ -23,29 +23,79 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 /// faster than payments can be made and gets `rate_limited`.
 const COMMAND_QUEUE: usize = 8;
 
-/// Token bucket for client frames.
+/// Token bucket for client frames, with refusals coalesced: a flooding client is told
+/// `rate_limited` at most once per [`NOTICE_WINDOW`] (one reply per refused frame would itself
+/// overflow the outbound queue of a client that reads promptly), and closed with 1008 only
+/// after [`FLOOD_WINDOWS`] windows in a row each had refused frames.
 struct RateLimit {
     tokens: f64,
     burst: f64,
     per_sec: f64,
     at: Instant,
+    /// When the current notice window started, and whether it refused anything yet.
+    window: Instant,
+    refused_in_window: bool,
+    /// Consecutive windows with refusals.
+    flood_windows: u32,
+}
+
+/// At most one `rate_limited` reply per this long.
+const NOTICE_WINDOW: Duration = Duration::from_secs(1);
+/// Windows in a row with refused frames before the connection is closed as abusive.
+const FLOOD_WINDOWS: u32 = 10;
+
+/// What to do with a client frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Handle it.
+    Allow,
+    /// Drop it; `notify`: tell the client `rate_limited` (first refusal of a window).
+    Refuse { notify: bool },
+    /// The flood went on: close the connection with 1008.
+    Close,
 }
 
 impl RateLimit {
     fn new(per_sec: u32, burst: u32) -> Self {
-        Self { tokens: f64::from(burst), burst: f64::from(burst), per_sec: f64::from(per_sec), at: Instant::now() }
+        let now = Instant::now();
+        Self {
+            tokens: f64::from(burst),
+            burst: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            at: now,
+            window: now,
+            refused_in_window: false,
+            flood_windows: 0,
+        }
     }
 
+    #[cfg(test)]
     fn allow(&mut self) -> bool {
-        let now = Instant::now();
+        self.check_at(Instant::now()) == Verdict::Allow
+    }
+
+    fn check(&mut self) -> Verdict {
+        self.check_at(Instant::now())
+    }
+
+    fn check_at(&mut self, now: Instant) -> Verdict {
+        if now.duration_since(self.window) >= NOTICE_WINDOW {
+            self.flood_windows = if self.refused_in_window { self.flood_windows + 1 } else { 0 };
+            self.window = now;
+            self.refused_in_window = false;
+        }
         self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
-        } else {
-            false
+            return Verdict::Allow;
         }
+        if self.flood_windows >= FLOOD_WINDOWS {
+            return Verdict::Close;
+        }
+        let notify = !self.refused_in_window;
+        self.refused_in_window = true;
+        Verdict::Refuse { notify }
     }
 }
 
@@ -70,12 +120,11 @@ fn decode(text: &str) -> Result<ClientMsg, Refusal> {
     serde_json::from_str(text).map_err(|e| {
         let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         if value["type"] == "payment.request" && value.get("amount").is_some_and(|a| !a.is_i64()) {
-            let reference = value["client_ref"].as_str().map(str::to_owned);
-            return Refusal {
-                code: ErrorCode::InvalidAmount,
-                message: "Amount must be a whole number of cents.".into(),
-                reference,
-            };
+            return Refusal::new(
+                ErrorCode::InvalidAmount,
+                "Amount must be a whole number of cents.",
+                value["client_ref"].as_str(),
+            );
         }
         Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {e}"), reference: None }
     })
@@ -207,39 +256,51 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
             msg = socket.next() => {
                 let Some(Ok(msg)) = msg else { break "peer closed" };
                 last_seen = Instant::now();
-                let refusal = match msg {
-                    Message::Text(frame) => {
-                        if !limit.allow() {
-                            Some(Refusal {
-                                code: ErrorCode::RateLimited,
-                                message: "Too many messages; slow down.".into(),
-                                reference: None,
-                            })
-                        } else {
-                            match decode(frame.as_str()) {
-                                Ok(ClientMsg::PaymentProgress { payment_id, stage }) => {
-                                    let refused = app.payments.progress(&caller, &payment_id, stage).err();
-                                    if refused.is_none() {
-                                        crate::metrics::Metrics::since(&app.metrics.relay_seconds, last_seen);
-                                    }
-                                    refused
-                                }
-                                Ok(cmd) => {
-                                    let tx = commands_tx.get_or_insert_with(|| {
-                                        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                                        app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
-                                        tx
-                                    });
-                                    tx.try_send(cmd).err().map(|_| Refusal {
-                                        code: ErrorCode::RateLimited,
-                                        message: "Too many requests in flight; wait for the earlier ones.".into(),
-                                        reference: None,
-                                    })
-                                }
-                                Err(r) => Some(r),
+                // Every frame from the client counts, binary and pings included.
+                if !matches!(msg, Message::Close(_) | Message::Pong(_)) {
+                    match limit.check() {
+                        Verdict::Allow => {}
+                        Verdict::Refuse { notify } => {
+                            app.metrics.frames_refused.inc();
+                            if notify {
+                                let r = Refusal {
+                                    code: ErrorCode::RateLimited,
+                                    message: "Too many messages; slow down. Further frames are dropped until you do.".into(),
+                                    reference: None,
+                                };
+                                out.push(error_frame(&app, &call_id, r));
                             }
+                            continue;
+                        }
+                        Verdict::Close => {
+                            send_within(&mut socket, close_with(close::POLICY_VIOLATION, "flooding"), write_deadline).await;
+                            break "flooding";
                         }
                     }
+                }
+                let refusal = match msg {
+                    Message::Text(frame) => match decode(frame.as_str()) {
+                        Ok(ClientMsg::PaymentProgress { payment_id, stage }) => {
+                            let refused = app.payments.progress(&caller, &payment_id, stage).err();
+                            if refused.is_none() {
+                                crate::metrics::Metrics::since(&app.metrics.relay_seconds, last_seen);
+                            }
+                            refused
+                        }
+                        Ok(cmd) => {
+                            let tx = commands_tx.get_or_insert_with(|| {
+                                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                                app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
+                                tx
+                            });
+                            tx.try_send(cmd).err().map(|_| Refusal {
+                                code: ErrorCode::RateLimited,
+                                message: "Too many requests in flight; wait for the earlier ones.".into(),
+                                reference: None,
+                            })
+                        }
+                        Err(r) => Some(r),
+                    },
                     Message::Binary(_) => Some(Refusal {
                         code: ErrorCode::BadFrame,
                         message: "Binary frames are not part of the protocol.".into(),
@@ -331,6 +392,34 @@ mod tests {
         assert!(!heartbeat_lost(Duration::from_millis(22_500), every));
         assert!(heartbeat_lost(Duration::from_millis(22_501), every));
         assert!(heartbeat_lost(Duration::from_secs(30), every));
+    }
+
+    #[test]
+    fn refusals_are_coalesced_per_window_and_a_long_flood_closes() {
+        let mut r = RateLimit::new(1, 1);
+        let t0 = Instant::now();
+        assert_eq!(r.check_at(t0), Verdict::Allow);
+        assert_eq!(r.check_at(t0), Verdict::Refuse { notify: true });
+        assert_eq!(r.check_at(t0), Verdict::Refuse { notify: false }, "one notice per window");
+        // Flooding every window: the tenth window in a row closes.
+        let mut verdict = Verdict::Allow;
+        for w in 1..=FLOOD_WINDOWS + 1 {
+            let at = t0 + NOTICE_WINDOW * w;
+            let _ = r.check_at(at); // a token refilled each second
+            verdict = r.check_at(at);
+            if verdict == Verdict::Close {
+                break;
+            }
+        }
+        assert_eq!(verdict, Verdict::Close);
+        // A quiet window forgives.
+        let mut q = RateLimit::new(1, 1);
+        assert_eq!(q.check_at(t0), Verdict::Allow);
+        assert_eq!(q.check_at(t0), Verdict::Refuse { notify: true });
+        assert_eq!(q.check_at(t0 + NOTICE_WINDOW * 2), Verdict::Allow);
+        assert_eq!(q.flood_windows, 1);
+        assert_eq!(q.check_at(t0 + NOTICE_WINDOW * 4), Verdict::Allow);
+        assert_eq!(q.flood_windows, 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod errors;
 mod flow;
+mod hostile;
 mod money;
 mod outage;
 mod sockets;

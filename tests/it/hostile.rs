@@ -1,0 +1,134 @@
+//! What a hostile client found (the security issue), each answered: floods stay bounded and the
+//! socket lives, every frame counts toward the rate limit, text that can mislead or bloat is
+//! refused before it is echoed or stored, and token claims are held to their meaning.
+
+use crate::helpers::*;
+use callpay::auth::{now_secs, sign_hs256};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+fn progress(payment_id: &str) -> serde_json::Value {
+    json!({"type": "payment.progress", "payment_id": payment_id, "stage": "viewing"})
+}
+
+#[tokio::test]
+async fn a_flood_is_refused_without_closing_a_socket_that_reads() {
+    let hub = TestHub::start().await;
+    let mut pat = hub.patient().await;
+    for _ in 0..200 {
+        pat.send(progress("pay_x")).await;
+    }
+    // The socket stays open (a close would panic in `next`), and the refusals are coalesced:
+    // far fewer rate_limited frames than refused frames.
+    pat.send_raw(Message::Ping(Default::default())).await;
+    let mut codes = Vec::new();
+    let end = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while let Ok(f) = tokio::time::timeout_at(end, pat.next()).await {
+        codes.push(f["code"].as_str().unwrap_or_default().to_owned());
+    }
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    assert!(limited >= 1, "the flood was told: {codes:?}");
+    assert!(limited <= 3, "one rate_limited per window, not one per frame: {limited}");
+    assert_eq!(hub.state.hub.rooms.connections(), 1, "still connected");
+}
+
+#[tokio::test]
+async fn binary_frames_count_toward_the_rate_limit() {
+    let hub = TestHub::start().await;
+    let mut pat = hub.patient().await;
+    for _ in 0..60 {
+        pat.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    }
+    let mut codes = Vec::new();
+    let end = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while let Ok(f) = tokio::time::timeout_at(end, pat.next()).await {
+        codes.push(f["code"].as_str().unwrap_or_default().to_owned());
+    }
+    assert!(codes.contains(&"rate_limited".to_owned()), "{codes:?}");
+    assert!(codes.iter().filter(|c| *c == "bad_frame").count() <= 20, "only the burst got past: {codes:?}");
+}
+
+#[tokio::test]
+async fn bidi_controls_in_a_description_are_refused() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    doc.request("b1", 5000, "Consult \u{202E}gnissap\u{202C}").await;
+    assert_eq!(doc.error_code().await, "invalid_description");
+    doc.request("b2", 5000, "Follow\u{2066}-up").await;
+    assert_eq!(doc.error_code().await, "invalid_description");
+    assert!(hub.state.store.payments_for_call(&hub.info.call_id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_huge_client_ref_is_neither_echoed_nor_stored_in_full() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let huge = "r".repeat(12_000);
+    doc.request(&huge, 5000, "Consult").await;
+    let err = doc.until("error").await;
+    assert_eq!(err["code"], "invalid_client_ref");
+    assert!(err.to_string().len() < 1_000, "not echoed in full: {} bytes", err.to_string().len());
+    doc.send(
+        json!({"type": "payment.request", "client_ref": huge, "amount": 12.5, "currency": "aud", "description": "x"}),
+    )
+    .await;
+    let err = doc.until("error").await;
+    assert!(err.to_string().len() < 1_000, "not echoed in full: {} bytes", err.to_string().len());
+    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    for r in rows {
+        let stored = r.target.as_deref().unwrap_or_default().len() + r.detail.as_deref().unwrap_or_default().len();
+        assert!(stored < 1_200, "audit row bounded: {} bytes", stored);
+    }
+}
+
+#[tokio::test]
+async fn empty_scope_claims_are_refused_not_read_as_everything() {
+    let hub = TestHub::start().await;
+    let claims = json!({
+        "typ": callpay::auth::ADMIN_TYP, "sub": "a", "name": "A", "role": "org_admin", "org_id": "",
+        "exp": now_secs() + 60,
+    });
+    let token = sign_hs256(&hub.info.platform_secret, &claims);
+    let (status, body, _) = hub
+        .http
+        .send(
+            "GET",
+            &format!("{}/v1/enablement-requests", hub.info.hub_url),
+            &[("authorization", &format!("Bearer {token}"))],
+            String::new(),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn tokens_not_yet_valid_are_refused() {
+    let hub = TestHub::start().await;
+    let later = now_secs() + 3_600;
+    for (claim, value) in [("nbf", later), ("iat", later)] {
+        let mut admin = json!({
+            "typ": callpay::auth::ADMIN_TYP, "sub": "a", "name": "A", "role": "platform_operator",
+            "exp": later + 60,
+        });
+        admin[claim] = value.into();
+        let token = sign_hs256(&hub.info.platform_secret, &admin);
+        let (status, _, _) = hub
+            .http
+            .send(
+                "GET",
+                &format!("{}/v1/enablement-requests", hub.info.hub_url),
+                &[("authorization", &format!("Bearer {token}"))],
+                String::new(),
+            )
+            .await;
+        assert_eq!(status, 401, "admin token with a future {claim}");
+        let mut join = json!({
+            "typ": callpay::auth::JOIN_TYP, "sub": "x", "call_id": hub.info.call_id, "clinic_id": "clinic_demo",
+            "role": "patient", "name": "X", "exp": later + 60,
+        });
+        join[claim] = value.into();
+        let token = sign_hs256(&hub.info.platform_secret, &join);
+        let refused = tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &token)).await;
+        assert!(refused.is_err(), "join token with a future {claim}");
+    }
+}
