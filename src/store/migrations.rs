@@ -111,4 +111,13 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "ALTER TABLE clinics ADD COLUMN stripe_display_name TEXT",
         ],
     ),
+    (
+        3,
+        "calls bound to the clinic of their first join",
+        &["CREATE TABLE IF NOT EXISTS calls (
+            call_id TEXT PRIMARY KEY,
+            clinic_id TEXT NOT NULL,
+            created_at BIGINT NOT NULL
+        )"],
+    ),
 ];

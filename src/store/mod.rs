@@ -258,6 +258,9 @@ pub trait Store: Send + Sync + 'static {
     async fn payments_for_call(&self, call_id: &str) -> StoreResult<Vec<Payment>>;
     /// Whether a Stripe event id was already processed.
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
+    /// Binds `call_id` to `clinic_id` if it is new, and returns the clinic it is bound to (the
+    /// first join's, whoever asks later).
+    async fn bind_call(&self, call_id: &str, clinic_id: &str) -> StoreResult<String>;
     /// Applies `writes` in one transaction (see [`Write`] for each write's precondition).
     async fn commit(&self, writes: &[Write]) -> StoreResult<Committed>;
     /// The clinics with these ids that exist, in one query.

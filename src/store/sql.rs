@@ -439,6 +439,22 @@ impl Store for SqlStore {
         Ok(row.is_some())
     }
 
+    async fn bind_call(&self, call_id: &str, clinic_id: &str) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO calls (call_id, clinic_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (call_id) DO NOTHING",
+        )
+        .bind(call_id)
+        .bind(clinic_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let bound: String = sqlx::query_scalar("SELECT clinic_id FROM calls WHERE call_id = $1")
+            .bind(call_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(bound)
+    }
+
     async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {
         let mut tx = self.pool.begin().await?;
         for write in writes {

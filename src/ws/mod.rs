@@ -55,6 +55,20 @@ pub async fn upgrade(
             return ApiError::unauthorized("The join token is not valid for this call.").into_response();
         }
     };
+    // A call belongs to the clinic of its first join: a token naming another clinic for the same
+    // call id would otherwise see (and cancel) the first clinic's payments.
+    match app.store.bind_call(&call_id, &claims.clinic_id).await {
+        Ok(bound) if bound == claims.clinic_id => {}
+        Ok(_) => {
+            tracing::warn!(call_id, clinic_id = claims.clinic_id, "join refused: the call belongs to another clinic");
+            app.metrics.joins_refused.inc();
+            return ApiError::unauthorized("The join token is not valid for this call.").into_response();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, call_id, "cannot bind the call to its clinic: store unavailable");
+            return ApiError::unavailable("The hub cannot admit you right now; retry shortly.").into_response();
+        }
+    }
     let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
         return ApiError::overloaded("This hub is at its connection limit; retry shortly.").into_response();
     };

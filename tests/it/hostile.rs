@@ -132,3 +132,25 @@ async fn tokens_not_yet_valid_are_refused() {
         assert!(refused.is_err(), "join token with a future {claim}");
     }
 }
+
+#[tokio::test]
+async fn a_call_belongs_to_the_clinic_of_its_first_join() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    doc.request("c1", 5000, "Consult").await;
+    doc.until("payment.requested").await;
+    // A valid token for the same call id that names another clinic is refused.
+    let foreign = callpay::demo::join_token(
+        &hub.info.platform_secret,
+        &hub.info.call_id,
+        "clinic_elsewhere",
+        "intruder",
+        "Intruder",
+        callpay_protocol::Role::Clinician,
+    );
+    let refused = tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &foreign)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}

@@ -13,6 +13,7 @@ struct FlakyStore {
     down: Arc<AtomicBool>,
     /// The next N batches that change a clinic fail (a database error mid-change).
     fail_clinic_writes: Arc<AtomicU32>,
+    spare_bind: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -31,6 +32,14 @@ macro_rules! pass {
         #[async_trait]
         impl Store for FlakyStore {
             $(async fn $name(&self, $($arg: $ty),*) -> StoreResult<$ret> { self.check()?; self.inner.$name($($arg),*).await })*
+
+            /// Spared while `spare_bind` is set, to reach the later failure of building `welcome`.
+            async fn bind_call(&self, call: &str, clinic: &str) -> StoreResult<String> {
+                if !self.spare_bind.load(Ordering::SeqCst) {
+                    self.check()?;
+                }
+                self.inner.bind_call(call, clinic).await
+            }
 
             async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {
                 self.check()?;
@@ -65,23 +74,48 @@ pass! {
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {
-    let (hub, down, _) = flaky_hub_with_clinic_faults().await;
+    let (hub, down, _, _) = flaky_hub_with(false).await;
     (hub, down)
 }
 
 async fn flaky_hub_with_clinic_faults() -> (TestHub, Arc<AtomicBool>, Arc<AtomicU32>) {
-    let down = Arc::new(AtomicBool::new(false));
-    let fail = Arc::new(AtomicU32::new(0));
-    let (flag, fail_clinic_writes) = (down.clone(), fail.clone());
-    let hub =
-        TestHub::start_wrapped(|_| {}, move |inner| Arc::new(FlakyStore { inner, down: flag, fail_clinic_writes }))
-            .await;
+    let (hub, down, fail, _) = flaky_hub_with(false).await;
     (hub, down, fail)
 }
 
+async fn flaky_hub_with(spare: bool) -> (TestHub, Arc<AtomicBool>, Arc<AtomicU32>, Arc<AtomicBool>) {
+    let down = Arc::new(AtomicBool::new(false));
+    let fail = Arc::new(AtomicU32::new(0));
+    let spare_bind = Arc::new(AtomicBool::new(spare));
+    let (flag, fail_clinic_writes, spare) = (down.clone(), fail.clone(), spare_bind.clone());
+    let hub = TestHub::start_wrapped(
+        |_| {},
+        move |inner| Arc::new(FlakyStore { inner, down: flag, fail_clinic_writes, spare_bind: spare }),
+    )
+    .await;
+    (hub, down, fail, spare_bind)
+}
+
 #[tokio::test]
-async fn joining_while_the_store_is_down_gets_an_error_and_a_clean_close() {
+async fn joining_while_the_store_is_down_gets_503_before_the_upgrade() {
     let (hub, down) = flaky_hub().await;
+    down.store(true, Ordering::SeqCst);
+    // The call's clinic cannot be checked, so nobody is admitted: 503, retry shortly.
+    match tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    let (status, _, _) = hub.http.send("GET", &format!("{}/readyz", hub.info.hub_url), &[], String::new()).await;
+    assert_eq!(status, 503, "not ready while the store is down");
+    assert_eq!((hub.state.metrics.connections_opened.get(), hub.state.hub.rooms.connections()), (0, 0));
+    down.store(false, Ordering::SeqCst);
+    let doc = hub.clinician().await;
+    assert_eq!(doc.welcome["type"], "welcome");
+}
+
+#[tokio::test]
+async fn a_store_failure_while_building_welcome_gets_an_error_and_a_clean_close() {
+    let (hub, down, _, _) = flaky_hub_with(true).await;
     down.store(true, Ordering::SeqCst);
     let (mut ws, _) =
         tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await.unwrap();
@@ -93,15 +127,10 @@ async fn joining_while_the_store_is_down_gets_an_error_and_a_clean_close() {
         tokio_tungstenite::tungstenite::Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1011),
         other => panic!("expected a close, got {other:?}"),
     }
-    let (status, _, _) = hub.http.send("GET", &format!("{}/readyz", hub.info.hub_url), &[], String::new()).await;
-    assert_eq!(status, 503, "not ready while the store is down");
     // The refused connection is counted as closed too, and left nothing behind in the room.
     let m = &hub.state.metrics;
     eventually(async || (m.connections_closed.get() == 1).then_some(())).await;
     assert_eq!((m.connections_opened.get(), hub.state.hub.rooms.connections()), (1, 0));
-    down.store(false, Ordering::SeqCst);
-    let doc = hub.clinician().await;
-    assert_eq!(doc.welcome["type"], "welcome");
 }
 
 #[tokio::test]
