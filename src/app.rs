@@ -110,6 +110,7 @@ impl App {
         let addr = listener.local_addr()?;
         let verifier = Verifier::new(&config.auth).context("auth settings")?;
         let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
+        rooms.set_max_per_participant(config.server.max_sockets_per_participant);
         let tracker = TaskTracker::new();
         let metrics = Arc::new(Metrics::default());
         deps.bus.observe_with(metrics.clone());

@@ -100,6 +100,10 @@ pub struct ServerConfig {
     /// means: as many as the process's open-file limit allows, less a reserve for the database,
     /// Redis, HTTP requests and files (see [`crate::limits`]).
     pub max_connections: usize,
+    /// Connections one participant may hold in one call; a further one closes the oldest (4010).
+    pub max_sockets_per_participant: usize,
+    /// Connections one call may hold on one node; beyond it upgrades get 503.
+    pub max_sockets_per_call: usize,
     /// Frames queued per connection before it is closed as a slow consumer. 64 frames is
     /// minutes of normal traffic for one call, yet bounds memory per socket to a few hundred KiB.
     pub outbound_queue: usize,
@@ -125,6 +129,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
             max_connections: 0,
+            max_sockets_per_participant: 4,
+            max_sockets_per_call: 32,
             outbound_queue: 64,
             max_message_bytes: 16 * 1024,
             ping_interval_ms: 15_000,

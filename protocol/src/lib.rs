@@ -323,4 +323,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The client kept flooding after being told `rate_limited` (standard "policy violation").
     pub const POLICY_VIOLATION: u16 = 1008;
+    /// The same participant opened a newer connection to the call and this, its oldest, was
+    /// closed to stay within the per-participant limit (a reload in another tab). Do not
+    /// reconnect automatically.
+    pub const REPLACED: u16 = 4010;
 }

@@ -41,6 +41,8 @@ pub struct RoomRegistry {
     next_conn: AtomicU64,
     publishable_key: String,
     observer: std::sync::OnceLock<Arc<dyn RoomObserver>>,
+    /// Connections one participant may hold in one call; a further one replaces the oldest.
+    max_per_participant: std::sync::atomic::AtomicUsize,
 }
 
 /// One call's members on this node.
@@ -103,7 +105,20 @@ impl RoomRegistry {
             next_conn: AtomicU64::new(1),
             publishable_key: publishable_key.into(),
             observer: std::sync::OnceLock::new(),
+            max_per_participant: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
+    }
+
+    /// Limits the connections one participant may hold in one call (set at start-up): joining
+    /// beyond it closes that participant's oldest connection, so a reload always works but one
+    /// token cannot fill the hub.
+    pub fn set_max_per_participant(&self, max: usize) {
+        self.max_per_participant.store(max.max(1), Ordering::Relaxed);
+    }
+
+    /// Connections in `call_id` on this node.
+    pub fn members(&self, call_id: &str) -> usize {
+        self.rooms.get(call_id).map_or(0, |r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.len())
     }
 
     /// Sets the observer (once, at start-up).
@@ -128,6 +143,14 @@ impl RoomRegistry {
         });
         let mut inner = entry.inner.lock().unwrap_or_else(|p| p.into_inner());
         let first_connection = !inner.members.values().any(|m| m.participant.id == participant.id);
+        let mut own: Vec<(u64, &Member)> =
+            inner.members.iter().filter(|(_, m)| m.participant.id == participant.id).map(|(k, m)| (*k, m)).collect();
+        if own.len() >= self.max_per_participant.load(Ordering::Relaxed) {
+            own.sort_by_key(|(k, _)| *k);
+            if let Some((_, oldest)) = own.first() {
+                oldest.out.replace();
+            }
+        }
         inner.members.insert(conn, Member { participant: participant.clone(), out });
         let participants = unique_participants(&inner.members);
         let seq = inner.seq;
@@ -412,6 +435,24 @@ mod tests {
         reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]);
         assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::NotPayable), "stale snapshot ignored");
         assert_eq!(reg.check_progress("other", "pay_1"), Err(ProgressRefusal::UnknownPayment));
+    }
+
+    #[test]
+    fn a_participant_over_the_limit_replaces_its_oldest_connection() {
+        let reg = RoomRegistry::new("pk");
+        reg.set_max_per_participant(2);
+        let (o1, mut r1) = Outbound::new(4);
+        let (o2, mut r2) = Outbound::new(4);
+        let (o3, _r3) = Outbound::new(4);
+        let _a = reg.join("call", "c", person("a", Role::Patient), o1);
+        let _b = reg.join("call", "c", person("a", Role::Patient), o2);
+        let _other = reg.join("call", "c", person("b", Role::Patient), Outbound::new(4).0);
+        assert!(r1.try_next().is_none());
+        let _c = reg.join("call", "c", person("a", Role::Patient), o3);
+        let next = futures_util::FutureExt::now_or_never(r1.next());
+        assert_eq!(next, Some(Next::Replaced), "the oldest of a's connections is told to go");
+        assert_eq!(futures_util::FutureExt::now_or_never(r2.next()), None, "the others stay");
+        assert_eq!(reg.members("call"), 4, "it leaves when its task closes it");
     }
 
     #[test]

@@ -23,6 +23,7 @@ struct Shared {
     capacity: usize,
     waker: AtomicWaker,
     slow: AtomicBool,
+    replaced: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -50,6 +51,8 @@ pub enum Next {
     Frame(Bytes),
     /// The queue overflowed: close the connection as a slow consumer.
     Slow,
+    /// The participant opened more connections than allowed and this is the oldest: close it.
+    Replaced,
 }
 
 impl Outbound {
@@ -60,6 +63,7 @@ impl Outbound {
             capacity: capacity.max(1),
             waker: AtomicWaker::new(),
             slow: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
         (Self { shared: shared.clone() }, OutboundRx { shared })
@@ -84,6 +88,12 @@ impl Outbound {
         }
         s.waker.wake();
         true
+    }
+
+    /// Asks the connection to close because a newer one of the same participant replaced it.
+    pub fn replace(&self) {
+        self.shared.replaced.store(true, Ordering::Release);
+        self.shared.waker.wake();
     }
 
     /// Whether the queue overflowed.
@@ -123,6 +133,9 @@ impl OutboundRx {
     fn poll_now(&mut self) -> Option<Next> {
         if self.shared.slow.load(Ordering::Acquire) {
             return Some(Next::Slow);
+        }
+        if self.shared.replaced.load(Ordering::Acquire) {
+            return Some(Next::Replaced);
         }
         self.try_next().map(Next::Frame)
     }

@@ -55,6 +55,9 @@ pub async fn upgrade(
             return ApiError::unauthorized("The join token is not valid for this call.").into_response();
         }
     };
+    if app.hub.rooms.members(&call_id) >= app.config.server.max_sockets_per_call {
+        return ApiError::overloaded("This call has as many connections as it may have on this hub.").into_response();
+    }
     // A call belongs to the clinic of its first join: a token naming another clinic for the same
     // call id would otherwise see (and cancel) the first clinic's payments.
     match app.store.bind_call(&call_id, &claims.clinic_id).await {

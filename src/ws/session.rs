@@ -221,6 +221,10 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                         send_within(&mut socket, close_with(close::SLOW_CONSUMER, "outbound queue full; reconnect to resync"), write_deadline).await;
                         break "slow consumer";
                     }
+                    Next::Replaced => {
+                        send_within(&mut socket, close_with(close::REPLACED, "replaced by a newer connection of the same participant"), write_deadline).await;
+                        break "replaced";
+                    }
                 };
                 // Feed everything already queued, then flush once.
                 let metrics = &app.metrics;

@@ -154,3 +154,25 @@ async fn a_call_belongs_to_the_clinic_of_its_first_join() {
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn one_token_cannot_hold_more_than_a_few_sockets() {
+    let hub = TestHub::start().await;
+    let mut first = hub.patient().await;
+    let mut others = Vec::new();
+    for _ in 0..4 {
+        others.push(hub.patient().await);
+    }
+    // The fifth socket of the same participant closes the oldest with 4010; the rest stay.
+    assert_eq!(first.until_closed().await, 4010);
+    eventually(async || (hub.state.hub.rooms.members(&hub.info.call_id) == 4).then_some(())).await;
+    // And a call cannot grow past its own cap either: another participant is refused with 503.
+    let crowded = TestHub::start_with(|c| c.server.max_sockets_per_call = 2).await;
+    let _a = crowded.clinician().await;
+    let _b = crowded.patient().await;
+    match tokio_tungstenite::connect_async(crowded.ws_url(&crowded.info.call_id, &crowded.info.patient_token)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    drop(others);
+}

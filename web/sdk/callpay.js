@@ -41,6 +41,12 @@ export class CallpayClient {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.closedByUser) return;
+      // 4010: a newer connection of the same participant (another tab) took this one's place;
+      // reconnecting would only push that one out in turn.
+      if (ev.code === 4010) {
+        this.on('status', { state: 'replaced', code: ev.code });
+        return;
+      }
       this.on('status', { state: 'reconnecting', code: ev.code });
       const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
       this.attempt += 1;
