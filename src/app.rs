@@ -46,6 +46,8 @@ pub struct AppState {
     pub connection_slots: Arc<Semaphore>,
     /// Demo page links (only in `callpay demo`).
     pub demo: Option<Arc<crate::http::web::DemoLinks>>,
+    /// Where `/metrics` is served when `server.metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// External I/O the app runs on; tests and the demo pass their own.
@@ -83,6 +85,7 @@ pub struct App {
     /// Shared state (tests reach into it).
     pub state: AppState,
     listener: tokio::net::TcpListener,
+    metrics_listener: Option<tokio::net::TcpListener>,
     addr: SocketAddr,
 }
 
@@ -108,6 +111,15 @@ impl App {
         node_id: String,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
+        let metrics_listener = match config.server.metrics_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} for metrics (server.metrics_listen)"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let verifier = Verifier::new(&config.auth).context("auth settings")?;
         let rooms = RoomRegistry::new(config.stripe.publishable_key.clone());
         rooms.set_max_per_participant(config.server.max_sockets_per_participant);
@@ -135,8 +147,9 @@ impl App {
             tracker,
             shutdown,
             demo: None,
+            metrics_addr,
         };
-        Ok(Self { state, listener, addr })
+        Ok(Self { state, listener, metrics_listener, addr })
     }
 
     /// The bound address.
@@ -149,6 +162,17 @@ impl App {
         let state = self.state;
         let router = crate::http::router(state.clone());
         let stop = state.shutdown.clone();
+        if let Some(listener) = self.metrics_listener {
+            let metrics = crate::http::metrics_router(state.clone());
+            let stop = stop.clone();
+            state.tracker.spawn(async move {
+                let served =
+                    axum::serve(listener, metrics).with_graceful_shutdown(async move { stop.cancelled().await });
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         // Real-time frames must not wait for Nagle's algorithm to coalesce them.
         let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
             let _ = tcp.set_nodelay(true);

@@ -121,6 +121,11 @@ pub struct ServerConfig {
     pub rate_burst: u32,
     /// Seconds to wait for connections to close on shutdown.
     pub shutdown_grace_secs: u64,
+    /// Origins allowed to frame the pages (the video-call platform's), besides the hub's own
+    /// (`frame-ancestors 'self' …`). Empty: only the hub itself may frame them.
+    pub frame_ancestors: Vec<String>,
+    /// When set, `/metrics` is served on this address only (keep it internal), not on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +143,8 @@ impl Default for ServerConfig {
             rate_per_sec: 10,
             rate_burst: 20,
             shutdown_grace_secs: 10,
+            frame_ancestors: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

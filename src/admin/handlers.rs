@@ -420,7 +420,18 @@ fn page(status: StatusCode, title: &str, body: &str, clinic_id: Option<&str>) ->
         t = crate::http::escape(title),
         b = crate::http::escape(body),
     );
-    (status, Html(html)).into_response()
+    // A static page: no scripts, no framing, nothing sniffed or cached.
+    let headers = [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ];
+    (status, headers, Html(html)).into_response()
 }
 
 fn cookie_state(headers: &HeaderMap) -> Option<String> {

@@ -53,19 +53,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The internal listener's routes: `/metrics` only.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new().route("/metrics", get(health::metrics)).with_state(state)
+}
+
 /// Escapes text for HTML content and quoted attributes.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// Every route.
+/// Every route. `/metrics` is here unless `server.metrics_listen` gives it an address of its own.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let public = Router::new()
         .route("/v1/calls/{call_id}/ws", get(crate::ws::upgrade))
         .route("/v1/stripe/webhook", post(webhook::receive))
         .route("/healthz", get(health::live))
-        .route("/readyz", get(health::ready))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::ready));
+    let public = if state.config.server.metrics_listen.is_none() {
+        public.route("/metrics", get(health::metrics))
+    } else {
+        public
+    };
+    public
         .merge(crate::admin::router())
         .route("/", get(web::root))
         .route("/demo", get(web::demo))

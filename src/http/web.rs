@@ -48,9 +48,19 @@ fn origin(url: &str) -> String {
 fn csp(app: &AppState) -> HeaderValue {
     let js = origin(&app.config.stripe.js_url);
     let api = origin(&app.config.stripe.api_base);
+    // Only origins without spaces or separators can be listed; anything else is dropped.
+    let ancestors: String = app
+        .config
+        .server
+        .frame_ancestors
+        .iter()
+        .filter(|o| !o.is_empty() && !o.contains([' ', ';', ',', '\'', '"']))
+        .map(|o| format!(" {o}"))
+        .collect();
     let policy = format!(
         "default-src 'self'; script-src 'self' {js}; connect-src 'self' {api} {js}; frame-src 'self' {js} https://hooks.stripe.com; \
-         img-src 'self' data: {js}; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'self'"
+         img-src 'self' data: {js}; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'self'; \
+         frame-ancestors 'self'{ancestors}"
     );
     HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'"))
 }
@@ -62,6 +72,11 @@ fn page(app: &AppState, html: &'static str) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    // Browsers without frame-ancestors honour X-Frame-Options; it can name no other origin, so
+    // it is only sent when no platform origin may frame the pages.
+    if app.config.server.frame_ancestors.is_empty() {
+        h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+    }
     resp
 }
 

@@ -176,3 +176,43 @@ async fn one_token_cannot_hold_more_than_a_few_sockets() {
     }
     drop(others);
 }
+
+#[tokio::test]
+async fn pages_cannot_be_framed_by_other_sites() {
+    let hub = TestHub::start().await;
+    for page in ["/call/clinician", "/call/patient", "/admin/client-payment"] {
+        let (status, headers, _, _) =
+            hub.http.send_full("GET", &format!("{}{page}", hub.info.hub_url), &[], String::new()).await;
+        assert_eq!(status, 200);
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'self'"), "{page}: {csp}");
+        assert_eq!(headers["x-frame-options"], "SAMEORIGIN", "{page}");
+    }
+    // The OAuth callback's page (here: a refusal) is framed by nobody and sniffed by nobody.
+    let (status, headers, _, _) =
+        hub.http.send_full("GET", &format!("{}/v1/stripe/oauth/callback", hub.info.hub_url), &[], String::new()).await;
+    assert_eq!(status, 400);
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
+    assert_eq!(
+        (&headers["x-frame-options"], &headers["x-content-type-options"]),
+        (&"DENY".parse().unwrap(), &"nosniff".parse().unwrap())
+    );
+    // The video-call platform's origin can be allowed to embed the pages.
+    let embedded = TestHub::start_with(|c| c.server.frame_ancestors = vec!["https://video.example".into()]).await;
+    let (_, headers, _, _) =
+        embedded.http.send_full("GET", &format!("{}/call/patient", embedded.info.hub_url), &[], String::new()).await;
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'self' https://video.example"), "{csp}");
+    assert!(headers.get("x-frame-options").is_none(), "X-Frame-Options cannot name the platform");
+}
+
+#[tokio::test]
+async fn metrics_can_be_kept_off_the_public_listener() {
+    let hub = TestHub::start_with(|c| c.server.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    let (status, _, _) = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await;
+    assert_eq!(status, 404, "not on the public address");
+    let internal = hub.state.metrics_addr.expect("bound");
+    let (status, _, text) = hub.http.send("GET", &format!("http://{internal}/metrics"), &[], String::new()).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("callpay_ws_connections_open"), "{text}");
+}
