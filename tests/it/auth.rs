@@ -100,15 +100,5 @@ async fn join_and_admin_tokens_are_not_interchangeable() {
     let claims = serde_json::json!({
         "typ": callpay::auth::JOIN_TYP, "sub": "a", "name": "A", "role": "platform_operator", "exp": now_secs() + 60,
     });
-    let token = sign_hs256(&hub.info.platform_secret, &claims);
-    let (status, body, _) = hub
-        .http
-        .send(
-            "GET",
-            &format!("{}/v1/enablement-requests", hub.info.hub_url),
-            &[("authorization", &format!("Bearer {token}"))],
-            String::new(),
-        )
-        .await;
-    assert_eq!(status, 401, "{body}");
+    assert_eq!(admin_status_with_claims(&hub, &claims).await, 401);
 }

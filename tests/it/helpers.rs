@@ -329,3 +329,11 @@ pub async fn deauthorize_on_stripe(hub: &TestHub, account: &str) -> u16 {
         format!("client_secret={}&client_id={}&stripe_user_id={account}", hub.sim.secret_key(), hub.sim.client_id());
     hub.http.form(&url, &body).await.0
 }
+
+/// Lists enablement requests with `claims` signed by the platform as the bearer token; returns
+/// the status (a cheap way to ask "is this an admin token?").
+pub async fn admin_status_with_claims(hub: &TestHub, claims: &Value) -> u16 {
+    let token = callpay::auth::sign_hs256(&hub.info.platform_secret, claims);
+    let url = format!("{}/v1/enablement-requests", hub.info.hub_url);
+    hub.http.send("GET", &url, &[("authorization", &format!("Bearer {token}"))], String::new()).await.0
+}

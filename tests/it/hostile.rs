@@ -88,17 +88,7 @@ async fn empty_scope_claims_are_refused_not_read_as_everything() {
         "typ": callpay::auth::ADMIN_TYP, "sub": "a", "name": "A", "role": "org_admin", "org_id": "",
         "exp": now_secs() + 60,
     });
-    let token = sign_hs256(&hub.info.platform_secret, &claims);
-    let (status, body, _) = hub
-        .http
-        .send(
-            "GET",
-            &format!("{}/v1/enablement-requests", hub.info.hub_url),
-            &[("authorization", &format!("Bearer {token}"))],
-            String::new(),
-        )
-        .await;
-    assert_eq!(status, 401, "{body}");
+    assert_eq!(admin_status_with_claims(&hub, &claims).await, 401);
 }
 
 #[tokio::test]
@@ -111,17 +101,7 @@ async fn tokens_not_yet_valid_are_refused() {
             "exp": later + 60,
         });
         admin[claim] = value.into();
-        let token = sign_hs256(&hub.info.platform_secret, &admin);
-        let (status, _, _) = hub
-            .http
-            .send(
-                "GET",
-                &format!("{}/v1/enablement-requests", hub.info.hub_url),
-                &[("authorization", &format!("Bearer {token}"))],
-                String::new(),
-            )
-            .await;
-        assert_eq!(status, 401, "admin token with a future {claim}");
+        assert_eq!(admin_status_with_claims(&hub, &admin).await, 401, "admin token with a future {claim}");
         let mut join = json!({
             "typ": callpay::auth::JOIN_TYP, "sub": "x", "call_id": hub.info.call_id, "clinic_id": "clinic_demo",
             "role": "patient", "name": "X", "exp": later + 60,
