@@ -162,22 +162,17 @@ impl App {
         let state = self.state;
         let router = crate::http::router(state.clone());
         let stop = state.shutdown.clone();
+        let limits = crate::http::serve::Limits {
+            header_read_timeout: Duration::from_millis(state.config.server.header_read_timeout_ms.max(1)),
+            max_connections: state.config.server.max_http_connections,
+            grace: Duration::from_secs(state.config.server.shutdown_grace_secs),
+        };
         if let Some(listener) = self.metrics_listener {
             let metrics = crate::http::metrics_router(state.clone());
-            let stop = stop.clone();
-            state.tracker.spawn(async move {
-                let served =
-                    axum::serve(listener, metrics).with_graceful_shutdown(async move { stop.cancelled().await });
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            });
+            let serving = crate::http::serve::serve(listener, metrics, limits, stop.clone(), state.metrics.clone());
+            state.tracker.spawn(serving);
         }
-        // Real-time frames must not wait for Nagle's algorithm to coalesce them.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        crate::http::serve::serve(self.listener, router, limits, stop, state.metrics.clone()).await;
         // axum does not wait for upgraded sockets; sessions close themselves on the token.
         state.tracker.close();
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);

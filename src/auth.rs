@@ -8,8 +8,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Clock skew tolerated on `exp`/`nbf`, in seconds.
-const LEEWAY_SECS: u64 = 30;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
 
 /// Why a token was refused. Deliberately coarse toward clients: the reason is logged, not sent.
 #[derive(Debug, thiserror::Error)]

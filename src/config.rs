@@ -126,6 +126,16 @@ pub struct ServerConfig {
     pub frame_ancestors: Vec<String>,
     /// When set, `/metrics` is served on this address only (keep it internal), not on `listen`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Longest a client may take to send a request's headers, and longest an idle keep-alive
+    /// connection is held waiting for its next request. Bounds slowloris-style clients.
+    pub header_read_timeout_ms: u64,
+    /// Longest a request may take from its headers to the response (a body trickled in slowly
+    /// included); past it the client gets 408. A WebSocket's life is not a request: it ends here
+    /// at the upgrade.
+    pub request_timeout_ms: u64,
+    /// Most connections still speaking HTTP at once (WebSockets leave this pool once upgraded
+    /// and count against `max_connections`). Further connections get 503 and are closed.
+    pub max_http_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -145,6 +155,9 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             frame_ancestors: Vec::new(),
             metrics_listen: None,
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_http_connections: 1024,
         }
     }
 }

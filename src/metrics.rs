@@ -47,6 +47,8 @@ pub struct Metrics {
     pub bus_publish_seconds: Histogram,
     /// Frames waiting in a connection's outbound queue when its writer drains it.
     pub outbound_queue_depth: Histogram,
+    /// HTTP connections turned away because `server.max_http_connections` were open.
+    pub http_refused: Counter,
     open_connections: Gauge,
 }
 
@@ -73,6 +75,7 @@ impl Metrics {
             stripe_seconds: Family::new_with_constructor(seconds as fn() -> Histogram),
             bus_publish_seconds: seconds(),
             outbound_queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            http_refused: Counter::default(),
             open_connections: Gauge::default(),
             registry: Registry::default(),
         };
@@ -113,6 +116,11 @@ impl Metrics {
             "ws_outbound_queue_depth",
             "Frames waiting in a connection's outbound queue when its writer drains it",
             m.outbound_queue_depth.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because server.max_http_connections were open",
+            m.http_refused.clone(),
         );
         Self { registry, ..m }
     }

@@ -327,4 +327,10 @@ pub mod close {
     /// closed to stay within the per-participant limit (a reload in another tab). Do not
     /// reconnect automatically.
     pub const REPLACED: u16 = 4010;
+    /// A frame was not valid WebSocket (standard "protocol error").
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8 (standard "invalid frame payload data").
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame was larger than the hub accepts (standard "message too big").
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
 }

@@ -114,16 +114,20 @@ pub struct Scope<'a> {
     pub clinic_id: Option<&'a str>,
 }
 
-/// Whether `who` may do `action` on `scope`.
-pub fn authorize(who: &AdminClaims, action: Action, scope: Scope<'_>) -> bool {
+/// How far `who`'s role reaches for `action`, whatever the resource.
+pub fn reach(who: &AdminClaims, action: Action) -> Reach {
     let column = match who.role {
         AdminRole::OrgAdmin => 0,
         AdminRole::TeamAdmin => 1,
         AdminRole::TeamMember => 2,
         AdminRole::PlatformOperator => 3,
     };
-    let reach = MATRIX.iter().find(|(a, _)| *a == action).map_or(No, |(_, row)| row[column]);
-    match reach {
+    MATRIX.iter().find(|(a, _)| *a == action).map_or(No, |(_, row)| row[column])
+}
+
+/// Whether `who` may do `action` on `scope`.
+pub fn authorize(who: &AdminClaims, action: Action, scope: Scope<'_>) -> bool {
+    match reach(who, action) {
         No => false,
         Any => true,
         OwnOrg => who.org_id.is_some() && scope.org_id.is_some() && who.org_id.as_deref() == scope.org_id,

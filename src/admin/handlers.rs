@@ -1,14 +1,13 @@
 //! Admin request handlers: load the resource, ask the matrix, act, audit, answer.
 
-use super::authz::{Action, AdminClaims, Scope, authorize};
+use super::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
 use super::connect::ConnectError;
 use super::{Actor, Admin, announce_clinic, audit_only, clinic_audit, unlink};
 use crate::app::AppState;
-use crate::http::ApiError;
+use crate::http::{ApiError, Json, Path, Query};
 use crate::store::{AuditEntry, ClinicChange, Committed, StripeLink, Write};
 use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
@@ -16,6 +15,9 @@ use serde_json::{Value, json};
 
 /// How long a Connect OAuth state stays valid.
 const STATE_TTL_MS: i64 = 10 * 60 * 1000;
+/// Unfinished Stripe links a clinic may have at once: enough for a few browsers and retries,
+/// few enough that repeated clicks cannot grow the state table or the audit log without bound.
+const MAX_LIVE_STATES: usize = 10;
 /// Cookie binding an OAuth attempt to the browser that started it.
 const STATE_COOKIE: &str = "callpay_oauth_state";
 /// Page size bounds.
@@ -43,6 +45,19 @@ fn check(who: &AdminClaims, action: Action, org_id: Option<&str>, clinic_id: Opt
 
 async fn load_clinic(app: &AppState, id: &str) -> Result<Clinic> {
     app.store.clinic(id).await.map_err(store_err)?.ok_or_else(|| not_found("clinic"))
+}
+
+/// The clinic, if `who` may do `action` on it. A role that may never do `action` gets 403 (that
+/// says nothing about the clinic); a clinic outside the caller's reach answers exactly like a
+/// missing one, so that ids cannot be probed for existence.
+async fn clinic_for(app: &AppState, who: &AdminClaims, action: Action, id: &str) -> Result<Clinic> {
+    if reach(who, action) == Reach::No {
+        return Err(forbidden());
+    }
+    match app.store.clinic(id).await.map_err(store_err)? {
+        Some(c) if authorize(who, action, Scope { org_id: Some(&c.org_id), clinic_id: Some(&c.id) }) => Ok(c),
+        _ => Err(not_found("clinic")),
+    }
 }
 
 /// The clinic as the admin pages show it.
@@ -187,8 +202,7 @@ pub async fn view_clinic(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let clinic = load_clinic(&app, &clinic_id).await?;
-    check(&who, Action::ViewClinic, Some(&clinic.org_id), Some(&clinic.id))?;
+    let clinic = clinic_for(&app, &who, Action::ViewClinic, &clinic_id).await?;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
@@ -219,9 +233,10 @@ pub async fn request_enablement(
     }
     let mut created = Vec::new();
     for clinic_id in &body.clinic_ids {
+        // Another organisation's clinic answers like a missing one (no existence oracle).
         let clinic = load_clinic(&app, clinic_id).await?;
         if clinic.org_id != org_id {
-            return Err(forbidden());
+            return Err(not_found("clinic"));
         }
     }
     for clinic_id in &body.clinic_ids {
@@ -343,8 +358,7 @@ pub async fn disable(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let clinic = load_clinic(&app, &clinic_id).await?;
-    check(&who, Action::DisableApp, Some(&clinic.org_id), Some(&clinic.id))?;
+    let clinic = clinic_for(&app, &who, Action::DisableApp, &clinic_id).await?;
     let audit = clinic_audit(Actor::from(&who), &clinic, "app.disabled", Some(&clinic.id), "ok");
     let writes =
         [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(false) }, Write::Audit(audit)];
@@ -361,8 +375,7 @@ pub async fn start_connect(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Response> {
-    let clinic = load_clinic(&app, &clinic_id).await?;
-    check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
+    let clinic = clinic_for(&app, &who, Action::ManageStripe, &clinic_id).await?;
     if !clinic.app_enabled {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -371,17 +384,28 @@ pub async fn start_connect(
         ));
     }
     let state = format!("{}{}", crate::payments::random_id(), crate::payments::random_id());
-    app.store
-        .insert_oauth_state(&OAuthState {
-            state: state.clone(),
-            clinic_id: clinic.id.clone(),
-            admin_id: who.sub.clone(),
-            admin_name: who.name.clone(),
-            admin_role: who.role.as_str().into(),
-            expires_at: now_ms() + STATE_TTL_MS,
-        })
+    let stored = app
+        .store
+        .insert_oauth_state(
+            &OAuthState {
+                state: state.clone(),
+                clinic_id: clinic.id.clone(),
+                admin_id: who.sub.clone(),
+                admin_name: who.name.clone(),
+                admin_role: who.role.as_str().into(),
+                expires_at: now_ms() + STATE_TTL_MS,
+            },
+            MAX_LIVE_STATES,
+        )
         .await
         .map_err(store_err)?;
+    if !stored {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_link_attempts",
+            "Too many Stripe links started for this clinic in the last few minutes; finish one or wait.",
+        ));
+    }
     let redirect = format!("{}/v1/stripe/oauth/callback", app.config.public_url());
     let url = app.connect.authorize_url(&state, &redirect);
     audit_only(&app, clinic_audit(Actor::from(&who), &clinic, "stripe.link_started", Some(&clinic.id), "ok")).await;
@@ -637,8 +661,7 @@ pub async fn remove_stripe(
     Admin(who): Admin,
     Path(clinic_id): Path<String>,
 ) -> Result<Json<Value>> {
-    let clinic = load_clinic(&app, &clinic_id).await?;
-    check(&who, Action::ManageStripe, Some(&clinic.org_id), Some(&clinic.id))?;
+    let clinic = clinic_for(&app, &who, Action::ManageStripe, &clinic_id).await?;
     let Some(account) = clinic.stripe_account.clone() else {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_linked", "This clinic has no linked Stripe account."));
     };
@@ -676,8 +699,7 @@ pub async fn audit_log(
     Path(clinic_id): Path<String>,
     Query(page): Query<Page>,
 ) -> Result<Json<Value>> {
-    let clinic = load_clinic(&app, &clinic_id).await?;
-    check(&who, Action::ViewAudit, Some(&clinic.org_id), Some(&clinic.id))?;
+    clinic_for(&app, &who, Action::ViewAudit, &clinic_id).await?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;
     let before = match page.cursor.as_deref() {
         None => None,

@@ -10,7 +10,7 @@ pub mod openapi;
 
 use crate::app::AppState;
 use crate::bus::RoomEvent;
-use crate::http::ApiError;
+use crate::http::{ApiError, Bearer};
 use crate::store::{AuditEntry, Clinic, ClinicChange, Committed, Write};
 use authz::{Action, AdminClaims};
 use axum::Router;
@@ -139,9 +139,8 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
-        let token = crate::ws::bearer(&parts.headers, None)
-            .ok_or_else(|| ApiError::unauthorized("An admin token is required (Authorization: Bearer …)."))?;
-        app.verifier.admin(token).map(Admin).map_err(|_| ApiError::unauthorized("The admin token is not valid."))
+        let Bearer(token) = Bearer::from_request_parts(parts, app).await?;
+        app.verifier.admin(&token).map(Admin).map_err(|_| ApiError::unauthorized("The admin token is not valid."))
     }
 }
 

@@ -1,57 +1,23 @@
 //! HTTP surface: the WebSocket endpoint, Stripe's webhook, health and metrics, and the web app.
 //! Handlers translate between HTTP and the services; errors are JSON with a stable `code`.
 
+mod error;
+mod extract;
 mod health;
+pub mod serve;
 pub mod web;
 mod webhook;
+
+pub use error::ApiError;
+pub use extract::{Bearer, Body, Json, Path, Query};
+pub use webhook::verify_event;
 
 use crate::app::AppState;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
-
-/// An HTTP API error: status, stable code, message. Internal causes are logged, never sent.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    /// Any status and code.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-
-    /// 401 `unauthorized`.
-    pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-    }
-
-    /// 503 `overloaded`.
-    pub fn overloaded(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
-    }
-
-    /// 400 with `code`.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// 503 `unavailable`: a dependency is down; retrying later will work.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({"code": self.code, "message": self.message}))).into_response()
-    }
-}
+use std::time::Duration;
 
 /// The internal listener's routes: `/metrics` only.
 pub fn metrics_router(state: AppState) -> Router {
@@ -65,6 +31,7 @@ pub fn escape(s: &str) -> String {
 
 /// Every route. `/metrics` is here unless `server.metrics_listen` gives it an address of its own.
 pub fn router(state: AppState) -> Router {
+    let deadline = Duration::from_millis(state.config.server.request_timeout_ms.max(1));
     let public = Router::new()
         .route("/v1/calls/{call_id}/ws", get(crate::ws::upgrade))
         .route("/v1/stripe/webhook", post(webhook::receive))
@@ -85,5 +52,29 @@ pub fn router(state: AppState) -> Router {
         .route("/web/{*path}", get(web::asset))
         .route("/v1/client-config", get(web::client_config))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This route does not take that method.")
+        })
+        .layer(axum::middleware::from_fn_with_state(deadline, within_deadline))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Largest request body: admin bodies are a few hundred bytes and Stripe's events a few KiB.
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Answers 408 when a request (its body included) takes longer than the deadline, so a client
+/// trickling a body cannot hold a connection and a handler indefinitely.
+async fn within_deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "The request took too long; send it again.")
+                .into_response()
+        }
+    }
 }

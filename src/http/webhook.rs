@@ -3,20 +3,21 @@
 //! 2xx for anything processed (including duplicates and unknown payments), 400 for a bad
 //! signature or body, and 503 when the store is down so that Stripe retries later.
 
-use super::ApiError;
+use super::{ApiError, Body};
 use crate::app::AppState;
+use crate::config::Secret;
 use crate::payments::EventOutcome;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use stripe_webhook::{Webhook, WebhookError};
 
-/// Verifies with each secret in turn; the first that matches wins.
-fn verify(app: &AppState, payload: &str, signature: &str) -> Result<stripe_webhook::Event, ApiError> {
+/// Verifies a delivery's `Stripe-Signature` header against each secret in turn (rotation: the
+/// first that matches wins) and parses the event it signs. Pure apart from reading the clock.
+pub fn verify_event(payload: &str, signature: &str, secrets: &[Secret]) -> Result<stripe_webhook::Event, ApiError> {
     let mut bad_payload = false;
-    for secret in &app.config.stripe.webhook_secrets {
+    for secret in secrets {
         match Webhook::construct_event(payload, signature, secret.expose()) {
             Ok(event) => return Ok(event),
             Err(WebhookError::BadParse(_)) => bad_payload = true,
@@ -30,7 +31,7 @@ fn verify(app: &AppState, payload: &str, signature: &str) -> Result<stripe_webho
 }
 
 /// Receives one delivery.
-pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn receive(State(app): State<AppState>, headers: HeaderMap, Body(body): Body) -> Response {
     let arrived = std::time::Instant::now();
     let Some(signature) = headers.get("stripe-signature").and_then(|v| v.to_str().ok()) else {
         app.metrics.webhooks_rejected.inc();
@@ -40,7 +41,7 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, body: Byte
         app.metrics.webhooks_rejected.inc();
         return ApiError::bad_request("bad_payload", "The body is not UTF-8.").into_response();
     };
-    let event = match verify(&app, payload, signature) {
+    let event = match verify_event(payload, signature, &app.config.stripe.webhook_secrets) {
         Ok(e) => e,
         Err(e) => {
             app.metrics.webhooks_rejected.inc();

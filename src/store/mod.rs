@@ -275,8 +275,10 @@ pub trait Store: Send + Sync + 'static {
     async fn enablement(&self, id: &str) -> StoreResult<Option<Enablement>>;
     /// Enablement requests, newest first, optionally for one organisation and/or status.
     async fn enablements(&self, org_id: Option<&str>, status: Option<&str>) -> StoreResult<Vec<Enablement>>;
-    /// Stores a new OAuth state.
-    async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()>;
+    /// Stores a new OAuth state unless its clinic already has `max_live` unused, unexpired ones
+    /// (answers `false` then). States long expired are deleted on the way, so the table holds
+    /// at most a day's worth of attempts whatever admins do.
+    async fn insert_oauth_state(&self, s: &OAuthState, max_live: usize) -> StoreResult<bool>;
     /// Marks a state used and returns it, atomically: a second take is `Reused`.
     async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.

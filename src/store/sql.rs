@@ -366,6 +366,10 @@ async fn decide_enablement(tx: &mut Tx, e: &Enablement) -> StoreResult<bool> {
     Ok(done.rows_affected() == 1)
 }
 
+/// How long an expired OAuth state is kept (so a late callback is told "expired", not
+/// "unknown") before it is deleted.
+const OAUTH_STATE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -582,7 +586,25 @@ impl Store for SqlStore {
         rows.iter().map(enablement_from).collect()
     }
 
-    async fn insert_oauth_state(&self, s: &OAuthState) -> StoreResult<()> {
+    async fn insert_oauth_state(&self, s: &OAuthState, max_live: usize) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+            .bind(now - OAUTH_STATE_RETENTION_MS)
+            .execute(&mut *tx)
+            .await?;
+        let live: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM oauth_states WHERE clinic_id = $1 AND used_at IS NULL AND expires_at > $2",
+        )
+        .bind(&s.clinic_id)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if live >= max_live as i64 {
+            tx.commit().await?;
+            return Ok(false);
+        }
         sqlx::query(
             "INSERT INTO oauth_states (state, clinic_id, admin_id, admin_name, admin_role, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -593,9 +615,10 @@ impl Store for SqlStore {
         .bind(&s.admin_name)
         .bind(&s.admin_role)
         .bind(s.expires_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken> {

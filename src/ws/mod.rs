@@ -3,13 +3,14 @@
 
 mod session;
 
+pub use session::decode as decode_frame;
+
 use crate::app::AppState;
-use crate::http::ApiError;
+use crate::http::{ApiError, Bearer, Path};
+use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 
 /// Bytes read from the socket at a time. Client frames are well under this; a rare larger one
 /// takes a few reads. Every idle socket holds this buffer, so it is kept small.
@@ -17,37 +18,25 @@ const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write goes to the socket (a flush always writes everything).
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// `?token=` for browsers, which cannot set headers on a WebSocket.
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
-}
-
-/// The bearer token from `Authorization` or `?token=`.
-pub fn bearer<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .or(query)
-        .filter(|t| !t.is_empty())
-}
-
 /// `GET /v1/calls/{call_id}/ws`.
 pub async fn upgrade(
     State(app): State<AppState>,
     Path(call_id): Path<String>,
-    Query(q): Query<TokenQuery>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    token: Result<Bearer, ApiError>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Some(token) = bearer(&headers, q.token.as_deref()) else {
-        app.metrics.joins_refused.inc();
-        return ApiError::unauthorized("A join token is required (Authorization: Bearer … or ?token=…).")
-            .into_response();
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(r) => return ApiError::from(r).into_response(),
     };
-    let claims = match app.verifier.join(token, &call_id) {
+    let Bearer(token) = match token {
+        Ok(t) => t,
+        Err(e) => {
+            app.metrics.joins_refused.inc();
+            return e.into_response();
+        }
+    };
+    let claims = match app.verifier.join(&token, &call_id) {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(call_id, error = %e, "join refused");

@@ -114,9 +114,14 @@ fn text(frame: Bytes) -> Option<Message> {
     Utf8Bytes::try_from(frame).ok().map(Message::Text)
 }
 
+/// Longest explanation of a malformed frame sent back: the parser's message can quote the
+/// client's own text (an unknown `type`, say), which must not come back unbounded.
+const MAX_DECODE_MESSAGE: usize = 200;
+
 /// Decodes a client frame; a non-integer amount on a request is `invalid_amount`, anything else
-/// malformed is `bad_frame`.
-fn decode(text: &str) -> Result<ClientMsg, Refusal> {
+/// malformed is `bad_frame`. Whatever the input, a refusal's message is at most a few hundred
+/// bytes and its reference a well-formed `client_ref`.
+pub fn decode(text: &str) -> Result<ClientMsg, Refusal> {
     serde_json::from_str(text).map_err(|e| {
         let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         if value["type"] == "payment.request" && value.get("amount").is_some_and(|a| !a.is_i64()) {
@@ -126,7 +131,13 @@ fn decode(text: &str) -> Result<ClientMsg, Refusal> {
                 value["client_ref"].as_str(),
             );
         }
-        Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {e}"), reference: None }
+        let mut why = e.to_string();
+        if why.len() > MAX_DECODE_MESSAGE {
+            let cut = (0..=MAX_DECODE_MESSAGE).rev().find(|i| why.is_char_boundary(*i)).unwrap_or(0);
+            why.truncate(cut);
+            why.push('…');
+        }
+        Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {why}"), reference: None }
     })
 }
 
@@ -140,6 +151,18 @@ impl Drop for ClosedOnDrop<'_> {
 }
 
 /// Sends one message within `deadline`; false if it failed or the peer did not take it in time.
+/// The close a frame the WebSocket layer refused deserves, so the client learns why instead of
+/// seeing the connection vanish. `None` for transport failures, where nothing can be sent.
+fn refused_frame(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::Error;
+    match *e.into_inner().downcast::<Error>().ok()? {
+        Error::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "frame larger than the hub accepts")),
+        Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "not a valid WebSocket frame")),
+        _ => None,
+    }
+}
+
 async fn send_within(socket: &mut WebSocket, msg: Message, deadline: Duration) -> bool {
     matches!(tokio::time::timeout(deadline, socket.send(msg)).await, Ok(Ok(())))
 }
@@ -258,7 +281,15 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                 }
             }
             msg = socket.next() => {
-                let Some(Ok(msg)) = msg else { break "peer closed" };
+                let msg = match msg {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) => {
+                        let Some((code, reason)) = refused_frame(e) else { break "read failed" };
+                        send_within(&mut socket, close_with(code, reason), write_deadline).await;
+                        break reason;
+                    }
+                    None => break "peer closed",
+                };
                 last_seen = Instant::now();
                 // Every frame from the client counts, binary and pings included.
                 if !matches!(msg, Message::Close(_) | Message::Pong(_)) {
@@ -387,6 +418,16 @@ mod tests {
                 .code,
             ErrorCode::InvalidAmount
         );
+    }
+
+    #[test]
+    fn a_refusal_never_quotes_the_client_at_length() {
+        // serde names an unknown variant in its message, so an unbounded `type` used to come
+        // straight back in the error frame.
+        let huge = format!(r#"{{"type":"{}ü"}}"#, "x".repeat(20_000));
+        let r = decode(&huge).unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadFrame);
+        assert!(r.message.len() < 300, "{} bytes", r.message.len());
     }
 
     #[test]

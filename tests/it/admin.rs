@@ -78,21 +78,31 @@ enum Who {
 }
 
 /// Expected status for (endpoint, who, own resource?). The spec, written out independently
-/// of the code's matrix.
+/// of the code's matrix. On a clinic's own endpoints a role that may act on some clinics but
+/// not this one gets 404, exactly as for a clinic that does not exist (no existence oracle); a
+/// role that may never do it gets 403.
 fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
     use Who::*;
     let ok = |yes: bool, code: u16| if yes { code } else { 403 };
+    let per_clinic = |may_ever: bool, code: u16| match (may_ever, own || matches!(who, Operator)) {
+        (false, _) => 403,
+        (true, true) => code,
+        (true, false) => 404,
+    };
     match who {
         NoToken | Expired | Forged => 401,
         _ => match endpoint {
             "upsert_org" | "upsert_clinic" | "approve" | "reject" => ok(matches!(who, Operator), 200),
             "list_clinics" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin) && own), 200),
-            "view_clinic" => ok(matches!(who, Operator) || own, 200),
+            "view_clinic" => per_clinic(true, 200),
             "request_enablement" => ok(matches!(who, OrgAdmin) && own, 201),
             "list_enablements" => ok(matches!(who, Operator | OrgAdmin), 200),
-            "disable" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin) && own), 200),
-            "connect" | "remove" => ok(matches!(who, OrgAdmin | TeamAdmin) && own, 200),
-            "audit" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin | TeamAdmin) && own), 200),
+            "disable" => per_clinic(matches!(who, Operator | OrgAdmin), 200),
+            "connect" | "remove" => match who {
+                OrgAdmin | TeamAdmin => per_clinic(true, 200),
+                _ => 403,
+            },
+            "audit" => per_clinic(matches!(who, Operator | OrgAdmin | TeamAdmin), 200),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -206,6 +216,29 @@ async fn every_role_against_every_endpoint() {
     let (_, list) =
         hub.api(Some(&org_admin), "GET", &format!("/v1/enablement-requests?org_id={OTHER_ORG}&limit=500"), None).await;
     assert!(list["data"].as_array().unwrap().iter().all(|e| e["org_id"] == DEMO_ORG));
+}
+
+#[tokio::test]
+async fn another_scopes_clinic_answers_exactly_like_a_missing_one() {
+    let hub = TestHub::start().await;
+    hub.seed_other_org().await;
+    let callers =
+        [hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]), hub.admin(AdminRole::TeamAdmin, None, &[DEMO_CLINIC])];
+    for token in &callers {
+        for (method, suffix) in [("GET", ""), ("GET", "/audit"), ("POST", "/stripe/connect"), ("DELETE", "/stripe")] {
+            let theirs = hub.api(Some(token), method, &format!("/v1/clinics/{OTHER_CLINIC}{suffix}"), None).await;
+            let missing = hub.api(Some(token), method, &format!("/v1/clinics/clinic_nowhere{suffix}"), None).await;
+            assert_eq!(theirs, missing, "{method} {suffix}: an existing clinic must not be told apart");
+            assert_eq!(theirs.0, 404, "{method} {suffix}");
+        }
+    }
+    // Naming another organisation's clinic in an enablement request is the same as a missing one.
+    let org_admin = &callers[0];
+    let path = format!("/v1/orgs/{DEMO_ORG}/enablement-requests");
+    let ask = |c: &str| json!({"clinic_ids": [c], "ticket_ref": "SD-9"});
+    let theirs = hub.api(Some(org_admin), "POST", &path, Some(ask(OTHER_CLINIC))).await;
+    let missing = hub.api(Some(org_admin), "POST", &path, Some(ask("clinic_nowhere"))).await;
+    assert_eq!((theirs.0, &theirs.1), (404, &missing.1));
 }
 
 #[tokio::test]
@@ -369,14 +402,17 @@ async fn connect_oauth_end_to_end_with_every_bad_state() {
     assert!(page.contains("not one callpay started"));
     hub.state
         .store
-        .insert_oauth_state(&OAuthState {
-            state: "old-state".into(),
-            clinic_id: DEMO_CLINIC.into(),
-            admin_id: "admin-cam".into(),
-            admin_name: "Cam".into(),
-            admin_role: "team_admin".into(),
-            expires_at: now_ms() - 1,
-        })
+        .insert_oauth_state(
+            &OAuthState {
+                state: "old-state".into(),
+                clinic_id: DEMO_CLINIC.into(),
+                admin_id: "admin-cam".into(),
+                admin_name: "Cam".into(),
+                admin_role: "team_admin".into(),
+                expires_at: now_ms() - 1,
+            },
+            10,
+        )
         .await
         .unwrap();
     let (status, page) = callback(

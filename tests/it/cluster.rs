@@ -201,7 +201,7 @@ async fn the_store_behaves_the_same_on_postgres() {
         admin_role: "team_admin".into(),
         expires_at: 9,
     };
-    store.insert_oauth_state(&state).await.unwrap();
+    assert!(store.insert_oauth_state(&state, 10).await.unwrap());
     assert_eq!(again.take_oauth_state("s").await.unwrap(), callpay::store::StateTaken::Fresh(state));
     assert_eq!(store.take_oauth_state("s").await.unwrap(), callpay::store::StateTaken::Reused);
     store.ping().await.unwrap();

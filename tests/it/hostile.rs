@@ -196,3 +196,147 @@ async fn metrics_can_be_kept_off_the_public_listener() {
     assert_eq!(status, 200);
     assert!(text.contains("callpay_ws_connections_open"), "{text}");
 }
+
+/// Reads from a raw connection until the server closes it; returns what it sent, or `None` if
+/// it was still open after `within`.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, tcp.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&got).into_owned()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_and_http_connections_are_capped() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start_with(|c| {
+        c.server.header_read_timeout_ms = 400;
+        c.server.max_http_connections = 4;
+    })
+    .await;
+    let addr = hub.info.hub_url.trim_start_matches("http://").to_owned();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        slow.push(tcp);
+    }
+    // All four slots are held: a fifth connection is answered 503 and closed at once.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let answer = read_until_closed(&mut fifth, std::time::Duration::from_secs(2)).await.expect("closed at once");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.is_empty() || answer.contains("\"code\":\"overloaded\""), "{answer}");
+    // The unfinished headers are cut off after the deadline, freeing the slots.
+    for tcp in &mut slow {
+        let got = read_until_closed(tcp, std::time::Duration::from_secs(3)).await;
+        assert!(got.is_some(), "a connection with unfinished headers was still held after 3 s");
+    }
+    let (status, _, _) = hub.http.send("GET", &format!("{}/healthz", hub.info.hub_url), &[], String::new()).await;
+    assert_eq!(status, 200, "served again once the slow clients are gone");
+    // An idle keep-alive connection is not held forever either.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let got = read_until_closed(&mut idle, std::time::Duration::from_secs(3)).await.expect("idle connection closed");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(hub.state.metrics.http_refused.get() >= 1);
+}
+
+#[tokio::test]
+async fn oversized_and_invalid_utf8_frames_close_with_1009_and_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let hub = TestHub::start_with(|c| c.server.max_message_bytes = 4096).await;
+    let mut big = hub.patient().await;
+    big.send_raw(Message::Text("x".repeat(5000).into())).await;
+    assert_eq!(big.until_closed().await, 1009);
+    let mut garbled = hub.clinician().await;
+    let invalid = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    garbled.send_raw(Message::Frame(invalid)).await;
+    assert_eq!(garbled.until_closed().await, 1007);
+    eventually(async || (hub.state.hub.rooms.connections() == 0).then_some(())).await;
+}
+
+#[tokio::test]
+async fn framework_rejections_are_json_with_a_code() {
+    let hub = TestHub::start().await;
+    let op = format!("Bearer {}", hub.info.operator_token);
+    let url = |p: &str| format!("{}{p}", hub.info.hub_url);
+    let json_ct = ("content-type", "application/json");
+    let auth = ("authorization", op.as_str());
+    // (method, url, headers, body, status, code)
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        ("PUT", url("/v1/orgs/o9"), vec![auth, json_ct], "{not json".into(), 400, "bad_request"),
+        ("PUT", url("/v1/orgs/o9"), vec![auth], r#"{"name":"X"}"#.into(), 415, "unsupported_media_type"),
+        ("PUT", url("/v1/orgs/o9"), vec![auth, json_ct], "{}".into(), 422, "invalid_body"),
+        ("GET", url("/v1/enablement-requests?limit=abc"), vec![auth], String::new(), 400, "bad_request"),
+        (
+            "PUT",
+            url("/v1/orgs/o9"),
+            vec![auth, json_ct],
+            format!(r#"{{"name":"{}"}}"#, "x".repeat(3 << 20)),
+            413,
+            "body_too_large",
+        ),
+        ("DELETE", url("/healthz"), vec![], String::new(), 405, "method_not_allowed"),
+        ("GET", url(&format!("/v1/calls/{}/ws", hub.info.call_id)), vec![], String::new(), 400, "bad_request"),
+        ("GET", url("/v1/orgs/o9/clinics"), vec![], String::new(), 401, "unauthorized"),
+        (
+            "POST",
+            url("/v1/stripe/webhook"),
+            vec![("stripe-signature", "t=1,v1=00")],
+            "x".repeat(1 << 20),
+            413,
+            "body_too_large",
+        ),
+    ];
+    for (method, url, headers, body, status, code) in cases {
+        let (got, headers, json, text) = hub.http.send_full(method, &url, &headers, body).await;
+        assert_eq!(got, status, "{method} {url}: {text}");
+        assert_eq!(headers["content-type"], "application/json", "{method} {url}");
+        assert_eq!(json["code"], code, "{method} {url}: {text}");
+        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{method} {url}: {text}");
+    }
+    // A token in the query is for WebSocket upgrades only, not for the admin API.
+    let q = url(&format!("/v1/orgs/o9/clinics?token={}", hub.info.operator_token));
+    assert_eq!(hub.http.send("GET", &q, &[], String::new()).await.0, 401);
+}
+
+#[tokio::test]
+async fn repeated_link_attempts_cannot_grow_state_without_bound() {
+    let hub = TestHub::start().await;
+    let admin = format!("Bearer {}", hub.info.clinic_admin_token);
+    let url = format!("{}/v1/clinics/{}/stripe/connect", hub.info.hub_url, callpay::demo::DEMO_CLINIC);
+    let mut statuses = Vec::new();
+    for _ in 0..15 {
+        statuses.push(hub.http.send("POST", &url, &[("authorization", &admin)], String::new()).await.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
+    assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
+    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    let started = audit.iter().filter(|a| a.action == "stripe.link_started").count();
+    assert_eq!(started, 10, "refused attempts add nothing to the audit log");
+}
+
+#[tokio::test]
+async fn nothing_is_kept_per_closed_connection_or_refused_frame() {
+    let hub = TestHub::start().await;
+    for round in 0..20 {
+        let call = format!("call_churn_{round}");
+        let token = hub.token_for(&call, "p", callpay_protocol::Role::Patient);
+        let mut c = Client::connect(&hub.ws_url(&call, &token)).await;
+        c.send_raw(Message::Text("{not json".into())).await;
+        assert_eq!(c.error_code().await, "bad_frame");
+        c.close().await;
+    }
+    eventually(async || (hub.state.hub.rooms.calls().is_empty()).then_some(())).await;
+    assert_eq!(hub.state.hub.rooms.connections(), 0);
+}

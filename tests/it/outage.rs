@@ -68,7 +68,7 @@ pass! {
         clinics_for_org(o: &str) -> Vec<Clinic>;
         enablement(id: &str) -> Option<Enablement>;
         enablements(o: Option<&str>, s: Option<&str>) -> Vec<Enablement>;
-        insert_oauth_state(s: &OAuthState) -> ();
+        insert_oauth_state(s: &OAuthState, m: usize) -> bool;
         take_oauth_state(s: &str) -> StateTaken;
         audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
 }
