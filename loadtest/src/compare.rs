@@ -246,7 +246,7 @@ fn total_cpu_us(pids: &[u32]) -> u64 {
 }
 
 /// Resident memory of `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
+pub fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

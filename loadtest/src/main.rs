@@ -15,6 +15,8 @@
 //!   :6379), with every clinician on node 0 and every patient on node 1, so every event crosses
 //!   Redis. The Stripe simulator runs inside the load generator; its webhooks go to node 0.
 //! - `confirm` / `cluster-confirm`: webhook to pop-up latency (see [`confirm`]).
+//! - `abuse`: rounds of hostile sockets (junk, binary and oversized frames, floods) that then
+//!   close, reporting the hub's RSS after each round: memory must level off, not grow per round.
 //! - `compare relay|cluster-relay|idle`: callpay and a Socket.IO 4.8 relay side by side under
 //!   the same open-loop load (see [`compare`]).
 
@@ -48,6 +50,7 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
   confirm           signed payment_intent.succeeded webhooks at --rate/s (default 500) until the
                     clinician's payment.confirmed (default 2000 calls)
   cluster-confirm   the same across two instances (webhooks to one, clinicians on the other)
+  abuse             --rounds of --calls hostile sockets each (defaults 10 x 1000); hub RSS per round
   compare relay|cluster-relay|idle
                     callpay and Socket.IO 4.8 back to back under the same open-loop load
     --calls N         calls (2 sockets each; default 2000)
@@ -379,6 +382,65 @@ async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
         "request_to_patient": req.summary(), "confirm_to_clinician_confirmed": conf.summary()}))
 }
 
+/// Open sockets on the hub now, from its `/metrics`.
+async fn open_sockets(hub: &Hub) -> anyhow::Result<u64> {
+    let url = format!("{}/metrics", hub.info["hub_url"].as_str().unwrap_or_default());
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = client.get(url.parse()?).await?.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("callpay_ws_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no callpay_ws_connections_open in /metrics")
+}
+
+/// Rounds of `sockets` hostile connections: each sends junk, binary frames and a flood, and the
+/// last of every ten an oversized frame (closed with 1009); then all close. After each round,
+/// once the hub reports no open sockets, its RSS is read: what a closed connection or refused
+/// frame leaves behind shows up as growth from round to round.
+async fn abuse(hub: &Hub, sockets: usize, rounds: usize) -> anyhow::Result<Value> {
+    let pid = hub.children.first().and_then(tokio::process::Child::id).context("hub pid")?;
+    let mut rss = Vec::new();
+    for round in 0..rounds {
+        let mut tasks = Vec::new();
+        for i in 0..sockets {
+            let call = format!("abuse-{round}-{}-{}", i / 10, std::process::id());
+            let (mut ws, _) = hub.connect(&call, &format!("p{i}"), Role::Patient).await?;
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..30 {
+                    ws.send(Message::Text("{not json".into())).await?;
+                    ws.send(Message::Binary(vec![0u8; 64].into())).await?;
+                }
+                if i % 10 == 9 {
+                    ws.send(Message::Text("x".repeat(20_000).into())).await?;
+                }
+                let _ = ws.close(None).await;
+                while let Some(Ok(_)) = ws.next().await {}
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        for t in tasks {
+            // A socket the hub closed first (1009, 1008) may fail its last sends; that is the point.
+            let _ = t.await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while open_sockets(hub).await? > 0 {
+            if Instant::now() > deadline {
+                bail!("sockets still open 30 s after round {round}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let now = compare::rss_bytes(pid);
+        println!("round {round}: hub RSS {:.1} MB", now as f64 / 1e6);
+        rss.push(now);
+    }
+    let first = rss.first().copied().unwrap_or_default();
+    let last = rss.last().copied().unwrap_or_default();
+    Ok(json!({"scenario": "abuse", "sockets_per_round": sockets, "rounds": rounds, "rss_bytes": rss,
+        "growth_after_first_round_bytes": last as i64 - first as i64}))
+}
+
 async fn connections(hub: &Hub, sockets: usize) -> anyhow::Result<Value> {
     let start = Instant::now();
     let mut all = Vec::with_capacity(sockets);
@@ -500,6 +562,7 @@ async fn main() -> anyhow::Result<()> {
             "relay" | "cluster-relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
             "payments" | "cluster-payments" => payments(&hub, number("--calls", 50)?).await,
             "connections" => connections(&hub, number("--calls", 2000)?).await,
+            "abuse" => abuse(&hub, number("--calls", 1000)?, number("--rounds", 10)?).await,
             "confirm" | "cluster-confirm" => {
                 confirm::run(&hub, number("--calls", 2000)?, number("--rate", 500)? as u64).await
             }
