@@ -132,6 +132,8 @@ impl App {
         let payments = Payments::new(deps.store.clone(), stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());
+        let payments = Arc::new(payments);
+        tracker.spawn(payments.clone().run_sweeper(shutdown.clone()));
         let cap = crate::limits::connection_cap(config.server.max_connections);
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         let state = AppState {
@@ -139,7 +141,7 @@ impl App {
             config: Arc::new(config),
             store: deps.store,
             hub,
-            payments: Arc::new(payments),
+            payments,
             payments_stripe: stripe,
             connect: deps.connect,
             verifier: Arc::new(verifier),

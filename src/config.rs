@@ -253,11 +253,15 @@ pub struct PaymentsConfig {
     pub currencies: Vec<String>,
     /// Largest amount in minor units (default 10,000.00).
     pub max_amount: i64,
+    /// A payment waiting on Stripe (requested, authenticating, processing) with no news for
+    /// this long has its PaymentIntent read from Stripe, so a lost webhook cannot leave it
+    /// waiting; later checks of the same payment back off.
+    pub verify_after_ms: u64,
 }
 
 impl Default for PaymentsConfig {
     fn default() -> Self {
-        Self { currencies: vec!["aud".into()], max_amount: 1_000_000 }
+        Self { currencies: vec!["aud".into()], max_amount: 1_000_000, verify_after_ms: 20_000 }
     }
 }
 

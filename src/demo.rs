@@ -42,6 +42,8 @@ pub struct DemoInfo {
     pub platform_secret: String,
     /// The demo's random webhook signing secret (load tests sign their own events with it).
     pub webhook_secret: String,
+    /// The simulator's platform secret key (its `/_sim/faults` control takes it).
+    pub stripe_secret_key: String,
     /// Admin token of the demo organisation's admin.
     pub org_admin_token: String,
     /// Admin token of the demo clinic's admin.
@@ -217,6 +219,7 @@ pub async fn start_wrapped(
         stripe_url: sim.url.trim_end_matches('/').to_owned(),
         call_id,
         webhook_secret: webhook_secret.clone(),
+        stripe_secret_key: sim.secret_key().to_owned(),
         org_admin_token: admin_token(
             &platform_secret,
             "admin-olivia",
@@ -299,6 +302,7 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config
             // Demo-only random secrets: load tests mint join tokens and sign webhook events.
             "platform_secret": i.platform_secret,
             "webhook_secret": i.webhook_secret,
+            "stripe_secret_key": i.stripe_secret_key,
         })
     );
     crate::shutdown::on_signal(demo.app.state.shutdown.clone());

@@ -99,6 +99,8 @@ function payForm(p, state) {
         state.error = t('patient.declined', { reason: result.error.message || '' });
       } else {
         state.waiting = true;
+        // Stripe.js is done: the hub reads the PaymentIntent itself rather than wait on a webhook.
+        client.progress(p.payment_id, 'submitted');
       }
       render();
     });

@@ -49,6 +49,9 @@ pub enum ProgressStage {
     Submitting,
     /// The bank's 3-D Secure challenge is open.
     Authenticating,
+    /// Stripe.js has finished confirming on the patient's side. The hub then asks Stripe for the
+    /// PaymentIntent itself, so a confirmation never waits on (or depends on) a webhook.
+    Submitted,
 }
 
 /// Frames a client sends.
@@ -239,6 +242,10 @@ pub enum ServerMsg {
         payments: Vec<PaymentView>,
         /// Whether new payment requests can be made (app enabled and Stripe linked).
         payments_available: bool,
+        /// The patient's last reported stage for each payment still waiting to be paid, by
+        /// payment id (so a reloaded clinician page shows "paying", not "requested").
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        progress: std::collections::BTreeMap<String, ProgressStage>,
     },
     /// Someone connected.
     #[serde(rename = "participant.joined")]

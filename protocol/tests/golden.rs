@@ -105,6 +105,7 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                     participants: vec![clinician(), patient()],
                     payments: vec![payment(PaymentStatus::Requested, true)],
                     payments_available: true,
+                    progress: [("pay_8Jd2kQ0aVw3n".to_owned(), ProgressStage::EnteringDetails)].into(),
                 },
             ),
         ),

@@ -5,6 +5,7 @@
 pub mod state;
 pub mod stripe;
 pub mod validate;
+pub mod verify;
 pub mod view;
 
 use crate::bus::RoomEvent;
@@ -73,6 +74,7 @@ pub struct Payments {
     stripe: Arc<dyn StripeApi>,
     hub: Arc<Hub>,
     cfg: PaymentsConfig,
+    verify_gate: verify::Gate,
 }
 
 /// What handling a webhook event did (answered to Stripe and logged).
@@ -107,7 +109,7 @@ pub enum EventError {
 impl Payments {
     /// The service over its dependencies.
     pub fn new(store: Arc<dyn Store>, stripe: Arc<dyn StripeApi>, hub: Arc<Hub>, cfg: PaymentsConfig) -> Self {
-        Self { store, stripe, hub, cfg }
+        Self { store, stripe, hub, cfg, verify_gate: verify::Gate::default() }
     }
 
     /// Every payment of a call, for `welcome`.

@@ -99,7 +99,11 @@ mod tests {
     use super::*;
 
     fn cfg() -> PaymentsConfig {
-        PaymentsConfig { currencies: vec!["aud".into(), "jpy".into()], max_amount: 1_000_000 }
+        PaymentsConfig {
+            currencies: vec!["aud".into(), "jpy".into()],
+            max_amount: 1_000_000,
+            ..PaymentsConfig::default()
+        }
     }
 
     #[test]

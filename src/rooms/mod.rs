@@ -16,10 +16,10 @@ use crate::bus::RoomEvent;
 use crate::payments::view::{encode, payment_view, visible_to};
 use crate::store::Payment;
 use bytes::Bytes;
-use callpay_protocol::{Participant, PaymentStatus, Role, ServerMsg};
+use callpay_protocol::{Participant, PaymentStatus, ProgressStage, Role, ServerMsg};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -54,18 +54,38 @@ pub struct Room {
 struct RoomInner {
     seq: u64,
     members: HashMap<u64, Member, RandomState>,
-    /// Each known payment's (status, version): what routing and authorising a relay needs.
-    payments: HashMap<String, (PaymentStatus, i64), RandomState>,
+    /// What routing and authorising a relay needs about each known payment, and the patient's
+    /// last reported stage (for the `welcome` of a page that reloads).
+    payments: HashMap<String, Known, RandomState>,
+}
+
+/// A payment as a room knows it.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    status: PaymentStatus,
+    version: i64,
+    /// The patient's last progress stage since the status last changed.
+    stage: Option<ProgressStage>,
+}
+
+/// Statuses in which the patient may still be paying (a failed payment can be retried).
+fn payable(status: PaymentStatus) -> bool {
+    matches!(status, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed)
 }
 
 impl RoomInner {
-    /// Keeps the newest known state of a payment (versions only grow).
+    /// Keeps the newest known state of a payment (versions only grow). A new status forgets
+    /// the stage reported under the old one.
     fn remember(&mut self, p: &Payment) {
+        let fresh = Known { status: p.status, version: p.version, stage: None };
         match self.payments.get_mut(&p.id) {
-            Some(known) if known.1 >= p.version => {}
-            Some(known) => *known = (p.status, p.version),
+            Some(known) if known.version >= p.version => {}
+            Some(known) => {
+                let stage = if known.status == p.status { known.stage } else { None };
+                *known = Known { stage, ..fresh };
+            }
             None => {
-                self.payments.insert(p.id.clone(), (p.status, p.version));
+                self.payments.insert(p.id.clone(), fresh);
             }
         }
     }
@@ -183,13 +203,20 @@ impl RoomRegistry {
     }
 
     /// Seeds a room's routing state from a snapshot read from the store (newer versions win, so
-    /// events that arrived meanwhile are kept).
-    pub fn remember_payments(&self, call_id: &str, payments: &[Payment]) {
-        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return };
+    /// events that arrived meanwhile are kept). Answers the patient's last stage for each payment
+    /// still payable, by id.
+    pub fn remember_payments(&self, call_id: &str, payments: &[Payment]) -> BTreeMap<String, ProgressStage> {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return BTreeMap::new() };
         let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
         for p in payments {
             inner.remember(p);
         }
+        inner
+            .payments
+            .iter()
+            .filter(|(_, k)| payable(k.status))
+            .filter_map(|(id, k)| Some((id.clone(), k.stage?)))
+            .collect()
     }
 
     /// Whether a patient may report progress on `payment_id` in `call_id` now: the payment is
@@ -201,7 +228,7 @@ impl RoomRegistry {
         let inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
         match inner.payments.get(payment_id) {
             None => Err(ProgressRefusal::UnknownPayment),
-            Some((PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed, _)) => Ok(()),
+            Some(k) if payable(k.status) => Ok(()),
             Some(_) => Err(ProgressRefusal::NotPayable),
         }
     }
@@ -258,6 +285,11 @@ impl Room {
         | RoomEvent::PaymentConfirmed { payment } = event
         {
             inner.remember(payment);
+        }
+        if let RoomEvent::Progress { payment_id, stage, .. } = event
+            && let Some(known) = inner.payments.get_mut(payment_id)
+        {
+            known.stage = Some(*stage);
         }
         inner.seq += 1;
         let seq = inner.seq;

@@ -14,7 +14,7 @@ use crate::payments::{Caller, Refusal};
 use crate::rooms::{Next, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ServerMsg, close};
+use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ProgressStage, ServerMsg, close};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -319,6 +319,14 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
                             let refused = app.payments.progress(&caller, &payment_id, stage).err();
                             if refused.is_none() {
                                 crate::metrics::Metrics::since(&app.metrics.relay_seconds, last_seen);
+                                // Stripe.js finished (or 3-D Secure opened): ask Stripe now
+                                // rather than wait for the webhook.
+                                if matches!(stage, ProgressStage::Submitted | ProgressStage::Authenticating) {
+                                    let payments = app.payments.clone();
+                                    app.tracker.spawn(async move {
+                                        payments.verify(&payment_id, crate::payments::verify::Reason::PageAsked).await;
+                                    });
+                                }
                             }
                             refused
                         }
@@ -365,7 +373,7 @@ async fn welcome(
     participants: Vec<callpay_protocol::Participant>,
 ) -> Result<Bytes, crate::store::StoreError> {
     let payments = app.payments.snapshot(&claims.call_id).await?;
-    app.hub.rooms.remember_payments(&claims.call_id, &payments);
+    let progress = app.hub.rooms.remember_payments(&claims.call_id, &payments);
     let clinic = app.store.clinic(&claims.clinic_id).await?;
     let role = claims.role;
     let pk = &app.config.stripe.publishable_key;
@@ -379,6 +387,7 @@ async fn welcome(
             participants,
             payments: payments.iter().filter(|p| visible_to(p, role)).map(|p| payment_view(p, role, pk)).collect(),
             payments_available: clinic.as_ref().is_some_and(|c| c.payment_readiness().is_ok()),
+            progress,
         },
     ))
 }

@@ -206,6 +206,9 @@ pub struct Faults {
     pub webhook_delay_ms: u64,
     /// For the next event, the first N delivery attempts are dropped (counted as failures and retried).
     pub webhook_drop_attempts: u32,
+    /// While set, no event is delivered at all (the endpoint is unreachable and retries are
+    /// given up): what a hub must survive without losing a confirmation.
+    pub webhook_drop_all: bool,
     /// The next confirm declines with this decline code whatever the card
     /// (`generic_decline`, `insufficient_funds`, `expired_card`).
     pub decline_next_confirm: Option<String>,
@@ -229,6 +232,7 @@ impl Faults {
             webhook_delays,
             webhook_delay_ms,
             webhook_drop_attempts,
+            webhook_drop_all,
             decline_next_confirm,
             processing_delay_ms
         );

@@ -61,6 +61,9 @@ pub fn plan(world: &mut World, events: Vec<Value>) -> Vec<Job> {
 }
 
 fn jobs_for(world: &mut World, event: &Value) -> Vec<Job> {
+    if world.faults.webhook_drop_all {
+        return Vec::new();
+    }
     let kind = event["type"].as_str().unwrap_or_default().to_owned();
     let account = event["account"].as_str().map(str::to_owned);
     let faults = &mut world.faults;

@@ -191,3 +191,38 @@ test('switching language relabels an open pay form without losing what was typed
     assert.equal(await item.getByLabel('রসিদের জন্য ইমেইল').inputValue(), 'sam@example.com');
   });
 });
+
+test('a clinician who reloads while the patient is typing still sees them paying', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await requestPayment(doc, '40.00', 'Dressing change');
+    const item = pat.locator('article', { hasText: 'Dressing change' });
+    await item.getByRole('button', { name: 'Pay Now' }).click();
+    await item.getByLabel('Email for your receipt').fill('sam@exa');
+    await doc.locator('li', { hasText: 'Dressing change' }).getByText('Patient is paying').waitFor();
+    await doc.reload();
+    await doc.getByText('Live').waitFor();
+    await doc.locator('li', { hasText: 'Dressing change' }).getByText('Patient is paying').waitFor();
+    await shot(doc, 'reload-1-clinician-still-sees-paying');
+  });
+});
+
+test('with every webhook lost, the clinician still gets one payment-received pop-up', async () => {
+  await inCall(b, async ({ info, doc, pat }) => {
+    const faults = await fetch(`${info.stripe_url}/_sim/faults`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${info.stripe_secret_key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ webhook_drop_all: true }),
+    });
+    assert.equal(faults.status, 200);
+    await requestPayment(doc, '25.00', 'Lost webhook');
+    await pat.locator('article', { hasText: 'Lost webhook' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    const item = await pay(pat, 'Lost webhook', '4242 4242 4242 4242');
+    await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+    await shot(doc, 'lost-webhook-1-clinician-popup');
+    const deliveries = await fetch(`${info.stripe_url}/_sim/deliveries`, {
+      headers: { authorization: `Bearer ${info.stripe_secret_key}` },
+    }).then((r) => r.json());
+    assert.equal(deliveries.data.length, 0, 'no webhook was delivered');
+  });
+});

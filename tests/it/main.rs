@@ -14,4 +14,5 @@ mod hostile;
 mod money;
 mod outage;
 mod sockets;
+mod verify;
 mod webhooks;

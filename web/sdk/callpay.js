@@ -79,7 +79,7 @@ export class CallpayClient {
     return this.send({ type: 'payment.cancel', payment_id: paymentId });
   }
 
-  /** Patient: report progress ('viewing', 'entering_details', 'submitting', 'authenticating'). */
+  /** Patient: report progress ('viewing', 'entering_details', 'submitting', 'authenticating', 'submitted'). */
   progress(paymentId, stage) {
     return this.send({ type: 'payment.progress', payment_id: paymentId, stage });
   }
@@ -105,6 +105,10 @@ export class CallpayClient {
         for (const p of frame.payments) this.keep(p);
         this.on('status', { state: 'live' });
         this.on('welcome', frame);
+        // The patient's last stage per waiting payment, as if the progress frames were replayed.
+        for (const [paymentId, stage] of Object.entries(frame.progress || {})) {
+          this.on('progress', { type: 'payment.progress', payment_id: paymentId, stage });
+        }
         // A payment that became paid while we were away still deserves its notice.
         for (const p of this.payments.values()) {
           const old = before.get(p.payment_id);

@@ -1,0 +1,105 @@
+//! A confirmation never depends on one webhook: the hub reads the PaymentIntent from Stripe when
+//! the patient's page says Stripe.js finished, and for payments left waiting; and what a page
+//! needs after a reload (the patient's last stage) survives it.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Requests a payment and returns the patient's copy of it.
+async fn requested(doc: &mut Client, pat: &mut Client, client_ref: &str) -> Value {
+    doc.request(client_ref, 5000, "Consultation").await;
+    pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == client_ref).await["payment"].clone()
+}
+
+/// Every `payment.confirmed` frame the client has received so far, plus what arrives within `quiet`.
+async fn confirmations(c: &mut Client, quiet: Duration) -> usize {
+    let end = tokio::time::Instant::now() + quiet;
+    while tokio::time::timeout_at(end, c.next()).await.is_ok() {}
+    c.raw.iter().filter(|r| r.contains(r#""type":"payment.confirmed""#)).count()
+}
+
+#[tokio::test]
+async fn every_webhook_lost_and_the_clinician_still_hears_exactly_once() {
+    let hub = TestHub::start().await;
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    let payment = requested(&mut doc, &mut pat, "lost-1").await;
+    let (status, pi) = pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    assert_eq!((status, pi["status"].as_str()), (200, Some("succeeded")));
+    pat.send(json!({"type": "payment.progress", "payment_id": payment["payment_id"], "stage": "submitted"})).await;
+    let confirmed = doc.until("payment.confirmed").await;
+    assert_eq!(confirmed["payment"]["status"], "succeeded");
+    assert_eq!(confirmed["payment"]["amount_received"], 5000);
+    // The page may report twice (a double click, a retry): still one confirmation.
+    pat.send(json!({"type": "payment.progress", "payment_id": payment["payment_id"], "stage": "submitted"})).await;
+    assert_eq!(confirmations(&mut doc, Duration::from_millis(1500)).await, 1);
+    let deliveries = hub.sim_control("GET", "/_sim/deliveries", Value::Null).await;
+    assert_eq!(deliveries["data"].as_array().map(Vec::len), Some(0), "no webhook reached the hub: {deliveries}");
+    let stored = hub.state.store.payment(payment["payment_id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.status, callpay_protocol::PaymentStatus::Succeeded);
+    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 50, None).await.unwrap();
+    assert!(audit.iter().any(|a| a.action == "payment.succeeded" && a.actor_id == "stripe"), "audited as Stripe's");
+}
+
+#[tokio::test]
+async fn a_payment_left_waiting_is_checked_without_anyone_asking() {
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    let payment = requested(&mut doc, &mut pat, "quiet-1").await;
+    let (status, _) = pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    assert_eq!(status, 200);
+    // No `submitted` from the page (it crashed, say) and no webhook: the sweep finds it.
+    let confirmed = doc.until("payment.confirmed").await;
+    assert_eq!(confirmed["payment"]["payment_id"], payment["payment_id"]);
+    assert_eq!(confirmations(&mut doc, Duration::from_millis(1000)).await, 1);
+}
+
+#[tokio::test]
+async fn the_pop_up_comes_before_a_late_webhook_which_then_changes_nothing() {
+    let hub = TestHub::start().await;
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_delays": 20, "webhook_delay_ms": 2500})).await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    let payment = requested(&mut doc, &mut pat, "late-1").await;
+    let (status, pi) = pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    assert_eq!(status, 200);
+    pat.send(json!({"type": "payment.progress", "payment_id": payment["payment_id"], "stage": "submitted"})).await;
+    doc.until("payment.confirmed").await;
+    let succeeded = |d: &Value| {
+        d["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event_type"] == "payment_intent.succeeded" && r["status"] == 200)
+    };
+    let before = hub.sim_control("GET", "/_sim/deliveries", Value::Null).await;
+    assert!(!succeeded(&before), "the pop-up came before the webhook: {before}");
+    // The webhook arrives later, is applied as no change, and nobody hears twice.
+    eventually(async || succeeded(&hub.sim_control("GET", "/_sim/deliveries", Value::Null).await).then_some(())).await;
+    assert_eq!(confirmations(&mut doc, Duration::from_millis(500)).await, 1);
+    assert_eq!(confirmations(&mut pat, Duration::from_millis(100)).await, 1);
+    assert_eq!(pi["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_reloaded_clinician_page_sees_the_patients_last_stage() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    let payment = requested(&mut doc, &mut pat, "stage-1").await;
+    let id = payment["payment_id"].as_str().unwrap().to_owned();
+    pat.send(json!({"type": "payment.progress", "payment_id": id, "stage": "entering_details"})).await;
+    doc.until("payment.progress").await;
+    doc.close().await;
+    let again = hub.clinician().await;
+    assert_eq!(again.welcome["progress"][&id], "entering_details", "{}", again.welcome);
+    // Once paid, the stage is history and is not reported any more.
+    pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    pat.until("payment.confirmed").await;
+    let after = hub.clinician().await;
+    assert!(after.welcome["progress"].get(&id).is_none(), "{}", after.welcome);
+}
