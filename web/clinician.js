@@ -8,6 +8,9 @@ const { token, callId } = launchParams();
 const config = await fetch('/v1/client-config').then((r) => r.json());
 const progress = new Map();
 let unavailableReason = '';
+// The form's request until the hub has it (or refuses it): the form keeps its text meanwhile.
+let sending = null;
+let live = false;
 
 /** "50", "50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
 function parseAmount(text) {
@@ -63,7 +66,11 @@ function render() {
   }
   $('unavailable').hidden = client.paymentsAvailable;
   $('unavailable').textContent = t('clinician.unavailable', { reason: unavailableReason });
-  $('submit').disabled = !client.paymentsAvailable;
+  $('submit').disabled = !client.paymentsAvailable || sending !== null;
+  $('submit').textContent = sending ? t('clinician.sending') : t('clinician.submit');
+  $('amount').readOnly = $('description').readOnly = sending !== null;
+  $('queued').hidden = !(sending && !live);
+  $('queued').textContent = t('clinician.queued');
 }
 
 function popup(p) {
@@ -79,7 +86,14 @@ const client = new CallpayClient({
   callId,
   token,
   on(event, detail) {
-    if (event === 'status') $('conn').textContent = t(`conn.${detail.state}`);
+    if (event === 'status') {
+      $('conn').textContent = t(`conn.${detail.state}`);
+      live = detail.state === 'live';
+    }
+    if (event === 'request' && detail.client_ref === sending) {
+      sending = null;
+      if (detail.payment) $('request').reset();
+    }
     if (event === 'progress') progress.set(detail.payment_id, detail.stage);
     if (event === 'confirmed') popup(detail);
     if (event === 'clinic') unavailableReason = detail.reason || '';
@@ -107,8 +121,9 @@ $('request').addEventListener('submit', (ev) => {
   $('form-error').textContent = '';
   $('amount').removeAttribute('aria-invalid');
   $('description').removeAttribute('aria-invalid');
-  client.request({ amount: cents, currency: config.default_currency, description });
-  $('request').reset();
+  if (sending) return;
+  sending = client.request({ amount: cents, currency: config.default_currency, description });
+  render();
 });
 $('popup-close').addEventListener('click', () => { $('popup').hidden = true; });
 

@@ -226,3 +226,29 @@ test('with every webhook lost, the clinician still gets one payment-received pop
     assert.equal(deliveries.data.length, 0, 'no webhook was delivered');
   });
 });
+
+test('a request made while reconnecting is kept, shown as sending, and sent once the connection is back', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await doc.getByText('Live').waitFor();
+    let blocked = true;
+    await doc.routeWebSocket(/\/ws/, (ws) => {
+      if (blocked) ws.close({ code: 1011, reason: 'test: hub unreachable' });
+      else ws.connectToServer();
+    });
+    await doc.evaluate(() => window.callpay.ws.close());
+    await doc.getByText('Reconnecting…').waitFor();
+    await requestPayment(doc, '35.00', 'Queued while offline');
+    await doc.getByRole('button', { name: 'Sending…' }).waitFor();
+    await doc.locator('#queued').getByText('will be sent as soon as the connection is back').waitFor();
+    assert.equal(await doc.getByLabel('Amount (AUD)').inputValue(), '35.00', 'the form keeps what was typed');
+    assert.equal(await doc.getByLabel('Description').inputValue(), 'Queued while offline');
+    await shot(doc, 'reconnect-1-request-kept-while-offline');
+    blocked = false;
+    await doc.getByText('Live').waitFor({ timeout: 20000 });
+    await doc.locator('li', { hasText: 'Queued while offline' }).waitFor();
+    await pat.locator('article', { hasText: 'Queued while offline' }).getByText('$35.00').waitFor();
+    assert.equal(await doc.getByLabel('Description').inputValue(), '', 'cleared once the hub has it');
+    assert.equal(await doc.locator('li', { hasText: 'Queued while offline' }).count(), 1, 'exactly one request');
+    await shot(doc, 'reconnect-2-request-sent');
+  });
+});

@@ -27,6 +27,8 @@ export class CallpayClient {
     this.closedByUser = false;
     this.attempt = 0;
     this.timer = null;
+    /** Requests the hub has not acknowledged yet, by client_ref: re-sent after every welcome. */
+    this.pending = new Map();
   }
 
   /** Opens the connection (and keeps it open until close()). */
@@ -67,11 +69,27 @@ export class CallpayClient {
     return true;
   }
 
-  /** Clinician: request a payment. Returns the client_ref (reuse it to retry safely). */
+  /**
+   * Clinician: request a payment. Returns the client_ref. The request is kept until the hub
+   * answers it (`payment.requested`, or an `error` naming the ref): sent now if connected, and
+   * again after every reconnect, which the client_ref makes safe (the hub never makes two).
+   */
   request({ amount, currency = 'aud', description, clientRef }) {
     const ref = clientRef || `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
-    this.send({ type: 'payment.request', client_ref: ref, amount, currency, description });
+    const msg = { type: 'payment.request', client_ref: ref, amount, currency, description };
+    this.pending.set(ref, msg);
+    this.send(msg);
     return ref;
+  }
+
+  /** Whether a request is still waiting for the hub. */
+  isPending(clientRef) {
+    return this.pending.has(clientRef);
+  }
+
+  /** Forgets a pending request once the hub has answered it. */
+  settle(clientRef, outcome) {
+    if (clientRef && this.pending.delete(clientRef)) this.on('request', { client_ref: clientRef, ...outcome });
   }
 
   /** Clinician: cancel an unpaid request. */
@@ -105,6 +123,9 @@ export class CallpayClient {
         for (const p of frame.payments) this.keep(p);
         this.on('status', { state: 'live' });
         this.on('welcome', frame);
+        // Requests the hub already has are done; the rest go (again) now.
+        for (const p of this.payments.values()) this.settle(p.client_ref, { payment: p });
+        for (const msg of this.pending.values()) this.send(msg);
         // The patient's last stage per waiting payment, as if the progress frames were replayed.
         for (const [paymentId, stage] of Object.entries(frame.progress || {})) {
           this.on('progress', { type: 'payment.progress', payment_id: paymentId, stage });
@@ -118,6 +139,7 @@ export class CallpayClient {
       }
       case 'payment.requested':
       case 'payment.updated':
+        this.settle(frame.payment.client_ref, { payment: frame.payment });
         if (this.keep(frame.payment)) this.on('payment', frame.payment);
         break;
       case 'payment.confirmed':
@@ -141,6 +163,8 @@ export class CallpayClient {
         this.on('clinic', frame);
         break;
       case 'error':
+        // A refused request has its answer: the page shows why and the person decides.
+        this.settle(frame.reference, { error: frame });
         this.on('error', frame);
         break;
       default:
