@@ -7,8 +7,12 @@ import { t, applyI18n, languageSwitch, money, when } from '/web/i18n.js';
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
 const config = await fetch('/v1/client-config').then((r) => r.json());
-const open = new Map(); // payment_id -> {stripe, elements, email, error, busy}
+const open = new Map(); // payment_id -> {stripe, elements, email, error, busy, waiting}
+const checked = new Set(); // payments whose PaymentIntent this page has asked Stripe about
 let stripeLoaded = null;
+
+/** Statuses in which the bank or Stripe is still deciding: never offer to pay again. */
+const CONFIRMING = ['processing'];
 
 function loadStripe() {
   if (!stripeLoaded) {
@@ -45,6 +49,28 @@ function confirmation(p) {
   for (const [k, v] of rows) dl.append(el('dt', {}, t(k)), el('dd', {}, v));
   box.append(dl);
   return box;
+}
+
+/**
+ * After a load or reload, the hub may not have heard yet that a payment was paid (a late
+ * webhook). Ask Stripe.js about the PaymentIntent before offering to pay it: if it is already
+ * processing or paid, show that, and tell the hub, which then reads it from Stripe itself.
+ */
+async function checkIntent(p) {
+  if (checked.has(p.payment_id) || !p.stripe || !['requested', 'authenticating'].includes(p.status)) return;
+  checked.add(p.payment_id);
+  try {
+    const Stripe = await loadStripe();
+    const stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account });
+    const { paymentIntent } = await stripe.retrievePaymentIntent(p.stripe.client_secret);
+    if (paymentIntent && ['processing', 'succeeded'].includes(paymentIntent.status)) {
+      open.set(p.payment_id, { ...(open.get(p.payment_id) || {}), waiting: true });
+      client.progress(p.payment_id, 'submitted');
+      render();
+    }
+  } catch {
+    // Stripe.js unreachable: the pay form will say so if the patient tries.
+  }
 }
 
 async function startPaying(p, card) {
@@ -130,7 +156,7 @@ function render() {
       card.append(confirmation(p));
     } else if (p.status === 'canceled') {
       card.append(el('p', { class: 'error' }, t('patient.canceled')));
-    } else if (state && state.waiting && p.status !== 'failed') {
+    } else if (CONFIRMING.includes(p.status) || (state && state.waiting && p.status !== 'failed')) {
       card.append(el('p', { role: 'status' }, t('patient.waiting')));
     } else if (state && state.elements) {
       card.append(payForm(p, state));
@@ -153,6 +179,7 @@ const client = new CallpayClient({
       const s = open.get(detail.payment_id);
       if (s) { s.waiting = false; s.error = t('patient.declined', { reason: detail.failure ? detail.failure.message : '' }); }
     }
+    if (event === 'welcome') for (const p of client.payments.values()) checkIntent(p);
     if (event === 'status' || event === 'welcome' || event === 'payment' || event === 'clinic') render();
   },
 });

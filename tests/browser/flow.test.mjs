@@ -252,3 +252,25 @@ test('a request made while reconnecting is kept, shown as sending, and sent once
     await shot(doc, 'reconnect-2-request-sent');
   });
 });
+
+test('a patient who reloads while the bank is confirming sees Confirming, never Pay Now', async () => {
+  await inCall(b, async ({ info, doc, pat }) => {
+    const faults = await fetch(`${info.stripe_url}/_sim/faults`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${info.stripe_secret_key}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ processing_delay_ms: 4000 }),
+    });
+    assert.equal(faults.status, 200);
+    await requestPayment(doc, '60.00', 'Bank confirming');
+    await pat.locator('article', { hasText: 'Bank confirming' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    await pay(pat, 'Bank confirming', '4242 4242 4242 4242');
+    await pat.getByText('Confirming with your bank…').waitFor();
+    await pat.reload();
+    const item = pat.locator('article', { hasText: 'Bank confirming' });
+    await item.getByText('Confirming with your bank…').waitFor();
+    assert.equal(await item.getByRole('button', { name: 'Pay Now' }).count(), 0, 'no second payment offered');
+    await shot(pat, 'reload-2-patient-confirming');
+    await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+  }, { patientViewport: { width: 390, height: 844 } });
+});
