@@ -76,10 +76,27 @@ function render() {
 function popup(p) {
   const body = t('clinician.popup.body', { amount: money(p.amount_received || p.amount, p.currency), description: p.description, time: when(p.paid_at || Date.now()) });
   $('popup-body').textContent = body;
+  // A notice, not a dialog: it must not take focus from whatever the clinician is typing. The
+  // live region announces it; Escape or Close dismisses it and focus stays (or goes back) where
+  // the clinician was.
   $('popup').hidden = false;
   $('announce').textContent = `${t('clinician.popup.title')}: ${body}`;
-  $('popup-close').focus();
 }
+
+/** The element focused outside the notice most recently, to return to after Close. */
+let lastFocus = null;
+document.addEventListener('focusin', (ev) => {
+  if (!$('popup').contains(ev.target)) lastFocus = ev.target;
+});
+
+function closePopup() {
+  $('popup').hidden = true;
+  if (lastFocus && document.contains(lastFocus)) lastFocus.focus();
+}
+
+document.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Escape' && !$('popup').hidden) closePopup();
+});
 
 const client = new CallpayClient({
   hubUrl: location.origin,
@@ -125,7 +142,7 @@ $('request').addEventListener('submit', (ev) => {
   sending = client.request({ amount: cents, currency: config.default_currency, description });
   render();
 });
-$('popup-close').addEventListener('click', () => { $('popup').hidden = true; });
+$('popup-close').addEventListener('click', closePopup);
 
 languageSwitch($('lang'), render);
 applyI18n();

@@ -56,7 +56,7 @@ test('clinician requests $50.00, patient pays with 4242, both see it', async () 
       assert.ok(text.includes(part), `confirmation shows ${part}: ${text}`);
     }
     await shot(pat, 'pay-2-patient-confirmation-phone');
-    const popup = doc.getByRole('alertdialog');
+    const popup = doc.getByRole('region', { name: 'Payment received' });
     await popup.getByText('Payment received').waitFor();
     assert.match(await popup.textContent(), /\$50\.00.*Follow-up consultation/);
     assert.match(await doc.locator('#announce').textContent(), /Payment received/);
@@ -76,7 +76,7 @@ test('3-D Secure: completed, then failed and retried', async () => {
     await shot(pat, '3ds-1-challenge');
     await challenge.getByRole('button', { name: 'Complete authentication' }).click();
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
-    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
 
     await requestPayment(doc, '30.00', 'Prescription');
     await pat.locator('article', { hasText: 'Prescription' }).getByRole('button', { name: 'Pay Now' }).waitFor();
@@ -100,7 +100,7 @@ test('a declined card shows a clear message, then a good card pays', async () =>
     await doc.locator('li', { hasText: 'Consultation' }).getByText('insufficient funds').waitFor();
     await pay(pat, 'Consultation', '4242 4242 4242 4242', { open: false });
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
-    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
   });
 });
 
@@ -132,7 +132,7 @@ test('the same flow in Bengali', async () => {
     await item.getByLabel('Security code (CVC)').fill('123');
     await item.locator('button[data-role=pay]').click();
     await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
-    await doc.getByRole('alertdialog').getByText('পেমেন্ট পাওয়া গেছে').waitFor();
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('পেমেন্ট পাওয়া গেছে').waitFor();
     assert.equal(await doc.evaluate(() => document.documentElement.lang), 'bn');
     await shot(pat, 'bn-1-patient');
     await shot(doc, 'bn-2-clinician');
@@ -218,7 +218,7 @@ test('with every webhook lost, the clinician still gets one payment-received pop
     await pat.locator('article', { hasText: 'Lost webhook' }).getByRole('button', { name: 'Pay Now' }).waitFor();
     const item = await pay(pat, 'Lost webhook', '4242 4242 4242 4242');
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
-    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
     await shot(doc, 'lost-webhook-1-clinician-popup');
     const deliveries = await fetch(`${info.stripe_url}/_sim/deliveries`, {
       headers: { authorization: `Bearer ${info.stripe_secret_key}` },
@@ -271,6 +271,32 @@ test('a patient who reloads while the bank is confirming sees Confirming, never 
     assert.equal(await item.getByRole('button', { name: 'Pay Now' }).count(), 0, 'no second payment offered');
     await shot(pat, 'reload-2-patient-confirming');
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
-    await doc.getByRole('alertdialog').getByText('Payment received').waitFor();
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
   }, { patientViewport: { width: 390, height: 844 } });
+});
+
+test('the payment-received notice never takes focus; Escape and Close dismiss it and focus stays put', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await requestPayment(doc, '20.00', 'First visit');
+    await pat.locator('article', { hasText: 'First visit' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    const description = doc.getByLabel('Description');
+    await description.click();
+    await description.pressSequentially('Follow-up vis');
+    await pay(pat, 'First visit', '4242 4242 4242 4242');
+    const notice = doc.getByRole('region', { name: 'Payment received' });
+    await notice.waitFor();
+    // Typing goes on where it was: no letter lost to the notice.
+    await doc.keyboard.type('it');
+    assert.equal(await description.inputValue(), 'Follow-up visit');
+    assert.equal(await doc.evaluate(() => document.activeElement.id), 'description');
+    await shot(doc, 'focus-1-notice-while-typing');
+    await doc.keyboard.press('Escape');
+    await notice.waitFor({ state: 'hidden' });
+    assert.equal(await doc.evaluate(() => document.activeElement.id), 'description', 'Escape keeps focus');
+    // Close returns focus to where the clinician was.
+    await doc.evaluate(() => { document.getElementById('popup').hidden = false; });
+    await doc.getByRole('button', { name: 'Close' }).click();
+    await notice.waitFor({ state: 'hidden' });
+    assert.equal(await doc.evaluate(() => document.activeElement.id), 'description', 'Close gives focus back');
+  });
 });
