@@ -27,6 +27,11 @@ function loadStripe() {
   return stripeLoaded;
 }
 
+/** Sets text only when it changes: rewriting equal text would make screen readers repeat it. */
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
 function el(tag, attrs = {}, text) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -133,39 +138,79 @@ function payForm(p, state) {
     state.form = form;
   }
   // Texts are set on every render so the language switch relabels an open form too.
-  state.emailLabel.textContent = t('patient.email');
-  state.cardCaption.textContent = t('patient.card');
-  state.errEl.textContent = state.error || '';
-  state.btn.textContent = state.busy ? t('patient.paying') : t('patient.pay', { amount: money(p.amount, p.currency) });
+  setText(state.emailLabel, t('patient.email'));
+  setText(state.cardCaption, t('patient.card'));
+  setText(state.errEl, state.error || '');
+  setText(state.btn, state.busy ? t('patient.paying') : t('patient.pay', { amount: money(p.amount, p.currency) }));
   state.btn.disabled = !!state.busy;
   return state.form;
+}
+
+/** One card per payment, kept across renders: updates change its parts in place, so a field
+ * being typed in keeps its text, focus and caret whatever else changes. */
+const cards = new Map(); // payment_id -> {card, amount, desc, from, key, body}
+
+function cardFor(p) {
+  let c = cards.get(p.payment_id);
+  if (!c) {
+    const card = el('article', { class: 'card', 'data-payment-id': p.payment_id });
+    c = { card, amount: el('div', { class: 'amount' }), desc: el('p'), from: el('p', { class: 'muted' }), key: null, body: null };
+    card.append(c.amount, c.desc, c.from);
+    cards.set(p.payment_id, c);
+  }
+  return c;
+}
+
+/** What the card shows below its heading: a key that changes when it must be rebuilt, and how. */
+function bodyOf(p, c) {
+  const lang = document.documentElement.lang;
+  const state = open.get(p.payment_id);
+  if (p.status === 'succeeded' || p.status === 'partially_refunded' || p.status === 'refunded') {
+    return [`done:${p.version}:${lang}`, () => confirmation(p)];
+  }
+  if (p.status === 'canceled') return [`canceled:${lang}`, () => el('p', { class: 'error' }, t('patient.canceled'))];
+  if (CONFIRMING.includes(p.status) || (state && state.waiting && p.status !== 'failed')) {
+    return [`waiting:${lang}`, () => el('p', { role: 'status' }, t('patient.waiting'))];
+  }
+  if (state && state.elements) return ['form', () => payForm(p, state)];
+  if (p.stripe) {
+    return [`paynow:${lang}`, () => {
+      const btn = el('button', { type: 'button', 'data-role': 'pay-now' }, t('patient.paynow'));
+      btn.addEventListener('click', () => startPaying(p, c.card));
+      return btn;
+    }];
+  }
+  return ['none', () => null];
 }
 
 function render() {
   const root = $('requests');
   const items = [...client.payments.values()].sort((a, b) => b.created_at - a.created_at);
   $('empty').hidden = items.length > 0;
-  root.innerHTML = '';
-  for (const p of items) {
-    const card = el('article', { class: 'card', 'data-payment-id': p.payment_id, 'data-status': p.status });
-    card.append(el('div', { class: 'amount' }, money(p.amount, p.currency)));
-    card.append(el('p', {}, p.description));
-    card.append(el('p', { class: 'muted' }, t('patient.from', { name: p.requested_by.name, clinic: client.clinicName })));
-    const state = open.get(p.payment_id);
-    if (p.status === 'succeeded' || p.status === 'partially_refunded' || p.status === 'refunded') {
-      card.append(confirmation(p));
-    } else if (p.status === 'canceled') {
-      card.append(el('p', { class: 'error' }, t('patient.canceled')));
-    } else if (CONFIRMING.includes(p.status) || (state && state.waiting && p.status !== 'failed')) {
-      card.append(el('p', { role: 'status' }, t('patient.waiting')));
-    } else if (state && state.elements) {
-      card.append(payForm(p, state));
-    } else if (p.stripe) {
-      const btn = el('button', { type: 'button', 'data-role': 'pay-now' }, t('patient.paynow'));
-      btn.addEventListener('click', () => startPaying(p, card));
-      card.append(btn);
+  items.forEach((p, i) => {
+    const c = cardFor(p);
+    c.card.dataset.status = p.status;
+    setText(c.amount, money(p.amount, p.currency));
+    setText(c.desc, p.description);
+    setText(c.from, t('patient.from', { name: p.requested_by.name, clinic: client.clinicName }));
+    const [key, make] = bodyOf(p, c);
+    // The pay form is built once; a render only refreshes its texts (payForm does that).
+    if (key === 'form' && c.key === 'form') payForm(p, open.get(p.payment_id));
+    if (key !== c.key) {
+      const next = make();
+      if (c.body) c.body.remove();
+      if (next) c.card.append(next);
+      c.body = next;
+      c.key = key;
     }
-    root.append(card);
+    // Only move a card that is out of place: moving the one being typed in would drop focus.
+    if (root.children[i] !== c.card) root.insertBefore(c.card, root.children[i] || null);
+  });
+  for (const [id, c] of cards) {
+    if (!client.payments.has(id)) {
+      c.card.remove();
+      cards.delete(id);
+    }
   }
 }
 

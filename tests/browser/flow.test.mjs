@@ -132,7 +132,7 @@ test('the same flow in Bengali', async () => {
     await item.getByLabel('Security code (CVC)').fill('123');
     await item.locator('button[data-role=pay]').click();
     await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
-    await doc.getByRole('region', { name: 'Payment received' }).getByText('পেমেন্ট পাওয়া গেছে').waitFor();
+    await doc.locator('#popup').getByText('পেমেন্ট পাওয়া গেছে').waitFor();
     assert.equal(await doc.evaluate(() => document.documentElement.lang), 'bn');
     await shot(pat, 'bn-1-patient');
     await shot(doc, 'bn-2-clinician');
@@ -299,4 +299,26 @@ test('the payment-received notice never takes focus; Escape and Close dismiss it
     await notice.waitFor({ state: 'hidden' });
     assert.equal(await doc.evaluate(() => document.activeElement.id), 'description', 'Close gives focus back');
   });
+});
+
+test('a patient typing an e-mail keeps text, focus and caret while other requests arrive and change', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await requestPayment(doc, '15.00', 'Script renewal');
+    const item = pat.locator('article', { hasText: 'Script renewal' });
+    await item.getByRole('button', { name: 'Pay Now' }).click();
+    const email = item.getByLabel('Email for your receipt');
+    await email.click();
+    await email.pressSequentially('sam@exa');
+    // A second request arrives and the first one's status changes (the page reported progress).
+    await requestPayment(doc, '90.00', 'Second request');
+    await pat.locator('article', { hasText: 'Second request' }).getByText('$90.00').waitFor();
+    await doc.locator('li', { hasText: 'Second request' }).waitFor();
+    await pat.keyboard.type('mple.com');
+    assert.equal(await email.inputValue(), 'sam@example.com', 'no letter lost');
+    assert.equal(await pat.evaluate(() => document.activeElement.type), 'email', 'focus stayed in the field');
+    await pat.keyboard.press('ArrowLeft');
+    await pat.keyboard.type('X');
+    assert.equal(await email.inputValue(), 'sam@example.coXm', 'caret kept its place');
+    await shot(pat, 'typing-1-patient-keeps-email');
+  }, { patientViewport: { width: 390, height: 844 } });
 });
