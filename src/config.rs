@@ -133,6 +133,10 @@ pub struct ServerConfig {
     /// included); past it the client gets 408. A WebSocket's life is not a request: it ends here
     /// at the upgrade.
     pub request_timeout_ms: u64,
+    /// Accept a join token in the WebSocket URL (`?token=`) as well. Off by default: URLs end up
+    /// in proxy logs; clients send the token as the `callpay.bearer.<token>` subprotocol (or an
+    /// `Authorization` header). Only for old clients that cannot.
+    pub query_token: bool,
     /// Most connections still speaking HTTP at once (WebSockets leave this pool once upgraded
     /// and count against `max_connections`). Further connections get 503 and are closed.
     pub max_http_connections: usize,
@@ -158,6 +162,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             max_http_connections: 1024,
+            query_token: false,
         }
     }
 }

@@ -188,7 +188,8 @@ impl Server {
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         let (mut ws, _) =
-            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+            tokio_tungstenite::client_async(crate::ws_request(&url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await?;
         match self.proto {
             Proto::Callpay => {
                 let welcome = text(&mut ws).await?;

@@ -226,10 +226,22 @@ impl Hub {
             self.info["hub_url"].as_str().unwrap().replace("http", "ws"),
             self.token(call, sub, role)
         );
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&url)?).await?;
         let welcome = next(&mut ws).await?;
         Ok((ws, welcome))
     }
+}
+
+/// The handshake for `url`; a `?token=` in it travels as the `callpay.bearer.<token>`
+/// subprotocol, as real clients send it (the hub refuses tokens in URLs by default).
+fn ws_request(url: &str) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (base, token) = url.split_once("?token=").map_or((url, None), |(b, t)| (b, Some(t)));
+    let mut req = base.into_client_request()?;
+    if let Some(token) = token {
+        req.headers_mut().insert("sec-websocket-protocol", callpay_protocol::offered_protocols(token).parse()?);
+    }
+    Ok(req)
 }
 
 async fn next(ws: &mut Ws) -> anyhow::Result<Value> {

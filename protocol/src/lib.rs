@@ -16,6 +16,19 @@ use serde::{Deserialize, Serialize};
 /// The protocol version the hub speaks, sent in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The WebSocket subprotocol the hub speaks; it is the one it selects in the handshake.
+pub const SUBPROTOCOL: &str = "callpay.v1";
+
+/// Prefix of the subprotocol entry that carries the join token. Browsers cannot set headers on a
+/// WebSocket, and a token in the URL ends up in proxy and server logs; `Sec-WebSocket-Protocol`
+/// is a header that browsers can set. The hub never echoes this entry back.
+pub const BEARER_PROTOCOL_PREFIX: &str = "callpay.bearer.";
+
+/// The `Sec-WebSocket-Protocol` value a client offers to join with `token`.
+pub fn offered_protocols(token: &str) -> String {
+    format!("{SUBPROTOCOL}, {BEARER_PROTOCOL_PREFIX}{token}")
+}
+
 /// A participant's role in the call, from the join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -2,6 +2,7 @@
 //! [`ApiError`] JSON, and the one way a bearer token is read.
 
 use super::ApiError;
+use crate::app::AppState;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -58,13 +59,14 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-/// A bearer token, from `Authorization: Bearer …`. Only a WebSocket upgrade may carry it as
-/// `?token=` instead, because browsers cannot set headers on a WebSocket; anywhere else a token
-/// in the URL would end up in logs and browser history, so it is not looked for.
+/// A bearer token, from `Authorization: Bearer …`. A WebSocket upgrade may carry it in
+/// `Sec-WebSocket-Protocol` instead (`callpay.bearer.<token>`), because browsers cannot set other
+/// headers on a WebSocket. A token in the URL (`?token=`) ends up in proxy logs and browser
+/// history: it is read only on upgrades and only where `server.query_token` allows it.
 pub struct Bearer(pub String);
 
 impl Bearer {
-    fn from_parts(parts: &Parts) -> Option<String> {
+    fn from_parts(parts: &Parts, query_allowed: bool) -> Option<String> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -76,20 +78,34 @@ impl Bearer {
             .get(axum::http::header::UPGRADE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let subprotocol = || {
+            let offered = parts.headers.get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL);
+            offered
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .find_map(|p| p.trim().strip_prefix(callpay_protocol::BEARER_PROTOCOL_PREFIX))
+                .map(str::to_owned)
+        };
         let query = || {
             let q = parts.uri.query()?;
             form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned())
         };
-        header.or_else(|| if websocket { query() } else { None }).filter(|t| !t.is_empty())
+        header
+            .or_else(|| if websocket { subprotocol() } else { None })
+            .or_else(|| if websocket && query_allowed { query() } else { None })
+            .filter(|t| !t.is_empty())
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Bearer {
+impl FromRequestParts<AppState> for Bearer {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        Self::from_parts(parts).map(Self).ok_or_else(|| {
-            ApiError::unauthorized("A token is required: Authorization: Bearer … (or ?token=… on a WebSocket upgrade).")
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        Self::from_parts(parts, app.config.server.query_token).map(Self).ok_or_else(|| {
+            ApiError::unauthorized(
+                "A token is required: Authorization: Bearer …, or on a WebSocket upgrade the subprotocol callpay.bearer.<token>.",
+            )
         })
     }
 }
@@ -107,13 +123,19 @@ mod tests {
     }
 
     #[test]
-    fn bearer_reads_the_header_and_the_query_only_on_an_upgrade() {
+    fn bearer_reads_the_header_then_the_subprotocol_and_the_query_only_where_allowed() {
         let h = parts("/x?token=q", &[("authorization", "Bearer  h ")]);
-        assert_eq!(Bearer::from_parts(&h).as_deref(), Some("h"));
-        assert_eq!(Bearer::from_parts(&parts("/x?token=q", &[])), None, "no query tokens on plain requests");
+        assert_eq!(Bearer::from_parts(&h, true).as_deref(), Some("h"));
+        assert_eq!(Bearer::from_parts(&parts("/x?token=q", &[]), true), None, "no query tokens on plain requests");
+        let offered = callpay_protocol::offered_protocols("s.t-u_v");
+        let sub = parts("/x", &[("upgrade", "websocket"), ("sec-websocket-protocol", &offered)]);
+        assert_eq!(Bearer::from_parts(&sub, false).as_deref(), Some("s.t-u_v"));
+        let sub_plain = parts("/x", &[("sec-websocket-protocol", &offered)]);
+        assert_eq!(Bearer::from_parts(&sub_plain, false), None, "subprotocols mean nothing off an upgrade");
         let ws = parts("/x?a=1&token=q%2B", &[("upgrade", "WebSocket")]);
-        assert_eq!(Bearer::from_parts(&ws).as_deref(), Some("q+"));
-        assert_eq!(Bearer::from_parts(&parts("/x", &[("authorization", "Bearer ")])), None);
-        assert_eq!(Bearer::from_parts(&parts("/x", &[("authorization", "Basic abc")])), None);
+        assert_eq!(Bearer::from_parts(&ws, true).as_deref(), Some("q+"));
+        assert_eq!(Bearer::from_parts(&ws, false), None, "the query form is off unless server.query_token");
+        assert_eq!(Bearer::from_parts(&parts("/x", &[("authorization", "Bearer ")]), true), None);
+        assert_eq!(Bearer::from_parts(&parts("/x", &[("authorization", "Basic abc")]), true), None);
     }
 }

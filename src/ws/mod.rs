@@ -69,7 +69,10 @@ pub async fn upgrade(
     // defaults (128 KiB read buffer, 128 KiB write target, unbounded write buffer) cost about
     // 150 KB of RSS per idle socket. The write buffer is bounded: a peer that stops reading
     // errors out instead of growing it.
-    ws.max_message_size(limit)
+    // Selects callpay.v1 when offered (browsers require an answer when they offer subprotocols);
+    // the bearer entry is never selected, so the token is not echoed back.
+    ws.protocols([callpay_protocol::SUBPROTOCOL])
+        .max_message_size(limit)
         .max_frame_size(limit)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -1,7 +1,7 @@
 // End-to-end: real pages in headless Chromium against `callpay demo`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { browser, page, shot, requestPayment, pay, withDemo, inCall } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, withDemo, inCall, clinicianUrl } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
@@ -321,4 +321,18 @@ test('a patient typing an e-mail keeps text, focus and caret while other request
     assert.equal(await email.inputValue(), 'sam@example.coXm', 'caret kept its place');
     await shot(pat, 'typing-1-patient-keeps-email');
   }, { patientViewport: { width: 390, height: 844 } });
+});
+
+test('the join token never appears in a WebSocket URL', async () => {
+  await withDemo(async (info) => {
+    const doc = await page(b);
+    const urls = [];
+    doc.on('websocket', (ws) => urls.push(ws.url()));
+    await doc.goto(clinicianUrl(info));
+    await doc.getByText('Live').waitFor();
+    assert.ok(urls.length >= 1, 'the page opened its socket');
+    for (const url of urls) {
+      assert.ok(!url.includes(info.clinician_token) && !url.includes('token='), `no token in ${url}`);
+    }
+  });
 });

@@ -8,7 +8,7 @@ use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 async fn refused_status(url: &str) -> u16 {
-    match connect_async(url).await {
+    match open_ws(url).await {
         Err(WsError::Http(resp)) => resp.status().as_u16(),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("upgrade should have been refused"),
@@ -101,4 +101,31 @@ async fn join_and_admin_tokens_are_not_interchangeable() {
         "typ": callpay::auth::JOIN_TYP, "sub": "a", "name": "A", "role": "platform_operator", "exp": now_secs() + 60,
     });
     assert_eq!(admin_status_with_claims(&hub, &claims).await, 401);
+}
+
+#[tokio::test]
+async fn a_token_in_the_url_is_refused_unless_allowed() {
+    let hub = TestHub::start().await;
+    let url = format!(
+        "{}/v1/calls/{}/ws?token={}",
+        hub.info.hub_url.replace("http://", "ws://"),
+        hub.info.call_id,
+        hub.info.patient_token
+    );
+    // Sent as a URL (what proxies log), not as the subprotocol.
+    match connect_async(url.as_str()).await {
+        Err(WsError::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+    let legacy = TestHub::start_with(|c| c.server.query_token = true).await;
+    let url =
+        url.replace(&hub.info.hub_url.replace("http://", "ws://"), &legacy.info.hub_url.replace("http://", "ws://"));
+    let url = url
+        .replace(&hub.info.call_id, &legacy.info.call_id)
+        .replace(&hub.info.patient_token, &legacy.info.patient_token);
+    let (_ws, resp) = connect_async(url.as_str()).await.expect("allowed by server.query_token");
+    assert_eq!(resp.status().as_u16(), 101);
+    // The subprotocol form selects callpay.v1 and never echoes the token.
+    let (_ws, resp) = open_ws(&hub.ws_url(&hub.info.call_id, &hub.info.patient_token)).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], callpay_protocol::SUBPROTOCOL);
 }

@@ -1,6 +1,7 @@
 //! The binary as an operator meets it: `serve` refuses a missing or unsafe configuration and
 //! says which setting to fix; `demo` prints its machine-readable line.
 
+use crate::helpers::open_ws;
 use tokio::io::AsyncBufReadExt;
 
 #[tokio::test]
@@ -61,9 +62,9 @@ async fn demo_prints_urls_and_the_machine_line() {
     assert!(seen.iter().any(|l| l.contains(&format!("{hub}/demo"))), "prints the demo URL: {seen:?}");
     assert!(dir.join("callpay.db").exists(), "SQLite lives under the data directory");
     let ws = format!("{}/v1/calls/{}/ws?token=", hub.replace("http://", "ws://"), info["call_id"].as_str().unwrap());
-    let first = tokio_tungstenite::connect_async(format!("{ws}{}", info["clinician_token"].as_str().unwrap())).await;
+    let first = open_ws(&format!("{ws}{}", info["clinician_token"].as_str().unwrap())).await;
     assert!(first.is_ok(), "the first socket fits");
-    match tokio_tungstenite::connect_async(format!("{ws}{}", info["patient_token"].as_str().unwrap())).await {
+    match open_ws(&format!("{ws}{}", info["patient_token"].as_str().unwrap())).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected 503 past the configured cap, got {:?}", other.map(|_| ())),
     }

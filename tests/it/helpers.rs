@@ -101,7 +101,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = connect_async(url).await.expect("upgrade");
+        let (ws, _) = open_ws(url).await.expect("upgrade");
         let mut c = Self { ws, raw: Vec::new(), welcome: Value::Null, closed: None };
         c.welcome = c.next().await;
         assert_eq!(c.welcome["type"], "welcome", "first frame is welcome: {}", c.welcome);
@@ -176,6 +176,32 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// The handshake a client makes for `url`: a `?token=` in it is sent the way clients must send
+/// it, as the `callpay.bearer.<token>` subprotocol, not in the URL.
+pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (base, token) = match url.split_once("?token=") {
+        Some((base, token)) => (base, Some(token)),
+        None => (url, None),
+    };
+    let mut req = base.into_client_request().expect("a ws:// URL");
+    if let Some(token) = token {
+        let offered = callpay_protocol::offered_protocols(token).parse().expect("header value");
+        req.headers_mut().insert("sec-websocket-protocol", offered);
+    }
+    req
+}
+
+/// Opens a WebSocket to `url` (see [`ws_request`]).
+pub async fn open_ws(
+    url: &str,
+) -> Result<
+    (WebSocketStream<MaybeTlsStream<TcpStream>>, tokio_tungstenite::tungstenite::handshake::client::Response),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    connect_async(ws_request(url)).await
 }
 
 /// Minimal HTTP client.

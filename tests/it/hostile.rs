@@ -108,7 +108,7 @@ async fn tokens_not_yet_valid_are_refused() {
         });
         join[claim] = value.into();
         let token = sign_hs256(&hub.info.platform_secret, &join);
-        let refused = tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &token)).await;
+        let refused = open_ws(&hub.ws_url(&hub.info.call_id, &token)).await;
         assert!(refused.is_err(), "join token with a future {claim}");
     }
 }
@@ -128,7 +128,7 @@ async fn a_call_belongs_to_the_clinic_of_its_first_join() {
         "Intruder",
         callpay_protocol::Role::Clinician,
     );
-    let refused = tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &foreign)).await;
+    let refused = open_ws(&hub.ws_url(&hub.info.call_id, &foreign)).await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
         other => panic!("expected 401, got {:?}", other.map(|_| ())),
@@ -150,7 +150,7 @@ async fn one_token_cannot_hold_more_than_a_few_sockets() {
     let crowded = TestHub::start_with(|c| c.server.max_sockets_per_call = 2).await;
     let _a = crowded.clinician().await;
     let _b = crowded.patient().await;
-    match tokio_tungstenite::connect_async(crowded.ws_url(&crowded.info.call_id, &crowded.info.patient_token)).await {
+    match open_ws(&crowded.ws_url(&crowded.info.call_id, &crowded.info.patient_token)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }

@@ -101,7 +101,7 @@ async fn joining_while_the_store_is_down_gets_503_before_the_upgrade() {
     let (hub, down) = flaky_hub().await;
     down.store(true, Ordering::SeqCst);
     // The call's clinic cannot be checked, so nobody is admitted: 503, retry shortly.
-    match tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await {
+    match open_ws(&hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }
@@ -117,8 +117,7 @@ async fn joining_while_the_store_is_down_gets_503_before_the_upgrade() {
 async fn a_store_failure_while_building_welcome_gets_an_error_and_a_clean_close() {
     let (hub, down, _, _) = flaky_hub_with(true).await;
     down.store(true, Ordering::SeqCst);
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await.unwrap();
+    let (mut ws, _) = open_ws(&hub.ws_url(&hub.info.call_id, &hub.info.clinician_token)).await.unwrap();
     use futures_util::StreamExt;
     let first = ws.next().await.unwrap().unwrap();
     let frame: serde_json::Value = serde_json::from_str(first.to_text().unwrap()).unwrap();

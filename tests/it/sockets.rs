@@ -17,7 +17,7 @@ async fn non_reading_socket(hub: &TestHub, token: &str) -> tokio_tungstenite::We
     socket.set_recv_buffer_size(2048).unwrap();
     let stream = socket.connect(addr).await.unwrap();
     let url = hub.ws_url(&hub.info.call_id, token);
-    tokio_tungstenite::client_async(url, stream).await.expect("upgrade").0
+    tokio_tungstenite::client_async(ws_request(&url), stream).await.expect("upgrade").0
 }
 
 fn open_connections(hub: &TestHub) -> usize {

@@ -34,9 +34,10 @@ export class CallpayClient {
   /** Opens the connection (and keeps it open until close()). */
   connect() {
     this.closedByUser = false;
-    const url = `${this.hubUrl.replace(/^http/, 'ws')}/v1/calls/${encodeURIComponent(this.callId)}/ws?token=${encodeURIComponent(this.token)}`;
+    const url = `${this.hubUrl.replace(/^http/, 'ws')}/v1/calls/${encodeURIComponent(this.callId)}/ws`;
     this.on('status', { state: this.attempt ? 'reconnecting' : 'connecting' });
-    const ws = new WebSocket(url);
+    // The token travels as a subprotocol (a header), never in the URL where proxies log it.
+    const ws = new WebSocket(url, ['callpay.v1', `callpay.bearer.${this.token}`]);
     this.ws = ws;
     ws.onmessage = (ev) => this.handle(JSON.parse(ev.data));
     ws.onclose = (ev) => {
