@@ -1,7 +1,7 @@
 // Clinician panel: request a payment, follow each request's live status, cancel, and get a
 // "payment received" pop-up (announced to screen readers) the moment Stripe confirms.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, money, when } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, money, when, brand } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
@@ -11,10 +11,12 @@ let unavailableReason = '';
 // The form's request until the hub has it (or refuses it): the form keeps its text meanwhile.
 let sending = null;
 let live = false;
+// The request whose Cancel was clicked and waits for a yes or no.
+let confirmingCancel = null;
 
-/** "50", "50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
+/** "50", "$50", "A$50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
 function parseAmount(text) {
-  const m = /^\s*(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(text);
+  const m = /^\s*(?:A?U?\$\s*)?(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(text);
   if (!m) return null;
   const cents = Number(m[1]) * 100 + Number((m[2] || '').padEnd(2, '0'));
   return cents >= 50 && cents <= config.max_amount ? cents : null;
@@ -52,15 +54,30 @@ function render() {
     if (p.status === 'succeeded' && p.card_last4) {
       const paid = document.createElement('p');
       paid.className = 'muted';
-      paid.textContent = `${p.card_brand || ''} •••• ${p.card_last4} · ${when(p.paid_at)}`;
+      paid.textContent = `${brand(p.card_brand)} •••• ${p.card_last4} · ${when(p.paid_at)}`;
       li.append(paid);
     }
     if (['requested', 'authenticating', 'failed', 'creating'].includes(p.status)) {
-      const cancel = document.createElement('button');
-      cancel.className = 'secondary';
-      cancel.textContent = t('clinician.cancel');
-      cancel.addEventListener('click', () => client.cancel(p.payment_id));
-      li.append(cancel);
+      if (confirmingCancel === p.payment_id) {
+        // A second, explicit step: a stray click must not withdraw a request the patient is paying.
+        const ask = document.createElement('p');
+        ask.textContent = t('clinician.cancel.confirm');
+        const yes = document.createElement('button');
+        yes.className = 'secondary';
+        yes.textContent = t('clinician.cancel.yes');
+        yes.addEventListener('click', () => { confirmingCancel = null; client.cancel(p.payment_id); render(); });
+        const no = document.createElement('button');
+        no.className = 'secondary';
+        no.textContent = t('clinician.cancel.no');
+        no.addEventListener('click', () => { confirmingCancel = null; render(); });
+        li.append(ask, yes, no);
+      } else {
+        const cancel = document.createElement('button');
+        cancel.className = 'secondary';
+        cancel.textContent = t('clinician.cancel');
+        cancel.addEventListener('click', () => { confirmingCancel = p.payment_id; render(); });
+        li.append(cancel);
+      }
     }
     list.append(li);
   }
@@ -143,6 +160,8 @@ $('request').addEventListener('submit', (ev) => {
   render();
 });
 $('popup-close').addEventListener('click', closePopup);
+// A field fixed by typing is no longer invalid.
+for (const id of ['amount', 'description']) $(id).addEventListener('input', () => $(id).removeAttribute('aria-invalid'));
 
 languageSwitch($('lang'), render);
 applyI18n();

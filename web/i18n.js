@@ -19,6 +19,9 @@ const MESSAGES = {
     'clinician.list': 'Requests in this call',
     'clinician.none': 'No payment requests yet.',
     'clinician.cancel': 'Cancel request',
+    'clinician.cancel.confirm': 'Cancel this request? The patient will no longer be able to pay it.',
+    'clinician.cancel.yes': 'Yes, cancel it',
+    'clinician.cancel.no': 'Keep it',
     'clinician.unavailable': 'Payments are not available for this clinic: {reason}',
     'clinician.popup.title': 'Payment received',
     'clinician.popup.body': '{amount} for "{description}" at {time}',
@@ -104,6 +107,9 @@ const MESSAGES = {
     'clinician.list': 'এই কলের অনুরোধসমূহ',
     'clinician.none': 'এখনও কোনো পেমেন্টের অনুরোধ নেই।',
     'clinician.cancel': 'অনুরোধ বাতিল করুন',
+    'clinician.cancel.confirm': 'এই অনুরোধটি বাতিল করবেন? রোগী আর এটি পরিশোধ করতে পারবেন না।',
+    'clinician.cancel.yes': 'হ্যাঁ, বাতিল করুন',
+    'clinician.cancel.no': 'রেখে দিন',
     'clinician.unavailable': 'এই ক্লিনিকে পেমেন্ট নেওয়া যাচ্ছে না: {reason}',
     'clinician.popup.title': 'পেমেন্ট পাওয়া গেছে',
     'clinician.popup.body': '"{description}"-এর জন্য {amount}, {time}-এ',
@@ -233,6 +239,12 @@ export function languageSwitch(select, rerender) {
 }
 
 /** Money for people: 5000 aud -> "$50.00" (locale-aware digits). */
+/** A card network as people write it ("visa" -> "Visa"); unknown names are left as they came. */
+export function brand(name) {
+  const names = { visa: 'Visa', mastercard: 'Mastercard', amex: 'American Express', discover: 'Discover', diners: 'Diners Club', jcb: 'JCB', unionpay: 'UnionPay', eftpos_au: 'eftpos' };
+  return names[(name || '').toLowerCase()] || name || '';
+}
+
 export function money(amount, currency) {
   const zero = ['jpy', 'krw'].includes(currency);
   const value = zero ? amount : amount / 100;

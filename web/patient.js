@@ -2,7 +2,7 @@
 // (Stripe.js loaded from the configured URL: Stripe's in production, the simulator offline).
 // Card details go from Stripe.js to Stripe; this page only ever sees the outcome.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, money, when } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, money, when, brand } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
@@ -47,7 +47,7 @@ function confirmation(p) {
     ['patient.done.amount', money(p.amount_received || p.amount, p.currency)],
     ['patient.done.description', p.description],
     ['patient.done.date', when(p.paid_at || p.updated_at)],
-    ['patient.done.card', p.card_last4 ? `${p.card_brand || ''} •••• ${p.card_last4}` : '—'],
+    ['patient.done.card', p.card_last4 ? `${brand(p.card_brand)} •••• ${p.card_last4}` : '—'],
     ['patient.done.receipt', p.receipt_email || '—'],
     ['patient.done.reference', p.reference || p.payment_id],
   ];
@@ -86,6 +86,9 @@ async function startPaying(p, card) {
   state.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account });
   state.elements = state.stripe.elements({ clientSecret: p.stripe.client_secret });
   render();
+  // The form replaced the button that had focus: continue at its first field.
+  const email = document.getElementById(`email-${p.payment_id}`);
+  if (email) email.focus();
 }
 
 /** The pay form, built once per payment and kept across re-renders so typed details survive. */

@@ -43,6 +43,9 @@
     return e;
   }
 
+  // Each mounted element gets its own ids, so two open pay forms never share a label target.
+  var mounted = 0;
+
   function PaymentElement() {
     this.root = null;
     this.handlers = {};
@@ -57,8 +60,10 @@
       ['card-cvc', 'Security code (CVC)', 'cc-csc', 'CVC', 'numeric']
     ];
     var self = this;
+    mounted += 1;
+    var n = mounted;
     fields.forEach(function (f) {
-      var id = 'stripe-sim-' + f[0];
+      var id = 'stripe-sim-' + f[0] + '-' + n;
       var label = el('label', { 'for': id, style: 'display:block;margin:.5rem 0 .2rem' }, f[1]);
       var input = el('input', { id: id, name: f[0], autocomplete: f[2], placeholder: f[3], inputmode: f[4], style: 'font-size:1rem;padding:.4rem;width:100%;box-sizing:border-box' });
       input.addEventListener('input', function () { self.emit('change', { elementType: 'payment', complete: self.complete() }); });

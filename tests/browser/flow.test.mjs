@@ -52,7 +52,7 @@ test('clinician requests $50.00, patient pays with 4242, both see it', async () 
     const done = item.locator('[data-confirmation]');
     await done.getByText('Payment complete').waitFor({ timeout: 15000 });
     const text = await done.textContent();
-    for (const part of ['$50.00', 'Follow-up consultation', 'visa', '4242', 's•••@example.com', 'pi_']) {
+    for (const part of ['$50.00', 'Follow-up consultation', 'Visa', '4242', 's•••@example.com', 'pi_']) {
       assert.ok(text.includes(part), `confirmation shows ${part}: ${text}`);
     }
     await shot(pat, 'pay-2-patient-confirmation-phone');
@@ -108,13 +108,47 @@ test('the clinician cancels; the patient is told', async () => {
   await inCall(b, async ({ doc, pat }) => {
     await requestPayment(doc, '12.50', 'Letter');
     await pat.locator('article', { hasText: 'Letter' }).getByText('$12.50').waitFor();
+    // Cancelling takes a second, explicit step; "Keep it" changes nothing.
     await doc.getByRole('button', { name: 'Cancel request' }).click();
+    await doc.getByText('Cancel this request?').waitFor();
+    await doc.getByRole('button', { name: 'Keep it' }).click();
+    await doc.locator('li', { hasText: 'Letter' }).getByText('Requested').waitFor();
+    await doc.getByRole('button', { name: 'Cancel request' }).click();
+    await doc.getByRole('button', { name: 'Yes, cancel it' }).click();
     await pat.locator('article', { hasText: 'Letter' }).getByText('cancelled by the clinic').waitFor();
     await doc.locator('li', { hasText: 'Letter' }).getByText('Cancelled').waitFor();
     await shot(pat, 'cancel-1-patient');
     // The clinician's form validates as the hub does.
     await requestPayment(doc, '0.20', 'Too small');
     await doc.getByText('at least 0.50').waitFor();
+    assert.equal(await doc.getByLabel('Amount (AUD)').getAttribute('aria-invalid'), 'true');
+    // Fixing the field clears its invalid state; a leading $ is accepted.
+    await doc.getByLabel('Amount (AUD)').fill('$50');
+    assert.equal(await doc.getByLabel('Amount (AUD)').getAttribute('aria-invalid'), null);
+    await doc.getByRole('button', { name: 'Request Payment' }).click();
+    await pat.locator('article', { hasText: 'Too small' }).getByText('$50.00').waitFor();
+  });
+});
+
+test('Pay Now moves focus to the form, and two open forms never share field ids', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await requestPayment(doc, '10.00', 'One');
+    await pat.locator('article', { hasText: 'One' }).getByText('$10.00').waitFor();
+    await requestPayment(doc, '11.00', 'Two');
+    await pat.locator('article', { hasText: 'Two' }).getByText('$11.00').waitFor();
+    for (const what of ['One', 'Two']) {
+      const item = pat.locator('article', { hasText: what });
+      await item.getByRole('button', { name: 'Pay Now' }).click();
+      await item.getByLabel('Card number').waitFor();
+      assert.equal(await pat.evaluate(() => document.activeElement.type), 'email', `focus in ${what}'s first field`);
+    }
+    const duplicates = await pat.evaluate(() => {
+      const ids = [...document.querySelectorAll('[id]')].map((e) => e.id);
+      return ids.filter((id, i) => ids.indexOf(id) !== i);
+    });
+    assert.deepEqual(duplicates, []);
+    await pat.locator('article', { hasText: 'Two' }).getByLabel('Card number').fill('4242 4242 4242 4242');
+    assert.equal(await pat.locator('article', { hasText: 'One' }).getByLabel('Card number').inputValue(), '');
   });
 });
 
