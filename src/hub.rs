@@ -127,10 +127,7 @@ impl Hub {
         }
         for clinic in &clinics {
             let ready = clinic.payment_readiness();
-            let event = RoomEvent::ClinicUpdated {
-                payments_available: ready.is_ok(),
-                reason: ready.err().map(|_| "Payments are not available for this clinic right now.".to_owned()),
-            };
+            let event = RoomEvent::ClinicUpdated { payments_available: ready.is_ok(), reason: ready.err() };
             for (call_id, _) in calls.iter().filter(|(_, k)| *k == clinic.id) {
                 self.rooms.deliver(call_id, &event);
             }

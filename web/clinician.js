@@ -1,7 +1,7 @@
 // Clinician panel: request a payment, follow each request's live status, cancel, and get a
 // "payment received" pop-up (announced to screen readers) the moment Stripe confirms.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, money, when, brand } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, money, when, brand, decline, asciiDigits } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
@@ -16,14 +16,14 @@ let confirmingCancel = null;
 
 /** "50", "$50", "A$50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
 function parseAmount(text) {
-  const m = /^\s*(?:A?U?\$\s*)?(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(text);
+  const m = /^\s*(?:A?U?\$\s*)?(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(asciiDigits(text));
   if (!m) return null;
   const cents = Number(m[1]) * 100 + Number((m[2] || '').padEnd(2, '0'));
   return cents >= 50 && cents <= config.max_amount ? cents : null;
 }
 
 function statusText(p) {
-  if (p.status === 'failed') return t('status.failed', { reason: p.failure ? p.failure.message : '' });
+  if (p.status === 'failed') return t('status.failed', { reason: decline(p.failure) });
   if (p.status === 'requested' && progress.has(p.payment_id)) return t('status.paying');
   return t(`status.${p.status}`);
 }
@@ -82,7 +82,7 @@ function render() {
     list.append(li);
   }
   $('unavailable').hidden = client.paymentsAvailable;
-  $('unavailable').textContent = t('clinician.unavailable', { reason: unavailableReason });
+  $('unavailable').textContent = t('clinician.unavailable', { reason: unavailableReason ? t(`reason.${unavailableReason}`) : '' });
   $('submit').disabled = !client.paymentsAvailable || sending !== null;
   $('submit').textContent = sending ? t('clinician.sending') : t('clinician.submit');
   $('amount').readOnly = $('description').readOnly = sending !== null;
@@ -131,6 +131,7 @@ const client = new CallpayClient({
     if (event === 'progress') progress.set(detail.payment_id, detail.stage);
     if (event === 'confirmed') popup(detail);
     if (event === 'clinic') unavailableReason = detail.reason || '';
+    if (event === 'welcome') unavailableReason = detail.unavailable_reason || '';
     if (event === 'error') $('form-error').textContent = detail.message;
     render();
   },

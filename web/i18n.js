@@ -47,6 +47,25 @@ const MESSAGES = {
     'patient.pay': 'Pay {amount}',
     'patient.paying': 'Paying…',
     'patient.declined': 'Your payment did not go through: {reason} You can try again or use another card.',
+    'decline.insufficient_funds': 'The card has insufficient funds.',
+    'decline.expired_card': 'The card has expired.',
+    'decline.incorrect_cvc': "The card's security code is incorrect.",
+    'decline.incorrect_number': 'The card number is incorrect.',
+    'decline.lost_card': 'The card was declined.',
+    'decline.stolen_card': 'The card was declined.',
+    'decline.card_velocity_exceeded': 'The card has reached its spending limit for now.',
+    'decline.processing_error': 'The card could not be processed.',
+    'decline.do_not_honor': 'The bank declined the card.',
+    'decline.payment_intent_authentication_failure': 'The bank could not confirm it was you.',
+    'decline.authentication_required': 'The bank asks you to confirm this payment.',
+    'decline.card_declined': 'The card was declined.',
+    'decline.generic_decline': 'The card was declined.',
+    'decline.other': 'The payment could not be completed.',
+    'reason.app_not_enabled': 'the payment app is not enabled for this clinic.',
+    'reason.stripe_not_connected': 'the clinic has no linked Stripe account; a clinic admin can link one under Configure › Client Payment.',
+    'title.clinician': 'Request Payment · callpay',
+    'title.patient': 'Payment · callpay',
+    'title.admin': 'Client Payment · callpay',
     'patient.email.invalid': 'Enter a valid email address for your receipt.',
     'patient.done.title': 'Payment complete',
     'patient.done.amount': 'Amount',
@@ -135,6 +154,25 @@ const MESSAGES = {
     'patient.pay': '{amount} পরিশোধ করুন',
     'patient.paying': 'পরিশোধ করা হচ্ছে…',
     'patient.declined': 'আপনার পেমেন্ট সম্পন্ন হয়নি: {reason} আবার চেষ্টা করুন বা অন্য কার্ড ব্যবহার করুন।',
+    'decline.insufficient_funds': 'কার্ডে পর্যাপ্ত টাকা নেই।',
+    'decline.expired_card': 'কার্ডের মেয়াদ শেষ হয়ে গেছে।',
+    'decline.incorrect_cvc': 'কার্ডের নিরাপত্তা কোডটি ভুল।',
+    'decline.incorrect_number': 'কার্ড নম্বরটি ভুল।',
+    'decline.lost_card': 'কার্ডটি গ্রহণ করা হয়নি।',
+    'decline.stolen_card': 'কার্ডটি গ্রহণ করা হয়নি।',
+    'decline.card_velocity_exceeded': 'কার্ডটি আপাতত খরচের সীমায় পৌঁছে গেছে।',
+    'decline.processing_error': 'কার্ডটি প্রক্রিয়া করা যায়নি।',
+    'decline.do_not_honor': 'ব্যাংক কার্ডটি গ্রহণ করেনি।',
+    'decline.payment_intent_authentication_failure': 'ব্যাংক নিশ্চিত হতে পারেনি যে এটি আপনি।',
+    'decline.authentication_required': 'ব্যাংক এই পেমেন্টটি নিশ্চিত করতে বলছে।',
+    'decline.card_declined': 'কার্ডটি গ্রহণ করা হয়নি।',
+    'decline.generic_decline': 'কার্ডটি গ্রহণ করা হয়নি।',
+    'decline.other': 'পেমেন্টটি সম্পন্ন করা যায়নি।',
+    'reason.app_not_enabled': 'এই ক্লিনিকের জন্য পেমেন্ট অ্যাপ চালু করা হয়নি।',
+    'reason.stripe_not_connected': 'ক্লিনিকের কোনো স্ট্রাইপ অ্যাকাউন্ট যুক্ত নেই; একজন ক্লিনিক অ্যাডমিন কনফিগার › ক্লায়েন্ট পেমেন্ট থেকে যুক্ত করতে পারেন।',
+    'title.clinician': 'পেমেন্টের অনুরোধ · callpay',
+    'title.patient': 'পেমেন্ট · callpay',
+    'title.admin': 'ক্লায়েন্ট পেমেন্ট · callpay',
     'patient.email.invalid': 'রসিদের জন্য একটি সঠিক ইমেইল ঠিকানা লিখুন।',
     'patient.done.title': 'পেমেন্ট সম্পন্ন হয়েছে',
     'patient.done.amount': 'পরিমাণ',
@@ -239,6 +277,26 @@ export function languageSwitch(select, rerender) {
 }
 
 /** Money for people: 5000 aud -> "$50.00" (locale-aware digits). */
+/** Stripe's failure codes this catalogue words itself (decline_code first, then code). */
+const DECLINES = ['insufficient_funds', 'expired_card', 'incorrect_cvc', 'incorrect_number', 'lost_card', 'stolen_card',
+  'card_velocity_exceeded', 'processing_error', 'do_not_honor', 'payment_intent_authentication_failure',
+  'authentication_required', 'card_declined', 'generic_decline'];
+
+/**
+ * Why a card was declined, in the page's language: from Stripe's `decline_code` or `code`
+ * (never Stripe's English message), or a general sentence for codes not in the catalogue.
+ */
+export function decline(failure) {
+  if (!failure) return t('decline.other');
+  const code = [failure.decline_code, failure.code].find((c) => DECLINES.includes(c));
+  return t(code ? `decline.${code}` : 'decline.other');
+}
+
+/** Bengali (and other Unicode) digits to ASCII: people type amounts as the page shows them. */
+export function asciiDigits(text) {
+  return text.replace(/[০-৯]/g, (d) => String(d.charCodeAt(0) - 0x09e6));
+}
+
 /** A card network as people write it ("visa" -> "Visa"); unknown names are left as they came. */
 export function brand(name) {
   const names = { visa: 'Visa', mastercard: 'Mastercard', amex: 'American Express', discover: 'Discover', diners: 'Diners Club', jcb: 'JCB', unionpay: 'UnionPay', eftpos_au: 'eftpos' };
@@ -257,5 +315,6 @@ export function money(amount, currency) {
 
 /** Date and time for people. */
 export function when(ms) {
-  return new Date(ms).toLocaleString(lang === 'bn' ? 'bn-BD' : 'en-AU', { dateStyle: 'medium', timeStyle: 'short' });
+  // Bengali pages use the 24-hour clock: the locale's AM/PM markers are Latin letters.
+  return new Date(ms).toLocaleString(lang === 'bn' ? 'bn-BD' : 'en-AU', { dateStyle: 'medium', timeStyle: 'short', hour12: lang !== 'bn' });
 }

@@ -2,7 +2,7 @@
 // (Stripe.js loaded from the configured URL: Stripe's in production, the simulator offline).
 // Card details go from Stripe.js to Stripe; this page only ever sees the outcome.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, money, when, brand } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, money, when, brand, decline } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
@@ -84,7 +84,7 @@ async function startPaying(p, card) {
   client.progress(p.payment_id, 'viewing');
   const Stripe = await loadStripe();
   state.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account });
-  state.elements = state.stripe.elements({ clientSecret: p.stripe.client_secret });
+  state.elements = state.stripe.elements({ clientSecret: p.stripe.client_secret, locale: document.documentElement.lang });
   render();
   // The form replaced the button that had focus: continue at its first field.
   const email = document.getElementById(`email-${p.payment_id}`);
@@ -130,7 +130,7 @@ function payForm(p, state) {
       });
       state.busy = false;
       if (result.error) {
-        state.error = t('patient.declined', { reason: result.error.message || '' });
+        state.error = t('patient.declined', { reason: decline(result.error) });
       } else {
         state.waiting = true;
         // Stripe.js is done: the hub reads the PaymentIntent itself rather than wait on a webhook.
@@ -141,6 +141,8 @@ function payForm(p, state) {
     state.form = form;
   }
   // Texts are set on every render so the language switch relabels an open form too.
+  // Stripe's element follows the page's language too (the switch can change it while open).
+  state.elements.update({ locale: document.documentElement.lang });
   setText(state.emailLabel, t('patient.email'));
   setText(state.cardCaption, t('patient.card'));
   setText(state.errEl, state.error || '');
@@ -225,7 +227,7 @@ const client = new CallpayClient({
     if (event === 'status') $('conn').textContent = t(`conn.${detail.state}`);
     if (event === 'payment' && detail.status === 'failed') {
       const s = open.get(detail.payment_id);
-      if (s) { s.waiting = false; s.error = t('patient.declined', { reason: detail.failure ? detail.failure.message : '' }); }
+      if (s) { s.waiting = false; s.error = t('patient.declined', { reason: decline(detail.failure) }); }
     }
     if (event === 'welcome') for (const p of client.payments.values()) checkIntent(p);
     if (event === 'status' || event === 'welcome' || event === 'payment' || event === 'clinic') render();

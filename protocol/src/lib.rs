@@ -259,6 +259,10 @@ pub enum ServerMsg {
         /// payment id (so a reloaded clinician page shows "paying", not "requested").
         #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
         progress: std::collections::BTreeMap<String, ProgressStage>,
+        /// Why new requests cannot be made, when `payments_available` is false (as in
+        /// `clinic.updated`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unavailable_reason: Option<ErrorCode>,
     },
     /// Someone connected.
     #[serde(rename = "participant.joined")]
@@ -305,9 +309,10 @@ pub enum ServerMsg {
     ClinicUpdated {
         /// Whether new payment requests can be made.
         payments_available: bool,
-        /// Why not, when not.
+        /// Why not, when not: `app_not_enabled` or `stripe_not_connected`, a code the page
+        /// words in its own language.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        reason: Option<String>,
+        reason: Option<ErrorCode>,
     },
     /// A request from this connection failed.
     #[serde(rename = "error")]

@@ -106,6 +106,7 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                     payments: vec![payment(PaymentStatus::Requested, true)],
                     payments_available: true,
                     progress: [("pay_8Jd2kQ0aVw3n".to_owned(), ProgressStage::EnteringDetails)].into(),
+                    unavailable_reason: None,
                 },
             ),
         ),
@@ -137,13 +138,7 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
         ),
         (
             "server.clinic.updated",
-            f(
-                11,
-                ServerMsg::ClinicUpdated {
-                    payments_available: false,
-                    reason: Some("The clinic's Stripe account was disconnected.".into()),
-                },
-            ),
+            f(11, ServerMsg::ClinicUpdated { payments_available: false, reason: Some(ErrorCode::StripeNotConnected) }),
         ),
         (
             "server.error",

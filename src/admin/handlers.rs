@@ -328,7 +328,7 @@ async fn decide(
     }
     if approve {
         let clinic = load_clinic(app, &e.clinic_id).await?;
-        announce_clinic(app, &clinic, Some("Link the clinic's Stripe account to take payments.")).await;
+        announce_clinic(app, &clinic).await;
     }
     Ok(Json(json!(e)))
 }
@@ -364,7 +364,7 @@ pub async fn disable(
         [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(false) }, Write::Audit(audit)];
     app.store.commit(&writes).await.map_err(store_err)?;
     let clinic = load_clinic(&app, &clinic_id).await?;
-    announce_clinic(&app, &clinic, Some("The payment app was disabled for this clinic.")).await;
+    announce_clinic(&app, &clinic).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
@@ -642,7 +642,7 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
     let Ok(Some(clinic)) = app.store.clinic(&clinic_id).await else {
         return page(StatusCode::OK, "Stripe account linked", "The account is linked.", Some(&clinic_id));
     };
-    announce_clinic(&app, &clinic, None).await;
+    announce_clinic(&app, &clinic).await;
     let name = clinic.stripe_display_name.clone().unwrap_or_else(|| linked.stripe_user_id.clone());
     page(
         StatusCode::OK,
@@ -688,7 +688,7 @@ pub async fn remove_stripe(
     if clinic.stripe_account.as_deref() == Some(account.as_str()) {
         unlink(&mut clinic);
     }
-    announce_clinic(&app, &clinic, Some("The clinic's Stripe account was removed.")).await;
+    announce_clinic(&app, &clinic).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 

@@ -178,13 +178,11 @@ pub async fn audit_only(app: &AppState, entry: AuditEntry) {
     }
 }
 
-/// Tells every live call of the clinic whether it can take new payments now.
-pub async fn announce_clinic(app: &AppState, clinic: &Clinic, reason: Option<&str>) {
-    let available = clinic.payment_readiness().is_ok();
-    let event = RoomEvent::ClinicUpdated {
-        payments_available: available,
-        reason: if available { None } else { reason.map(str::to_owned) },
-    };
+/// Tells every live call of the clinic whether it can take new payments now, and if not why
+/// (as a code: the pages say it in their own language).
+pub async fn announce_clinic(app: &AppState, clinic: &Clinic) {
+    let ready = clinic.payment_readiness();
+    let event = RoomEvent::ClinicUpdated { payments_available: ready.is_ok(), reason: ready.err() };
     app.hub.publish_clinic(&clinic.id, event);
 }
 
@@ -213,7 +211,7 @@ pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> R
     }
     for mut clinic in clinics.iter().cloned() {
         unlink(&mut clinic);
-        announce_clinic(app, &clinic, Some("The clinic's Stripe account was disconnected.")).await;
+        announce_clinic(app, &clinic).await;
     }
     Ok(clinics.len())
 }

@@ -58,8 +58,8 @@ pub enum RoomEvent {
     ClinicUpdated {
         /// Available now?
         payments_available: bool,
-        /// Why not.
-        reason: Option<String>,
+        /// Why not, as a code the pages word in their language.
+        reason: Option<callpay_protocol::ErrorCode>,
     },
 }
 

@@ -353,7 +353,7 @@ fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Bytes> {
             }
         }
         RoomEvent::ClinicUpdated { payments_available, reason } => {
-            ServerMsg::ClinicUpdated { payments_available: *payments_available, reason: reason.clone() }
+            ServerMsg::ClinicUpdated { payments_available: *payments_available, reason: *reason }
         }
     };
     Some(encode(seq, msg))

@@ -388,6 +388,11 @@ async fn welcome(
             payments: payments.iter().filter(|p| visible_to(p, role)).map(|p| payment_view(p, role, pk)).collect(),
             payments_available: clinic.as_ref().is_some_and(|c| c.payment_readiness().is_ok()),
             progress,
+            unavailable_reason: match clinic.as_ref().map(|c| c.payment_readiness()) {
+                Some(Ok(_)) => None,
+                Some(Err(code)) => Some(code),
+                None => Some(ErrorCode::AppNotEnabled),
+            },
         },
     ))
 }

@@ -46,9 +46,18 @@
   // Each mounted element gets its own ids, so two open pay forms never share a label target.
   var mounted = 0;
 
-  function PaymentElement() {
+  // Field labels and the test-mode hint by `locale` (as Stripe's Elements take it); English for
+  // any other locale.
+  var TEXTS = {
+    en: ['Card number', 'Expiry (MM / YY)', 'Security code (CVC)', 'Test mode: use 4242 4242 4242 4242, any future date, any CVC.'],
+    bn: ['কার্ড নম্বর', 'মেয়াদ (মাস / বছর)', 'নিরাপত্তা কোড (CVC)', 'পরীক্ষামূলক মোড: ৪২৪২ ৪২৪২ ৪২৪২ ৪২৪২, ভবিষ্যতের যেকোনো তারিখ ও যেকোনো CVC ব্যবহার করুন।']
+  };
+  function texts(locale) { return TEXTS[String(locale || 'en').slice(0, 2)] || TEXTS.en; }
+
+  function PaymentElement(locale) {
     this.root = null;
     this.handlers = {};
+    this.locale = locale;
   }
   PaymentElement.prototype.mount = function (target) {
     var host = typeof target === 'string' ? document.querySelector(target) : target;
@@ -64,17 +73,25 @@
     var n = mounted;
     fields.forEach(function (f) {
       var id = 'stripe-sim-' + f[0] + '-' + n;
-      var label = el('label', { 'for': id, style: 'display:block;margin:.5rem 0 .2rem' }, f[1]);
+      var label = el('label', { 'for': id, 'data-field': f[0], style: 'display:block;margin:.5rem 0 .2rem' }, f[1]);
       var input = el('input', { id: id, name: f[0], autocomplete: f[2], placeholder: f[3], inputmode: f[4], style: 'font-size:1rem;padding:.4rem;width:100%;box-sizing:border-box' });
       input.addEventListener('input', function () { self.emit('change', { elementType: 'payment', complete: self.complete() }); });
       root.appendChild(label);
       root.appendChild(input);
     });
-    root.appendChild(el('p', { style: 'font-size:.8rem;color:#555' }, 'Test mode: use 4242 4242 4242 4242, any future date, any CVC.'));
+    root.appendChild(el('p', { 'data-hint': '', style: 'font-size:.8rem;color:#555' }, ''));
     host.appendChild(root);
     this.root = root;
+    this.relabel();
     this.emit('ready', { elementType: 'payment' });
     return this;
+  };
+  PaymentElement.prototype.relabel = function () {
+    if (!this.root) return;
+    var words = texts(this.locale);
+    var labels = this.root.querySelectorAll('label[data-field]');
+    for (var i = 0; i < labels.length; i++) labels[i].textContent = words[i];
+    this.root.querySelector('[data-hint]').textContent = words[3];
   };
   PaymentElement.prototype.unmount = function () { if (this.root) { this.root.remove(); this.root = null; } };
   PaymentElement.prototype.destroy = PaymentElement.prototype.unmount;
@@ -98,11 +115,18 @@
   function Elements(stripe, options) {
     this.stripe = stripe;
     this.clientSecret = (options || {}).clientSecret;
+    this.locale = (options || {}).locale;
     this.elements = {};
   }
+  /** Like Stripe's `elements.update({locale})`: relabels mounted elements. */
+  Elements.prototype.update = function (options) {
+    if (options && options.locale) this.locale = options.locale;
+    var pe = this.elements.payment;
+    if (pe) { pe.locale = this.locale; pe.relabel(); }
+  };
   Elements.prototype.create = function (type) {
     if (type !== 'payment' && type !== 'card') throw new Error('stripe-sim supports the payment element only');
-    this.elements.payment = new PaymentElement();
+    this.elements.payment = new PaymentElement(this.locale);
     return this.elements.payment;
   };
   Elements.prototype.getElement = function (type) { return this.elements[type === 'card' ? 'payment' : type] || null; };

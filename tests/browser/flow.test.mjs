@@ -152,22 +152,48 @@ test('Pay Now moves focus to the form, and two open forms never share field ids'
   });
 });
 
-test('the same flow in Bengali', async () => {
+/**
+ * Latin-script words a Bengali page shows, other than what people typed or named (`data`) and
+ * an allow-list of names that stay as they are (brands, codes, the product's name).
+ */
+async function latinWords(p, data) {
+  const text = await p.evaluate(() => `${document.title}\n${document.body.innerText}`);
+  const allowed = new Set(['callpay', 'AUD', 'CVC', 'Visa', 'English', 'Stripe']);
+  let rest = text;
+  for (const d of data) rest = rest.split(d).join(' ');
+  rest = rest.replace(/\S+@[\w.-]+/g, ' ').replace(/\bpi_\w+/g, ' ');
+  return [...new Set(rest.match(/[A-Za-z]{2,}/g) || [])].filter((w) => !allowed.has(w));
+}
+
+test('the same flow in Bengali: Bengali digits, declines in our words, no stray English', async () => {
   await inCall(b, async ({ doc, pat }) => {
     await doc.getByRole('heading', { name: 'পেমেন্টের অনুরোধ' }).waitFor();
-    await doc.getByLabel('পরিমাণ (AUD)').fill('50.00');
+    assert.equal(await doc.title(), 'পেমেন্টের অনুরোধ · callpay');
+    // The amount as the page itself writes amounts: Bengali digits.
+    await doc.getByLabel('পরিমাণ (AUD)').fill('৫০.০০');
     await doc.getByLabel('বিবরণ').fill('Consultation');
     await doc.getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).click();
     const item = pat.locator('article', { hasText: 'Consultation' });
     await item.getByRole('button', { name: 'এখনই পরিশোধ করুন' }).click();
     await item.getByLabel('রসিদের জন্য ইমেইল').fill('sam@example.com');
-    await item.getByLabel('Card number').fill('4242424242424242');
-    await item.getByLabel('Expiry (MM / YY)').fill('12/34');
-    await item.getByLabel('Security code (CVC)').fill('123');
+    await item.getByLabel('কার্ড নম্বর').fill('4000000000009995');
+    await item.getByLabel('মেয়াদ (মাস / বছর)').fill('12/34');
+    await item.getByLabel('নিরাপত্তা কোড (CVC)').fill('123');
+    await item.locator('button[data-role=pay]').click();
+    // Stripe's decline, worded by the catalogue on both screens, not Stripe's English.
+    await item.locator('[data-role=pay-error]').getByText('কার্ডে পর্যাপ্ত টাকা নেই').waitFor();
+    await doc.locator('li', { hasText: 'Consultation' }).getByText('কার্ডে পর্যাপ্ত টাকা নেই').waitFor();
+    await shot(pat, 'bn-0-decline');
+    const data = ['Consultation', 'Harbour Clinic', 'Dr Ada Lee', 'Sam Taylor'];
+    assert.deepEqual(await latinWords(pat, data), [], 'patient page after a decline');
+    assert.deepEqual(await latinWords(doc, data), [], 'clinician page after a decline');
+    await item.getByLabel('কার্ড নম্বর').fill('4242424242424242');
     await item.locator('button[data-role=pay]').click();
     await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
     await doc.locator('#popup').getByText('পেমেন্ট পাওয়া গেছে').waitFor();
     assert.equal(await doc.evaluate(() => document.documentElement.lang), 'bn');
+    assert.deepEqual(await latinWords(pat, data), [], 'patient confirmation');
+    assert.deepEqual(await latinWords(doc, data), [], 'clinician after the payment');
     await shot(pat, 'bn-1-patient');
     await shot(doc, 'bn-2-clinician');
     // The switch goes back to English.

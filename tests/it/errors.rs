@@ -88,10 +88,14 @@ async fn clinic_not_enabled_or_not_linked() {
     assert_eq!(doc.error_code().await, "stripe_not_connected");
     let fresh = hub.clinician().await;
     assert_eq!(fresh.welcome["payments_available"], false);
+    // Why, as a code the page words in its language (the clinician used to read "…clinic:" and nothing).
+    assert_eq!(fresh.welcome["unavailable_reason"], "stripe_not_connected");
+    assert!(doc.welcome.get("unavailable_reason").is_none(), "nothing to explain while available");
     // A call whose clinic the hub has never heard of is not enabled either.
     let token =
         callpay::demo::join_token(&hub.info.platform_secret, "call-z", "clinic_unknown", "doc", "Doc", Role::Clinician);
     let mut stranger = Client::connect(&hub.ws_url("call-z", &token)).await;
+    assert_eq!(stranger.welcome["unavailable_reason"], "app_not_enabled");
     stranger.request("z", 5000, "Consult").await;
     assert_eq!(stranger.error_code().await, "app_not_enabled");
 }

@@ -20,6 +20,11 @@ async fn non_reading_socket(hub: &TestHub, token: &str) -> tokio_tungstenite::We
     tokio_tungstenite::client_async(ws_request(&url), stream).await.expect("upgrade").0
 }
 
+/// A made-up participant whose name carries the payload: presence frames go to every member.
+fn visitor(name: &str) -> callpay_protocol::Participant {
+    callpay_protocol::Participant { id: "load".into(), name: name.into(), role: callpay_protocol::Role::Patient }
+}
+
 fn open_connections(hub: &TestHub) -> usize {
     hub.state.hub.rooms.connections()
 }
@@ -36,9 +41,9 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
         let mut got = 0usize;
         loop {
             let f = patient.next().await;
-            if f["type"] == "clinic.updated" {
+            if f["type"] == "participant.joined" && f["participant"]["id"] == "load" {
                 got += 1;
-                if f["reason"] == "done" {
+                if f["participant"]["name"] == "done" {
                     return (patient, got);
                 }
             }
@@ -48,7 +53,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
     let (call, clinic) = (hub.info.call_id.clone(), callpay::demo::DEMO_CLINIC.to_owned());
     let big = "x".repeat(8 * 1024);
     for i in 0..2_000 {
-        let event = RoomEvent::ClinicUpdated { payments_available: true, reason: Some(big.clone()) };
+        let event = RoomEvent::Joined { participant: visitor(&big) };
         hub.state.hub.publish(&call, &clinic, event);
         if i % 8 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -60,7 +65,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
     assert_eq!(closed, 1, "exactly the stalled connection ended");
 
     // The patient got every event, and still gets new ones.
-    let event = RoomEvent::ClinicUpdated { payments_available: true, reason: Some("done".into()) };
+    let event = RoomEvent::Joined { participant: visitor("done") };
     hub.state.hub.publish(&call, &clinic, event);
     let (_patient, got) = tokio::time::timeout(WAIT, reader).await.expect("patient keeps receiving").unwrap();
     assert_eq!(got, 2_001, "the reading member missed nothing");
