@@ -32,7 +32,10 @@ pub fn display_amount(amount: i64, currency: &str) -> String {
     if zero_decimal(currency) {
         format!("{amount} {}", currency.to_uppercase())
     } else {
-        format!("{}.{:02} {}", amount / 100, amount % 100, currency.to_uppercase())
+        // The sign once, in front: `/` and `%` keep it on both parts ("-1.-50").
+        let sign = if amount < 0 { "-" } else { "" };
+        let magnitude = amount.unsigned_abs();
+        format!("{sign}{}.{:02} {}", magnitude / 100, magnitude % 100, currency.to_uppercase())
     }
 }
 
@@ -96,6 +99,17 @@ pub fn request(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn negative_amounts_read_as_written() {
+        // Found by the `amount` fuzz target (fuzz/artifacts/amount/crash-4a88…): a negative
+        // amount in a refused request was written "-1.-50 AUD" into the audit record.
+        assert_eq!(display_amount(-150, "aud"), "-1.50 AUD");
+        assert_eq!(display_amount(-5, "aud"), "-0.05 AUD");
+        assert_eq!(display_amount(i64::MIN, "aud"), "-92233720368547758.08 AUD");
+        assert_eq!(display_amount(-500, "jpy"), "-500 JPY");
+        assert_eq!(display_amount(5, "aud"), "0.05 AUD");
+    }
+
     use super::*;
 
     fn cfg() -> PaymentsConfig {
