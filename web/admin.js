@@ -65,8 +65,19 @@ function render() {
   if (!view.app_enabled && e && e.status === 'pending') app += ` ${t('admin.app.pending', { id: e.id, ticket: e.ticket_ref })}`;
   if (!view.app_enabled && e && e.status === 'rejected') app += ` ${t('admin.app.rejected', { reason: e.reason || '' })}`;
   $('app-status').textContent = app;
-  $('request-form').hidden = !(role === 'org_admin' && !view.app_enabled && !(e && e.status === 'pending'));
+  // Org admins and the clinic's own admins may ask for the app.
+  $('request-form').hidden = !((role === 'org_admin' || role === 'team_admin') && !view.app_enabled && !(e && e.status === 'pending'));
+  $('clinic-name').textContent = t('admin.clinic', { name: view.name });
   $('operator').hidden = role !== 'platform_operator';
+}
+
+/** An audit record as a sentence in the page's language; an action the catalogue does not know
+ * yet is shown as its code, with the record's target and detail. */
+function auditSentence(row) {
+  const key = `audit.${row.action}`;
+  const sentence = t(key, { who: row.actor_name, target: row.target || '' });
+  if (sentence !== key) return row.detail ? `${sentence} (${row.detail})` : sentence;
+  return `${row.action}${row.target ? ` ${row.target}` : ''}${row.detail ? ` (${row.detail})` : ''}`;
 }
 
 async function loadAudit() {
@@ -76,7 +87,7 @@ async function loadAudit() {
     body.innerHTML = '';
     for (const row of log.data) {
       const tr = document.createElement('tr');
-      for (const text of [when(row.at), `${row.actor_name} (${row.actor_role})`, `${row.action}${row.target ? ` ${row.target}` : ''}${row.detail ? ` — ${row.detail}` : ''}`, row.outcome]) {
+      for (const text of [when(row.at), `${row.actor_name} (${t(`role.${row.actor_role}`)})`, auditSentence(row), t(`audit.outcome.${row.outcome}`)]) {
         const td = document.createElement('td');
         td.textContent = text;
         tr.append(td);
@@ -95,7 +106,7 @@ async function loadRequests() {
     li.className = 'card';
     li.dataset.requestId = r.id;
     const p = document.createElement('p');
-    p.textContent = `${r.clinic_id} · ${r.org_id} · ticket ${r.ticket_ref}`;
+    p.textContent = t('admin.request.line', { clinic: r.clinic_name || r.clinic_id, org: r.org_id, who: r.requested_by, when: when(r.created_at), ticket: r.ticket_ref });
     const approve = document.createElement('button');
     approve.textContent = t('admin.approve');
     approve.dataset.role = 'approve';

@@ -97,7 +97,7 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     (Action::UpsertClinic, [No, No, No, Any]),
     (Action::ListClinics, [OwnOrg, No, No, Any]),
     (Action::ViewClinic, [OwnOrg, OwnClinic, OwnClinic, Any]),
-    (Action::RequestEnablement, [OwnOrg, No, No, No]),
+    (Action::RequestEnablement, [OwnOrg, OwnClinic, No, No]),
     (Action::ListEnablements, [OwnOrg, No, No, Any]),
     (Action::DecideEnablement, [No, No, No, Any]),
     (Action::DisableApp, [OwnOrg, No, No, Any]),

@@ -220,7 +220,13 @@ pub async fn request_enablement(
     Path(org_id): Path<String>,
     Json(body): Json<EnablementBody>,
 ) -> Result<Response> {
-    check(&who, Action::RequestEnablement, Some(&org_id), None)?;
+    // An org admin's reach is decided by the path's organisation alone (403 for another one);
+    // a team admin's by each clinic, below.
+    match reach(&who, Action::RequestEnablement) {
+        Reach::No => return Err(forbidden()),
+        Reach::OwnOrg => check(&who, Action::RequestEnablement, Some(&org_id), None)?,
+        Reach::OwnClinic | Reach::Any => {}
+    }
     let ticket = body.ticket_ref.trim();
     if ticket.is_empty() || ticket.len() > 64 {
         return Err(ApiError::bad_request(
@@ -233,9 +239,11 @@ pub async fn request_enablement(
     }
     let mut created = Vec::new();
     for clinic_id in &body.clinic_ids {
-        // Another organisation's clinic answers like a missing one (no existence oracle).
+        // Another organisation's clinic, or one outside the admin's reach, answers like a
+        // missing one (no existence oracle).
         let clinic = load_clinic(&app, clinic_id).await?;
-        if clinic.org_id != org_id {
+        let scope = Scope { org_id: Some(&clinic.org_id), clinic_id: Some(&clinic.id) };
+        if clinic.org_id != org_id || !authorize(&who, Action::RequestEnablement, scope) {
             return Err(not_found("clinic"));
         }
     }
@@ -287,8 +295,20 @@ pub async fn list_enablements(
     };
     check(&who, Action::ListEnablements, org.as_deref(), None)?;
     let items = app.store.enablements(org.as_deref(), q.status.as_deref()).await.map_err(store_err)?;
+    // The service desk decides by clinic, not by id: name each request's clinic.
+    let ids: Vec<String> = items.iter().map(|e| e.clinic_id.clone()).collect();
+    let names: std::collections::HashMap<String, String> =
+        app.store.clinics(&ids).await.map_err(store_err)?.into_iter().map(|c| (c.id, c.name)).collect();
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(&e).unwrap_or_default();
+            v["clinic_name"] = names.get(&e.clinic_id).cloned().map_or(Value::Null, Value::String);
+            v
+        })
+        .collect();
     let page = Page { limit: q.limit, cursor: q.cursor };
-    Ok(Json(paginate(items, |e| e.id.clone(), &page)))
+    Ok(Json(paginate(items, |v| v["id"].as_str().unwrap_or_default().to_owned(), &page)))
 }
 
 /// Body of a rejection.

@@ -31,7 +31,9 @@ test('clinic admin removes, then links Stripe through the simulator OAuth page',
     await admin.getByRole('link', { name: 'Back to Client Payment' }).click();
     await admin.getByText('Linked to acct_').waitFor();
     assert.match(await admin.locator('#stripe-status').textContent(), /Harbour Clinic Pty Ltd.*Cam \(clinic admin\)/);
-    await admin.getByText('stripe.linked').first().waitFor();
+    // The audit log reads as sentences, not codes.
+    await admin.locator('#audit').getByText('linked Stripe account acct_').first().waitFor();
+    assert.equal(await admin.locator('#audit').getByText('stripe.linked').count(), 0);
     await shot(admin, 'admin-5-relinked-with-audit');
   });
 });
@@ -223,6 +225,7 @@ test('an org admin asks for the app on a new clinic and the service desk approve
     const org = await page(b);
     await org.goto(`${info.hub_url}/admin/client-payment?clinic=clinic_new#token=${info.org_admin_token}`);
     await org.getByText('Not enabled for this clinic.').waitFor();
+    await org.getByText('Clinic: Northside Clinic').waitFor();
     await org.getByLabel('Service-desk ticket of the authorised telehealth manager').fill('SD-2041');
     await org.getByRole('button', { name: 'Ask for the payment app' }).click();
     await org.getByText('is waiting for the service desk').waitFor();
@@ -230,13 +233,32 @@ test('an org admin asks for the app on a new clinic and the service desk approve
     const desk = await page(b);
     await desk.goto(`${info.hub_url}/admin/client-payment?clinic=clinic_new#token=${info.operator_token}`);
     const request = desk.locator('li', { hasText: 'SD-2041' });
+    // The desk sees which clinic, who asked and when, not bare ids.
+    assert.match(await request.textContent(), /Northside Clinic \(org_demo\), asked by admin-olivia on .*ticket SD-2041/);
     await request.getByRole('button', { name: 'Approve' }).click();
     await desk.getByText('Enabled for this clinic.').waitFor();
     await shot(desk, 'enable-2-operator-approved');
     await org.reload();
     await org.getByText('Enabled for this clinic.').waitFor();
     await org.getByRole('button', { name: 'Go To Stripe' }).waitFor();
-    await org.getByText('app.enable_approved').waitFor();
+    await org.getByText('approved the payment app').waitFor();
+  });
+});
+
+test('a clinic admin at a clinic without the app can ask for it', async () => {
+  await withDemo(async (info) => {
+    const off = await fetch(`${info.hub_url}/v1/clinics/clinic_demo/disable`, {
+      method: 'POST', headers: { authorization: `Bearer ${info.operator_token}` },
+    });
+    assert.equal(off.status, 200);
+    const admin = await page(b);
+    await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
+    await admin.getByText('Not enabled for this clinic.').waitFor();
+    await admin.getByLabel('Service-desk ticket of the authorised telehealth manager').fill('SD-77');
+    await admin.getByRole('button', { name: 'Ask for the payment app' }).click();
+    await admin.getByText('is waiting for the service desk').waitFor();
+    await admin.locator('#audit').getByText('asked for the payment app').waitFor();
+    await shot(admin, 'enable-3-clinic-admin-requested');
   });
 });
 

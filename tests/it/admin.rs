@@ -95,7 +95,12 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             "upsert_org" | "upsert_clinic" | "approve" | "reject" => ok(matches!(who, Operator), 200),
             "list_clinics" => ok(matches!(who, Operator) || (matches!(who, OrgAdmin) && own), 200),
             "view_clinic" => per_clinic(true, 200),
-            "request_enablement" => ok(matches!(who, OrgAdmin) && own, 201),
+            "request_enablement" => match who {
+                OrgAdmin => ok(own, 201),
+                // A team admin asks for their own clinics; another clinic answers like a missing one.
+                TeamAdmin => per_clinic(true, 201),
+                _ => 403,
+            },
             "list_enablements" => ok(matches!(who, Operator | OrgAdmin), 200),
             "disable" => per_clinic(matches!(who, Operator | OrgAdmin), 200),
             "connect" | "remove" => match who {
