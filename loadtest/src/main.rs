@@ -43,7 +43,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [--hub BIN]
   relay             patient -> clinician relay latency (default 200 calls x 20 rounds at 4/s)
-  payments          full payment flow latency (default 50 calls)
+  payments          full payment flow latency (default 50 calls); --lost-webhooks: no webhook is
+                    delivered and the patient reports `submitted` (the hub's verify path)
   connections       idle sockets and a clinic-wide broadcast (default 2000 sockets)
   cluster-relay     relay across two instances over Redis + PostgreSQL
   cluster-payments  payments across two instances over Redis + PostgreSQL
@@ -343,8 +344,24 @@ async fn http_form(url: &str, body: String) -> anyhow::Result<(u16, Value)> {
     Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
 }
 
-async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
+/// The whole flow for `calls` calls. With `lost_webhooks` the simulator delivers no webhook at
+/// all and the patient reports `submitted` once Stripe.js would have finished, so the clinician's
+/// confirmation can only come from the hub reading the PaymentIntent itself (the verify path).
+async fn payments(hub: &Hub, calls: usize, lost_webhooks: bool) -> anyhow::Result<Value> {
     let stripe = hub.info["stripe_url"].as_str().unwrap().to_owned();
+    if lost_webhooks {
+        let key = hub.info["stripe_secret_key"].as_str().context("--lost-webhooks needs the demo (single node)")?;
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>();
+        let req = hyper::Request::post(format!("{stripe}/_sim/faults"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(r#"{"webhook_drop_all": true}"#)))?;
+        let status = client.request(req).await?.status();
+        if !status.is_success() {
+            bail!("setting the simulator fault answered {status}");
+        }
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..calls {
@@ -365,6 +382,10 @@ async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
             let (status, _) = http_form(&format!("{stripe}/v1/payment_intents/{pi}/confirm"), format!("key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}", pm["id"].as_str().unwrap_or_default())).await?;
             if status != 200 {
                 bail!("confirm answered {status}");
+            }
+            if lost_webhooks {
+                let id = p["payment_id"].clone();
+                send(&mut pat, json!({"type": "payment.progress", "payment_id": id, "stage": "submitted"})).await?;
             }
             until(&mut doc, "payment.confirmed").await?;
             let confirmed = t1.elapsed();
@@ -390,7 +411,7 @@ async fn payments(hub: &Hub, calls: usize) -> anyhow::Result<Value> {
     if failed > 0 {
         bail!("{failed} of {calls} payments failed");
     }
-    Ok(json!({"scenario": "payments", "calls": calls, "failed": failed, "wall_s": wall,
+    Ok(json!({"scenario": "payments", "calls": calls, "failed": failed, "wall_s": wall, "lost_webhooks": lost_webhooks,
         "request_to_patient": req.summary(), "confirm_to_clinician_confirmed": conf.summary()}))
 }
 
@@ -572,7 +593,9 @@ async fn main() -> anyhow::Result<()> {
     let result = tokio::time::timeout(Duration::from_secs(600), async {
         match scenario.as_str() {
             "relay" | "cluster-relay" => relay(&hub, number("--calls", 200)?, number("--rounds", 20)?).await,
-            "payments" | "cluster-payments" => payments(&hub, number("--calls", 50)?).await,
+            "payments" | "cluster-payments" => {
+                payments(&hub, number("--calls", 50)?, args.iter().any(|a| a == "--lost-webhooks")).await
+            }
             "connections" => connections(&hub, number("--calls", 2000)?).await,
             "abuse" => abuse(&hub, number("--calls", 1000)?, number("--rounds", 10)?).await,
             "confirm" | "cluster-confirm" => {
