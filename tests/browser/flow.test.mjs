@@ -1,7 +1,7 @@
 // End-to-end: real pages in headless Chromium against `callpay demo`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { browser, page, shot, requestPayment, pay, withDemo, inCall, clinicianUrl } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, withDemo, inCall, clinicianUrl, simFaults } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
@@ -290,12 +290,7 @@ test('a clinician who reloads while the patient is typing still sees them paying
 
 test('with every webhook lost, the clinician still gets one payment-received pop-up', async () => {
   await inCall(b, async ({ info, doc, pat }) => {
-    const faults = await fetch(`${info.stripe_url}/_sim/faults`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${info.stripe_secret_key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ webhook_drop_all: true }),
-    });
-    assert.equal(faults.status, 200);
+    await simFaults(info, { webhook_drop_all: true });
     await requestPayment(doc, '25.00', 'Lost webhook');
     await pat.locator('article', { hasText: 'Lost webhook' }).getByRole('button', { name: 'Pay Now' }).waitFor();
     const item = await pay(pat, 'Lost webhook', '4242 4242 4242 4242');
@@ -337,12 +332,7 @@ test('a request made while reconnecting is kept, shown as sending, and sent once
 
 test('a patient who reloads while the bank is confirming sees Confirming, never Pay Now', async () => {
   await inCall(b, async ({ info, doc, pat }) => {
-    const faults = await fetch(`${info.stripe_url}/_sim/faults`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${info.stripe_secret_key}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ processing_delay_ms: 4000 }),
-    });
-    assert.equal(faults.status, 200);
+    await simFaults(info, { processing_delay_ms: 4000 });
     await requestPayment(doc, '60.00', 'Bank confirming');
     await pat.locator('article', { hasText: 'Bank confirming' }).getByRole('button', { name: 'Pay Now' }).waitFor();
     await pay(pat, 'Bank confirming', '4242 4242 4242 4242');

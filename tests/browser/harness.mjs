@@ -93,6 +93,16 @@ export async function pay(pat, description, card, { email = 'sam@example.com', o
   return item;
 }
 
+/** Sets faults on the demo's Stripe simulator (its control API takes the simulator's key). */
+export async function simFaults(info, faults) {
+  const r = await fetch(`${info.stripe_url}/_sim/faults`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${info.stripe_secret_key}`, 'content-type': 'application/json' },
+    body: JSON.stringify(faults),
+  });
+  if (r.status !== 200) throw new Error(`simulator faults answered ${r.status}`);
+}
+
 /** Runs `fn(info)` against a fresh demo, stopping it afterwards whatever happens. */
 export async function withDemo(fn) {
   const demo = await startDemo();
