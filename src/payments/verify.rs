@@ -109,9 +109,11 @@ impl Payments {
     }
 
     /// Checks the payments of this node's calls that have waited on Stripe for longer than
-    /// `payments.verify_after_ms`.
+    /// `payments.verify_after_ms`; at most [`PER_SWEEP`] per sweep.
     pub async fn sweep(&self) {
-        let calls: Vec<String> = self.hub.rooms.calls().into_iter().map(|(call, _)| call).collect();
+        // Only calls whose room knows of a payment waiting on Stripe: most calls have none, and
+        // the store is not asked about them.
+        let calls = self.hub.rooms.calls_awaiting_stripe();
         if calls.is_empty() {
             return;
         }

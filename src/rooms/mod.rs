@@ -233,6 +233,19 @@ impl RoomRegistry {
         }
     }
 
+    /// Calls on this node with a payment that waits on Stripe (requested, authenticating or
+    /// processing), from the rooms' routing state: what the verify sweep needs to look at.
+    pub fn calls_awaiting_stripe(&self) -> Vec<String> {
+        let waits = |k: &Known| {
+            matches!(k.status, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Processing)
+        };
+        self.rooms
+            .iter()
+            .filter(|r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).payments.values().any(waits))
+            .map(|r| r.key().clone())
+            .collect()
+    }
+
     /// The current event counter of a room (0 if nobody is here).
     pub fn seq(&self, call_id: &str) -> u64 {
         self.rooms.get(call_id).map(|r| r.clone()).map_or(0, |r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).seq)
@@ -450,6 +463,23 @@ mod tests {
         drop((doc, pat));
         assert_eq!(reg.connections(), 0);
         assert!(reg.calls().is_empty(), "empty rooms are removed");
+    }
+
+    #[test]
+    fn the_last_stage_survives_until_the_status_changes_and_waiting_calls_are_known() {
+        let reg = RoomRegistry::new("pk");
+        let _p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
+        assert!(reg.calls_awaiting_stripe().is_empty());
+        assert!(reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]).is_empty());
+        assert_eq!(reg.calls_awaiting_stripe(), vec!["call".to_owned()]);
+        let stage = ProgressStage::EnteringDetails;
+        reg.deliver("call", &RoomEvent::Progress { payment_id: "pay_1".into(), stage, participant_id: "pat".into() });
+        assert_eq!(reg.remember_payments("call", &[]).get("pay_1"), Some(&stage));
+        let mut paid = payment(PaymentStatus::Succeeded);
+        paid.version = 3;
+        reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid });
+        assert!(reg.remember_payments("call", &[]).is_empty(), "a paid payment has no stage to show");
+        assert!(reg.calls_awaiting_stripe().is_empty());
     }
 
     #[test]
