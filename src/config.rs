@@ -226,6 +226,8 @@ pub struct StripeConfig {
     pub connect_base: String,
     /// Where patients' browsers load Stripe.js.
     pub js_url: String,
+    /// The Stripe dashboard a clinic admin is sent to from *Edit*.
+    pub dashboard_url: String,
     /// Connect webhook signing secrets; several are allowed during rotation.
     pub webhook_secrets: Vec<Secret>,
     /// Per-attempt timeout for Stripe calls.
@@ -243,6 +245,7 @@ impl Default for StripeConfig {
             api_base: "https://api.stripe.com/".into(),
             connect_base: "https://connect.stripe.com/".into(),
             js_url: "https://js.stripe.com/v3".into(),
+            dashboard_url: "https://dashboard.stripe.com/".into(),
             webhook_secrets: Vec::new(),
             timeout_ms: 10_000,
             max_attempts: 3,

@@ -92,6 +92,7 @@ pub fn use_simulator(config: &mut Config, sim: &stripe_sim::SimHandle, webhook_s
     config.stripe.api_base = sim.url.clone();
     config.stripe.connect_base = sim.url.clone();
     config.stripe.js_url = format!("{}{}", sim.url.trim_end_matches('/'), sim.sim.config().stripe_js_path);
+    config.stripe.dashboard_url = format!("{}/dashboard", sim.url.trim_end_matches('/'));
     config.stripe.webhook_secrets = vec![Secret::new(webhook_secret)];
 }
 

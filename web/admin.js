@@ -133,6 +133,33 @@ async function act(fn, done) {
   await load();
 }
 
+/** Edit: the linked account as Stripe has it now, its dashboard, and the way to link another. */
+async function showAccount() {
+  try {
+    const r = await api('GET', `/v1/clinics/${encodeURIComponent(clinic)}/stripe/account`);
+    const a = r.account;
+    const yes = (v) => t(v ? 'admin.account.yes' : 'admin.account.no');
+    const rows = [
+      ['admin.account.id', a.id], ['admin.account.name', a.name || '—'], ['admin.account.email', a.email || '—'],
+      ['admin.account.country', a.country || '—'], ['admin.account.charges', yes(a.charges_enabled)],
+      ['admin.account.payouts', yes(a.payouts_enabled)],
+    ];
+    const dl = $('account-fields');
+    dl.innerHTML = '';
+    for (const [k, v] of rows) {
+      const dt = document.createElement('dt');
+      dt.textContent = t(k);
+      const dd = document.createElement('dd');
+      dd.textContent = v;
+      dl.append(dt, dd);
+    }
+    $('dashboard').href = r.dashboard_url;
+    $('account-details').hidden = false;
+  } catch (e) {
+    say(t('admin.error', { message: e.message }), true);
+  }
+}
+
 async function gotoStripe() {
   try {
     const r = await api('POST', `/v1/clinics/${encodeURIComponent(clinic)}/stripe/connect`);
@@ -143,7 +170,8 @@ async function gotoStripe() {
 }
 
 $('goto').addEventListener('click', gotoStripe);
-$('edit').addEventListener('click', gotoStripe);
+$('edit').addEventListener('click', showAccount);
+$('relink').addEventListener('click', gotoStripe);
 $('remove').addEventListener('click', () => $('confirm-remove').showModal());
 $('confirm-remove').addEventListener('close', () => {
   if ($('confirm-remove').returnValue === 'remove') {

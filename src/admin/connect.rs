@@ -41,6 +41,37 @@ pub struct Linked {
     pub scope: Option<String>,
 }
 
+/// A linked account as the admin page shows it (from `GET /v1/accounts/{id}`).
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct AccountDetails {
+    /// `acct_…`.
+    pub id: String,
+    /// The business name the account gives.
+    pub name: Option<String>,
+    /// Its e-mail address.
+    pub email: Option<String>,
+    /// Two-letter country.
+    pub country: Option<String>,
+    /// Whether it can take charges now.
+    pub charges_enabled: bool,
+    /// Whether Stripe pays out to it now.
+    pub payouts_enabled: bool,
+}
+
+impl AccountDetails {
+    fn from_stripe(v: &serde_json::Value) -> Option<Self> {
+        let text = |p: &str| v.pointer(p).and_then(|x| x.as_str()).map(str::to_owned);
+        Some(Self {
+            id: text("/id")?,
+            name: text("/business_profile/name").or_else(|| text("/settings/dashboard/display_name")),
+            email: text("/email").or_else(|| text("/business_profile/support_email")),
+            country: text("/country"),
+            charges_enabled: v["charges_enabled"].as_bool().unwrap_or(false),
+            payouts_enabled: v["payouts_enabled"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
 /// Connect OAuth operations.
 #[async_trait]
 pub trait ConnectApi: Send + Sync + 'static {
@@ -50,6 +81,8 @@ pub trait ConnectApi: Send + Sync + 'static {
     async fn exchange(&self, code: &str) -> Result<Linked, ConnectError>;
     /// Revokes the platform's access to an account. `idempotency_key` identifies this removal.
     async fn deauthorize(&self, account: &str, idempotency_key: &str) -> Result<(), ConnectError>;
+    /// A linked account's details (a read: no idempotency key needed).
+    async fn account(&self, account: &str) -> Result<AccountDetails, ConnectError>;
 }
 
 type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
@@ -57,6 +90,7 @@ type Https = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::H
 /// The real client.
 pub struct StripeConnect {
     base: String,
+    api: String,
     client_id: String,
     secret: String,
     timeout: Duration,
@@ -70,6 +104,7 @@ impl StripeConnect {
             hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
         Self {
             base: cfg.connect_base.trim_end_matches('/').to_owned(),
+            api: cfg.api_base.trim_end_matches('/').to_owned(),
             client_id: cfg.client_id.clone(),
             secret: cfg.secret_key.expose().to_owned(),
             timeout: Duration::from_millis(cfg.timeout_ms),
@@ -90,6 +125,10 @@ impl StripeConnect {
             .header("idempotency-key", idempotency_key)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+        self.send(request).await
+    }
+
+    async fn send(&self, request: hyper::Request<Full<Bytes>>) -> Result<serde_json::Value, ConnectError> {
         let response = tokio::time::timeout(self.timeout, self.http.request(request))
             .await
             .map_err(|_| ConnectError::Unavailable("timeout".into()))?
@@ -136,5 +175,16 @@ impl ConnectApi for StripeConnect {
         self.post("/oauth/deauthorize", &[("client_id", &self.client_id), ("stripe_user_id", account)], idempotency_key)
             .await
             .map(|_| ())
+    }
+
+    async fn account(&self, account: &str) -> Result<AccountDetails, ConnectError> {
+        let id: String = form_urlencoded::byte_serialize(account.as_bytes()).collect();
+        let request = hyper::Request::get(format!("{}/v1/accounts/{id}", self.api))
+            .header("authorization", format!("Bearer {}", self.secret))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ConnectError::Unavailable(e.to_string()))?;
+        let json = self.send(request).await?;
+        AccountDetails::from_stripe(&json)
+            .ok_or_else(|| ConnectError::Unavailable("unexpected account response".into()))
     }
 }

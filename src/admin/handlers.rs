@@ -712,6 +712,25 @@ pub async fn remove_stripe(
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
 
+/// `GET /v1/clinics/{clinic_id}/stripe/account`: what *Edit* shows before re-linking: the
+/// linked account as Stripe has it now (name, e-mail, country, charges and payouts enabled)
+/// and where its dashboard is.
+pub async fn stripe_account(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+) -> Result<Json<Value>> {
+    let clinic = clinic_for(&app, &who, Action::ManageStripe, &clinic_id).await?;
+    let Some(account) = clinic.stripe_account.as_deref() else {
+        return Err(ApiError::new(StatusCode::CONFLICT, "not_linked", "This clinic has no linked Stripe account."));
+    };
+    let details = app.connect.account(account).await.map_err(|e| {
+        tracing::warn!(error = %e, account, "cannot read a linked account from Stripe");
+        ApiError::unavailable("Stripe could not be reached for the account's details; try again.")
+    })?;
+    Ok(Json(json!({"account": details, "dashboard_url": app.config.stripe.dashboard_url})))
+}
+
 /// `GET /v1/clinics/{clinic_id}/audit?limit=&cursor=`; the cursor is `{at}:{id}` of the last row.
 pub async fn audit_log(
     State(app): State<AppState>,

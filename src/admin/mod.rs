@@ -100,6 +100,12 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "get",
+        path: "/v1/clinics/{clinic_id}/stripe/account",
+        summary: "The linked Stripe account's details, read from Stripe, and its dashboard",
+        action: Some(Action::ManageStripe),
+    },
+    RouteDoc {
+        method: "get",
         path: "/v1/clinics/{clinic_id}/audit",
         summary: "The clinic's audit log (paginated)",
         action: Some(Action::ViewAudit),
@@ -127,6 +133,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/disable", post(handlers::disable))
         .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::start_connect))
         .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::remove_stripe))
+        .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe_account))
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit_log))
         .route("/v1/stripe/oauth/callback", get(handlers::oauth_callback))
         .route("/v1/openapi.json", get(openapi::serve))

@@ -12,7 +12,16 @@ test('clinic admin removes, then links Stripe through the simulator OAuth page',
     const admin = await page(b);
     await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
     await admin.getByText('Linked to acct_').waitFor();
+    await admin.getByText('Clinic: Harbour Clinic').waitFor();
     await shot(admin, 'admin-1-linked');
+    // Edit shows the linked account as Stripe has it, with its dashboard.
+    await admin.getByRole('button', { name: 'Edit' }).click();
+    const details = admin.locator('#account-details');
+    await details.getByText('Can take payments').waitFor();
+    const shown = await details.textContent();
+    for (const part of ['Harbour Clinic', 'AU', 'Yes', 'acct_']) assert.ok(shown.includes(part), `${part} in ${shown}`);
+    assert.match(await details.getByRole('link', { name: 'Open the Stripe dashboard' }).getAttribute('href'), /\/dashboard$/);
+    await shot(admin, 'admin-1b-account-details');
     await admin.getByRole('button', { name: 'Remove' }).click();
     const dialog = admin.getByRole('dialog');
     await dialog.getByRole('button', { name: 'Remove account' }).waitFor();

@@ -247,6 +247,25 @@ async fn another_scopes_clinic_answers_exactly_like_a_missing_one() {
 }
 
 #[tokio::test]
+async fn edit_shows_the_linked_account_as_stripe_has_it() {
+    let hub = TestHub::start().await;
+    let path = format!("/v1/clinics/{DEMO_CLINIC}/stripe/account");
+    let admin = hub.admin(AdminRole::TeamAdmin, None, &[DEMO_CLINIC]);
+    let (status, body) = hub.api(Some(&admin), "GET", &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    let account = &body["account"];
+    assert!(account["id"].as_str().unwrap().starts_with("acct_"));
+    assert_eq!((account["name"].as_str(), account["country"].as_str()), (Some("Harbour Clinic"), Some("AU")));
+    assert_eq!((account["charges_enabled"].as_bool(), account["payouts_enabled"].as_bool()), (Some(true), Some(true)));
+    assert!(body["dashboard_url"].as_str().unwrap().ends_with("/dashboard"));
+    let member = hub.admin(AdminRole::TeamMember, None, &[DEMO_CLINIC]);
+    assert_eq!(hub.api(Some(&member), "GET", &path, None).await.0, 403);
+    set_clinic(&hub, DEMO_CLINIC, true, None).await;
+    let (status, body) = hub.api(Some(&admin), "GET", &path, None).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_linked")));
+}
+
+#[tokio::test]
 async fn lists_paginate_and_openapi_matches_the_routes() {
     let hub = TestHub::start().await;
     let op = hub.info.operator_token.clone();
