@@ -83,7 +83,7 @@ async function startPaying(p, card) {
   open.set(p.payment_id, state);
   client.progress(p.payment_id, 'viewing');
   const Stripe = await loadStripe();
-  state.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account });
+  state.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account, locale: document.documentElement.lang });
   state.elements = state.stripe.elements({ clientSecret: p.stripe.client_secret, locale: document.documentElement.lang });
   render();
   // The form replaced the button that had focus: continue at its first field.

@@ -136,11 +136,13 @@
     return Promise.resolve(err ? { error: err } : {});
   };
 
-  function challenge(url) {
+  function challenge(url, locale) {
+    var bn = String(locale || '').slice(0, 2) === 'bn';
+    url += (url.indexOf('?') < 0 ? '?' : '&') + 'locale=' + encodeURIComponent(locale || 'en');
     return new Promise(function (resolve) {
-      var overlay = el('div', { id: 'stripe-sim-3ds', role: 'dialog', 'aria-modal': 'true', 'aria-label': 'Authenticate your payment',
+      var overlay = el('div', { id: 'stripe-sim-3ds', role: 'dialog', 'aria-modal': 'true', 'aria-label': bn ? 'আপনার পেমেন্ট যাচাই করুন' : 'Authenticate your payment',
         style: 'position:fixed;inset:0;background:rgba(0,0,0,.5);display:flex;align-items:center;justify-content:center;z-index:2147483647' });
-      var frame = el('iframe', { src: url, title: '3-D Secure authentication', name: 'stripe-sim-3ds-frame',
+      var frame = el('iframe', { src: url, title: bn ? '৩-ডি সিকিউর যাচাই' : '3-D Secure authentication', name: 'stripe-sim-3ds-frame',
         style: 'width:min(28rem,95vw);height:min(26rem,90vh);border:0;background:#fff;border-radius:8px' });
       overlay.appendChild(frame);
       function onMessage(ev) {
@@ -159,6 +161,7 @@
     if (!key || key.indexOf('pk_') !== 0) throw new Error('stripe-sim: a publishable key (pk_...) is required');
     this.key = key;
     this.account = (options || {}).stripeAccount;
+    this.locale = (options || {}).locale;
   }
   Stripe.prototype.params = function (extra) {
     var p = { key: this.key, _stripe_account: this.account };
@@ -194,7 +197,7 @@
         if (!r.ok) return { error: r.body.error };
         var pi = r.body;
         if (pi.status !== 'requires_action' || !pi.next_action || !pi.next_action.redirect_to_url) return { paymentIntent: pi };
-        return challenge(pi.next_action.redirect_to_url.url).then(function () {
+        return challenge(pi.next_action.redirect_to_url.url, self.locale).then(function () {
           return self.retrievePaymentIntent(clientSecret);
         }).then(function (res) {
           if (res.error) return res;

@@ -417,3 +417,26 @@ test('the join token never appears in a WebSocket URL', async () => {
     }
   });
 });
+
+test('3-D Secure in Bengali: the bank page and the card form speak the page language', async () => {
+  await inCall(b, async ({ doc, pat }) => {
+    await doc.getByLabel('পরিমাণ (AUD)').fill('৭০');
+    await doc.getByLabel('বিবরণ').fill('Review');
+    await doc.getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).click();
+    const item = pat.locator('article', { hasText: 'Review' });
+    await item.getByRole('button', { name: 'এখনই পরিশোধ করুন' }).click();
+    await item.getByLabel('রসিদের জন্য ইমেইল').fill('sam@example.com');
+    await item.getByLabel('কার্ড নম্বর').fill('4000002500003155');
+    await item.getByLabel('মেয়াদ (মাস / বছর)').fill('12/34');
+    await item.getByLabel('নিরাপত্তা কোড (CVC)').fill('123');
+    await item.locator('button[data-role=pay]').click();
+    const bank = pat.frameLocator('iframe[name=stripe-sim-3ds-frame]');
+    await bank.getByRole('button', { name: 'যাচাই সম্পন্ন করুন' }).waitFor();
+    const text = await pat.frame({ name: 'stripe-sim-3ds-frame' }).evaluate(() => document.body.innerText);
+    const latin = (text.replace(/[\d.]+ AUD/g, ' ').match(/[A-Za-z]{2,}/g) || []);
+    assert.deepEqual(latin, [], `the bank page in Bengali: ${text}`);
+    await shot(pat, 'bn-3-3ds');
+    await bank.getByRole('button', { name: 'যাচাই সম্পন্ন করুন' }).click();
+    await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
+  }, { lang: 'bn-BD' });
+});

@@ -67,12 +67,14 @@ pub async fn three_ds_page(
     };
     let amount = money::display(pi["amount"].as_i64().unwrap_or(0), pi["currency"].as_str().unwrap_or("aud"));
     let return_url = pi["next_action"]["redirect_to_url"]["return_url"].as_str().unwrap_or_default();
+    // The page speaks the language Stripe.js was created with (`locale`), as a bank's would.
+    let w = ThreeDsWords::for_locale(q.get("locale").map(String::as_str).unwrap_or("en"));
     let body = format!(
-        r#"<main><p><strong>Stripe test mode</strong>: 3-D Secure 2 test page</p>
-<h1>Confirm your payment of {amount}</h1>
-<p>This is where your bank would ask you to approve the payment.</p>
-<button id=complete-auth onclick="answer('complete')">Complete authentication</button>
-<button id=fail-auth onclick="answer('fail')">Fail authentication</button>
+        r#"<main lang={lang}><p><strong>{banner}</strong></p>
+<h1>{heading} {amount}</h1>
+<p>{explain}</p>
+<button id=complete-auth onclick="answer('complete')">{complete}</button>
+<button id=fail-auth onclick="answer('fail')">{fail}</button>
 <p id=result role=status></p></main>
 <script>
 async function answer(outcome) {{
@@ -80,7 +82,7 @@ async function answer(outcome) {{
   if ({account}) body.set('_stripe_account', {account});
   const r = await fetch('/_sim/3ds/' + encodeURIComponent({id}), {{method: 'POST', body}});
   const pi = await r.json();
-  document.getElementById('result').textContent = outcome === 'complete' ? 'Authenticated.' : 'Authentication failed.';
+  document.getElementById('result').textContent = outcome === 'complete' ? {done} : {failed};
   if (window.parent !== window) {{ window.parent.postMessage({{stripeSim3ds: outcome, paymentIntent: pi}}, '*'); return; }}
   const ret = {ret};
   if (ret) {{
@@ -93,13 +95,64 @@ async function answer(outcome) {{
 }}
 </script>"#,
         amount = escape(&amount),
+        lang = w.lang,
+        banner = w.banner,
+        heading = w.heading,
+        explain = w.explain,
+        complete = w.complete,
+        fail = w.fail,
+        done = js(w.done),
+        failed = js(w.failed),
         pk = js(&sim.config().publishable_key),
         secret = js(&secret),
         account = js(&account),
         id = js(&id),
         ret = js(return_url),
     );
-    page("Authenticate payment", &body).into_response()
+    page(w.title, &body).into_response()
+}
+
+/// The 3-D Secure test page's words in English or Bengali.
+struct ThreeDsWords {
+    lang: &'static str,
+    title: &'static str,
+    banner: &'static str,
+    heading: &'static str,
+    explain: &'static str,
+    complete: &'static str,
+    fail: &'static str,
+    done: &'static str,
+    failed: &'static str,
+}
+
+impl ThreeDsWords {
+    fn for_locale(locale: &str) -> Self {
+        if locale.starts_with("bn") {
+            Self {
+                lang: "bn",
+                title: "পেমেন্ট যাচাই",
+                banner: "পরীক্ষামূলক মোড: ৩-ডি সিকিউর পরীক্ষার পাতা",
+                heading: "আপনার পেমেন্ট নিশ্চিত করুন:",
+                explain: "এখানে আপনার ব্যাংক পেমেন্টটি অনুমোদন করতে বলত।",
+                complete: "যাচাই সম্পন্ন করুন",
+                fail: "যাচাই ব্যর্থ করুন",
+                done: "যাচাই হয়েছে।",
+                failed: "যাচাই ব্যর্থ হয়েছে।",
+            }
+        } else {
+            Self {
+                lang: "en",
+                title: "Authenticate payment",
+                banner: "Stripe test mode: 3-D Secure 2 test page",
+                heading: "Confirm your payment of",
+                explain: "This is where your bank would ask you to approve the payment.",
+                complete: "Complete authentication",
+                fail: "Fail authentication",
+                done: "Authenticated.",
+                failed: "Authentication failed.",
+            }
+        }
+    }
 }
 
 /// A JS string literal that is also safe inside an HTML `<script>` element.
