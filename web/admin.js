@@ -106,7 +106,7 @@ async function loadRequests() {
     li.className = 'card';
     li.dataset.requestId = r.id;
     const p = document.createElement('p');
-    p.textContent = t('admin.request.line', { clinic: r.clinic_name || r.clinic_id, org: r.org_id, who: r.requested_by, when: when(r.created_at), ticket: r.ticket_ref });
+    p.textContent = t('admin.request.line', { clinic: r.clinic_name || r.clinic_id, org: r.org_id, who: r.requested_by_name || r.requested_by, when: when(r.created_at), ticket: r.ticket_ref });
     const approve = document.createElement('button');
     approve.textContent = t('admin.approve');
     approve.dataset.role = 'approve';

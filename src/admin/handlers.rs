@@ -254,6 +254,7 @@ pub async fn request_enablement(
             clinic_id: clinic_id.clone(),
             ticket_ref: ticket.to_owned(),
             requested_by: who.sub.clone(),
+            requested_by_name: who.name.clone(),
             status: "pending".into(),
             reason: None,
             decided_by: None,

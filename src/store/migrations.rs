@@ -120,4 +120,9 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             created_at BIGINT NOT NULL
         )"],
     ),
+    (
+        4,
+        "enablement requests keep the requester's name",
+        &["ALTER TABLE enablement_requests ADD COLUMN requested_by_name TEXT NOT NULL DEFAULT ''"],
+    ),
 ];

@@ -312,6 +312,8 @@ pub struct Enablement {
     pub ticket_ref: String,
     /// Who asked (admin id).
     pub requested_by: String,
+    /// Their name, as the service desk reads it (empty for requests made before it was kept).
+    pub requested_by_name: String,
     /// `pending`, `approved` or `rejected`.
     pub status: String,
     /// Why it was rejected.

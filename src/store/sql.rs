@@ -333,7 +333,7 @@ async fn upsert_org(tx: &mut Tx, org: &Org) -> StoreResult<()> {
 async fn insert_enablement(tx: &mut Tx, e: &Enablement) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO enablement_requests (id, org_id, clinic_id, ticket_ref, requested_by, status, reason, decided_by, \
-         created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         created_at, decided_at, requested_by_name) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&e.id)
     .bind(&e.org_id)
@@ -345,6 +345,7 @@ async fn insert_enablement(tx: &mut Tx, e: &Enablement) -> StoreResult<()> {
     .bind(&e.decided_by)
     .bind(e.created_at)
     .bind(e.decided_at)
+    .bind(&e.requested_by_name)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -690,6 +691,7 @@ fn enablement_from(r: &AnyRow) -> StoreResult<Enablement> {
         clinic_id: r.try_get("clinic_id")?,
         ticket_ref: r.try_get("ticket_ref")?,
         requested_by: r.try_get("requested_by")?,
+        requested_by_name: r.try_get("requested_by_name")?,
         status: r.try_get("status")?,
         reason: r.try_get("reason")?,
         decided_by: r.try_get("decided_by")?,

@@ -243,7 +243,7 @@ test('an org admin asks for the app on a new clinic and the service desk approve
     await desk.goto(`${info.hub_url}/admin/client-payment?clinic=clinic_new#token=${info.operator_token}`);
     const request = desk.locator('li', { hasText: 'SD-2041' });
     // The desk sees which clinic, who asked and when, not bare ids.
-    assert.match(await request.textContent(), /Northside Clinic \(org_demo\), asked by admin-olivia on .*ticket SD-2041/);
+    assert.match(await request.textContent(), /Northside Clinic \(org_demo\), asked by Olivia \(org admin\) on .*ticket SD-2041/);
     await request.getByRole('button', { name: 'Approve' }).click();
     await desk.getByText('Enabled for this clinic.').waitFor();
     await shot(desk, 'enable-2-operator-approved');
