@@ -72,12 +72,29 @@ function render() {
 }
 
 /** An audit record as a sentence in the page's language; an action the catalogue does not know
- * yet is shown as its code, with the record's target and detail. */
+ * yet is shown as its code and target. */
 function auditSentence(row) {
   const key = `audit.${row.action}`;
   const sentence = t(key, { who: row.actor_name, target: row.target || '' });
-  if (sentence !== key) return row.detail ? `${sentence} (${row.detail})` : sentence;
-  return `${row.action}${row.target ? ` ${row.target}` : ''}${row.detail ? ` (${row.detail})` : ''}`;
+  return sentence !== key ? sentence : `${row.action}${row.target ? ` ${row.target}` : ''}`;
+}
+
+/** The "what" cell: the sentence, and the record's detail as the hub wrote it (ids, amounts,
+ * Stripe's own words), kept verbatim for the audit and folded away under "Details". */
+function whatCell(row) {
+  const td = document.createElement('td');
+  td.append(auditSentence(row));
+  if (row.detail) {
+    const more = document.createElement('details');
+    const summary = document.createElement('summary');
+    summary.textContent = t('admin.audit.detail');
+    const text = document.createElement('span');
+    text.lang = 'en';
+    text.textContent = row.detail;
+    more.append(summary, text);
+    td.append(more);
+  }
+  return td;
 }
 
 async function loadAudit() {
@@ -87,11 +104,12 @@ async function loadAudit() {
     body.innerHTML = '';
     for (const row of log.data) {
       const tr = document.createElement('tr');
-      for (const text of [when(row.at), `${row.actor_name} (${t(`role.${row.actor_role}`)})`, auditSentence(row), t(`audit.outcome.${row.outcome}`)]) {
+      const cell = (text) => {
         const td = document.createElement('td');
         td.textContent = text;
-        tr.append(td);
-      }
+        return td;
+      };
+      tr.append(cell(when(row.at)), cell(`${row.actor_name} (${t(`role.${row.actor_role}`)})`), whatCell(row), cell(t(`audit.outcome.${row.outcome}`)));
       body.append(tr);
     }
   } catch (_) { /* roles without audit access simply see an empty table */ }

@@ -440,3 +440,32 @@ test('3-D Secure in Bengali: the bank page and the card form speak the page lang
     await item.getByText('পেমেন্ট সম্পন্ন হয়েছে').waitFor({ timeout: 15000 });
   }, { lang: 'bn-BD' });
 });
+
+test('the admin page in Bengali has no stray English', async () => {
+  await withDemo(async (info) => {
+    // Some history for the audit log: the desk turns the app off, the clinic admin asks again,
+    // the desk approves.
+    const call = (token, method, path, body) => fetch(`${info.hub_url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: body ? JSON.stringify(body) : undefined,
+    }).then((r) => r.json());
+    await call(info.operator_token, 'POST', '/v1/clinics/clinic_demo/disable');
+    const asked = await call(info.clinic_admin_token, 'POST', '/v1/orgs/org_demo/enablement-requests', { clinic_ids: ['clinic_demo'], ticket_ref: 'SD-9' });
+    await call(info.operator_token, 'POST', `/v1/enablement-requests/${asked.data[0].id}/approve`);
+    const admin = await page(b, { lang: 'bn-BD' });
+    await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
+    await admin.getByText('ক্লিনিক: Harbour Clinic').waitFor();
+    await admin.getByRole('button', { name: 'সম্পাদনা' }).click();
+    await admin.locator('#account-details').getByText('পেমেন্ট নিতে পারে').waitFor();
+    await admin.locator('#audit tr').first().waitFor();
+    const data = ['Harbour Clinic', 'Cam (clinic admin)', 'Pat (service desk)', 'demo seed', 'reception@harbour.example', 'SD-9'];
+    const text = await admin.evaluate(() => `${document.title}\n${document.body.innerText}`);
+    let rest = text;
+    for (const d of data) rest = rest.split(d).join(' ');
+    rest = rest.replace(/\bacct_\w+/g, ' ').replace(/\b[A-Z]{2}\b/g, ' ');
+    const latin = [...new Set(rest.match(/[A-Za-z]{2,}/g) || [])].filter((w) => !['Stripe', 'callpay', 'English'].includes(w));
+    assert.deepEqual(latin, [], text);
+    await shot(admin, 'bn-4-admin');
+  });
+});
