@@ -1,7 +1,7 @@
 // Clinician panel: request a payment, follow each request's live status, cancel, and get a
 // "payment received" pop-up (announced to screen readers) the moment Stripe confirms.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, money, when, brand, decline, asciiDigits } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, money, when, brand, decline, asciiDigits, hubError } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const { token, callId } = launchParams();
@@ -132,7 +132,7 @@ const client = new CallpayClient({
     if (event === 'confirmed') popup(detail);
     if (event === 'clinic') unavailableReason = detail.reason || '';
     if (event === 'welcome') unavailableReason = detail.unavailable_reason || '';
-    if (event === 'error') $('form-error').textContent = detail.message;
+    if (event === 'error') $('form-error').textContent = hubError(detail);
     render();
   },
 });

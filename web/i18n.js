@@ -47,6 +47,19 @@ const MESSAGES = {
     'patient.pay': 'Pay {amount}',
     'patient.paying': 'Paying…',
     'patient.declined': 'Your payment did not go through: {reason} You can try again or use another card.',
+    'error.forbidden': 'Your role cannot do that in this call.',
+    'error.invalid_amount': 'Enter an amount the clinic accepts (at least 0.50).',
+    'error.invalid_currency': 'That currency is not accepted here.',
+    'error.invalid_description': 'Enter a description of 1 to 200 characters, without special control characters.',
+    'error.invalid_client_ref': 'The request could not be identified; try again.',
+    'error.app_not_enabled': 'The payment app is not enabled for this clinic.',
+    'error.stripe_not_connected': 'This clinic has no linked Stripe account; a clinic admin can link one under Configure › Client Payment.',
+    'error.stripe_unavailable': 'Stripe could not be reached; nothing was charged. Try again.',
+    'error.unknown_payment': 'That payment is not part of this call.',
+    'error.invalid_state': 'That payment can no longer be changed that way.',
+    'error.rate_limited': 'Too many actions at once; wait a moment.',
+    'error.bad_frame': 'The page sent something the hub did not understand; reload the page.',
+    'error.internal': 'Something went wrong on our side; nothing was lost. Try again.',
     'decline.insufficient_funds': 'The card has insufficient funds.',
     'decline.expired_card': 'The card has expired.',
     'decline.incorrect_cvc': "The card's security code is incorrect.",
@@ -184,6 +197,19 @@ const MESSAGES = {
     'patient.pay': '{amount} পরিশোধ করুন',
     'patient.paying': 'পরিশোধ করা হচ্ছে…',
     'patient.declined': 'আপনার পেমেন্ট সম্পন্ন হয়নি: {reason} আবার চেষ্টা করুন বা অন্য কার্ড ব্যবহার করুন।',
+    'error.forbidden': 'এই কলে আপনার ভূমিকায় এটি করা যায় না।',
+    'error.invalid_amount': 'ক্লিনিক গ্রহণ করে এমন একটি পরিমাণ লিখুন (কমপক্ষে ০.৫০)।',
+    'error.invalid_currency': 'এখানে এই মুদ্রা গ্রহণ করা হয় না।',
+    'error.invalid_description': '১ থেকে ২০০ অক্ষরের একটি বিবরণ লিখুন, বিশেষ নিয়ন্ত্রণ অক্ষর ছাড়া।',
+    'error.invalid_client_ref': 'অনুরোধটি শনাক্ত করা যায়নি; আবার চেষ্টা করুন।',
+    'error.app_not_enabled': 'এই ক্লিনিকের জন্য পেমেন্ট অ্যাপ চালু করা হয়নি।',
+    'error.stripe_not_connected': 'এই ক্লিনিকের কোনো Stripe অ্যাকাউন্ট যুক্ত নেই; একজন ক্লিনিক অ্যাডমিন কনফিগার › ক্লায়েন্ট পেমেন্ট থেকে যুক্ত করতে পারেন।',
+    'error.stripe_unavailable': 'Stripe-এর সঙ্গে যোগাযোগ করা যায়নি; কোনো টাকা কাটা হয়নি। আবার চেষ্টা করুন।',
+    'error.unknown_payment': 'এই পেমেন্টটি এই কলের অংশ নয়।',
+    'error.invalid_state': 'এই পেমেন্টটি আর এভাবে বদলানো যায় না।',
+    'error.rate_limited': 'একসঙ্গে অনেক কাজ হচ্ছে; একটু অপেক্ষা করুন।',
+    'error.bad_frame': 'পাতাটি এমন কিছু পাঠিয়েছে যা হাব বুঝতে পারেনি; পাতাটি আবার লোড করুন।',
+    'error.internal': 'আমাদের দিকে একটি সমস্যা হয়েছে; কিছুই হারায়নি। আবার চেষ্টা করুন।',
     'decline.insufficient_funds': 'কার্ডে পর্যাপ্ত টাকা নেই।',
     'decline.expired_card': 'কার্ডের মেয়াদ শেষ হয়ে গেছে।',
     'decline.incorrect_cvc': 'কার্ডের নিরাপত্তা কোডটি ভুল।',
@@ -350,6 +376,14 @@ export function decline(failure) {
   if (!failure) return t('decline.other');
   const code = [failure.decline_code, failure.code].find((c) => DECLINES.includes(c));
   return t(code ? `decline.${code}` : 'decline.other');
+}
+
+/** A hub `error` frame in the page's language, from its code (the hub's English `message` is
+ * the fallback for a code this catalogue does not know yet). */
+export function hubError(frame) {
+  const key = `error.${frame.code}`;
+  const text = t(key);
+  return text !== key ? text : frame.message || '';
 }
 
 /** Bengali (and other Unicode) digits to ASCII: people type amounts as the page shows them. */

@@ -207,6 +207,10 @@ test('the same flow in Bengali: Bengali digits, declines in our words, no stray 
     assert.deepEqual(await latinWords(doc, data), [], 'clinician after the payment');
     await shot(pat, 'bn-1-patient');
     await shot(doc, 'bn-2-clinician');
+    // A refusal from the hub is worded from its code, in the page's language.
+    await doc.evaluate(() => window.callpay.cancel('pay_not_in_this_call'));
+    await doc.locator('#form-error').getByText('এই পেমেন্টটি এই কলের অংশ নয়।').waitFor();
+    assert.deepEqual(await latinWords(doc, data), [], 'clinician after a hub refusal');
     // The switch goes back to English.
     await doc.getByLabel('ভাষা').selectOption('en');
     await doc.getByRole('heading', { name: 'Request Payment' }).waitFor();
