@@ -266,6 +266,25 @@ async fn edit_shows_the_linked_account_as_stripe_has_it() {
 }
 
 #[tokio::test]
+async fn the_oauth_callback_page_speaks_the_browsers_language() {
+    let hub = TestHub::start().await;
+    let url = format!("{}/v1/stripe/oauth/callback", hub.info.hub_url);
+    let (status, _, page) =
+        hub.http.send("GET", &url, &[("accept-language", "bn-BD,bn;q=0.9,en;q=0.5")], String::new()).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("<html lang=bn>") && page.contains("Stripe যুক্ত করা যায়নি"), "{page}");
+    let visible = page.split("<main").nth(1).unwrap_or_default();
+    let text: String = visible.split('<').map(|part| part.split_once('>').map_or("", |(_, t)| t)).collect();
+    let latin: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() > 1 && !["Stripe", "callpay"].contains(w))
+        .collect();
+    assert!(latin.is_empty(), "stray English {latin:?} in {text}");
+    let (_, _, english) = hub.http.send("GET", &url, &[("accept-language", "en-AU")], String::new()).await;
+    assert!(english.contains("<html lang=en>") && english.contains("Stripe link failed"));
+}
+
+#[tokio::test]
 async fn lists_paginate_and_openapi_matches_the_routes() {
     let hub = TestHub::start().await;
     let op = hub.info.operator_token.clone();
