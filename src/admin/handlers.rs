@@ -512,15 +512,6 @@ const CALLBACK_BN: &[(&str, &str)] = &[
     ("Back to Client Payment", "ক্লায়েন্ট পেমেন্টে ফিরে যান"),
 ];
 
-/// Whether the browser's first language preference is Bengali.
-fn prefers_bengali(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT_LANGUAGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .is_some_and(|first| first.trim().to_ascii_lowercase().starts_with("bn"))
-}
-
 /// `text` in Bengali when `bn` and the catalogue has it.
 fn callback_words(bn: bool, text: &str) -> &str {
     if !bn {
@@ -588,7 +579,7 @@ fn may_manage_stripe(s: &crate::store::OAuthState, clinic: &Clinic) -> bool {
 /// `GET /v1/stripe/oauth/callback`: Stripe sends the admin's browser back here.
 pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Query(q): Query<Callback>) -> Response {
     // The page speaks the browser's language (Bengali or English).
-    let bn = prefers_bengali(&headers);
+    let bn = crate::http::prefers_bengali(&headers);
     let page =
         |status: StatusCode, title: &str, body: &str, clinic_id: Option<&str>| page(bn, status, title, body, clinic_id);
     let bad = |title: &str, body: &str| page(StatusCode::BAD_REQUEST, title, body, None);

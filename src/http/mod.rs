@@ -24,6 +24,16 @@ pub fn metrics_router(state: AppState) -> Router {
     Router::new().route("/metrics", get(health::metrics)).with_state(state)
 }
 
+/// Whether the browser's first language preference (`Accept-Language`) is Bengali: for the few
+/// pages the hub renders itself (the JavaScript pages pick their language on their own).
+pub fn prefers_bengali(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.trim().to_ascii_lowercase().starts_with("bn"))
+}
+
 /// Escapes text for HTML content and quoted attributes.
 pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")

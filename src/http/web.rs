@@ -124,23 +124,53 @@ pub async fn root(State(app): State<AppState>) -> Response {
     axum::Json(json!({"service": "callpay", "health": "/healthz", "api": "/v1/openapi.json"})).into_response()
 }
 
+/// The demo page's words: language, title, admin link, dashboard link, how-to (HTML), panels.
+const DEMO_EN: [&str; 7] = [
+    "en",
+    "callpay demo call",
+    "Clinic admin: Configure › Client Payment",
+    "Stripe simulator dashboard",
+    "Left: the clinician's panel (what opens from <em>Apps &amp; Tools › Request Payment</em>). Right: the patient's. \
+     Request $50.00 on the left, then pay on the right with card 4242 4242 4242 4242, any future expiry (e.g. 12/34) and any CVC. \
+     Try 4000 0025 0000 3155 for 3-D Secure and 4000 0000 0000 9995 for a declined card.",
+    "Clinician panel",
+    "Patient panel",
+];
+const DEMO_BN: [&str; 7] = [
+    "bn",
+    "callpay ডেমো কল",
+    "ক্লিনিক অ্যাডমিন: কনফিগার › ক্লায়েন্ট পেমেন্ট",
+    "Stripe সিমুলেটরের ড্যাশবোর্ড",
+    "বাঁয়ে চিকিৎসকের প্যানেল (<em>অ্যাপস ও টুলস › পেমেন্টের অনুরোধ</em> থেকে যা খোলে), ডানে রোগীর। \
+     বাঁয়ে ৫০.০০ ডলারের অনুরোধ করুন, তারপর ডানে ৪২৪২ ৪২৪২ ৪২৪২ ৪২৪২ কার্ড, ভবিষ্যতের যেকোনো মেয়াদ (যেমন ১২/৩৪) ও যেকোনো CVC দিয়ে পরিশোধ করুন। \
+     ৩-ডি সিকিউরের জন্য ৪০০০ ০০২৫ ০০০০ ৩১৫৫ এবং প্রত্যাখ্যাত কার্ডের জন্য ৪০০০ ০০০০ ০০০০ ৯৯৯৫ ব্যবহার করুন।",
+    "চিকিৎসকের প্যানেল",
+    "রোগীর প্যানেল",
+];
+
 /// `GET /demo`: clinician and patient side by side (demo mode only).
-pub async fn demo(State(app): State<AppState>) -> Response {
+pub async fn demo(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     let Some(d) = app.demo.as_ref() else {
         return (StatusCode::NOT_FOUND, "The demo page exists only in `callpay demo`.").into_response();
     };
     let e = super::escape;
+    let w = if super::prefers_bengali(&headers) { DEMO_BN } else { DEMO_EN };
     let html = format!(
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
-<title>callpay demo</title><link rel="stylesheet" href="/web/app.css"></head><body>
-<header><h1>callpay demo call</h1><nav class="row"><a href="/admin/client-payment?clinic={clinic}#token={admin}">Clinic admin: Configure › Client Payment</a> · <a href="{dash}" target="_blank" rel="noopener">Stripe simulator dashboard</a></nav></header>
-<main style="max-width:none"><p>Left: the clinician's panel (what opens from <em>Apps &amp; Tools › Request Payment</em>). Right: the patient's.
-Request $50.00 on the left, then pay on the right with card 4242 4242 4242 4242, any future expiry (e.g. 12/34) and any CVC.
-Try 4000 0025 0000 3155 for 3-D Secure and 4000 0000 0000 9995 for a declined card.</p></main>
+        r#"<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{title}</title><link rel="stylesheet" href="/web/app.css"></head><body>
+<header><h1>{title}</h1><nav class="row"><a href="/admin/client-payment?clinic={clinic}#token={admin}">{admin_link}</a> · <a href="{dash}" target="_blank" rel="noopener">{dash_link}</a></nav></header>
+<main style="max-width:none"><p>{how}</p></main>
 <div class="demo-grid">
-<iframe id="clinician" title="Clinician panel" allow="payment *" src="/call/clinician#call={call}&amp;token={doc}"></iframe>
-<iframe id="patient" title="Patient panel" allow="payment *" src="/call/patient#call={call}&amp;token={pat}"></iframe>
+<iframe id="clinician" title="{doc_panel}" allow="payment *" src="/call/clinician#call={call}&amp;token={doc}"></iframe>
+<iframe id="patient" title="{pat_panel}" allow="payment *" src="/call/patient#call={call}&amp;token={pat}"></iframe>
 </div></body></html>"#,
+        lang = w[0],
+        title = w[1],
+        admin_link = w[2],
+        dash_link = w[3],
+        how = w[4],
+        doc_panel = w[5],
+        pat_panel = w[6],
         clinic = e(&d.clinic_id),
         admin = e(&d.clinic_admin_token),
         dash = e(&d.stripe_dashboard),

@@ -473,3 +473,15 @@ test('the admin page in Bengali has no stray English', async () => {
     await shot(admin, 'bn-4-admin');
   });
 });
+
+test('the demo launcher in Bengali has no stray English', async () => {
+  await withDemo(async (info) => {
+    const p = await page(b, { lang: 'bn-BD', width: 1400, height: 900 });
+    await p.goto(`${info.hub_url}/demo`);
+    await p.frameLocator('#clinician').getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).waitFor();
+    const text = await p.evaluate(() => `${document.title}\n${document.body.innerText}`);
+    const latin = [...new Set(text.match(/[A-Za-z]{2,}/g) || [])].filter((w) => !['callpay', 'Stripe', 'CVC'].includes(w));
+    assert.deepEqual(latin, [], text);
+    await shot(p, 'bn-5-demo');
+  });
+});
