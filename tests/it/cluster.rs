@@ -305,3 +305,59 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
     assert_eq!(n, 1, "subscribed once Redis came back");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_same_webhook_at_three_nodes_at_once_and_retried_changes_the_payment_once() {
+    let cluster = Cluster::start(3, REDIS_URL).await;
+    // Stripe's own deliveries are held back: the test delivers the event itself, to every node.
+    cluster.sim.sim.with_world(|w| w.faults.webhook_drop_all = true);
+    let mut doc = cluster.join(0, "doc", Role::Clinician).await;
+    let mut pat = cluster.join(1, "pat", Role::Patient).await;
+    doc.request("dup-1", 5000, "Consult").await;
+    let requested = pat.until("payment.requested").await;
+    let payment = requested["payment"].clone();
+    assert_eq!(pay(&cluster, &payment, "4242424242424242").await, 200);
+    let pi = payment["stripe"]["client_secret"].as_str().unwrap().split("_secret_").next().unwrap().to_owned();
+    let event = cluster.sim.sim.with_world(|w| {
+        w.accounts
+            .values()
+            .flat_map(|a| a.events.newest_first())
+            .find(|e| e["type"] == "payment_intent.succeeded" && e["data"]["object"]["id"] == pi.as_str())
+            .cloned()
+            .expect("the simulator recorded the success")
+    });
+    let body = event.to_string();
+    let signature = stripe_webhook::Webhook::generate_test_header(&body, "whsec_cluster_test", None);
+    let post = |node: usize| {
+        let url = format!("{}/v1/stripe/webhook", cluster.nodes[node].1.replace("ws://", "http://"));
+        let (body, signature) = (body.clone(), signature.clone());
+        async move {
+            let headers = [("content-type", "application/json"), ("stripe-signature", signature.as_str())];
+            Http::new().send("POST", &url, &headers, body).await
+        }
+    };
+    // The same delivery at nodes 0 and 1 at once, then Stripe's retries at node 2.
+    let (a, b) = tokio::join!(post(0), post(1));
+    let answers = [a, b, post(2).await, post(2).await];
+    for (status, answer, _) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    let outcomes: Vec<&str> = answers.iter().map(|(_, answer, _)| answer["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "applied").count(),
+        1,
+        "exactly one changed the payment: {outcomes:?}"
+    );
+    doc.until("payment.confirmed").await;
+    pat.until("payment.confirmed").await;
+    // Nobody hears it twice.
+    let end = tokio::time::Instant::now() + std::time::Duration::from_millis(800);
+    while tokio::time::timeout_at(end, doc.next()).await.is_ok() {}
+    while tokio::time::timeout_at(end, pat.next()).await.is_ok() {}
+    for (who, raw) in [("clinician", &doc.raw), ("patient", &pat.raw)] {
+        let n = raw.iter().filter(|r| r.contains(r#""type":"payment.confirmed""#)).count();
+        assert_eq!(n, 1, "{who} heard payment.confirmed {n} times");
+    }
+    let stored = cluster.nodes[2].0.store.payment(payment["payment_id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert_eq!(stored.status, callpay_protocol::PaymentStatus::Succeeded);
+}
