@@ -184,13 +184,7 @@ test('the same flow in Bengali: Bengali digits, declines in our words, no stray 
     await doc.getByLabel('পরিমাণ (AUD)').fill('৫০.০০');
     await doc.getByLabel('বিবরণ').fill('Consultation');
     await doc.getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).click();
-    const item = pat.locator('article', { hasText: 'Consultation' });
-    await item.getByRole('button', { name: 'এখনই পরিশোধ করুন' }).click();
-    await item.getByLabel('রসিদের জন্য ইমেইল').fill('sam@example.com');
-    await item.getByLabel('কার্ড নম্বর').fill('4000000000009995');
-    await item.getByLabel('মেয়াদ (মাস / বছর)').fill('12/34');
-    await item.getByLabel('নিরাপত্তা কোড (CVC)').fill('123');
-    await item.locator('button[data-role=pay]').click();
+    const item = await pay(pat, 'Consultation', '4000000000009995', { lang: 'bn' });
     // Stripe's decline, worded by the catalogue on both screens, not Stripe's English.
     await item.locator('[data-role=pay-error]').getByText('কার্ডে পর্যাপ্ত টাকা নেই').waitFor();
     await doc.locator('li', { hasText: 'Consultation' }).getByText('কার্ডে পর্যাপ্ত টাকা নেই').waitFor();
@@ -427,13 +421,7 @@ test('3-D Secure in Bengali: the bank page and the card form speak the page lang
     await doc.getByLabel('পরিমাণ (AUD)').fill('৭০');
     await doc.getByLabel('বিবরণ').fill('Review');
     await doc.getByRole('button', { name: 'পেমেন্টের অনুরোধ পাঠান' }).click();
-    const item = pat.locator('article', { hasText: 'Review' });
-    await item.getByRole('button', { name: 'এখনই পরিশোধ করুন' }).click();
-    await item.getByLabel('রসিদের জন্য ইমেইল').fill('sam@example.com');
-    await item.getByLabel('কার্ড নম্বর').fill('4000002500003155');
-    await item.getByLabel('মেয়াদ (মাস / বছর)').fill('12/34');
-    await item.getByLabel('নিরাপত্তা কোড (CVC)').fill('123');
-    await item.locator('button[data-role=pay]').click();
+    const item = await pay(pat, 'Review', '4000002500003155', { lang: 'bn' });
     const bank = pat.frameLocator('iframe[name=stripe-sim-3ds-frame]');
     await bank.getByRole('button', { name: 'যাচাই সম্পন্ন করুন' }).waitFor();
     const text = await pat.frame({ name: 'stripe-sim-3ds-frame' }).evaluate(() => document.body.innerText);

@@ -81,14 +81,21 @@ export async function requestPayment(doc, dollars, description) {
   await doc.getByRole('button', { name: 'Request Payment' }).click();
 }
 
-/** The patient opens the request `description` and pays with `card`. */
-export async function pay(pat, description, card, { email = 'sam@example.com', open = true } = {}) {
+/** The pay form's button and field labels, by page language. */
+const PAY_LABELS = {
+  en: { payNow: 'Pay Now', email: 'Email for your receipt', number: 'Card number', expiry: 'Expiry (MM / YY)', cvc: 'Security code (CVC)' },
+  bn: { payNow: 'এখনই পরিশোধ করুন', email: 'রসিদের জন্য ইমেইল', number: 'কার্ড নম্বর', expiry: 'মেয়াদ (মাস / বছর)', cvc: 'নিরাপত্তা কোড (CVC)' },
+};
+
+/** The patient opens the request `description` and pays with `card` (labels in `lang`). */
+export async function pay(pat, description, card, { email = 'sam@example.com', open = true, lang = 'en' } = {}) {
+  const l = PAY_LABELS[lang];
   const item = pat.locator('article', { hasText: description });
-  if (open) await item.getByRole('button', { name: 'Pay Now' }).click();
-  await item.getByLabel('Email for your receipt').fill(email);
-  await item.getByLabel('Card number').fill(card);
-  await item.getByLabel('Expiry (MM / YY)').fill('12/34');
-  await item.getByLabel('Security code (CVC)').fill('123');
+  if (open) await item.getByRole('button', { name: l.payNow }).click();
+  await item.getByLabel(l.email).fill(email);
+  await item.getByLabel(l.number).fill(card);
+  await item.getByLabel(l.expiry).fill('12/34');
+  await item.getByLabel(l.cvc).fill('123');
   await item.locator('button[data-role=pay]').click();
   return item;
 }
