@@ -5,7 +5,9 @@
 #           -e CALLPAY__STRIPE__PUBLISHABLE_KEY=... -e CALLPAY__STRIPE__CLIENT_ID=... \
 #           -e CALLPAY__STRIPE__WEBHOOK_SECRETS=whsec_... \
 #           -e CALLPAY__DATABASE__URL=postgres://... -e CALLPAY__BUS__REDIS_URL=redis://... callpay
-# The offline demo: docker run -p 8080:8080 callpay demo --listen 0.0.0.0:8080 --data-dir /data
+# The image carries no Stripe simulator. For the offline demo, build with the demo feature:
+#   docker build --build-arg FEATURES=demo -t callpay-demo .
+#   docker run -p 8080:8080 callpay-demo demo --listen 0.0.0.0:8080 --data-dir /data
 
 FROM rust:1.95-bookworm AS chef
 RUN cargo install --locked cargo-chef@0.1.73
@@ -16,10 +18,12 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
+ARG FEATURES=""
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --recipe-path recipe.json -p callpay
+RUN cargo chef cook --release --recipe-path recipe.json -p callpay --no-default-features --features "$FEATURES"
 COPY . .
-RUN cargo build --release -p callpay --locked && strip target/release/callpay
+RUN cargo build --release -p callpay --locked --no-default-features --features "$FEATURES" \
+    && strip target/release/callpay
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

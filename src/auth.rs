@@ -60,6 +60,53 @@ impl JoinClaims {
     }
 }
 
+/// Platform roles, from the admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminRole {
+    /// Organisation admin: scoped by `org_id`.
+    OrgAdmin,
+    /// Clinic (team) admin: scoped by `clinic_ids`.
+    TeamAdmin,
+    /// Clinician: scoped by `clinic_ids`.
+    TeamMember,
+    /// The platform's service desk.
+    PlatformOperator,
+}
+
+impl AdminRole {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OrgAdmin => "org_admin",
+            Self::TeamAdmin => "team_admin",
+            Self::TeamMember => "team_member",
+            Self::PlatformOperator => "platform_operator",
+        }
+    }
+}
+
+/// Claims of a platform admin token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AdminClaims {
+    /// Always [`ADMIN_TYP`].
+    pub typ: String,
+    /// Admin's user id.
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: AdminRole,
+    /// The organisation (org admins).
+    #[serde(default)]
+    pub org_id: Option<String>,
+    /// The clinics (team admins and members).
+    #[serde(default)]
+    pub clinic_ids: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+}
+
 /// Verifies platform tokens with the configured key and algorithm.
 pub struct Verifier {
     key: DecodingKey,
@@ -127,8 +174,8 @@ impl Verifier {
 
 impl Verifier {
     /// Verifies an admin token.
-    pub fn admin(&self, token: &str) -> Result<crate::admin::authz::AdminClaims, AuthError> {
-        let claims: crate::admin::authz::AdminClaims = self.verify(token)?;
+    pub fn admin(&self, token: &str) -> Result<AdminClaims, AuthError> {
+        let claims: AdminClaims = self.verify(token)?;
         if claims.typ != ADMIN_TYP {
             return Err(AuthError::Invalid(format!("typ {:?} is not an admin token", claims.typ)));
         }

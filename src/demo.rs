@@ -5,12 +5,13 @@
 //! `CALLPAY_DEMO {json}` line for scripts.
 
 use crate::admin::authz::AdminRole;
-use crate::app::{App, Dependencies, node_id};
+use crate::app::{Dependencies, node_id};
 use crate::auth::{JoinClaims, now_secs, sign_hs256};
 use crate::bus::MemoryBus;
 use crate::config::{Config, Secret};
-use crate::payments::random_id;
+use crate::ids::random_id;
 use crate::payments::stripe::StripeGateway;
+use crate::server::App;
 use crate::store::{Clinic, ClinicChange, SqlStore, Store, StripeLink, Write, now_ms};
 use anyhow::Context;
 use callpay_protocol::Role;
@@ -203,7 +204,7 @@ pub async fn start_wrapped(
         store: wrap_store(Arc::new(store)),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
         bus: Arc::new(MemoryBus::new(node.clone())),
-        connect: Arc::new(crate::admin::connect::StripeConnect::new(&config.stripe)),
+        connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
     let info = DemoInfo {
@@ -248,14 +249,14 @@ pub async fn start_wrapped(
         platform_secret,
     };
     let mut app = App::build_on(listener, config, deps, node).await?;
-    app.state.demo = Some(Arc::new(crate::http::web::DemoLinks {
+    app.demo = Some(crate::http::web::DemoLinks {
         call_id: info.call_id.clone(),
         clinician_token: info.clinician_token.clone(),
         patient_token: info.patient_token.clone(),
         clinic_admin_token: info.clinic_admin_token.clone(),
         clinic_id: DEMO_CLINIC.into(),
         stripe_dashboard: format!("{}/dashboard", info.stripe_url),
-    }));
+    });
     Ok(Demo { app, sim, info })
 }
 

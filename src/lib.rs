@@ -1,17 +1,21 @@
 //! callpay: take payment from a patient during a telehealth video call.
 //!
-//! Map of the crate, outside in:
-//! - [`app`] wires everything and runs it; [`shutdown`] turns signals into cancellation.
-//! - [`http`] and [`ws`] are the transports: HTTP routes (Stripe webhook, health, metrics) and
-//!   the WebSocket upgrade with one session task per connection.
-//! - [`rooms`] holds per-call membership and fan-out (domain state, no I/O);
-//!   [`hub`] publishes room events locally and over the [`bus`].
-//! - [`admin`] is the administrative API: app enablement, Connect OAuth, audit log.
-//! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait.
+//! Map of the crate, outside in. Each layer uses only the layers below it; nothing imports
+//! upwards (`tests/it/layers.rs` checks it).
+//! - [`server`] says which routes exist, binds and runs; [`shutdown`] turns signals into
+//!   cancellation; [`demo`] (cargo feature `demo`) runs it all offline against the Stripe
+//!   simulator.
+//! - The transports: [`ws`] (the WebSocket upgrade, one session task per connection),
+//!   [`admin`] (app enablement, Connect OAuth, audit log) and [`webhook`] (Stripe's deliveries),
+//!   over [`http`] (JSON errors, extractors, the connection loop, health, the web pages).
+//! - [`app`] wires the services below into the state every handler shares.
+//! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait;
+//!   [`connect`] is Stripe Connect OAuth, also behind a trait.
+//! - [`hub`] publishes room events locally and over the [`bus`]; [`rooms`] holds per-call
+//!   membership, routing state and the frames it fans out (domain state, no I/O).
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
-//! - [`auth`] verifies the platform's tokens; [`config`] loads settings; [`metrics`] counts;
-//!   [`limits`] sizes the connection cap from the open-file limit;
-//!   [`demo`] runs the whole product offline against the Stripe simulator.
+//! - Leaves: [`auth`] (platform tokens), [`config`], [`metrics`], [`limits`] (the connection cap
+//!   from the open-file limit), [`ids`].
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
 
@@ -22,13 +26,18 @@ pub mod app;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod connect;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod payments;
 pub mod rooms;
+pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod webhook;
 pub mod ws;

@@ -1,8 +1,9 @@
 //! `callpay` command line: `serve` for production, `demo` for the offline product.
 
 use anyhow::{Context, bail};
-use callpay::app::{App, Dependencies, node_id};
+use callpay::app::{Dependencies, node_id};
 use callpay::config::Config;
+use callpay::server::App;
 use std::path::PathBuf;
 
 const USAGE: &str = "usage:
@@ -36,12 +37,17 @@ async fn main() -> anyhow::Result<()> {
             callpay::shutdown::on_signal(app.state.shutdown.clone());
             app.run_until_stopped().await
         }
+        #[cfg(feature = "demo")]
         "demo" => {
             let dir = flag("--data-dir").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data/demo"));
             let listen = flag("--listen").map(|l| l.parse()).transpose().context("--listen must be HOST:PORT")?;
             let file = flag("--config").map(PathBuf::from);
             let settings = Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
             callpay::demo::run(dir, listen, settings).await
+        }
+        #[cfg(not(feature = "demo"))]
+        "demo" => {
+            bail!("this build has no demo: it was built without the `demo` feature (cargo build --features demo)")
         }
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

@@ -335,7 +335,7 @@ async fn open_calls(
     calls: usize,
     shared: &Arc<Shared>,
 ) -> anyhow::Result<(Vec<mpsc::Sender<Message>>, Vec<String>)> {
-    let run = callpay::payments::random_id();
+    let run = callpay::ids::random_id();
     let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     let mut setups = Vec::new();
     for i in 0..calls {
@@ -485,7 +485,7 @@ async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
         let before = rss_bytes(pid);
         let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
         let mut opens = Vec::new();
-        let run = callpay::payments::random_id();
+        let run = callpay::ids::random_id();
         for i in 0..n {
             let (server, gate, run) = (server.clone(), gate.clone(), run.clone());
             opens.push(tokio::spawn(async move {

@@ -2,54 +2,7 @@
 //! own organisation's, its own clinics', or none). Every admin handler asks [`authorize`] and
 //! nothing else decides access.
 
-use serde::{Deserialize, Serialize};
-
-/// Platform roles, from the admin token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdminRole {
-    /// Organisation admin: scoped by `org_id`.
-    OrgAdmin,
-    /// Clinic (team) admin: scoped by `clinic_ids`.
-    TeamAdmin,
-    /// Clinician: scoped by `clinic_ids`.
-    TeamMember,
-    /// The platform's service desk.
-    PlatformOperator,
-}
-
-impl AdminRole {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OrgAdmin => "org_admin",
-            Self::TeamAdmin => "team_admin",
-            Self::TeamMember => "team_member",
-            Self::PlatformOperator => "platform_operator",
-        }
-    }
-}
-
-/// Claims of a platform admin token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AdminClaims {
-    /// Always [`crate::auth::ADMIN_TYP`].
-    pub typ: String,
-    /// Admin's user id.
-    pub sub: String,
-    /// Display name.
-    pub name: String,
-    /// Role.
-    pub role: AdminRole,
-    /// The organisation (org admins).
-    #[serde(default)]
-    pub org_id: Option<String>,
-    /// The clinics (team admins and members).
-    #[serde(default)]
-    pub clinic_ids: Vec<String>,
-    /// Expiry, Unix seconds.
-    pub exp: u64,
-}
+pub use crate::auth::{AdminClaims, AdminRole};
 
 /// Everything the admin API does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! Admin request handlers: load the resource, ask the matrix, act, audit, answer.
 
 use super::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
-use super::connect::ConnectError;
 use super::{Actor, Admin, announce_clinic, audit_only, clinic_audit, unlink};
 use crate::app::AppState;
+use crate::connect::ConnectError;
 use crate::http::{ApiError, Json, Path, Query};
 use crate::store::{AuditEntry, ClinicChange, Committed, StripeLink, Write};
 use crate::store::{Clinic, Enablement, OAuthState, Org, StateTaken, now_ms};
@@ -249,7 +249,7 @@ pub async fn request_enablement(
     }
     for clinic_id in &body.clinic_ids {
         let e = Enablement {
-            id: format!("enr_{}", crate::payments::random_id()),
+            id: format!("enr_{}", crate::ids::random_id()),
             org_id: org_id.clone(),
             clinic_id: clinic_id.clone(),
             ticket_ref: ticket.to_owned(),
@@ -404,7 +404,7 @@ pub async fn start_connect(
             "Enable the payment app for this clinic first.",
         ));
     }
-    let state = format!("{}{}", crate::payments::random_id(), crate::payments::random_id());
+    let state = format!("{}{}", crate::ids::random_id(), crate::ids::random_id());
     let stored = app
         .store
         .insert_oauth_state(
@@ -765,7 +765,7 @@ pub async fn remove_stripe(
     };
     // One key per removal: a retry of this removal is the same request, a later removal (after a
     // re-link to the same account) is a new one.
-    let key = format!("callpay:deauthorize:{}:{}", clinic.id, crate::payments::random_id());
+    let key = format!("callpay:deauthorize:{}:{}", clinic.id, crate::ids::random_id());
     match app.connect.deauthorize(&account, &key).await {
         Ok(()) => {}
         // Already revoked from Stripe's side: unlinking here is still right.

@@ -4,7 +4,6 @@
 //! codes, cursor pagination on lists, and an OpenAPI document built from the route table below.
 
 pub mod authz;
-pub mod connect;
 mod handlers;
 pub mod openapi;
 

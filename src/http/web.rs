@@ -2,10 +2,12 @@
 //! page, the SDK, and (in demo mode only) the side-by-side demo call page.
 
 use crate::app::AppState;
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde_json::json;
+use std::sync::Arc;
 
 /// (path under /web/, content type, body)
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -21,7 +23,8 @@ const CLINICIAN: &str = include_str!("../../web/clinician.html");
 const PATIENT: &str = include_str!("../../web/patient.html");
 const ADMIN: &str = include_str!("../../web/admin.html");
 
-/// Links the demo page shows: filled in by `callpay demo`, absent in production.
+/// Links the demo page shows: `callpay demo` adds them to the router as an extension; without
+/// them `/demo` is a 404.
 #[derive(Debug, Clone)]
 pub struct DemoLinks {
     /// The demo call.
@@ -117,8 +120,8 @@ pub async fn client_config(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /`: the demo in demo mode, otherwise a pointer to the docs.
-pub async fn root(State(app): State<AppState>) -> Response {
-    if app.demo.is_some() {
+pub async fn root(demo: Option<Extension<Arc<DemoLinks>>>) -> Response {
+    if demo.is_some() {
         return Redirect::to("/demo").into_response();
     }
     axum::Json(json!({"service": "callpay", "health": "/healthz", "api": "/v1/openapi.json"})).into_response()
@@ -149,8 +152,8 @@ const DEMO_BN: [&str; 7] = [
 ];
 
 /// `GET /demo`: clinician and patient side by side (demo mode only).
-pub async fn demo(State(app): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let Some(d) = app.demo.as_ref() else {
+pub async fn demo(demo: Option<Extension<Arc<DemoLinks>>>, headers: axum::http::HeaderMap) -> Response {
+    let Some(Extension(d)) = demo else {
         return (StatusCode::NOT_FOUND, "The demo page exists only in `callpay demo`.").into_response();
     };
     let e = super::escape;

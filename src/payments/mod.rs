@@ -2,25 +2,26 @@
 //! clinic's connected account; Stripe's webhooks move it through the state machine; every change
 //! is stored first and then pushed to the call's room.
 
+pub mod event;
 pub mod state;
 pub mod stripe;
 pub mod validate;
 pub mod verify;
-pub mod view;
 
 use crate::bus::RoomEvent;
 use crate::config::PaymentsConfig;
 use crate::hub::Hub;
+use crate::ids::random_id;
 use crate::rooms::ProgressRefusal;
 use crate::store::{
     Actor, AuditEntry, Committed, Inserted, Payment, STRIPE, Store, StoreError, WebhookRecord, Write, now_ms,
 };
 use callpay_protocol::{ErrorCode, Participant, PaymentStatus, ProgressStage, Role};
+use event::{Event, EventObject};
 use state::{Change, Transition};
 use std::collections::HashMap;
 use std::sync::Arc;
 use stripe::{GatewayError, NewIntent, StripeApi};
-use stripe_webhook::{Event, EventObject};
 
 /// Attempts at an optimistic update before giving up (each attempt re-reads the payment).
 const UPDATE_ATTEMPTS: usize = 5;
@@ -423,7 +424,7 @@ impl Payments {
         let parsed = parse_event(event, account.as_deref(), self.stripe.as_ref()).await;
         let record = |payment_id: Option<&str>, outcome: &str| WebhookRecord {
             event_id: event_id.to_owned(),
-            event_type: event.type_.as_str().to_owned(),
+            event_type: event.kind.as_str().to_owned(),
             account: account.clone(),
             payment_id: payment_id.map(str::to_owned),
             outcome: outcome.to_owned(),
@@ -438,7 +439,7 @@ impl Payments {
                 Found::Nothing => {
                     tracing::info!(
                         event_id,
-                        kind = event.type_.as_str(),
+                        kind = event.kind.as_str(),
                         "webhook for a payment this hub does not know"
                     );
                     return Ok(self
@@ -617,7 +618,7 @@ async fn parse_event(
     stripe: &dyn StripeApi,
 ) -> Option<(String, Option<String>, Change)> {
     let meta = |m: &HashMap<String, String>| m.get("callpay_payment_id").cloned();
-    let (pi, metadata, change) = match &event.data.object {
+    let (pi, metadata, change) = match &event.object {
         EventObject::PaymentIntentRequiresAction(pi) => (pi.id.to_string(), meta(&pi.metadata), Change::RequiresAction),
         EventObject::PaymentIntentProcessing(pi) => (pi.id.to_string(), meta(&pi.metadata), Change::Processing),
         EventObject::PaymentIntentPaymentFailed(pi) => {
@@ -713,14 +714,6 @@ fn status_word(s: PaymentStatus) -> &'static str {
         PaymentStatus::PartiallyRefunded => "partially refunded",
         PaymentStatus::Refunded => "refunded",
     }
-}
-
-/// 20 random base62 characters.
-pub fn random_id() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 #[cfg(test)]

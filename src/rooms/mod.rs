@@ -9,11 +9,12 @@
 //! relayed `payment.progress` is checked without touching the store or another thread.
 
 pub mod outbound;
+pub mod view;
 
 pub use outbound::{Next, Outbound, OutboundRx};
 
 use crate::bus::RoomEvent;
-use crate::payments::view::{encode, payment_view, visible_to};
+use crate::rooms::view::{encode, payment_view, visible_to};
 use crate::store::Payment;
 use bytes::Bytes;
 use callpay_protocol::{Participant, PaymentStatus, ProgressStage, Role, ServerMsg};

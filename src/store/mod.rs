@@ -404,7 +404,7 @@ impl AuditEntry {
     /// fields are empty and set with struct update syntax.
     pub fn new(actor: Actor<'_>, action: &str, outcome: &str) -> Self {
         Self {
-            id: format!("aud_{}", crate::payments::random_id()),
+            id: format!("aud_{}", crate::ids::random_id()),
             at: now_ms(),
             org_id: None,
             clinic_id: None,

@@ -9,8 +9,8 @@
 use crate::app::AppState;
 use crate::auth::JoinClaims;
 use crate::bus::RoomEvent;
-use crate::payments::view::{encode, payment_view, visible_to};
 use crate::payments::{Caller, Refusal};
+use crate::rooms::view::{encode, payment_view, visible_to};
 use crate::rooms::{Next, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;

@@ -32,7 +32,7 @@ async fn serve_refuses_to_start_without_required_settings() {
 
 #[tokio::test]
 async fn demo_prints_urls_and_the_machine_line() {
-    let dir = std::env::temp_dir().join(format!("callpay-cli-{}", callpay::payments::random_id()));
+    let dir = std::env::temp_dir().join(format!("callpay-cli-{}", callpay::ids::random_id()));
     // The demo takes the server settings from the environment as `serve` does: a cap of one
     // socket, so a second upgrade is refused with 503.
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callpay"))
@@ -94,7 +94,7 @@ async fn serve_runs_the_whole_product_from_environment_settings() {
     })
     .await
     .unwrap();
-    let dir = std::env::temp_dir().join(format!("callpay-serve-{}", callpay::payments::random_id()));
+    let dir = std::env::temp_dir().join(format!("callpay-serve-{}", callpay::ids::random_id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = "serve-test-platform-secret-0123456789";
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_callpay"))

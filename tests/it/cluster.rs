@@ -4,10 +4,11 @@
 
 use crate::helpers::*;
 use crate::services::{PrivateRedis, REDIS_URL, TempDb, ensure_services};
-use callpay::app::{App, AppState, Dependencies};
+use callpay::app::{AppState, Dependencies};
 use callpay::bus::RedisBus;
 use callpay::config::{Config, Secret};
 use callpay::demo::{DEMO_CLINIC, join_token};
+use callpay::server::App;
 use callpay::store::{Inserted, SqlStore, Store};
 use callpay_protocol::Role;
 use serde_json::json;
@@ -60,7 +61,7 @@ impl Cluster {
                 store: Arc::new(SqlStore::connect(&db.url).await.unwrap()),
                 stripe: Arc::new(callpay::payments::stripe::StripeGateway::new(&config.stripe).unwrap()),
                 bus: Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap()),
-                connect: Arc::new(callpay::admin::connect::StripeConnect::new(&config.stripe)),
+                connect: Arc::new(callpay::connect::StripeConnect::new(&config.stripe)),
             };
             let app = App::build_on(listener, config, deps, node).await.unwrap();
             let state = app.state.clone();
@@ -69,7 +70,7 @@ impl Cluster {
         }
         let store = &nodes[0].0.store;
         callpay::demo::seed(store.as_ref(), &sim).await.unwrap();
-        let call_id = format!("cluster-{}", callpay::payments::random_id());
+        let call_id = format!("cluster-{}", callpay::ids::random_id());
         Self { sim, nodes, secret, call_id, _db: db }
     }
 
@@ -251,7 +252,7 @@ async fn numsub(channel: &str) -> i64 {
 async fn a_call_is_resynced_once_its_subscription_is_live_and_clinic_channels_follow_their_calls() {
     use callpay::bus::{Bus, Envelope, RoomEvent};
     ensure_services();
-    let run = callpay::payments::random_id();
+    let run = callpay::ids::random_id();
     let (call, clinic) = (format!("call_{run}"), format!("clinic_{run}"));
     let a = RedisBus::connect(REDIS_URL, "a".into()).await.unwrap();
     let b = RedisBus::connect(REDIS_URL, "b".into()).await.unwrap();
@@ -327,7 +328,7 @@ async fn the_same_webhook_at_three_nodes_at_once_and_retried_changes_the_payment
             .expect("the simulator recorded the success")
     });
     let body = event.to_string();
-    let signature = stripe_webhook::Webhook::generate_test_header(&body, "whsec_cluster_test", None);
+    let signature = sign_webhook(&body, "whsec_cluster_test", None);
     let post = |node: usize| {
         let url = format!("{}/v1/stripe/webhook", cluster.nodes[node].1.replace("ws://", "http://"));
         let (body, signature) = (body.clone(), signature.clone());

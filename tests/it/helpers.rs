@@ -363,3 +363,10 @@ pub async fn admin_status_with_claims(hub: &TestHub, claims: &Value) -> u16 {
     let url = format!("{}/v1/enablement-requests", hub.info.hub_url);
     hub.http.send("GET", &url, &[("authorization", &format!("Bearer {token}"))], String::new()).await.0
 }
+
+/// A `Stripe-Signature` header for `payload`, signed now (or at `at`, Unix seconds) with
+/// `secret`: the simulator's signer, which its own tests check against Stripe's crate.
+pub fn sign_webhook(payload: &str, secret: &str, at: Option<i64>) -> String {
+    let t = at.unwrap_or_else(|| callpay::auth::now_secs() as i64);
+    stripe_sim::webhooks::signature_header(secret, t, payload)
+}

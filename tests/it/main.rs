@@ -11,6 +11,7 @@ mod cluster;
 mod errors;
 mod flow;
 mod hostile;
+mod layers;
 mod money;
 mod outage;
 mod sockets;

@@ -3,7 +3,6 @@
 
 use crate::helpers::*;
 use serde_json::{Value, json};
-use stripe_webhook::Webhook;
 
 /// Calls the simulator's API as the clinic's own Stripe user would (secret key on its account).
 async fn as_clinic(hub: &TestHub, account: &str, path: &str, form: &str) -> Value {
@@ -119,7 +118,7 @@ async fn replay(hub: &TestHub, event: &Value, id: &str, created: u64) -> Value {
     e["created"] = json!(created);
     let body = e.to_string();
     let secret = hub.state.config.stripe.webhook_secrets[0].expose().to_owned();
-    let sig = Webhook::generate_test_header(&body, &secret, None);
+    let sig = sign_webhook(&body, &secret, None);
     let (status, resp, _) = hub
         .http
         .send(

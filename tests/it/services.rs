@@ -64,7 +64,7 @@ pub struct TempDb {
 impl TempDb {
     pub fn new() -> Self {
         ensure_services();
-        let name = format!("callpay_t_{}", callpay::payments::random_id().to_lowercase());
+        let name = format!("callpay_t_{}", callpay::ids::random_id().to_lowercase());
         psql(&format!("CREATE DATABASE {name}"));
         Self { url: format!("postgres://postgres@127.0.0.1:5432/{name}"), name }
     }

@@ -2,7 +2,6 @@
 
 use crate::helpers::*;
 use serde_json::json;
-use stripe_webhook::Webhook;
 
 async fn post_webhook(hub: &TestHub, payload: &str, signature: Option<&str>) -> (u16, serde_json::Value) {
     let mut headers = vec![("content-type", "application/json")];
@@ -23,15 +22,15 @@ async fn signatures_are_verified_on_the_raw_body() {
     let hub = TestHub::start().await;
     let payload = json!({"id": "evt_x", "object": "event", "api_version": null, "created": 1, "livemode": false, "pending_webhooks": 0, "request": null, "type": "payment_intent.created", "data": {"object": {"id": "pi_x", "object": "payment_intent"}}}).to_string();
     assert_eq!(post_webhook(&hub, &payload, None).await.0, 400);
-    let wrong = Webhook::generate_test_header(&payload, "whsec_wrong", None);
+    let wrong = sign_webhook(&payload, "whsec_wrong", None);
     let (status, body) = post_webhook(&hub, &payload, Some(&wrong)).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("bad_signature")));
     // A valid signature over different bytes fails.
-    let good = Webhook::generate_test_header(&payload, &secret(&hub), None);
+    let good = sign_webhook(&payload, &secret(&hub), None);
     let tampered = payload.replace("pi_x", "pi_y");
     assert_eq!(post_webhook(&hub, &tampered, Some(&good)).await.0, 400);
     // A replay older than five minutes fails.
-    let old = Webhook::generate_test_header(&payload, &secret(&hub), Some(callpay::auth::now_secs() as i64 - 301));
+    let old = sign_webhook(&payload, &secret(&hub), Some(callpay::auth::now_secs() as i64 - 301));
     assert_eq!(post_webhook(&hub, &payload, Some(&old)).await.0, 400);
     let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
     assert!(metrics.contains("callpay_webhooks_rejected_total 4"), "{metrics}");
@@ -49,7 +48,7 @@ async fn rotated_secrets_and_unknown_payments_are_answered_2xx() {
         "data": {"object": hub_intent_json("pi_never_ours")}
     })
     .to_string();
-    let sig = Webhook::generate_test_header(&unknown, "whsec_next_secret", None);
+    let sig = sign_webhook(&unknown, "whsec_next_secret", None);
     let (status, body) = post_webhook(&hub, &unknown, Some(&sig)).await;
     assert_eq!((status, body["outcome"].as_str()), (200, Some("unknownpayment")), "{body}");
     let (status, body) = post_webhook(&hub, &unknown, Some(&sig)).await;
@@ -141,7 +140,7 @@ async fn a_late_failure_after_success_changes_nothing() {
     late["id"] = json!("evt_late_failure");
     late["created"] = json!(callpay::auth::now_secs() + 5);
     let body = late.to_string();
-    let sig = Webhook::generate_test_header(&body, &secret(&hub), None);
+    let sig = sign_webhook(&body, &secret(&hub), None);
     let (status, resp) = post_webhook(&hub, &body, Some(&sig)).await;
     assert_eq!((status, resp["outcome"].as_str()), (200, Some("nochange")));
     let stored = hub.state.store.payment(&pid).await.unwrap().unwrap();

@@ -3,31 +3,28 @@
 //! 2xx for anything processed (including duplicates and unknown payments), 400 for a bad
 //! signature or body, and 503 when the store is down so that Stripe retries later.
 
-use super::{ApiError, Body};
 use crate::app::AppState;
-use crate::config::Secret;
+use crate::http::{ApiError, Body};
 use crate::payments::EventOutcome;
+use crate::payments::event::{self, DeliveryError, EventObject};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use stripe_webhook::{Webhook, WebhookError};
 
-/// Verifies a delivery's `Stripe-Signature` header against each secret in turn (rotation: the
-/// first that matches wins) and parses the event it signs. Pure apart from reading the clock.
-pub fn verify_event(payload: &str, signature: &str, secrets: &[Secret]) -> Result<stripe_webhook::Event, ApiError> {
-    let mut bad_payload = false;
-    for secret in secrets {
-        match Webhook::construct_event(payload, signature, secret.expose()) {
-            Ok(event) => return Ok(event),
-            Err(WebhookError::BadParse(_)) => bad_payload = true,
-            Err(_) => {}
+/// Verifies a delivery against every configured secret (rotation) at the current time.
+fn verify(app: &AppState, payload: &str, signature: &str) -> Result<event::Event, ApiError> {
+    let secrets: Vec<&str> = app.config.stripe.webhook_secrets.iter().map(|s| s.expose()).collect();
+    let now = crate::auth::now_secs() as i64;
+    event::verify(payload, signature, &secrets, now).map_err(|e| match e {
+        DeliveryError::BadSignature => {
+            ApiError::bad_request("bad_signature", "The Stripe-Signature header does not match, or is too old.")
         }
-    }
-    if bad_payload {
-        return Err(ApiError::bad_request("bad_payload", "The signature matched but the event could not be parsed."));
-    }
-    Err(ApiError::bad_request("bad_signature", "The Stripe-Signature header does not match, or is too old."))
+        DeliveryError::BadPayload(why) => {
+            tracing::warn!(%why, "a signed webhook could not be parsed");
+            ApiError::bad_request("bad_payload", "The signature matched but the event could not be parsed.")
+        }
+    })
 }
 
 /// Receives one delivery.
@@ -41,7 +38,7 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, Body(body)
         app.metrics.webhooks_rejected.inc();
         return ApiError::bad_request("bad_payload", "The body is not UTF-8.").into_response();
     };
-    let event = match verify_event(payload, signature, &app.config.stripe.webhook_secrets) {
+    let event = match verify(&app, payload, signature) {
         Ok(e) => e,
         Err(e) => {
             app.metrics.webhooks_rejected.inc();
@@ -49,7 +46,7 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, Body(body)
             return e.into_response();
         }
     };
-    if let stripe_webhook::EventObject::AccountApplicationDeauthorized(_) = &event.data.object {
+    if let EventObject::AccountApplicationDeauthorized = &event.object {
         let Some(account) = event.account.as_deref() else {
             return axum::Json(json!({"received": true, "outcome": "ignored"})).into_response();
         };
@@ -77,7 +74,7 @@ pub async fn receive(State(app): State<AppState>, headers: HeaderMap, Body(body)
                 }
                 _ => {}
             }
-            tracing::info!(event_id = event.id.as_str(), kind = event.type_.as_str(), ?outcome, "webhook processed");
+            tracing::info!(event_id = event.id.as_str(), kind = event.kind.as_str(), ?outcome, "webhook processed");
             axum::Json(json!({"received": true, "outcome": format!("{outcome:?}").to_lowercase()})).into_response()
         }
         Err(e) => {
