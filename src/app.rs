@@ -98,7 +98,8 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         deps.bus.observe_with(metrics.clone());
         let stripe: Arc<dyn StripeApi> = Arc::new(crate::payments::stripe::Timed::new(deps.stripe, metrics.clone()));
-        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone(), tracker.clone());
+        let presence_ttl = std::time::Duration::from_millis(config.bus.presence_ttl_ms);
+        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone(), tracker.clone(), presence_ttl);
         let payments = Payments::new(deps.store.clone(), stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());

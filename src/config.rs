@@ -81,11 +81,21 @@ pub struct Config {
 }
 
 /// Cross-instance fan-out. Without a Redis URL the hub runs as a single instance.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BusConfig {
     /// `redis://host:6379/` to let several hub instances serve one call.
     pub redis_url: Option<String>,
+    /// How long a node's entry in a call's shared presence record lasts unless renewed. Nodes
+    /// renew theirs every third of it, so a crashed node's participants disappear from the
+    /// other nodes' calls within this time (plus one renewal period).
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self { redis_url: None, presence_ttl_ms: 15_000 }
+    }
 }
 
 /// Listener and per-connection limits.

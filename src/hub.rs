@@ -1,13 +1,28 @@
 //! The hub's fan-out point: a room event goes to this node's members at once and to other nodes
 //! over the bus. It is also the bus's sink: remote events are delivered locally, and after a gap
 //! every local room is resynced from the store.
+//!
+//! Presence across nodes: joins and leaves travel as bus events at once, and each node also
+//! keeps its entry in the shared presence record ([`Bus::put_presence`]) for every call it
+//! serves: written before a first connection's `welcome` and before its last leave is
+//! announced, renewed
+//! every third of `bus.presence_ttl_ms`. On each renewal the node reads the other nodes'
+//! entries and its rooms adopt them, so a node that died (its entry expires) or a leave lost in
+//! a bus gap is noticed within the expiry.
 
-use crate::bus::{Bus, Envelope, EnvelopeSink, RoomEvent};
+use crate::bus::{Bus, Envelope, EnvelopeSink, Presence, RoomEvent};
 use crate::rooms::RoomRegistry;
 use crate::store::Store;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Longest a join waits on the presence record before going on without it (the renewal
+/// repairs what it missed).
+const PRESENCE_WAIT: Duration = Duration::from_millis(500);
 
 /// Publishes room events locally and across nodes.
 pub struct Hub {
@@ -19,6 +34,14 @@ pub struct Hub {
     store: Arc<dyn Store>,
     tracker: TaskTracker,
     resync: Arc<Resync>,
+    presence: SharedPresence,
+}
+
+/// This node's part in the shared presence record.
+struct SharedPresence {
+    ttl: Duration,
+    /// Calls this node has an entry for, so a room that closed gets its entry removed.
+    written: Mutex<HashSet<String>>,
 }
 
 /// At most one resync runs at a time; a request while one runs makes it go round once more
@@ -31,15 +54,18 @@ struct Resync {
 
 impl Hub {
     /// A hub for this node. Resyncs run on `tracker`, so shutdown waits for them.
+    /// `presence_ttl` is how long this node's presence entries last unless renewed.
     pub fn new(
         node_id: String,
         rooms: Arc<RoomRegistry>,
         bus: Arc<dyn Bus>,
         store: Arc<dyn Store>,
         tracker: TaskTracker,
+        presence_ttl: Duration,
     ) -> Arc<Self> {
         rooms.set_observer(Arc::new(BusWatcher(bus.clone())));
-        Arc::new(Self { node_id, rooms, bus, store, tracker, resync: Arc::default() })
+        let presence = SharedPresence { ttl: presence_ttl.max(Duration::from_millis(30)), written: Mutex::default() };
+        Arc::new(Self { node_id, rooms, bus, store, tracker, resync: Arc::default(), presence })
     }
 
     /// Delivers to local members, then queues for other nodes; never waits on the bus. A bus
@@ -70,9 +96,118 @@ impl Hub {
         }
     }
 
-    /// Starts receiving other nodes' events.
-    pub fn start(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        self.bus.start(self.clone(), stop);
+    /// Starts receiving other nodes' events and keeping this node's presence entries.
+    pub fn start(self: &Arc<Self>, stop: CancellationToken) {
+        self.bus.start(self.clone(), stop.clone());
+        self.tracker.spawn(self.clone().keep_presence(stop));
+    }
+
+    /// Other nodes' participants in `call_id`, for a room about to open here (its `welcome`
+    /// must list them). `None` on a lone node, or if the record cannot be read in time.
+    pub async fn remote_presence(&self, call_id: &str) -> Option<Presence> {
+        if !self.bus.has_peers() {
+            return None;
+        }
+        let calls = [call_id.to_owned()];
+        match tokio::time::timeout(PRESENCE_WAIT, self.bus.read_presence(&calls)).await {
+            Ok(Ok(mut p)) => p.pop(),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, call_id, "presence not read; the next renewal fills it in");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Writes this node's entry for `call_id` now: on a participant's first connection here, so
+    /// that a participant joining on another node a moment later finds them in its `welcome`,
+    /// and on their last leaving, so that the next renewal elsewhere does not bring them back.
+    pub async fn share_presence(&self, call_id: &str) {
+        if !self.bus.has_peers() {
+            return;
+        }
+        let entry = [(call_id.to_owned(), self.rooms.participants(call_id))];
+        self.presence.written.lock().unwrap_or_else(|p| p.into_inner()).insert(call_id.to_owned());
+        match tokio::time::timeout(PRESENCE_WAIT, self.bus.put_presence(&entry, self.presence.ttl)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, call_id, "presence not written; the next renewal writes it"),
+            Err(_) => tracing::warn!(call_id, "presence write slow; the next renewal writes it"),
+        }
+    }
+
+    /// Renews this node's entries every third of the expiry, adopting the other nodes' entries
+    /// into the rooms on each renewal, until `stop` ([`Hub::depart`] then removes them).
+    async fn keep_presence(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.presence.ttl / 3;
+        let mut renew = tokio::time::interval(every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = renew.tick() => self.renew_presence().await,
+            }
+        }
+    }
+
+    /// The node is going away (its sessions have closed): sends what the bus still holds, then
+    /// removes this node's presence entries, so other nodes drop its participants at their next
+    /// renewal instead of after the expiry.
+    pub async fn depart(&self) {
+        self.bus.flush(PRESENCE_WAIT * 4).await;
+        let written: Vec<(String, Vec<callpay_protocol::Participant>)> =
+            std::mem::take(&mut *self.presence.written.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|call| (call, Vec::new()))
+                .collect();
+        match tokio::time::timeout(PRESENCE_WAIT, self.bus.put_presence(&written, self.presence.ttl)).await {
+            Ok(Ok(())) => {}
+            _ => tracing::warn!("presence not cleared on shutdown; it expires instead"),
+        }
+    }
+
+    /// This node's entries for the calls it serves now, and removals for calls it no longer
+    /// serves.
+    fn own_entries(
+        &self,
+        calls: impl IntoIterator<Item = String>,
+    ) -> Vec<(String, Vec<callpay_protocol::Participant>)> {
+        let mut written = self.presence.written.lock().unwrap_or_else(|p| p.into_inner());
+        calls
+            .into_iter()
+            .map(|call| {
+                let here = self.rooms.participants(&call);
+                if here.is_empty() {
+                    written.remove(&call);
+                } else {
+                    written.insert(call.clone());
+                }
+                (call, here)
+            })
+            .collect()
+    }
+
+    async fn renew_presence(&self) {
+        if !self.bus.has_peers() {
+            return;
+        }
+        let serving: Vec<String> = self.rooms.calls().into_iter().map(|(call, _)| call).collect();
+        let gone: Vec<String> = {
+            let written = self.presence.written.lock().unwrap_or_else(|p| p.into_inner());
+            written.iter().filter(|c| !self.rooms.has(c)).cloned().collect()
+        };
+        let entries = self.own_entries(serving.iter().cloned().chain(gone));
+        if let Err(e) = self.bus.put_presence(&entries, self.presence.ttl).await {
+            tracing::warn!(error = %e, "presence not renewed; other nodes may drop this node's participants");
+        }
+        let read_at = std::time::Instant::now();
+        match self.bus.read_presence(&serving).await {
+            Ok(presence) => {
+                for (call, nodes) in serving.iter().zip(presence) {
+                    self.rooms.sync_remote(call, nodes, read_at);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "presence not read; keeping what the rooms know"),
+        }
     }
 
     /// Re-sends what every local room may have missed during a bus gap, from the store: each
@@ -133,7 +268,7 @@ impl Hub {
             }
         }
         // A join published while other nodes were cut off is lost to them: tell them again who
-        // is here. (Leaves lost in a gap need shared presence with expiry: not in this node.)
+        // is here. (A leave lost in a gap is repaired by the presence record's renewal.)
         if !announce {
             return;
         }
@@ -156,10 +291,19 @@ impl Hub {
 
 impl EnvelopeSink for Hub {
     fn deliver_remote(&self, envelope: &Envelope) {
-        if envelope.call_id.is_empty() {
-            self.rooms.deliver_clinic(&envelope.clinic_id, &envelope.event);
-        } else {
-            self.rooms.deliver(&envelope.call_id, &envelope.event);
+        match &envelope.event {
+            RoomEvent::Joined { participant } => {
+                self.rooms.remote_joined(&envelope.call_id, &envelope.origin, participant);
+            }
+            RoomEvent::Left { participant } => {
+                self.rooms.remote_left(&envelope.call_id, &envelope.origin, participant);
+            }
+            _ if envelope.call_id.is_empty() => {
+                self.rooms.deliver_clinic(&envelope.clinic_id, &envelope.event);
+            }
+            _ => {
+                self.rooms.deliver(&envelope.call_id, &envelope.event);
+            }
         }
     }
 

@@ -142,6 +142,7 @@ impl App {
         if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "sessions still open after the grace period");
         }
+        state.hub.depart().await;
         Ok(())
     }
 }

@@ -1,8 +1,12 @@
 //! In-process bus: every clone shares one broadcast channel, so several hub nodes in one
 //! process (tests, the demo) behave like nodes on Redis.
 
-use super::{Bus, BusError, Envelope, EnvelopeSink};
-use std::sync::Arc;
+use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, now_ms};
+use async_trait::async_trait;
+use callpay_protocol::Participant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -14,21 +18,58 @@ const CAPACITY: usize = 4096;
 pub struct MemoryBus {
     node: String,
     tx: broadcast::Sender<Envelope>,
+    /// call id -> node id -> entry: the presence record every handle shares.
+    presence: Arc<Mutex<HashMap<String, HashMap<String, PresenceEntry>>>>,
 }
 
 impl MemoryBus {
     /// A new channel with one node on it.
     pub fn new(node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: broadcast::channel(CAPACITY).0 }
+        Self { node: node.into(), tx: broadcast::channel(CAPACITY).0, presence: Arc::default() }
     }
 
     /// Another node's handle on the same channel.
     pub fn clone_for(&self, node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: self.tx.clone() }
+        Self { node: node.into(), tx: self.tx.clone(), presence: self.presence.clone() }
     }
 }
 
+#[async_trait]
 impl Bus for MemoryBus {
+    async fn put_presence(&self, calls: &[(String, Vec<Participant>)], ttl: Duration) -> Result<(), BusError> {
+        let expires_ms = now_ms() + ttl.as_millis() as u64;
+        let mut record = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        for (call_id, participants) in calls {
+            let nodes = record.entry(call_id.clone()).or_default();
+            if participants.is_empty() {
+                nodes.remove(&self.node);
+            } else {
+                nodes.insert(self.node.clone(), PresenceEntry { expires_ms, participants: participants.clone() });
+            }
+            if nodes.is_empty() {
+                record.remove(call_id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_presence(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError> {
+        let now = now_ms();
+        let record = self.presence.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(call_ids
+            .iter()
+            .map(|call_id| {
+                record
+                    .get(call_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(node, e)| **node != self.node && e.expires_ms > now)
+                    .map(|(node, e)| (node.clone(), e.participants.clone()))
+                    .collect()
+            })
+            .collect())
+    }
+
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         // No subscribers is fine: a single node has nobody else to tell.
         let _ = self.tx.send(envelope);

@@ -5,6 +5,10 @@
 //! [`MemoryBus`] connects nodes inside one process (tests, the demo); [`RedisBus`] connects
 //! processes through Redis pub/sub, subscribing to a call's channel only while this node has
 //! members in that call.
+//!
+//! The bus also keeps the shared presence record: per call, each node's participants with an
+//! expiry that the node renews. Bus events say who joined or left at once; the record repairs
+//! what events cannot, such as a node that died without saying goodbye.
 
 mod memory;
 mod redis;
@@ -13,8 +17,14 @@ pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
 use crate::store::Payment;
+use async_trait::async_trait;
 use callpay_protocol::{Participant, ProgressStage};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Who other nodes have in a call, by node id (a node's own entry is never included).
+pub type Presence = BTreeMap<String, Vec<Participant>>;
 
 /// Something that happened in a call, in role-neutral form: each node renders it per recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +106,8 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     fn resync_call(self: std::sync::Arc<Self>, call_id: String, clinic_id: String);
 }
 
-/// Cross-node publish/subscribe.
+/// Cross-node publish/subscribe, and the shared presence record.
+#[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Hands an envelope to other nodes without waiting for them: it is queued (bounded) and
     /// sent in the background, so a slow bus never stalls local delivery. An error means it
@@ -115,4 +126,26 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self, _call_id: &str, _clinic_id: &str) {}
     /// This node no longer has members in `call_id`.
     fn unwatch(&self, _call_id: &str, _clinic_id: &str) {}
+    /// Waits (at most `within`) until what was handed to [`Bus::publish`] has been sent: a
+    /// stopping node's last events (its participants leaving) are not lost with the process.
+    async fn flush(&self, _within: Duration) {}
+    /// Writes this node's participants in each call to the shared presence record, valid for
+    /// `ttl` unless written again. An empty list removes this node's entry for that call.
+    async fn put_presence(&self, calls: &[(String, Vec<Participant>)], ttl: Duration) -> Result<(), BusError>;
+    /// Other nodes' unexpired entries for each call, in the order asked.
+    async fn read_presence(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError>;
+}
+
+/// One node's entry in a call's presence record, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PresenceEntry {
+    /// Unix milliseconds after which the entry no longer counts. Nodes' clocks are compared,
+    /// so they must be kept in sync (NTP); a skew shortens or lengthens the expiry by as much.
+    expires_ms: u64,
+    participants: Vec<Participant>,
+}
+
+/// Now, in Unix milliseconds.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -2,11 +2,17 @@
 //! `callpay:clinic:{clinic_id}` (every call of a clinic). A node subscribes to a call's channel
 //! while it has members in that call, and to the clinic's channel while it has any of its calls.
 //!
+//! Presence is a hash per call, `callpay:presence:{call_id}`: field = node id, value = JSON
+//! participants with an expiry. Each node writes only its own field, so nodes never race; the
+//! key itself expires a while after the last write, so finished calls leave nothing behind.
+//!
 //! Subscriptions live on a dedicated RESP3 connection with automatic resubscription. Redis
 //! drops messages published while a subscriber is disconnected, so after every disconnection
 //! the node waits until Redis answers again and then resyncs its rooms from the store.
 
-use super::{Bus, BusError, Envelope, EnvelopeSink};
+use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, now_ms};
+use async_trait::async_trait;
+use callpay_protocol::Participant;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind};
 use std::collections::HashMap;
@@ -48,9 +54,13 @@ pub struct RedisBus {
     publish_tx: mpsc::Sender<(String, Vec<u8>)>,
     /// Set when an envelope could not be queued; the publisher announces the gap.
     dropped: Arc<AtomicBool>,
+    /// Set while the publisher holds a batch it has not finished sending.
+    sending: Arc<AtomicBool>,
     /// Publish latency goes here once the app has its metrics.
     metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
     subscriber: ConnectionManager,
+    /// For presence reads and writes (multiplexed with the publisher's pipelines).
+    conn: ConnectionManager,
     commands_tx: mpsc::Sender<Command>,
     parts: std::sync::Mutex<Option<(mpsc::Receiver<Command>, mpsc::Receiver<PushInfo>)>>,
     lagged: Arc<AtomicBool>,
@@ -58,6 +68,10 @@ pub struct RedisBus {
 
 fn call_channel(call_id: &str) -> String {
     format!("callpay:call:{call_id}")
+}
+
+fn presence_key(call_id: &str) -> String {
+    format!("callpay:presence:{call_id}")
 }
 
 fn clinic_channel(clinic_id: &str) -> String {
@@ -102,13 +116,18 @@ impl RedisBus {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicBool::new(false));
         let metrics = Arc::new(std::sync::OnceLock::new());
-        tokio::spawn(publisher(publisher_conn, publish_rx, dropped.clone(), node.clone(), metrics.clone()));
+        let conn = publisher_conn.clone();
+        let sending = Arc::new(AtomicBool::new(false));
+        let queue = Publisher { rx: publish_rx, dropped: dropped.clone(), sending: sending.clone() };
+        tokio::spawn(publisher(publisher_conn, queue, node.clone(), metrics.clone()));
         Ok(Self {
             node,
             publish_tx,
             dropped,
+            sending,
             metrics,
             subscriber,
+            conn,
             commands_tx,
             parts: std::sync::Mutex::new(Some((commands_rx, push_rx))),
             lagged,
@@ -128,7 +147,107 @@ impl RedisBus {
     }
 }
 
+#[async_trait]
 impl Bus for RedisBus {
+    async fn flush(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        // `sending` is cleared only once a batch is sent. The publisher takes a batch off the
+        // queue a moment before it sets the flag, so "empty and not sending" must hold twice.
+        let idle =
+            || self.publish_tx.capacity() == self.publish_tx.max_capacity() && !self.sending.load(Ordering::Acquire);
+        let mut idle_once = false;
+        loop {
+            if idle() {
+                if idle_once {
+                    return;
+                }
+                idle_once = true;
+            } else {
+                idle_once = false;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("bus publishes still queued at shutdown; other nodes resync or expire them");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn put_presence(&self, calls: &[(String, Vec<Participant>)], ttl: Duration) -> Result<(), BusError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        let expires_ms = now_ms() + ttl.as_millis() as u64;
+        // The key outlives its entries: a call's record goes once no node has renewed it for
+        // three expiries.
+        let key_ttl = (ttl.as_millis() as u64).max(1) * 3;
+        let mut pipe = redis::pipe();
+        for (call_id, participants) in calls {
+            let key = presence_key(call_id);
+            if participants.is_empty() {
+                pipe.cmd("HDEL").arg(&key).arg(&self.node).ignore();
+            } else {
+                let entry = PresenceEntry { expires_ms, participants: participants.clone() };
+                let value = serde_json::to_string(&entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
+                pipe.cmd("HSET").arg(&key).arg(&self.node).arg(value).ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(key_ttl).ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("presence write timed out".into())),
+        }
+    }
+
+    async fn read_presence(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError> {
+        if call_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for call_id in call_ids {
+            pipe.cmd("HGETALL").arg(presence_key(call_id));
+        }
+        let mut conn = self.conn.clone();
+        let records: Vec<HashMap<String, String>> =
+            match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async(&mut conn)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(BusError::Unavailable(e.to_string())),
+                Err(_) => return Err(BusError::Unavailable("presence read timed out".into())),
+            };
+        let now = now_ms();
+        let mut expired = redis::pipe();
+        let mut any_expired = false;
+        let presence = call_ids
+            .iter()
+            .zip(records)
+            .map(|(call_id, record)| {
+                let mut nodes = Presence::new();
+                for (node, value) in record {
+                    match serde_json::from_str::<PresenceEntry>(&value) {
+                        Ok(e) if e.expires_ms > now => {
+                            if node != self.node {
+                                nodes.insert(node, e.participants);
+                            }
+                        }
+                        // Expired (its node died) or unreadable: tidy it away.
+                        _ => {
+                            expired.cmd("HDEL").arg(presence_key(call_id)).arg(node).ignore();
+                            any_expired = true;
+                        }
+                    }
+                }
+                nodes
+            })
+            .collect();
+        if any_expired {
+            // Best effort: an entry left behind is ignored by every reader anyway.
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, expired.query_async::<()>(&mut conn)).await;
+        }
+        Ok(presence)
+    }
+
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         let channel = if envelope.call_id.is_empty() {
             clinic_channel(&envelope.clinic_id)
@@ -287,18 +406,27 @@ async fn messages(
 /// Sends queued envelopes in pipelined batches. Whatever could not be sent (Redis down, queue
 /// overflow) is a gap for the other nodes: once a publish goes through again, a gap message makes
 /// every node resync its rooms from the store.
+/// The publisher's side of the publish queue.
+struct Publisher {
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    dropped: Arc<AtomicBool>,
+    sending: Arc<AtomicBool>,
+}
+
 async fn publisher(
     mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
-    dropped: Arc<AtomicBool>,
+    queue: Publisher,
     node: String,
     metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
 ) {
+    let Publisher { mut rx, dropped, sending } = queue;
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     loop {
+        sending.store(false, Ordering::Release);
         if rx.recv_many(&mut batch, PUBLISH_BATCH).await == 0 {
             return;
         }
+        sending.store(true, Ordering::Release);
         let mut pipe = redis::pipe();
         for (channel, payload) in batch.drain(..) {
             pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();

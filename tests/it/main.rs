@@ -13,6 +13,7 @@ mod flow;
 mod hostile;
 mod layers;
 mod money;
+mod nodes;
 mod outage;
 mod sockets;
 mod verify;
