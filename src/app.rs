@@ -39,8 +39,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every session and background task, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Cancelled on shutdown.
+    /// Cancelled on shutdown: the listener stops accepting, background tasks stop.
     pub shutdown: CancellationToken,
+    /// Cancelled once the listener is closed after `shutdown`: sessions then close with
+    /// "reconnect now" (4012).
+    pub drain: CancellationToken,
     /// One permit per open WebSocket.
     pub connection_slots: Arc<Semaphore>,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
@@ -119,6 +122,7 @@ impl AppState {
             metrics,
             tracker,
             shutdown,
+            drain: CancellationToken::new(),
             metrics_addr,
         })
     }

@@ -15,6 +15,7 @@ use axum::{Extension, Router};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The internal listener's routes: `/metrics` only.
 pub fn metrics_router(state: AppState) -> Router {
@@ -132,10 +133,13 @@ impl App {
         };
         if let Some(listener) = self.metrics_listener {
             let metrics = metrics_router(state.clone());
-            let serving = crate::http::serve::serve(listener, metrics, limits, stop.clone(), state.metrics.clone());
+            let closed = CancellationToken::new();
+            let serving =
+                crate::http::serve::serve(listener, metrics, limits, stop.clone(), state.metrics.clone(), closed);
             state.tracker.spawn(serving);
         }
-        crate::http::serve::serve(self.listener, router, limits, stop, state.metrics.clone()).await;
+        crate::http::serve::serve(self.listener, router, limits, stop, state.metrics.clone(), state.drain.clone())
+            .await;
         // axum does not wait for upgraded sockets; sessions close themselves on the token.
         state.tracker.close();
         let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);

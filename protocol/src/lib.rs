@@ -344,8 +344,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// No pong within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4009;
-    /// The hub is shutting down (standard "going away").
-    pub const GOING_AWAY: u16 = 1001;
+    /// This hub node is stopping (deploy or drain) and no longer accepts connections: reconnect
+    /// at once, without backoff; another node takes the connection.
+    pub const RESTARTING: u16 = 4012;
     /// The client kept flooding after being told `rate_limited` (standard "policy violation").
     pub const POLICY_VIOLATION: u16 = 1008;
     /// The same participant opened a newer connection to the call and this, its oldest, was

@@ -35,14 +35,16 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: applicat
 connection: close\r\nretry-after: 1\r\ncontent-length: 88\r\n\r\n\
 {\"code\":\"overloaded\",\"message\":\"This hub has too many open connections; retry shortly.\"}";
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets requests in flight finish
-/// (within `limits.grace`).
+/// Serves `router` on `listener` until `stop` is cancelled, then closes the listener, cancels
+/// `closed` (upgraded sockets drain on it) and lets requests in flight finish (within
+/// `limits.grace`).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
     stop: CancellationToken,
     metrics: Arc<Metrics>,
+    closed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
@@ -85,6 +87,10 @@ pub async fn serve(
             }
         });
     }
+    // Closed before draining: new connections are refused at once (a load balancer moves on to
+    // the next node) instead of waiting in the kernel's backlog for an accept that never comes.
+    drop(listener);
+    closed.cancel();
     connections.close();
     if tokio::time::timeout(limits.grace, connections.wait()).await.is_err() {
         tracing::warn!("HTTP requests still in flight after the grace period");

@@ -234,7 +234,9 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let mut limit = RateLimit::new(app.config.server.rate_per_sec, app.config.server.rate_burst);
     // Created once and polled by reference: a `cancelled()` future made afresh on every turn of
     // the loop registers and unregisters a waiter each time (it showed in the relay profile).
-    let shutdown = app.shutdown.clone();
+    // `drain`, not `shutdown`: it fires once the listener is closed, so a client told to
+    // reconnect at once cannot land on this node again.
+    let shutdown = app.drain.clone();
     let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
     // Each write is bounded by `write_deadline`, so the loop comes back to the slow-consumer
@@ -244,7 +246,7 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
         tokio::select! {
             biased;
             _ = &mut shutdown => {
-                send_within(&mut socket, close_with(close::GOING_AWAY, "hub shutting down"), write_deadline).await;
+                send_within(&mut socket, close_with(close::RESTARTING, "hub node stopping; reconnect now"), write_deadline).await;
                 break "shutdown";
             }
             next = out_rx.next() => {

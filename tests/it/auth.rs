@@ -71,13 +71,13 @@ async fn connection_cap_answers_503() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_sockets_with_going_away() {
+async fn shutdown_closes_sockets_with_reconnect_now() {
     let hub = TestHub::start().await;
     let mut doc = hub.clinician().await;
     let mut pat = hub.patient().await;
     hub.state.shutdown.cancel();
-    assert_eq!(doc.until_closed().await, callpay_protocol::close::GOING_AWAY);
-    assert_eq!(pat.until_closed().await, callpay_protocol::close::GOING_AWAY);
+    assert_eq!(doc.until_closed().await, callpay_protocol::close::RESTARTING);
+    assert_eq!(pat.until_closed().await, callpay_protocol::close::RESTARTING);
 }
 
 #[tokio::test]

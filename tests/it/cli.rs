@@ -217,7 +217,7 @@ async fn serve_runs_the_whole_product_from_environment_settings() {
     // SIGTERM: sockets are closed with "going away" and the process exits cleanly.
     let pid = child.id().unwrap();
     std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert_eq!(doc.until_closed().await, callpay_protocol::close::GOING_AWAY);
+    assert_eq!(doc.until_closed().await, callpay_protocol::close::RESTARTING);
     let status = tokio::time::timeout(WAIT, child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "{status:?}");
     std::fs::remove_dir_all(dir).ok();

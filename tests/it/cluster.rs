@@ -82,26 +82,7 @@ impl Cluster {
 
 /// Pays as Stripe.js would, against the cluster's simulator.
 async fn pay(cluster: &Cluster, payment: &serde_json::Value, card: &str) -> u16 {
-    let http = Http::new();
-    let s = &payment["stripe"];
-    let (pk, acct, secret) = (
-        s["publishable_key"].as_str().unwrap(),
-        s["stripe_account"].as_str().unwrap(),
-        s["client_secret"].as_str().unwrap(),
-    );
-    let pi = secret.split("_secret_").next().unwrap();
-    let base = cluster.sim.url.trim_end_matches('/');
-    let (_, pm) = http.form(&format!("{base}/v1/payment_methods"), &format!("key={pk}&_stripe_account={acct}&type=card&card[number]={card}&card[exp_month]=12&card[exp_year]=2040&card[cvc]=123")).await;
-    let (status, _) = http
-        .form(
-            &format!("{base}/v1/payment_intents/{pi}/confirm"),
-            &format!(
-                "key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}&receipt_email=s%40e.co",
-                pm["id"].as_str().unwrap()
-            ),
-        )
-        .await;
-    status
+    pay_on_sim(&Http::new(), &cluster.sim.url, payment, card, "s@e.co").await.0
 }
 
 #[tokio::test]

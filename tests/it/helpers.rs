@@ -156,6 +156,25 @@ impl Client {
         }
     }
 
+    /// Reads (and keeps in `raw`) whatever arrives for `d`, or until the connection ends.
+    pub async fn drain_for(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, self.ws.next()).await {
+            if let Message::Text(t) = msg {
+                self.raw.push(t.to_string());
+            }
+        }
+    }
+
+    /// How many frames of `kind` about `payment_id` arrived so far.
+    pub fn count(&self, kind: &str, payment_id: &str) -> usize {
+        self.raw
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+            .filter(|f| f["type"] == kind && f["payment"]["payment_id"] == payment_id)
+            .count()
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
     }
@@ -250,27 +269,30 @@ impl Http {
 /// publishable key, then confirm the intent with the client secret and a receipt e-mail.
 /// Returns (HTTP status, body) of the confirm call.
 pub async fn pay_like_stripe_js(hub: &TestHub, payment: &Value, card: &str, email: &str) -> (u16, Value) {
+    pay_on_sim(&hub.http, &hub.info.stripe_url, payment, card, email).await
+}
+
+/// [`pay_like_stripe_js`] against the simulator at `sim_url`.
+pub async fn pay_on_sim(http: &Http, sim_url: &str, payment: &Value, card: &str, email: &str) -> (u16, Value) {
     let stripe = &payment["stripe"];
     let pk = stripe["publishable_key"].as_str().expect("patient copy has the publishable key");
     let acct = stripe["stripe_account"].as_str().unwrap();
     let secret = stripe["client_secret"].as_str().unwrap();
     let pi = secret.split("_secret_").next().unwrap();
-    let base = &hub.info.stripe_url;
-    let (status, pm) = hub
-        .http
+    let base = sim_url.trim_end_matches('/');
+    let (status, pm) = http
         .form(&format!("{base}/v1/payment_methods"), &format!("key={pk}&_stripe_account={acct}&type=card&card[number]={card}&card[exp_month]=12&card[exp_year]=2040&card[cvc]=123"))
         .await;
     assert_eq!(status, 200, "{pm}");
     let email = form_urlencoded::byte_serialize(email.as_bytes()).collect::<String>();
-    hub.http
-        .form(
-            &format!("{base}/v1/payment_intents/{pi}/confirm"),
-            &format!(
-                "key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}&receipt_email={email}",
-                pm["id"].as_str().unwrap()
-            ),
-        )
-        .await
+    http.form(
+        &format!("{base}/v1/payment_intents/{pi}/confirm"),
+        &format!(
+            "key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}&receipt_email={email}",
+            pm["id"].as_str().unwrap()
+        ),
+    )
+    .await
 }
 
 /// Answers the 3-D Secure challenge as the patient would.

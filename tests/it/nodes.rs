@@ -1,5 +1,6 @@
 //! Hub instances as real processes (`callpay serve`) on one PostgreSQL and one Redis, so that a
-//! node can be killed with SIGKILL or stopped with SIGTERM the way an orchestrator does it.
+//! node can be killed with SIGKILL or stopped with SIGTERM the way an orchestrator does it, and
+//! Debian's nginx in front of them with the proxy settings committed under `deploy/nginx/`.
 
 use crate::helpers::*;
 use crate::services::{REDIS_URL, TempDb, ensure_services};
@@ -12,8 +13,8 @@ const PRESENCE_TTL: Duration = Duration::from_millis(1500);
 
 /// Several `callpay serve` processes and the simulator standing in for Stripe.
 pub struct Fleet {
-    /// Kept alive for the nodes; tests pay through it.
-    pub _sim: stripe_sim::SimHandle,
+    /// Stripe, for the nodes; tests pay through it.
+    pub sim: stripe_sim::SimHandle,
     pub secret: String,
     pub call_id: String,
     pub ports: Vec<u16>,
@@ -64,7 +65,7 @@ impl Fleet {
         let logs = std::env::temp_dir().join(format!("callpay-fleet-{}", callpay::ids::random_id()));
         std::fs::create_dir_all(&logs).unwrap();
         let call_id = format!("fleet-{}", callpay::ids::random_id());
-        let mut fleet = Self { _sim: sim, secret, call_id, ports, children: Vec::new(), env, logs, _db: db };
+        let mut fleet = Self { sim, secret, call_id, ports, children: Vec::new(), env, logs, _db: db };
         for i in 0..n {
             let child = fleet.spawn(i);
             fleet.children.push(Some(child));
@@ -85,7 +86,7 @@ impl Fleet {
             .arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{}", self.ports[i]))
-            .stdout(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
@@ -132,6 +133,103 @@ impl Fleet {
             assert!(status.success(), "node {i} exited with {status} after SIGTERM; log in {}", self.logs.display());
         }
         started.elapsed()
+    }
+
+    /// Starts node `i` again on its port.
+    pub async fn restart(&mut self, i: usize) {
+        let child = self.spawn(i);
+        self.children[i] = Some(child);
+        self.wait_ready(i).await;
+    }
+
+    /// Open WebSockets on node `i`, from its `/metrics`.
+    pub async fn connections_on(&self, i: usize) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.ports[i]);
+        let (_, _, text) = Http::new().send("GET", &url, &[], String::new()).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("callpay_ws_connections_open "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the gauge is exported")
+    }
+
+    /// The live node whose open connections grew past `before` (after a connection through the
+    /// balancer).
+    pub async fn node_that_took(&self, before: &[u64]) -> usize {
+        eventually(async || {
+            for (i, was) in before.iter().enumerate() {
+                if self.children[i].is_some() && self.connections_on(i).await > *was {
+                    return Some(i);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Open connections per node (0 for a node that is down).
+    pub async fn connection_counts(&self) -> Vec<u64> {
+        let mut counts = Vec::new();
+        for i in 0..self.ports.len() {
+            counts.push(if self.children[i].is_some() { self.connections_on(i).await } else { 0 });
+        }
+        counts
+    }
+}
+
+/// nginx on a loopback port in front of the fleet, with the committed `deploy/nginx/` settings.
+pub struct Balancer {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Balancer {
+    /// Starts nginx on `port`, proxying to `upstreams`.
+    pub fn start(port: u16, upstreams: &[u16]) -> Self {
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is not installed: scripts/test installs it (apt-get install nginx-light)");
+        let dir = std::env::temp_dir().join(format!("callpay-nginx-{}", callpay::ids::random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx");
+        let servers: String =
+            upstreams.iter().map(|p| format!("        server 127.0.0.1:{p} max_fails=0;\n")).collect();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n\
+             include {http};\n    upstream callpay {{\n{servers}    }}\n\
+             server {{\n        listen 127.0.0.1:{port};\n        include {locations};\n    }}\n}}\n",
+            http = deploy.join("callpay-http.conf").display(),
+            locations = deploy.join("callpay-locations.conf").display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new(nginx)
+            .args(["-p", &d.to_string(), "-c", &format!("{d}/nginx.conf"), "-e", &format!("{d}/error.log")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start; see {d}/error.log");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { port, child }
+    }
+
+    /// The balancer's WebSocket base URL.
+    pub fn ws(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -186,4 +284,307 @@ async fn a_node_that_stops_cleanly_takes_its_participants_out_at_once() {
     let stopped = Instant::now();
     doc.until_where("participant.left", |f| f["participant"]["id"] == "pat").await;
     assert!(stopped.elapsed() < PRESENCE_TTL, "left after {:?}: waited for the expiry", stopped.elapsed());
+}
+
+/// Who loses their node in [`a_node_dies_mid_payment`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Victim {
+    Patient,
+    Clinician,
+}
+
+/// Issue 12, item 2: three nodes behind nginx; clinician and patient connect through it, on
+/// different nodes. After the request and before the webhook, the victim's node is killed with
+/// SIGKILL. The victim reconnects through the balancer to a live node and finds the request in
+/// its welcome; the patient pays; Stripe's webhook reaches another live node through the
+/// balancer; each side ends with exactly one `payment.confirmed`.
+async fn a_node_dies_mid_payment(victim: Victim) {
+    let lb_port = free_port();
+    let mut fleet = Fleet::start(3, |_| format!("http://127.0.0.1:{lb_port}/v1/stripe/webhook")).await;
+    let lb = Balancer::start(lb_port, &fleet.ports);
+    let before = fleet.connection_counts().await;
+    let mut doc = Client::connect(&fleet.ws_url(&lb.ws(), "doc", Role::Clinician)).await;
+    let doc_node = fleet.node_that_took(&before).await;
+    // Round robin moves on with each connection: the patient lands elsewhere within a few.
+    let (mut pat, pat_node) = loop {
+        let before = fleet.connection_counts().await;
+        let pat = Client::connect(&fleet.ws_url(&lb.ws(), "pat", Role::Patient)).await;
+        let node = fleet.node_that_took(&before).await;
+        if node != doc_node {
+            break (pat, node);
+        }
+        pat.close().await;
+    };
+    doc.until_where("participant.joined", |f| f["participant"]["id"] == "pat").await;
+    doc.request("r1", 5000, "Consult").await;
+    let requested = pat.until("payment.requested").await["payment"].clone();
+    let id = requested["payment_id"].as_str().unwrap().to_owned();
+    doc.until_where("payment.requested", |f| f["payment"]["payment_id"] == id.as_str()).await;
+
+    let (dead, sub, role) = match victim {
+        Victim::Patient => (pat_node, "pat", Role::Patient),
+        Victim::Clinician => (doc_node, "doc", Role::Clinician),
+    };
+    fleet.kill(dead).await;
+    let gone = if victim == Victim::Patient { &mut pat } else { &mut doc };
+    assert_eq!(gone.until_closed().await, 1006, "a killed node closes nothing");
+    // The SDK reconnects through the balancer, which skips the dead node.
+    let back = Client::connect(&fleet.ws_url(&lb.ws(), sub, role)).await;
+    let payment = back.welcome["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["payment_id"] == id.as_str())
+        .unwrap_or_else(|| panic!("the request is in the welcome after reconnecting: {}", back.welcome))
+        .clone();
+    assert_eq!(payment["status"], "requested");
+    let mut people = participant_ids(&back.welcome);
+    people.dedup();
+    assert_eq!(people, ["doc", "pat"], "both are in the call after the reconnect");
+    let (mut doc, mut pat) = match victim {
+        Victim::Patient => (doc, back),
+        Victim::Clinician => (back, pat),
+    };
+    if victim == Victim::Patient {
+        assert!(payment["stripe"]["client_secret"].is_string(), "the patient's copy can still be paid");
+    }
+    let patient_copy = if victim == Victim::Patient { payment } else { requested };
+    let (status, body) = pay_on_sim(&Http::new(), &fleet.sim.url, &patient_copy, "4242424242424242", "p@e.co").await;
+    assert_eq!(status, 200, "{body}");
+    pat.until_where("payment.confirmed", |f| f["payment"]["payment_id"] == id.as_str()).await;
+    doc.until_where("payment.confirmed", |f| f["payment"]["payment_id"] == id.as_str()).await;
+    // Stripe's later events (charge.succeeded) and retries must not confirm it again.
+    pat.drain_for(Duration::from_millis(1500)).await;
+    doc.drain_for(Duration::from_millis(100)).await;
+    assert_eq!(pat.count("payment.confirmed", &id), 1, "{:?}", pat.raw);
+    assert_eq!(doc.count("payment.confirmed", &id), 1, "{:?}", doc.raw);
+}
+
+#[tokio::test]
+async fn the_patients_node_dies_mid_payment_behind_nginx() {
+    a_node_dies_mid_payment(Victim::Patient).await;
+}
+
+#[tokio::test]
+async fn the_clinicians_node_dies_mid_payment_behind_nginx() {
+    a_node_dies_mid_payment(Victim::Clinician).await;
+}
+
+/// A client that stays connected through the balancer the way the SDK does: after close 4012
+/// it reconnects at once, after anything else after 100 ms; it keeps every frame it gets and
+/// how long each reconnect took (close to the next `welcome`).
+struct Agent {
+    commands: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    frames: Vec<serde_json::Value>,
+    /// (close code, time until the next welcome)
+    reconnects: Vec<(u16, Duration)>,
+}
+
+impl Agent {
+    fn start(url: String, stop: tokio_util::sync::CancellationToken) -> Self {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (commands, mut rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut closed: Option<(u16, Instant)> = None;
+            loop {
+                let Ok(Ok((mut ws, _))) = tokio::time::timeout(WAIT, open_ws(&url)).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let code = loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        cmd = rx.recv() => match cmd {
+                            Some(cmd) => { let _ = ws.send(Message::Text(cmd.to_string().into())).await; }
+                            None => return,
+                        },
+                        msg = ws.next() => match msg {
+                            Some(Ok(Message::Text(t))) => {
+                                let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+                                let mut seen = record.lock().unwrap();
+                                if frame["type"] == "welcome" && let Some((code, at)) = closed.take() {
+                                    seen.reconnects.push((code, at.elapsed()));
+                                }
+                                seen.frames.push(frame);
+                            }
+                            Some(Ok(Message::Close(f))) => break f.map_or(1005, |f| u16::from(f.code)),
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break 1006,
+                        },
+                    }
+                };
+                closed = Some((code, Instant::now()));
+                if code != callpay_protocol::close::RESTARTING {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self { commands, seen }
+    }
+
+    fn send(&self, v: serde_json::Value) {
+        let _ = self.commands.send(v);
+    }
+
+    /// The latest copy of the payment `client_ref` names, from a frame or a welcome.
+    fn payment(&self, client_ref: &str) -> Option<serde_json::Value> {
+        let seen = self.seen.lock().unwrap();
+        seen.frames.iter().rev().find_map(|f| {
+            if f["type"] == "welcome" {
+                f["payments"].as_array()?.iter().find(|p| p["client_ref"] == client_ref).cloned()
+            } else {
+                (f["payment"]["client_ref"] == client_ref).then(|| f["payment"].clone())
+            }
+        })
+    }
+
+    fn confirmed_frames(&self, payment_id: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        seen.frames
+            .iter()
+            .filter(|f| f["type"] == "payment.confirmed" && f["payment"]["payment_id"] == payment_id)
+            .count()
+    }
+}
+
+/// Waits (bounded) until `f` answers.
+async fn within<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 12, item 3: three nodes behind nginx serve 10 calls whose patients report progress
+/// steadily (10 a second each) while 50 payments are requested, paid and confirmed, and every
+/// node is restarted in turn (SIGTERM, drain, start). No confirmation is lost or shown twice,
+/// every client is back within a bound, and the reconnect times are reported.
+#[tokio::test]
+async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
+    const CALLS: usize = 10;
+    const PAYMENTS_PER_CALL: usize = 5;
+    let lb_port = free_port();
+    let mut fleet = Fleet::start(3, |_| format!("http://127.0.0.1:{lb_port}/v1/stripe/webhook")).await;
+    let lb = Balancer::start(lb_port, &fleet.ports);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let url = |call: &str, sub: &str, role| {
+        let token = join_token(&fleet.secret, call, DEMO_CLINIC, sub, sub, role);
+        format!("{}/v1/calls/{call}/ws?token={token}", lb.ws())
+    };
+    let calls: Vec<(String, Agent, Agent)> = (0..CALLS)
+        .map(|i| {
+            let call = format!("{}-{i}", fleet.call_id);
+            let doc = Agent::start(url(&call, "doc", Role::Clinician), stop.clone());
+            let pat = Agent::start(url(&call, "pat", Role::Patient), stop.clone());
+            (call, doc, pat)
+        })
+        .collect();
+    let sim_url = fleet.sim.url.clone();
+
+    // Each call pays five times, one after the other, reporting progress all along.
+    let drive = |doc: &Agent, pat: &Agent| {
+        let (doc, pat) = (
+            Agent { commands: doc.commands.clone(), seen: doc.seen.clone() },
+            Agent { commands: pat.commands.clone(), seen: pat.seen.clone() },
+        );
+        let sim_url = sim_url.clone();
+        async move {
+            let mut ids = Vec::new();
+            for k in 0..PAYMENTS_PER_CALL {
+                let client_ref = format!("r{k}");
+                let request = serde_json::json!({"type": "payment.request", "client_ref": client_ref, "amount": 1000 + k, "currency": "aud", "description": "Consult"});
+                // Sent again until the hub has it, as the SDK does after a reconnect.
+                let mut sent = Instant::now() - Duration::from_secs(10);
+                let copy = within("the patient sees the request", || {
+                    if sent.elapsed() > Duration::from_secs(1) {
+                        doc.send(request.clone());
+                        sent = Instant::now();
+                    }
+                    pat.payment(&client_ref).filter(|p| p["status"] == "requested")
+                })
+                .await;
+                let id = copy["payment_id"].as_str().unwrap().to_owned();
+                for _ in 0..5 {
+                    pat.send(serde_json::json!({"type": "payment.progress", "payment_id": id, "stage": "viewing"}));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let (status, body) = pay_on_sim(&Http::new(), &sim_url, &copy, "4242424242424242", "p@e.co").await;
+                assert_eq!(status, 200, "{body}");
+                within("the clinician sees it paid", || {
+                    doc.payment(&client_ref).filter(|p| p["status"] == "succeeded").map(|_| ())
+                })
+                .await;
+                within("the patient sees it paid", || {
+                    pat.payment(&client_ref).filter(|p| p["status"] == "succeeded").map(|_| ())
+                })
+                .await;
+                ids.push(id);
+            }
+            ids
+        }
+    };
+    let driving = futures_util::future::join_all(calls.iter().map(|(_, doc, pat)| drive(doc, pat)));
+    let restarting = async {
+        let mut drains = Vec::new();
+        for i in 0..3 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            drains.push(fleet.terminate(i).await);
+            fleet.restart(i).await;
+        }
+        drains
+    };
+    let (paid, drains) = tokio::join!(driving, restarting);
+    // Late events (charge.succeeded, Stripe's retries) have time to arrive and change nothing.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.cancel();
+
+    let mut reconnects: Vec<Duration> = Vec::new();
+    let mut other_closes = Vec::new();
+    for ((call, doc, pat), ids) in calls.iter().zip(&paid) {
+        assert_eq!(ids.len(), PAYMENTS_PER_CALL);
+        for id in ids {
+            for (who, agent) in [("clinician", doc), ("patient", pat)] {
+                assert!(agent.confirmed_frames(id) <= 1, "{call}: the {who} was told {id} was paid twice");
+            }
+        }
+        for agent in [doc, pat] {
+            let seen = agent.seen.lock().unwrap();
+            // Every node restarted, so every client was on a restarting node at least once.
+            assert!(!seen.reconnects.is_empty(), "{call}: a client never reconnected");
+            for (code, took) in &seen.reconnects {
+                if *code == callpay_protocol::close::RESTARTING {
+                    reconnects.push(*took);
+                } else {
+                    other_closes.push(*code);
+                }
+            }
+        }
+    }
+    assert_eq!(paid.iter().map(Vec::len).sum::<usize>(), CALLS * PAYMENTS_PER_CALL);
+    assert!(other_closes.is_empty(), "closes other than 4012 during a rolling restart: {other_closes:?}");
+    reconnects.sort();
+    let pct = |p: f64| reconnects[((reconnects.len() - 1) as f64 * p) as usize];
+    let worst = *reconnects.last().unwrap();
+    println!(
+        "rolling restart: {} reconnects after 4012, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; drains took {:?}",
+        reconnects.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        worst,
+        drains
+    );
+    assert!(worst < Duration::from_secs(3), "a client took {worst:?} to come back");
 }

@@ -4,6 +4,8 @@
 
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
+/** Spread of the immediate reconnects after a node says it is stopping (close code 4012). */
+const RESTART_JITTER_MS = 100;
 
 export class CallpayClient {
   /**
@@ -51,8 +53,13 @@ export class CallpayClient {
         return;
       }
       this.on('status', { state: 'reconnecting', code: ev.code });
-      const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
-      this.attempt += 1;
+      // 4012: the node is stopping and no longer accepts; another node takes the connection
+      // now. A little jitter spreads a whole node's clients over the others.
+      const wait =
+        ev.code === 4012
+          ? Math.random() * RESTART_JITTER_MS
+          : Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+      if (ev.code !== 4012) this.attempt += 1;
       this.timer = setTimeout(() => this.connect(), wait);
     };
   }
