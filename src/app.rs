@@ -69,6 +69,11 @@ impl Dependencies {
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
         let bus: Arc<dyn Bus> = match &config.bus.redis_url {
             Some(url) => Arc::new(RedisBus::connect(url, node_id.to_owned()).await.context("connecting to Redis")?),
+            None if !config.bus.redis_cluster_urls.is_empty() => Arc::new(
+                RedisBus::connect_cluster(&config.bus.redis_cluster_urls, node_id.to_owned())
+                    .await
+                    .context("connecting to the Redis Cluster")?,
+            ),
             None => Arc::new(MemoryBus::new(node_id)),
         };
         Ok(Self {

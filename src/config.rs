@@ -86,6 +86,9 @@ pub struct Config {
 pub struct BusConfig {
     /// `redis://host:6379/` to let several hub instances serve one call.
     pub redis_url: Option<String>,
+    /// Instead of `redis_url`: seed nodes of a Redis Cluster (`redis://host:port/`, any few of
+    /// its masters or replicas). Pub/sub is then sharded (`SPUBLISH`/`SSUBSCRIBE`, Redis 7).
+    pub redis_cluster_urls: Vec<String>,
     /// How long a node's entry in a call's shared presence record lasts unless renewed. Nodes
     /// renew theirs every third of it, so a crashed node's participants disappear from the
     /// other nodes' calls within this time (plus one renewal period).
@@ -94,7 +97,7 @@ pub struct BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { redis_url: None, presence_ttl_ms: 15_000 }
+        Self { redis_url: None, redis_cluster_urls: Vec::new(), presence_ttl_ms: 15_000 }
     }
 }
 
@@ -372,7 +375,16 @@ impl Config {
         if self.payments.max_amount <= 0 {
             return invalid("payments.max_amount", "PAYMENTS__MAX_AMOUNT", "must be positive");
         }
-        if self.bus.redis_url.is_some() && self.database.url.starts_with("sqlite:") {
+        if self.bus.redis_url.is_some() && !self.bus.redis_cluster_urls.is_empty() {
+            return invalid(
+                "bus.redis_cluster_urls",
+                "BUS__REDIS_CLUSTER_URLS",
+                "set either bus.redis_url (one Redis) or bus.redis_cluster_urls (a cluster), not both",
+            );
+        }
+        if (self.bus.redis_url.is_some() || !self.bus.redis_cluster_urls.is_empty())
+            && self.database.url.starts_with("sqlite:")
+        {
             return invalid(
                 "database.url",
                 "DATABASE__URL",

@@ -89,6 +89,8 @@ struct Server {
     nodes: Vec<String>,
     /// Processes whose CPU is counted (the nodes, and Redis in cluster runs).
     pids: Vec<u32>,
+    /// Redis, also in `pids`, reported on its own too.
+    redis: Option<u32>,
     secret: String,
     _hub: Option<Hub>,
     _children: Vec<tokio::process::Child>,
@@ -137,11 +139,18 @@ impl Server {
                     Hub::start_with(hub_bin, &env).await?
                 };
                 let mut pids: Vec<u32> = hub.children.iter().filter_map(|c| c.id()).collect();
-                if nodes > 1 {
-                    pids.push(redis_pid().await?);
-                }
+                let redis = if nodes > 1 { Some(redis_pid().await?) } else { None };
+                pids.extend(redis);
                 let secret = hub.info["platform_secret"].as_str().unwrap_or_default().to_owned();
-                Ok(Self { proto, nodes: hub.nodes.clone(), pids, secret, _hub: Some(hub), _children: Vec::new() })
+                Ok(Self {
+                    proto,
+                    nodes: hub.nodes.clone(),
+                    pids,
+                    redis,
+                    secret,
+                    _hub: Some(hub),
+                    _children: Vec::new(),
+                })
             }
             Proto::SocketIo => {
                 let mut children = Vec::new();
@@ -153,10 +162,9 @@ impl Server {
                     urls.push(format!("ws://127.0.0.1:{port}"));
                     pids.push(pid);
                 }
-                if nodes > 1 {
-                    pids.push(redis_pid().await?);
-                }
-                Ok(Self { proto, nodes: urls, pids, secret: String::new(), _hub: None, _children: children })
+                let redis = if nodes > 1 { Some(redis_pid().await?) } else { None };
+                pids.extend(redis);
+                Ok(Self { proto, nodes: urls, pids, redis, secret: String::new(), _hub: None, _children: children })
             }
         }
     }
@@ -400,12 +408,14 @@ async fn run_rate(
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now() + Duration::from_millis(50);
     let (mut cpu_start, mut delivered_start, mut window_start) = (0, 0, start);
+    let mut redis_start = 0;
     let mut lost = 0u64;
     for k in 0..warmup + measured {
         if k == warmup {
             shared.hist.lock().unwrap().reset();
             shared.recording.store(true, Ordering::Relaxed);
             cpu_start = total_cpu_us(&server.pids);
+            redis_start = server.redis.map_or(0, cpu_us);
             delivered_start = shared.delivered.load(Ordering::Relaxed);
             window_start = Instant::now();
         }
@@ -431,6 +441,7 @@ async fn run_rate(
     }
     shared.recording.store(false, Ordering::Relaxed);
     let cpu = total_cpu_us(&server.pids).saturating_sub(cpu_start);
+    let redis_cpu = server.redis.map(|pid| cpu_us(pid).saturating_sub(redis_start));
     let delivered = shared.delivered.load(Ordering::Relaxed) - delivered_start;
     let undelivered: usize = shared.pending.iter().map(|p| std::mem::take(&mut *p.lock().unwrap()).len()).sum();
     let h = shared.hist.lock().unwrap().clone();
@@ -444,6 +455,8 @@ async fn run_rate(
         "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "p999_ms": ms(0.999), "max_ms": h.max() as f64 / 1000.0,
         "cpu_ms": cpu as f64 / 1000.0,
         "cpu_us_per_event": if delivered > 0 { cpu as f64 / delivered as f64 } else { f64::NAN },
+        // Redis's share (already inside cpu_us_per_event): what sizes one Redis's capacity.
+        "redis_cpu_us_per_event": redis_cpu.map(|c| if delivered > 0 { c as f64 / delivered as f64 } else { f64::NAN }),
     })
 }
 

@@ -3,13 +3,14 @@
 //! delivers it to its own members and ignores its own echo.
 //!
 //! [`MemoryBus`] connects nodes inside one process (tests, the demo); [`RedisBus`] connects
-//! processes through Redis pub/sub, subscribing to a call's channel only while this node has
-//! members in that call.
+//! processes through Redis pub/sub (one server, or a Redis Cluster with sharded pub/sub),
+//! subscribing to a call's channel only while this node has members in that call.
 //!
 //! The bus also keeps the shared presence record: per call, each node's participants with an
 //! expiry that the node renews. Bus events say who joined or left at once; the record repairs
 //! what events cannot, such as a node that died without saying goodbye.
 
+mod link;
 mod memory;
 mod redis;
 

@@ -10,10 +10,10 @@
 //! drops messages published while a subscriber is disconnected, so after every disconnection
 //! the node waits until Redis answers again and then resyncs its rooms from the store.
 
+use super::link::Link;
 use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, now_ms};
 use async_trait::async_trait;
 use callpay_protocol::Participant;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,13 +39,24 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 const GAP_CHANNEL: &str = "callpay:gap";
 /// Reconnection backoff bounds.
 const RETRY_START: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Membership changes, in the order the room registry made them. The subscriber task keeps
 /// the clinic refcounts itself, so a count and its SUBSCRIBE/UNSUBSCRIBE can never be reordered.
 enum Command {
-    Watch { call_id: String, clinic_id: String },
-    Unwatch { call_id: String, clinic_id: String },
+    Watch {
+        call_id: String,
+        clinic_id: String,
+    },
+    Unwatch {
+        call_id: String,
+        clinic_id: String,
+    },
+    /// Redis dropped this subscription on its own (a cluster failover moved the channel's slot
+    /// to another master): subscribe again if it is still wanted, and resync what it carried.
+    Lost {
+        channel: String,
+    },
 }
 
 /// The Redis bus for one node.
@@ -58,9 +69,9 @@ pub struct RedisBus {
     sending: Arc<AtomicBool>,
     /// Publish latency goes here once the app has its metrics.
     metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
-    subscriber: ConnectionManager,
+    subscriber: Link,
     /// For presence reads and writes (multiplexed with the publisher's pipelines).
-    conn: ConnectionManager,
+    conn: Link,
     commands_tx: mpsc::Sender<Command>,
     parts: std::sync::Mutex<Option<(mpsc::Receiver<Command>, mpsc::Receiver<PushInfo>)>>,
     lagged: Arc<AtomicBool>,
@@ -78,40 +89,30 @@ fn clinic_channel(clinic_id: &str) -> String {
     format!("callpay:clinic:{clinic_id}")
 }
 
-fn resp3(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_owned()
-    } else {
-        format!("{url}{}protocol=resp3", if url.contains('?') { '&' } else { '?' })
-    }
-}
-
 impl RedisBus {
-    /// Connects the publishing and the subscribing connection.
+    /// Connects the publishing and the subscribing connection to one Redis.
     pub async fn connect(url: &str, node: String) -> Result<Self, BusError> {
-        let client = redis::Client::open(resp3(url)).map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let settings = || {
-            ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(2)))
-                .set_response_timeout(Some(Duration::from_secs(2)))
-                .set_max_delay(RETRY_MAX)
-        };
-        let publisher_conn = ConnectionManager::new_with_config(client.clone(), settings())
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        Self::connect_to(&[url.to_owned()], false, node).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`), with sharded pub/sub.
+    pub async fn connect_cluster(urls: &[String], node: String) -> Result<Self, BusError> {
+        Self::connect_to(urls, true, node).await
+    }
+
+    async fn connect_to(urls: &[String], cluster: bool, node: String) -> Result<Self, BusError> {
+        let unavailable = |e: redis::RedisError| BusError::Unavailable(e.to_string());
+        let publisher_conn = Link::connect(urls, cluster, None).await.map_err(unavailable)?;
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
         let lagged = Arc::new(AtomicBool::new(false));
         let lag_flag = lagged.clone();
-        let sub_settings = settings().set_automatic_resubscription().set_push_sender(move |info: PushInfo| {
+        let pushes = Box::new(move |info: PushInfo| {
             if push_tx.try_send(info).is_err() {
                 // Full (or closing): the message is lost, so the node must resync.
                 lag_flag.store(true, Ordering::Relaxed);
             }
-            Ok::<(), redis::aio::SendError>(())
         });
-        let subscriber = ConnectionManager::new_with_config(client, sub_settings)
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let subscriber = Link::connect(urls, cluster, Some(pushes)).await.map_err(unavailable)?;
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_BUFFER);
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let dropped = Arc::new(AtomicBool::new(false));
@@ -181,21 +182,20 @@ impl Bus for RedisBus {
         // The key outlives its entries: a call's record goes once no node has renewed it for
         // three expiries.
         let key_ttl = (ttl.as_millis() as u64).max(1) * 3;
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(calls.len() * 2);
         for (call_id, participants) in calls {
             let key = presence_key(call_id);
             if participants.is_empty() {
-                pipe.cmd("HDEL").arg(&key).arg(&self.node).ignore();
+                cmds.push(redis::cmd("HDEL").arg(&key).arg(&self.node).to_owned());
             } else {
                 let entry = PresenceEntry { expires_ms, participants: participants.clone() };
                 let value = serde_json::to_string(&entry).map_err(|e| BusError::Unavailable(e.to_string()))?;
-                pipe.cmd("HSET").arg(&key).arg(&self.node).arg(value).ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(key_ttl).ignore();
+                cmds.push(redis::cmd("HSET").arg(&key).arg(&self.node).arg(value).to_owned());
+                cmds.push(redis::cmd("PEXPIRE").arg(&key).arg(key_ttl).to_owned());
             }
         }
-        let mut conn = self.conn.clone();
-        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(PUBLISH_TIMEOUT, self.conn.run(cmds)).await {
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
             Err(_) => Err(BusError::Unavailable("presence write timed out".into())),
         }
@@ -205,20 +205,19 @@ impl Bus for RedisBus {
         if call_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for call_id in call_ids {
-            pipe.cmd("HGETALL").arg(presence_key(call_id));
-        }
-        let mut conn = self.conn.clone();
-        let records: Vec<HashMap<String, String>> =
-            match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async(&mut conn)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(BusError::Unavailable(e.to_string())),
-                Err(_) => return Err(BusError::Unavailable("presence read timed out".into())),
-            };
+        let cmds = call_ids.iter().map(|call_id| redis::cmd("HGETALL").arg(presence_key(call_id)).to_owned()).collect();
+        let replies = match tokio::time::timeout(PUBLISH_TIMEOUT, self.conn.run(cmds)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(BusError::Unavailable(e.to_string())),
+            Err(_) => return Err(BusError::Unavailable("presence read timed out".into())),
+        };
+        let records = replies
+            .iter()
+            .map(redis::from_redis_value_ref::<HashMap<String, String>>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let now = now_ms();
-        let mut expired = redis::pipe();
-        let mut any_expired = false;
+        let mut expired = Vec::new();
         let presence = call_ids
             .iter()
             .zip(records)
@@ -232,18 +231,15 @@ impl Bus for RedisBus {
                             }
                         }
                         // Expired (its node died) or unreadable: tidy it away.
-                        _ => {
-                            expired.cmd("HDEL").arg(presence_key(call_id)).arg(node).ignore();
-                            any_expired = true;
-                        }
+                        _ => expired.push(redis::cmd("HDEL").arg(presence_key(call_id)).arg(node).to_owned()),
                     }
                 }
                 nodes
             })
             .collect();
-        if any_expired {
+        if !expired.is_empty() {
             // Best effort: an entry left behind is ignored by every reader anyway.
-            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, expired.query_async::<()>(&mut conn)).await;
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, self.conn.run(expired)).await;
         }
         Ok(presence)
     }
@@ -269,7 +265,16 @@ impl Bus for RedisBus {
         // Two tasks, so a slow SUBSCRIBE never holds up delivering messages and a burst of
         // messages never holds up subscribing.
         tokio::spawn(subscriptions(self.subscriber.clone(), commands, sink.clone(), stop.clone()));
-        tokio::spawn(messages(self.node.clone(), self.subscriber.clone(), pushes, self.lagged.clone(), sink, stop));
+        let lost = self.commands_tx.clone();
+        tokio::spawn(messages(
+            self.node.clone(),
+            self.subscriber.clone(),
+            pushes,
+            self.lagged.clone(),
+            sink,
+            stop,
+            lost,
+        ));
     }
 
     fn observe_with(&self, metrics: Arc<crate::metrics::Metrics>) {
@@ -289,15 +294,19 @@ impl Bus for RedisBus {
 /// clinic's first call here), retrying until Redis takes it, then resyncs that room from the
 /// store, since whatever other nodes published before the subscription was live is lost.
 async fn subscriptions(
-    mut sub: ConnectionManager,
+    mut sub: Link,
     mut commands: mpsc::Receiver<Command>,
     sink: Arc<dyn EnvelopeSink>,
     stop: CancellationToken,
 ) {
     let mut clinics: HashMap<String, usize> = HashMap::new();
+    // Channels this node wants, and the clinic of each call it watches.
+    let mut wanted: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut calls: HashMap<String, String> = HashMap::new();
     if !subscribe(&mut sub, GAP_CHANNEL, &stop).await {
         return;
     }
+    wanted.insert(GAP_CHANNEL.to_owned());
     loop {
         let cmd = tokio::select! {
             _ = stop.cancelled() => return,
@@ -307,16 +316,23 @@ async fn subscriptions(
             Command::Watch { call_id, clinic_id } => {
                 let n = clinics.entry(clinic_id.clone()).or_insert(0);
                 *n += 1;
-                if *n == 1 && !subscribe(&mut sub, &clinic_channel(&clinic_id), &stop).await {
-                    return;
+                if *n == 1 {
+                    wanted.insert(clinic_channel(&clinic_id));
+                    if !subscribe(&mut sub, &clinic_channel(&clinic_id), &stop).await {
+                        return;
+                    }
                 }
+                wanted.insert(call_channel(&call_id));
+                calls.insert(call_id.clone(), clinic_id.clone());
                 if !subscribe(&mut sub, &call_channel(&call_id), &stop).await {
                     return;
                 }
                 sink.clone().resync_call(call_id, clinic_id);
             }
             Command::Unwatch { call_id, clinic_id } => {
-                if let Err(e) = sub.unsubscribe(call_channel(&call_id)).await {
+                wanted.remove(&call_channel(&call_id));
+                calls.remove(&call_id);
+                if let Err(e) = sub.unsubscribe(&call_channel(&call_id)).await {
                     // Harmless: a stray subscription only delivers events for a room that is
                     // not here, which are dropped.
                     tracing::warn!(error = %e, call_id, "redis unsubscribe failed");
@@ -332,8 +348,25 @@ async fn subscriptions(
                     }
                     None => false,
                 };
-                if last && let Err(e) = sub.unsubscribe(clinic_channel(&clinic_id)).await {
-                    tracing::warn!(error = %e, clinic_id, "redis unsubscribe failed");
+                if last {
+                    wanted.remove(&clinic_channel(&clinic_id));
+                    if let Err(e) = sub.unsubscribe(&clinic_channel(&clinic_id)).await {
+                        tracing::warn!(error = %e, clinic_id, "redis unsubscribe failed");
+                    }
+                }
+            }
+            Command::Lost { channel } => {
+                if !wanted.contains(&channel) {
+                    continue;
+                }
+                tracing::warn!(channel, "redis dropped a subscription (failover?); subscribing again");
+                if !subscribe(&mut sub, &channel, &stop).await {
+                    return;
+                }
+                // What was published on it meanwhile is gone: resync what it carried.
+                match channel.strip_prefix("callpay:call:").and_then(|c| calls.get(c).map(|k| (c, k))) {
+                    Some((call_id, clinic_id)) => sink.clone().resync_call(call_id.to_owned(), clinic_id.clone()),
+                    None => sink.clone().resync(),
                 }
             }
         }
@@ -341,7 +374,7 @@ async fn subscriptions(
 }
 
 /// Subscribes, retrying with backoff until Redis acknowledges; false only when stopping.
-async fn subscribe(sub: &mut ConnectionManager, channel: &str, stop: &CancellationToken) -> bool {
+async fn subscribe(sub: &mut Link, channel: &str, stop: &CancellationToken) -> bool {
     let mut wait = RETRY_START;
     loop {
         match sub.subscribe(channel).await {
@@ -360,11 +393,12 @@ async fn subscribe(sub: &mut ConnectionManager, channel: &str, stop: &Cancellati
 /// disconnection.
 async fn messages(
     node: String,
-    mut sub: ConnectionManager,
+    sub: Link,
     mut pushes: mpsc::Receiver<PushInfo>,
     lagged: Arc<AtomicBool>,
     sink: Arc<dyn EnvelopeSink>,
     stop: CancellationToken,
+    lost: mpsc::Sender<Command>,
 ) {
     loop {
         if lagged.swap(false, Ordering::Relaxed) {
@@ -375,7 +409,7 @@ async fn messages(
             push = pushes.recv() => match push { Some(p) => p, None => return },
         };
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let Some(redis::Value::BulkString(ch)) = push.data.first()
                     && ch == GAP_CHANNEL.as_bytes()
                 {
@@ -392,9 +426,19 @@ async fn messages(
                     Err(e) => tracing::warn!(error = %e, "undecodable envelope on the bus"),
                 }
             }
+            // Our own unsubscribes are confirmed this way too; the subscription task knows which
+            // channels are still wanted.
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                if let Some(redis::Value::BulkString(ch)) = push.data.first() {
+                    let channel = String::from_utf8_lossy(ch).into_owned();
+                    if lost.send(Command::Lost { channel }).await.is_err() {
+                        return;
+                    }
+                }
+            }
             PushKind::Disconnection => {
                 tracing::warn!("redis bus disconnected; will resync rooms once it is back");
-                recover(&mut sub, &stop).await;
+                recover(&sub, &stop).await;
                 tracing::info!("redis bus reconnected; resyncing rooms from the store");
                 sink.clone().resync();
             }
@@ -403,9 +447,6 @@ async fn messages(
     }
 }
 
-/// Sends queued envelopes in pipelined batches. Whatever could not be sent (Redis down, queue
-/// overflow) is a gap for the other nodes: once a publish goes through again, a gap message makes
-/// every node resync its rooms from the store.
 /// The publisher's side of the publish queue.
 struct Publisher {
     rx: mpsc::Receiver<(String, Vec<u8>)>,
@@ -413,8 +454,11 @@ struct Publisher {
     sending: Arc<AtomicBool>,
 }
 
+/// Sends queued envelopes in pipelined batches. Whatever could not be sent (Redis down, queue
+/// overflow) is a gap for the other nodes: once a publish goes through again, a gap message makes
+/// every node resync its rooms from the store.
 async fn publisher(
-    mut conn: ConnectionManager,
+    conn: Link,
     queue: Publisher,
     node: String,
     metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
@@ -427,16 +471,17 @@ async fn publisher(
             return;
         }
         sending.store(true, Ordering::Release);
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
-        }
+        let publish = conn.publish_command();
+        let mut cmds: Vec<redis::Cmd> = batch
+            .drain(..)
+            .map(|(channel, payload)| redis::cmd(publish).arg(channel).arg(payload).to_owned())
+            .collect();
         if dropped.swap(false, Ordering::Relaxed) {
-            pipe.cmd("PUBLISH").arg(GAP_CHANNEL).arg(&node).ignore();
+            cmds.push(redis::cmd(publish).arg(GAP_CHANNEL).arg(&node).to_owned());
         }
         let start = std::time::Instant::now();
-        match tokio::time::timeout(PUBLISH_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
-            Ok(Ok(())) => {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, conn.run(cmds)).await {
+            Ok(Ok(_)) => {
                 if let Some(m) = metrics.get() {
                     crate::metrics::Metrics::since(&m.bus_publish_seconds, start);
                 }
@@ -455,14 +500,13 @@ async fn publisher(
 
 /// Waits, with backoff, until Redis answers on the subscriber connection again (which also
 /// re-establishes its subscriptions).
-async fn recover(sub: &mut ConnectionManager, stop: &CancellationToken) {
+async fn recover(sub: &Link, stop: &CancellationToken) {
     let mut wait = RETRY_START;
     loop {
         if stop.is_cancelled() {
             return;
         }
-        let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(sub).await;
-        if pong.is_ok() {
+        if sub.ping().await.is_ok() {
             return;
         }
         tokio::time::sleep(wait).await;

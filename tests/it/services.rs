@@ -132,3 +132,149 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// A Redis Cluster of this test's own on loopback: three masters, each with one replica, so a
+/// replica can take over its master's slots (`CLUSTER FAILOVER`).
+pub struct PrivateRedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateRedisCluster {
+    pub fn start() -> Self {
+        let ports: Vec<u16> =
+            (0..6).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        let dir = std::env::temp_dir().join(format!("callpay-redis-cluster-{}", ports[0]));
+        std::fs::create_dir_all(&dir).unwrap();
+        let children = ports
+            .iter()
+            .map(|p| {
+                Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .args(["--cluster-config-file", &dir.join(format!("nodes-{p}.conf")).display().to_string()])
+                    .args(["--dir", &dir.display().to_string()])
+                    .args(["--logfile", &dir.join(format!("{p}.log")).display().to_string()])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            })
+            .collect();
+        for p in &ports {
+            wait_up(*p, "cluster Redis");
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let ok = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs")
+            .success();
+        assert!(ok, "redis-cli --cluster create failed");
+        let cluster = Self { ports, children, dir };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// `redis://…` of every node (a client learns the topology from any of them).
+    pub fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect()
+    }
+
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until every node reports the cluster healthy, sees a replica for each master and
+    /// agrees on who serves every slot.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let healthy = self.ports.iter().all(|p| {
+                let replicas = self
+                    .cli(*p, &["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|l| l.contains("slave") && !l.contains("fail"))
+                    .count();
+                replicas == 3 && self.cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            });
+            let views: Vec<String> = self.ports.iter().map(|p| self.masters(*p)).collect();
+            if healthy && views.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the Redis cluster did not settle: {views:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Masters with slots as node `port` sees them, sorted (for comparing views).
+    fn masters(&self, port: u16) -> String {
+        let mut m: Vec<String> = self
+            .cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail") && l.split(' ').count() > 8)
+            .map(|l| l.split(' ').nth(1).unwrap_or("").to_owned())
+            .collect();
+        m.sort();
+        m.join(",")
+    }
+
+    /// Makes the replica of the master that serves `channel`'s slot take over (a manual,
+    /// coordinated failover), and waits until every node agrees. Returns (old, new) master ports.
+    pub fn fail_over(&self, channel: &str) -> (u16, u16) {
+        let slot: u16 = self.cli(self.ports[0], &["CLUSTER", "KEYSLOT", channel]).trim().parse().unwrap();
+        let nodes = self.cli(self.ports[0], &["CLUSTER", "NODES"]);
+        let port_of =
+            |line: &str| -> u16 { line.split(' ').nth(1).unwrap().split([':', '@']).nth(1).unwrap().parse().unwrap() };
+        let master = nodes
+            .lines()
+            .find(|l| {
+                l.contains("master")
+                    && l.split(' ').skip(8).any(|r| {
+                        let (a, b) = r.split_once('-').unwrap_or((r, r));
+                        a.parse::<u16>().is_ok_and(|a| b.parse::<u16>().is_ok_and(|b| (a..=b).contains(&slot)))
+                    })
+            })
+            .expect("a master serves the slot");
+        let master_id = master.split(' ').next().unwrap();
+        let replica = nodes
+            .lines()
+            .find(|l| l.contains("slave") && l.split(' ').nth(3) == Some(master_id))
+            .expect("it has a replica");
+        let (old, new) = (port_of(master), port_of(replica));
+        // A manual failover needs the replica in sync with its master.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.cli(new, &["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "the replica on {new} never synced");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(self.cli(new, &["CLUSTER", "FAILOVER"]).contains("OK"), "CLUSTER FAILOVER refused");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.cli(new, &["ROLE"]).starts_with("master") {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on {new} did not take over from {old}; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.wait_ok();
+        (old, new)
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
