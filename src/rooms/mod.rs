@@ -656,11 +656,17 @@ mod tests {
         ps.iter().map(|p| p.id.as_str()).collect()
     }
 
+    /// A room with a clinician "doc" on this node, and what doc receives.
+    fn room_with_doc() -> (Arc<RoomRegistry>, Joined, OutboundRx) {
+        let reg = RoomRegistry::new("pk");
+        let (out, rx) = Outbound::new(16);
+        let doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        (reg, doc, rx)
+    }
+
     #[test]
     fn members_hear_of_other_nodes_participants_once_however_many_nodes_have_them() {
-        let reg = RoomRegistry::new("pk");
-        let (out, mut rx) = Outbound::new(16);
-        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let (reg, _doc, mut rx) = room_with_doc();
         let pat = person("pat", Role::Patient);
         reg.remote_joined("call", "node-b", &pat);
         reg.remote_joined("call", "node-c", &pat);
@@ -679,9 +685,7 @@ mod tests {
 
     #[test]
     fn a_participant_on_two_nodes_neither_appears_twice_nor_leaves_early() {
-        let reg = RoomRegistry::new("pk");
-        let (out, mut rx) = Outbound::new(16);
-        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let (reg, _doc, mut rx) = room_with_doc();
         let pat = person("pat", Role::Patient);
         reg.remote_joined("call", "node-b", &pat);
         presence_frames(&mut rx);
@@ -699,9 +703,7 @@ mod tests {
 
     #[test]
     fn a_presence_read_older_than_a_bus_event_does_not_undo_it() {
-        let reg = RoomRegistry::new("pk");
-        let (out, mut rx) = Outbound::new(16);
-        let _doc = reg.join("call", "c", person("doc", Role::Clinician), out);
+        let (reg, _doc, mut rx) = room_with_doc();
         let pat = person("pat", Role::Patient);
         // While the read is under way: node-b says pat joined, node-c says its patient left.
         let old = person("old", Role::Patient);
