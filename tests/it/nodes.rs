@@ -21,7 +21,7 @@ pub struct Fleet {
     children: Vec<Option<tokio::process::Child>>,
     env: Vec<(String, String)>,
     logs: std::path::PathBuf,
-    _db: TempDb,
+    db: TempDb,
 }
 
 /// A free loopback port (bound and released: the process that gets it binds it a moment later).
@@ -30,8 +30,14 @@ pub fn free_port() -> u16 {
 }
 
 impl Fleet {
-    /// `n` nodes; Stripe's webhooks go to `webhook_url(ports)`.
+    /// `n` nodes on the machine's Redis; Stripe's webhooks go to `webhook_url(ports)`.
     pub async fn start(n: usize, webhook_url: impl FnOnce(&[u16]) -> String) -> Self {
+        Self::start_on(n, webhook_url, None).await
+    }
+
+    /// `n` nodes on the Redis Cluster at `cluster` (its nodes' URLs) or, if `None`, on the
+    /// machine's Redis.
+    pub async fn start_on(n: usize, webhook_url: impl FnOnce(&[u16]) -> String, cluster: Option<Vec<String>>) -> Self {
         ensure_services();
         let db = TempDb::new();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -48,7 +54,10 @@ impl Fleet {
         let env: Vec<(String, String)> = [
             ("CALLPAY__AUTH__SECRET", secret.clone()),
             ("CALLPAY__DATABASE__URL", db.url.clone()),
-            ("CALLPAY__BUS__REDIS_URL", REDIS_URL.to_owned()),
+            match &cluster {
+                None => ("CALLPAY__BUS__REDIS_URL", REDIS_URL.to_owned()),
+                Some(urls) => ("CALLPAY__BUS__REDIS_CLUSTER_URLS", urls.join(",")),
+            },
             ("CALLPAY__BUS__PRESENCE_TTL_MS", PRESENCE_TTL.as_millis().to_string()),
             ("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key().to_owned()),
             ("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key().to_owned()),
@@ -65,7 +74,7 @@ impl Fleet {
         let logs = std::env::temp_dir().join(format!("callpay-fleet-{}", callpay::ids::random_id()));
         std::fs::create_dir_all(&logs).unwrap();
         let call_id = format!("fleet-{}", callpay::ids::random_id());
-        let mut fleet = Self { sim, secret, call_id, ports, children: Vec::new(), env, logs, _db: db };
+        let mut fleet = Self { sim, secret, call_id, ports, children: Vec::new(), env, logs, db };
         for i in 0..n {
             let child = fleet.spawn(i);
             fleet.children.push(Some(child));
@@ -91,6 +100,16 @@ impl Fleet {
             .kill_on_drop(true)
             .spawn()
             .unwrap()
+    }
+
+    /// The store the nodes share, as a test reads it.
+    pub async fn store(&self) -> callpay::store::SqlStore {
+        callpay::store::SqlStore::connect(&self.db.url).await.unwrap()
+    }
+
+    /// Node `i`'s HTTP base URL.
+    pub fn http(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
     }
 
     /// Waits until node `i` answers `/readyz`.
@@ -587,4 +606,99 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
         drains
     );
     assert!(worst < Duration::from_secs(3), "a client took {worst:?} to come back");
+}
+
+/// Issue 12, item 4: one signed `payment_intent.succeeded` at two nodes at once, then Stripe's
+/// retries of it at a third: exactly one state change, and each side hears
+/// `payment.confirmed` once (PostgreSQL decides which delivery wins).
+#[tokio::test]
+async fn the_same_webhook_at_two_nodes_at_once_and_retried_at_a_third_changes_the_payment_once() {
+    use callpay::store::Store;
+    let fleet = Fleet::start(3, |p| format!("http://127.0.0.1:{}/v1/stripe/webhook", p[0])).await;
+    // Stripe's own deliveries are held back: the test delivers the event itself, to every node.
+    fleet.sim.sim.with_world(|w| w.faults.webhook_drop_all = true);
+    let mut doc = fleet.join(0, "doc", Role::Clinician).await;
+    let mut pat = fleet.join(1, "pat", Role::Patient).await;
+    doc.request("dup-1", 5000, "Consult").await;
+    let payment = pat.until("payment.requested").await["payment"].clone();
+    let (status, body) = pay_on_sim(&Http::new(), &fleet.sim.url, &payment, "4242424242424242", "p@e.co").await;
+    assert_eq!(status, 200, "{body}");
+    let pi = payment["stripe"]["client_secret"].as_str().unwrap().split("_secret_").next().unwrap().to_owned();
+    let event = fleet.sim.sim.with_world(|w| {
+        w.accounts
+            .values()
+            .flat_map(|a| a.events.newest_first())
+            .find(|e| e["type"] == "payment_intent.succeeded" && e["data"]["object"]["id"] == pi.as_str())
+            .cloned()
+            .expect("the simulator recorded the success")
+    });
+    let body = event.to_string();
+    let signature = sign_webhook(&body, "whsec_fleet_test", None);
+    let post = |node: usize| {
+        let url = format!("{}/v1/stripe/webhook", fleet.http(node));
+        let (body, signature) = (body.clone(), signature.clone());
+        async move {
+            let headers = [("content-type", "application/json"), ("stripe-signature", signature.as_str())];
+            Http::new().send("POST", &url, &headers, body).await
+        }
+    };
+    let (a, b) = tokio::join!(post(0), post(1));
+    let answers = [a, b, post(2).await, post(2).await];
+    for (status, answer, _) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    let outcomes: Vec<&str> = answers.iter().map(|(_, answer, _)| answer["outcome"].as_str().unwrap_or("")).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| **o == "applied").count(),
+        1,
+        "exactly one changed the payment: {outcomes:?}"
+    );
+    let id = payment["payment_id"].as_str().unwrap();
+    doc.until("payment.confirmed").await;
+    pat.until("payment.confirmed").await;
+    doc.drain_for(Duration::from_millis(800)).await;
+    pat.drain_for(Duration::from_millis(100)).await;
+    assert_eq!(doc.count("payment.confirmed", id), 1, "{:?}", doc.raw);
+    assert_eq!(pat.count("payment.confirmed", id), 1, "{:?}", pat.raw);
+    let stored = fleet.store().await.payment(id).await.unwrap().unwrap();
+    assert_eq!(stored.status, callpay_protocol::PaymentStatus::Succeeded);
+}
+
+/// Issue 12, item 5: hub processes on a three-master Redis Cluster (a replica each) with sharded
+/// pub/sub. A call spans two hubs; the master owning the call's channel hands over to its
+/// replica (CLUSTER FAILOVER) mid-call; a request made right after still reaches the patient,
+/// the payment confirms on both sides, and presence still crosses hubs.
+#[tokio::test]
+async fn a_redis_cluster_failover_mid_call_loses_nothing() {
+    let redis = crate::services::PrivateRedisCluster::start();
+    let fleet =
+        Fleet::start_on(2, |p| format!("http://127.0.0.1:{}/v1/stripe/webhook", p[0]), Some(redis.urls())).await;
+    let mut doc = fleet.join(0, "doc", Role::Clinician).await;
+    let mut pat = fleet.join(1, "pat", Role::Patient).await;
+    assert_eq!(participant_ids(&pat.welcome), ["doc", "pat"], "presence through the cluster");
+    doc.until_where("participant.joined", |f| f["participant"]["id"] == "pat").await;
+    doc.request("before", 5000, "Before the failover").await;
+    let before = pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "before").await;
+
+    let (old, new) = redis.fail_over(&format!("callpay:call:{}", fleet.call_id));
+    assert_ne!(old, new);
+    // Published right after the failover: reaches the patient live, or through the resync that
+    // follows the resubscription; never not at all.
+    doc.request("after", 6000, "After the failover").await;
+    let after = loop {
+        let f = pat.next().await;
+        if (f["type"] == "payment.requested" || f["type"] == "payment.updated") && f["payment"]["client_ref"] == "after"
+        {
+            break f;
+        }
+    };
+    assert_eq!(after["payment"]["amount"], 6000);
+    let (status, body) =
+        pay_on_sim(&Http::new(), &fleet.sim.url, &before["payment"], "4242424242424242", "p@e.co").await;
+    assert_eq!(status, 200, "{body}");
+    let paid = |f: &serde_json::Value| f["payment"]["client_ref"] == "before" && f["payment"]["status"] == "succeeded";
+    pat.until_where("payment.confirmed", paid).await;
+    doc.until_where("payment.confirmed", paid).await;
+    let _nurse = fleet.join(1, "nurse", Role::Clinician).await;
+    doc.until_where("participant.joined", |f| f["participant"]["id"] == "nurse").await;
 }
