@@ -333,6 +333,8 @@ async fn a_node_dies_mid_payment(victim: Victim) {
             break (pat, node);
         }
         pat.close().await;
+        // Counted out before the next try, or the next try could not tell where it landed.
+        eventually(async || (fleet.connections_on(node).await == before[node]).then_some(())).await;
     };
     doc.until_where("participant.joined", |f| f["participant"]["id"] == "pat").await;
     doc.request("r1", 5000, "Consult").await;
@@ -453,16 +455,22 @@ impl Agent {
         let _ = self.commands.send(v);
     }
 
-    /// The latest copy of the payment `client_ref` names, from a frame or a welcome.
+    /// The newest copy (highest `version`, as the SDK keeps it) of the payment `client_ref`
+    /// names, from frames and welcomes. Frames queued while a client joins may be older than its
+    /// welcome's snapshot; the version says which is newer, not the order of arrival.
     fn payment(&self, client_ref: &str) -> Option<serde_json::Value> {
         let seen = self.seen.lock().unwrap();
-        seen.frames.iter().rev().find_map(|f| {
-            if f["type"] == "welcome" {
-                f["payments"].as_array()?.iter().find(|p| p["client_ref"] == client_ref).cloned()
-            } else {
-                (f["payment"]["client_ref"] == client_ref).then(|| f["payment"].clone())
-            }
-        })
+        seen.frames
+            .iter()
+            .flat_map(|f| {
+                if f["type"] == "welcome" {
+                    f["payments"].as_array().cloned().unwrap_or_default()
+                } else {
+                    vec![f["payment"].clone()]
+                }
+            })
+            .filter(|p| p["client_ref"] == client_ref)
+            .max_by_key(|p| p["version"].as_i64().unwrap_or(0))
     }
 
     fn confirmed_frames(&self, payment_id: &str) -> usize {
