@@ -187,14 +187,17 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let remote = if app.hub.rooms.has(&call_id) { None } else { app.hub.remote_presence(&call_id).await };
     // Join before reading the snapshot: anything that happens meanwhile is queued behind
     // `welcome`, and clients drop what the snapshot already covers by version.
-    let joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
+    let mut joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
+    // Taken out of `joined`, which lives as long as the connection: the list is only needed
+    // for `welcome`, and left in place it would stay allocated for the connection's life.
+    let mut participants = std::mem::take(&mut joined.participants);
     if let Some(remote) = remote {
         app.hub.rooms.sync_remote(&call_id, remote, read_at);
+        participants = app.hub.rooms.visible(&call_id);
     }
     if joined.first_connection {
         app.hub.share_presence(&call_id).await;
     }
-    let participants = app.hub.rooms.visible(&call_id);
     // One owner for both directions: split halves would take a lock on every read and write.
     let mut socket = socket;
     let welcome = match welcome(&app, &claims, joined.seq, participants).await {
