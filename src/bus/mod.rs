@@ -69,9 +69,18 @@ pub enum RoomEvent {
     ClinicUpdated {
         /// Available now?
         payments_available: bool,
-        /// Why not, as a code the pages word in their language.
+        /// Why not, as a code the pages word in their language. Read leniently: nodes from
+        /// before the code (a rolling deploy) send free text, which reads as no code rather than
+        /// making the whole envelope unreadable.
+        #[serde(default, deserialize_with = "lenient_code")]
         reason: Option<callpay_protocol::ErrorCode>,
     },
+}
+
+/// An error code, or `None` for anything that is not one (older nodes' free-text reasons).
+fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<callpay_protocol::ErrorCode>, D::Error> {
+    let raw = Option::<String>::deserialize(d)?;
+    Ok(raw.and_then(|s| serde_json::from_value(serde_json::Value::String(s)).ok()))
 }
 
 /// A room event on the bus.
@@ -149,4 +158,35 @@ struct PresenceEntry {
 /// Now, in Unix milliseconds.
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callpay_protocol::ErrorCode;
+
+    fn clinic_updated(reason: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "origin": "node_old", "call_id": "", "clinic_id": "c1",
+            "event": {"kind": "clinic_updated", "payments_available": false, "reason": reason}
+        })
+    }
+
+    #[test]
+    fn a_clinic_update_from_a_node_older_than_reason_codes_is_still_read() {
+        let old: Envelope =
+            serde_json::from_value(clinic_updated("The clinic's Stripe account was disconnected.".into()))
+                .expect("an older node's envelope is readable");
+        assert_eq!(old.event, RoomEvent::ClinicUpdated { payments_available: false, reason: None });
+        let new: Envelope = serde_json::from_value(clinic_updated("stripe_not_connected".into())).unwrap();
+        assert_eq!(
+            new.event,
+            RoomEvent::ClinicUpdated { payments_available: false, reason: Some(ErrorCode::StripeNotConnected) }
+        );
+        let none: Envelope = serde_json::from_value(clinic_updated(serde_json::Value::Null)).unwrap();
+        assert_eq!(none.event, RoomEvent::ClinicUpdated { payments_available: false, reason: None });
+        // What this node sends, an older node (reason: String) reads as text.
+        let sent = serde_json::to_value(&new).unwrap();
+        assert_eq!(sent["event"]["reason"], "stripe_not_connected");
+    }
 }
