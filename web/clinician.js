@@ -10,6 +10,13 @@ const progress = new Map();
 let unavailableReason = '';
 // The form's request until the hub has it (or refuses it): the form keeps its text meanwhile.
 let sending = null;
+/**
+ * The last request sent, and, after the hub refused it because Stripe could not be reached,
+ * the same request to send again under the same client_ref: the hub then finishes the payment
+ * it already recorded instead of leaving it behind and making a second one.
+ */
+let lastSent = null;
+let retryable = null;
 let live = false;
 // The request whose Cancel was clicked and waits for a yes or no.
 let confirmingCancel = null;
@@ -127,6 +134,7 @@ const client = new CallpayClient({
     if (event === 'request' && detail.client_ref === sending) {
       sending = null;
       if (detail.payment) $('request').reset();
+      retryable = detail.error?.code === 'stripe_unavailable' ? lastSent : null;
     }
     if (event === 'progress') progress.set(detail.payment_id, detail.stage);
     if (event === 'confirmed') popup(detail);
@@ -157,7 +165,11 @@ $('request').addEventListener('submit', (ev) => {
   $('amount').removeAttribute('aria-invalid');
   $('description').removeAttribute('aria-invalid');
   if (sending) return;
-  sending = client.request({ amount: cents, currency: config.default_currency, description });
+  const again = retryable && retryable.cents === cents && retryable.description === description;
+  const clientRef = again ? retryable.ref : undefined;
+  retryable = null;
+  sending = client.request({ amount: cents, currency: config.default_currency, description, clientRef });
+  lastSent = { ref: sending, cents, description };
   render();
 });
 $('popup-close').addEventListener('click', closePopup);

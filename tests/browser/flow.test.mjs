@@ -337,6 +337,28 @@ test('a request made while reconnecting is kept, shown as sending, and sent once
   });
 });
 
+test('a request refused because Stripe was unreachable, sent again, stays one payment', async () => {
+  await inCall(b, async ({ info, doc, pat }) => {
+    await doc.getByText('Live').waitFor();
+    // More failures than the hub's attempts (3): the request is refused with stripe_unavailable.
+    await simFaults(info, { api_errors: 3, api_error_status: 503 });
+    await requestPayment(doc, '45.00', 'Retried after outage');
+    await doc.locator('#form-error').getByText('Stripe').waitFor();
+    await shot(doc, 'outage-1-refused');
+    // The form kept the request; sending it again finishes the payment the hub recorded.
+    await doc.getByRole('button', { name: 'Request Payment' }).click();
+    await pat.locator('article', { hasText: 'Retried after outage' }).getByText('$45.00').waitFor();
+    await doc.locator('li', { hasText: 'Retried after outage' }).first().waitFor();
+    // After a reload the clinician sees every payment the hub has for the call, a refused one
+    // still being created included: there must be only the one.
+    await doc.reload();
+    await doc.getByText('Live').waitFor();
+    await doc.locator('li', { hasText: 'Retried after outage' }).first().waitFor();
+    assert.equal(await doc.locator('li', { hasText: 'Retried after outage' }).count(), 1, 'one payment, none left behind');
+    await shot(doc, 'outage-2-one-payment');
+  });
+});
+
 test('a patient who reloads while the bank is confirming sees Confirming, never Pay Now', async () => {
   await inCall(b, async ({ info, doc, pat }) => {
     await simFaults(info, { processing_delay_ms: 4000 });

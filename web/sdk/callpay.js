@@ -172,7 +172,7 @@ export class CallpayClient {
         break;
       case 'error':
         // A refused request has its answer: the page shows why and the person decides.
-        this.settle(frame.reference, { error: frame });
+        this.settle(frame.ref, { error: frame });
         this.on('error', frame);
         break;
       default:
