@@ -102,6 +102,12 @@ impl Hub {
         self.tracker.spawn(self.clone().keep_presence(stop));
     }
 
+    /// Whether this node keeps a shared presence record (it has peers on the bus). Checked
+    /// before calling the presence methods, so a lone node never even builds their futures.
+    pub fn shares_presence(&self) -> bool {
+        self.bus.has_peers()
+    }
+
     /// Other nodes' participants in `call_id`, for a room about to open here (its `welcome`
     /// must list them). `None` on a lone node, or if the record cannot be read in time.
     pub async fn remote_presence(&self, call_id: &str) -> Option<Presence> {

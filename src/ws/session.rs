@@ -184,7 +184,11 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     let (out, mut out_rx) = Outbound::new(app.config.server.outbound_queue);
     // A room opening here learns from the presence record who is on other nodes.
     let read_at = std::time::Instant::now();
-    let remote = if app.hub.rooms.has(&call_id) { None } else { app.hub.remote_presence(&call_id).await };
+    // The presence calls are skipped on a lone node (there is nobody to share with) and boxed
+    // otherwise, so their timers and requests are not laid out in this long-lived task.
+    let shared = app.hub.shares_presence();
+    let remote =
+        if shared && !app.hub.rooms.has(&call_id) { Box::pin(app.hub.remote_presence(&call_id)).await } else { None };
     // Join before reading the snapshot: anything that happens meanwhile is queued behind
     // `welcome`, and clients drop what the snapshot already covers by version.
     let mut joined = app.hub.rooms.join(&call_id, &clinic_id, participant.clone(), out.clone());
@@ -195,8 +199,8 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
         app.hub.rooms.sync_remote(&call_id, remote, read_at);
         participants = app.hub.rooms.visible(&call_id);
     }
-    if joined.first_connection {
-        app.hub.share_presence(&call_id).await;
+    if shared && joined.first_connection {
+        Box::pin(app.hub.share_presence(&call_id)).await;
     }
     // One owner for both directions: split halves would take a lock on every read and write.
     let mut socket = socket;
@@ -377,7 +381,9 @@ pub async fn run(socket: WebSocket, app: AppState, claims: JoinClaims, _permit: 
     tracing::debug!(call_id, why, "connection ended");
     drop(commands_tx);
     if let Some(left) = joined.membership.leave() {
-        app.hub.share_presence(&call_id).await;
+        if shared {
+            Box::pin(app.hub.share_presence(&call_id)).await;
+        }
         app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left });
     }
 }
