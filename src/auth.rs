@@ -109,23 +109,29 @@ pub struct AdminClaims {
 
 /// Verifies platform tokens with the configured key and algorithm.
 pub struct Verifier {
-    key: DecodingKey,
+    /// The current key first, then the one being retired (during a rotation).
+    keys: Vec<DecodingKey>,
     validation: Validation,
 }
 
 impl Verifier {
     /// Builds a verifier from settings.
     pub fn new(cfg: &AuthConfig) -> Result<Self, AuthError> {
-        let (alg, key) = match cfg.algorithm.as_str() {
-            "HS256" => (Algorithm::HS256, DecodingKey::from_secret(cfg.secret.expose().as_bytes())),
-            "EdDSA" => (
-                Algorithm::EdDSA,
-                DecodingKey::from_ed_pem(pem(cfg)?.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?,
-            ),
-            "RS256" => (
-                Algorithm::RS256,
-                DecodingKey::from_rsa_pem(pem(cfg)?.as_bytes()).map_err(|e| AuthError::Config(e.to_string()))?,
-            ),
+        let config = |e: jsonwebtoken::errors::Error| AuthError::Config(e.to_string());
+        let (alg, keys) = match cfg.algorithm.as_str() {
+            "HS256" => {
+                let secrets = std::iter::once(&cfg.secret).chain(cfg.previous_secret.as_ref());
+                (Algorithm::HS256, secrets.map(|s| DecodingKey::from_secret(s.expose().as_bytes())).collect())
+            }
+            "EdDSA" | "RS256" => {
+                let pems = std::iter::once(pem(cfg)?).chain(cfg.previous_public_key_pem.as_deref());
+                let (alg, parse): (_, fn(&[u8]) -> _) = if cfg.algorithm == "EdDSA" {
+                    (Algorithm::EdDSA, DecodingKey::from_ed_pem)
+                } else {
+                    (Algorithm::RS256, DecodingKey::from_rsa_pem)
+                };
+                (alg, pems.map(|p| parse(p.as_bytes()).map_err(config)).collect::<Result<Vec<_>, _>>()?)
+            }
             other => return Err(AuthError::Config(format!("unsupported algorithm {other}"))),
         };
         let mut validation = Validation::new(alg);
@@ -140,14 +146,27 @@ impl Verifier {
         if let Some(iss) = &cfg.issuer {
             validation.set_issuer(&[iss]);
         }
-        Ok(Self { key, validation })
+        Ok(Self { keys, validation })
     }
 
     /// Verifies a token and decodes its claims: signature, algorithm, `exp`, `nbf`, an `iat`
     /// that is not in the future (each with [`LEEWAY_SECS`]), and no empty string claim (an
     /// empty scope must never be read as "any").
     pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, AuthError> {
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)
+        // The current key, then (during a rotation) the retiring one. Only a signature that
+        // does not match moves on to the next key; an expired or malformed token is refused as
+        // it is.
+        let mut decoded = None;
+        for key in &self.keys {
+            let attempt = jsonwebtoken::decode::<serde_json::Value>(token, key, &self.validation);
+            let try_next = matches!(&attempt, Err(e) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature);
+            decoded = Some(attempt);
+            if !try_next {
+                break;
+            }
+        }
+        let claims = decoded
+            .expect("a verifier has at least one key")
             .map(|d| d.claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         if claims.get("iat").and_then(serde_json::Value::as_u64).is_some_and(|iat| iat > now_secs() + LEEWAY_SECS) {
@@ -260,6 +279,47 @@ mod tests {
     // A throwaway Ed25519 key pair made for this test with `openssl genpkey -algorithm ed25519`.
     const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIM7YlpeWst6o75bbGrUk0qfKzrrzfGV1Ep8hwjyb2cN6\n-----END PRIVATE KEY-----\n";
     const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAXT1iYZ3ZmjMSvLFjMpWdWCBLKUikbxSRoIxckOHM25A=\n-----END PUBLIC KEY-----\n";
+
+    /// A second Ed25519 pair (generated with `openssl genpkey -algorithm ed25519`), for rotation.
+    const ED2_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIIOKYIyh9mZ8XLDIoDh+ZQFmC0orta1zx04WYiA8X2Hm\n-----END PRIVATE KEY-----\n";
+    const ED2_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAbTnu/MbOmTFqc+/oOHVcqVY/KIRgWtGQDNfTRMXLFLg=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn during_a_rotation_tokens_signed_with_the_retiring_key_still_verify() {
+        const OLD: &str = "old-platform-secret-0123456789abcdef";
+        const OTHER: &str = "some-other-secret-0123456789abcdefg";
+        let fresh = || claims(now_secs() + 600);
+        let only_new = verifier();
+        assert!(only_new.join(&sign_hs256(OLD, &fresh()), "call_1").is_err(), "without the previous key, refused");
+        let rotating = Verifier::new(&AuthConfig {
+            secret: Secret::new(SECRET),
+            previous_secret: Some(Secret::new(OLD)),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert_eq!(rotating.join(&sign_hs256(SECRET, &fresh()), "call_1").unwrap().sub, "u1");
+        assert_eq!(rotating.join(&sign_hs256(OLD, &fresh()), "call_1").unwrap().sub, "u1");
+        assert!(rotating.join(&sign_hs256(OTHER, &fresh()), "call_1").is_err(), "a third key is still forged");
+        let expired_old = sign_hs256(OLD, &claims(now_secs() - 3600));
+        assert!(rotating.join(&expired_old, "call_1").is_err(), "the old key does not revive expired tokens");
+
+        let ed = |private: &str| {
+            let key = EncodingKey::from_ed_pem(private.as_bytes()).unwrap();
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &fresh(), &key).unwrap()
+        };
+        let rotating_ed = Verifier::new(&AuthConfig {
+            algorithm: "EdDSA".into(),
+            public_key_pem: Some(ED2_PUBLIC.into()),
+            previous_public_key_pem: Some(ED_PUBLIC.into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert!(rotating_ed.join(&ed(ED2_PRIVATE), "call_1").is_ok());
+        assert!(rotating_ed.join(&ed(ED_PRIVATE), "call_1").is_ok(), "the retiring key still verifies");
+        let new_only =
+            AuthConfig { algorithm: "EdDSA".into(), public_key_pem: Some(ED2_PUBLIC.into()), ..AuthConfig::default() };
+        assert!(Verifier::new(&new_only).unwrap().join(&ed(ED_PRIVATE), "call_1").is_err());
+    }
 
     #[test]
     fn eddsa_is_pinned_when_configured() {

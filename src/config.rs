@@ -191,6 +191,12 @@ pub struct AuthConfig {
     pub secret: Secret,
     /// PEM public key for EdDSA / RS256.
     pub public_key_pem: Option<String>,
+    /// During a key rotation, the key being retired: tokens signed with it are still accepted
+    /// (HS256: the old shared secret; EdDSA/RS256: the old PEM public key). Remove it once the
+    /// platform signs only with the new key and the old tokens have expired.
+    pub previous_secret: Option<Secret>,
+    /// The retiring PEM public key (EdDSA / RS256), as `previous_secret` for HS256.
+    pub previous_public_key_pem: Option<String>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
@@ -203,6 +209,8 @@ impl Default for AuthConfig {
             algorithm: "HS256".into(),
             secret: Secret::default(),
             public_key_pem: None,
+            previous_secret: None,
+            previous_public_key_pem: None,
             issuer: None,
             audience: None,
         }
@@ -323,6 +331,9 @@ impl Config {
         match self.auth.algorithm.as_str() {
             "HS256" if self.auth.secret.expose().len() < 32 => {
                 return invalid("auth.secret", "AUTH__SECRET", "HS256 needs a shared secret of at least 32 bytes");
+            }
+            "HS256" if self.auth.previous_secret.as_ref().is_some_and(|s| s.expose().len() < 32) => {
+                return invalid("auth.previous_secret", "AUTH__PREVIOUS_SECRET", "at least 32 bytes, like auth.secret");
             }
             "HS256" => {}
             "EdDSA" | "RS256" if self.auth.public_key_pem.is_none() => {
