@@ -488,6 +488,14 @@ mod tests {
         e.push(("CALLPAY__STRIPE__PUBLISHABLE_KEY".into(), "pk_live_x".into()));
         assert!(Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string().contains("mixed"));
         assert!(Config::load(None, env(&[("CALLPAY__SERVER__NOPE", "1")])).is_err(), "unknown settings are errors");
+        // A retiring HS256 secret must be as long as a current one; the usual one is accepted.
+        let mut e = good_env();
+        e.push(("CALLPAY__AUTH__PREVIOUS_SECRET".into(), "short".into()));
+        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("AUTH__PREVIOUS_SECRET"), "{err}");
+        let mut e = good_env();
+        e.push(("CALLPAY__AUTH__PREVIOUS_SECRET".into(), "previous-secret-0123456789abcdef-xyz".into()));
+        assert!(Config::load(None, e).unwrap().validate_for_serve().is_ok());
         // Restricted keys: live with live, test with test; mixed is refused.
         for (sk, pk, ok) in [
             ("rk_live_x", "pk_live_x", true),
