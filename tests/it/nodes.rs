@@ -246,7 +246,17 @@ impl Balancer {
 }
 
 impl Drop for Balancer {
+    /// SIGTERM, not SIGKILL: killing nginx's master leaves its worker listening, orphaned.
     fn drop(&mut self) {
+        // SAFETY: signalling the nginx master this test started and still owns.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
