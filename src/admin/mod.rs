@@ -6,6 +6,7 @@
 pub mod authz;
 mod handlers;
 pub mod openapi;
+mod pages;
 
 use crate::app::AppState;
 use crate::bus::RoomEvent;
@@ -121,20 +122,20 @@ pub const ROUTES: &[RouteDoc] = &[
 /// The admin routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/v1/orgs/{org_id}", put(handlers::upsert_org))
-        .route("/v1/orgs/{org_id}/clinics/{clinic_id}", put(handlers::upsert_clinic))
-        .route("/v1/orgs/{org_id}/clinics", get(handlers::list_clinics))
-        .route("/v1/orgs/{org_id}/enablement-requests", post(handlers::request_enablement))
-        .route("/v1/enablement-requests", get(handlers::list_enablements))
-        .route("/v1/enablement-requests/{request_id}/approve", post(handlers::approve))
-        .route("/v1/enablement-requests/{request_id}/reject", post(handlers::reject))
-        .route("/v1/clinics/{clinic_id}", get(handlers::view_clinic))
-        .route("/v1/clinics/{clinic_id}/disable", post(handlers::disable))
-        .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::start_connect))
-        .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::remove_stripe))
-        .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe_account))
-        .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit_log))
-        .route("/v1/stripe/oauth/callback", get(handlers::oauth_callback))
+        .route("/v1/orgs/{org_id}", put(handlers::orgs::upsert_org))
+        .route("/v1/orgs/{org_id}/clinics/{clinic_id}", put(handlers::orgs::upsert_clinic))
+        .route("/v1/orgs/{org_id}/clinics", get(handlers::orgs::list_clinics))
+        .route("/v1/orgs/{org_id}/enablement-requests", post(handlers::enablement::request_enablement))
+        .route("/v1/enablement-requests", get(handlers::enablement::list_enablements))
+        .route("/v1/enablement-requests/{request_id}/approve", post(handlers::enablement::approve))
+        .route("/v1/enablement-requests/{request_id}/reject", post(handlers::enablement::reject))
+        .route("/v1/clinics/{clinic_id}", get(handlers::orgs::view_clinic))
+        .route("/v1/clinics/{clinic_id}/disable", post(handlers::orgs::disable))
+        .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::stripe::start_connect))
+        .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::stripe::remove_stripe))
+        .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe::stripe_account))
+        .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
+        .route("/v1/stripe/oauth/callback", get(handlers::stripe::oauth_callback))
         .route("/v1/openapi.json", get(openapi::serve))
 }
 
