@@ -27,6 +27,8 @@ pub enum Action {
     ManageStripe,
     /// Read the clinic's audit log.
     ViewAudit,
+    /// Read the clinic's payment records and each one's history.
+    ViewPayments,
 }
 
 /// How far a role reaches for an action.
@@ -38,11 +40,14 @@ pub enum Reach {
     OwnOrg,
     /// The admin's own clinics.
     OwnClinic,
+    /// In the admin's own clinics, only what they requested themselves (a clinician's own
+    /// payments: the admin token's `sub` is the platform user id the join token carries too).
+    OwnRequests,
     /// Any resource.
     Any,
 }
 
-use Reach::{Any, No, OwnClinic, OwnOrg};
+use Reach::{Any, No, OwnClinic, OwnOrg, OwnRequests};
 
 /// The matrix. Columns: org_admin, team_admin, team_member, platform_operator.
 pub const MATRIX: &[(Action, [Reach; 4])] = &[
@@ -56,6 +61,8 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     (Action::DisableApp, [OwnOrg, No, No, Any]),
     (Action::ManageStripe, [OwnOrg, OwnClinic, No, No]),
     (Action::ViewAudit, [OwnOrg, OwnClinic, No, Any]),
+    // Payments are the clinic's business: the service desk sees none.
+    (Action::ViewPayments, [OwnOrg, OwnClinic, OwnRequests, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -65,6 +72,8 @@ pub struct Scope<'a> {
     pub org_id: Option<&'a str>,
     /// The resource's clinic.
     pub clinic_id: Option<&'a str>,
+    /// Who requested it (a payment's clinician), where that decides access.
+    pub requested_by: Option<&'a str>,
 }
 
 /// How far `who`'s role reaches for `action`, whatever the resource.
@@ -84,8 +93,13 @@ pub fn authorize(who: &AdminClaims, action: Action, scope: Scope<'_>) -> bool {
         No => false,
         Any => true,
         OwnOrg => who.org_id.is_some() && scope.org_id.is_some() && who.org_id.as_deref() == scope.org_id,
-        OwnClinic => scope.clinic_id.is_some_and(|c| who.clinic_ids.iter().any(|own| own == c)),
+        OwnClinic => own_clinic(who, scope),
+        OwnRequests => own_clinic(who, scope) && scope.requested_by.is_some_and(|r| r == who.sub),
     }
+}
+
+fn own_clinic(who: &AdminClaims, scope: Scope<'_>) -> bool {
+    scope.clinic_id.is_some_and(|c| who.clinic_ids.iter().any(|own| own == c))
 }
 
 #[cfg(test)]
@@ -117,11 +131,12 @@ mod tests {
             Action::DisableApp,
             Action::ManageStripe,
             Action::ViewAudit,
+            Action::ViewPayments,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }
-        let own = Scope { org_id: Some("o1"), clinic_id: Some("c1") };
-        let other = Scope { org_id: Some("o2"), clinic_id: Some("c9") };
+        let own = Scope { org_id: Some("o1"), clinic_id: Some("c1"), requested_by: None };
+        let other = Scope { org_id: Some("o2"), clinic_id: Some("c9"), requested_by: None };
         assert!(authorize(&who(AdminRole::OrgAdmin), Action::ManageStripe, own));
         assert!(!authorize(&who(AdminRole::OrgAdmin), Action::ManageStripe, other));
         assert!(authorize(&who(AdminRole::TeamAdmin), Action::ManageStripe, own));
@@ -131,6 +146,22 @@ mod tests {
         assert!(authorize(&who(AdminRole::PlatformOperator), Action::DecideEnablement, other));
         let mut no_org = who(AdminRole::OrgAdmin);
         no_org.org_id = None;
-        assert!(!authorize(&no_org, Action::ListClinics, Scope { org_id: None, clinic_id: None }));
+        assert!(!authorize(&no_org, Action::ListClinics, Scope::default()));
+        // A team member sees the payments they requested, in their own clinics only.
+        let mine = Scope { requested_by: Some("a"), ..own };
+        assert!(authorize(&who(AdminRole::TeamMember), Action::ViewPayments, mine));
+        assert!(!authorize(&who(AdminRole::TeamMember), Action::ViewPayments, own));
+        assert!(!authorize(
+            &who(AdminRole::TeamMember),
+            Action::ViewPayments,
+            Scope { requested_by: Some("b"), ..own }
+        ));
+        assert!(!authorize(
+            &who(AdminRole::TeamMember),
+            Action::ViewPayments,
+            Scope { requested_by: Some("a"), ..other }
+        ));
+        assert!(authorize(&who(AdminRole::TeamAdmin), Action::ViewPayments, own));
+        assert!(!authorize(&who(AdminRole::PlatformOperator), Action::ViewPayments, own));
     }
 }

@@ -1,7 +1,8 @@
 //! The administrative half: organisations and clinics (registered by the platform), enabling the
 //! payment app (org admin asks, operator decides), linking the clinic's Stripe account through
-//! Connect OAuth, removing it, and the append-only audit log. JSON under `/v1/`, stable error
-//! codes, cursor pagination on lists, and an OpenAPI document built from the route table below.
+//! Connect OAuth, removing it, the append-only audit log, and the clinic's payment records.
+//! JSON under `/v1/`, stable error codes, cursor pagination on lists, and an OpenAPI document
+//! built from the route table below.
 
 pub mod authz;
 mod handlers;
@@ -112,6 +113,18 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "get",
+        path: "/v1/clinics/{clinic_id}/payments",
+        summary: "The clinic's payment records, newest first (paginated); filters: from, to (Unix ms), status, clinician, call_id",
+        action: Some(Action::ViewPayments),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/payments/{payment_id}",
+        summary: "A payment record with its whole history (every change, when and from where)",
+        action: Some(Action::ViewPayments),
+    },
+    RouteDoc {
+        method: "get",
         path: "/v1/stripe/oauth/callback",
         summary: "Stripe's OAuth redirect (authorized by the single-use state)",
         action: None,
@@ -135,6 +148,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::stripe::remove_stripe))
         .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe::stripe_account))
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
+        .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
+        .route("/v1/payments/{payment_id}", get(handlers::payments::show))
         .route("/v1/stripe/oauth/callback", get(handlers::stripe::oauth_callback))
         .route("/v1/openapi.json", get(openapi::serve))
 }

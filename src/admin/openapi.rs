@@ -18,6 +18,7 @@ fn roles_for(action: super::authz::Action) -> Vec<String> {
             Reach::Any => Some(format!("{} (any)", role.as_str())),
             Reach::OwnOrg => Some(format!("{} (own organisation)", role.as_str())),
             Reach::OwnClinic => Some(format!("{} (own clinics)", role.as_str())),
+            Reach::OwnRequests => Some(format!("{} (own clinics, what they requested)", role.as_str())),
         })
         .collect()
 }

@@ -7,6 +7,8 @@ use callpay_protocol::ErrorCode;
 pub const MAX_DESCRIPTION: usize = 200;
 /// Longest `client_ref`.
 pub const MAX_CLIENT_REF: usize = 64;
+// A well-formed client_ref is kept whole in the audit log; only a malformed one is cut.
+const _: () = assert!(MAX_CLIENT_REF <= crate::store::MAX_AUDIT_TARGET);
 
 /// A rejected request: code and message for the `error` frame.
 pub type Rejection = (ErrorCode, String);

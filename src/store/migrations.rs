@@ -125,4 +125,9 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "enablement requests keep the requester's name",
         &["ALTER TABLE enablement_requests ADD COLUMN requested_by_name TEXT NOT NULL DEFAULT ''"],
     ),
+    (
+        5,
+        "a payment's history is read from the audit log by target",
+        &["CREATE INDEX IF NOT EXISTS audit_target ON audit_log (target, at)"],
+    ),
 ];

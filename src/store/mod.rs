@@ -150,6 +150,21 @@ impl Default for Payment {
     }
 }
 
+/// Filters on a clinic's payment list. Each is absent or must match; together they all must.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PaymentFilter {
+    /// Created at or after (Unix ms).
+    pub from_ms: Option<i64>,
+    /// Created before (Unix ms).
+    pub to_ms: Option<i64>,
+    /// In this status.
+    pub status: Option<PaymentStatus>,
+    /// Requested by this clinician (participant id).
+    pub requested_by_id: Option<String>,
+    /// Requested in this call.
+    pub call_id: Option<String>,
+}
+
 /// What inserting a payment found.
 #[derive(Debug)]
 pub enum Inserted {
@@ -281,6 +296,17 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_oauth_state(&self, s: &OAuthState, max_live: usize) -> StoreResult<bool>;
     /// Marks a state used and returns it, atomically: a second take is `Reused`.
     async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken>;
+    /// A clinic's payments matching `filter`, newest first (by `created_at`, then id), strictly
+    /// older than `before` (Unix ms, id) if given; at most `limit`.
+    async fn payments_for_clinic(
+        &self,
+        clinic_id: &str,
+        filter: &PaymentFilter,
+        limit: i64,
+        before: Option<(i64, String)>,
+    ) -> StoreResult<Vec<Payment>>;
+    /// A clinic's audit records about `target` (an id), oldest first; at most `limit`.
+    async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.
     async fn audit_for_clinic(
         &self,
@@ -395,9 +421,20 @@ pub struct Actor<'a> {
 /// Stripe, as an actor (webhooks and what the hub learns by asking Stripe).
 pub const STRIPE: Actor<'static> = Actor { id: "stripe", name: "Stripe", role: "stripe" };
 
-/// Longest audit `detail` kept; anything longer is cut (the log is append-only, so it must
-/// not grow by whatever a client chose to send).
+/// Longest audit `detail` kept, in bytes; anything longer is cut (the log is append-only, so it
+/// must not grow by whatever a client chose to send).
 const MAX_AUDIT_DETAIL: usize = 500;
+/// Longest audit `target` kept, in characters: the longest id or `client_ref` the hub accepts
+/// (a participant's refused request or cancel names its target in its own words).
+pub const MAX_AUDIT_TARGET: usize = 64;
+
+/// `text` cut to at most `max_chars` characters and `max_bytes` bytes on a character boundary,
+/// with `…` marking a cut.
+fn cut(text: &str, max_chars: usize, max_bytes: usize) -> String {
+    let end = text.char_indices().nth(max_chars).map_or(text.len(), |(i, _)| i).min(max_bytes);
+    let end = (0..=end).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    if end == text.len() { text.to_owned() } else { format!("{}…", &text[..end]) }
+}
 
 impl AuditEntry {
     /// A record of `action` by `actor` with `outcome`, stamped now with a fresh id; the other
@@ -420,17 +457,19 @@ impl AuditEntry {
 
     /// Sets the detail, cut to a bounded length on a character boundary.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        let mut d: String = detail.into();
-        if d.len() > MAX_AUDIT_DETAIL {
-            let mut cut = MAX_AUDIT_DETAIL;
-            while !d.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            d.truncate(cut);
-            d.push('…');
-        }
+        let d = cut(&detail.into(), usize::MAX, MAX_AUDIT_DETAIL);
         self.detail = (!d.is_empty()).then_some(d);
         self
+    }
+
+    /// The record as it is stored: target and detail cut to their bounds, however the record
+    /// was built (struct literals bypass [`Self::with_detail`]).
+    pub fn bounded(&self) -> Self {
+        Self {
+            target: self.target.as_deref().map(|t| cut(t, MAX_AUDIT_TARGET, MAX_AUDIT_TARGET * 4)),
+            detail: self.detail.as_deref().map(|d| cut(d, usize::MAX, MAX_AUDIT_DETAIL)),
+            ..self.clone()
+        }
     }
 }
 
@@ -452,4 +491,25 @@ pub struct WebhookRecord {
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_records_are_stored_bounded() {
+        let long = AuditEntry {
+            target: Some("é".repeat(10_000)),
+            detail: Some("x".repeat(10_000)),
+            ..AuditEntry::new(STRIPE, "payment.canceled", "refused")
+        }
+        .bounded();
+        assert_eq!(long.target.as_deref().unwrap().chars().count(), MAX_AUDIT_TARGET + 1);
+        assert!(long.target.as_deref().unwrap().ends_with('…'));
+        assert_eq!(long.detail.as_deref().unwrap().len(), MAX_AUDIT_DETAIL + '…'.len_utf8());
+        let short = AuditEntry { target: Some("pay_1".into()), ..AuditEntry::new(STRIPE, "a", "ok") };
+        assert_eq!(short.bounded(), short, "a short record is kept as it is");
+        assert_eq!(cut("ab€", 10, 3), "ab…", "never inside a character");
+    }
 }

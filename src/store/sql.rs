@@ -3,8 +3,8 @@
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, StateTaken, Store,
-    StoreError, StoreResult, Write, now_ms,
+    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
+    StateTaken, Store, StoreError, StoreResult, Write, now_ms,
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -222,6 +222,10 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
     WHERE id = $26 AND version = $27";
 
 /// `$1, $2, …, $n`.
+/// Most values one `IN (…)` list binds. PostgreSQL refuses a statement with more than 65,535
+/// parameters and SQLite's default limit is 32,766; lists longer than this are read in chunks.
+pub const IN_LIST_MAX: usize = 1000;
+
 fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
@@ -229,6 +233,8 @@ fn placeholders(n: usize) -> String {
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 async fn insert_audit(tx: &mut Tx, e: &AuditEntry) -> StoreResult<()> {
+    // Whatever a caller put in the record, what is kept is bounded.
+    let e = &e.bounded();
     sqlx::query(
         "INSERT INTO audit_log (id, at, org_id, clinic_id, actor_id, actor_name, actor_role, action, target, outcome, detail) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -517,30 +523,37 @@ impl Store for SqlStore {
     }
 
     async fn clinics(&self, ids: &[String]) -> StoreResult<Vec<Clinic>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_LIST_MAX) {
+            let sql = format!("SELECT * FROM clinics WHERE id IN ({})", placeholders(chunk.len()));
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(clinic_from(&row)?);
+            }
         }
-        let sql = format!("SELECT * FROM clinics WHERE id IN ({})", placeholders(ids.len()));
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in ids {
-            q = q.bind(id);
-        }
-        q.fetch_all(&self.pool).await?.iter().map(clinic_from).collect()
+        Ok(found)
     }
 
     async fn payments_for_calls(&self, call_ids: &[String]) -> StoreResult<Vec<Payment>> {
-        if call_ids.is_empty() {
-            return Ok(Vec::new());
+        let mut found = Vec::new();
+        for chunk in call_ids.chunks(IN_LIST_MAX) {
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id IN ({}) ORDER BY created_at, id",
+                placeholders(chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(payment_from(&row)?);
+            }
         }
-        let sql = format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id IN ({}) ORDER BY created_at, id",
-            placeholders(call_ids.len())
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for id in call_ids {
-            q = q.bind(id);
-        }
-        q.fetch_all(&self.pool).await?.iter().map(payment_from).collect()
+        // Each chunk is in order; so is their concatenation per call, which is what callers use.
+        Ok(found)
     }
 
     async fn org(&self, id: &str) -> StoreResult<Option<Org>> {
@@ -646,6 +659,71 @@ impl Store for SqlStore {
         })
     }
 
+    async fn payments_for_clinic(
+        &self,
+        clinic_id: &str,
+        filter: &PaymentFilter,
+        limit: i64,
+        before: Option<(i64, String)>,
+    ) -> StoreResult<Vec<Payment>> {
+        // Every filter is a bound value; the statement is composed from constants only.
+        enum Bind<'a> {
+            Int(i64),
+            Text(&'a str),
+        }
+        let mut binds = vec![Bind::Text(clinic_id)];
+        let mut sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE clinic_id = $1");
+        // `$?` in a clause becomes the placeholder of the value just pushed.
+        let push = |sql: &mut String, clause: &str, n: usize| sql.push_str(&clause.replace("$?", &format!("${n}")));
+        if let Some(from) = filter.from_ms {
+            binds.push(Bind::Int(from));
+            push(&mut sql, " AND created_at >= $?", binds.len());
+        }
+        if let Some(to) = filter.to_ms {
+            binds.push(Bind::Int(to));
+            push(&mut sql, " AND created_at < $?", binds.len());
+        }
+        if let Some(status) = filter.status {
+            binds.push(Bind::Text(status_str(status)));
+            push(&mut sql, " AND status = $?", binds.len());
+        }
+        if let Some(who) = filter.requested_by_id.as_deref() {
+            binds.push(Bind::Text(who));
+            push(&mut sql, " AND requested_by_id = $?", binds.len());
+        }
+        if let Some(call) = filter.call_id.as_deref() {
+            binds.push(Bind::Text(call));
+            push(&mut sql, " AND call_id = $?", binds.len());
+        }
+        // Keyset pagination on (created_at, id), as the audit log pages on (at, id).
+        if let Some((at, id)) = &before {
+            binds.push(Bind::Int(*at));
+            let n = binds.len();
+            binds.push(Bind::Text(id));
+            sql.push_str(&format!(" AND (created_at < ${n} OR (created_at = ${n} AND id < ${}))", n + 1));
+        }
+        binds.push(Bind::Int(limit));
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT ${}", binds.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in binds {
+            q = match b {
+                Bind::Int(v) => q.bind(v),
+                Bind::Text(v) => q.bind(v),
+            };
+        }
+        q.fetch_all(&self.pool).await?.iter().map(payment_from).collect()
+    }
+
+    async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit_log WHERE target = $1 AND clinic_id = $2 ORDER BY at, id LIMIT $3")
+            .bind(target)
+            .bind(clinic_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_from).collect()
+    }
+
     async fn audit_for_clinic(
         &self,
         clinic_id: &str,
@@ -664,24 +742,24 @@ impl Store for SqlStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditEntry {
-                    id: r.try_get("id")?,
-                    at: r.try_get("at")?,
-                    org_id: r.try_get("org_id")?,
-                    clinic_id: r.try_get("clinic_id")?,
-                    actor_id: r.try_get("actor_id")?,
-                    actor_name: r.try_get("actor_name")?,
-                    actor_role: r.try_get("actor_role")?,
-                    action: r.try_get("action")?,
-                    target: r.try_get("target")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_from).collect()
     }
+}
+
+fn audit_from(r: &AnyRow) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        org_id: r.try_get("org_id")?,
+        clinic_id: r.try_get("clinic_id")?,
+        actor_id: r.try_get("actor_id")?,
+        actor_name: r.try_get("actor_name")?,
+        actor_role: r.try_get("actor_role")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        outcome: r.try_get("outcome")?,
+        detail: r.try_get("detail")?,
+    })
 }
 
 fn enablement_from(r: &AnyRow) -> StoreResult<Enablement> {

@@ -66,6 +66,31 @@ impl TestHub {
     }
 }
 
+/// Stores a payment of `clinic` requested by `clinician`, as the hub would have; returns its id.
+async fn seed_payment(hub: &TestHub, clinic: &str, clinician: &str) -> String {
+    let id = format!("pay_seed_{}", callpay::ids::random_id());
+    let p = callpay::store::Payment {
+        id: id.clone(),
+        call_id: format!("call_{clinic}"),
+        clinic_id: clinic.into(),
+        client_ref: id.clone(),
+        requested_by_id: clinician.into(),
+        requested_by_name: clinician.into(),
+        amount: 5000,
+        currency: "aud".into(),
+        description: "Consult".into(),
+        stripe_account: "acct_seed".into(),
+        payment_intent_id: Some(format!("pi_{id}")),
+        client_secret: Some("pi_seed_secret_x".into()),
+        status: callpay_protocol::PaymentStatus::Requested,
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        ..Default::default()
+    };
+    hub.state.store.insert_payment(&p).await.unwrap();
+    id
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Who {
     OrgAdmin,
@@ -108,6 +133,9 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
                 _ => 403,
             },
             "audit" => per_clinic(matches!(who, Operator | OrgAdmin | TeamAdmin), 200),
+            // Payments are the clinic's business: never the service desk's. A team member's own
+            // clinic payment here is one they requested.
+            "list_payments" | "show_payment" => per_clinic(!matches!(who, Operator), 200),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -136,6 +164,10 @@ async fn every_role_against_every_endpoint() {
     };
     let everyone =
         [Who::OrgAdmin, Who::TeamAdmin, Who::TeamMember, Who::Operator, Who::NoToken, Who::Expired, Who::Forged];
+    // A payment in each clinic; the demo clinic's was requested by the team member the matrix
+    // signs in as (`u-team_member`).
+    let own_payment = seed_payment(&hub, DEMO_CLINIC, "u-team_member").await;
+    let other_payment = seed_payment(&hub, OTHER_CLINIC, "u-team_member").await;
     let mut checked = 0;
     for who in everyone {
         for own in [true, false] {
@@ -192,6 +224,13 @@ async fn every_role_against_every_endpoint() {
                 ("audit", "GET", format!("/v1/clinics/{clinic}/audit"), None),
                 ("connect", "POST", format!("/v1/clinics/{clinic}/stripe/connect"), None),
                 ("remove", "DELETE", format!("/v1/clinics/{clinic}/stripe"), None),
+                ("list_payments", "GET", format!("/v1/clinics/{clinic}/payments"), None),
+                (
+                    "show_payment",
+                    "GET",
+                    format!("/v1/payments/{}", if own { &own_payment } else { &other_payment }),
+                    None,
+                ),
                 ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
             ];
             for (name, method, path, body) in cases {
@@ -215,7 +254,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 12);
+    assert_eq!(checked, 7 * 2 * 14);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -314,11 +353,25 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
         doc["paths"]["/v1/clinics/{clinic_id}/stripe/connect"]["post"]["x-callpay-roles"],
         json!(["org_admin (own organisation)", "team_admin (own clinics)"])
     );
+    for path in ["/v1/clinics/{clinic_id}/payments", "/v1/payments/{payment_id}"] {
+        assert_eq!(
+            doc["paths"][path]["get"]["x-callpay-roles"],
+            json!([
+                "org_admin (own organisation)",
+                "team_admin (own clinics)",
+                "team_member (own clinics, what they requested)"
+            ]),
+            "{path}"
+        );
+    }
     // Every documented route exists: without a token it is 401 (or its own answer), never the 404 fallback.
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
-            let concrete =
-                path.replace("{org_id}", DEMO_ORG).replace("{clinic_id}", DEMO_CLINIC).replace("{request_id}", "enr_x");
+            let concrete = path
+                .replace("{org_id}", DEMO_ORG)
+                .replace("{clinic_id}", DEMO_CLINIC)
+                .replace("{request_id}", "enr_x")
+                .replace("{payment_id}", "pay_x");
             let (status, body) = hub.api(None, &method.to_uppercase(), &concrete, Some(json!({}))).await;
             assert_ne!(body["code"], "not_found", "{method} {path} is documented but not routed ({status})");
         }
@@ -702,4 +755,238 @@ async fn the_oauth_state_cookie_is_secure_behind_https() {
     let plain = TestHub::start().await;
     let cookie = state_cookie(&plain).await;
     assert!(!cookie.contains("Secure"), "plain http keeps a cookie the browser will send back: {cookie}");
+}
+
+#[tokio::test]
+async fn a_caller_who_may_never_decide_cannot_tell_a_request_from_a_missing_one() {
+    let hub = TestHub::start().await;
+    let (_, made) = hub
+        .api(
+            Some(&hub.info.org_admin_token),
+            "POST",
+            &format!("/v1/orgs/{DEMO_ORG}/enablement-requests"),
+            Some(json!({"clinic_ids": [DEMO_CLINIC], "ticket_ref": "SD-5"})),
+        )
+        .await;
+    let existing = made["data"][0]["id"].as_str().unwrap().to_owned();
+    let callers = [
+        hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]),
+        hub.admin(AdminRole::TeamAdmin, None, &[DEMO_CLINIC]),
+        hub.admin(AdminRole::TeamMember, None, &[DEMO_CLINIC]),
+    ];
+    for token in &callers {
+        for (verb, body) in [("approve", None), ("reject", Some(json!({"reason": "no"})))] {
+            let real =
+                hub.api(Some(token), "POST", &format!("/v1/enablement-requests/{existing}/{verb}"), body.clone()).await;
+            let missing =
+                hub.api(Some(token), "POST", &format!("/v1/enablement-requests/enr_nowhere/{verb}"), body).await;
+            assert_eq!(real, missing, "{verb}: an existing request must not be told apart from a missing one");
+            assert_eq!(real.0, 403, "{verb}: {}", real.1);
+        }
+    }
+    // The service desk still tells them apart.
+    let op = hub.info.operator_token.clone();
+    assert_eq!(hub.api(Some(&op), "POST", "/v1/enablement-requests/enr_nowhere/approve", None).await.0, 404);
+    assert_eq!(hub.api(Some(&op), "POST", &format!("/v1/enablement-requests/{existing}/approve"), None).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_audit_keeps_a_bounded_cut_of_what_clients_send() {
+    let hub = TestHub::start().await;
+    let huge = "r".repeat(12_000);
+    let mut pat = hub.patient().await;
+    let mut doc = hub.clinician().await;
+    // A patient may not request; a clinician may not cancel a payment that does not exist. Both
+    // are refused and audited, and neither record keeps the 12,000 characters.
+    pat.request(&huge, 5000, "Consult").await;
+    assert_eq!(pat.error_code().await, "forbidden");
+    doc.send(json!({"type": "payment.cancel", "payment_id": huge})).await;
+    assert_eq!(doc.error_code().await, "unknown_payment");
+    pat.send(json!({"type": "payment.cancel", "payment_id": format!("pay_{}", "é".repeat(6_000))})).await;
+    assert_eq!(pat.error_code().await, "forbidden");
+    let rows = hub.state.store.audit_for_clinic(DEMO_CLINIC, 100, None).await.unwrap();
+    let refused: Vec<_> = rows.iter().filter(|r| r.outcome == "refused").collect();
+    assert_eq!(refused.len(), 3, "every refusal is audited: {rows:?}");
+    for r in refused {
+        let target = r.target.as_deref().unwrap_or_default();
+        let detail = r.detail.as_deref().unwrap_or_default();
+        assert!(target.chars().count() <= 65, "{}: target kept {} characters", r.action, target.chars().count());
+        assert!(detail.len() <= 503, "{}: detail kept {} bytes", r.action, detail.len());
+        assert!(target.starts_with('r') || target.starts_with("pay_"), "the cut is the start: {target}");
+    }
+}
+
+/// `GET` on the admin API as `token`, answering the JSON body after checking the status.
+async fn get_ok(hub: &TestHub, token: &str, path: &str) -> Value {
+    let (status, body) = hub.api(Some(token), "GET", path, None).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    body
+}
+
+/// The payment ids of a list answer, in order.
+fn ids(list: &Value) -> Vec<String> {
+    list["data"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn payment_records_filter_page_and_link_to_the_clinics_dashboard() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.clinic_admin_token.clone();
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("rec-1", 5000, "Consult").await;
+    let paid = pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "rec-1").await["payment"].clone();
+    let (status, _) = pay_like_stripe_js(&hub, &paid, "4242424242424242", "sam@example.com").await;
+    assert_eq!(status, 200);
+    doc.until("payment.confirmed").await;
+    doc.request("rec-2", 7000, "Follow-up").await;
+    doc.until_where("payment.requested", |f| f["payment"]["client_ref"] == "rec-2").await;
+    // Another clinician, in another call of the same clinic.
+    let bo = hub.token_for("call_two", "clinician-bo", callpay_protocol::Role::Clinician);
+    let mut other = Client::connect(&hub.ws_url("call_two", &bo)).await;
+    other.request("rec-3", 9000, "Review").await;
+    other.until("payment.requested").await;
+
+    let path = format!("/v1/clinics/{DEMO_CLINIC}/payments");
+    let all = get_ok(&hub, &admin, &path).await;
+    let rows = all["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{all}");
+    let created: Vec<i64> = rows.iter().map(|r| r["created_at"].as_i64().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    assert!(!all.to_string().contains("_secret_"), "no client secret in the admin API: {all}");
+    let first = rows.iter().find(|r| r["client_ref"] == "rec-1").unwrap();
+    assert_eq!((first["status"].as_str(), first["amount_received"].as_i64()), (Some("succeeded"), Some(5000)));
+    assert_eq!((first["card_brand"].as_str(), first["card_last4"].as_str()), (Some("visa"), Some("4242")));
+    // The record links to the payment on the clinic's (test-mode) dashboard: the simulator's here.
+    let account = first["stripe_account"].as_str().unwrap();
+    let pi = first["payment_intent_id"].as_str().unwrap();
+    let link = first["dashboard_url"].as_str().unwrap();
+    assert_eq!(link, format!("{}/dashboard/{account}/test/payments/{pi}", hub.info.stripe_url));
+    let (status, _, _, page) = hub.http.send_full("GET", link, &[], String::new()).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(pi) && page.contains("succeeded"), "{page}");
+
+    // Filters, alone and together.
+    let only = |q: &str| format!("{path}?{q}");
+    assert_eq!(ids(&get_ok(&hub, &admin, &only("status=succeeded")).await), vec![first["id"].as_str().unwrap()]);
+    let by_bo = get_ok(&hub, &admin, &only("clinician=clinician-bo")).await;
+    assert_eq!(by_bo["data"][0]["client_ref"], "rec-3");
+    assert_eq!(by_bo["data"].as_array().unwrap().len(), 1);
+    let in_call = get_ok(&hub, &admin, &only("call_id=call_two")).await;
+    assert_eq!(ids(&in_call), ids(&by_bo));
+    let ada_requested = get_ok(&hub, &admin, &only("clinician=clinician-ada&status=requested")).await;
+    assert_eq!(ada_requested["data"].as_array().unwrap().len(), 1);
+    assert_eq!(ada_requested["data"][0]["client_ref"], "rec-2");
+    let now = now_ms();
+    assert_eq!(get_ok(&hub, &admin, &only(&format!("from={}", now + 60_000))).await["data"], json!([]));
+    assert_eq!(get_ok(&hub, &admin, &only(&format!("to={}", created[2]))).await["data"], json!([]));
+    assert_eq!(ids(&get_ok(&hub, &admin, &only(&format!("from={}&to={}", created[2], now + 1))).await).len(), 3);
+    assert_eq!(ids(&get_ok(&hub, &admin, &only("from=&status=")).await).len(), 3, "empty fields are no filter");
+    for bad in ["from=yesterday", "to=1.5", "status=paid"] {
+        let (status, body) = hub.api(Some(&admin), "GET", &only(bad), None).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_filter")), "{bad}");
+    }
+    let (status, body) = hub.api(Some(&admin), "GET", &only("cursor=nonsense"), None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_cursor")));
+
+    // Pages of two, by cursor, visit every payment once, in order.
+    let page1 = get_ok(&hub, &admin, &only("limit=2")).await;
+    let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = get_ok(&hub, &admin, &only(&format!("limit=2&cursor={cursor}"))).await;
+    assert!(page2["next_cursor"].is_null());
+    assert_eq!([ids(&page1), ids(&page2)].concat(), ids(&all));
+
+    // A team member sees only what they requested, whatever they ask for.
+    let member =
+        admin_token(&hub.info.platform_secret, "clinician-bo", "Dr Bo", AdminRole::TeamMember, None, &[DEMO_CLINIC]);
+    assert_eq!(ids(&get_ok(&hub, &member, &path).await), ids(&by_bo));
+    assert_eq!(get_ok(&hub, &member, &only("clinician=clinician-ada")).await["data"], json!([]));
+    let theirs = format!("/v1/payments/{}", first["id"].as_str().unwrap());
+    let missing = "/v1/payments/pay_nowhere";
+    assert_eq!(hub.api(Some(&member), "GET", &theirs, None).await, hub.api(Some(&member), "GET", missing, None).await);
+    assert_eq!(hub.api(Some(&member), "GET", &theirs, None).await.0, 404);
+    let own = get_ok(&hub, &member, &format!("/v1/payments/{}", by_bo["data"][0]["id"].as_str().unwrap())).await;
+    assert_eq!(own["client_ref"], "rec-3");
+
+    // A live-mode clinic's records link to the live dashboard (no /test).
+    let clinic = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
+    let live = callpay::store::StripeLink {
+        account: clinic.stripe_account.clone().unwrap(),
+        publishable_key: None,
+        display_name: None,
+        livemode: true,
+        linked_by: "test".into(),
+        linked_at: now_ms(),
+    };
+    let relink =
+        callpay::store::Write::Clinic { id: DEMO_CLINIC.into(), change: callpay::store::ClinicChange::Link(live) };
+    hub.state.store.commit(&[relink]).await.unwrap();
+    let record = get_ok(&hub, &admin, &theirs).await;
+    assert_eq!(
+        record["dashboard_url"].as_str().unwrap(),
+        format!("{}/dashboard/{account}/payments/{pi}", hub.info.stripe_url)
+    );
+}
+
+#[tokio::test]
+async fn a_payment_record_tells_every_change_with_its_time_and_source() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.org_admin_token.clone();
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    // Paid, confirmed by webhook.
+    doc.request("h-1", 5000, "Consult").await;
+    let one = pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "h-1").await["payment"].clone();
+    pay_like_stripe_js(&hub, &one, "4242424242424242", "sam@example.com").await;
+    doc.until_where("payment.confirmed", |f| f["payment"]["client_ref"] == "h-1").await;
+    // Paid with every webhook lost: the hub reads it from Stripe when the page says it is done.
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    doc.request("h-2", 6000, "Consult").await;
+    let two = pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "h-2").await["payment"].clone();
+    pay_like_stripe_js(&hub, &two, "4242424242424242", "sam@example.com").await;
+    pat.send(json!({"type": "payment.progress", "payment_id": two["payment_id"], "stage": "submitted"})).await;
+    doc.until_where("payment.confirmed", |f| f["payment"]["client_ref"] == "h-2").await;
+    // Cancelled by the clinician.
+    doc.request("h-3", 7000, "Consult").await;
+    let three = doc.until_where("payment.requested", |f| f["payment"]["client_ref"] == "h-3").await["payment"].clone();
+    doc.send(json!({"type": "payment.cancel", "payment_id": three["payment_id"]})).await;
+    doc.until_where("payment.updated", |f| f["payment"]["status"] == "canceled").await;
+    // A refused cancel naming the paid payment is the clinician's mistake, not the payment's history.
+    doc.send(json!({"type": "payment.cancel", "payment_id": one["payment_id"]})).await;
+    assert_eq!(doc.error_code().await, "invalid_state");
+
+    let history = |p: &Value| {
+        let path = format!("/v1/payments/{}", p["payment_id"].as_str().unwrap());
+        let (hub, admin) = (&hub, &admin);
+        async move { get_ok(hub, admin, &path).await }
+    };
+    let h1 = history(&one).await;
+    assert_eq!(h1["status"], "succeeded");
+    assert!(!h1.to_string().contains("_secret_"));
+    let steps = h1["history"].as_array().unwrap();
+    assert_eq!(steps[0]["action"], "payment.requested");
+    assert_eq!(steps[0]["status"], "requested");
+    assert_eq!(steps[0]["source"], json!({"kind": "hub", "actor_id": "clinician-ada", "actor_name": "Dr Ada Lee"}));
+    let paid = steps.iter().find(|s| s["status"] == "succeeded").expect("the success is in the history");
+    assert_eq!(paid["source"]["kind"], "webhook");
+    let event_id = paid["source"]["event_id"].as_str().unwrap();
+    let deliveries = hub.sim_control("GET", "/_sim/deliveries", Value::Null).await;
+    let delivered = deliveries["data"].as_array().unwrap();
+    assert!(
+        delivered.iter().any(|d| d["event_id"] == event_id && d["event_type"] == "payment_intent.succeeded"),
+        "{event_id} is the Stripe event that confirmed it: {deliveries}"
+    );
+    assert!(steps.iter().all(|s| s["outcome"] == "ok"), "the refused cancel is not part of it: {steps:?}");
+    let times: Vec<i64> = steps.iter().map(|s| s["at"].as_i64().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]) && times[0] >= h1["created_at"].as_i64().unwrap(), "oldest first");
+
+    let h2 = history(&two).await;
+    let read = h2["history"].as_array().unwrap().iter().find(|s| s["status"] == "succeeded").unwrap().clone();
+    assert_eq!(read["source"], json!({"kind": "stripe_read"}), "{h2}");
+    assert!(read["detail"].as_str().unwrap().starts_with("read from Stripe"));
+
+    let h3 = history(&three).await;
+    let statuses: Vec<&str> = h3["history"].as_array().unwrap().iter().filter_map(|s| s["status"].as_str()).collect();
+    assert_eq!(statuses, ["requested", "canceled"]);
+    assert_eq!(h3["history"][1]["source"]["kind"], "hub");
 }

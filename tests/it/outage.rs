@@ -71,6 +71,8 @@ pass! {
         insert_oauth_state(s: &OAuthState, m: usize) -> bool;
         take_oauth_state(s: &str) -> StateTaken;
         audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
+        payments_for_clinic(c: &str, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
+        audit_for_target(c: &str, t: &str, l: i64) -> Vec<AuditEntry>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {

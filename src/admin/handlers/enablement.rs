@@ -32,7 +32,7 @@ pub async fn request_enablement(
     match reach(&who, Action::RequestEnablement) {
         Reach::No => return Err(forbidden()),
         Reach::OwnOrg => check(&who, Action::RequestEnablement, Some(&org_id), None)?,
-        Reach::OwnClinic | Reach::Any => {}
+        Reach::OwnClinic | Reach::OwnRequests | Reach::Any => {}
     }
     let ticket = body.ticket_ref.trim();
     if ticket.is_empty() || ticket.len() > 64 {
@@ -49,7 +49,7 @@ pub async fn request_enablement(
         // Another organisation's clinic, or one outside the admin's reach, answers like a
         // missing one (no existence oracle).
         let clinic = load_clinic(&app, clinic_id).await?;
-        let scope = Scope { org_id: Some(&clinic.org_id), clinic_id: Some(&clinic.id) };
+        let scope = Scope { org_id: Some(&clinic.org_id), clinic_id: Some(&clinic.id), ..Scope::default() };
         if clinic.org_id != org_id || !authorize(&who, Action::RequestEnablement, scope) {
             return Err(not_found("clinic"));
         }
@@ -132,6 +132,11 @@ async fn decide(
     approve: bool,
     reason: Option<String>,
 ) -> Result<Json<Value>> {
+    // A role that may never decide is refused before the request is looked up, so that it
+    // cannot tell an existing id from a missing one.
+    if reach(who, Action::DecideEnablement) == Reach::No {
+        return Err(forbidden());
+    }
     let mut e = app.store.enablement(id).await.map_err(store_err)?.ok_or_else(|| not_found("enablement request"))?;
     check(who, Action::DecideEnablement, Some(&e.org_id), Some(&e.clinic_id))?;
     e.status = if approve { "approved" } else { "rejected" }.into();

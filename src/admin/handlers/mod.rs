@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod enablement;
 pub mod orgs;
+pub mod payments;
 pub mod stripe;
 
 use super::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
@@ -34,7 +35,7 @@ fn not_found(what: &str) -> ApiError {
 }
 
 fn check(who: &AdminClaims, action: Action, org_id: Option<&str>, clinic_id: Option<&str>) -> Result<()> {
-    if authorize(who, action, Scope { org_id, clinic_id }) { Ok(()) } else { Err(forbidden()) }
+    if authorize(who, action, Scope { org_id, clinic_id, ..Scope::default() }) { Ok(()) } else { Err(forbidden()) }
 }
 
 async fn load_clinic(app: &AppState, id: &str) -> Result<Clinic> {
@@ -49,7 +50,15 @@ async fn clinic_for(app: &AppState, who: &AdminClaims, action: Action, id: &str)
         return Err(forbidden());
     }
     match app.store.clinic(id).await.map_err(store_err)? {
-        Some(c) if authorize(who, action, Scope { org_id: Some(&c.org_id), clinic_id: Some(&c.id) }) => Ok(c),
+        Some(c)
+            if authorize(
+                who,
+                action,
+                Scope { org_id: Some(&c.org_id), clinic_id: Some(&c.id), ..Scope::default() },
+            ) =>
+        {
+            Ok(c)
+        }
         _ => Err(not_found("clinic")),
     }
 }

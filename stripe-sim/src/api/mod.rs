@@ -59,6 +59,8 @@ pub fn router(sim: Sim) -> Router {
         .route("/3ds/{id}", get(pages::three_ds_page))
         .route("/receipts/{id}", get(pages::receipt))
         .route("/dashboard", get(pages::dashboard))
+        .route("/dashboard/{account}/test/payments/{id}", get(pages::dashboard_payment))
+        .route("/dashboard/{account}/payments/{id}", get(pages::dashboard_payment))
         .route("/", get(pages::dashboard))
         .route(&js_path, get(pages::stripe_js))
         .fallback(unknown_route)

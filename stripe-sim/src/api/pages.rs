@@ -195,6 +195,48 @@ pub async fn receipt(State(sim): State<Sim>, Path(id): Path<String>) -> Response
     page("Receipt", &body).into_response()
 }
 
+/// `GET /dashboard/{account}/test/payments/{pi}` (and without `/test`): one payment as the
+/// clinic's Stripe dashboard shows it, at the path the real dashboard uses, so a link built for
+/// dashboard.stripe.com works against the simulator too.
+pub async fn dashboard_payment(State(sim): State<Sim>, Path((account, id)): Path<(String, String)>) -> Response {
+    let found = sim.with_world(|w| {
+        let a = w.accounts.get(&account)?;
+        let pi = a.payment_intents.get(&id)?.clone();
+        let charges: Vec<Value> =
+            a.charges.newest_first().filter(|c| c["payment_intent"] == pi["id"]).cloned().collect();
+        let name = a.object["business_profile"]["name"].as_str().unwrap_or("").to_owned();
+        Some((pi, charges, name))
+    });
+    let Some((pi, charges, name)) = found else {
+        return (StatusCode::NOT_FOUND, page("Not found", "<p>No such payment on this account.</p>")).into_response();
+    };
+    let currency = pi["currency"].as_str().unwrap_or("aud");
+    let mut body = format!(
+        "<main><h1>Payment {}</h1><p>Account <code>{}</code> ({})</p><table>\
+         <tr><th>amount</th><td>{}</td></tr><tr><th>status</th><td id=status>{}</td></tr>\
+         <tr><th>description</th><td>{}</td></tr><tr><th>created</th><td>{}</td></tr></table><h2>Charges</h2><table>\
+         <tr><th>charge</th><th>status</th><th>refunded</th></tr>",
+        escape(&id),
+        escape(&account),
+        escape(&name),
+        escape(&money::display(pi["amount"].as_i64().unwrap_or(0), currency)),
+        cell(&pi["status"]),
+        cell(&pi["description"]),
+        cell(&pi["created"]),
+    );
+    for c in &charges {
+        let _ = write!(
+            body,
+            "<tr><td><a href='/receipts/{0}'>{0}</a></td><td>{1}</td><td>{2}</td></tr>",
+            cell(&c["id"]),
+            cell(&c["status"]),
+            escape(&money::display(c["amount_refunded"].as_i64().unwrap_or(0), currency)),
+        );
+    }
+    body.push_str("</table><p><a href='/dashboard'>All payments</a></p></main>");
+    page(&format!("Payment {id}"), &body).into_response()
+}
+
 fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
