@@ -1,9 +1,9 @@
 // Configure > Client Payment: the clinic's Stripe link (Go To Stripe, edit, remove with a
-// confirm step), the payment app's enablement (org admins ask, the service desk decides), and
-// the clinic's audit log. The hub enforces every permission; this page only hides what the
+// confirm step), the payment app's enablement (org admins ask, the service desk decides), the
+// clinic's audit log, and (a second tab) its payment records with their history. The hub enforces every permission; this page only hides what the
 // signed-in role cannot use.
 import { launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, when } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, when, money, brand, decline } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const launch = launchParams();
@@ -71,12 +71,25 @@ function render() {
   $('operator').hidden = role !== 'platform_operator';
 }
 
-/** An audit record as a sentence in the page's language; an action the catalogue does not know
- * yet is shown as its code and target. */
+/** An audit record as a sentence in the page's language: the catalogue words each action, and
+ * an outcome that changes its meaning (a refused link, a failed removal) has its own sentence.
+ * An action the catalogue does not know yet gets a general sentence, never the raw code. */
 function auditSentence(row) {
-  const key = `audit.${row.action}`;
-  const sentence = t(key, { who: row.actor_name, target: row.target || '' });
-  return sentence !== key ? sentence : `${row.action}${row.target ? ` ${row.target}` : ''}`;
+  const vars = { who: row.actor_name, target: row.target || '' };
+  for (const key of [`audit.${row.action}.${row.outcome}`, `audit.${row.action}`]) {
+    const sentence = t(key, vars);
+    if (sentence !== key) return sentence;
+  }
+  return t('audit.other', vars);
+}
+
+/** The "who" cell: the actor's name and, unless the name already says it, their role. Platform
+ * tokens often carry the role in the display name ("Cam (clinic admin)"), and Stripe is both. */
+function whoText(row) {
+  const role = t(`role.${row.actor_role}`);
+  const known = role !== `role.${row.actor_role}`;
+  if (!known || /\)\s*$/.test(row.actor_name) || row.actor_name === role) return row.actor_name;
+  return `${row.actor_name} (${role})`;
 }
 
 /** The "what" cell: the sentence, and the record's detail as the hub wrote it (ids, amounts,
@@ -97,29 +110,45 @@ function whatCell(row) {
   return td;
 }
 
+/** The last audit page loaded, kept so a language switch redraws it in the new language. */
+let auditRows = [];
+
 async function loadAudit() {
   try {
     const log = await api('GET', `/v1/clinics/${encodeURIComponent(clinic)}/audit?limit=50`);
-    const body = $('audit');
-    body.innerHTML = '';
-    for (const row of log.data) {
-      const tr = document.createElement('tr');
-      const cell = (text) => {
-        const td = document.createElement('td');
-        td.textContent = text;
-        return td;
-      };
-      tr.append(cell(when(row.at)), cell(`${row.actor_name} (${t(`role.${row.actor_role}`)})`), whatCell(row), cell(t(`audit.outcome.${row.outcome}`)));
-      body.append(tr);
-    }
-  } catch (_) { /* roles without audit access simply see an empty table */ }
+    auditRows = log.data;
+  } catch (_) { auditRows = []; /* roles without audit access simply see an empty table */ }
+  renderAudit();
 }
+
+function renderAudit() {
+  const body = $('audit');
+  body.innerHTML = '';
+  for (const row of auditRows) {
+    const tr = document.createElement('tr');
+    const cell = (text) => {
+      const td = document.createElement('td');
+      td.textContent = text;
+      return td;
+    };
+    tr.append(cell(when(row.at)), cell(whoText(row)), whatCell(row), cell(t(`audit.outcome.${row.outcome}`)));
+    body.append(tr);
+  }
+}
+
+/** The pending requests last loaded, kept so a language switch redraws them. */
+let pendingRequests = [];
 
 async function loadRequests() {
   const list = await api('GET', '/v1/enablement-requests?status=pending');
+  pendingRequests = list.data;
+  renderRequests();
+}
+
+function renderRequests() {
   const ul = $('requests');
   ul.innerHTML = '';
-  for (const r of list.data) {
+  for (const r of pendingRequests) {
     const li = document.createElement('li');
     li.className = 'card';
     li.dataset.requestId = r.id;
@@ -140,6 +169,184 @@ async function loadRequests() {
     ul.append(li);
   }
 }
+
+// ---- Payments tab -------------------------------------------------------------------------
+
+/** Roles that may read payment records (a clinician only their own; the hub decides). */
+const canSeePayments = ['org_admin', 'team_admin', 'team_member'].includes(role);
+/** Statuses offered as a filter. */
+const STATUSES = ['requested', 'authenticating', 'processing', 'succeeded', 'failed', 'canceled', 'partially_refunded', 'refunded'];
+/** The payments shown, the cursor of the next page, the clinicians seen, the open histories. */
+const payments = { rows: [], next: null, clinicians: new Map(), histories: new Map() };
+
+function statusLabel(p) {
+  return p.status === 'failed' ? t('payments.status.failed') : t(`status.${p.status}`);
+}
+
+/** Midnight at the start of a `yyyy-mm-dd` day in the browser's time zone, in Unix ms. */
+function dayStart(value, plusDays = 0) {
+  const [y, m, d] = value.split('-').map(Number);
+  return new Date(y, m - 1, d + plusDays).getTime();
+}
+
+/** The list's query string from the filter form: dates as Unix ms (the "to" day included). */
+function paymentQuery(cursor) {
+  const q = new URLSearchParams({ limit: '25' });
+  if ($('f-from').value) q.set('from', String(dayStart($('f-from').value)));
+  if ($('f-to').value) q.set('to', String(dayStart($('f-to').value, 1)));
+  if ($('f-status').value) q.set('status', $('f-status').value);
+  if ($('f-clinician').value) q.set('clinician', $('f-clinician').value);
+  if ($('f-call').value.trim()) q.set('call_id', $('f-call').value.trim());
+  if (cursor) q.set('cursor', cursor);
+  return q.toString();
+}
+
+async function loadPayments(more) {
+  try {
+    const r = await api('GET', `/v1/clinics/${encodeURIComponent(clinic)}/payments?${paymentQuery(more ? payments.next : null)}`);
+    payments.rows = more ? payments.rows.concat(r.data) : r.data;
+    payments.next = r.next_cursor;
+    if (!more) payments.histories.clear();
+    for (const p of r.data) payments.clinicians.set(p.requested_by_id, p.requested_by_name);
+  } catch (e) {
+    say(t('admin.error', { message: e.message }), true);
+  }
+  renderPayments();
+}
+
+/** The filter form's choices, in the page's language; what was chosen stays chosen. */
+function renderFilters() {
+  const fill = (select, options) => {
+    const keep = select.value;
+    select.innerHTML = '';
+    for (const [value, label] of options) {
+      const opt = document.createElement('option');
+      opt.value = value;
+      opt.textContent = label;
+      select.append(opt);
+    }
+    select.value = keep;
+  };
+  fill($('f-status'), [['', t('payments.status.all')], ...STATUSES.map((s) => [s, statusLabel({ status: s })])]);
+  fill($('f-clinician'), [['', t('payments.clinician.all')], ...payments.clinicians]);
+}
+
+function renderPayments() {
+  renderFilters();
+  const body = $('payments');
+  body.innerHTML = '';
+  for (const p of payments.rows) {
+    const tr = document.createElement('tr');
+    tr.dataset.paymentId = p.id;
+    const cell = (text) => {
+      const td = document.createElement('td');
+      td.textContent = text;
+      tr.append(td);
+      return td;
+    };
+    cell(when(p.created_at));
+    cell(p.requested_by_name);
+    cell(p.description);
+    const amount = cell(money(p.amount, p.currency));
+    if (p.amount_refunded > 0) amount.append(document.createElement('br'), t('payments.refunded', { amount: money(p.amount_refunded, p.currency) }));
+    const status = cell(statusLabel(p));
+    status.dataset.status = p.status;
+    if (p.status === 'failed') status.title = decline({ code: p.failure_code, decline_code: p.failure_decline_code });
+    cell(p.card_last4 ? t('payments.card.line', { brand: brand(p.card_brand), last4: p.card_last4 }) : '—');
+    const links = cell('');
+    if (p.dashboard_url) {
+      const a = document.createElement('a');
+      a.href = p.dashboard_url;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      a.textContent = t('payments.open');
+      links.append(a, document.createElement('br'));
+    }
+    const toggle = document.createElement('button');
+    toggle.type = 'button';
+    toggle.className = 'secondary';
+    toggle.dataset.role = 'history';
+    toggle.textContent = t('payments.history');
+    toggle.setAttribute('aria-expanded', String(payments.histories.has(p.id)));
+    toggle.addEventListener('click', () => toggleHistory(p.id));
+    links.append(toggle);
+    body.append(tr);
+    if (payments.histories.has(p.id)) body.append(historyRow(p.id, payments.histories.get(p.id)));
+  }
+  $('payments-none').hidden = payments.rows.length > 0;
+  $('payments-more').hidden = !payments.next;
+}
+
+/** Where a change came from, in the page's language. */
+function sourceText(s) {
+  switch (s.kind) {
+    case 'webhook': return t('payments.source.webhook', { event: s.event_id });
+    case 'stripe_read': return t('payments.source.stripe_read');
+    case 'hub': return t('payments.source.hub');
+    default: return t('payments.source.admin', { who: s.actor_name || '' });
+  }
+}
+
+function historyRow(id, record) {
+  const tr = document.createElement('tr');
+  tr.className = 'history';
+  tr.dataset.historyOf = id;
+  const td = document.createElement('td');
+  td.colSpan = 7;
+  const ol = document.createElement('ol');
+  for (const h of record.history) {
+    const li = document.createElement('li');
+    const who = h.source.actor_name || t(`role.${h.source.kind === 'hub' ? 'clinician' : 'stripe'}`);
+    const what = auditSentence({ action: h.action, outcome: h.outcome, actor_name: who, target: '' });
+    li.textContent = t('payments.history.line', { when: when(h.at), what, source: sourceText(h.source) });
+    ol.append(li);
+  }
+  td.append(ol);
+  tr.append(td);
+  return tr;
+}
+
+async function toggleHistory(id) {
+  if (payments.histories.has(id)) {
+    payments.histories.delete(id);
+  } else {
+    try {
+      payments.histories.set(id, await api('GET', `/v1/payments/${encodeURIComponent(id)}`));
+    } catch (e) {
+      say(t('admin.error', { message: e.message }), true);
+    }
+  }
+  renderPayments();
+}
+
+/** Shows one tab's panel; the payments load the first time their tab opens. */
+function showTab(name) {
+  for (const tab of ['settings', 'payments']) {
+    const on = tab === name;
+    $(`tab-${tab}`).setAttribute('aria-selected', String(on));
+    $(`tab-${tab}`).tabIndex = on ? 0 : -1;
+    $(`tab-${tab}`).className = on ? '' : 'secondary';
+    $(`panel-${tab}`).hidden = !on;
+  }
+  if (name === 'payments' && !payments.loaded) {
+    payments.loaded = true;
+    loadPayments(false);
+  }
+}
+
+$('tab-payments').hidden = !canSeePayments;
+$('tab-settings').addEventListener('click', () => showTab('settings'));
+$('tab-payments').addEventListener('click', () => showTab('payments'));
+$('tabs').addEventListener('keydown', (ev) => {
+  if (ev.key !== 'ArrowRight' && ev.key !== 'ArrowLeft') return;
+  const next = $('tab-settings').getAttribute('aria-selected') === 'true' && canSeePayments ? 'payments' : 'settings';
+  showTab(next);
+  $(`tab-${next}`).focus();
+});
+$('payment-filters').addEventListener('submit', (ev) => { ev.preventDefault(); loadPayments(false); });
+$('payment-filters').addEventListener('reset', () => setTimeout(() => loadPayments(false)));
+$('payments-more').addEventListener('click', () => loadPayments(true));
+renderFilters();
 
 async function act(fn, done) {
   try {
@@ -201,6 +408,7 @@ $('request-form').addEventListener('submit', (ev) => {
   act(() => api('POST', `/v1/orgs/${encodeURIComponent(view.org_id)}/enablement-requests`, { clinic_ids: [clinic], ticket_ref: $('ticket').value }));
 });
 
-languageSwitch($('lang'), render);
+// A language switch redraws everything the page wrote itself, dates included.
+languageSwitch($('lang'), () => { render(); renderAudit(); renderRequests(); renderPayments(); });
 applyI18n();
 load();

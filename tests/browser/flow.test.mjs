@@ -495,3 +495,113 @@ test('the demo launcher in Bengali has no stray English', async () => {
     await shot(p, 'bn-5-demo');
   });
 });
+
+/** Latin words left in `text` once `data` (names, descriptions, ids) is taken out. */
+function strayEnglish(text, data, allowed = ['Stripe', 'callpay', 'English', 'Visa']) {
+  let rest = text;
+  for (const d of data) rest = rest.split(d).join(' ');
+  rest = rest.replace(/\b(acct|pi|pay|evt|call)_\w+/g, ' ').replace(/\S+@[\w.-]+/g, ' ');
+  return [...new Set(rest.match(/[A-Za-z]{2,}/g) || [])].filter((w) => !allowed.includes(w));
+}
+
+test('the audit log words a refused Stripe link, names each actor once, and follows a switch to Bengali', async () => {
+  await withDemo(async (info) => {
+    const admin = await page(b);
+    await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
+    // Start linking another account, then deny it on Stripe's page: a refused `stripe.link`.
+    await admin.getByRole('button', { name: 'Edit' }).click();
+    await admin.getByRole('button', { name: 'Link another account' }).click();
+    await admin.getByRole('button', { name: 'Deny' }).click();
+    await admin.getByRole('heading', { name: 'Stripe account not linked' }).waitFor();
+    await admin.getByRole('link', { name: 'Back to Client Payment' }).click();
+    const refused = admin.locator('#audit tr', { hasText: 'was refused; nothing changed' });
+    await refused.waitFor();
+    assert.equal(await admin.locator('#audit').getByText('stripe.link').count(), 0, 'no raw action code');
+    // Each actor is named once: the role only when the name does not already say it.
+    const who = await admin.locator('#audit tr td:nth-child(2)').allTextContents();
+    assert.ok(who.includes('Cam (clinic admin)'), who.join(' | '));
+    assert.ok(who.every((w) => !/\(.*\).*\(.*\)/.test(w) && w !== 'Stripe (Stripe)'), who.join(' | '));
+    const englishDate = await refused.locator('td').first().textContent();
+    assert.match(englishDate, /[0-9]/);
+    await shot(admin, 'audit-1-refused-link-en');
+    // Switch to Bengali: sentences, outcomes and dates follow, with no stray English.
+    await admin.getByLabel('Language').selectOption('bn');
+    const bnRow = admin.locator('#audit tr', { hasText: 'প্রত্যাখ্যাত হয়েছে; কিছুই বদলায়নি' });
+    await bnRow.waitFor();
+    const bnDate = await bnRow.locator('td').first().textContent();
+    assert.match(bnDate, /[০-৯]/, `the date in Bengali digits: ${bnDate}`);
+    assert.doesNotMatch(bnDate, /[0-9A-Za-z]/, `no Latin digits or month names: ${bnDate}`);
+    const audit = await admin.locator('#audit').innerText();
+    assert.deepEqual(strayEnglish(audit, ['Cam (clinic admin)', 'Harbour Clinic', 'demo seed']), [], audit);
+    await shot(admin, 'audit-2-refused-link-bn');
+  });
+});
+
+test('the Payments tab lists payments with filters and history, links each to Stripe, and speaks Bengali', async () => {
+  await inCall(b, async ({ info, doc, pat }) => {
+    await requestPayment(doc, '50.00', 'Consultation');
+    await pay(pat, 'Consultation', '4242424242424242');
+    await doc.locator('#popup').getByText('Payment received').waitFor();
+    await requestPayment(doc, '20.00', 'Script renewal');
+    await pat.locator('article', { hasText: 'Script renewal' }).waitFor();
+    const admin = await page(b);
+    await admin.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`);
+    await admin.getByRole('tab', { name: 'Payments' }).click();
+    const rows = admin.locator('#payments tr[data-payment-id]');
+    await admin.locator('#payments tr', { hasText: 'Script renewal' }).waitFor();
+    assert.equal(await rows.count(), 2);
+    const paid = admin.locator('#payments tr', { hasText: 'Consultation' });
+    assert.match(await paid.innerText(), /Dr Ada Lee[\s\S]*\$50\.00[\s\S]*Paid[\s\S]*Visa ending 4242/);
+    // The record links to the payment on the clinic's (simulated) Stripe dashboard.
+    const href = await paid.getByRole('link', { name: 'Open in Stripe' }).getAttribute('href');
+    assert.match(href, new RegExp(`^${info.stripe_url}/dashboard/acct_\\w+/test/payments/pi_\\w+$`));
+    const dash = await page(b);
+    await dash.goto(href);
+    await dash.locator('#status').getByText('succeeded').waitFor();
+    await dash.close();
+    // Its history: asked for in the call, then received: through Stripe's event, or read from
+    // Stripe when the patient's page said it was done (whichever reached the hub first).
+    await paid.getByRole('button', { name: 'History' }).click();
+    const history = admin.locator('tr.history');
+    await history.getByText('A payment was received.').waitFor();
+    assert.match(await history.innerText(), /Dr Ada Lee requested a payment\. \(in the call\)/);
+    assert.match(await history.innerText(), /A payment was received\. \((Stripe event evt_\w+|read from Stripe)\)/);
+    await shot(admin, 'payments-1-list-en');
+    // Filters: a status, a clinician, a day range.
+    await admin.getByLabel('Status').selectOption('succeeded');
+    await admin.getByRole('button', { name: 'Show' }).click();
+    await admin.locator('#payments tr', { hasText: 'Script renewal' }).waitFor({ state: 'detached' });
+    assert.equal(await rows.count(), 1);
+    await admin.getByLabel('Status').selectOption('requested');
+    await admin.getByLabel('Clinician').selectOption({ label: 'Dr Ada Lee' });
+    await admin.getByRole('button', { name: 'Show' }).click();
+    await admin.locator('#payments tr', { hasText: 'Script renewal' }).waitFor();
+    assert.equal(await rows.count(), 1);
+    const tomorrow = new Date(Date.now() + 86400000);
+    const day = (d) => `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+    await admin.getByLabel('Status').selectOption('');
+    await admin.getByLabel('From').fill(day(tomorrow));
+    await admin.getByRole('button', { name: 'Show' }).click();
+    await admin.getByText('No payments match.').waitFor();
+    await admin.getByLabel('From').fill(day(new Date()));
+    await admin.getByLabel('To (inclusive)').fill(day(new Date()));
+    await admin.getByRole('button', { name: 'Show' }).click();
+    await admin.locator('#payments tr', { hasText: 'Consultation' }).waitFor();
+    assert.equal(await rows.count(), 2, 'today, both ends included');
+    await paid.getByRole('button', { name: 'History' }).click();
+    await history.getByText('A payment was received.').waitFor();
+    // The same in Bengali: the table, the filters and the history, with no stray English.
+    await admin.getByLabel('Language').selectOption('bn');
+    await admin.getByRole('tab', { name: 'পেমেন্টসমূহ' }).waitFor();
+    await paid.getByText('পরিশোধিত').waitFor();
+    await history.getByText('একটি পেমেন্ট পাওয়া গেছে।').waitFor();
+    assert.match(await paid.locator('td').first().textContent(), /[০-৯]/, 'dates in Bengali digits');
+    const panel = await admin.locator('#panel-payments').innerText();
+    const tabs = await admin.locator('#tabs').innerText();
+    const data = ['Consultation', 'Script renewal', 'Dr Ada Lee'];
+    assert.deepEqual(strayEnglish(`${tabs}\n${panel}`, data), [], panel);
+    const options = (await admin.locator('#payment-filters option').allTextContents()).join(' ');
+    assert.deepEqual(strayEnglish(options, data), [], options);
+    await shot(admin, 'payments-2-list-bn');
+  });
+});
