@@ -990,3 +990,113 @@ async fn a_payment_record_tells_every_change_with_its_time_and_source() {
     assert_eq!(statuses, ["requested", "canceled"]);
     assert_eq!(h3["history"][1]["source"]["kind"], "hub");
 }
+
+#[tokio::test]
+async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() {
+    use callpay::store::{Actor, AuditEntry, Payment, PaymentFilter, STRIPE, SqlStore, Store, StoreResult, Write};
+    use callpay_protocol::PaymentStatus;
+    let db = crate::services::TempDb::new();
+    async fn run(store: &SqlStore) -> StoreResult<Vec<Vec<String>>> {
+        let payment = |i: i64, who: &str, call: &str, status| Payment {
+            id: format!("pay_{i}"),
+            call_id: call.into(),
+            clinic_id: "clinic_a".into(),
+            client_ref: format!("r{i}"),
+            requested_by_id: who.into(),
+            amount: 5000,
+            currency: "aud".into(),
+            status,
+            stripe_account: "acct_1".into(),
+            // Two share a millisecond: the id orders them.
+            created_at: 1_000 + i.min(3),
+            updated_at: 1_000,
+            ..Payment::default()
+        };
+        for (i, who, call, status) in [
+            (1, "ada", "call_1", PaymentStatus::Succeeded),
+            (2, "ada", "call_1", PaymentStatus::Requested),
+            (3, "bo", "call_2", PaymentStatus::Succeeded),
+            (4, "bo", "call_2", PaymentStatus::Failed),
+        ] {
+            store.insert_payment(&payment(i, who, call, status)).await?;
+        }
+        store
+            .insert_payment(&Payment {
+                clinic_id: "clinic_b".into(),
+                ..payment(9, "ada", "call_9", PaymentStatus::Succeeded)
+            })
+            .await?;
+        let ada = Actor { id: "ada", name: "Ada", role: "clinician" };
+        let audit = |actor, action: &str, target: &str, at| AuditEntry {
+            clinic_id: Some("clinic_a".into()),
+            target: Some(target.into()),
+            at,
+            ..AuditEntry::new(actor, action, "ok")
+        };
+        store
+            .commit(&[
+                Write::Audit(audit(STRIPE, "payment.succeeded", "pay_1", 30)),
+                Write::Audit(audit(ada, "payment.requested", "pay_1", 10)),
+                Write::Audit(audit(ada, "payment.requested", "pay_2", 20)),
+                Write::Audit(AuditEntry {
+                    clinic_id: Some("clinic_b".into()),
+                    ..audit(ada, "payment.canceled", "pay_1", 40)
+                }),
+            ])
+            .await?;
+        let ids = |v: Vec<Payment>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        let all = PaymentFilter::default();
+        let mut out = vec![
+            ids(store.payments_for_clinic("clinic_a", &all, 10, None).await?),
+            ids(store.payments_for_clinic("clinic_a", &all, 2, None).await?),
+            ids(store.payments_for_clinic("clinic_a", &all, 10, Some((1_003, "pay_4".into()))).await?),
+            ids(store
+                .payments_for_clinic(
+                    "clinic_a",
+                    &PaymentFilter { status: Some(PaymentStatus::Succeeded), ..all.clone() },
+                    10,
+                    None,
+                )
+                .await?),
+            ids(store
+                .payments_for_clinic(
+                    "clinic_a",
+                    &PaymentFilter {
+                        requested_by_id: Some("bo".into()),
+                        call_id: Some("call_2".into()),
+                        ..all.clone()
+                    },
+                    10,
+                    None,
+                )
+                .await?),
+            ids(store
+                .payments_for_clinic(
+                    "clinic_a",
+                    &PaymentFilter { from_ms: Some(1_002), to_ms: Some(1_003), ..all.clone() },
+                    10,
+                    None,
+                )
+                .await?),
+        ];
+        out.push(store.audit_for_target("clinic_a", "pay_1", 10).await?.into_iter().map(|e| e.action).collect());
+        Ok(out)
+    }
+    let sqlite = SqlStore::connect("sqlite::memory:").await.unwrap();
+    let postgres = SqlStore::connect(&db.url).await.unwrap();
+    let expected: Vec<Vec<String>> = [
+        vec!["pay_4", "pay_3", "pay_2", "pay_1"],
+        vec!["pay_4", "pay_3"],
+        vec!["pay_3", "pay_2", "pay_1"],
+        vec!["pay_3", "pay_1"],
+        vec!["pay_4", "pay_3"],
+        vec!["pay_2"],
+        vec!["payment.requested", "payment.succeeded"],
+    ]
+    .iter()
+    .map(|v| v.iter().map(|s| (*s).to_owned()).collect())
+    .collect();
+    assert_eq!(run(&sqlite).await.unwrap(), expected, "SQLite");
+    assert_eq!(run(&postgres).await.unwrap(), expected, "PostgreSQL");
+    postgres.close().await;
+}
