@@ -2,10 +2,10 @@
 //! ([`Dependencies`]). Serving them over HTTP is [`crate::server`]'s job.
 
 use crate::auth::Verifier;
-use crate::bus::{Bus, MemoryBus, RedisBus};
+use crate::bus::{Bus, MemoryBus, PresenceStore, RedisBus};
 use crate::config::Config;
 use crate::connect::{ConnectApi, StripeConnect};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubIo};
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::payments::stripe::{StripeApi, StripeGateway};
@@ -58,6 +58,8 @@ pub struct Dependencies {
     pub stripe: Arc<dyn StripeApi>,
     /// Cross-node fan-out.
     pub bus: Arc<dyn Bus>,
+    /// The shared presence record (the bus's backend keeps it too).
+    pub presence: Arc<dyn PresenceStore>,
     /// Stripe Connect OAuth.
     pub connect: Arc<dyn ConnectApi>,
 }
@@ -67,19 +69,29 @@ impl Dependencies {
     pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
         let store = SqlStore::connect(&config.database.url).await.context("opening the database")?;
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
-        let bus: Arc<dyn Bus> = match &config.bus.redis_url {
-            Some(url) => Arc::new(RedisBus::connect(url, node_id.to_owned()).await.context("connecting to Redis")?),
-            None if !config.bus.redis_cluster_urls.is_empty() => Arc::new(
-                RedisBus::connect_cluster(&config.bus.redis_cluster_urls, node_id.to_owned())
-                    .await
-                    .context("connecting to the Redis Cluster")?,
-            ),
-            None => Arc::new(MemoryBus::new(node_id)),
+        let (bus, presence): (Arc<dyn Bus>, Arc<dyn PresenceStore>) = match &config.bus.redis_url {
+            Some(url) => {
+                let redis = Arc::new(RedisBus::connect(url, node_id.to_owned()).await.context("connecting to Redis")?);
+                (redis.clone(), redis)
+            }
+            None if !config.bus.redis_cluster_urls.is_empty() => {
+                let redis = Arc::new(
+                    RedisBus::connect_cluster(&config.bus.redis_cluster_urls, node_id.to_owned())
+                        .await
+                        .context("connecting to the Redis Cluster")?,
+                );
+                (redis.clone(), redis)
+            }
+            None => {
+                let memory = Arc::new(MemoryBus::new(node_id));
+                (memory.clone(), memory)
+            }
         };
         Ok(Self {
             store: Arc::new(store),
             stripe: Arc::new(stripe),
             bus,
+            presence,
             connect: Arc::new(StripeConnect::new(&config.stripe)),
         })
     }
@@ -107,7 +119,8 @@ impl AppState {
         deps.bus.observe_with(metrics.clone());
         let stripe: Arc<dyn StripeApi> = Arc::new(crate::payments::stripe::Timed::new(deps.stripe, metrics.clone()));
         let presence_ttl = std::time::Duration::from_millis(config.bus.presence_ttl_ms);
-        let hub = Hub::new(node_id, rooms, deps.bus, deps.store.clone(), tracker.clone(), presence_ttl);
+        let io = HubIo { bus: deps.bus, record: deps.presence, store: deps.store.clone(), tracker: tracker.clone() };
+        let hub = Hub::new(node_id, rooms, io, presence_ttl, metrics.clone());
         let payments = Payments::new(deps.store.clone(), stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
         hub.start(shutdown.clone());

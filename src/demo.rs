@@ -200,10 +200,12 @@ pub async fn start_wrapped(
     let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
     seed(&store, &sim).await?;
     let node = node_id();
+    let bus = Arc::new(MemoryBus::new(node.clone()));
     let deps = Dependencies {
         store: wrap_store(Arc::new(store)),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
-        bus: Arc::new(MemoryBus::new(node.clone())),
+        bus: bus.clone(),
+        presence: bus,
         connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);

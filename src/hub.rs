@@ -1,19 +1,22 @@
 //! The hub's fan-out point: a room event goes to this node's members at once and to other nodes
-//! over the bus. It is also the bus's sink: remote events are delivered locally, and after a gap
-//! every local room is resynced from the store.
+//! over the bus. It is also the bus's sink: remote events are delivered locally, and a call
+//! whose messages were lost (the bus says which) is repaired from the store: its room is told
+//! each change it missed as the event it was. Only a bus reconnection repairs every local call,
+//! in paced chunks.
 //!
 //! Presence across nodes: joins and leaves travel as bus events at once, and each node also
-//! keeps its entry in the shared presence record ([`Bus::put_presence`]) for every call it
+//! keeps its entry in the shared presence record ([`PresenceStore`]) for every call it
 //! serves: written before a first connection's `welcome` and before its last leave is
 //! announced, renewed
 //! every third of `bus.presence_ttl_ms`. On each renewal the node reads the other nodes'
 //! entries and its rooms adopt them, so a node that died (its entry expires) or a leave lost in
 //! a bus gap is noticed within the expiry.
 
-use crate::bus::{Bus, Envelope, EnvelopeSink, Presence, RoomEvent};
+use crate::bus::{Bus, Envelope, EnvelopeSink, Presence, PresenceStore, RoomEvent};
+use crate::metrics::Metrics;
 use crate::rooms::RoomRegistry;
-use crate::store::Store;
-use std::collections::HashSet;
+use crate::store::{Payment, Store};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +26,12 @@ use tokio_util::task::TaskTracker;
 /// Longest a join waits on the presence record before going on without it (the renewal
 /// repairs what it missed).
 const PRESENCE_WAIT: Duration = Duration::from_millis(500);
+/// Calls read from the store per repair query (two queries per chunk, one bind parameter per
+/// call: far below PostgreSQL's 65,535).
+const REPAIR_CHUNK: usize = 500;
+/// Pause between chunks of a node-wide repair: 50,000 calls take 100 chunks, spread over about
+/// two seconds instead of arriving at the store at once.
+const REPAIR_PACE: Duration = Duration::from_millis(20);
 
 /// Publishes room events locally and across nodes.
 pub struct Hub {
@@ -31,10 +40,24 @@ pub struct Hub {
     /// Local rooms.
     pub rooms: Arc<RoomRegistry>,
     bus: Arc<dyn Bus>,
+    record: Arc<dyn PresenceStore>,
     store: Arc<dyn Store>,
     tracker: TaskTracker,
     resync: Arc<Resync>,
     presence: SharedPresence,
+    metrics: Arc<Metrics>,
+}
+
+/// What the hub talks to.
+pub struct HubIo {
+    /// Other nodes, for events.
+    pub bus: Arc<dyn Bus>,
+    /// The shared presence record.
+    pub record: Arc<dyn PresenceStore>,
+    /// Where repairs read payments and clinics.
+    pub store: Arc<dyn Store>,
+    /// Where repairs and the presence upkeep run (shutdown waits for them).
+    pub tracker: TaskTracker,
 }
 
 /// This node's part in the shared presence record.
@@ -53,19 +76,20 @@ struct Resync {
 }
 
 impl Hub {
-    /// A hub for this node. Resyncs run on `tracker`, so shutdown waits for them.
-    /// `presence_ttl` is how long this node's presence entries last unless renewed.
+    /// A hub for this node, on `io`. Repairs run on `io.tracker`, so shutdown waits for them.
+    /// `presence_ttl` is how long this node's presence entries last unless renewed; repairs
+    /// are counted in `metrics`.
     pub fn new(
         node_id: String,
         rooms: Arc<RoomRegistry>,
-        bus: Arc<dyn Bus>,
-        store: Arc<dyn Store>,
-        tracker: TaskTracker,
+        io: HubIo,
         presence_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let HubIo { bus, record, store, tracker } = io;
         rooms.set_observer(Arc::new(BusWatcher(bus.clone())));
         let presence = SharedPresence { ttl: presence_ttl.max(Duration::from_millis(30)), written: Mutex::default() };
-        Arc::new(Self { node_id, rooms, bus, store, tracker, resync: Arc::default(), presence })
+        Arc::new(Self { node_id, rooms, bus, record, store, tracker, resync: Arc::default(), presence, metrics })
     }
 
     /// Delivers to local members, then queues for other nodes; never waits on the bus. A bus
@@ -75,10 +99,9 @@ impl Hub {
         if !self.bus.has_peers() {
             return;
         }
-        let envelope =
-            Envelope { origin: self.node_id.clone(), call_id: call_id.into(), clinic_id: clinic_id.into(), event };
+        let envelope = Envelope::new(&self.node_id, call_id, clinic_id, event);
         if let Err(e) = self.bus.publish(envelope) {
-            tracing::warn!(error = %e, call_id, "bus publish failed; other nodes will resync");
+            tracing::warn!(error = %e, call_id, "bus publish failed; other nodes repair this call");
         }
     }
 
@@ -89,10 +112,9 @@ impl Hub {
         if !self.bus.has_peers() {
             return;
         }
-        let envelope =
-            Envelope { origin: self.node_id.clone(), call_id: String::new(), clinic_id: clinic_id.into(), event };
+        let envelope = Envelope::new(&self.node_id, "", clinic_id, event);
         if let Err(e) = self.bus.publish(envelope) {
-            tracing::warn!(error = %e, clinic_id, "bus publish failed; other nodes will resync");
+            tracing::warn!(error = %e, clinic_id, "bus publish failed; other nodes repair its calls");
         }
     }
 
@@ -115,7 +137,7 @@ impl Hub {
             return None;
         }
         let calls = [call_id.to_owned()];
-        match tokio::time::timeout(PRESENCE_WAIT, self.bus.read_presence(&calls)).await {
+        match tokio::time::timeout(PRESENCE_WAIT, self.record.read(&calls)).await {
             Ok(Ok(mut p)) => p.pop(),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, call_id, "presence not read; the next renewal fills it in");
@@ -132,9 +154,11 @@ impl Hub {
         if !self.bus.has_peers() {
             return;
         }
+        // Numbered before the room is read: see `PresenceStore::next_write`.
+        let write = self.record.next_write();
         let entry = [(call_id.to_owned(), self.rooms.participants(call_id))];
         self.presence.written.lock().unwrap_or_else(|p| p.into_inner()).insert(call_id.to_owned());
-        match tokio::time::timeout(PRESENCE_WAIT, self.bus.put_presence(&entry, self.presence.ttl)).await {
+        match tokio::time::timeout(PRESENCE_WAIT, self.record.put(&entry, self.presence.ttl, write)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, call_id, "presence not written; the next renewal writes it"),
             Err(_) => tracing::warn!(call_id, "presence write slow; the next renewal writes it"),
@@ -160,12 +184,13 @@ impl Hub {
     /// renewal instead of after the expiry.
     pub async fn depart(&self) {
         self.bus.flush(PRESENCE_WAIT * 4).await;
+        let write = self.record.next_write();
         let written: Vec<(String, Vec<callpay_protocol::Participant>)> =
             std::mem::take(&mut *self.presence.written.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_iter()
                 .map(|call| (call, Vec::new()))
                 .collect();
-        match tokio::time::timeout(PRESENCE_WAIT, self.bus.put_presence(&written, self.presence.ttl)).await {
+        match tokio::time::timeout(PRESENCE_WAIT, self.record.put(&written, self.presence.ttl, write)).await {
             Ok(Ok(())) => {}
             _ => tracing::warn!("presence not cleared on shutdown; it expires instead"),
         }
@@ -196,17 +221,18 @@ impl Hub {
         if !self.bus.has_peers() {
             return;
         }
+        let write = self.record.next_write();
         let serving: Vec<String> = self.rooms.calls().into_iter().map(|(call, _)| call).collect();
         let gone: Vec<String> = {
             let written = self.presence.written.lock().unwrap_or_else(|p| p.into_inner());
             written.iter().filter(|c| !self.rooms.has(c)).cloned().collect()
         };
         let entries = self.own_entries(serving.iter().cloned().chain(gone));
-        if let Err(e) = self.bus.put_presence(&entries, self.presence.ttl).await {
+        if let Err(e) = self.record.put(&entries, self.presence.ttl, write).await {
             tracing::warn!(error = %e, "presence not renewed; other nodes may drop this node's participants");
         }
         let read_at = std::time::Instant::now();
-        match self.bus.read_presence(&serving).await {
+        match self.record.read(&serving).await {
             Ok(presence) => {
                 for (call, nodes) in serving.iter().zip(presence) {
                     self.rooms.sync_remote(call, nodes, read_at);
@@ -216,10 +242,15 @@ impl Hub {
         }
     }
 
-    /// Re-sends what every local room may have missed during a bus gap, from the store: each
-    /// payment's state, the clinic's availability, and (to other nodes) who is here. Clients keep
-    /// the highest version per payment and the latest availability, so repeats are harmless.
-    /// Returns when this request's resync is done, or at once when one is already running
+    /// Repairs every local room from the store (the bus reconnected, or this node cannot tell
+    /// which messages it lost): each call is compared with the store and told what changed, as
+    /// [`RoomRegistry::reconcile`] says. Calls are read in chunks of [`REPAIR_CHUNK`], one
+    /// chunk every [`REPAIR_PACE`], so that tens of thousands of calls do not arrive at the
+    /// store at once. Nothing is re-announced on the bus: a repair reads, it never publishes,
+    /// so one repair can never cause another. Presence needs no repair here: its renewal
+    /// already brings back joins lost in a gap.
+    ///
+    /// Returns when this request's repair is done, or at once when one is already running
     /// (that one goes round again to cover this request).
     pub async fn resync_rooms(&self) {
         if self.resync.running.swap(true, Ordering::AcqRel) {
@@ -228,7 +259,14 @@ impl Hub {
         }
         loop {
             self.resync.again.store(false, Ordering::Release);
-            self.resync_once().await;
+            self.metrics.repairs_node_wide.inc();
+            let calls = self.rooms.calls();
+            for (i, chunk) in calls.chunks(REPAIR_CHUNK).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(REPAIR_PACE).await;
+                }
+                self.repair_calls(chunk).await;
+            }
             if !self.resync.again.load(Ordering::Acquire) {
                 self.resync.running.store(false, Ordering::Release);
                 // A request may have arrived between the check and the release: take it.
@@ -239,56 +277,37 @@ impl Hub {
         }
     }
 
-    /// One pass over every local room: two queries in all, whatever the number of rooms.
-    async fn resync_once(&self) {
-        let calls = self.rooms.calls();
-        self.resync_calls(&calls, true).await;
-    }
-
-    /// Re-sends stored state to the given local rooms; `announce` also re-announces presence.
-    async fn resync_calls(&self, calls: &[(String, String)], announce: bool) {
-        if calls.is_empty() {
-            return;
-        }
-        let call_ids: Vec<String> = calls.iter().map(|(c, _)| c.clone()).collect();
-        let mut clinic_ids: Vec<String> = calls.iter().map(|(_, k)| k.clone()).collect();
-        clinic_ids.sort();
-        clinic_ids.dedup();
-        let (payments, clinics) =
-            match tokio::try_join!(self.store.payments_for_calls(&call_ids), self.store.clinics(&clinic_ids)) {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::error!(error = %e, rooms = calls.len(), "resync failed: store unavailable");
-                    return;
-                }
-            };
-        for p in payments {
-            let call_id = p.call_id.clone();
-            self.rooms.deliver(&call_id, &RoomEvent::PaymentUpdated { payment: Box::new(p) });
-        }
-        for clinic in &clinics {
-            let ready = clinic.payment_readiness();
-            let event = RoomEvent::ClinicUpdated { payments_available: ready.is_ok(), reason: ready.err() };
-            for (call_id, _) in calls.iter().filter(|(_, k)| *k == clinic.id) {
-                self.rooms.deliver(call_id, &event);
-            }
-        }
-        // A join published while other nodes were cut off is lost to them: tell them again who
-        // is here. (A leave lost in a gap is repaired by the presence record's renewal.)
-        if !announce {
-            return;
-        }
-        for (call_id, clinic_id) in calls {
-            for participant in self.rooms.participants(call_id) {
-                let envelope = Envelope {
-                    origin: self.node_id.clone(),
-                    call_id: call_id.clone(),
-                    clinic_id: clinic_id.clone(),
-                    event: RoomEvent::Joined { participant },
+    /// Repairs the given local rooms from the store: two reads per chunk of calls, whatever
+    /// the number of payments. A store failure is logged; the next repair, the verify sweep or
+    /// the next event brings the rooms up to date.
+    pub async fn repair_calls(&self, calls: &[(String, String)]) {
+        for chunk in calls.chunks(REPAIR_CHUNK) {
+            let call_ids: Vec<String> = chunk.iter().map(|(c, _)| c.clone()).collect();
+            let mut clinic_ids: Vec<String> = chunk.iter().map(|(_, k)| k.clone()).collect();
+            clinic_ids.sort();
+            clinic_ids.dedup();
+            self.metrics.repaired_calls.inc_by(chunk.len() as u64);
+            self.metrics.repair_store_reads.inc_by(2);
+            let (payments, clinics) =
+                match tokio::try_join!(self.store.payments_for_calls(&call_ids), self.store.clinics(&clinic_ids)) {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::error!(error = %e, rooms = chunk.len(), "repair failed: store unavailable");
+                        continue;
+                    }
                 };
-                if let Err(e) = self.bus.publish(envelope) {
-                    tracing::warn!(error = %e, call_id, "presence not re-announced; bus unavailable");
-                    break;
+            let mut by_call: HashMap<String, Vec<Payment>> = HashMap::new();
+            for p in payments {
+                by_call.entry(p.call_id.clone()).or_default().push(p);
+            }
+            for (call_id, payments) in &by_call {
+                self.rooms.reconcile(call_id, payments);
+            }
+            for clinic in &clinics {
+                let ready = clinic.payment_readiness();
+                let event = RoomEvent::ClinicUpdated { payments_available: ready.is_ok(), reason: ready.err() };
+                for (call_id, _) in chunk.iter().filter(|(_, k)| *k == clinic.id) {
+                    self.rooms.deliver(call_id, &event);
                 }
             }
         }
@@ -298,6 +317,8 @@ impl Hub {
 impl EnvelopeSink for Hub {
     fn deliver_remote(&self, envelope: &Envelope) {
         match &envelope.event {
+            // The bus turns a gap into a repair; it is nothing to show.
+            RoomEvent::Gap => {}
             RoomEvent::Joined { participant } => {
                 self.rooms.remote_joined(&envelope.call_id, &envelope.origin, participant);
             }
@@ -319,8 +340,23 @@ impl EnvelopeSink for Hub {
     }
 
     fn resync_call(self: Arc<Self>, call_id: String, clinic_id: String) {
+        self.resync_calls(vec![(call_id, clinic_id)]);
+    }
+
+    fn resync_calls(self: Arc<Self>, calls: Vec<(String, String)>) {
         let hub = self.clone();
-        self.tracker.spawn(async move { hub.resync_calls(&[(call_id, clinic_id)], false).await });
+        // Only calls that still have a room here: a subscription may go live after its room
+        // closed again.
+        let calls: Vec<(String, String)> = calls.into_iter().filter(|(c, _)| self.rooms.has(c)).collect();
+        if calls.is_empty() {
+            return;
+        }
+        self.tracker.spawn(async move { hub.repair_calls(&calls).await });
+    }
+
+    fn resync_clinic(self: Arc<Self>, clinic_id: String) {
+        let calls: Vec<(String, String)> = self.rooms.calls().into_iter().filter(|(_, k)| *k == clinic_id).collect();
+        self.resync_calls(calls);
     }
 }
 

@@ -15,7 +15,7 @@
 //!   membership, routing state and the frames it fans out (domain state, no I/O).
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
 //! - Leaves: [`auth`] (platform tokens), [`config`], [`metrics`], [`limits`] (the connection cap
-//!   from the open-file limit), [`ids`].
+//!   from the open-file limit), [`ids`], [`faults`] (crash points for process-level tests).
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
 
@@ -29,6 +29,7 @@ pub mod config;
 pub mod connect;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod faults;
 pub mod http;
 pub mod hub;
 pub mod ids;

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub outbound_queue_depth: Histogram,
     /// HTTP connections turned away because `server.max_http_connections` were open.
     pub http_refused: Counter,
+    /// Node-wide repairs started (a bus reconnection or overflow: every local call compared
+    /// with the store).
+    pub repairs_node_wide: Counter,
+    /// Calls compared with the store by any repair (node-wide, or one call after a lost
+    /// message or a new subscription).
+    pub repaired_calls: Counter,
+    /// Store reads made by repairs (each covers up to a chunk of calls).
+    pub repair_store_reads: Counter,
     open_connections: Gauge,
 }
 
@@ -76,6 +84,9 @@ impl Metrics {
             bus_publish_seconds: seconds(),
             outbound_queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             http_refused: Counter::default(),
+            repairs_node_wide: Counter::default(),
+            repaired_calls: Counter::default(),
+            repair_store_reads: Counter::default(),
             open_connections: Gauge::default(),
             registry: Registry::default(),
         };
@@ -122,6 +133,13 @@ impl Metrics {
             "HTTP connections closed at once because server.max_http_connections were open",
             m.http_refused.clone(),
         );
+        r.register(
+            "bus_repairs_node_wide",
+            "Node-wide repairs from the store (after a bus reconnection or overflow)",
+            m.repairs_node_wide.clone(),
+        );
+        r.register("bus_repaired_calls", "Calls compared with the store by a repair", m.repaired_calls.clone());
+        r.register("bus_repair_store_reads", "Store reads made by repairs", m.repair_store_reads.clone());
         Self { registry, ..m }
     }
 

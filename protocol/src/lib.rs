@@ -294,6 +294,19 @@ pub enum ServerMsg {
         /// The paid payment.
         payment: PaymentView,
     },
+    /// Several payments changed while this connection's hub could not hear the others (a bus
+    /// outage, a lost message), found when the hub compared its room with the store: one frame
+    /// instead of one per change, so that a repair never overflows the client's queue. Apply
+    /// each payment as a `payment.updated`; each id in `confirmed` became paid meanwhile and
+    /// gets the notice a `payment.confirmed` would have given, once. A repair with only a few
+    /// changes sends the individual `payment.updated` and `payment.confirmed` frames instead.
+    #[serde(rename = "payment.sync")]
+    PaymentSync {
+        /// The payments that changed, as this role sees them.
+        payments: Vec<PaymentView>,
+        /// Ids of those that became paid (each named once per payment and connection).
+        confirmed: Vec<String>,
+    },
     /// The patient's progress with paying (to clinicians).
     #[serde(rename = "payment.progress")]
     PaymentProgress {

@@ -137,6 +137,16 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
             f(10, ServerMsg::PaymentConfirmed { payment: payment(PaymentStatus::Succeeded, false) }),
         ),
         (
+            "server.payment.sync",
+            f(
+                10,
+                ServerMsg::PaymentSync {
+                    payments: vec![payment(PaymentStatus::Succeeded, false)],
+                    confirmed: vec!["pay_8Jd2kQ0aVw3n".into()],
+                },
+            ),
+        ),
+        (
             "server.clinic.updated",
             f(11, ServerMsg::ClinicUpdated { payments_available: false, reason: Some(ErrorCode::StripeNotConnected) }),
         ),

@@ -67,19 +67,33 @@ impl Link {
         }
     }
 
-    /// Subscribes to `channel` (sharded on a cluster); resubscribed after reconnections.
-    pub async fn subscribe(&mut self, channel: &str) -> RedisResult<()> {
+    /// Subscribes to `channels` (sharded on a cluster); resubscribed after reconnections. One
+    /// command for the lot on a single server; on a cluster one per channel (channels of
+    /// different slots cannot share a command), concurrently.
+    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
-            Self::Single(c) => c.subscribe(channel).await,
-            Self::Cluster(c) => c.ssubscribe(channel).await,
+            Self::Single(c) => c.subscribe(channels).await,
+            Self::Cluster(c) => {
+                let each = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.ssubscribe(ch).await }
+                });
+                futures_util::future::join_all(each).await.into_iter().collect()
+            }
         }
     }
 
-    /// Unsubscribes from `channel`.
-    pub async fn unsubscribe(&mut self, channel: &str) -> RedisResult<()> {
+    /// Unsubscribes from `channels`.
+    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
-            Self::Single(c) => c.unsubscribe(channel).await,
-            Self::Cluster(c) => c.sunsubscribe(channel).await,
+            Self::Single(c) => c.unsubscribe(channels).await,
+            Self::Cluster(c) => {
+                let each = channels.iter().map(|ch| {
+                    let mut c = c.clone();
+                    async move { c.sunsubscribe(ch).await }
+                });
+                futures_util::future::join_all(each).await.into_iter().collect()
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! In-process bus: every clone shares one broadcast channel, so several hub nodes in one
 //! process (tests, the demo) behave like nodes on Redis.
 
-use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, now_ms};
+use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, PresenceStore, now_ms};
 use async_trait::async_trait;
 use callpay_protocol::Participant;
 use std::collections::HashMap;
@@ -20,40 +20,49 @@ pub struct MemoryBus {
     tx: broadcast::Sender<Envelope>,
     /// call id -> node id -> entry: the presence record every handle shares.
     presence: Arc<Mutex<HashMap<String, HashMap<String, PresenceEntry>>>>,
+    /// This handle's presence write numbers.
+    writes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MemoryBus {
     /// A new channel with one node on it.
     pub fn new(node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: broadcast::channel(CAPACITY).0, presence: Arc::default() }
+        Self { node: node.into(), tx: broadcast::channel(CAPACITY).0, presence: Arc::default(), writes: Arc::default() }
     }
 
     /// Another node's handle on the same channel.
     pub fn clone_for(&self, node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: self.tx.clone(), presence: self.presence.clone() }
+        Self { node: node.into(), tx: self.tx.clone(), presence: self.presence.clone(), writes: Arc::default() }
     }
 }
 
+/// The in-process record: one clock (this process's) for every node in it, so expiry needs no
+/// outside clock; write numbers are honoured as Redis's record honours them.
 #[async_trait]
-impl Bus for MemoryBus {
-    async fn put_presence(&self, calls: &[(String, Vec<Participant>)], ttl: Duration) -> Result<(), BusError> {
+impl PresenceStore for MemoryBus {
+    fn next_write(&self) -> u64 {
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1
+    }
+
+    async fn put(&self, calls: &[(String, Vec<Participant>)], ttl: Duration, write: u64) -> Result<(), BusError> {
         let expires_ms = now_ms() + ttl.as_millis() as u64;
         let mut record = self.presence.lock().unwrap_or_else(|p| p.into_inner());
         for (call_id, participants) in calls {
             let nodes = record.entry(call_id.clone()).or_default();
-            if participants.is_empty() {
-                nodes.remove(&self.node);
-            } else {
-                nodes.insert(self.node.clone(), PresenceEntry { expires_ms, participants: participants.clone() });
+            if nodes.get(&self.node).is_some_and(|e| e.n > write) {
+                continue;
             }
-            if nodes.is_empty() {
-                record.remove(call_id);
-            }
+            nodes.insert(self.node.clone(), PresenceEntry { expires_ms, n: write, participants: participants.clone() });
         }
+        let now = now_ms();
+        record.retain(|_, nodes| {
+            nodes.retain(|_, e| e.expires_ms > now);
+            !nodes.is_empty()
+        });
         Ok(())
     }
 
-    async fn read_presence(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError> {
+    async fn read(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError> {
         let now = now_ms();
         let record = self.presence.lock().unwrap_or_else(|p| p.into_inner());
         Ok(call_ids
@@ -63,13 +72,16 @@ impl Bus for MemoryBus {
                     .get(call_id)
                     .into_iter()
                     .flatten()
-                    .filter(|(node, e)| **node != self.node && e.expires_ms > now)
+                    .filter(|(node, e)| **node != self.node && e.expires_ms > now && !e.participants.is_empty())
                     .map(|(node, e)| (node.clone(), e.participants.clone()))
                     .collect()
             })
             .collect())
     }
+}
 
+#[async_trait]
+impl Bus for MemoryBus {
     fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
         // No subscribers is fine: a single node has nobody else to tell.
         let _ = self.tx.send(envelope);

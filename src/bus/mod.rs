@@ -6,9 +6,8 @@
 //! processes through Redis pub/sub (one server, or a Redis Cluster with sharded pub/sub),
 //! subscribing to a call's channel only while this node has members in that call.
 //!
-//! The bus also keeps the shared presence record: per call, each node's participants with an
-//! expiry that the node renews. Bus events say who joined or left at once; the record repairs
-//! what events cannot, such as a node that died without saying goodbye.
+//! Beside the bus, [`PresenceStore`] keeps the shared presence record: per call, each node's
+//! participants with an expiry that the node renews. Both backends implement both traits.
 
 mod link;
 mod memory;
@@ -65,6 +64,10 @@ pub enum RoomEvent {
         /// Patient.
         participant_id: String,
     },
+    /// Not a change: the publisher lost events it had numbered for this channel (Redis was
+    /// down, its queue overflowed). Receivers repair the call (or the clinic's calls) from the
+    /// store; it is never shown to members.
+    Gap,
     /// Whether the clinic can take new payments changed.
     ClinicUpdated {
         /// Available now?
@@ -86,14 +89,32 @@ fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<callpay
 /// A room event on the bus.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
-    /// The node that published it.
+    /// The node that published it. Node ids are random per process start, so the origin is
+    /// also the epoch of its sequence numbers: a restarted node is a new origin counting anew.
     pub origin: String,
     /// The call.
     pub call_id: String,
     /// The clinic the call belongs to (lets nodes route clinic-wide changes).
     pub clinic_id: String,
+    /// This origin's number for the envelope on its channel (the call's, or the clinic's for
+    /// clinic-wide events), counting 1, 2, 3…: a receiver that sees a number skipped knows it
+    /// lost that channel's messages, and repairs that call alone. 0: not numbered (the
+    /// in-process bus, or a node from before numbering).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
     /// What happened.
     pub event: RoomEvent,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Envelope {
+    /// An unnumbered envelope (the bus numbers it when it publishes).
+    pub fn new(origin: &str, call_id: &str, clinic_id: &str, event: RoomEvent) -> Self {
+        Self { origin: origin.to_owned(), call_id: call_id.to_owned(), clinic_id: clinic_id.to_owned(), seq: 0, event }
+    }
 }
 
 /// Bus failures. Local members have already been served when a publish fails; only other
@@ -111,12 +132,24 @@ pub trait EnvelopeSink: Send + Sync + 'static {
     fn deliver_remote(&self, envelope: &Envelope);
     /// Called after a gap in delivery (lag, reconnect): local rooms must resync from the store.
     fn resync(self: std::sync::Arc<Self>);
-    /// Called once this node's subscription to `call_id` is live: events other nodes published
-    /// before that are lost to it, so that room must resync from the store.
+    /// Called once this node's subscription to `call_id` is live (events other nodes published
+    /// before that are lost to it), or when a message for it was lost: that room must resync
+    /// from the store.
     fn resync_call(self: std::sync::Arc<Self>, call_id: String, clinic_id: String);
+    /// [`EnvelopeSink::resync_call`] for many calls at once (a batch of subscriptions went
+    /// live): one repair, read from the store in chunks.
+    fn resync_calls(self: std::sync::Arc<Self>, calls: Vec<(String, String)>) {
+        for (call_id, clinic_id) in calls {
+            self.clone().resync_call(call_id, clinic_id);
+        }
+    }
+    /// A clinic-wide message was lost: every local call of `clinic_id` must resync.
+    fn resync_clinic(self: std::sync::Arc<Self>, _clinic_id: String) {
+        self.resync();
+    }
 }
 
-/// Cross-node publish/subscribe, and the shared presence record.
+/// Cross-node publish/subscribe.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Hands an envelope to other nodes without waiting for them: it is queued (bounded) and
@@ -139,25 +172,44 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits (at most `within`) until what was handed to [`Bus::publish`] has been sent: a
     /// stopping node's last events (its participants leaving) are not lost with the process.
     async fn flush(&self, _within: Duration) {}
-    /// Writes this node's participants in each call to the shared presence record, valid for
-    /// `ttl` unless written again. An empty list removes this node's entry for that call.
-    async fn put_presence(&self, calls: &[(String, Vec<Participant>)], ttl: Duration) -> Result<(), BusError>;
+}
+
+/// The shared presence record: per call, each node's participants, each entry valid until an
+/// expiry judged by the record itself (not by any node's clock). Bus events say at once who
+/// joined or left; the record repairs what events cannot, such as a node that died without
+/// saying goodbye. Kept apart from [`Bus`] (pub/sub) as Centrifugo keeps its broker and its
+/// presence manager apart: either can change without the other.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// A number for a write about to be made. Take it *before* reading the participants to
+    /// write: the record refuses a write numbered lower than the one it holds for this node,
+    /// so a renewal that read a room just before a leave can never bring the leaver back.
+    fn next_write(&self) -> u64;
+    /// Writes this node's participants in each call, valid for `ttl` unless written again. An
+    /// empty list says this node has nobody there (kept until it expires, so an older write
+    /// cannot undo it).
+    async fn put(&self, calls: &[(String, Vec<Participant>)], ttl: Duration, write: u64) -> Result<(), BusError>;
     /// Other nodes' unexpired entries for each call, in the order asked.
-    async fn read_presence(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError>;
+    async fn read(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError>;
 }
 
 /// One node's entry in a call's presence record, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PresenceEntry {
-    /// Unix milliseconds after which the entry no longer counts. Nodes' clocks are compared,
-    /// so they must be kept in sync (NTP); a skew shortens or lengthens the expiry by as much.
+    /// Unix milliseconds after which the entry no longer counts, by the record's own clock
+    /// (Redis's `TIME`; the process's clock for the in-process record).
     expires_ms: u64,
+    /// The writing node's write number (see [`PresenceStore::next_write`]).
+    #[serde(default)]
+    n: u64,
     participants: Vec<Participant>,
 }
 
-/// Now, in Unix milliseconds.
+/// Now, in Unix milliseconds, by this machine's clock (shifted by the test-only
+/// `CALLPAY_FAULT_CLOCK_SKEW_MS`, see [`crate::faults`]).
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    (wall + crate::faults::clock_skew_ms()).max(0) as u64
 }
 
 #[cfg(test)]

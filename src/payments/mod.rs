@@ -325,6 +325,33 @@ impl Payments {
         }
     }
 
+    /// Applies what a read of the PaymentIntent found, made while the stored payment was
+    /// `read_from`. A read carries no event time, so it may be older than a webhook applied
+    /// while it was on its way (a decline read after the retry's `processing` arrived): a
+    /// non-final status from it applies only if nothing changed the payment since the read
+    /// began. A success or a cancellation is Stripe's last word and always goes through the
+    /// state machine.
+    async fn settle_read(&self, read_from: &Payment, change: Change, why: &str) {
+        if matches!(change, Change::Succeeded { .. } | Change::Canceled) {
+            return self.settle(read_from, change, 0, why).await;
+        }
+        let Some(t) = state::apply(read_from, &change, 0) else { return };
+        let action = format!("payment.{}", crate::store::status_str(t.payment.status));
+        let entry = stripe_audit(&t.payment, &action).with_detail(why);
+        // Written only over the version the read began from: one attempt, no re-read.
+        let writes = [
+            Write::Payment { payment: Box::new(t.payment.clone()), expected_version: read_from.version },
+            Write::Audit(entry),
+        ];
+        match self.store.commit(&writes).await {
+            Ok(Committed::Applied) => self.announce(t),
+            Ok(_) => {
+                tracing::debug!(payment_id = %read_from.id, "a read older than the payment's last change is ignored")
+            }
+            Err(e) => tracing::error!(error = %e, payment_id = %read_from.id, "could not store what Stripe reported"),
+        }
+    }
+
     /// `payment.progress` from a patient: checked against the room's routing state (kept by
     /// the events that change payments) and relayed, without touching the store.
     pub fn progress(&self, who: &Caller, payment_id: &str, stage: ProgressStage) -> Result<(), Refusal> {
@@ -497,6 +524,11 @@ impl Payments {
             ];
             match self.store.commit(&writes).await? {
                 Committed::Applied => {
+                    // Committed, not yet announced: where a crash leaves other nodes' rooms
+                    // behind the store (tests arm this to prove that they catch up).
+                    if t.newly_succeeded {
+                        crate::faults::crash_here("abort_after_committing_a_success");
+                    }
                     self.announce(t);
                     return Ok(EventOutcome::Applied);
                 }

@@ -8,6 +8,7 @@
 use super::{Payments, state};
 use crate::store::now_ms;
 use callpay_protocol::PaymentStatus;
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,10 +18,14 @@ use tokio_util::sync::CancellationToken;
 const ASKED_GAP: Duration = Duration::from_secs(1);
 /// Checks per sweep, so a hub with many waiting payments spreads its reads over sweeps.
 const PER_SWEEP: usize = 50;
-/// A gate entry older than this is forgotten.
+/// Checks of one sweep that wait on Stripe at the same time.
+const SWEEP_CONCURRENCY: usize = 8;
+/// Longest one check may wait on Stripe (its client retries inside this): a Stripe that does
+/// not answer costs a sweep at most `PER_SWEEP / SWEEP_CONCURRENCY` times this, about 45 s,
+/// instead of every check's full retry schedule one after another.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(6);
+/// A gate entry not used for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
-/// Gate entries kept before old ones are pruned.
-const GATE_PRUNE_AT: usize = 4096;
 
 /// Why a check is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,38 +45,72 @@ impl Reason {
     }
 }
 
-/// Rate limit per payment: a page may ask once a second; the sweep backs off (the wait doubles
-/// after each check, up to 32x), so a payment that stays open for days costs a handful of reads.
+/// Rate limit per payment, with one clock per reason: a page may ask once a second; the sweep
+/// backs off (the wait doubles after each of its checks, up to 32x), so a payment that stays
+/// open for days costs a handful of reads. A page's asks never push the sweep's wait further.
 #[derive(Default)]
 pub struct Gate {
-    checked: Mutex<HashMap<String, (Instant, u32)>>,
+    checked: Mutex<HashMap<String, Checks>>,
+}
+
+/// When a payment was last checked, by reason.
+#[derive(Debug, Clone, Copy, Default)]
+struct Checks {
+    /// The sweep's last check and how many it made.
+    swept: Option<(Instant, u32)>,
+    /// A page's last ask.
+    asked: Option<Instant>,
+}
+
+impl Checks {
+    fn last_use(&self) -> Option<Instant> {
+        self.swept.map(|(at, _)| at).max(self.asked)
+    }
 }
 
 impl Gate {
+    fn due_at(checks: Option<&Checks>, reason: Reason, waiting_gap: Duration, now: Instant) -> bool {
+        let Some(c) = checks else { return true };
+        match reason {
+            Reason::PageAsked => c.asked.is_none_or(|at| now.duration_since(at) >= ASKED_GAP),
+            // A first sweep check needs no gap: the payment was found waiting already.
+            Reason::Waiting => c.swept.is_none_or(|(at, n)| now.duration_since(at) >= waiting_gap * 2u32.pow(n.min(5))),
+        }
+    }
+
+    /// Whether `payment_id` may be checked now for `reason`, without recording anything.
+    pub fn due(&self, payment_id: &str, reason: Reason, waiting_gap: Duration) -> bool {
+        let checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        Self::due_at(checked.get(payment_id), reason, waiting_gap, Instant::now())
+    }
+
     /// Whether `payment_id` may be checked now for `reason`; records the check if so.
     pub fn allow(&self, payment_id: &str, reason: Reason, waiting_gap: Duration) -> bool {
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if checked.len() >= GATE_PRUNE_AT {
-            checked.retain(|_, (at, _)| now.duration_since(*at) < FORGET_AFTER);
+        if !Self::due_at(checked.get(payment_id), reason, waiting_gap, now) {
+            return false;
         }
-        let gap = |n: u32| match reason {
-            Reason::PageAsked => ASKED_GAP,
-            Reason::Waiting => waiting_gap * 2u32.pow(n.min(5)),
-        };
-        match checked.get_mut(payment_id) {
-            Some((at, n)) if now.duration_since(*at) < gap(*n) => false,
-            Some((at, n)) => {
-                *at = now;
-                *n += 1;
-                true
-            }
-            None => {
-                // A first sweep check needs no gap: the payment was found waiting already.
-                checked.insert(payment_id.to_owned(), (now, 0));
-                true
-            }
+        let c = checked.entry(payment_id.to_owned()).or_default();
+        match reason {
+            Reason::PageAsked => c.asked = Some(now),
+            Reason::Waiting => c.swept = Some((now, c.swept.map_or(0, |(_, n)| n + 1))),
         }
+        true
+    }
+
+    /// Drops what is known of `payment_id` (it no longer waits on Stripe).
+    pub fn forget(&self, payment_id: &str) {
+        self.checked.lock().unwrap_or_else(|p| p.into_inner()).remove(payment_id);
+    }
+
+    /// Drops entries not used for [`FORGET_AFTER`] (payments whose calls ended while they
+    /// waited); answers how many are left.
+    pub fn prune(&self) -> usize {
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        checked.retain(|_, c| c.last_use().is_some_and(|at| now.duration_since(at) < FORGET_AFTER));
+        checked.len()
     }
 }
 
@@ -83,7 +122,9 @@ fn awaiting_stripe(status: PaymentStatus) -> bool {
 impl Payments {
     /// Reads the payment's PaymentIntent from Stripe and applies what it says, if the payment
     /// still waits on Stripe and the gate allows a check now. Failures are logged: a later check,
-    /// or the webhook, will tell.
+    /// or the webhook, will tell. A payment found no longer waiting (another node stored its
+    /// outcome) is brought to this node's room instead, in case that node's announcement never
+    /// came.
     pub async fn verify(&self, payment_id: &str, reason: Reason) {
         let gap = Duration::from_millis(self.cfg.verify_after_ms.max(1));
         if !self.verify_gate.allow(payment_id, reason, gap) {
@@ -91,26 +132,37 @@ impl Payments {
         }
         let payment = match self.store.payment(payment_id).await {
             Ok(Some(p)) if awaiting_stripe(p.status) => p,
-            Ok(_) => return,
+            Ok(Some(p)) => {
+                self.verify_gate.forget(payment_id);
+                self.hub.rooms.reconcile(&p.call_id, std::slice::from_ref(&p));
+                return;
+            }
+            Ok(None) => return,
             Err(e) => {
                 tracing::warn!(error = %e, payment_id, "cannot verify a payment: store unavailable");
                 return;
             }
         };
         let Some(intent) = payment.payment_intent_id.as_deref() else { return };
-        match self.stripe.intent(&payment.stripe_account, intent).await {
-            Ok(info) => {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.stripe.intent(&payment.stripe_account, intent)).await {
+            Ok(Ok(info)) => {
                 if let Some(change) = state::from_intent(&info) {
-                    self.settle(&payment, change, 0, reason.detail()).await;
+                    self.settle_read(&payment, change, reason.detail()).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, payment_id, "cannot verify a payment: Stripe unavailable"),
+            Ok(Err(e)) => tracing::warn!(error = %e, payment_id, "cannot verify a payment: Stripe unavailable"),
+            Err(_) => tracing::warn!(payment_id, "cannot verify a payment: Stripe did not answer in time"),
         }
     }
 
-    /// Checks the payments of this node's calls that have waited on Stripe for longer than
-    /// `payments.verify_after_ms`; at most [`PER_SWEEP`] per sweep.
+    /// One sweep: brings this node's rooms up to the store for every call with a payment
+    /// waiting on Stripe (anti-entropy: a change another node stored but never announced, for
+    /// instance because it died between its commit and its publish, reaches the room here
+    /// within one sweep period), then checks with Stripe the payments that have waited longer
+    /// than `payments.verify_after_ms` and whose backoff allows it: at most [`PER_SWEEP`], at
+    /// most [`SWEEP_CONCURRENCY`] at a time, each within [`CHECK_TIMEOUT`].
     pub async fn sweep(&self) {
+        self.verify_gate.prune();
         // Only calls whose room knows of a payment waiting on Stripe: most calls have none, and
         // the store is not asked about them.
         let calls = self.hub.rooms.calls_awaiting_stripe();
@@ -124,13 +176,28 @@ impl Payments {
                 return;
             }
         };
-        let before = now_ms() - self.cfg.verify_after_ms as i64;
-        let waiting = payments
-            .iter()
-            .filter(|p| awaiting_stripe(p.status) && p.payment_intent_id.is_some() && p.updated_at < before);
-        for p in waiting.take(PER_SWEEP) {
-            self.verify(&p.id, Reason::Waiting).await;
+        let mut by_call: HashMap<&str, Vec<&crate::store::Payment>> = HashMap::new();
+        for p in &payments {
+            by_call.entry(p.call_id.as_str()).or_default().push(p);
         }
+        for (call, ps) in by_call {
+            let ps: Vec<crate::store::Payment> = ps.into_iter().cloned().collect();
+            self.hub.rooms.reconcile(call, &ps);
+        }
+        let gap = Duration::from_millis(self.cfg.verify_after_ms.max(1));
+        let before = now_ms() - self.cfg.verify_after_ms as i64;
+        // Due ones only, before taking the sweep's share: payments still backing off (an
+        // abandoned request, say) must not take the places of newer ones.
+        let due: Vec<&str> = payments
+            .iter()
+            .filter(|p| awaiting_stripe(p.status) && p.payment_intent_id.is_some() && p.updated_at < before)
+            .filter(|p| self.verify_gate.due(&p.id, Reason::Waiting, gap))
+            .take(PER_SWEEP)
+            .map(|p| p.id.as_str())
+            .collect();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |id| self.verify(id, Reason::Waiting))
+            .await;
     }
 
     /// Sweeps every `payments.verify_after_ms / 2` until `stop`.
@@ -146,7 +213,6 @@ impl Payments {
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +227,33 @@ mod tests {
         assert!(!gate.allow("q", Reason::Waiting, Duration::from_secs(60)));
         assert!(gate.allow("r", Reason::Waiting, gap));
         assert!(gate.allow("r", Reason::Waiting, gap), "with no wait configured every sweep checks");
+    }
+
+    #[test]
+    fn a_pages_asks_never_push_the_sweeps_wait() {
+        let gate = Gate::default();
+        let gap = Duration::from_millis(40);
+        assert!(gate.allow("p", Reason::Waiting, gap));
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(3));
+            gate.allow("p", Reason::PageAsked, gap);
+        }
+        std::thread::sleep(Duration::from_millis(45));
+        // One sweep check so far: its wait is the plain gap, whatever the page did meanwhile.
+        assert!(gate.due("p", Reason::Waiting, gap), "the page's asks lengthened the sweep's backoff");
+        assert!(gate.due("p", Reason::Waiting, gap), "`due` records nothing");
+        assert!(gate.allow("p", Reason::Waiting, gap));
+        assert!(!gate.due("p", Reason::Waiting, gap), "now it backs off (2x)");
+    }
+
+    #[test]
+    fn the_gate_forgets_what_no_longer_waits() {
+        let gate = Gate::default();
+        for i in 0..10 {
+            gate.allow(&format!("p{i}"), Reason::Waiting, Duration::ZERO);
+        }
+        gate.forget("p0");
+        assert_eq!(gate.prune(), 9, "recent entries stay; a forgotten one is gone");
+        assert!(gate.due("p0", Reason::Waiting, Duration::from_secs(60)), "a forgotten payment starts afresh");
     }
 }

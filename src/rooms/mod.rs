@@ -74,6 +74,9 @@ struct Known {
     version: i64,
     /// The patient's last progress stage since the status last changed.
     stage: Option<ProgressStage>,
+    /// Whether this room's members have been told it is paid (a `payment.confirmed`, or a
+    /// snapshot that already showed it paid): the notice is given once per payment and room.
+    confirmed: bool,
 }
 
 /// Statuses in which the patient may still be paying (a failed payment can be retried).
@@ -81,19 +84,43 @@ fn payable(status: PaymentStatus) -> bool {
     matches!(status, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Failed)
 }
 
+/// Statuses a payment reaches only by having been paid.
+fn paid(status: PaymentStatus) -> bool {
+    matches!(status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded)
+}
+
+/// Changed payments a repair sends as individual events; more go as one `payment.sync` frame,
+/// so a repair can never fill a client's outbound queue (64 frames by default) on its own.
+const REPAIR_FRAMES: usize = 8;
+
+/// What a room made of a copy of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Learnt {
+    /// Not newer than what the room knew.
+    Stale,
+    /// Newer; `confirm`: it is paid and the room's members were never told so.
+    Newer { confirm: bool },
+}
+
 impl RoomInner {
     /// Keeps the newest known state of a payment (versions only grow). A new status forgets
     /// the stage reported under the old one.
-    fn remember(&mut self, p: &Payment) {
-        let fresh = Known { status: p.status, version: p.version, stage: None };
+    fn remember(&mut self, p: &Payment) -> Learnt {
+        let fresh = Known { status: p.status, version: p.version, stage: None, confirmed: paid(p.status) };
         match self.payments.get_mut(&p.id) {
-            Some(known) if known.version >= p.version => {}
+            Some(known) if known.version >= p.version => Learnt::Stale,
             Some(known) => {
                 let stage = if known.status == p.status { known.stage } else { None };
-                *known = Known { stage, ..fresh };
+                let confirm = fresh.confirmed && !known.confirmed;
+                *known = Known { stage, confirmed: known.confirmed || fresh.confirmed, ..fresh };
+                Learnt::Newer { confirm }
             }
             None => {
+                // A payment the room never knew: its members were never shown it unpaid (a
+                // room learns every payment from its first member's `welcome`, or live), so
+                // there is no notice they missed. Seeding a room must not raise one either.
                 self.payments.insert(p.id.clone(), fresh);
+                Learnt::Newer { confirm: false }
             }
         }
     }
@@ -217,15 +244,26 @@ impl RoomRegistry {
         rooms.iter().map(|room| room.broadcast(event, &self.publishable_key)).sum()
     }
 
-    /// Seeds a room's routing state from a snapshot read from the store (newer versions win, so
-    /// events that arrived meanwhile are kept). Answers the patient's last stage for each payment
-    /// still payable, by id.
-    pub fn remember_payments(&self, call_id: &str, payments: &[Payment]) -> BTreeMap<String, ProgressStage> {
-        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return BTreeMap::new() };
+    /// Brings a room up to the store: every payment in `payments` newer than the room knows is
+    /// sent to its members as the event it was (`payment.updated`, and `payment.confirmed` for
+    /// one that became paid), or, past [`REPAIR_FRAMES`] changes, as one `payment.sync` frame.
+    /// Older copies change nothing, so repeating a repair sends nothing twice. Answers how many
+    /// frames were queued.
+    pub fn reconcile(&self, call_id: &str, payments: &[Payment]) -> usize {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return 0 };
         let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for p in payments {
-            inner.remember(p);
-        }
+        inner.repair(payments, None, &self.publishable_key)
+    }
+
+    /// Seeds a room's routing state from the snapshot `membership`'s `welcome` is built from
+    /// (newer versions win, so events that arrived meanwhile are kept). What the snapshot shows
+    /// newer than the room knew is also news to the room's other members, who get it as
+    /// [`RoomRegistry::reconcile`] sends it; the joining connection has it in its `welcome`.
+    /// Answers the patient's last stage for each payment still payable, by id.
+    pub fn remember_payments(&self, membership: &Membership, payments: &[Payment]) -> BTreeMap<String, ProgressStage> {
+        let Some(room) = self.rooms.get(&membership.call_id).map(|r| r.clone()) else { return BTreeMap::new() };
+        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.repair(payments, Some(membership.conn), &self.publishable_key);
         inner
             .payments
             .iter()
@@ -406,31 +444,113 @@ impl RoomInner {
     }
 
     /// Updates the routing state from `event` and sends it to every member that may see it.
+    ///
+    /// `payment.confirmed` is given once per payment and room, however the room learns that
+    /// the payment is paid: a newer copy that is paid and was never announced as such brings
+    /// its own `payment.confirmed` after the update (a change that reached this room only
+    /// through a repair is still the confirmation it was), and a `payment.confirmed` the room
+    /// already gave is not given again (the bus's copy arriving after a repair).
     fn fan_out(&mut self, event: &RoomEvent, publishable_key: &str) -> usize {
-        let inner = self;
-        if let RoomEvent::PaymentRequested { payment }
-        | RoomEvent::PaymentUpdated { payment }
-        | RoomEvent::PaymentConfirmed { payment } = event
-        {
-            inner.remember(payment);
+        self.fan_out_except(event, None, publishable_key)
+    }
+
+    fn fan_out_except(&mut self, event: &RoomEvent, except: Option<u64>, publishable_key: &str) -> usize {
+        match event {
+            RoomEvent::PaymentRequested { payment } | RoomEvent::PaymentUpdated { payment } => {
+                let learnt = self.remember(payment);
+                let sent = self.send(event, except, publishable_key);
+                if learnt == (Learnt::Newer { confirm: true }) {
+                    let confirmed = RoomEvent::PaymentConfirmed { payment: payment.clone() };
+                    return sent + self.send(&confirmed, except, publishable_key);
+                }
+                sent
+            }
+            RoomEvent::PaymentConfirmed { payment } => {
+                let told = self.payments.get(&payment.id).is_some_and(|k| k.confirmed);
+                self.remember(payment);
+                if let Some(known) = self.payments.get_mut(&payment.id) {
+                    known.confirmed = true;
+                }
+                if told { 0 } else { self.send(event, except, publishable_key) }
+            }
+            RoomEvent::Progress { payment_id, stage, .. } => {
+                if let Some(known) = self.payments.get_mut(payment_id) {
+                    known.stage = Some(*stage);
+                }
+                self.send(event, except, publishable_key)
+            }
+            _ => self.send(event, except, publishable_key),
         }
-        if let RoomEvent::Progress { payment_id, stage, .. } = event
-            && let Some(known) = inner.payments.get_mut(payment_id)
-        {
-            known.stage = Some(*stage);
-        }
-        inner.seq += 1;
-        let seq = inner.seq;
+    }
+
+    /// Sends `event` to every member but `except` that may see it, as the next frame of the
+    /// room's sequence.
+    fn send(&mut self, event: &RoomEvent, except: Option<u64>, publishable_key: &str) -> usize {
+        self.seq += 1;
+        let seq = self.seq;
         // Rendered at most once per role, then shared by every member of that role.
         let mut rendered: [Option<Option<Bytes>>; 2] = [None, None];
         let mut sent = 0;
-        for member in inner.members.values() {
+        for (conn, member) in &self.members {
+            if Some(*conn) == except {
+                continue;
+            }
             let role = member.participant.role;
             let slot = &mut rendered[role as usize];
             let frame = slot.get_or_insert_with(|| render(event, role, seq, publishable_key));
             if let Some(frame) = frame
                 && member.out.push(frame.clone())
             {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Brings the room up to `payments` (see [`RoomRegistry::reconcile`]), telling every member
+    /// but `except`.
+    fn repair(&mut self, payments: &[Payment], except: Option<u64>, publishable_key: &str) -> usize {
+        let newer: Vec<&Payment> =
+            payments.iter().filter(|p| self.payments.get(&p.id).is_none_or(|k| k.version < p.version)).collect();
+        let audience = self.members.keys().any(|conn| Some(*conn) != except);
+        if !audience {
+            // Nobody to tell: the copies only seed the routing state (a room's first member
+            // has them all in its `welcome`).
+            for p in newer {
+                self.remember(p);
+            }
+            return 0;
+        }
+        if newer.len() <= REPAIR_FRAMES {
+            return newer
+                .into_iter()
+                .map(|p| {
+                    let event = RoomEvent::PaymentUpdated { payment: Box::new(p.clone()) };
+                    self.fan_out_except(&event, except, publishable_key)
+                })
+                .sum();
+        }
+        let mut confirmed = Vec::new();
+        for p in &newer {
+            if let Learnt::Newer { confirm: true } = self.remember(p) {
+                confirmed.push(p.id.clone());
+            }
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        let mut rendered: [Option<Bytes>; 2] = [None, None];
+        let mut sent = 0;
+        for (conn, member) in &self.members {
+            if Some(*conn) == except {
+                continue;
+            }
+            let role = member.participant.role;
+            let frame = rendered[role as usize].get_or_insert_with(|| {
+                let views =
+                    newer.iter().filter(|p| visible_to(p, role)).map(|p| payment_view(p, role, publishable_key));
+                encode(seq, ServerMsg::PaymentSync { payments: views.collect(), confirmed: confirmed.clone() })
+            });
+            if member.out.push(frame.clone()) {
                 sent += 1;
             }
         }
@@ -483,6 +603,7 @@ fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Bytes> {
         RoomEvent::ClinicUpdated { payments_available, reason } => {
             ServerMsg::ClinicUpdated { payments_available: *payments_available, reason: *reason }
         }
+        RoomEvent::Gap => return None,
     };
     Some(encode(seq, msg))
 }
@@ -583,33 +704,134 @@ mod tests {
     #[test]
     fn the_last_stage_survives_until_the_status_changes_and_waiting_calls_are_known() {
         let reg = RoomRegistry::new("pk");
-        let _p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
+        let p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
+        let m = &p.membership;
         assert!(reg.calls_awaiting_stripe().is_empty());
-        assert!(reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]).is_empty());
+        assert!(reg.remember_payments(m, &[*payment(PaymentStatus::Requested)]).is_empty());
         assert_eq!(reg.calls_awaiting_stripe(), vec!["call".to_owned()]);
         let stage = ProgressStage::EnteringDetails;
         reg.deliver("call", &RoomEvent::Progress { payment_id: "pay_1".into(), stage, participant_id: "pat".into() });
-        assert_eq!(reg.remember_payments("call", &[]).get("pay_1"), Some(&stage));
+        assert_eq!(reg.remember_payments(m, &[]).get("pay_1"), Some(&stage));
         let mut paid = payment(PaymentStatus::Succeeded);
         paid.version = 3;
         reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid });
-        assert!(reg.remember_payments("call", &[]).is_empty(), "a paid payment has no stage to show");
+        assert!(reg.remember_payments(m, &[]).is_empty(), "a paid payment has no stage to show");
         assert!(reg.calls_awaiting_stripe().is_empty());
+    }
+
+    /// The frames' types queued for `rx`.
+    fn kinds(rx: &mut OutboundRx) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_next())
+            .map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap()["type"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_room_gives_one_confirmation_per_payment_however_it_learns_of_it() {
+        let reg = RoomRegistry::new("pk");
+        let (doc_out, mut doc_rx) = Outbound::new(16);
+        let doc = reg.join("call", "c", person("doc", Role::Clinician), doc_out);
+        reg.remember_payments(&doc.membership, &[*payment(PaymentStatus::Requested)]);
+        let mut paid = payment(PaymentStatus::Succeeded);
+        paid.version = 3;
+        // Learnt by a repair: the update, then the confirmation it stands for.
+        assert_eq!(reg.reconcile("call", &[*paid.clone()]), 2);
+        assert_eq!(kinds(&mut doc_rx), ["payment.updated", "payment.confirmed"]);
+        // The same state again (a second repair), then the bus's late copy of the live events.
+        assert_eq!(reg.reconcile("call", &[*paid.clone()]), 0);
+        reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid.clone() });
+        reg.deliver("call", &RoomEvent::PaymentConfirmed { payment: paid.clone() });
+        assert_eq!(kinds(&mut doc_rx), ["payment.updated"], "a stale update is harmless; no second notice");
+        // A later refund is an update, not another confirmation.
+        let mut refunded = paid.clone();
+        refunded.version = 4;
+        refunded.status = PaymentStatus::Refunded;
+        reg.reconcile("call", &[*refunded]);
+        assert_eq!(kinds(&mut doc_rx), ["payment.updated"]);
+    }
+
+    #[test]
+    fn a_repair_before_a_new_rooms_first_welcome_raises_no_notice() {
+        // A room opens; its subscription goes live and its repair reads the store before the
+        // first member's welcome seeded it. The payment was paid long ago (the member saw that
+        // on another node): no second notice on this connection.
+        let reg = RoomRegistry::new("pk");
+        let (pat_out, mut pat_rx) = Outbound::new(16);
+        let pat = reg.join("call", "c", person("pat", Role::Patient), pat_out);
+        let mut paid = payment(PaymentStatus::Succeeded);
+        paid.version = 3;
+        reg.reconcile("call", &[*paid.clone()]);
+        reg.remember_payments(&pat.membership, &[*paid]);
+        assert_eq!(kinds(&mut pat_rx), ["payment.updated"]);
+    }
+
+    #[test]
+    fn a_welcome_snapshot_tells_the_rooms_other_members_what_it_shows_newer() {
+        let reg = RoomRegistry::new("pk");
+        let (doc_out, mut doc_rx) = Outbound::new(16);
+        let doc = reg.join("call", "c", person("doc", Role::Clinician), doc_out);
+        reg.remember_payments(&doc.membership, &[*payment(PaymentStatus::Requested)]);
+        let _ = kinds(&mut doc_rx);
+        let (pat_out, mut pat_rx) = Outbound::new(16);
+        let pat = reg.join("call", "c", person("pat", Role::Patient), pat_out);
+        let _ = kinds(&mut doc_rx);
+        let mut paid = payment(PaymentStatus::Succeeded);
+        paid.version = 3;
+        // The patient's welcome shows it paid: the clinician, who saw it requested, is told.
+        reg.remember_payments(&pat.membership, &[*paid]);
+        assert_eq!(kinds(&mut doc_rx), ["payment.updated", "payment.confirmed"]);
+        assert!(kinds(&mut pat_rx).is_empty(), "the joining patient has it in its welcome");
+    }
+
+    #[test]
+    fn a_repair_of_many_changes_is_one_sync_frame() {
+        let reg = RoomRegistry::new("pk");
+        let (doc_out, mut doc_rx) = Outbound::new(4);
+        let doc = reg.join("call", "c", person("doc", Role::Clinician), doc_out);
+        let ids = |i: usize| format!("pay_{i}");
+        let unpaid: Vec<Payment> = (0..100)
+            .map(|i| {
+                let mut p = *payment(PaymentStatus::Requested);
+                p.id = ids(i);
+                p
+            })
+            .collect();
+        reg.remember_payments(&doc.membership, &unpaid);
+        let many: Vec<Payment> = unpaid
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let mut p = p.clone();
+                p.version += 1;
+                if i % 2 == 0 {
+                    p.status = PaymentStatus::Succeeded;
+                }
+                p
+            })
+            .collect();
+        assert_eq!(reg.reconcile("call", &many), 1);
+        let frame: serde_json::Value = serde_json::from_slice(&doc_rx.try_next().unwrap()).unwrap();
+        assert_eq!(frame["type"], "payment.sync");
+        assert_eq!(frame["payments"].as_array().unwrap().len(), 100);
+        assert_eq!(frame["confirmed"].as_array().unwrap().len(), 50);
+        assert!(doc_rx.try_next().is_none());
+        assert_eq!(reg.reconcile("call", &many), 0, "nothing newer the second time");
+        drop(doc);
     }
 
     #[test]
     fn progress_is_checked_against_routing_state_kept_by_events() {
         let reg = RoomRegistry::new("pk");
-        let _p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
+        let p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
         assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::UnknownPayment));
         // Seeded from a snapshot; then an older copy changes nothing, a newer event does.
-        reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]);
+        reg.remember_payments(&p.membership, &[*payment(PaymentStatus::Requested)]);
         assert_eq!(reg.check_progress("call", "pay_1"), Ok(()));
         let mut paid = payment(PaymentStatus::Succeeded);
         paid.version = 3;
         reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid });
         assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::NotPayable));
-        reg.remember_payments("call", &[*payment(PaymentStatus::Requested)]);
+        reg.remember_payments(&p.membership, &[*payment(PaymentStatus::Requested)]);
         assert_eq!(reg.check_progress("call", "pay_1"), Err(ProgressRefusal::NotPayable), "stale snapshot ignored");
         assert_eq!(reg.check_progress("other", "pay_1"), Err(ProgressRefusal::UnknownPayment));
     }

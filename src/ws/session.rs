@@ -206,7 +206,7 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
     if shared && joined.first_connection {
         Box::pin(app.hub.share_presence(&call_id)).await;
     }
-    let welcome = match welcome(&app, &claims, joined.seq, participants).await {
+    let welcome = match welcome(&app, &claims, &joined.membership, joined.seq, participants).await {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, call_id, "cannot build welcome: store unavailable");
@@ -393,11 +393,12 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
 async fn welcome(
     app: &AppState,
     claims: &JoinClaims,
+    membership: &crate::rooms::Membership,
     seq: u64,
     participants: Vec<callpay_protocol::Participant>,
 ) -> Result<Bytes, crate::store::StoreError> {
     let payments = app.payments.snapshot(&claims.call_id).await?;
-    let progress = app.hub.rooms.remember_payments(&claims.call_id, &payments);
+    let progress = app.hub.rooms.remember_payments(membership, &payments);
     let clinic = app.store.clinic(&claims.clinic_id).await?;
     let role = claims.role;
     let pk = &app.config.stripe.publishable_key;

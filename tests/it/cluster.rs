@@ -57,10 +57,12 @@ impl Cluster {
             config.stripe.max_attempts = 2;
             config.validate_for_serve().unwrap();
             let node = format!("node-{i}");
+            let bus = Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap());
             let deps = Dependencies {
                 store: Arc::new(SqlStore::connect(&db.url).await.unwrap()),
                 stripe: Arc::new(callpay::payments::stripe::StripeGateway::new(&config.stripe).unwrap()),
-                bus: Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap()),
+                bus: bus.clone(),
+                presence: bus,
                 connect: Arc::new(callpay::connect::StripeConnect::new(&config.stripe)),
             };
             let app = App::build_on(listener, config, deps, node).await.unwrap();
@@ -245,9 +247,11 @@ async fn a_call_is_resynced_once_its_subscription_is_live_and_clinic_channels_fo
     // another node publishes is lost.
     eventually(async || seen.resynced_calls.lock().unwrap().contains(&call).then_some(())).await;
     let event = RoomEvent::ClinicUpdated { payments_available: false, reason: None };
-    let envelope = Envelope { origin: "a".into(), call_id: call.clone(), clinic_id: clinic.clone(), event };
+    let envelope = Envelope::new("a", &call, &clinic, event);
     a.publish(envelope.clone()).unwrap();
-    eventually(async || seen.delivered.lock().unwrap().contains(&envelope).then_some(())).await;
+    // Delivered as published, numbered by the publisher: the first on this channel.
+    let numbered = Envelope { seq: 1, ..envelope };
+    eventually(async || seen.delivered.lock().unwrap().contains(&numbered).then_some(())).await;
 
     // Rooms of one clinic opening and closing in quick succession: the clinic channel stays
     // subscribed exactly while a call of the clinic is here.

@@ -15,6 +15,7 @@ mod layers;
 mod money;
 mod nodes;
 mod outage;
+mod recovery;
 mod sockets;
 mod verify;
 mod webhooks;

@@ -9,7 +9,7 @@ use callpay_protocol::Role;
 use std::time::{Duration, Instant};
 
 /// Presence entries last this long in these tests (the default is 15 s).
-const PRESENCE_TTL: Duration = Duration::from_millis(1500);
+pub const PRESENCE_TTL: Duration = Duration::from_millis(1500);
 
 /// Several `callpay serve` processes and the simulator standing in for Stripe.
 pub struct Fleet {
@@ -38,6 +38,21 @@ impl Fleet {
     /// `n` nodes on the Redis Cluster at `cluster` (its nodes' URLs) or, if `None`, on the
     /// machine's Redis.
     pub async fn start_on(n: usize, webhook_url: impl FnOnce(&[u16]) -> String, cluster: Option<Vec<String>>) -> Self {
+        let bus = match cluster {
+            None => ("CALLPAY__BUS__REDIS_URL", REDIS_URL.to_owned()),
+            Some(urls) => ("CALLPAY__BUS__REDIS_CLUSTER_URLS", urls.join(",")),
+        };
+        Self::start_with(n, webhook_url, bus, &[]).await
+    }
+
+    /// `n` nodes whose bus is set by `bus` (an environment variable and its value), with
+    /// `extra` settings on top of the fleet's own.
+    pub async fn start_with(
+        n: usize,
+        webhook_url: impl FnOnce(&[u16]) -> String,
+        bus: (&str, String),
+        extra: &[(&str, &str)],
+    ) -> Self {
         ensure_services();
         let db = TempDb::new();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -54,10 +69,7 @@ impl Fleet {
         let env: Vec<(String, String)> = [
             ("CALLPAY__AUTH__SECRET", secret.clone()),
             ("CALLPAY__DATABASE__URL", db.url.clone()),
-            match &cluster {
-                None => ("CALLPAY__BUS__REDIS_URL", REDIS_URL.to_owned()),
-                Some(urls) => ("CALLPAY__BUS__REDIS_CLUSTER_URLS", urls.join(",")),
-            },
+            (bus.0, bus.1.clone()),
             ("CALLPAY__BUS__PRESENCE_TTL_MS", PRESENCE_TTL.as_millis().to_string()),
             ("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key().to_owned()),
             ("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key().to_owned()),
@@ -70,6 +82,7 @@ impl Fleet {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
         .collect();
         let logs = std::env::temp_dir().join(format!("callpay-fleet-{}", callpay::ids::random_id()));
         std::fs::create_dir_all(&logs).unwrap();
@@ -86,6 +99,10 @@ impl Fleet {
     }
 
     fn spawn(&self, i: usize) -> tokio::process::Child {
+        self.spawn_with(i, &[])
+    }
+
+    fn spawn_with(&self, i: usize, extra: &[(&str, &str)]) -> tokio::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -95,6 +112,7 @@ impl Fleet {
             .arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{}", self.ports[i]))
+            .envs(extra.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .kill_on_drop(true)
@@ -159,6 +177,36 @@ impl Fleet {
         let child = self.spawn(i);
         self.children[i] = Some(child);
         self.wait_ready(i).await;
+    }
+
+    /// Starts node `i` again on its port with `extra` settings (a fault point, say).
+    pub async fn restart_with(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let child = self.spawn_with(i, extra);
+        self.children[i] = Some(child);
+        self.wait_ready(i).await;
+    }
+
+    /// Waits for node `i` to exit on its own (a fault point ended it); returns whether it did
+    /// within `within`.
+    pub async fn exited(&mut self, i: usize, within: Duration) -> bool {
+        let Some(child) = self.children[i].as_mut() else { return true };
+        let done = tokio::time::timeout(within, child.wait()).await.is_ok();
+        if done {
+            self.children[i] = None;
+        }
+        done
+    }
+
+    /// A metric's value on node `i` (the first sample whose line starts with `name`).
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.ports[i]);
+        let (_, _, text) = Http::new().send("GET", &url, &[], String::new()).await;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).filter(|r| r.starts_with(' ') || r.starts_with('{')))
+            .and_then(|r| r.rsplit(' ').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Open WebSockets on node `i`, from its `/metrics`.
@@ -262,7 +310,7 @@ impl Drop for Balancer {
     }
 }
 
-fn participant_ids(welcome: &serde_json::Value) -> Vec<String> {
+pub fn participant_ids(welcome: &serde_json::Value) -> Vec<String> {
     let mut ids: Vec<String> =
         welcome["participants"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
     ids.sort();

@@ -150,6 +150,17 @@ export class CallpayClient {
         this.settle(frame.payment.client_ref, { payment: frame.payment });
         if (this.keep(frame.payment)) this.on('payment', frame.payment);
         break;
+      case 'payment.sync': {
+        // A repair with many changes in one frame: each payment as a payment.updated, and the
+        // notice of a payment.confirmed for each that became paid meanwhile.
+        const confirmed = new Set(frame.confirmed || []);
+        for (const p of frame.payments) {
+          this.settle(p.client_ref, { payment: p });
+          if (this.keep(p)) this.on('payment', p);
+          if (confirmed.has(p.payment_id)) this.on('confirmed', this.payments.get(p.payment_id));
+        }
+        break;
+      }
       case 'payment.confirmed':
         this.keep(frame.payment);
         this.on('payment', frame.payment);

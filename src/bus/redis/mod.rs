@@ -1,0 +1,179 @@
+//! Redis pub/sub bus. Envelopes are JSON on `callpay:call:{call_id}` (one call) or
+//! `callpay:clinic:{clinic_id}` (every call of a clinic). Three parts with one job each:
+//! - [`publisher`] numbers each envelope per channel and sends them in pipelined batches; what
+//!   it could not send it announces as a gap on that channel, so receivers repair that call;
+//! - [`subscriptions`] keeps the connection's subscriptions equal to the set of channels this
+//!   node wants (its calls and their clinics), and delivers what arrives, repairing a call whose
+//!   numbers skip;
+//! - [`presence`] keeps the shared presence record, with expiry judged by Redis's clock.
+//!
+//! Subscriptions live on a dedicated RESP3 connection with automatic resubscription. Redis
+//! drops messages published while a subscriber is disconnected, so after a disconnection the
+//! node repairs its own calls from the store, in paced chunks.
+
+mod presence;
+mod publisher;
+mod subscriptions;
+
+use super::link::Link;
+use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceStore};
+use async_trait::async_trait;
+use callpay_protocol::Participant;
+use redis::PushInfo;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Pushed messages waiting for the receiving task. Past this the node drops messages and
+/// repairs its calls, rather than growing without bound behind a slow store or a burst.
+const PUSH_BUFFER: usize = 8192;
+/// Where a node that lost track of which channels it failed to publish on tells every node to
+/// repair all its calls (the last resort; per-channel gaps cover the usual case).
+const GAP_CHANNEL: &str = "callpay:gap";
+/// How long one round trip to Redis may take before the bus counts as unavailable.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection backoff bounds.
+const RETRY_START: Duration = Duration::from_millis(100);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(5);
+
+fn call_channel(call_id: &str) -> String {
+    format!("callpay:call:{call_id}")
+}
+
+fn clinic_channel(clinic_id: &str) -> String {
+    format!("callpay:clinic:{clinic_id}")
+}
+
+/// The channel an envelope travels on: its call's, or its clinic's for clinic-wide events.
+fn channel_of(envelope: &Envelope) -> String {
+    if envelope.call_id.is_empty() { clinic_channel(&envelope.clinic_id) } else { call_channel(&envelope.call_id) }
+}
+
+/// The Redis bus for one node.
+pub struct RedisBus {
+    node: String,
+    publisher: publisher::Publisher,
+    presence: presence::PresenceRecord,
+    subscriber: Link,
+    wanted: Arc<subscriptions::Wanted>,
+    pushes: std::sync::Mutex<Option<mpsc::Receiver<PushInfo>>>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl RedisBus {
+    /// Connects the publishing and the subscribing connection to one Redis.
+    pub async fn connect(url: &str, node: String) -> Result<Self, BusError> {
+        Self::connect_to(&[url.to_owned()], false, node).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`), with sharded pub/sub.
+    pub async fn connect_cluster(urls: &[String], node: String) -> Result<Self, BusError> {
+        Self::connect_to(urls, true, node).await
+    }
+
+    async fn connect_to(urls: &[String], cluster: bool, node: String) -> Result<Self, BusError> {
+        let unavailable = |e: redis::RedisError| BusError::Unavailable(e.to_string());
+        let conn = Link::connect(urls, cluster, None).await.map_err(unavailable)?;
+        let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let lag_flag = lagged.clone();
+        let pushes = Box::new(move |info: PushInfo| {
+            if push_tx.try_send(info).is_err() {
+                // Full (or closing): the message is lost, so the node must repair its calls.
+                lag_flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let subscriber = Link::connect(urls, cluster, Some(pushes)).await.map_err(unavailable)?;
+        Ok(Self {
+            publisher: publisher::Publisher::start(conn.clone(), node.clone()),
+            presence: presence::PresenceRecord::new(conn, node.clone()),
+            node,
+            subscriber,
+            wanted: Arc::default(),
+            pushes: std::sync::Mutex::new(Some(push_rx)),
+            lagged,
+        })
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn flush(&self, within: Duration) {
+        self.publisher.flush(within).await;
+    }
+
+    fn publish(&self, envelope: Envelope) -> Result<(), BusError> {
+        self.publisher.publish(envelope)
+    }
+
+    fn start(&self, sink: Arc<dyn EnvelopeSink>, stop: CancellationToken) {
+        let Some(pushes) = self.pushes.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            tracing::error!("redis bus started twice");
+            return;
+        };
+        // Two tasks, so a slow SUBSCRIBE never holds up delivering messages and a burst of
+        // messages never holds up subscribing.
+        tokio::spawn(subscriptions::keep_subscribed(
+            self.subscriber.clone(),
+            self.wanted.clone(),
+            sink.clone(),
+            stop.clone(),
+        ));
+        let receiver = subscriptions::Receiver {
+            node: self.node.clone(),
+            sub: self.subscriber.clone(),
+            pushes,
+            lagged: self.lagged.clone(),
+            wanted: self.wanted.clone(),
+            sink,
+        };
+        tokio::spawn(receiver.run(stop));
+    }
+
+    fn observe_with(&self, metrics: Arc<crate::metrics::Metrics>) {
+        self.publisher.observe_with(metrics);
+    }
+
+    fn watch(&self, call_id: &str, clinic_id: &str) {
+        self.wanted.watch(call_id, clinic_id);
+    }
+
+    fn unwatch(&self, call_id: &str, clinic_id: &str) {
+        self.wanted.unwatch(call_id, clinic_id);
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisBus {
+    fn next_write(&self) -> u64 {
+        self.presence.next_write()
+    }
+
+    async fn put(&self, calls: &[(String, Vec<Participant>)], ttl: Duration, write: u64) -> Result<(), BusError> {
+        self.presence.put(calls, ttl, write).await
+    }
+
+    async fn read(&self, call_ids: &[String]) -> Result<Vec<Presence>, BusError> {
+        self.presence.read(call_ids).await
+    }
+}
+
+/// Waits, with backoff, until Redis answers on `link` again; false if stopped first.
+async fn wait_for_redis(link: &Link, stop: &CancellationToken) -> bool {
+    let mut wait = RETRY_START;
+    loop {
+        if stop.is_cancelled() {
+            return false;
+        }
+        if matches!(tokio::time::timeout(REDIS_TIMEOUT, link.ping()).await, Ok(Ok(()))) {
+            return true;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
