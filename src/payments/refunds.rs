@@ -1,0 +1,1 @@
+//! Refunds from callpay: full or partial, through Stripe on the connected account.

@@ -1,0 +1,274 @@
+//! Applying what Stripe reports: a verified webhook event, or a read of the PaymentIntent made
+//! by the hub itself, is matched to our payment, checked against the request, run through the
+//! state machine, stored with its audit record in one transaction and announced.
+
+use super::event::Event;
+use super::parse::parse_event;
+use super::stripe::GatewayError;
+use super::{Payments, UPDATE_ATTEMPTS, state, validate};
+use crate::store::{AuditEntry, Committed, Payment, STRIPE, StoreError, WebhookRecord, Write};
+use callpay_protocol::PaymentStatus;
+use state::Change;
+
+/// What handling a webhook event did (answered to Stripe and logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The payment changed.
+    Applied,
+    /// Already processed.
+    Duplicate,
+    /// Valid but changes nothing (stale, or a repeat of the current state).
+    NoChange,
+    /// No payment of ours matches.
+    UnknownPayment,
+    /// An event type callpay does not act on.
+    Ignored,
+    /// Refused and audited: a PaymentIntent other than the one the hub created, or a success
+    /// for another amount or currency than was requested. The payment is not confirmed.
+    Refused,
+}
+
+/// Why a webhook event could not be handled now; Stripe retries the delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Settling a same-second tie needs the PaymentIntent from Stripe, which did not answer.
+    #[error("stripe unavailable while settling a same-second tie: {0}")]
+    Stripe(#[from] GatewayError),
+}
+
+impl Payments {
+    /// Applies what the hub learnt from Stripe itself (not from a webhook) to `payment`:
+    /// through the same checks and state machine, audited as Stripe's, announced if it changed.
+    pub(super) async fn settle(&self, payment: &Payment, change: Change, event_at: i64, why: &str) {
+        if let Some(problem) = success_mismatch(payment, &change) {
+            self.audit_only(refused_success(payment, &problem, why)).await;
+            return;
+        }
+        let action = format!("payment.{}", crate::store::status_str(change_status(payment, &change)));
+        let entry = stripe_audit(payment, &action).with_detail(why);
+        match self.transition_at(&payment.id, &change, event_at, entry).await {
+            Ok(Some(t)) => self.announce(t),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, payment_id = %payment.id, "could not store what Stripe reported"),
+        }
+    }
+
+    /// Applies what a read of the PaymentIntent found, made while the stored payment was
+    /// `read_from`. A read carries no event time, so it may be older than a webhook applied
+    /// while it was on its way (a decline read after the retry's `processing` arrived): a
+    /// non-final status from it applies only if nothing changed the payment since the read
+    /// began. A success or a cancellation is Stripe's last word and always goes through the
+    /// state machine.
+    pub(super) async fn settle_read(&self, read_from: &Payment, change: Change, why: &str) {
+        if matches!(change, Change::Succeeded { .. } | Change::Canceled) {
+            return self.settle(read_from, change, 0, why).await;
+        }
+        let Some(t) = state::apply(read_from, &change, 0) else { return };
+        let action = format!("payment.{}", crate::store::status_str(t.payment.status));
+        let entry = stripe_audit(&t.payment, &action).with_detail(why);
+        // Written only over the version the read began from: one attempt, no re-read.
+        let writes = [
+            Write::Payment { payment: Box::new(t.payment.clone()), expected_version: read_from.version },
+            Write::Audit(entry),
+        ];
+        match self.store.commit(&writes).await {
+            Ok(Committed::Applied) => self.announce(t),
+            Ok(_) => {
+                tracing::debug!(payment_id = %read_from.id, "a read older than the payment's last change is ignored")
+            }
+            Err(e) => tracing::error!(error = %e, payment_id = %read_from.id, "could not store what Stripe reported"),
+        }
+    }
+
+    /// Applies a verified Stripe event: deduplicated by id, matched to the PaymentIntent the hub
+    /// created (metadata only helps find it), checked against the request, settled on Stripe's
+    /// own status when it ties with the last applied event, run through the state machine, and
+    /// stored with its audit record in one transaction, then pushed to the room. An error means
+    /// nothing was stored: Stripe retries the delivery.
+    pub async fn apply_event(&self, event: &Event) -> Result<EventOutcome, EventError> {
+        let event_id = event.id.as_str();
+        if self.store.webhook_seen(event_id).await? {
+            return Ok(EventOutcome::Duplicate);
+        }
+        let account = event.account.clone();
+        let created = event.created;
+        let parsed = parse_event(event, account.as_deref(), self.stripe.as_ref()).await;
+        let record = |payment_id: Option<&str>, outcome: &str| WebhookRecord {
+            event_id: event_id.to_owned(),
+            event_type: event.kind.as_str().to_owned(),
+            account: account.clone(),
+            payment_id: payment_id.map(str::to_owned),
+            outcome: outcome.to_owned(),
+        };
+        let Some((intent_id, metadata_id, change)) = parsed else {
+            self.record_only(record(None, "ignored")).await?;
+            return Ok(EventOutcome::Ignored);
+        };
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = match self.find(&intent_id, metadata_id.as_deref(), account.as_deref()).await? {
+                Found::Ours(p) => p,
+                Found::Nothing => {
+                    tracing::info!(
+                        event_id,
+                        kind = event.kind.as_str(),
+                        "webhook for a payment this hub does not know"
+                    );
+                    return Ok(self
+                        .record_only(record(None, "unknown_payment"))
+                        .await?
+                        .unwrap_or(EventOutcome::UnknownPayment));
+                }
+                Found::OtherIntent(p) => {
+                    tracing::error!(
+                        event_id,
+                        payment_id = %p.id,
+                        event_intent = %intent_id,
+                        "ALERT: a PaymentIntent the hub did not create claims one of its payments; refused"
+                    );
+                    let audit = AuditEntry { outcome: "refused".into(), ..stripe_audit(&p, "payment.intent_mismatch") }
+                        .with_detail(format!("event {event_id} for {intent_id}"));
+                    let writes = [Write::Webhook(record(Some(&p.id), "intent_mismatch")), Write::Audit(audit)];
+                    return Ok(match self.store.commit(&writes).await? {
+                        Committed::Duplicate => EventOutcome::Duplicate,
+                        _ => EventOutcome::Refused,
+                    });
+                }
+            };
+            // Same second as the last applied event: the order of delivery says nothing, so
+            // ask Stripe for the PaymentIntent's status now and apply that instead.
+            let change = if state::ties(&current, &change, created) {
+                let info = self.stripe.intent(&current.stripe_account, &intent_id).await?;
+                match state::from_intent(&info) {
+                    Some(truth) => truth,
+                    None => change.clone(),
+                }
+            } else {
+                change.clone()
+            };
+            if let Some(problem) = success_mismatch(&current, &change) {
+                let audit = refused_success(&current, &problem, &format!("event {event_id}"));
+                let writes = [Write::Webhook(record(Some(&current.id), "amount_mismatch")), Write::Audit(audit)];
+                return Ok(match self.store.commit(&writes).await? {
+                    Committed::Duplicate => EventOutcome::Duplicate,
+                    _ => EventOutcome::Refused,
+                });
+            }
+            let Some(t) = state::apply(&current, &change, created) else {
+                return Ok(self
+                    .record_only(record(Some(&current.id), "no_change"))
+                    .await?
+                    .unwrap_or(EventOutcome::NoChange));
+            };
+            let action = format!("payment.{}", crate::store::status_str(t.payment.status));
+            let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
+            let writes = [
+                Write::Webhook(record(Some(&current.id), "applied")),
+                Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
+                Write::Audit(audit),
+            ];
+            match self.store.commit(&writes).await? {
+                Committed::Applied => {
+                    // Committed, not yet announced: where a crash leaves other nodes' rooms
+                    // behind the store (tests arm this to prove that they catch up).
+                    if t.newly_succeeded {
+                        crate::faults::crash_here("abort_after_committing_a_success");
+                    }
+                    self.announce(t);
+                    return Ok(EventOutcome::Applied);
+                }
+                Committed::Duplicate => return Ok(EventOutcome::Duplicate),
+                Committed::Conflict => continue,
+            }
+        }
+        Err(StoreError::Corrupt(format!("event {event_id}: payment kept changing under concurrent updates")).into())
+    }
+
+    /// Records an event that changes nothing; `Some(Duplicate)` if it was seen before.
+    async fn record_only(&self, record: WebhookRecord) -> Result<Option<EventOutcome>, StoreError> {
+        Ok(match self.store.commit(&[Write::Webhook(record)]).await? {
+            Committed::Duplicate => Some(EventOutcome::Duplicate),
+            _ => None,
+        })
+    }
+
+    /// The payment an event is about. The stored PaymentIntent id decides; the metadata only
+    /// helps find a payment, which then must name the same PaymentIntent and account.
+    async fn find(
+        &self,
+        intent_id: &str,
+        metadata_id: Option<&str>,
+        account: Option<&str>,
+    ) -> Result<Found, StoreError> {
+        let by_intent = self.store.payment_by_intent(intent_id).await?;
+        let payment = match (by_intent, metadata_id) {
+            (Some(p), _) => p,
+            (None, Some(id)) => match self.store.payment(id).await? {
+                Some(p) => p,
+                None => return Ok(Found::Nothing),
+            },
+            (None, None) => return Ok(Found::Nothing),
+        };
+        // An event from another account cannot touch our payment, whatever its metadata says.
+        if Some(payment.stripe_account.as_str()) != account {
+            return Ok(Found::Nothing);
+        }
+        if payment.payment_intent_id.as_deref() != Some(intent_id) {
+            return Ok(Found::OtherIntent(payment));
+        }
+        Ok(Found::Ours(payment))
+    }
+}
+
+/// What [`Payments::find`] found.
+enum Found {
+    /// The payment whose PaymentIntent this is.
+    Ours(Payment),
+    /// A payment named by metadata whose PaymentIntent is another one.
+    OtherIntent(Payment),
+    /// Nothing of ours.
+    Nothing,
+}
+
+/// An audit record of Stripe changing `payment`.
+pub(super) fn stripe_audit(payment: &Payment, action: &str) -> AuditEntry {
+    AuditEntry {
+        clinic_id: Some(payment.clinic_id.clone()),
+        target: Some(payment.id.clone()),
+        ..AuditEntry::new(STRIPE, action, "ok")
+    }
+}
+
+/// Alerts on a success that does not match the request and returns its audit record; the
+/// payment is never confirmed on it.
+fn refused_success(payment: &Payment, problem: &str, source: &str) -> AuditEntry {
+    tracing::error!(
+        payment_id = %payment.id,
+        clinic_id = %payment.clinic_id,
+        problem,
+        source,
+        "ALERT: Stripe reported a success that does not match the request; not confirmed"
+    );
+    AuditEntry { outcome: "refused".into(), ..stripe_audit(payment, "payment.amount_mismatch") }
+        .with_detail(format!("{problem} ({source})"))
+}
+
+/// The status `change` would give `payment`, for naming the audit action.
+fn change_status(payment: &Payment, change: &Change) -> PaymentStatus {
+    state::apply(payment, change, 0).map_or(payment.status, |t| t.payment.status)
+}
+
+/// Why a reported success cannot be this payment's, if it cannot.
+fn success_mismatch(payment: &Payment, change: &Change) -> Option<String> {
+    let Change::Succeeded { amount_received, currency, .. } = change else { return None };
+    let same = *amount_received == payment.amount && currency.eq_ignore_ascii_case(&payment.currency);
+    (!same).then(|| {
+        format!(
+            "requested {}, Stripe received {}",
+            validate::display_amount(payment.amount, &payment.currency),
+            validate::display_amount(*amount_received, currency)
+        )
+    })
+}
