@@ -95,7 +95,21 @@ pub const CARDS: &[TestCard] = &[
         funding: "credit",
         behaviour: EXPIRED,
     },
+    TestCard {
+        number: "4000000000005126",
+        brand: "visa",
+        pm_id: "pm_card_refundFail",
+        funding: "credit",
+        behaviour: Behaviour::Succeed,
+    },
 ];
+
+/// Last four of Stripe's `refund_fail` test card: the charge succeeds, and a refund of it is
+/// accepted (`succeeded`), then fails a little later (`refund.failed`).
+pub const REFUND_FAIL_LAST4: &str = "5126";
+
+/// Why a refund of the `refund_fail` card fails, as Stripe reports it.
+pub const REFUND_FAILURE_REASON: &str = "expired_or_canceled_card";
 
 /// Finds a test card by its `pm_card_*` id.
 pub fn by_pm_id(id: &str) -> Option<&'static TestCard> {

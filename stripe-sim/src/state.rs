@@ -296,6 +296,8 @@ pub struct RequestRecord {
     pub secret_key: bool,
     /// The `Idempotency-Key` header, if any.
     pub idempotency_key: Option<String>,
+    /// The `Stripe-Account` header (the connected account acted on), if any.
+    pub account: Option<String>,
 }
 
 /// Everything the simulator knows.

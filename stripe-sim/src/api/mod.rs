@@ -87,6 +87,7 @@ async fn record(State(sim): State<Sim>, req: Request, next: Next) -> Response {
             path,
             secret_key,
             idempotency_key: header("idempotency-key"),
+            account: header("stripe-account"),
         };
         sim.with_world(|w| crate::state::World::push_capped(&mut w.requests, entry));
     }

@@ -1,13 +1,20 @@
 //! Charges (read-only, created by confirm) and refunds, full or partial, by PaymentIntent or charge.
+//! A refund of Stripe's `refund_fail` test card (4000 0000 0000 5126) is accepted, then fails a
+//! moment later as Stripe's does: `refund.updated` and `refund.failed` with a `failure_reason`,
+//! `charge.refund.updated`, and the amount counts as unrefunded on the charge again.
 
 use super::{ApiRequest, secret_caller};
 use crate::error::ApiError;
 use crate::money;
 use crate::objects;
-use crate::sim::Sim;
+use crate::sim::{Sim, Tx};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::time::Duration;
+
+/// How long after it was accepted a refund of the `refund_fail` card fails.
+const REFUND_FAILS_AFTER: Duration = Duration::from_millis(300);
 
 const REASONS: &[&str] = &["duplicate", "fraudulent", "requested_by_customer"];
 
@@ -157,6 +164,38 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
         let charge_now = stored.clone();
         tx.emit("refund.created", &refund, None);
         tx.emit("charge.refunded", &charge_now, Some(json!({"amount_refunded": refunded, "refunded": false})));
+        if charge["payment_method_details"]["card"]["last4"] == crate::cards::REFUND_FAIL_LAST4 {
+            let (refund_id, charge_id) = (refund["id"].as_str().unwrap_or_default().to_owned(), charge_id.clone());
+            tx.later.push((REFUND_FAILS_AFTER, Box::new(move |tx: &mut Tx<'_>| fail_refund(tx, &refund_id, &charge_id))));
+        }
         Ok(refund)
     })
+}
+
+/// The bank returned a refund: it becomes `failed`, its amount is unrefunded on the charge again,
+/// and Stripe's events for it are sent.
+fn fail_refund(tx: &mut Tx<'_>, refund_id: &str, charge_id: &str) {
+    let Some(acct) = tx.world.accounts.get_mut(&tx.account) else { return };
+    let Some(refund) = acct.refunds.get_mut(refund_id) else { return };
+    if refund["status"] != "succeeded" {
+        return;
+    }
+    refund["status"] = json!("failed");
+    refund["failure_reason"] = json!(crate::cards::REFUND_FAILURE_REASON);
+    refund["failure_balance_transaction"] = json!(crate::ids::new_id("txn"));
+    let refund = refund.clone();
+    let amount = refund["amount"].as_i64().unwrap_or(0);
+    if let Some(charge) = acct.charges.get_mut(charge_id) {
+        let refunded = charge["amount_refunded"].as_i64().unwrap_or(0);
+        charge["amount_refunded"] = json!((refunded - amount).max(0));
+        charge["refunded"] = json!(false);
+        if let Some(data) = charge["refunds"]["data"].as_array_mut() {
+            for r in data.iter_mut().filter(|r| r["id"] == refund_id) {
+                *r = refund.clone();
+            }
+        }
+    }
+    tx.emit("refund.updated", &refund, Some(json!({"status": "succeeded", "failure_reason": null})));
+    tx.emit("refund.failed", &refund, None);
+    tx.emit("charge.refund.updated", &refund, Some(json!({"status": "succeeded"})));
 }
