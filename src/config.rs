@@ -286,11 +286,19 @@ pub struct PaymentsConfig {
     /// this long has its PaymentIntent read from Stripe, so a lost webhook cannot leave it
     /// waiting; later checks of the same payment back off.
     pub verify_after_ms: u64,
+    /// How long after a payment was paid the clinician who requested it may refund it
+    /// themselves, in hours (default 24: the day of the visit). 0: only clinic admins refund.
+    pub clinician_refund_window_hours: u64,
 }
 
 impl Default for PaymentsConfig {
     fn default() -> Self {
-        Self { currencies: vec!["aud".into()], max_amount: 1_000_000, verify_after_ms: 20_000 }
+        Self {
+            currencies: vec!["aud".into()],
+            max_amount: 1_000_000,
+            verify_after_ms: 20_000,
+            clinician_refund_window_hours: 24,
+        }
     }
 }
 

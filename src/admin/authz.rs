@@ -29,6 +29,9 @@ pub enum Action {
     ViewAudit,
     /// Read the clinic's payment records and each one's history.
     ViewPayments,
+    /// Refund a paid payment, in full or in part. A team member only while
+    /// `payments.clinician_refund_window_hours` allows, and only what they requested.
+    Refund,
 }
 
 /// How far a role reaches for an action.
@@ -63,6 +66,10 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     (Action::ViewAudit, [OwnOrg, OwnClinic, No, Any]),
     // Payments are the clinic's business: the service desk sees none.
     (Action::ViewPayments, [OwnOrg, OwnClinic, OwnRequests, No]),
+    // Money goes back by the clinic's own people: its admins, and the clinician who took it
+    // (within the window). An org admin governs the clinics and reads their reports; the
+    // service desk never touches payments.
+    (Action::Refund, [No, OwnClinic, OwnRequests, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -132,6 +139,7 @@ mod tests {
             Action::ManageStripe,
             Action::ViewAudit,
             Action::ViewPayments,
+            Action::Refund,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

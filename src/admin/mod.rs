@@ -1,6 +1,6 @@
 //! The administrative half: organisations and clinics (registered by the platform), enabling the
 //! payment app (org admin asks, operator decides), linking the clinic's Stripe account through
-//! Connect OAuth, removing it, the append-only audit log, and the clinic's payment records.
+//! Connect OAuth, removing it, the append-only audit log, the clinic's payment records and refunds.
 //! JSON under `/v1/`, stable error codes, cursor pagination on lists, and an OpenAPI document
 //! built from the route table below.
 
@@ -124,6 +124,18 @@ pub const ROUTES: &[RouteDoc] = &[
         action: Some(Action::ViewPayments),
     },
     RouteDoc {
+        method: "post",
+        path: "/v1/payments/{payment_id}/refunds",
+        summary: "Refund a paid payment in full or in part (body: amount in minor units, or none for all that remains; reason: requested_by_customer, duplicate or fraudulent; note; request_key: the same key answers with the same refund)",
+        action: Some(Action::Refund),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/calls/{call_id}/payments/{payment_id}/refunds",
+        summary: "The clinician's refund from the call (Bearer: their join token for the call; only what they requested, within payments.clinician_refund_window_hours; body as for an admin's refund)",
+        action: None,
+    },
+    RouteDoc {
         method: "get",
         path: "/v1/stripe/oauth/callback",
         summary: "Stripe's OAuth redirect (authorized by the single-use state)",
@@ -150,6 +162,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
         .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
         .route("/v1/payments/{payment_id}", get(handlers::payments::show))
+        .route("/v1/payments/{payment_id}/refunds", post(handlers::refunds::create))
+        .route("/v1/calls/{call_id}/payments/{payment_id}/refunds", post(handlers::refunds::create_in_call))
         .route("/v1/stripe/oauth/callback", get(handlers::stripe::oauth_callback))
         .route("/v1/openapi.json", get(openapi::serve))
 }

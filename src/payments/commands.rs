@@ -2,6 +2,7 @@
 //! or cancels a payment, a patient reports progress. Each is checked, stored, sent to Stripe
 //! where it must be, audited whatever the outcome, and announced to the call.
 
+use super::refusals::Verdict;
 use super::stripe::{GatewayError, NewIntent};
 use super::{Caller, Payments, Refusal, state, validate};
 use crate::bus::RoomEvent;
@@ -97,8 +98,10 @@ impl Payments {
                     ));
                 }
                 if existing.status != PaymentStatus::Creating {
-                    // A retry of a request that went through: show its current state again.
-                    self.audit_only(ok.with_detail("repeated request; nothing new was created")).await;
+                    // A retry of a request that went through: show its current state again. The
+                    // record names the payment it repeats, so it is part of that history.
+                    let repeat = AuditEntry { target: Some(existing.id.clone()), at: now_ms(), ..ok };
+                    self.audit_only(repeat.with_detail("repeated request; nothing new was created")).await;
                     self.publish(&existing, RoomEvent::PaymentUpdated { payment: existing.clone() });
                     return Ok(());
                 }
@@ -120,7 +123,8 @@ impl Payments {
         let created = self.stripe.create_intent(&intent).await.map_err(|e| gateway_refusal(e, reference))?;
         let change =
             Change::Created { payment_intent_id: created.id, client_secret: created.client_secret.unwrap_or_default() };
-        let ok = AuditEntry { target: Some(payment.id.clone()), ..ok };
+        // Stamped now: the payment's record, made above, is older than its first history entry.
+        let ok = AuditEntry { target: Some(payment.id.clone()), at: now_ms(), ..ok };
         match self.transition(&payment.id, &change, ok).await.map_err(|e| Refusal::store(e, reference))? {
             Some(t) => self.publish(&t.payment, RoomEvent::PaymentRequested { payment: Box::new(t.payment.clone()) }),
             None => {
@@ -140,11 +144,19 @@ impl Payments {
         result
     }
 
-    /// Records a refused participant action. Nothing changed, so a lost record is only logged.
+    /// Records a refused participant action: the first of its kind (participant, action,
+    /// code) each minute, saying how many of that kind were left out before it. Nothing
+    /// changed, so a lost record is only logged.
     async fn audit_refusal(&self, who: &Caller, action: &str, target: Option<&str>, r: &Refusal, detail: String) {
+        let code = format!("{:?}", r.code);
+        let earlier = match self.refusal_gate.check(&who.participant.id, action, &code, now_ms()) {
+            Verdict::Count => return,
+            Verdict::Record { earlier } => earlier,
+        };
+        let more = if earlier > 0 { format!(" ({earlier} more like it before, not recorded)") } else { String::new() };
         let entry = who
             .audit(action, target, "refused")
-            .with_detail(format!("{detail} {:?}: {}", r.code, r.message).trim().to_owned());
+            .with_detail(format!("{detail} {code}: {}{more}", r.message).trim().to_owned());
         self.audit_only(entry).await;
     }
 

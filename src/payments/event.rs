@@ -4,8 +4,8 @@
 //! `"<t>.<raw body>"` with the endpoint's secret. A delivery is genuine when any `v1` matches and
 //! `t` is within five minutes of our clock (Stripe's own tolerance; it bounds replays).
 //!
-//! The envelope is async-stripe's `Event`, and `data.object` is read as its `PaymentIntent` or
-//! `Charge` only for the event types the hub acts on, all with async-stripe's own (miniserde)
+//! The envelope is async-stripe's `Event`, and `data.object` is read as its `PaymentIntent`,
+//! `Charge` or `Refund` only for the event types the hub acts on, all with async-stripe's own (miniserde)
 //! parsers, which are compiled once in async-stripe-shared. async-stripe-webhook would parse
 //! into an enum of every Stripe event type, and serde parsers of Stripe's types are generated
 //! anew in the crate that uses them; either cost more build time than the rest of the hub
@@ -13,7 +13,7 @@
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use stripe_shared::{Charge, PaymentIntent};
+use stripe_shared::{Charge, PaymentIntent, Refund};
 use stripe_types::miniserde_helpers::FromValueOpt;
 
 /// How far the signature's timestamp may be from our clock, in seconds.
@@ -64,6 +64,9 @@ pub enum EventObject {
     ChargeSucceeded(Charge),
     /// `charge.refunded`.
     ChargeRefunded(Charge),
+    /// A refund was made or changed: `refund.created`, `refund.updated`, `refund.failed` and
+    /// `charge.refund.updated` (the older name of the same news).
+    Refund(Refund),
     /// `account.application.deauthorized`: the clinic disconnected callpay from its account.
     AccountApplicationDeauthorized,
     /// Any other type.
@@ -98,6 +101,9 @@ pub fn parse(payload: &str) -> Result<Event, DeliveryError> {
         "payment_intent.canceled" => EventObject::PaymentIntentCanceled(intent(raw)?),
         "charge.succeeded" => EventObject::ChargeSucceeded(charge(raw)?),
         "charge.refunded" => EventObject::ChargeRefunded(charge(raw)?),
+        "refund.created" | "refund.updated" | "refund.failed" | "charge.refund.updated" => {
+            EventObject::Refund(Refund::from_value(raw).ok_or_else(|| bad_object("Refund"))?)
+        }
         "account.application.deauthorized" => EventObject::AccountApplicationDeauthorized,
         _ => EventObject::Other,
     };

@@ -11,6 +11,7 @@ mod commands;
 pub mod event;
 mod parse;
 pub mod refunds;
+pub mod refusals;
 pub mod state;
 pub mod stripe;
 pub mod validate;
@@ -78,12 +79,13 @@ pub struct Payments {
     hub: Arc<Hub>,
     cfg: PaymentsConfig,
     verify_gate: verify::Gate,
+    refusal_gate: refusals::Gate,
 }
 
 impl Payments {
     /// The service over its dependencies.
     pub fn new(store: Arc<dyn Store>, stripe: Arc<dyn StripeApi>, hub: Arc<Hub>, cfg: PaymentsConfig) -> Self {
-        Self { store, stripe, hub, cfg, verify_gate: verify::Gate::default() }
+        Self { store, stripe, hub, cfg, verify_gate: verify::Gate::default(), refusal_gate: refusals::Gate::default() }
     }
 
     /// Every payment of a call, for `welcome`.

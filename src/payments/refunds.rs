@@ -1,1 +1,390 @@
-//! Refunds from callpay: full or partial, through Stripe on the connected account.
+//! Refunds from callpay: full or partial, through Stripe on the clinic's connected account (every
+//! payment is a direct charge there). A refund is stored first, `pending`, and only if it fits
+//! in what remains by our record; its Stripe Idempotency-Key is derived from its id, so a retry
+//! or a double click can never refund twice. Stripe then checks against its own record, and a
+//! refusal for the amount brings our record up to Stripe's. The payment's new total goes
+//! through the state machine and is announced to the call like every other change.
+
+use super::stripe::{GatewayError, NewRefund};
+use super::{Payments, state, validate};
+use crate::ids::random_id;
+use crate::store::{Actor, AuditEntry, Payment, Refund, STRIPE, StoreError, Write, now_ms};
+use callpay_protocol::PaymentStatus;
+use state::Change;
+use std::collections::HashMap;
+
+/// The reasons Stripe accepts for a refund.
+pub const REASONS: &[&str] = &["requested_by_customer", "duplicate", "fraudulent"];
+/// Longest note kept with a refund, in characters.
+pub const MAX_NOTE: usize = 200;
+/// Longest request key a client may send (one refund form's key).
+pub const MAX_REQUEST_KEY: usize = 64;
+/// Stripe's error codes that mean "more than remains on the charge".
+const STRIPE_TOO_MUCH: &[&str] = &["amount_too_large", "charge_already_refunded"];
+
+/// What is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RefundAsk {
+    /// Minor units; `None`: all that remains.
+    pub amount: Option<i64>,
+    /// One of [`REASONS`].
+    pub reason: String,
+    /// The refunder's words, kept by callpay only.
+    pub note: Option<String>,
+    /// The refund form's key: a second request with it answers with the same refund.
+    pub request_key: Option<String>,
+}
+
+/// Why a refund was not made. Each has a stable code for the API.
+#[derive(Debug, thiserror::Error)]
+pub enum RefundError {
+    /// Not a positive whole number of minor units.
+    #[error("the amount must be a positive whole number of cents")]
+    InvalidAmount,
+    /// Not one of Stripe's reasons.
+    #[error("unknown reason")]
+    InvalidReason,
+    /// A note or request key that is too long or has control characters.
+    #[error("the note or request key is too long or malformed")]
+    InvalidField,
+    /// The payment was never paid (or was cancelled).
+    #[error("payment not paid")]
+    NotRefundable(PaymentStatus),
+    /// More than remains, by our record or by Stripe's.
+    #[error("more than remains")]
+    ExceedsRemaining {
+        /// What remains, minor units.
+        remaining: i64,
+        /// Its currency.
+        currency: String,
+    },
+    /// Stripe refused for another reason (its code).
+    #[error("stripe refused the refund: {0}")]
+    StripeRefused(String),
+    /// Stripe could not be reached; the refund is kept pending and the same request retries it.
+    #[error("stripe unavailable")]
+    StripeUnavailable,
+    /// callpay no longer has access to the clinic's Stripe account.
+    #[error("no access to the connected account")]
+    NoAccess,
+    /// The store failed; nothing was sent to Stripe unless the refund is pending.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RefundError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidAmount => "invalid_amount",
+            Self::InvalidReason => "invalid_reason",
+            Self::InvalidField => "invalid_field",
+            Self::NotRefundable(_) => "not_refundable",
+            Self::ExceedsRemaining { .. } => "exceeds_remaining",
+            Self::StripeRefused(_) => "stripe_refused",
+            Self::StripeUnavailable => "stripe_unavailable",
+            Self::NoAccess => "stripe_not_connected",
+            Self::Store(_) => "unavailable",
+        }
+    }
+
+    /// What to tell people, in our words (Stripe's own message is logged, never shown).
+    pub fn message(&self) -> String {
+        match self {
+            Self::InvalidAmount => "The amount must be a positive number of cents.".into(),
+            Self::InvalidReason => format!("The reason must be one of {}.", REASONS.join(", ")),
+            Self::InvalidField => format!(
+                "The note is at most {MAX_NOTE} characters and the request key at most {MAX_REQUEST_KEY}, with no control characters."
+            ),
+            Self::NotRefundable(s) => {
+                format!("Only a paid payment can be refunded; this one is {}.", crate::store::status_str(*s))
+            }
+            Self::ExceedsRemaining { remaining, currency } => {
+                format!("Only {} remains to refund on this payment.", validate::display_amount(*remaining, currency))
+            }
+            Self::StripeRefused(code) => {
+                format!("Stripe did not accept this refund (Stripe code {code}); nothing was refunded.")
+            }
+            Self::StripeUnavailable => {
+                "Stripe could not be reached. The refund is kept; sending the same request again finishes it.".into()
+            }
+            Self::NoAccess => "The clinic's Stripe account is no longer connected to callpay.".into(),
+            Self::Store(_) => "The store is unavailable; nothing was refunded. Retry shortly.".into(),
+        }
+    }
+}
+
+/// A refund made (or found again) and the payment as it is now.
+#[derive(Debug, Clone)]
+pub struct Refunded {
+    /// The refund.
+    pub refund: Refund,
+    /// The payment.
+    pub payment: Payment,
+}
+
+fn field_ok(s: &str, max: usize) -> bool {
+    s.chars().count() <= max && !s.chars().any(char::is_control)
+}
+
+impl Payments {
+    /// Whether the clinician who requested `payment` may still refund it themselves
+    /// (`payments.clinician_refund_window_hours` after it was paid). An unpaid payment is
+    /// inside the window: refunding it is refused for what it is, not for the time.
+    pub fn clinician_window_open(&self, payment: &Payment) -> bool {
+        let window_ms = self.cfg.clinician_refund_window_hours.saturating_mul(3_600_000);
+        if window_ms == 0 {
+            return false;
+        }
+        payment.paid_at.is_none_or(|paid| now_ms().saturating_sub(paid) <= window_ms as i64)
+    }
+
+    /// Refunds `payment` (already authorised for `by`): checked against our record, stored,
+    /// sent to Stripe on the connected account, and the payment's new total announced.
+    pub async fn refund(&self, payment: &Payment, by: Actor<'_>, ask: RefundAsk) -> Result<Refunded, RefundError> {
+        if !REASONS.contains(&ask.reason.as_str()) {
+            return Err(RefundError::InvalidReason);
+        }
+        if ask.amount.is_some_and(|a| a <= 0) {
+            return Err(RefundError::InvalidAmount);
+        }
+        let note = ask.note.as_deref().map(str::trim).filter(|n| !n.is_empty());
+        let key = ask.request_key.as_deref().map(str::trim).filter(|k| !k.is_empty());
+        if !note.is_none_or(|n| field_ok(n, MAX_NOTE)) || !key.is_none_or(|k| field_ok(k, MAX_REQUEST_KEY)) {
+            return Err(RefundError::InvalidField);
+        }
+        if let Some(k) = key
+            && let Some(existing) = self.store.refund_by_key(&payment.id, k).await?
+        {
+            return self.again(payment, existing).await;
+        }
+        let remaining = self.remaining(payment).await?;
+        let amount = ask.amount.unwrap_or(remaining);
+        if amount > remaining || remaining <= 0 {
+            return Err(RefundError::ExceedsRemaining {
+                remaining: remaining.max(0),
+                currency: payment.currency.clone(),
+            });
+        }
+        let now = now_ms();
+        let refund = Refund {
+            id: format!("ref_{}", random_id()),
+            payment_id: payment.id.clone(),
+            clinic_id: payment.clinic_id.clone(),
+            amount,
+            currency: payment.currency.clone(),
+            reason: ask.reason.clone(),
+            note: note.map(str::to_owned),
+            status: "pending".into(),
+            stripe_refund_id: None,
+            failure_reason: None,
+            source: "callpay".into(),
+            request_key: key.map(str::to_owned),
+            requested_by_id: by.id.to_owned(),
+            requested_by_name: by.name.to_owned(),
+            requested_by_role: by.role.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        let asked = AuditEntry {
+            clinic_id: Some(payment.clinic_id.clone()),
+            target: Some(payment.id.clone()),
+            ..AuditEntry::new(by, "refund.requested", "ok")
+        }
+        .with_detail(format!(
+            "{} {} {}",
+            validate::display_amount(amount, &payment.currency),
+            ask.reason,
+            refund.id
+        ));
+        let writes =
+            [Write::NewRefund { refund: Box::new(refund.clone()), limit: received(payment) }, Write::Audit(asked)];
+        if self.store.commit(&writes).await? != crate::store::Committed::Applied {
+            // The same form's key landed first (a double click), or another refund took what
+            // remained meanwhile.
+            if let Some(k) = key
+                && let Some(existing) = self.store.refund_by_key(&payment.id, k).await?
+            {
+                return self.again(payment, existing).await;
+            }
+            let remaining = self.remaining(payment).await?;
+            return Err(RefundError::ExceedsRemaining {
+                remaining: remaining.max(0),
+                currency: payment.currency.clone(),
+            });
+        }
+        self.send(payment, refund).await
+    }
+
+    /// What remains to refund by our record: received, less the larger of the payment's
+    /// refunded total and our pending and succeeded refunds.
+    async fn remaining(&self, payment: &Payment) -> Result<i64, RefundError> {
+        match payment.status {
+            PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded => {}
+            other => return Err(RefundError::NotRefundable(other)),
+        }
+        let active: i64 = self
+            .store
+            .refunds_for_payment(&payment.id)
+            .await?
+            .iter()
+            .filter(|r| r.status == "pending" || r.status == "succeeded")
+            .map(|r| r.amount)
+            .sum();
+        Ok(received(payment) - payment.amount_refunded.max(active))
+    }
+
+    /// A refund asked for again with its form's key: one never answered by Stripe is sent again
+    /// under the same Idempotency-Key (Stripe makes it once); any other is answered as it is.
+    async fn again(&self, payment: &Payment, existing: Refund) -> Result<Refunded, RefundError> {
+        if existing.status == "pending" && existing.stripe_refund_id.is_none() {
+            return self.send(payment, existing).await;
+        }
+        let payment = self.store.payment(&payment.id).await?.unwrap_or_else(|| payment.clone());
+        Ok(Refunded { refund: existing, payment })
+    }
+
+    /// Asks Stripe for a stored refund and records its answer.
+    async fn send(&self, payment: &Payment, refund: Refund) -> Result<Refunded, RefundError> {
+        let Some(pi) = payment.payment_intent_id.clone() else {
+            return Err(RefundError::NotRefundable(payment.status));
+        };
+        let mut metadata = HashMap::new();
+        metadata.insert("callpay_payment_id".to_owned(), payment.id.clone());
+        metadata.insert("callpay_refund_id".to_owned(), refund.id.clone());
+        let ask = NewRefund {
+            account: payment.stripe_account.clone(),
+            payment_intent: pi,
+            amount: refund.amount,
+            reason: refund.reason.clone(),
+            metadata,
+            idempotency_key: format!("callpay:{}:create", refund.id),
+        };
+        let audit = |action: &str, outcome: &str, detail: String| {
+            AuditEntry {
+                clinic_id: Some(payment.clinic_id.clone()),
+                target: Some(payment.id.clone()),
+                ..AuditEntry::new(STRIPE, action, outcome)
+            }
+            .with_detail(detail)
+        };
+        let shown = validate::display_amount(refund.amount, &refund.currency);
+        match self.stripe.create_refund(&ask).await {
+            Ok(info) => {
+                let seen = Refund {
+                    status: info.status.clone(),
+                    stripe_refund_id: Some(info.id.clone()),
+                    failure_reason: info.failure_reason.clone(),
+                    updated_at: now_ms(),
+                    ..refund.clone()
+                };
+                let entry = audit("refund.created", "ok", format!("{shown} {} {}", refund.id, info.id));
+                self.store.commit(&[Write::RefundSeen(Box::new(seen)), Write::Audit(entry)]).await?;
+                // Stripe's total now (it may hold refunds made in its dashboard we have not
+                // heard of yet); if it cannot be read, at least this refund counts.
+                let fallback = Change::Refunded { amount_refunded: payment.amount_refunded + refund.amount };
+                let payment = self.sync_total(payment, fallback, &format!("after refund {}", refund.id)).await;
+                let refund = self.reread(&refund).await;
+                Ok(Refunded { refund, payment })
+            }
+            Err(GatewayError::Unavailable(why)) => {
+                tracing::warn!(%why, refund_id = %refund.id, "stripe unavailable for a refund; kept pending");
+                Err(RefundError::StripeUnavailable)
+            }
+            Err(e) => {
+                let code = match &e {
+                    GatewayError::Rejected { status, code, message } => {
+                        tracing::warn!(status, ?code, %message, refund_id = %refund.id, "stripe refused a refund");
+                        code.clone().unwrap_or_else(|| "unknown".into())
+                    }
+                    other => {
+                        tracing::warn!(error = %other, refund_id = %refund.id, "no access for a refund");
+                        "account_access".into()
+                    }
+                };
+                let refused = Refund {
+                    status: "refused".into(),
+                    failure_reason: Some(code.clone()),
+                    updated_at: now_ms(),
+                    ..refund.clone()
+                };
+                let entry = audit("refund.refused", "refused", format!("{shown} {} Stripe code {code}", refund.id));
+                self.store.commit(&[Write::RefundSeen(Box::new(refused)), Write::Audit(entry)]).await?;
+                if let GatewayError::AccountAccess(_) = e {
+                    return Err(RefundError::NoAccess);
+                }
+                if STRIPE_TOO_MUCH.contains(&code.as_str()) {
+                    // Stripe knows of refunds we do not (made in its dashboard, webhooks not
+                    // yet here): take its total, and say what remains by it.
+                    let payment =
+                        self.sync_total(payment, Change::Refunded { amount_refunded: 0 }, "after a refusal").await;
+                    let remaining = received(&payment) - payment.amount_refunded;
+                    return Err(RefundError::ExceedsRemaining {
+                        remaining: remaining.max(0),
+                        currency: payment.currency.clone(),
+                    });
+                }
+                Err(RefundError::StripeRefused(code))
+            }
+        }
+    }
+
+    /// Reads the payment's refunded total from Stripe and applies it (or `fallback` when Stripe
+    /// cannot be read); returns the payment as stored afterwards.
+    async fn sync_total(&self, payment: &Payment, fallback: Change, why: &str) -> Payment {
+        let pi = payment.payment_intent_id.as_deref().unwrap_or_default();
+        let change = match self.stripe.intent(&payment.stripe_account, pi).await {
+            Ok(info) => Change::RefundTotal { amount_refunded: info.amount_refunded },
+            Err(e) => {
+                tracing::warn!(error = %e, payment_id = %payment.id, "could not read the refunded total from Stripe");
+                fallback
+            }
+        };
+        if let Ok(Some(current)) = self.store.payment(&payment.id).await
+            && let Some(next) = state::apply(&current, &change, 0)
+        {
+            let action = format!("payment.{}", crate::store::status_str(next.payment.status));
+            let entry = AuditEntry {
+                clinic_id: Some(current.clinic_id.clone()),
+                target: Some(current.id.clone()),
+                ..AuditEntry::new(STRIPE, &action, "ok")
+            }
+            .with_detail(format!("read from Stripe {why}"));
+            match self.transition(&current.id, &change, entry).await {
+                Ok(Some(t)) => self.announce(t),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, payment_id = %current.id, "could not store the refunded total"),
+            }
+        }
+        self.store.payment(&payment.id).await.ok().flatten().unwrap_or_else(|| payment.clone())
+    }
+
+    async fn reread(&self, refund: &Refund) -> Refund {
+        match self.store.refunds_for_payment(&refund.payment_id).await {
+            Ok(all) => all.into_iter().find(|r| r.id == refund.id).unwrap_or_else(|| refund.clone()),
+            Err(_) => refund.clone(),
+        }
+    }
+}
+
+/// What the patient paid.
+fn received(payment: &Payment) -> i64 {
+    payment.amount_received.unwrap_or(payment.amount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_stable_and_messages_say_what_remains() {
+        let e = RefundError::ExceedsRemaining { remaining: 1000, currency: "aud".into() };
+        assert_eq!((e.code(), e.message().contains("10.00 AUD")), ("exceeds_remaining", true));
+        assert_eq!(RefundError::NotRefundable(PaymentStatus::Requested).code(), "not_refundable");
+        assert!(
+            field_ok("Short visit", MAX_NOTE)
+                && !field_ok("a\u{7}b", MAX_NOTE)
+                && !field_ok(&"x".repeat(201), MAX_NOTE)
+        );
+    }
+}

@@ -52,9 +52,16 @@ pub enum Change {
         /// Last four.
         last4: String,
     },
-    /// Total refunded on the charge so far.
+    /// Total refunded on the charge so far, as an event reported it: only ever grows (events
+    /// arrive in any order).
     Refunded {
         /// Cumulative amount refunded.
+        amount_refunded: i64,
+    },
+    /// Total refunded on the charge now, read from Stripe: the truth, which can also shrink (a
+    /// refund failed and its amount counts as paid again).
+    RefundTotal {
+        /// Amount refunded now (pending and succeeded refunds).
         amount_refunded: i64,
     },
 }
@@ -154,6 +161,18 @@ pub fn apply(current: &Payment, change: &Change, event_at: i64) -> Option<Transi
             let received = current.amount_received.unwrap_or(current.amount);
             next.status = if *amount_refunded >= received { S::Refunded } else { S::PartiallyRefunded };
         }
+        Change::RefundTotal { amount_refunded } => {
+            if !paid || *amount_refunded == current.amount_refunded || *amount_refunded < 0 {
+                return None;
+            }
+            next.amount_refunded = *amount_refunded;
+            let received = current.amount_received.unwrap_or(current.amount);
+            next.status = match *amount_refunded {
+                0 => S::Succeeded,
+                n if n >= received => S::Refunded,
+                _ => S::PartiallyRefunded,
+            };
+        }
     }
     let mut visible = true;
     if next == *current {
@@ -169,7 +188,9 @@ pub fn apply(current: &Payment, change: &Change, event_at: i64) -> Option<Transi
     next.version = current.version + 1;
     next.last_event_at = current.last_event_at.max(event_at);
     next.updated_at = now_ms();
-    let newly_succeeded = next.status == S::Succeeded && current.status != S::Succeeded;
+    // A payment whole again after a failed refund was paid before: it is not newly paid.
+    let newly_succeeded =
+        next.status == S::Succeeded && !matches!(current.status, S::Succeeded | S::PartiallyRefunded | S::Refunded);
     Some(Transition { payment: next, newly_succeeded, visible })
 }
 
@@ -303,6 +324,21 @@ mod tests {
         let full = apply(&part, &Change::Refunded { amount_refunded: 5000 }, 104).unwrap().payment;
         assert_eq!(full.status, PaymentStatus::Refunded);
         assert_eq!(apply(&full, &failed(), 105), None);
+    }
+
+    #[test]
+    fn a_refund_total_read_from_stripe_can_shrink_when_a_refund_fails() {
+        let paid = apply(&payment(PaymentStatus::Requested), &succeeded(), 101).unwrap().payment;
+        let part = apply(&paid, &Change::RefundTotal { amount_refunded: 2000 }, 0).unwrap();
+        assert_eq!((part.payment.status, part.payment.amount_refunded), (PaymentStatus::PartiallyRefunded, 2000));
+        assert!(!part.newly_succeeded, "a payment whole again is not paid again");
+        let back = apply(&part.payment, &Change::RefundTotal { amount_refunded: 0 }, 0).unwrap();
+        assert_eq!((back.payment.status, back.payment.amount_refunded), (PaymentStatus::Succeeded, 0));
+        assert!(!back.newly_succeeded);
+        let full = apply(&back.payment, &Change::RefundTotal { amount_refunded: 5000 }, 0).unwrap().payment;
+        assert_eq!(full.status, PaymentStatus::Refunded);
+        assert_eq!(apply(&full, &Change::RefundTotal { amount_refunded: 5000 }, 0), None, "the same total: nothing");
+        assert_eq!(apply(&payment(PaymentStatus::Requested), &Change::RefundTotal { amount_refunded: 1 }, 0), None);
     }
 
     /// Every pair of same-second status events, delivered in either order, ends on the status

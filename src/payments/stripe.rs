@@ -13,6 +13,7 @@ use stripe::{RequestStrategy, StripeRequest};
 use stripe_core::payment_intent::{
     CancelPaymentIntent, CreatePaymentIntent, CreatePaymentIntentAutomaticPaymentMethods, RetrievePaymentIntent,
 };
+use stripe_core::refund::{CreateRefund, CreateRefundReason};
 
 /// First wait between attempts; doubles each time.
 const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -76,6 +77,39 @@ pub struct IntentInfo {
     pub receipt_email: Option<String>,
     /// Brand and last four of the latest charge's card.
     pub card: Option<(String, String)>,
+    /// What the latest charge has refunded so far (pending and succeeded refunds; a failed
+    /// refund no longer counts).
+    pub amount_refunded: i64,
+}
+
+/// A refund of a PaymentIntent's charge, made on the connected account.
+#[derive(Debug, Clone)]
+pub struct NewRefund {
+    /// Connected account (`Stripe-Account`).
+    pub account: String,
+    /// The PaymentIntent refunded.
+    pub payment_intent: String,
+    /// Minor units.
+    pub amount: i64,
+    /// `requested_by_customer`, `duplicate` or `fraudulent`.
+    pub reason: String,
+    /// callpay ids only.
+    pub metadata: HashMap<String, String>,
+    /// Derived from callpay's refund id.
+    pub idempotency_key: String,
+}
+
+/// What callpay needs to know about a refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundInfo {
+    /// `re_…`.
+    pub id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Stripe's status: `pending`, `requires_action`, `succeeded`, `failed`, `canceled`.
+    pub status: String,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
 }
 
 /// Stripe operations callpay performs.
@@ -89,6 +123,8 @@ pub trait StripeApi: Send + Sync + 'static {
     async fn intent(&self, account: &str, id: &str) -> Result<IntentInfo, GatewayError>;
     /// The connected account's business name, for admin pages (`None` if unknown/unreachable).
     async fn account_name(&self, account: &str) -> Option<String>;
+    /// Refunds part or all of a PaymentIntent's charge.
+    async fn create_refund(&self, refund: &NewRefund) -> Result<RefundInfo, GatewayError>;
 }
 
 /// The real Stripe client.
@@ -162,14 +198,15 @@ fn key(k: &str) -> Result<RequestStrategy, GatewayError> {
 }
 
 fn info(pi: stripe_shared::PaymentIntent) -> IntentInfo {
-    let card = match &pi.latest_charge {
-        Some(stripe_types::Expandable::Object(charge)) => charge
-            .payment_method_details
-            .as_ref()
-            .and_then(|d| d.card.as_ref())
-            .and_then(|c| Some((c.brand.clone()?, c.last4.clone()?))),
+    let charge = match &pi.latest_charge {
+        Some(stripe_types::Expandable::Object(charge)) => Some(charge),
         _ => None,
     };
+    let card = charge
+        .and_then(|c| c.payment_method_details.as_ref())
+        .and_then(|d| d.card.as_ref())
+        .and_then(|c| Some((c.brand.clone()?, c.last4.clone()?)));
+    let amount_refunded = charge.map_or(0, |c| c.amount_refunded);
     IntentInfo {
         id: pi.id.as_str().to_owned(),
         client_secret: pi.client_secret,
@@ -186,6 +223,17 @@ fn info(pi: stripe_shared::PaymentIntent) -> IntentInfo {
         }),
         receipt_email: pi.receipt_email,
         card,
+        amount_refunded,
+    }
+}
+
+/// A refund's id, amount, status and failure, as Stripe answered or sent it.
+pub fn refund_info(r: &stripe_shared::Refund) -> RefundInfo {
+    RefundInfo {
+        id: r.id.as_str().to_owned(),
+        amount: r.amount,
+        status: r.status.clone().unwrap_or_else(|| "pending".into()),
+        failure_reason: r.failure_reason.clone(),
     }
 }
 
@@ -237,6 +285,26 @@ impl StripeApi for StripeGateway {
         let profile = acct.business_profile.and_then(|p| p.name);
         let dashboard = acct.settings.and_then(|s| s.dashboard.display_name);
         profile.or(dashboard)
+    }
+
+    async fn create_refund(&self, r: &NewRefund) -> Result<RefundInfo, GatewayError> {
+        let account = account_id(&r.account)?;
+        let strategy = key(&r.idempotency_key)?;
+        let reason = CreateRefundReason::from_str(&r.reason).map_err(|_| GatewayError::Rejected {
+            status: 0,
+            code: None,
+            message: format!("unknown refund reason {}", r.reason),
+        })?;
+        let request = CreateRefund::new()
+            .payment_intent(r.payment_intent.clone())
+            .amount(r.amount)
+            .reason(reason)
+            .metadata(r.metadata.clone());
+        self.with_retries("create refund", || {
+            request.customize().account_id(account.clone()).request_strategy(strategy.clone()).send(&self.client)
+        })
+        .await
+        .map(|refund| refund_info(&refund))
     }
 }
 
@@ -294,6 +362,13 @@ impl StripeApi for Timed {
         let outcome = if r.is_some() { "ok" } else { "unavailable" };
         let labels = vec![("operation", "retrieve_account"), ("outcome", outcome)];
         self.metrics.stripe_seconds.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn create_refund(&self, refund: &NewRefund) -> Result<RefundInfo, GatewayError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.create_refund(refund).await;
+        self.record("create_refund", start, &r);
         r
     }
 }

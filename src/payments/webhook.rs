@@ -3,10 +3,10 @@
 //! state machine, stored with its audit record in one transaction and announced.
 
 use super::event::Event;
-use super::parse::parse_event;
+use super::parse::{Parsed, parse_event};
 use super::stripe::GatewayError;
 use super::{Payments, UPDATE_ATTEMPTS, state, validate};
-use crate::store::{AuditEntry, Committed, Payment, STRIPE, StoreError, WebhookRecord, Write};
+use crate::store::{AuditEntry, Committed, Payment, Refund, STRIPE, StoreError, WebhookRecord, Write};
 use callpay_protocol::PaymentStatus;
 use state::Change;
 
@@ -95,7 +95,7 @@ impl Payments {
         }
         let account = event.account.clone();
         let created = event.created;
-        let parsed = parse_event(event, account.as_deref(), self.stripe.as_ref()).await;
+        let parsed = parse_event(event, account.as_deref(), self.stripe.as_ref()).await?;
         let record = |payment_id: Option<&str>, outcome: &str| WebhookRecord {
             event_id: event_id.to_owned(),
             event_type: event.kind.as_str().to_owned(),
@@ -103,7 +103,7 @@ impl Payments {
             payment_id: payment_id.map(str::to_owned),
             outcome: outcome.to_owned(),
         };
-        let Some((intent_id, metadata_id, change)) = parsed else {
+        let Some(Parsed { intent_id, metadata_id, change, refund }) = parsed else {
             self.record_only(record(None, "ignored")).await?;
             return Ok(EventOutcome::Ignored);
         };
@@ -156,19 +156,40 @@ impl Payments {
                     _ => EventOutcome::Refused,
                 });
             }
+            // A refund event's refund is recorded whether or not the total changed (the first of
+            // refund.updated, refund.failed and charge.refund.updated changes it).
+            let seen = refund.clone().map(|r| {
+                Write::RefundSeen(Box::new(Refund {
+                    payment_id: current.id.clone(),
+                    clinic_id: current.clinic_id.clone(),
+                    ..r
+                }))
+            });
             let Some(t) = state::apply(&current, &change, created) else {
-                return Ok(self
-                    .record_only(record(Some(&current.id), "no_change"))
-                    .await?
-                    .unwrap_or(EventOutcome::NoChange));
+                let mut writes = vec![Write::Webhook(record(Some(&current.id), "no_change"))];
+                writes.extend(seen);
+                return Ok(match self.store.commit(&writes).await? {
+                    Committed::Duplicate => EventOutcome::Duplicate,
+                    _ => EventOutcome::NoChange,
+                });
             };
             let action = format!("payment.{}", crate::store::status_str(t.payment.status));
             let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
-            let writes = [
+            let mut writes = vec![
                 Write::Webhook(record(Some(&current.id), "applied")),
                 Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
                 Write::Audit(audit),
             ];
+            if let Some(r) = refund.as_ref().filter(|r| r.status == "failed") {
+                let detail = format!(
+                    "event {event_id}: {} {}",
+                    validate::display_amount(r.amount, &r.currency),
+                    r.failure_reason.as_deref().unwrap_or("failed")
+                );
+                let entry = AuditEntry { outcome: "failed".into(), ..stripe_audit(&current, "refund.failed") };
+                writes.push(Write::Audit(entry.with_detail(detail)));
+            }
+            writes.extend(seen);
             match self.store.commit(&writes).await? {
                 Committed::Applied => {
                     // Committed, not yet announced: where a crash leaves other nodes' rooms

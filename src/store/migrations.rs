@@ -130,4 +130,32 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "a payment's history is read from the audit log by target",
         &["CREATE INDEX IF NOT EXISTS audit_target ON audit_log (target, at)"],
     ),
+    (
+        6,
+        "refunds: stored before Stripe is asked, matched to Stripe's refund by id",
+        &[
+            "CREATE TABLE IF NOT EXISTS refunds (
+            id TEXT PRIMARY KEY,
+            payment_id TEXT NOT NULL,
+            clinic_id TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            currency TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            note TEXT,
+            status TEXT NOT NULL,
+            stripe_refund_id TEXT,
+            failure_reason TEXT,
+            source TEXT NOT NULL,
+            request_key TEXT,
+            requested_by_id TEXT NOT NULL,
+            requested_by_name TEXT NOT NULL,
+            requested_by_role TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            UNIQUE (payment_id, request_key)
+        )",
+            "CREATE UNIQUE INDEX IF NOT EXISTS refunds_stripe ON refunds (stripe_refund_id)",
+            "CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, created_at)",
+        ],
+    ),
 ];

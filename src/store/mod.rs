@@ -208,6 +208,61 @@ pub enum Write {
     /// Records a decision on an enablement request; the whole batch is a
     /// [`Committed::Conflict`] if it was already decided.
     Decision(Enablement),
+    /// Stores a refund before Stripe is asked for it, only if the refunds of its payment that
+    /// are pending or succeeded, with this one, come to at most `limit` (what was received),
+    /// and its `(payment_id, request_key)` is new; otherwise the whole batch is a
+    /// [`Committed::Conflict`]. The payment's row is locked first, so two refunds of one
+    /// payment are checked one after the other on every database.
+    NewRefund {
+        /// The refund, `pending`.
+        refund: Box<Refund>,
+        /// The most its payment's refunds may come to.
+        limit: i64,
+    },
+    /// What Stripe said of a refund: found by callpay's id if given, else by Stripe's; a
+    /// refund callpay did not make (the Stripe dashboard) is inserted as given. A `failed`,
+    /// `canceled` or `refused` refund keeps that status whatever arrives later.
+    RefundSeen(Box<Refund>),
+}
+
+/// A refund of a payment, callpay's or one made in the Stripe dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refund {
+    /// `ref_…` (callpay's id; also for refunds first seen in a webhook).
+    pub id: String,
+    /// The payment refunded.
+    pub payment_id: String,
+    /// Its clinic.
+    pub clinic_id: String,
+    /// Minor units.
+    pub amount: i64,
+    /// Lowercase currency.
+    pub currency: String,
+    /// Stripe's reason: `requested_by_customer`, `duplicate`, `fraudulent` (empty if none).
+    pub reason: String,
+    /// The refunder's own words, kept by callpay only (never sent to Stripe).
+    pub note: Option<String>,
+    /// `pending` (stored, Stripe not answered yet), `succeeded`, `failed`, `canceled`,
+    /// `refused` (Stripe declined to make it).
+    pub status: String,
+    /// Stripe's `re_…` once known.
+    pub stripe_refund_id: Option<String>,
+    /// Stripe's failure reason, or its error code for a refusal.
+    pub failure_reason: Option<String>,
+    /// `callpay` or `stripe` (made in the dashboard).
+    pub source: String,
+    /// The client's key for one refund form (a double click sends it twice).
+    pub request_key: Option<String>,
+    /// Who asked (admin or participant id; `stripe` for the dashboard).
+    pub requested_by_id: String,
+    /// Their name.
+    pub requested_by_name: String,
+    /// Their role.
+    pub requested_by_role: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
 }
 
 /// A targeted clinic change.
@@ -305,6 +360,10 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         before: Option<(i64, String)>,
     ) -> StoreResult<Vec<Payment>>;
+    /// A payment's refunds, oldest first.
+    async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>>;
+    /// The refund made with `request_key` for a payment, if any.
+    async fn refund_by_key(&self, payment_id: &str, request_key: &str) -> StoreResult<Option<Refund>>;
     /// A clinic's audit records about `target` (an id), oldest first; at most `limit`.
     async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.

@@ -3,7 +3,7 @@
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
+    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter, Refund,
     StateTaken, Store, StoreError, StoreResult, Write, now_ms,
 };
 use async_trait::async_trait;
@@ -508,6 +508,11 @@ impl Store for SqlStore {
                     true
                 }
                 Write::Decision(e) => decide_enablement(&mut tx, e).await?,
+                Write::NewRefund { refund, limit } => insert_refund(&mut tx, refund, *limit).await?,
+                Write::RefundSeen(r) => {
+                    refund_seen(&mut tx, r).await?;
+                    true
+                }
                 Write::Audit(e) => {
                     insert_audit(&mut tx, e).await?;
                     true
@@ -714,6 +719,18 @@ impl Store for SqlStore {
         q.fetch_all(&self.pool).await?.iter().map(payment_from).collect()
     }
 
+    async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>> {
+        let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(payment_id).fetch_all(&self.pool).await?;
+        rows.iter().map(refund_from).collect()
+    }
+
+    async fn refund_by_key(&self, payment_id: &str, request_key: &str) -> StoreResult<Option<Refund>> {
+        let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND request_key = $2");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(payment_id).bind(request_key).fetch_optional(&self.pool).await?;
+        row.as_ref().map(refund_from).transpose()
+    }
+
     async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>> {
         let rows = sqlx::query("SELECT * FROM audit_log WHERE target = $1 AND clinic_id = $2 ORDER BY at, id LIMIT $3")
             .bind(target)
@@ -744,6 +761,111 @@ impl Store for SqlStore {
         .await?;
         rows.iter().map(audit_from).collect()
     }
+}
+
+const REFUND_COLUMNS: &str = "id, payment_id, clinic_id, amount, currency, reason, note, status, stripe_refund_id, \
+    failure_reason, source, request_key, requested_by_id, requested_by_name, requested_by_role, created_at, updated_at";
+
+/// Statuses a refund never leaves.
+const REFUND_FINAL: &str = "('failed', 'canceled', 'refused')";
+
+fn refund_from(r: &AnyRow) -> StoreResult<Refund> {
+    Ok(Refund {
+        id: r.try_get("id")?,
+        payment_id: r.try_get("payment_id")?,
+        clinic_id: r.try_get("clinic_id")?,
+        amount: r.try_get("amount")?,
+        currency: r.try_get("currency")?,
+        reason: r.try_get("reason")?,
+        note: r.try_get("note")?,
+        status: r.try_get("status")?,
+        stripe_refund_id: r.try_get("stripe_refund_id")?,
+        failure_reason: r.try_get("failure_reason")?,
+        source: r.try_get("source")?,
+        request_key: r.try_get("request_key")?,
+        requested_by_id: r.try_get("requested_by_id")?,
+        requested_by_name: r.try_get("requested_by_name")?,
+        requested_by_role: r.try_get("requested_by_role")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+async fn insert_refund_row(tx: &mut Tx, r: &Refund, limit: Option<i64>) -> StoreResult<bool> {
+    // Only when what is pending or refunded, with this one, fits; never a second row for one
+    // form's key (ON CONFLICT DO NOTHING: a double click inserts nothing the second time).
+    let sql = format!(
+        "INSERT INTO refunds ({REFUND_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
+         WHERE $18 < 0 OR (SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE payment_id = $2 AND status IN ('pending', 'succeeded')) + $4 <= $18 \
+         ON CONFLICT DO NOTHING"
+    );
+    let done = sqlx::query(AssertSqlSafe(sql))
+        .bind(&r.id)
+        .bind(&r.payment_id)
+        .bind(&r.clinic_id)
+        .bind(r.amount)
+        .bind(&r.currency)
+        .bind(&r.reason)
+        .bind(&r.note)
+        .bind(&r.status)
+        .bind(&r.stripe_refund_id)
+        .bind(&r.failure_reason)
+        .bind(&r.source)
+        .bind(&r.request_key)
+        .bind(&r.requested_by_id)
+        .bind(&r.requested_by_name)
+        .bind(&r.requested_by_role)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .bind(limit.unwrap_or(-1))
+        .execute(&mut **tx)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn insert_refund(tx: &mut Tx, r: &Refund, limit: i64) -> StoreResult<bool> {
+    // Locks the payment's row (PostgreSQL) or the database (SQLite) for the rest of the
+    // transaction: a concurrent refund of the same payment waits, then sees this one in the sum.
+    sqlx::query("UPDATE payments SET version = version WHERE id = $1").bind(&r.payment_id).execute(&mut **tx).await?;
+    insert_refund_row(tx, r, Some(limit)).await
+}
+
+async fn refund_seen(tx: &mut Tx, r: &Refund) -> StoreResult<()> {
+    let update = |by: &'static str| {
+        format!(
+            "UPDATE refunds SET stripe_refund_id = COALESCE(stripe_refund_id, $1), \
+             status = CASE WHEN status IN {REFUND_FINAL} THEN status ELSE $2 END, \
+             failure_reason = CASE WHEN status IN {REFUND_FINAL} THEN failure_reason ELSE $3 END, updated_at = $4 \
+             WHERE {by} = $5"
+        )
+    };
+    let mut found = false;
+    if r.source == "callpay" {
+        let done = sqlx::query(AssertSqlSafe(update("id")))
+            .bind(&r.stripe_refund_id)
+            .bind(&r.status)
+            .bind(&r.failure_reason)
+            .bind(r.updated_at)
+            .bind(&r.id)
+            .execute(&mut **tx)
+            .await?;
+        found = done.rows_affected() > 0;
+    }
+    if !found && let Some(stripe_id) = &r.stripe_refund_id {
+        let done = sqlx::query(AssertSqlSafe(update("stripe_refund_id")))
+            .bind(stripe_id)
+            .bind(&r.status)
+            .bind(&r.failure_reason)
+            .bind(r.updated_at)
+            .bind(stripe_id)
+            .execute(&mut **tx)
+            .await?;
+        found = done.rows_affected() > 0;
+    }
+    if !found {
+        insert_refund_row(tx, r, None).await?;
+    }
+    Ok(())
 }
 
 fn audit_from(r: &AnyRow) -> StoreResult<AuditEntry> {

@@ -136,6 +136,9 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             // Payments are the clinic's business: never the service desk's. A team member's own
             // clinic payment here is one they requested.
             "list_payments" | "show_payment" => per_clinic(!matches!(who, Operator), 200),
+            // Refunds: the clinic's admins and the clinician who requested it. The seeded
+            // payment is unpaid, so a caller who may refund it hears 409 not_refundable.
+            "refund" => per_clinic(matches!(who, TeamAdmin | TeamMember), 409),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -231,6 +234,12 @@ async fn every_role_against_every_endpoint() {
                     format!("/v1/payments/{}", if own { &own_payment } else { &other_payment }),
                     None,
                 ),
+                (
+                    "refund",
+                    "POST",
+                    format!("/v1/payments/{}/refunds", if own { &own_payment } else { &other_payment }),
+                    Some(json!({"amount": 100, "reason": "duplicate"})),
+                ),
                 ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
             ];
             for (name, method, path, body) in cases {
@@ -254,7 +263,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 14);
+    assert_eq!(checked, 7 * 2 * 15);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -364,6 +373,10 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
             "{path}"
         );
     }
+    assert_eq!(
+        doc["paths"]["/v1/payments/{payment_id}/refunds"]["post"]["x-callpay-roles"],
+        json!(["team_admin (own clinics)", "team_member (own clinics, what they requested)"])
+    );
     // Every documented route exists: without a token it is 401 (or its own answer), never the 404 fallback.
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
@@ -371,7 +384,8 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
                 .replace("{org_id}", DEMO_ORG)
                 .replace("{clinic_id}", DEMO_CLINIC)
                 .replace("{request_id}", "enr_x")
-                .replace("{payment_id}", "pay_x");
+                .replace("{payment_id}", "pay_x")
+                .replace("{call_id}", "call_x");
             let (status, body) = hub.api(None, &method.to_uppercase(), &concrete, Some(json!({}))).await;
             assert_ne!(body["code"], "not_found", "{method} {path} is documented but not routed ({status})");
         }
@@ -1099,4 +1113,54 @@ async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() 
     assert_eq!(run(&sqlite).await.unwrap(), expected, "SQLite");
     assert_eq!(run(&postgres).await.unwrap(), expected, "PostgreSQL");
     postgres.close().await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_is_audited_on_the_payment_it_repeats() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.clinic_admin_token.clone();
+    let mut doc = hub.clinician().await;
+    doc.request("again-1", 5000, "Consult").await;
+    let id = doc.until("payment.requested").await["payment"]["payment_id"].as_str().unwrap().to_owned();
+    doc.request("again-1", 5000, "Consult").await;
+    doc.until_where("payment.updated", |f| f["payment"]["payment_id"] == id.as_str()).await;
+    let log = get_ok(&hub, &admin, &format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=200")).await;
+    let repeat = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["detail"].as_str().is_some_and(|d| d.contains("repeated request")))
+        .cloned()
+        .expect("the repeat is audited");
+    assert_eq!(repeat["target"], id.as_str(), "it names the payment, not the client_ref: {repeat}");
+    // And it is part of that payment's history, after its creation.
+    let record = get_ok(&hub, &admin, &format!("/v1/payments/{id}")).await;
+    let times: Vec<i64> = record["history"].as_array().unwrap().iter().map(|s| s["at"].as_i64().unwrap()).collect();
+    assert!(times.len() >= 2 && times[0] >= record["created_at"].as_i64().unwrap(), "{record}");
+}
+
+#[tokio::test]
+async fn refused_frames_are_audited_once_a_minute_per_participant_action_and_code() {
+    let hub = TestHub::start().await;
+    let admin = hub.info.clinic_admin_token.clone();
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    for i in 0..6 {
+        doc.request(&format!("bad-{i}"), 1, "Too little").await;
+        assert_eq!(doc.error_code().await, "invalid_amount");
+        pat.request(&format!("p-{i}"), 5000, "Not theirs").await;
+        assert_eq!(pat.error_code().await, "forbidden");
+    }
+    // Another code from the same clinician is its own first refusal.
+    doc.send(json!({"type": "payment.request", "client_ref": "cur-1", "amount": 5000, "currency": "xyz", "description": "x"}))
+        .await;
+    assert_eq!(doc.error_code().await, "invalid_currency");
+    let log = get_ok(&hub, &admin, &format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=200")).await;
+    let refused: Vec<&Value> = log["data"].as_array().unwrap().iter().filter(|e| e["outcome"] == "refused").collect();
+    let by = |actor: &str, code: &str| {
+        refused.iter().filter(|e| e["actor_id"] == actor && e["detail"].as_str().unwrap_or("").contains(code)).count()
+    };
+    assert_eq!(by("clinician-ada", "InvalidAmount"), 1, "{refused:?}");
+    assert_eq!(by("patient-sam", "Forbidden"), 1, "{refused:?}");
+    assert_eq!(by("clinician-ada", "InvalidCurrency"), 1, "{refused:?}");
 }

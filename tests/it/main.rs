@@ -16,6 +16,7 @@ mod money;
 mod nodes;
 mod outage;
 mod recovery;
+mod refunds;
 mod sockets;
 mod verify;
 mod webhooks;

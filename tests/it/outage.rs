@@ -73,6 +73,8 @@ pass! {
         audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
         payments_for_clinic(c: &str, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
         audit_for_target(c: &str, t: &str, l: i64) -> Vec<AuditEntry>;
+        refunds_for_payment(p: &str) -> Vec<Refund>;
+        refund_by_key(p: &str, k: &str) -> Option<Refund>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod enablement;
 pub mod orgs;
 pub mod payments;
+pub mod refunds;
 pub mod stripe;
 
 use super::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};

@@ -7,7 +7,7 @@ use crate::admin::Admin;
 use crate::admin::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
 use crate::app::AppState;
 use crate::http::{ApiError, Json, Path, Query};
-use crate::store::{AuditEntry, Clinic, Payment, PaymentFilter, status_str};
+use crate::store::{AuditEntry, Clinic, Payment, PaymentFilter, Refund, status_str};
 use axum::extract::State;
 use callpay_protocol::PaymentStatus;
 use serde::Deserialize;
@@ -73,7 +73,7 @@ pub fn dashboard_url(dashboard: &str, p: &Payment, livemode: bool) -> Option<Str
 
 /// A payment as the admin API shows it: everything but the client secret, which is for the
 /// call's patient only.
-fn record(app: &AppState, p: &Payment, clinic: &Clinic) -> Value {
+pub(super) fn record(app: &AppState, p: &Payment, clinic: &Clinic) -> Value {
     json!({
         "id": p.id,
         "clinic_id": p.clinic_id,
@@ -139,7 +139,29 @@ fn history_entry(e: &AuditEntry) -> Value {
 /// name any id in a refused command (or as a `client_ref`), so only changes that went through
 /// and Stripe's refusals (an amount or PaymentIntent that did not match) count.
 fn in_history(e: &AuditEntry) -> bool {
-    e.action.starts_with("payment.") && (e.outcome == "ok" || e.actor_role == "stripe")
+    (e.action.starts_with("payment.") || e.action.starts_with("refund."))
+        && (e.outcome == "ok" || e.actor_role == "stripe")
+}
+
+/// A refund as the admin API shows it.
+pub(super) fn refund_view(r: &Refund) -> Value {
+    json!({
+        "id": r.id,
+        "payment_id": r.payment_id,
+        "amount": r.amount,
+        "currency": r.currency,
+        "reason": r.reason,
+        "note": r.note,
+        "status": r.status,
+        "stripe_refund_id": r.stripe_refund_id,
+        "failure_reason": r.failure_reason,
+        "source": r.source,
+        "requested_by_id": r.requested_by_id,
+        "requested_by_name": r.requested_by_name,
+        "requested_by_role": r.requested_by_role,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
 }
 
 /// `GET /v1/clinics/{clinic_id}/payments`: newest first, filtered, paged by a `{created_at}:{id}`
@@ -201,17 +223,41 @@ pub async fn show(
     let (payment, clinic) = visible(&app, &who, &payment_id).await?.ok_or_else(|| not_found("payment"))?;
     let rows = app.store.audit_for_target(&payment.clinic_id, &payment.id, MAX_HISTORY).await.map_err(store_err)?;
     let history: Vec<Value> = rows.iter().filter(|e| in_history(e)).map(history_entry).collect();
+    let refunds = app.store.refunds_for_payment(&payment.id).await.map_err(store_err)?;
     let mut body = record(&app, &payment, &clinic);
     body["failure_message"] = json!(payment.failure_message);
     body["history"] = Value::Array(history);
+    body["refunds"] = refunds.iter().map(refund_view).collect();
+    body["refundable"] = json!(refundable(&payment, &refunds));
     Ok(Json(body))
+}
+
+/// What remains to refund by our record (received, less the larger of the refunded total and
+/// the pending and succeeded refunds), for the pages' refund form; 0 for an unpaid payment.
+pub(super) fn refundable(p: &Payment, refunds: &[Refund]) -> i64 {
+    if !matches!(p.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded) {
+        return 0;
+    }
+    let active: i64 =
+        refunds.iter().filter(|r| r.status == "pending" || r.status == "succeeded").map(|r| r.amount).sum();
+    (p.amount_received.unwrap_or(p.amount) - p.amount_refunded.max(active)).max(0)
 }
 
 /// The payment and its clinic, if both exist and `who` may see the payment.
 async fn visible(app: &AppState, who: &AdminClaims, id: &str) -> Result<Option<(Payment, Clinic)>> {
+    visible_for(app, who, Action::ViewPayments, id).await
+}
+
+/// The payment and its clinic, if both exist and `who` may do `action` on the payment.
+pub(super) async fn visible_for(
+    app: &AppState,
+    who: &AdminClaims,
+    action: Action,
+    id: &str,
+) -> Result<Option<(Payment, Clinic)>> {
     let Some(payment) = app.store.payment(id).await.map_err(store_err)? else { return Ok(None) };
     let Some(clinic) = app.store.clinic(&payment.clinic_id).await.map_err(store_err)? else { return Ok(None) };
-    let allowed = authorize(who, Action::ViewPayments, scope(&clinic, Some(&payment.requested_by_id)));
+    let allowed = authorize(who, action, scope(&clinic, Some(&payment.requested_by_id)));
     Ok(allowed.then_some((payment, clinic)))
 }
 

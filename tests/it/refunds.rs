@@ -1,0 +1,294 @@
+//! Refunds from callpay: by a clinic admin through the admin API, by the clinician from the
+//! call while the policy allows, through Stripe on the connected account with one idempotency
+//! key per refund; never more than remains by our record or by Stripe's; refunds made on
+//! Stripe's side (failed ones included) reach the record and the call.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+
+/// A payment paid in the demo call with `card`: the clinician's and the patient's sockets, the
+/// payment id, its PaymentIntent and connected account.
+struct Paid {
+    doc: Client,
+    pat: Client,
+    id: String,
+    pi: String,
+    acct: String,
+}
+
+async fn paid(hub: &TestHub, client_ref: &str, card: &str) -> Paid {
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request(client_ref, 5000, "Consult").await;
+    let payment = pat.until("payment.requested").await["payment"].clone();
+    assert_eq!(pay_like_stripe_js(hub, &payment, card, "sam@example.com").await.0, 200);
+    let confirmed = doc.until("payment.confirmed").await;
+    Paid {
+        id: confirmed["payment"]["payment_id"].as_str().unwrap().to_owned(),
+        pi: confirmed["payment"]["reference"].as_str().unwrap().to_owned(),
+        acct: payment["stripe"]["stripe_account"].as_str().unwrap().to_owned(),
+        doc,
+        pat,
+    }
+}
+
+async fn call(hub: &TestHub, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let url = format!("{}{path}", hub.info.hub_url);
+    let (status, json, _) = hub.http.send(method, &url, &headers, body.map(|b| b.to_string()).unwrap_or_default()).await;
+    (status, json)
+}
+
+async fn admin_refund(hub: &TestHub, payment_id: &str, body: Value) -> (u16, Value) {
+    let token = hub.info.clinic_admin_token.clone();
+    call(hub, &token, "POST", &format!("/v1/payments/{payment_id}/refunds"), Some(body)).await
+}
+
+/// The simulator's log of the hub's `POST /v1/refunds` calls.
+async fn refund_posts(hub: &TestHub) -> Vec<Value> {
+    let log = hub.sim_control("GET", "/_sim/requests", Value::Null).await;
+    log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == "/v1/refunds" && r["secret_key"] == true)
+        .cloned()
+        .collect()
+}
+
+/// The refunds Stripe holds for a PaymentIntent.
+async fn stripe_refunds(hub: &TestHub, acct: &str, pi: &str) -> Vec<Value> {
+    let auth = format!("Bearer {}", hub.sim.secret_key());
+    let headers = [("authorization", auth.as_str()), ("stripe-account", acct)];
+    let url = format!("{}/v1/refunds?payment_intent={pi}&limit=100", hub.info.stripe_url);
+    let (status, body, _) = hub.http.send("GET", &url, &headers, String::new()).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"].as_array().unwrap().clone()
+}
+
+/// A refund made in the clinic's Stripe dashboard.
+async fn refund_on_stripe(hub: &TestHub, acct: &str, pi: &str, amount: i64) -> (u16, Value) {
+    let auth = format!("Bearer {}", hub.sim.secret_key());
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("stripe-account", acct),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    let url = format!("{}/v1/refunds", hub.info.stripe_url);
+    let (status, body, _) = hub.http.send("POST", &url, &headers, format!("payment_intent={pi}&amount={amount}")).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn an_admin_refunds_part_then_the_rest_and_the_call_sees_both() {
+    let hub = TestHub::start().await;
+    let mut p = paid(&hub, "r1", "4242424242424242").await;
+    let (status, body) =
+        admin_refund(&hub, &p.id, json!({"amount": 2000, "reason": "requested_by_customer", "note": "Short visit"}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["refund"]["amount"].as_i64(), body["refund"]["status"].as_str()), (Some(2000), Some("succeeded")));
+    assert!(body["refund"]["stripe_refund_id"].as_str().unwrap().starts_with("re_"), "{body}");
+    let part = p.pat.until_where("payment.updated", |f| f["payment"]["status"] == "partially_refunded").await;
+    assert_eq!(part["payment"]["amount_refunded"], 2000);
+    p.doc.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 2000).await;
+    // No amount: all that remains.
+    let (status, body) = admin_refund(&hub, &p.id, json!({"reason": "duplicate"})).await;
+    assert_eq!((status, body["refund"]["amount"].as_i64()), (200, Some(3000)), "{body}");
+    let full = p.pat.until_where("payment.updated", |f| f["payment"]["status"] == "refunded").await;
+    assert_eq!(full["payment"]["amount_refunded"], 5000);
+    // The record lists both refunds, with who made them and why, and the history has them.
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!(record["status"], "refunded");
+    let refunds = record["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 2, "{record}");
+    assert!(refunds.iter().all(|r| r["status"] == "succeeded" && r["requested_by_name"] == "Cam (clinic admin)"));
+    assert!(refunds.iter().any(|r| r["note"] == "Short visit" && r["reason"] == "requested_by_customer"));
+    assert!(record["history"].as_array().unwrap().iter().any(|h| h["action"] == "refund.created"), "{record}");
+    // Each Stripe call was made on the connected account with a key derived from our refund id.
+    let posts = refund_posts(&hub).await;
+    assert_eq!(posts.len(), 2);
+    for post in &posts {
+        assert_eq!(post["account"], p.acct.as_str(), "{post}");
+        assert!(post["idempotency_key"].as_str().unwrap().starts_with("callpay:ref_"), "{post}");
+    }
+    assert_eq!(p.doc.count("payment.confirmed", &p.id), 1, "a refund never re-confirms");
+}
+
+#[tokio::test]
+async fn refunding_more_than_remains_is_refused_before_stripe_is_asked() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r2", "4242424242424242").await;
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 5001, "reason": "duplicate"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("exceeds_remaining")), "{body}");
+    assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 4000, "reason": "duplicate"})).await.0, 200);
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 1001, "reason": "duplicate"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("exceeds_remaining")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("10.00"), "says what remains: {body}");
+    for bad in [json!({"amount": 0, "reason": "duplicate"}), json!({"amount": -5, "reason": "duplicate"})] {
+        let (status, body) = admin_refund(&hub, &p.id, bad).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_amount")), "{body}");
+    }
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 100, "reason": "because"})).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_reason")), "{body}");
+    assert_eq!(refund_posts(&hub).await.len(), 1, "only the refund that fits reached Stripe");
+    assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_double_clicked_refund_makes_one_stripe_refund() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r3", "4242424242424242").await;
+    let body = json!({"amount": 1500, "reason": "requested_by_customer", "request_key": "form-1"});
+    let (a, b) = tokio::join!(admin_refund(&hub, &p.id, body.clone()), admin_refund(&hub, &p.id, body.clone()));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    assert_eq!(a.1["refund"]["id"], b.1["refund"]["id"], "the same refund both times");
+    // And a third click after it is done.
+    let c = admin_refund(&hub, &p.id, body).await;
+    assert_eq!(c.1["refund"]["id"], a.1["refund"]["id"]);
+    let held = stripe_refunds(&hub, &p.acct, &p.pi).await;
+    assert_eq!(held.len(), 1, "one refund at Stripe: {held:?}");
+    assert_eq!(held[0]["amount"], 1500);
+    let keys: std::collections::BTreeSet<String> =
+        refund_posts(&hub).await.iter().map(|r| r["idempotency_key"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(keys.len(), 1, "every POST carried the one refund's key: {keys:?}");
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!((record["amount_refunded"].as_i64(), record["refunds"].as_array().unwrap().len()), (Some(1500), 1));
+}
+
+#[tokio::test]
+async fn an_unpaid_payment_cannot_be_refunded() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    doc.request("r4", 5000, "Consult").await;
+    let requested = doc.until("payment.requested").await;
+    let id = requested["payment"]["payment_id"].as_str().unwrap();
+    let (status, body) = admin_refund(&hub, id, json!({"amount": 100, "reason": "duplicate"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("not_refundable")), "{body}");
+    assert!(refund_posts(&hub).await.is_empty());
+}
+
+#[tokio::test]
+async fn another_clinics_payment_answers_exactly_like_a_missing_one() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r5", "4242424242424242").await;
+    // An admin of another clinic of the same organisation.
+    let stranger = callpay::demo::admin_token(
+        &hub.info.platform_secret,
+        "admin-x",
+        "X",
+        callpay::admin::authz::AdminRole::TeamAdmin,
+        None,
+        &["clinic_elsewhere"],
+    );
+    let body = json!({"amount": 100, "reason": "duplicate"});
+    let theirs = call(&hub, &stranger, "POST", &format!("/v1/payments/{}/refunds", p.id), Some(body.clone())).await;
+    let missing = call(&hub, &stranger, "POST", "/v1/payments/pay_nowhere/refunds", Some(body)).await;
+    assert_eq!(theirs, missing);
+    assert_eq!(theirs.0, 404);
+    assert!(refund_posts(&hub).await.is_empty());
+}
+
+#[tokio::test]
+async fn stripe_refusing_the_refund_is_a_clear_error_and_the_record_catches_up() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r6", "4242424242424242").await;
+    // The clinic refunds 30.00 in its Stripe dashboard while our webhook endpoint is unreachable.
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    assert_eq!(refund_on_stripe(&hub, &p.acct, &p.pi, 3000).await.0, 200);
+    // By our record 50.00 remain; Stripe knows only 20.00 do, and refuses.
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 5000, "reason": "duplicate"})).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("exceeds_remaining")), "{body}");
+    assert!(!body["message"].as_str().unwrap().contains("acct_"), "Stripe's own words stay out: {body}");
+    // The refusal made the hub read Stripe's total: the record now says what Stripe says.
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!((record["status"].as_str(), record["amount_refunded"].as_i64()), (Some("partially_refunded"), Some(3000)));
+    let refused = record["refunds"].as_array().unwrap().iter().find(|r| r["amount"] == 5000).cloned();
+    assert_eq!(refused.map(|r| r["status"].clone()), Some(json!("refused")), "{record}");
+    assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1, "nothing refunded twice");
+    // What remains by both counts goes through.
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 2000, "reason": "duplicate"})).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_refund_that_fails_at_the_bank_is_shown_and_the_money_counts_again() {
+    let hub = TestHub::start().await;
+    // Stripe's test card whose refunds fail after they were accepted.
+    let mut p = paid(&hub, "r7", "4000000000005126").await;
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 2000, "reason": "duplicate"})).await;
+    assert_eq!(status, 200, "{body}");
+    let refund_id = body["refund"]["id"].as_str().unwrap().to_owned();
+    // refund.updated (failed) arrives: the payment is whole again, in the call too.
+    let back = p
+        .doc
+        .until_where("payment.updated", |f| f["payment"]["status"] == "succeeded" && f["payment"]["amount_refunded"] == 0)
+        .await;
+    assert_eq!(back["payment"]["payment_id"], p.id.as_str());
+    let token = hub.info.clinic_admin_token.clone();
+    let record = eventually(async || {
+        let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+        let r = record["refunds"].as_array()?.iter().find(|r| r["id"] == refund_id.as_str())?.clone();
+        (r["status"] == "failed").then_some(record)
+    })
+    .await;
+    assert_eq!(record["amount_refunded"], 0);
+    let failed = record["refunds"].as_array().unwrap().iter().find(|r| r["id"] == refund_id.as_str()).unwrap().clone();
+    assert!(failed["failure_reason"].as_str().is_some(), "{failed}");
+    p.pat.until_where("payment.updated", |f| f["payment"]["status"] == "succeeded").await;
+}
+
+#[tokio::test]
+async fn refunds_made_in_the_dashboard_are_listed_on_the_record() {
+    let hub = TestHub::start().await;
+    let mut p = paid(&hub, "r8", "4242424242424242").await;
+    assert_eq!(refund_on_stripe(&hub, &p.acct, &p.pi, 1200).await.0, 200);
+    p.pat.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 1200).await;
+    let token = hub.info.clinic_admin_token.clone();
+    let record = eventually(async || {
+        let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+        (record["refunds"].as_array()?.len() == 1).then_some(record)
+    })
+    .await;
+    let r = &record["refunds"][0];
+    assert_eq!((r["amount"].as_i64(), r["status"].as_str(), r["source"].as_str()), (Some(1200), Some("succeeded"), Some("stripe")));
+}
+
+#[tokio::test]
+async fn the_clinician_refunds_from_the_call_while_the_policy_allows() {
+    let hub = TestHub::start().await;
+    let mut p = paid(&hub, "r9", "4242424242424242").await;
+    let path = format!("/v1/calls/{}/payments/{}/refunds", hub.info.call_id, p.id);
+    let body = json!({"amount": 1000, "reason": "requested_by_customer"});
+    // The patient's token never refunds.
+    let patient = hub.info.patient_token.clone();
+    let (status, refused) = call(&hub, &patient, "POST", &path, Some(body.clone())).await;
+    assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    let clinician = hub.info.clinician_token.clone();
+    let (status, made) = call(&hub, &clinician, "POST", &path, Some(body.clone())).await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["refund"]["requested_by_name"], "Dr Ada Lee");
+    p.pat.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 1000).await;
+    p.doc.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 1000).await;
+    // A token for another call cannot reach this call's payment.
+    let other = hub.token_for("call_elsewhere", "clinician-ada", callpay_protocol::Role::Clinician);
+    let (status, _) =
+        call(&hub, &other, "POST", &format!("/v1/calls/call_elsewhere/payments/{}/refunds", p.id), Some(body)).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_clinicians_refund_window_is_a_setting() {
+    let hub = TestHub::start_with(|c| c.payments.clinician_refund_window_hours = 0).await;
+    let p = paid(&hub, "r10", "4242424242424242").await;
+    let path = format!("/v1/calls/{}/payments/{}/refunds", hub.info.call_id, p.id);
+    let clinician = hub.info.clinician_token.clone();
+    let (status, body) = call(&hub, &clinician, "POST", &path, Some(json!({"amount": 1000, "reason": "duplicate"}))).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("refund_window_closed")), "{body}");
+    // The clinic's admin still can.
+    assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 1000, "reason": "duplicate"})).await.0, 200);
+}
