@@ -10,7 +10,8 @@
 //!   over [`http`] (JSON errors, extractors, the connection loop, health, the web pages).
 //! - [`app`] wires the services below into the state every handler shares.
 //! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait;
-//!   [`connect`] is Stripe Connect OAuth, also behind a trait.
+//!   [`connect`] is Stripe Connect OAuth, also behind a trait; [`reports`] sums payment
+//!   records by status, day (in a chosen time zone) and clinician, and writes the CSV export.
 //! - [`hub`] publishes room events locally and over the [`bus`]; [`rooms`] holds per-call
 //!   membership, routing state and the frames it fans out (domain state, no I/O).
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
@@ -36,6 +37,7 @@ pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod payments;
+pub mod reports;
 pub mod rooms;
 pub mod server;
 pub mod shutdown;

@@ -32,6 +32,9 @@ pub enum Action {
     /// Refund a paid payment, in full or in part. A team member only while
     /// `payments.clinician_refund_window_hours` allows, and only what they requested.
     Refund,
+    /// Read reports (totals by status, day and clinician; the CSV export) of a clinic, or of
+    /// every clinic of an organisation.
+    ViewReports,
 }
 
 /// How far a role reaches for an action.
@@ -70,6 +73,8 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     // (within the window). An org admin governs the clinics and reads their reports; the
     // service desk never touches payments.
     (Action::Refund, [No, OwnClinic, OwnRequests, No]),
+    // Reports are about the clinic's money: its admins and the organisation's, not the desk.
+    (Action::ViewReports, [OwnOrg, OwnClinic, No, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -140,6 +145,7 @@ mod tests {
             Action::ViewAudit,
             Action::ViewPayments,
             Action::Refund,
+            Action::ViewReports,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

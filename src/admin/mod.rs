@@ -137,6 +137,18 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "get",
+        path: "/v1/clinics/{clinic_id}/report",
+        summary: "The clinic's report: totals and counts by status, refunds, net, average; by day and by clinician; query: from, to (YYYY-MM-DD, inclusive), tz (IANA name), format=csv for the export",
+        action: Some(Action::ViewReports),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/orgs/{org_id}/report",
+        summary: "The organisation's report over all its clinics (also by clinic); query as for a clinic's",
+        action: Some(Action::ViewReports),
+    },
+    RouteDoc {
+        method: "get",
         path: "/v1/stripe/oauth/callback",
         summary: "Stripe's OAuth redirect (authorized by the single-use state)",
         action: None,
@@ -163,6 +175,8 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
         .route("/v1/payments/{payment_id}", get(handlers::payments::show))
         .route("/v1/payments/{payment_id}/refunds", post(handlers::refunds::create))
+        .route("/v1/clinics/{clinic_id}/report", get(handlers::reports::clinic))
+        .route("/v1/orgs/{org_id}/report", get(handlers::reports::org))
         .route("/v1/calls/{call_id}/payments/{payment_id}/refunds", post(handlers::refunds::create_in_call))
         .route("/v1/stripe/oauth/callback", get(handlers::stripe::oauth_callback))
         .route("/v1/openapi.json", get(openapi::serve))

@@ -360,6 +360,13 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
         before: Option<(i64, String)>,
     ) -> StoreResult<Vec<Payment>>;
+    /// The payments of these clinics created in `[from_ms, to_ms)`, oldest first (reports).
+    async fn payments_created_between(
+        &self,
+        clinic_ids: &[String],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> StoreResult<Vec<Payment>>;
     /// A payment's refunds, oldest first.
     async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>>;
     /// The refund made with `request_key` for a payment, if any.

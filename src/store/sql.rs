@@ -719,6 +719,32 @@ impl Store for SqlStore {
         q.fetch_all(&self.pool).await?.iter().map(payment_from).collect()
     }
 
+    async fn payments_created_between(
+        &self,
+        clinic_ids: &[String],
+        from_ms: i64,
+        to_ms: i64,
+    ) -> StoreResult<Vec<Payment>> {
+        let mut found = Vec::new();
+        for chunk in clinic_ids.chunks(IN_LIST_MAX) {
+            // The clinic ids take $3 onwards; the statement is composed from constants only.
+            let list = (3..3 + chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE created_at >= $1 AND created_at < $2 AND clinic_id IN ({list}) \
+                 ORDER BY created_at, id"
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(from_ms).bind(to_ms);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(payment_from(&row)?);
+            }
+        }
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(found)
+    }
+
     async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>> {
         let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 ORDER BY created_at, id");
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(payment_id).fetch_all(&self.pool).await?;

@@ -139,6 +139,9 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             // Refunds: the clinic's admins and the clinician who requested it. The seeded
             // payment is unpaid, so a caller who may refund it hears 409 not_refundable.
             "refund" => per_clinic(matches!(who, TeamAdmin | TeamMember), 409),
+            // Reports are the clinic's admins' and the organisation's.
+            "clinic_report" => per_clinic(matches!(who, OrgAdmin | TeamAdmin), 200),
+            "org_report" => ok(matches!(who, OrgAdmin) && own, 200),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -240,6 +243,13 @@ async fn every_role_against_every_endpoint() {
                     format!("/v1/payments/{}/refunds", if own { &own_payment } else { &other_payment }),
                     Some(json!({"amount": 100, "reason": "duplicate"})),
                 ),
+                (
+                    "clinic_report",
+                    "GET",
+                    format!("/v1/clinics/{clinic}/report?from=2026-12-01&to=2026-12-31&tz=UTC"),
+                    None,
+                ),
+                ("org_report", "GET", format!("/v1/orgs/{org}/report?from=2026-12-01&to=2026-12-31&tz=UTC"), None),
                 ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
             ];
             for (name, method, path, body) in cases {
@@ -263,7 +273,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 15);
+    assert_eq!(checked, 7 * 2 * 17);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -370,6 +380,13 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
                 "team_admin (own clinics)",
                 "team_member (own clinics, what they requested)"
             ]),
+            "{path}"
+        );
+    }
+    for path in ["/v1/clinics/{clinic_id}/report", "/v1/orgs/{org_id}/report"] {
+        assert_eq!(
+            doc["paths"][path]["get"]["x-callpay-roles"],
+            json!(["org_admin (own organisation)", "team_admin (own clinics)"]),
             "{path}"
         );
     }

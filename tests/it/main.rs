@@ -17,6 +17,7 @@ mod nodes;
 mod outage;
 mod recovery;
 mod refunds;
+mod reports;
 mod sockets;
 mod verify;
 mod webhooks;

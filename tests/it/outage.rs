@@ -74,6 +74,7 @@ pass! {
         payments_for_clinic(c: &str, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
         audit_for_target(c: &str, t: &str, l: i64) -> Vec<AuditEntry>;
         refunds_for_payment(p: &str) -> Vec<Refund>;
+        payments_created_between(c: &[String], f: i64, t: i64) -> Vec<Payment>;
         refund_by_key(p: &str, k: &str) -> Option<Refund>;
 }
 

@@ -36,7 +36,8 @@ async fn call(hub: &TestHub, token: &str, method: &str, path: &str, body: Option
     let auth = format!("Bearer {token}");
     let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
     let url = format!("{}{path}", hub.info.hub_url);
-    let (status, json, _) = hub.http.send(method, &url, &headers, body.map(|b| b.to_string()).unwrap_or_default()).await;
+    let (status, json, _) =
+        hub.http.send(method, &url, &headers, body.map(|b| b.to_string()).unwrap_or_default()).await;
     (status, json)
 }
 
@@ -206,7 +207,10 @@ async fn stripe_refusing_the_refund_is_a_clear_error_and_the_record_catches_up()
     // The refusal made the hub read Stripe's total: the record now says what Stripe says.
     let token = hub.info.clinic_admin_token.clone();
     let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
-    assert_eq!((record["status"].as_str(), record["amount_refunded"].as_i64()), (Some("partially_refunded"), Some(3000)));
+    assert_eq!(
+        (record["status"].as_str(), record["amount_refunded"].as_i64()),
+        (Some("partially_refunded"), Some(3000))
+    );
     let refused = record["refunds"].as_array().unwrap().iter().find(|r| r["amount"] == 5000).cloned();
     assert_eq!(refused.map(|r| r["status"].clone()), Some(json!("refused")), "{record}");
     assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1, "nothing refunded twice");
@@ -226,7 +230,9 @@ async fn a_refund_that_fails_at_the_bank_is_shown_and_the_money_counts_again() {
     // refund.updated (failed) arrives: the payment is whole again, in the call too.
     let back = p
         .doc
-        .until_where("payment.updated", |f| f["payment"]["status"] == "succeeded" && f["payment"]["amount_refunded"] == 0)
+        .until_where("payment.updated", |f| {
+            f["payment"]["status"] == "succeeded" && f["payment"]["amount_refunded"] == 0
+        })
         .await;
     assert_eq!(back["payment"]["payment_id"], p.id.as_str());
     let token = hub.info.clinic_admin_token.clone();
@@ -255,7 +261,10 @@ async fn refunds_made_in_the_dashboard_are_listed_on_the_record() {
     })
     .await;
     let r = &record["refunds"][0];
-    assert_eq!((r["amount"].as_i64(), r["status"].as_str(), r["source"].as_str()), (Some(1200), Some("succeeded"), Some("stripe")));
+    assert_eq!(
+        (r["amount"].as_i64(), r["status"].as_str(), r["source"].as_str()),
+        (Some(1200), Some("succeeded"), Some("stripe"))
+    );
 }
 
 #[tokio::test]
@@ -287,7 +296,8 @@ async fn the_clinicians_refund_window_is_a_setting() {
     let p = paid(&hub, "r10", "4242424242424242").await;
     let path = format!("/v1/calls/{}/payments/{}/refunds", hub.info.call_id, p.id);
     let clinician = hub.info.clinician_token.clone();
-    let (status, body) = call(&hub, &clinician, "POST", &path, Some(json!({"amount": 1000, "reason": "duplicate"}))).await;
+    let (status, body) =
+        call(&hub, &clinician, "POST", &path, Some(json!({"amount": 1000, "reason": "duplicate"}))).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("refund_window_closed")), "{body}");
     // The clinic's admin still can.
     assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 1000, "reason": "duplicate"})).await.0, 200);

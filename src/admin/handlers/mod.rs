@@ -6,6 +6,7 @@ pub mod enablement;
 pub mod orgs;
 pub mod payments;
 pub mod refunds;
+pub mod reports;
 pub mod stripe;
 
 use super::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
