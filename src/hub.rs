@@ -75,6 +75,33 @@ struct Resync {
     again: AtomicBool,
 }
 
+impl Resync {
+    /// A repair is asked for: true if the caller is to run it, false if one is running (which
+    /// then goes round once more).
+    fn begin(&self) -> bool {
+        if self.running.swap(true, Ordering::AcqRel) {
+            self.again.store(true, Ordering::Release);
+            return false;
+        }
+        self.again.store(false, Ordering::Release);
+        true
+    }
+
+    /// A round is over: true if the caller is to run another (asked for meanwhile).
+    fn round_done(&self) -> bool {
+        if self.again.swap(false, Ordering::AcqRel) {
+            return true;
+        }
+        self.running.store(false, Ordering::Release);
+        // A request may have arrived between the check and the release: take it, unless a
+        // new caller already has.
+        self.again.load(Ordering::Acquire) && !self.running.swap(true, Ordering::AcqRel) && {
+            self.again.store(false, Ordering::Release);
+            true
+        }
+    }
+}
+
 impl Hub {
     /// A hub for this node, on `io`. Repairs run on `io.tracker`, so shutdown waits for them.
     /// `presence_ttl` is how long this node's presence entries last unless renewed; repairs
@@ -253,12 +280,10 @@ impl Hub {
     /// Returns when this request's repair is done, or at once when one is already running
     /// (that one goes round again to cover this request).
     pub async fn resync_rooms(&self) {
-        if self.resync.running.swap(true, Ordering::AcqRel) {
-            self.resync.again.store(true, Ordering::Release);
+        if !self.resync.begin() {
             return;
         }
         loop {
-            self.resync.again.store(false, Ordering::Release);
             self.metrics.repairs_node_wide.inc();
             let calls = self.rooms.calls();
             for (i, chunk) in calls.chunks(REPAIR_CHUNK).enumerate() {
@@ -267,12 +292,8 @@ impl Hub {
                 }
                 self.repair_calls(chunk).await;
             }
-            if !self.resync.again.load(Ordering::Acquire) {
-                self.resync.running.store(false, Ordering::Release);
-                // A request may have arrived between the check and the release: take it.
-                if !self.resync.again.load(Ordering::Acquire) || self.resync.running.swap(true, Ordering::AcqRel) {
-                    return;
-                }
+            if !self.resync.round_done() {
+                return;
             }
         }
     }
@@ -370,5 +391,22 @@ impl crate::rooms::RoomObserver for BusWatcher {
 
     fn closed(&self, call_id: &str, clinic_id: &str) {
         self.0.unwatch(call_id, clinic_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resync;
+
+    #[test]
+    fn repairs_asked_for_during_a_repair_make_exactly_one_more_round() {
+        let r = Resync::default();
+        assert!(r.begin(), "the first request runs");
+        assert!(!r.begin(), "a second while it runs does not run alongside");
+        assert!(!r.begin(), "nor a third");
+        assert!(r.round_done(), "the requests made meanwhile are one more round");
+        assert!(!r.round_done(), "and only one");
+        assert!(r.begin(), "idle again: the next request runs");
+        assert!(!r.round_done());
     }
 }

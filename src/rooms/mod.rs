@@ -259,17 +259,24 @@ impl RoomRegistry {
     /// (newer versions win, so events that arrived meanwhile are kept). What the snapshot shows
     /// newer than the room knew is also news to the room's other members, who get it as
     /// [`RoomRegistry::reconcile`] sends it; the joining connection has it in its `welcome`.
-    /// Answers the patient's last stage for each payment still payable, by id.
-    pub fn remember_payments(&self, membership: &Membership, payments: &[Payment]) -> BTreeMap<String, ProgressStage> {
-        let Some(room) = self.rooms.get(&membership.call_id).map(|r| r.clone()) else { return BTreeMap::new() };
+    /// Answers the patient's last stage for each payment still payable, by id, and the room's
+    /// sequence number once seeded: frames up to it were made before the room held the
+    /// snapshot, and may be older than what the joining connection's `welcome` shows.
+    pub fn remember_payments(
+        &self,
+        membership: &Membership,
+        payments: &[Payment],
+    ) -> (BTreeMap<String, ProgressStage>, u64) {
+        let Some(room) = self.rooms.get(&membership.call_id).map(|r| r.clone()) else { return (BTreeMap::new(), 0) };
         let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.repair(payments, Some(membership.conn), &self.publishable_key);
-        inner
+        let progress = inner
             .payments
             .iter()
             .filter(|(_, k)| payable(k.status))
             .filter_map(|(id, k)| Some((id.clone(), k.stage?)))
-            .collect()
+            .collect();
+        (progress, inner.seq)
     }
 
     /// Whether a patient may report progress on `payment_id` in `call_id` now: the payment is
@@ -707,15 +714,15 @@ mod tests {
         let p = reg.join("call", "c", person("pat", Role::Patient), Outbound::new(8).0);
         let m = &p.membership;
         assert!(reg.calls_awaiting_stripe().is_empty());
-        assert!(reg.remember_payments(m, &[*payment(PaymentStatus::Requested)]).is_empty());
+        assert!(reg.remember_payments(m, &[*payment(PaymentStatus::Requested)]).0.is_empty());
         assert_eq!(reg.calls_awaiting_stripe(), vec!["call".to_owned()]);
         let stage = ProgressStage::EnteringDetails;
         reg.deliver("call", &RoomEvent::Progress { payment_id: "pay_1".into(), stage, participant_id: "pat".into() });
-        assert_eq!(reg.remember_payments(m, &[]).get("pay_1"), Some(&stage));
+        assert_eq!(reg.remember_payments(m, &[]).0.get("pay_1"), Some(&stage));
         let mut paid = payment(PaymentStatus::Succeeded);
         paid.version = 3;
         reg.deliver("call", &RoomEvent::PaymentUpdated { payment: paid });
-        assert!(reg.remember_payments(m, &[]).is_empty(), "a paid payment has no stage to show");
+        assert!(reg.remember_payments(m, &[]).0.is_empty(), "a paid payment has no stage to show");
         assert!(reg.calls_awaiting_stripe().is_empty());
     }
 

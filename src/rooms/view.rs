@@ -77,9 +77,34 @@ pub fn encode(seq: u64, msg: ServerMsg) -> bytes::Bytes {
     serde_json::to_vec(&ServerFrame { seq, msg }).expect("protocol types always serialise").into()
 }
 
+/// The `seq` and `type` a frame made by [`encode`] starts with, read without parsing the rest
+/// (`{"seq":N,"type":"…",…`). `None` for anything else.
+pub fn frame_head(frame: &[u8]) -> Option<(u64, &str)> {
+    let rest = frame.strip_prefix(br#"{"seq":"#)?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let seq = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(br#","type":""#)?;
+    let end = rest.iter().position(|b| *b == b'"')?;
+    Some((seq, std::str::from_utf8(&rest[..end]).ok()?))
+}
+
+/// Whether a frame of this type says nothing a `welcome` built from a later store read does
+/// not already say: payment states (the snapshot holds them, as new or newer).
+pub fn covered_by_snapshot(kind: &str) -> bool {
+    matches!(kind, "payment.requested" | "payment.updated" | "payment.confirmed" | "payment.sync")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frames_head_is_read_without_parsing_it() {
+        let frame = encode(42, ServerMsg::ClinicUpdated { payments_available: true, reason: None });
+        assert_eq!(frame_head(&frame), Some((42, "clinic.updated")));
+        assert_eq!(frame_head(b"{\"type\":\"x\"}"), None);
+        assert_eq!(frame_head(b"{\"seq\":7,"), None);
+    }
 
     #[test]
     fn masks_emails() {

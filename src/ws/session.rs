@@ -141,6 +141,62 @@ pub fn decode(text: &str) -> Result<ClientMsg, Refusal> {
     })
 }
 
+/// Keeps a new connection from getting, after its `welcome`, payment frames the welcome
+/// already covers: those the room queued before the snapshot was read (their sequence is at
+/// most `covered`), and, up to the room's sequence once it held the snapshot (`seeded`), those
+/// about a payment at a version no newer than the welcome shows. Such a frame would say again
+/// what the client has, and a `payment.confirmed` among them would be a second notice for a
+/// payment the welcome shows paid. Checking ends at the first frame past `seeded` (a room
+/// queues its frames in sequence order), and the versions are dropped then.
+struct Stale {
+    covered: u64,
+    seeded: u64,
+    // Boxed on purpose: `None` for almost every connection, and this lives as long as the
+    // connection's task, where 8 bytes instead of 48 count per idle socket.
+    #[allow(clippy::box_collection)]
+    shown: Option<Box<std::collections::HashMap<String, i64>>>,
+}
+
+impl Stale {
+    fn after(covered: u64, (seeded, shown): (u64, Vec<(String, i64)>)) -> Self {
+        // Only a room that queued frames while the snapshot was read needs the versions.
+        let shown = (seeded > covered).then(|| Box::new(shown.into_iter().collect()));
+        Self { covered, seeded, shown }
+    }
+
+    fn skip(&mut self, frame: &[u8]) -> bool {
+        if self.seeded == 0 {
+            return false;
+        }
+        let Some((seq, kind)) = crate::rooms::view::frame_head(frame) else { return false };
+        if kind == "error" {
+            // Carries the current sequence without being a room event.
+            return false;
+        }
+        if seq > self.seeded {
+            *self = Self { covered: 0, seeded: 0, shown: None };
+            return false;
+        }
+        if !crate::rooms::view::covered_by_snapshot(kind) {
+            return false;
+        }
+        if seq <= self.covered {
+            return true;
+        }
+        let Some(shown) = &self.shown else { return false };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else { return false };
+        let newer = |p: &serde_json::Value| {
+            let id = p["payment_id"].as_str().unwrap_or_default();
+            shown.get(id).is_none_or(|have| p["version"].as_i64().unwrap_or(i64::MAX) > *have)
+        };
+        if kind == "payment.sync" {
+            !v["payments"].as_array().is_some_and(|ps| ps.iter().any(newer))
+        } else {
+            !newer(&v["payment"])
+        }
+    }
+}
+
 /// Counts the connection as closed however `run` returns, early returns included.
 struct ClosedOnDrop<'a>(&'a crate::metrics::Metrics);
 
@@ -206,8 +262,13 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
     if shared && joined.first_connection {
         Box::pin(app.hub.share_presence(&call_id)).await;
     }
-    let welcome = match welcome(&app, &claims, &joined.membership, joined.seq, participants).await {
-        Ok(w) => w,
+    // Frames the room queued for this connection up to now come from changes committed before
+    // the snapshot below is read: the welcome already shows their payments as they are or
+    // newer, so they are not sent again (a `payment.confirmed` among them would be a second
+    // notice for a payment the welcome shows paid).
+    let covered = app.hub.rooms.seq(&call_id);
+    let (welcome, mut stale) = match welcome(&app, &claims, &joined.membership, joined.seq, participants).await {
+        Ok((w, seeded)) => (w, Stale::after(covered, seeded)),
         Err(e) => {
             tracing::error!(error = %e, call_id, "cannot build welcome: store unavailable");
             let frame = error_frame(
@@ -272,14 +333,15 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
                 };
                 // Feed everything already queued, then flush once.
                 let metrics = &app.metrics;
+                let stale = &mut stale;
                 let batch = async {
                     let mut depth = 1;
-                    if let Some(m) = text(frame) {
+                    if !stale.skip(&frame) && let Some(m) = text(frame) {
                         socket.feed(m).await?;
                     }
                     while let Some(f) = out_rx.try_next() {
                         depth += 1;
-                        if let Some(m) = text(f) {
+                        if !stale.skip(&f) && let Some(m) = text(f) {
                             socket.feed(m).await?;
                         }
                     }
@@ -390,19 +452,22 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
     }
 }
 
+/// The `welcome` frame, and what it covers of the frames already queued: the payments' versions
+/// it shows, and the room's sequence once the room holds them.
 async fn welcome(
     app: &AppState,
     claims: &JoinClaims,
     membership: &crate::rooms::Membership,
     seq: u64,
     participants: Vec<callpay_protocol::Participant>,
-) -> Result<Bytes, crate::store::StoreError> {
+) -> Result<(Bytes, (u64, Vec<(String, i64)>)), crate::store::StoreError> {
     let payments = app.payments.snapshot(&claims.call_id).await?;
-    let progress = app.hub.rooms.remember_payments(membership, &payments);
+    let (progress, seeded) = app.hub.rooms.remember_payments(membership, &payments);
+    let shown: Vec<(String, i64)> = payments.iter().map(|p| (p.id.clone(), p.version)).collect();
     let clinic = app.store.clinic(&claims.clinic_id).await?;
     let role = claims.role;
     let pk = &app.config.stripe.publishable_key;
-    Ok(encode(
+    let frame = encode(
         seq,
         ServerMsg::Welcome {
             protocol_version: PROTOCOL_VERSION,
@@ -419,7 +484,8 @@ async fn welcome(
                 None => Some(ErrorCode::AppNotEnabled),
             },
         },
-    ))
+    );
+    Ok((frame, (seeded, shown)))
 }
 
 async fn commands(app: AppState, caller: Caller, mut rx: mpsc::Receiver<ClientMsg>, out: Outbound) {
@@ -504,6 +570,32 @@ mod tests {
         assert_eq!(q.flood_windows, 1);
         assert_eq!(q.check_at(t0 + NOTICE_WINDOW * 4), Verdict::Allow);
         assert_eq!(q.flood_windows, 0);
+    }
+
+    #[test]
+    fn payment_frames_queued_before_the_snapshot_are_not_sent_twice() {
+        use callpay_protocol::{ErrorCode, ServerMsg};
+        let clinic = |seq| encode(seq, ServerMsg::ClinicUpdated { payments_available: true, reason: None });
+        let confirmed = |seq, version: i64| {
+            Bytes::from(format!(
+                r#"{{"seq":{seq},"type":"payment.confirmed","payment":{{"payment_id":"pay_1","version":{version}}}}}"#
+            ))
+        };
+        let error =
+            |seq| encode(seq, ServerMsg::Error { code: ErrorCode::BadFrame, message: "x".into(), reference: None });
+        let shown = vec![("pay_1".to_owned(), 4)];
+        let mut stale = Stale::after(3, (6, shown.clone()));
+        assert!(stale.skip(&confirmed(2, 9)), "queued before the snapshot was read: covered whatever it says");
+        assert!(!stale.skip(&clinic(4)), "not a payment: the snapshot does not cover it");
+        assert!(!stale.skip(&error(4)));
+        assert!(stale.skip(&confirmed(5, 4)), "the welcome shows this version already");
+        assert!(!stale.skip(&confirmed(6, 5)), "newer than the welcome: news");
+        assert!(!stale.skip(&confirmed(7, 4)), "after the room held the snapshot: the room decides");
+        assert!(!stale.skip(&confirmed(3, 1)), "checking stopped at the first later frame");
+        assert!(
+            !Stale::after(0, (0, shown)).skip(&confirmed(1, 1)),
+            "nothing was queued before a fresh room's welcome"
+        );
     }
 
     #[test]

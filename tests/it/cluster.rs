@@ -201,7 +201,8 @@ async fn a_resync_repairs_availability_lost_in_a_gap() {
     // Another node disabled the app; its announcement never reached this node.
     let account = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap().stripe_account;
     set_clinic(&hub, callpay::demo::DEMO_CLINIC, false, account.as_deref()).await;
-    // Two gaps reported at once run one resync at a time and both are covered.
+    // Two gaps reported at once run one repair at a time (the coalescing itself is a unit test
+    // in hub.rs); the change is repaired.
     tokio::join!(hub.state.hub.resync_rooms(), hub.state.hub.resync_rooms());
     let update = doc.until("clinic.updated").await;
     assert_eq!(update["payments_available"], false, "{update}");
@@ -280,8 +281,10 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
     bus.start(seen.clone(), stop.clone());
     redis.stop();
     bus.watch("call_down", "clinic_down");
-    // Still down: the room cannot have been resynced, since nothing is subscribed yet.
-    assert!(seen.resynced_calls.lock().unwrap().is_empty());
+    // Still down: however long the task has to act, the room is not repaired, since nothing
+    // can be subscribed yet (a repair before the subscription is live would miss events).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(seen.resynced_calls.lock().unwrap().is_empty(), "repaired before its subscription was live");
     redis.restart();
     eventually(async || seen.resynced_calls.lock().unwrap().iter().any(|c| c == "call_down").then_some(())).await;
     let client = redis::Client::open(redis.url()).unwrap();

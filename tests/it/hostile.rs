@@ -232,8 +232,8 @@ async fn slow_headers_are_cut_off_and_http_connections_are_capped() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let answer = read_until_closed(&mut fifth, std::time::Duration::from_secs(2)).await.expect("closed at once");
-    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.is_empty() || answer.contains("\"code\":\"overloaded\""), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 503"), "the fifth connection was not answered 503: {answer:?}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
     // The unfinished headers are cut off after the deadline, freeing the slots.
     for tcp in &mut slow {
         let got = read_until_closed(tcp, std::time::Duration::from_secs(3)).await;

@@ -21,6 +21,10 @@ export class CallpayClient {
     this.token = token;
     this.on = on || (() => {});
     this.payments = new Map();
+    // Payments this page has seen unpaid, and those it has shown the "payment received" notice
+    // for: the notice comes once per payment, however the page learns it was paid.
+    this.sawUnpaid = new Set();
+    this.notified = new Set();
     this.participants = [];
     this.you = null;
     this.clinicName = '';
@@ -112,10 +116,18 @@ export class CallpayClient {
 
   /** Keeps the newer copy of a payment; returns true if `p` was new information. */
   keep(p) {
+    if (!['succeeded', 'partially_refunded', 'refunded'].includes(p.status)) this.sawUnpaid.add(p.payment_id);
     const old = this.payments.get(p.payment_id);
     if (old && old.version > p.version) return false;
     this.payments.set(p.payment_id, p);
     return !old || old.version < p.version || old.status !== p.status;
+  }
+
+  /** The "payment received" notice, once per payment for the life of the page. */
+  notify(p) {
+    if (this.notified.has(p.payment_id)) return;
+    this.notified.add(p.payment_id);
+    this.on('confirmed', p);
   }
 
   handle(frame) {
@@ -126,7 +138,6 @@ export class CallpayClient {
         this.clinicName = frame.clinic_name;
         this.participants = frame.participants;
         this.paymentsAvailable = frame.payments_available;
-        const before = new Map(this.payments);
         this.payments = new Map();
         for (const p of frame.payments) this.keep(p);
         this.on('status', { state: 'live' });
@@ -138,10 +149,11 @@ export class CallpayClient {
         for (const [paymentId, stage] of Object.entries(frame.progress || {})) {
           this.on('progress', { type: 'payment.progress', payment_id: paymentId, stage });
         }
-        // A payment that became paid while we were away still deserves its notice.
+        // A payment that became paid while we were away still deserves its notice (also one
+        // whose payment.updated arrived but whose payment.confirmed was cut off with the
+        // connection).
         for (const p of this.payments.values()) {
-          const old = before.get(p.payment_id);
-          if (old && old.status !== 'succeeded' && p.status === 'succeeded') this.on('confirmed', p);
+          if (p.status === 'succeeded' && this.sawUnpaid.has(p.payment_id)) this.notify(p);
         }
         break;
       }
@@ -157,14 +169,14 @@ export class CallpayClient {
         for (const p of frame.payments) {
           this.settle(p.client_ref, { payment: p });
           if (this.keep(p)) this.on('payment', p);
-          if (confirmed.has(p.payment_id)) this.on('confirmed', this.payments.get(p.payment_id));
+          if (confirmed.has(p.payment_id)) this.notify(this.payments.get(p.payment_id));
         }
         break;
       }
       case 'payment.confirmed':
         this.keep(frame.payment);
         this.on('payment', frame.payment);
-        this.on('confirmed', frame.payment);
+        this.notify(frame.payment);
         break;
       case 'payment.progress':
         this.on('progress', frame);
