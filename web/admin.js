@@ -3,7 +3,7 @@
 // clinic's audit log, and (a second tab) its payment records with their history. The hub enforces every permission; this page only hides what the
 // signed-in role cannot use.
 import { launchParams } from '/web/sdk/callpay.js';
-import { t, applyI18n, languageSwitch, when, money, brand, decline } from '/web/i18n.js';
+import { t, applyI18n, languageSwitch, when, money, brand, decline, asciiDigits, lang } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
 const launch = launchParams();
@@ -28,7 +28,11 @@ async function api(method, path, body) {
     body: body ? JSON.stringify(body) : undefined,
   });
   const json = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(json.message || `${r.status}`);
+  if (!r.ok) {
+    const e = new Error(json.message || `${r.status}`);
+    e.code = json.code;
+    throw e;
+  }
   return json;
 }
 
@@ -177,7 +181,116 @@ const canSeePayments = ['org_admin', 'team_admin', 'team_member'].includes(role)
 /** Statuses offered as a filter. */
 const STATUSES = ['requested', 'authenticating', 'processing', 'succeeded', 'failed', 'canceled', 'partially_refunded', 'refunded'];
 /** The payments shown, the cursor of the next page, the clinicians seen, the open histories. */
-const payments = { rows: [], next: null, clinicians: new Map(), histories: new Map() };
+const payments = { rows: [], next: null, clinicians: new Map(), histories: new Map(), refunding: new Map() };
+/** Roles that may refund (a clinician only their own, within the clinic's window; the hub decides). */
+const canRefund = ['team_admin', 'team_member'].includes(role);
+const REASONS = ['requested_by_customer', 'duplicate', 'fraudulent'];
+
+/** Major units as typed ("20", "20.5", "A$20.50") to cents; null if it is not an amount. */
+function cents(text) {
+  const m = /^\s*(?:A?\$\s*)?(\d{1,7})(?:[.,](\d{1,2}))?\s*$/.exec(asciiDigits(text));
+  return m ? Number(m[1]) * 100 + Number((m[2] || '').padEnd(2, '0')) : null;
+}
+
+/**
+ * Opens or closes a payment's refund form. Each opened form has its own key: a second click
+ * (or a retry after Stripe was unreachable) sends the same key, and the hub answers with the
+ * same refund instead of making another.
+ */
+function toggleRefund(p) {
+  if (payments.refunding.has(p.id)) payments.refunding.delete(p.id);
+  else payments.refunding.set(p.id, { key: crypto.randomUUID(), error: '', sending: false, amount: '', reason: REASONS[0], note: '' });
+  renderPayments();
+}
+
+function refundRow(p, state) {
+  const tr = document.createElement('tr');
+  tr.className = 'refund';
+  tr.dataset.refundOf = p.id;
+  const td = document.createElement('td');
+  td.colSpan = 7;
+  const form = document.createElement('form');
+  form.className = 'filters';
+  form.setAttribute('aria-label', t('refund.title'));
+  const left = (p.amount_received ?? p.amount) - p.amount_refunded;
+  const field = (id, label, input) => {
+    const div = document.createElement('div');
+    const l = document.createElement('label');
+    l.htmlFor = id;
+    l.textContent = label;
+    input.id = id;
+    div.append(l, input);
+    form.append(div);
+    return input;
+  };
+  const amount = field(`refund-amount-${p.id}`, t('refund.amount'), document.createElement('input'));
+  amount.inputMode = 'decimal';
+  amount.dataset.role = 'refund-amount';
+  amount.value = state.amount || (left / 100).toFixed(2);
+  amount.title = t('refund.amount.help', { amount: money(left, p.currency) });
+  const reason = field(`refund-reason-${p.id}`, t('refund.reason'), document.createElement('select'));
+  reason.dataset.role = 'refund-reason';
+  for (const r of REASONS) {
+    const opt = document.createElement('option');
+    opt.value = r;
+    opt.textContent = t(`refund.reason.${r}`);
+    reason.append(opt);
+  }
+  reason.value = state.reason;
+  const note = field(`refund-note-${p.id}`, t('refund.note'), document.createElement('input'));
+  note.maxLength = 200;
+  note.value = state.note;
+  const row = document.createElement('p');
+  row.className = 'row';
+  const submit = document.createElement('button');
+  submit.type = 'submit';
+  submit.dataset.role = 'refund-submit';
+  submit.textContent = state.sending ? t('refund.sending') : t('refund.submit');
+  submit.disabled = state.sending;
+  const close = document.createElement('button');
+  close.type = 'button';
+  close.className = 'secondary';
+  close.textContent = t('refund.close');
+  close.addEventListener('click', () => toggleRefund(p));
+  const error = document.createElement('span');
+  error.className = 'error';
+  error.setAttribute('role', 'alert');
+  error.textContent = state.error;
+  row.append(submit, close, error);
+  form.append(row);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    state.amount = amount.value;
+    state.reason = reason.value;
+    state.note = note.value;
+    const value = cents(amount.value);
+    if (!value) {
+      state.error = t('refund.error.invalid_amount');
+      renderPayments();
+      return;
+    }
+    state.sending = true;
+    state.error = '';
+    renderPayments();
+    try {
+      const r = await api('POST', `/v1/payments/${encodeURIComponent(p.id)}/refunds`, {
+        amount: value, reason: state.reason, note: state.note || undefined, request_key: state.key,
+      });
+      payments.refunding.delete(p.id);
+      say(t('refund.done', { amount: money(r.refund.amount, r.refund.currency) }));
+      await loadPayments(false);
+      return;
+    } catch (e) {
+      const key = `refund.error.${e.code}`;
+      state.error = t(key) === key ? t('refund.error.other') : t(key);
+    }
+    state.sending = false;
+    renderPayments();
+  });
+  td.append(form);
+  tr.append(td);
+  return tr;
+}
 
 function statusLabel(p) {
   return p.status === 'failed' ? t('payments.status.failed') : t(`status.${p.status}`);
@@ -270,7 +383,18 @@ function renderPayments() {
     toggle.setAttribute('aria-expanded', String(payments.histories.has(p.id)));
     toggle.addEventListener('click', () => toggleHistory(p.id));
     links.append(toggle);
+    if (canRefund && ['succeeded', 'partially_refunded'].includes(p.status)) {
+      const refund = document.createElement('button');
+      refund.type = 'button';
+      refund.className = 'secondary';
+      refund.dataset.role = 'refund';
+      refund.textContent = t('refund.button');
+      refund.setAttribute('aria-expanded', String(payments.refunding.has(p.id)));
+      refund.addEventListener('click', () => toggleRefund(p));
+      links.append(document.createElement('br'), refund);
+    }
     body.append(tr);
+    if (payments.refunding.has(p.id)) body.append(refundRow(p, payments.refunding.get(p.id)));
     if (payments.histories.has(p.id)) body.append(historyRow(p.id, payments.histories.get(p.id)));
   }
   $('payments-none').hidden = payments.rows.length > 0;
@@ -321,7 +445,7 @@ async function toggleHistory(id) {
 
 /** Shows one tab's panel; the payments load the first time their tab opens. */
 function showTab(name) {
-  for (const tab of ['settings', 'payments']) {
+  for (const tab of ['settings', 'payments', 'reports']) {
     const on = tab === name;
     $(`tab-${tab}`).setAttribute('aria-selected', String(on));
     $(`tab-${tab}`).tabIndex = on ? 0 : -1;
@@ -334,12 +458,171 @@ function showTab(name) {
   }
 }
 
+// ---- Reports tab --------------------------------------------------------------------------
+
+/** Roles that may read reports: the clinic's admins and the organisation's. */
+const canSeeReports = ['org_admin', 'team_admin'].includes(role);
+const report = { data: null };
+
+function isoDay(d) {
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+}
+
+function reportPath(format) {
+  const q = new URLSearchParams({ from: $('r-from').value, to: $('r-to').value, tz: $('r-tz').value, format });
+  const scope = $('r-scope').value === 'org' && view ? `/v1/orgs/${encodeURIComponent(view.org_id)}` : `/v1/clinics/${encodeURIComponent(clinic)}`;
+  return `${scope}/report?${q}`;
+}
+
+function fillReportForm() {
+  const here = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  const zones = [...new Set([here, 'Australia/Sydney', 'Australia/Perth', 'Asia/Dhaka', 'UTC'])];
+  const keep = $('r-tz').value;
+  $('r-tz').innerHTML = '';
+  for (const z of zones) {
+    const opt = document.createElement('option');
+    opt.value = opt.textContent = z;
+    $('r-tz').append(opt);
+  }
+  $('r-tz').value = keep || here;
+  const scope = $('r-scope').value || 'clinic';
+  $('r-scope').innerHTML = '';
+  for (const s of role === 'org_admin' ? ['clinic', 'org'] : ['clinic']) {
+    const opt = document.createElement('option');
+    opt.value = s;
+    opt.textContent = t(`reports.scope.${s}`);
+    $('r-scope').append(opt);
+  }
+  $('r-scope').value = scope;
+  if (!$('r-from').value) {
+    const now = new Date();
+    $('r-from').value = isoDay(new Date(now.getFullYear(), now.getMonth(), 1));
+    $('r-to').value = isoDay(now);
+  }
+}
+
+async function loadReport() {
+  try {
+    report.data = await api('GET', reportPath('json'));
+  } catch (e) {
+    say(t('admin.error', { message: e.message }), true);
+  }
+  renderReport();
+}
+
+/** The by-day chart: one bar per day of net taken, drawn as SVG on the page. */
+function chart(r) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const days = r.by_day;
+  const w = Math.max(320, days.length * 24);
+  const h = 160;
+  const top = Math.max(1, ...days.map((d) => d.net));
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${w} ${h + 30}`);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', t('reports.chart', { from: r.from, to: r.to }));
+  const slot = w / days.length;
+  days.forEach((d, i) => {
+    const bar = document.createElementNS(ns, 'rect');
+    const bh = Math.round((Math.max(0, d.net) / top) * h);
+    bar.setAttribute('x', String(i * slot + slot * 0.15));
+    bar.setAttribute('y', String(h - bh));
+    bar.setAttribute('width', String(slot * 0.7));
+    bar.setAttribute('height', String(bh));
+    bar.dataset.date = d.date;
+    bar.dataset.net = String(d.net);
+    const title = document.createElementNS(ns, 'title');
+    title.textContent = `${dayLabel(d.date)}: ${money(d.net, r.currency || 'aud')}`;
+    bar.append(title);
+    svg.append(bar);
+    if (days.length <= 16 || i % Math.ceil(days.length / 16) === 0) {
+      const label = document.createElementNS(ns, 'text');
+      label.setAttribute('x', String(i * slot + slot / 2));
+      label.setAttribute('y', String(h + 14));
+      label.setAttribute('text-anchor', 'middle');
+      label.textContent = dayLabel(d.date, true);
+      svg.append(label);
+    }
+  });
+  return svg;
+}
+
+/** A report day (`yyyy-mm-dd`) in the page's language. */
+function dayLabel(date, short) {
+  const [y, m, d] = date.split('-').map(Number);
+  const opts = short ? { day: 'numeric', month: 'short', timeZone: 'UTC' } : { dateStyle: 'medium', timeZone: 'UTC' };
+  return new Intl.DateTimeFormat(lang === 'bn' ? 'bn-BD' : 'en-AU', opts).format(Date.UTC(y, m - 1, d));
+}
+
+function renderReport() {
+  fillReportForm();
+  const r = report.data;
+  $('report').hidden = !r || r.totals.count === 0;
+  $('report-none').hidden = !r || r.totals.count > 0;
+  if (!r) return;
+  const cur = r.currency || 'aud';
+  const dl = $('r-totals');
+  dl.innerHTML = '';
+  for (const k of ['count', 'paid_count', 'gross', 'refunded', 'refund_count', 'net', 'average']) {
+    const dt = document.createElement('dt');
+    dt.textContent = t(`reports.${k}`);
+    const dd = document.createElement('dd');
+    dd.dataset.total = k;
+    const v = r.totals[k];
+    dd.textContent = k.endsWith('count') ? new Intl.NumberFormat(lang === 'bn' ? 'bn-BD' : 'en-AU').format(v) : money(v, cur);
+    dl.append(dt, dd);
+  }
+  $('r-chart').innerHTML = '';
+  $('r-chart').append(chart(r));
+  const rows = (tbody, items, cells) => {
+    $(tbody).innerHTML = '';
+    for (const item of items) {
+      const tr = document.createElement('tr');
+      for (const c of cells(item)) {
+        const td = document.createElement('td');
+        td.textContent = c;
+        tr.append(td);
+      }
+      $(tbody).append(tr);
+    }
+  };
+  const count = (n) => new Intl.NumberFormat(lang === 'bn' ? 'bn-BD' : 'en-AU').format(n);
+  rows('r-clinicians', r.by_clinician, (c) => [c.name, count(c.count), money(c.gross, cur), money(c.refunded, cur), money(c.net, cur)]);
+  rows('r-statuses', Object.entries(r.by_status), ([s, v]) => [t(`status.${s}`), count(v.count)]);
+}
+
+/** The CSV export: fetched with the admin token, then handed to the browser as a file. */
+async function downloadCsv() {
+  try {
+    const r = await fetch(reportPath('csv'), { headers: { authorization: `Bearer ${token}` } });
+    if (!r.ok) throw new Error((await r.json().catch(() => ({}))).message || `${r.status}`);
+    const blob = await r.blob();
+    const name = /filename="([^"]+)"/.exec(r.headers.get('content-disposition') || '')?.[1] || 'callpay-report.csv';
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  } catch (e) {
+    say(t('admin.error', { message: e.message }), true);
+  }
+}
+
+$('tab-reports').hidden = !canSeeReports;
+$('tab-reports').addEventListener('click', () => { showTab('reports'); renderReport(); });
+$('report-form').addEventListener('submit', (ev) => { ev.preventDefault(); loadReport(); });
+$('r-csv').addEventListener('click', downloadCsv);
+
 $('tab-payments').hidden = !canSeePayments;
 $('tab-settings').addEventListener('click', () => showTab('settings'));
 $('tab-payments').addEventListener('click', () => showTab('payments'));
 $('tabs').addEventListener('keydown', (ev) => {
   if (ev.key !== 'ArrowRight' && ev.key !== 'ArrowLeft') return;
-  const next = $('tab-settings').getAttribute('aria-selected') === 'true' && canSeePayments ? 'payments' : 'settings';
+  const tabs = ['settings', ...(canSeePayments ? ['payments'] : []), ...(canSeeReports ? ['reports'] : [])];
+  const at = tabs.findIndex((tab) => $(`tab-${tab}`).getAttribute('aria-selected') === 'true');
+  const next = tabs[(at + (ev.key === 'ArrowRight' ? 1 : tabs.length - 1)) % tabs.length];
   showTab(next);
   $(`tab-${next}`).focus();
 });
@@ -409,6 +692,6 @@ $('request-form').addEventListener('submit', (ev) => {
 });
 
 // A language switch redraws everything the page wrote itself, dates included.
-languageSwitch($('lang'), () => { render(); renderAudit(); renderRequests(); renderPayments(); });
+languageSwitch($('lang'), () => { render(); renderAudit(); renderRequests(); renderPayments(); renderReport(); });
 applyI18n();
 load();

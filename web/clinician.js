@@ -1,5 +1,6 @@
-// Clinician panel: request a payment, follow each request's live status, cancel, and get a
-// "payment received" pop-up (announced to screen readers) the moment Stripe confirms.
+// Clinician panel: request a payment, follow each request's live status, cancel, get a
+// "payment received" pop-up (announced to screen readers) the moment Stripe confirms, and refund
+// a paid payment (while the clinic's policy lets the clinician).
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
 import { t, applyI18n, languageSwitch, money, when, brand, decline, asciiDigits, hubError } from '/web/i18n.js';
 
@@ -20,6 +21,104 @@ let retryable = null;
 let live = false;
 // The request whose Cancel was clicked and waits for a yes or no.
 let confirmingCancel = null;
+/**
+ * Open refund forms by payment id: each has its own key, so a double click or a retry after
+ * Stripe was unreachable is the same refund to the hub, never a second one. The refund goes
+ * through the hub's API with this page's join token; the call hears of it as a payment.updated.
+ */
+const refunding = new Map();
+const REASONS = ['requested_by_customer', 'duplicate', 'fraudulent'];
+
+async function sendRefund(p, state) {
+  const cents = parseRefund(state.amount);
+  if (cents === null) {
+    state.error = t('refund.error.invalid_amount');
+    render();
+    return;
+  }
+  state.sending = true;
+  state.error = '';
+  render();
+  try {
+    const r = await fetch(`/v1/calls/${encodeURIComponent(callId)}/payments/${encodeURIComponent(p.payment_id)}/refunds`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ amount: cents, reason: state.reason, request_key: state.key }),
+    });
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) {
+      refunding.delete(p.payment_id);
+      $('announce').textContent = t('refund.done', { amount: money(body.refund.amount, body.refund.currency) });
+    } else {
+      const key = `refund.error.${body.code}`;
+      state.error = t(key) === key ? t('refund.error.other') : t(key);
+    }
+  } catch (_) {
+    state.error = t('refund.error.other');
+  }
+  state.sending = false;
+  render();
+}
+
+/** "20", "20.50", "$20" -> cents; null if it is not a positive amount. */
+function parseRefund(text) {
+  const m = /^\s*(?:A?U?\$\s*)?(\d{1,7})(?:[.,](\d{1,2}))?\s*$/.exec(asciiDigits(text));
+  const cents = m ? Number(m[1]) * 100 + Number((m[2] || '').padEnd(2, '0')) : 0;
+  return cents > 0 ? cents : null;
+}
+
+function refundForm(p, state) {
+  const form = document.createElement('form');
+  form.dataset.role = 'refund-form';
+  form.setAttribute('aria-label', t('refund.title'));
+  const left = (p.amount_received ?? p.amount) - (p.amount_refunded || 0);
+  const amountLabel = document.createElement('label');
+  amountLabel.htmlFor = `refund-amount-${p.payment_id}`;
+  amountLabel.textContent = t('refund.amount');
+  const amount = document.createElement('input');
+  amount.id = `refund-amount-${p.payment_id}`;
+  amount.inputMode = 'decimal';
+  amount.dataset.role = 'refund-amount';
+  amount.value = state.amount || (left / 100).toFixed(2);
+  amount.addEventListener('input', () => { state.amount = amount.value; });
+  const help = document.createElement('p');
+  help.className = 'muted';
+  help.textContent = t('refund.amount.help', { amount: money(left, p.currency) });
+  const reasonLabel = document.createElement('label');
+  reasonLabel.htmlFor = `refund-reason-${p.payment_id}`;
+  reasonLabel.textContent = t('refund.reason');
+  const reason = document.createElement('select');
+  reason.id = `refund-reason-${p.payment_id}`;
+  for (const r of REASONS) {
+    const opt = document.createElement('option');
+    opt.value = r;
+    opt.textContent = t(`refund.reason.${r}`);
+    reason.append(opt);
+  }
+  reason.value = state.reason;
+  reason.addEventListener('change', () => { state.reason = reason.value; });
+  const error = document.createElement('p');
+  error.className = 'error';
+  error.setAttribute('role', 'alert');
+  error.textContent = state.error;
+  const submit = document.createElement('button');
+  submit.type = 'submit';
+  submit.dataset.role = 'refund-submit';
+  submit.disabled = state.sending;
+  submit.textContent = state.sending ? t('refund.sending') : t('refund.submit');
+  const close = document.createElement('button');
+  close.type = 'button';
+  close.className = 'secondary';
+  close.textContent = t('refund.close');
+  close.addEventListener('click', () => { refunding.delete(p.payment_id); render(); });
+  form.append(amountLabel, amount, help, reasonLabel, reason, error, submit, close);
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    state.amount = amount.value;
+    if (!state.sending) sendRefund(p, state);
+  });
+  return form;
+}
 
 /** "50", "$50", "A$50.5", "50.00" -> cents; anything else -> null. Same bounds as the hub. */
 function parseAmount(text) {
@@ -63,6 +162,27 @@ function render() {
       paid.className = 'muted';
       paid.textContent = `${brand(p.card_brand)} •••• ${p.card_last4} · ${when(p.paid_at)}`;
       li.append(paid);
+    }
+    if (p.amount_refunded > 0) {
+      const back = document.createElement('p');
+      back.dataset.role = 'refunded';
+      back.textContent = t('payments.refunded', { amount: money(p.amount_refunded, p.currency) });
+      li.append(back);
+    }
+    if (['succeeded', 'partially_refunded'].includes(p.status)) {
+      if (refunding.has(p.payment_id)) {
+        li.append(refundForm(p, refunding.get(p.payment_id)));
+      } else {
+        const refund = document.createElement('button');
+        refund.className = 'secondary';
+        refund.dataset.role = 'refund';
+        refund.textContent = t('refund.button');
+        refund.addEventListener('click', () => {
+          refunding.set(p.payment_id, { key: crypto.randomUUID(), amount: '', reason: REASONS[0], error: '', sending: false });
+          render();
+        });
+        li.append(refund);
+      }
     }
     if (['requested', 'authenticating', 'failed', 'creating'].includes(p.status)) {
       if (confirmingCancel === p.payment_id) {

@@ -51,7 +51,8 @@ function confirmation(p) {
     ['patient.done.receipt', p.receipt_email || '—'],
     ['patient.done.reference', p.reference || p.payment_id],
   ];
-  for (const [k, v] of rows) dl.append(el('dt', {}, t(k)), el('dd', {}, v));
+  if (p.amount_refunded > 0) rows.splice(1, 0, ['patient.done.refunded', money(p.amount_refunded, p.currency)]);
+  for (const [k, v] of rows) dl.append(el('dt', {}, t(k)), el('dd', k === 'patient.done.refunded' ? { 'data-role': 'refunded' } : {}, v));
   box.append(dl);
   return box;
 }
