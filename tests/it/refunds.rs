@@ -302,3 +302,103 @@ async fn the_clinicians_refund_window_is_a_setting() {
     // The clinic's admin still can.
     assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 1000, "reason": "duplicate"})).await.0, 200);
 }
+
+/// The refund writes and the report's read, on both databases: a refund fits only in what
+/// remains, one row per form key, Stripe's news is matched by our id or Stripe's, a failure is
+/// final, and a dashboard refund is a row of its own.
+#[tokio::test]
+async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
+    use callpay::store::{Payment, Refund, SqlStore, Store, StoreResult, Write};
+    use callpay_protocol::PaymentStatus;
+    async fn run(store: &SqlStore) -> StoreResult<Vec<String>> {
+        let p = Payment {
+            id: "pay_1".into(),
+            call_id: "call_1".into(),
+            clinic_id: "clinic_a".into(),
+            client_ref: "r1".into(),
+            requested_by_id: "doc".into(),
+            requested_by_name: "Doc".into(),
+            amount: 5000,
+            currency: "aud".into(),
+            stripe_account: "acct_1".into(),
+            status: PaymentStatus::Succeeded,
+            amount_received: Some(5000),
+            created_at: 1_000,
+            updated_at: 1_000,
+            ..Default::default()
+        };
+        store.insert_payment(&p).await?;
+        let refund = |id: &str, amount: i64, key: Option<&str>| Refund {
+            id: id.into(),
+            payment_id: "pay_1".into(),
+            clinic_id: "clinic_a".into(),
+            amount,
+            currency: "aud".into(),
+            reason: "duplicate".into(),
+            note: None,
+            status: "pending".into(),
+            stripe_refund_id: None,
+            failure_reason: None,
+            source: "callpay".into(),
+            request_key: key.map(str::to_owned),
+            requested_by_id: "a".into(),
+            requested_by_name: "A".into(),
+            requested_by_role: "team_admin".into(),
+            created_at: 2_000,
+            updated_at: 2_000,
+        };
+        let new = |r: Refund| [Write::NewRefund { refund: Box::new(r), limit: 5000 }];
+        let mut out = vec![];
+        out.push(format!("{:?}", store.commit(&new(refund("ref_1", 3000, Some("k1")))).await?));
+        out.push(format!("{:?}", store.commit(&new(refund("ref_2", 3000, Some("k2")))).await?));
+        out.push(format!("{:?}", store.commit(&new(refund("ref_3", 10, Some("k1")))).await?));
+        out.push(format!("{:?}", store.commit(&new(refund("ref_4", 2000, None))).await?));
+        // Stripe answers ref_1 (by our id), then its failure arrives by Stripe's id, then a late
+        // "succeeded" cannot undo the failure.
+        let seen = |id: &str, status: &str, source: &str| Refund {
+            status: status.into(),
+            stripe_refund_id: Some(format!("re_{id}")),
+            source: source.into(),
+            updated_at: 3_000,
+            ..refund(id, 3000, None)
+        };
+        store.commit(&[Write::RefundSeen(Box::new(seen("ref_1", "succeeded", "callpay")))]).await?;
+        store
+            .commit(&[Write::RefundSeen(Box::new(Refund {
+                id: "ref_other".into(),
+                ..seen("ref_1", "failed", "stripe")
+            }))])
+            .await?;
+        store.commit(&[Write::RefundSeen(Box::new(seen("ref_1", "succeeded", "callpay")))]).await?;
+        // A dashboard refund we never made.
+        store
+            .commit(&[Write::RefundSeen(Box::new(Refund { amount: 500, ..seen("ref_dash", "succeeded", "stripe") }))])
+            .await?;
+        for r in store.refunds_for_payment("pay_1").await? {
+            out.push(format!("{} {} {} {:?} {:?}", r.id, r.amount, r.status, r.stripe_refund_id, r.request_key));
+        }
+        out.push(format!("{:?}", store.refund_by_key("pay_1", "k1").await?.map(|r| r.id)));
+        let found = store.payments_created_between(&["clinic_a".into(), "clinic_b".into()], 1_000, 1_001).await?;
+        out.push(format!("{:?}", found.iter().map(|p| p.id.clone()).collect::<Vec<_>>()));
+        out.push(format!("{}", store.payments_created_between(&["clinic_a".into()], 1_001, 9_000).await?.len()));
+        Ok(out)
+    }
+    let db = crate::services::TempDb::new();
+    let sqlite = SqlStore::connect("sqlite::memory:").await.unwrap();
+    let postgres = SqlStore::connect(&db.url).await.unwrap();
+    let expected = vec![
+        "Applied",
+        "Conflict",
+        "Conflict",
+        "Applied",
+        "ref_1 3000 failed Some(\"re_ref_1\") Some(\"k1\")",
+        "ref_4 2000 pending None None",
+        "ref_dash 500 succeeded Some(\"re_ref_dash\") None",
+        "Some(\"ref_1\")",
+        "[\"pay_1\"]",
+        "0",
+    ];
+    assert_eq!(run(&sqlite).await.unwrap(), expected, "SQLite");
+    assert_eq!(run(&postgres).await.unwrap(), expected, "PostgreSQL");
+    postgres.close().await;
+}

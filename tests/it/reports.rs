@@ -17,9 +17,7 @@ async fn seed(
     clinic: &str,
     who: (&str, &str),
     at: i64,
-    amount: i64,
-    status: PaymentStatus,
-    refunded: i64,
+    (amount, status, refunded): (i64, PaymentStatus, i64),
     description: &str,
 ) {
     let id = format!("pay_rep_{}", callpay::ids::random_id());
@@ -60,23 +58,21 @@ async fn seeded() -> TestHub {
     let ada = ("clinician-ada", "Dr Ada Lee");
     let rumi = ("clinician-rumi", "ডাঃ রুমি");
     // Sydney is UTC+11 in December: 23:30 UTC on 30 Nov is 10:30 on 1 Dec there.
-    seed(&hub, DEMO_CLINIC, ada, DEC_1_UTC - HOUR / 2, 5000, PaymentStatus::Succeeded, 0, "Consult").await;
+    seed(&hub, DEMO_CLINIC, ada, DEC_1_UTC - HOUR / 2, (5000, PaymentStatus::Succeeded, 0), "Consult").await;
     seed(
         &hub,
         DEMO_CLINIC,
         ada,
         DEC_1_UTC + 2 * HOUR,
-        3000,
-        PaymentStatus::PartiallyRefunded,
-        1000,
+        (3000, PaymentStatus::PartiallyRefunded, 1000),
         "=HYPERLINK(\"http://x\")",
     )
     .await;
-    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 20 * HOUR, 4000, PaymentStatus::Refunded, 4000, "+SUM(A1)").await;
-    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 21 * HOUR, 2000, PaymentStatus::Failed, 0, "-2+3").await;
-    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 22 * HOUR, 2500, PaymentStatus::Canceled, 0, "@cmd").await;
+    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 20 * HOUR, (4000, PaymentStatus::Refunded, 4000), "+SUM(A1)").await;
+    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 21 * HOUR, (2000, PaymentStatus::Failed, 0), "-2+3").await;
+    seed(&hub, DEMO_CLINIC, rumi, DEC_1_UTC + 22 * HOUR, (2500, PaymentStatus::Canceled, 0), "@cmd").await;
     // Outside the period.
-    seed(&hub, DEMO_CLINIC, ada, DEC_1_UTC + 40 * 24 * HOUR, 9900, PaymentStatus::Succeeded, 0, "Later").await;
+    seed(&hub, DEMO_CLINIC, ada, DEC_1_UTC + 40 * 24 * HOUR, (9900, PaymentStatus::Succeeded, 0), "Later").await;
     hub
 }
 
