@@ -166,7 +166,8 @@ pub async fn create(State(sim): State<Sim>, req: ApiRequest) -> Response {
         tx.emit("charge.refunded", &charge_now, Some(json!({"amount_refunded": refunded, "refunded": false})));
         if charge["payment_method_details"]["card"]["last4"] == crate::cards::REFUND_FAIL_LAST4 {
             let (refund_id, charge_id) = (refund["id"].as_str().unwrap_or_default().to_owned(), charge_id.clone());
-            tx.later.push((REFUND_FAILS_AFTER, Box::new(move |tx: &mut Tx<'_>| fail_refund(tx, &refund_id, &charge_id))));
+            tx.later
+                .push((REFUND_FAILS_AFTER, Box::new(move |tx: &mut Tx<'_>| fail_refund(tx, &refund_id, &charge_id))));
         }
         Ok(refund)
     })
