@@ -14,9 +14,9 @@ use callpay_protocol::Role;
 use serde_json::json;
 use std::sync::Arc;
 
-struct Cluster {
+pub(crate) struct Cluster {
     sim: stripe_sim::SimHandle,
-    nodes: Vec<(AppState, String)>,
+    pub(crate) nodes: Vec<(AppState, String)>,
     secret: String,
     call_id: String,
     _db: TempDb,
@@ -24,7 +24,7 @@ struct Cluster {
 
 impl Cluster {
     /// `n` nodes on one database and one Redis; Stripe's webhooks go to node 0.
-    async fn start(n: usize, redis_url: &str) -> Self {
+    pub(crate) async fn start(n: usize, redis_url: &str) -> Self {
         ensure_services();
         let db = TempDb::new();
         let listeners: Vec<tokio::net::TcpListener> =

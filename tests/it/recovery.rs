@@ -406,3 +406,67 @@ async fn presence_holds_with_a_node_whose_clock_runs_30_s_fast() {
     let took = killed.elapsed();
     assert!(took < PRESENCE_TTL * 2 + Duration::from_secs(2), "the fast node's patient left {took:?} after it died");
 }
+
+/// Issue 17, item 2: a node serving 50,000 calls loses Redis and gets it back. It repairs its
+/// own calls once (no repair sets off another: resubscribing 50,000 channels is not a lost
+/// message), in chunks, and every call's subscription is back. Reports the time and the store
+/// reads; the reads are asserted (two per chunk of 500 calls), the time only printed.
+#[tokio::test]
+async fn a_redis_restart_with_50k_calls_on_a_node_converges_in_one_repair() {
+    const CALLS: usize = 50_000;
+    let mut redis = PrivateRedis::start();
+    let cluster = crate::cluster::Cluster::start(1, &redis.url()).await;
+    let state = &cluster.nodes[0].0;
+    let metric = |c: &prometheus_client::metrics::counter::Counter| c.get();
+    let m = &state.metrics;
+    let mut held = Vec::with_capacity(CALLS);
+    let started = Instant::now();
+    for i in 0..CALLS {
+        let who = callpay_protocol::Participant { id: "doc".into(), name: "Doc".into(), role: Role::Clinician };
+        let (out, rx) = callpay::rooms::Outbound::new(4);
+        held.push((state.hub.rooms.join(&format!("bulk-{i}"), DEMO_CLINIC, who, out), rx));
+    }
+    // Every call subscribed and repaired once as its subscription went live.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(&m.repaired_calls) < CALLS as u64 {
+        assert!(Instant::now() < deadline, "only {} calls subscribed", metric(&m.repaired_calls));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("50k calls joined and subscribed in {:?}", started.elapsed());
+    let (passes, calls, reads) =
+        (metric(&m.repairs_node_wide), metric(&m.repaired_calls), metric(&m.repair_store_reads));
+
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.restart();
+    let back = Instant::now();
+    while metric(&m.repaired_calls) < calls + CALLS as u64 {
+        assert!(Instant::now() < deadline + Duration::from_secs(60), "the repair did not cover every call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = back.elapsed();
+    // Quiet for a while: a second repair would show now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (passes, calls, reads) = (
+        metric(&m.repairs_node_wide) - passes,
+        metric(&m.repaired_calls) - calls,
+        metric(&m.repair_store_reads) - reads,
+    );
+    println!(
+        "Redis restart with {CALLS} calls: converged {took:?} after Redis was back; {passes} node-wide repair(s), {calls} calls compared, {reads} store reads"
+    );
+    assert_eq!(passes, 1, "one repair, not a cycle of them");
+    assert_eq!(calls, CALLS as u64);
+    assert_eq!(reads, 2 * CALLS.div_ceil(500) as u64, "two reads per chunk of 500 calls");
+    // The subscriptions came back with the connection: every 500th call's channel, checked.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut numsub = redis::cmd("PUBSUB");
+    numsub.arg("NUMSUB");
+    for i in (0..CALLS).step_by(500) {
+        numsub.arg(format!("callpay:call:bulk-{i}"));
+    }
+    let counts: Vec<(String, i64)> = numsub.query_async(&mut conn).await.unwrap();
+    assert!(counts.iter().all(|(_, n)| *n == 1), "a call's channel is not subscribed again: {counts:?}");
+    drop(held);
+}

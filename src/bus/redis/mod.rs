@@ -80,6 +80,12 @@ impl RedisBus {
         let lagged = Arc::new(AtomicBool::new(false));
         let lag_flag = lagged.clone();
         let pushes = Box::new(move |info: PushInfo| {
+            // Confirmations of our own (re)subscriptions carry nothing to act on, and a
+            // reconnection resubscribing 50,000 channels would otherwise fill the buffer and
+            // count as lost messages (a second, needless repair of every call).
+            if matches!(info.kind, redis::PushKind::Subscribe | redis::PushKind::SSubscribe) {
+                return;
+            }
             if push_tx.try_send(info).is_err() {
                 // Full (or closing): the message is lost, so the node must repair its calls.
                 lag_flag.store(true, Ordering::Relaxed);
