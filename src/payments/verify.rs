@@ -216,6 +216,96 @@ impl Payments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payments::stripe::{GatewayError, IntentInfo, NewIntent, NewRefund, RefundInfo, StripeApi};
+    use crate::store::{Committed, Payment, SqlStore, Store, Write};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    /// Stripe answering reads with what it said a moment ago: the first card's decline, held
+    /// back until the test lets it go.
+    struct SlowStaleStripe {
+        release: Notify,
+        asked: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl StripeApi for SlowStaleStripe {
+        async fn create_intent(&self, _: &NewIntent) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn cancel_intent(&self, _: &str, _: &str, _: &str) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+            self.asked.notify_one();
+            self.release.notified().await;
+            Ok(IntentInfo {
+                id: id.into(),
+                client_secret: None,
+                status: "requires_payment_method".into(),
+                amount: 5000,
+                amount_received: 0,
+                currency: "aud".into(),
+                last_error: Some(("card_declined".into(), Some("generic_decline".into()), "Declined.".into())),
+                receipt_email: None,
+                card: None,
+                amount_refunded: 0,
+            })
+        }
+        async fn account_name(&self, _: &str) -> Option<String> {
+            None
+        }
+        async fn create_refund(&self, _: &NewRefund) -> Result<RefundInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_older_than_a_webhook_applied_meanwhile_changes_nothing() {
+        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
+        let io = crate::hub::HubIo {
+            bus: bus.clone(),
+            record: bus,
+            store: store.clone(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
+        let rooms = crate::rooms::RoomRegistry::new("pk");
+        let hub = crate::hub::Hub::new("n".into(), rooms, io, Duration::from_secs(15), Arc::default());
+        let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
+        let payments =
+            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
+        let requested = Payment {
+            id: "pay_1".into(),
+            call_id: "call".into(),
+            clinic_id: "c".into(),
+            client_ref: "r1".into(),
+            amount: 5000,
+            currency: "aud".into(),
+            status: PaymentStatus::Requested,
+            version: 2,
+            stripe_account: "acct_1".into(),
+            payment_intent_id: Some("pi_1".into()),
+            ..Payment::default()
+        };
+        store.insert_payment(&requested).await.unwrap();
+        // The page says Stripe.js finished; the hub's read is on its way...
+        let check = tokio::spawn({
+            let payments = payments.clone();
+            async move { payments.verify("pay_1", Reason::PageAsked).await }
+        });
+        stripe.asked.notified().await;
+        // ...when the retry's `processing` webhook is applied.
+        let processing = Payment { status: PaymentStatus::Processing, version: 3, last_event_at: 100, ..requested };
+        let writes = [Write::Payment { payment: Box::new(processing), expected_version: 2 }];
+        assert_eq!(store.commit(&writes).await.unwrap(), Committed::Applied);
+        // The read lands: the first card's decline, older than what is stored.
+        stripe.release.notify_one();
+        check.await.unwrap();
+        let now = store.payment("pay_1").await.unwrap().unwrap();
+        assert_eq!(now.status, PaymentStatus::Processing, "a stale read moved the payment backwards to failed");
+        assert_eq!(now.version, 3);
+    }
 
     #[test]
     fn pages_may_ask_once_a_second_and_the_sweep_backs_off() {

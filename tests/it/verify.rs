@@ -103,3 +103,69 @@ async fn a_reloaded_clinician_page_sees_the_patients_last_stage() {
     let after = hub.clinician().await;
     assert!(after.welcome["progress"].get(&id).is_none(), "{}", after.welcome);
 }
+
+/// Stores `n` requests in the demo call that were abandoned two hours ago (their
+/// PaymentIntents are not on Stripe: every check of them fails, as it does for a request
+/// whose patient never came).
+async fn abandoned(hub: &TestHub, n: usize) {
+    let clinic = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap();
+    let long_ago = callpay::store::now_ms() - 2 * 3_600_000;
+    for i in 0..n {
+        let p = callpay::store::Payment {
+            id: format!("pay_abandoned_{i}_{}", callpay::ids::random_id()),
+            call_id: hub.info.call_id.clone(),
+            clinic_id: callpay::demo::DEMO_CLINIC.into(),
+            client_ref: format!("abandoned-{i}"),
+            requested_by_id: "doc".into(),
+            requested_by_name: "Doc".into(),
+            amount: 1000,
+            currency: "aud".into(),
+            description: "Never paid".into(),
+            status: callpay_protocol::PaymentStatus::Requested,
+            stripe_account: clinic.stripe_account.clone().unwrap(),
+            payment_intent_id: Some(format!("pi_abandoned_{i}")),
+            client_secret: Some(format!("pi_abandoned_{i}_secret_x")),
+            created_at: long_ago,
+            updated_at: long_ago,
+            ..Default::default()
+        };
+        hub.state.store.insert_payment(&p).await.unwrap();
+    }
+}
+
+/// Issue 17, item 4: 60 requests abandoned earlier in the call are older than a newer payment
+/// waiting on Stripe. The sweep used to take the 50 oldest before its backoff check, so the
+/// newer one was never checked; now the backing-off ones give way and the clinician hears.
+#[tokio::test]
+async fn abandoned_requests_never_keep_the_sweep_from_a_newer_payment() {
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    abandoned(&hub, 60).await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    let payment = requested(&mut doc, &mut pat, "newer-1").await;
+    let (status, _) = pay_like_stripe_js(&hub, &payment, "4242424242424242", "sam@example.com").await;
+    assert_eq!(status, 200);
+    // No page report, no webhook: only the sweep can find it.
+    let confirmed = doc.until("payment.confirmed").await;
+    assert_eq!(confirmed["payment"]["payment_id"], payment["payment_id"]);
+}
+
+/// Issue 17, item 4: with Stripe not answering (every call held for 30 s), one sweep over 16
+/// waiting payments ends within its bound (checks run 8 at a time, each cut off after 6 s)
+/// instead of taking every check's full timeout one after another.
+#[tokio::test]
+async fn with_stripe_not_answering_one_sweep_stays_bounded() {
+    // The background sweeper stays out of the way: its period is half an hour.
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 3_600_000).await;
+    abandoned(&hub, 16).await;
+    // The clinician's welcome tells the room these payments wait on Stripe.
+    let _doc = hub.clinician().await;
+    hub.sim_control("POST", "/_sim/faults", json!({"api_delays": 1000, "api_delay_ms": 30000})).await;
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(40), hub.state.payments.sweep())
+        .await
+        .expect("one sweep took longer than 40 s with Stripe not answering");
+    println!("a sweep of 16 checks with Stripe not answering took {:?}", started.elapsed());
+    hub.sim_control("POST", "/_sim/faults", json!({"api_delays": 0})).await;
+}
