@@ -17,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::rooms::RoomRegistry;
 use crate::store::{Payment, Store};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +43,8 @@ pub struct Hub {
     store: Arc<dyn Store>,
     tracker: TaskTracker,
     resync: Arc<Resync>,
+    /// Calls waiting for a repair of their own, drained in paced chunks by one task.
+    pending: Mutex<PendingRepairs>,
     presence: SharedPresence,
     metrics: Arc<Metrics>,
 }
@@ -67,38 +68,51 @@ struct SharedPresence {
     written: Mutex<HashSet<String>>,
 }
 
-/// At most one resync runs at a time; a request while one runs makes it go round once more
-/// (so a gap that opens during a resync is still covered), never a second concurrent one.
+/// Calls asked to be repaired one by one (a lost message, a subscription gone live, a failed
+/// chunk), gathered so that a burst of them (every peer announcing its gaps after an outage)
+/// becomes chunked, paced store reads instead of one pair of queries per call at once.
 #[derive(Default)]
-struct Resync {
-    running: AtomicBool,
-    again: AtomicBool,
+struct PendingRepairs {
+    calls: HashMap<String, String>,
+    draining: bool,
+}
+
+/// A failed chunk is tried again after this long (the store is down or overloaded).
+const REPAIR_RETRY: Duration = Duration::from_secs(1);
+
+/// At most one node-wide repair runs at a time; a request while one runs makes it go round once
+/// more (so a gap that opens during a repair is still covered), never a second concurrent one.
+/// One lock for both flags, so no request can fall between "nothing asked" and "not running".
+#[derive(Default)]
+struct Resync(Mutex<ResyncState>);
+
+#[derive(Default)]
+struct ResyncState {
+    running: bool,
+    again: bool,
 }
 
 impl Resync {
     /// A repair is asked for: true if the caller is to run it, false if one is running (which
     /// then goes round once more).
     fn begin(&self) -> bool {
-        if self.running.swap(true, Ordering::AcqRel) {
-            self.again.store(true, Ordering::Release);
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if s.running {
+            s.again = true;
             return false;
         }
-        self.again.store(false, Ordering::Release);
+        s.running = true;
         true
     }
 
     /// A round is over: true if the caller is to run another (asked for meanwhile).
     fn round_done(&self) -> bool {
-        if self.again.swap(false, Ordering::AcqRel) {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if std::mem::take(&mut s.again) {
             return true;
         }
-        self.running.store(false, Ordering::Release);
-        // A request may have arrived between the check and the release: take it, unless a
-        // new caller already has.
-        self.again.load(Ordering::Acquire) && !self.running.swap(true, Ordering::AcqRel) && {
-            self.again.store(false, Ordering::Release);
-            true
-        }
+        s.running = false;
+        false
     }
 }
 
@@ -116,7 +130,18 @@ impl Hub {
         let HubIo { bus, record, store, tracker } = io;
         rooms.set_observer(Arc::new(BusWatcher(bus.clone())));
         let presence = SharedPresence { ttl: presence_ttl.max(Duration::from_millis(30)), written: Mutex::default() };
-        Arc::new(Self { node_id, rooms, bus, record, store, tracker, resync: Arc::default(), presence, metrics })
+        Arc::new(Self {
+            node_id,
+            rooms,
+            bus,
+            record,
+            store,
+            tracker,
+            resync: Arc::default(),
+            pending: Mutex::default(),
+            presence,
+            metrics,
+        })
     }
 
     /// Delivers to local members, then queues for other nodes; never waits on the bus. A bus
@@ -279,7 +304,7 @@ impl Hub {
     ///
     /// Returns when this request's repair is done, or at once when one is already running
     /// (that one goes round again to cover this request).
-    pub async fn resync_rooms(&self) {
+    pub async fn resync_rooms(self: &Arc<Self>) {
         if !self.resync.begin() {
             return;
         }
@@ -290,7 +315,8 @@ impl Hub {
                 if i > 0 {
                     tokio::time::sleep(REPAIR_PACE).await;
                 }
-                self.repair_calls(chunk).await;
+                let failed = self.repair_calls(chunk).await;
+                self.queue_repairs(failed);
             }
             if !self.resync.round_done() {
                 return;
@@ -299,9 +325,10 @@ impl Hub {
     }
 
     /// Repairs the given local rooms from the store: two reads per chunk of calls, whatever
-    /// the number of payments. A store failure is logged; the next repair, the verify sweep or
-    /// the next event brings the rooms up to date.
-    pub async fn repair_calls(&self, calls: &[(String, String)]) {
+    /// the number of payments. Answers the calls of chunks the store failed to read (logged),
+    /// for the caller to try again.
+    pub async fn repair_calls(&self, calls: &[(String, String)]) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
         for chunk in calls.chunks(REPAIR_CHUNK) {
             let call_ids: Vec<String> = chunk.iter().map(|(c, _)| c.clone()).collect();
             let mut clinic_ids: Vec<String> = chunk.iter().map(|(_, k)| k.clone()).collect();
@@ -313,7 +340,8 @@ impl Hub {
                 match tokio::try_join!(self.store.payments_for_calls(&call_ids), self.store.clinics(&clinic_ids)) {
                     Ok(found) => found,
                     Err(e) => {
-                        tracing::error!(error = %e, rooms = chunk.len(), "repair failed: store unavailable");
+                        tracing::error!(error = %e, rooms = chunk.len(), "repair failed: store unavailable; retrying");
+                        failed.extend_from_slice(chunk);
                         continue;
                     }
                 };
@@ -331,6 +359,49 @@ impl Hub {
                     self.rooms.deliver(call_id, &event);
                 }
             }
+        }
+        failed
+    }
+
+    /// Adds calls to the pending repairs and makes sure one task drains them.
+    fn queue_repairs(self: &Arc<Self>, calls: Vec<(String, String)>) {
+        if calls.is_empty() {
+            return;
+        }
+        let start = {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.calls.extend(calls);
+            !std::mem::replace(&mut pending.draining, true)
+        };
+        if start {
+            let hub = self.clone();
+            self.tracker.spawn(async move { hub.drain_repairs().await });
+        }
+    }
+
+    /// Repairs pending calls a chunk at a time, paced, until none is left; a chunk the store
+    /// failed goes back in line and is tried again after [`REPAIR_RETRY`].
+    async fn drain_repairs(self: Arc<Self>) {
+        loop {
+            let chunk: Vec<(String, String)> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let keys: Vec<String> = pending.calls.keys().take(REPAIR_CHUNK).cloned().collect();
+                let chunk: Vec<(String, String)> =
+                    keys.into_iter().filter_map(|k| pending.calls.remove_entry(&k)).collect();
+                if chunk.is_empty() {
+                    pending.draining = false;
+                    return;
+                }
+                chunk
+            };
+            // A room may have closed since it asked.
+            let chunk: Vec<(String, String)> = chunk.into_iter().filter(|(c, _)| self.rooms.has(c)).collect();
+            let failed = self.repair_calls(&chunk).await;
+            let wait = if failed.is_empty() { REPAIR_PACE } else { REPAIR_RETRY };
+            if !failed.is_empty() {
+                self.pending.lock().unwrap_or_else(|p| p.into_inner()).calls.extend(failed);
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -365,14 +436,10 @@ impl EnvelopeSink for Hub {
     }
 
     fn resync_calls(self: Arc<Self>, calls: Vec<(String, String)>) {
-        let hub = self.clone();
         // Only calls that still have a room here: a subscription may go live after its room
         // closed again.
         let calls: Vec<(String, String)> = calls.into_iter().filter(|(c, _)| self.rooms.has(c)).collect();
-        if calls.is_empty() {
-            return;
-        }
-        self.tracker.spawn(async move { hub.repair_calls(&calls).await });
+        self.queue_repairs(calls);
     }
 
     fn resync_clinic(self: Arc<Self>, clinic_id: String) {

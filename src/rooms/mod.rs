@@ -111,7 +111,9 @@ impl RoomInner {
             Some(known) if known.version >= p.version => Learnt::Stale,
             Some(known) => {
                 let stage = if known.status == p.status { known.stage } else { None };
-                let confirm = fresh.confirmed && !known.confirmed;
+                // The notice is for a payment that became paid; one already refunded by the time
+                // the room hears of it is an update (and is never confirmed later).
+                let confirm = p.status == PaymentStatus::Succeeded && !known.confirmed;
                 *known = Known { stage, confirmed: known.confirmed || fresh.confirmed, ..fresh };
                 Learnt::Newer { confirm }
             }
@@ -293,12 +295,12 @@ impl RoomRegistry {
         }
     }
 
-    /// Calls on this node with a payment that waits on Stripe (requested, authenticating or
-    /// processing), from the rooms' routing state: what the verify sweep needs to look at.
+    /// Calls on this node with a payment that waits on Stripe (requested, authenticating,
+    /// processing, or failed and open to a retry), from the rooms' routing state: what the
+    /// verify sweep needs to look at.
     pub fn calls_awaiting_stripe(&self) -> Vec<String> {
-        let waits = |k: &Known| {
-            matches!(k.status, PaymentStatus::Requested | PaymentStatus::Authenticating | PaymentStatus::Processing)
-        };
+        // Failed counts: the patient may retry, and a retry can go straight to paid.
+        let waits = |k: &Known| payable(k.status) || k.status == PaymentStatus::Processing;
         self.rooms
             .iter()
             .filter(|r| r.inner.lock().unwrap_or_else(|p| p.into_inner()).payments.values().any(waits))

@@ -1,9 +1,12 @@
 //! WebSocket transport: the upgrade handler (authenticates before upgrading and enforces the
 //! connection cap and frame limits) and one session task per connection.
 
+mod decode;
+mod dispatch;
+mod limit;
 mod session;
 
-pub use session::decode as decode_frame;
+pub use decode::decode as decode_frame;
 
 use crate::app::AppState;
 use crate::http::{ApiError, Bearer, Path};

@@ -1,11 +1,12 @@
 //! One connection's life in one task: join the room, send `welcome` from the store, then one
-//! loop serves the socket until it ends: it reads and rate-limits client frames, relays
-//! `payment.progress` on the spot (checked against the room's routing state, no store, no other
-//! task), drains the bounded outbound queue, pings, and closes on overflow, heartbeat loss or
-//! shutdown. Payment requests and cancels call Stripe and may take seconds, so a clinician's are
-//! handed to a second task, started on the first one, which runs them in order; a patient never
-//! has one.
+//! thin loop serves the socket until it ends: it drains the bounded outbound queue, pings,
+//! reads client frames and closes on overflow, heartbeat loss or shutdown. What a frame means
+//! is decided elsewhere: [`super::decode`] turns text into a message or a refusal,
+//! [`super::limit`] rate-limits, [`super::dispatch`] acts.
 
+use super::decode::{binary_refused, decode, refused_frame};
+use super::dispatch::Dispatch;
+use super::limit::{RateLimit, Verdict};
 use crate::app::AppState;
 use crate::auth::JoinClaims;
 use crate::bus::RoomEvent;
@@ -14,88 +15,17 @@ use crate::rooms::view::{encode, payment_view, visible_to};
 use crate::rooms::{Next, Outbound};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use callpay_protocol::{ClientMsg, ErrorCode, PROTOCOL_VERSION, ProgressStage, ServerMsg, close};
+use callpay_protocol::{ErrorCode, PROTOCOL_VERSION, ServerMsg, close};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// Client commands waiting behind the one being handled. Beyond this the client is sending
-/// faster than payments can be made and gets `rate_limited`.
-const COMMAND_QUEUE: usize = 8;
-
-/// Token bucket for client frames, with refusals coalesced: a flooding client is told
-/// `rate_limited` at most once per [`NOTICE_WINDOW`] (one reply per refused frame would itself
-/// overflow the outbound queue of a client that reads promptly), and closed with 1008 only
-/// after [`FLOOD_WINDOWS`] windows in a row each had refused frames.
-struct RateLimit {
-    tokens: f64,
-    burst: f64,
-    per_sec: f64,
-    at: Instant,
-    /// When the current notice window started, and whether it refused anything yet.
-    window: Instant,
-    refused_in_window: bool,
-    /// Consecutive windows with refusals.
-    flood_windows: u32,
-}
-
-/// At most one `rate_limited` reply per this long.
-const NOTICE_WINDOW: Duration = Duration::from_secs(1);
-/// Windows in a row with refused frames before the connection is closed as abusive.
-const FLOOD_WINDOWS: u32 = 10;
-
-/// What to do with a client frame.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Handle it.
-    Allow,
-    /// Drop it; `notify`: tell the client `rate_limited` (first refusal of a window).
-    Refuse { notify: bool },
-    /// The flood went on: close the connection with 1008.
-    Close,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
-        let now = Instant::now();
-        Self {
-            tokens: f64::from(burst),
-            burst: f64::from(burst),
-            per_sec: f64::from(per_sec),
-            at: now,
-            window: now,
-            refused_in_window: false,
-            flood_windows: 0,
-        }
-    }
-
-    #[cfg(test)]
-    fn allow(&mut self) -> bool {
-        self.check_at(Instant::now()) == Verdict::Allow
-    }
-
-    fn check(&mut self) -> Verdict {
-        self.check_at(Instant::now())
-    }
-
-    fn check_at(&mut self, now: Instant) -> Verdict {
-        if now.duration_since(self.window) >= NOTICE_WINDOW {
-            self.flood_windows = if self.refused_in_window { self.flood_windows + 1 } else { 0 };
-            self.window = now;
-            self.refused_in_window = false;
-        }
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_sec).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Verdict::Allow;
-        }
-        if self.flood_windows >= FLOOD_WINDOWS {
-            return Verdict::Close;
-        }
-        let notify = !self.refused_in_window;
-        self.refused_in_window = true;
-        Verdict::Refuse { notify }
+/// What a client over its frame budget is told (once per notice window).
+fn rate_limited() -> Refusal {
+    Refusal {
+        code: ErrorCode::RateLimited,
+        message: "Too many messages; slow down. Further frames are dropped until you do.".into(),
+        reference: None,
     }
 }
 
@@ -105,40 +35,14 @@ fn heartbeat_lost(silent: Duration, ping_every: Duration) -> bool {
     silent > ping_every * 3 / 2
 }
 
-fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Bytes {
+/// An `error` frame telling the client why its frame was refused.
+pub(super) fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Bytes {
     encode(app.hub.rooms.seq(call_id), ServerMsg::Error { code: r.code, message: r.message, reference: r.reference })
 }
 
 /// A frame as a text message; frames are UTF-8 JSON, so the check never fails in practice.
 fn text(frame: Bytes) -> Option<Message> {
     Utf8Bytes::try_from(frame).ok().map(Message::Text)
-}
-
-/// Longest explanation of a malformed frame sent back: the parser's message can quote the
-/// client's own text (an unknown `type`, say), which must not come back unbounded.
-const MAX_DECODE_MESSAGE: usize = 200;
-
-/// Decodes a client frame; a non-integer amount on a request is `invalid_amount`, anything else
-/// malformed is `bad_frame`. Whatever the input, a refusal's message is at most a few hundred
-/// bytes and its reference a well-formed `client_ref`.
-pub fn decode(text: &str) -> Result<ClientMsg, Refusal> {
-    serde_json::from_str(text).map_err(|e| {
-        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-        if value["type"] == "payment.request" && value.get("amount").is_some_and(|a| !a.is_i64()) {
-            return Refusal::new(
-                ErrorCode::InvalidAmount,
-                "Amount must be a whole number of cents.",
-                value["client_ref"].as_str(),
-            );
-        }
-        let mut why = e.to_string();
-        if why.len() > MAX_DECODE_MESSAGE {
-            let cut = (0..=MAX_DECODE_MESSAGE).rev().find(|i| why.is_char_boundary(*i)).unwrap_or(0);
-            why.truncate(cut);
-            why.push('…');
-        }
-        Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {why}"), reference: None }
-    })
 }
 
 /// Keeps a new connection from getting, after its `welcome`, payment frames the welcome
@@ -207,18 +111,6 @@ impl Drop for ClosedOnDrop<'_> {
 }
 
 /// Sends one message within `deadline`; false if it failed or the peer did not take it in time.
-/// The close a frame the WebSocket layer refused deserves, so the client learns why instead of
-/// seeing the connection vanish. `None` for transport failures, where nothing can be sent.
-fn refused_frame(e: axum::Error) -> Option<(u16, &'static str)> {
-    use tungstenite::Error;
-    match *e.into_inner().downcast::<Error>().ok()? {
-        Error::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "frame larger than the hub accepts")),
-        Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
-        Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "not a valid WebSocket frame")),
-        _ => None,
-    }
-}
-
 async fn send_within(socket: &mut WebSocket, msg: Message, deadline: Duration) -> bool {
     matches!(tokio::time::timeout(deadline, socket.send(msg)).await, Ok(Ok(())))
 }
@@ -297,7 +189,7 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
     }
 
     let caller = Caller { participant: participant.clone(), call_id: call_id.clone(), clinic_id: clinic_id.clone() };
-    let mut commands_tx: Option<mpsc::Sender<ClientMsg>> = None;
+    let mut dispatch = Dispatch::default();
     let ping_every = Duration::from_millis(app.config.server.ping_interval_ms.max(10));
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_seen = Instant::now();
@@ -381,12 +273,7 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
                         Verdict::Refuse { notify } => {
                             app.metrics.frames_refused.inc();
                             if notify {
-                                let r = Refusal {
-                                    code: ErrorCode::RateLimited,
-                                    message: "Too many messages; slow down. Further frames are dropped until you do.".into(),
-                                    reference: None,
-                                };
-                                out.push(error_frame(&app, &call_id, r));
+                                out.push(error_frame(&app, &call_id, rate_limited()));
                             }
                             continue;
                         }
@@ -398,40 +285,10 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
                 }
                 let refusal = match msg {
                     Message::Text(frame) => match decode(frame.as_str()) {
-                        Ok(ClientMsg::PaymentProgress { payment_id, stage }) => {
-                            let refused = app.payments.progress(&caller, &payment_id, stage).err();
-                            if refused.is_none() {
-                                crate::metrics::Metrics::since(&app.metrics.relay_seconds, last_seen);
-                                // Stripe.js finished (or 3-D Secure opened): ask Stripe now
-                                // rather than wait for the webhook.
-                                if matches!(stage, ProgressStage::Submitted | ProgressStage::Authenticating) {
-                                    let payments = app.payments.clone();
-                                    app.tracker.spawn(async move {
-                                        payments.verify(&payment_id, crate::payments::verify::Reason::PageAsked).await;
-                                    });
-                                }
-                            }
-                            refused
-                        }
-                        Ok(cmd) => {
-                            let tx = commands_tx.get_or_insert_with(|| {
-                                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                                app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
-                                tx
-                            });
-                            tx.try_send(cmd).err().map(|_| Refusal {
-                                code: ErrorCode::RateLimited,
-                                message: "Too many requests in flight; wait for the earlier ones.".into(),
-                                reference: None,
-                            })
-                        }
+                        Ok(cmd) => dispatch.handle(&app, &caller, &out, cmd, last_seen),
                         Err(r) => Some(r),
                     },
-                    Message::Binary(_) => Some(Refusal {
-                        code: ErrorCode::BadFrame,
-                        message: "Binary frames are not part of the protocol.".into(),
-                        reference: None,
-                    }),
+                    Message::Binary(_) => Some(binary_refused()),
                     Message::Close(_) => break "peer closed",
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
@@ -443,7 +300,7 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
         }
     };
     tracing::debug!(call_id, why, "connection ended");
-    drop(commands_tx);
+    drop(dispatch);
     if let Some(left) = joined.membership.leave() {
         if shared {
             Box::pin(app.hub.share_presence(&call_id)).await;
@@ -488,52 +345,9 @@ async fn welcome(
     Ok((frame, (seeded, shown)))
 }
 
-async fn commands(app: AppState, caller: Caller, mut rx: mpsc::Receiver<ClientMsg>, out: Outbound) {
-    while let Some(cmd) = rx.recv().await {
-        let result = match cmd {
-            ClientMsg::PaymentRequest { client_ref, amount, currency, description } => {
-                app.payments.request(&caller, &client_ref, amount, &currency, &description).await
-            }
-            ClientMsg::PaymentCancel { payment_id } => app.payments.cancel(&caller, &payment_id).await,
-            ClientMsg::PaymentProgress { payment_id, stage } => app.payments.progress(&caller, &payment_id, stage),
-        };
-        if let Err(r) = result {
-            app.metrics.frames_refused.inc();
-            out.push(error_frame(&app, &caller.call_id, r));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decode_sorts_bad_frames() {
-        assert!(decode(r#"{"type":"payment.cancel","payment_id":"p"}"#).is_ok());
-        assert_eq!(decode("not json").unwrap_err().code, ErrorCode::BadFrame);
-        assert_eq!(decode(r#"{"type":"nope"}"#).unwrap_err().code, ErrorCode::BadFrame);
-        let r =
-            decode(r#"{"type":"payment.request","client_ref":"r1","amount":12.5,"currency":"aud","description":"d"}"#)
-                .unwrap_err();
-        assert_eq!((r.code, r.reference.as_deref()), (ErrorCode::InvalidAmount, Some("r1")));
-        assert_eq!(
-            decode(r#"{"type":"payment.request","client_ref":"r1","amount":"50","currency":"aud","description":"d"}"#)
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidAmount
-        );
-    }
-
-    #[test]
-    fn a_refusal_never_quotes_the_client_at_length() {
-        // serde names an unknown variant in its message, so an unbounded `type` used to come
-        // straight back in the error frame.
-        let huge = format!(r#"{{"type":"{}ü"}}"#, "x".repeat(20_000));
-        let r = decode(&huge).unwrap_err();
-        assert_eq!(r.code, ErrorCode::BadFrame);
-        assert!(r.message.len() < 300, "{} bytes", r.message.len());
-    }
 
     #[test]
     fn heartbeat_tolerates_one_late_pong_not_two() {
@@ -542,34 +356,6 @@ mod tests {
         assert!(!heartbeat_lost(Duration::from_millis(22_500), every));
         assert!(heartbeat_lost(Duration::from_millis(22_501), every));
         assert!(heartbeat_lost(Duration::from_secs(30), every));
-    }
-
-    #[test]
-    fn refusals_are_coalesced_per_window_and_a_long_flood_closes() {
-        let mut r = RateLimit::new(1, 1);
-        let t0 = Instant::now();
-        assert_eq!(r.check_at(t0), Verdict::Allow);
-        assert_eq!(r.check_at(t0), Verdict::Refuse { notify: true });
-        assert_eq!(r.check_at(t0), Verdict::Refuse { notify: false }, "one notice per window");
-        // Flooding every window: the tenth window in a row closes.
-        let mut verdict = Verdict::Allow;
-        for w in 1..=FLOOD_WINDOWS + 1 {
-            let at = t0 + NOTICE_WINDOW * w;
-            let _ = r.check_at(at); // a token refilled each second
-            verdict = r.check_at(at);
-            if verdict == Verdict::Close {
-                break;
-            }
-        }
-        assert_eq!(verdict, Verdict::Close);
-        // A quiet window forgives.
-        let mut q = RateLimit::new(1, 1);
-        assert_eq!(q.check_at(t0), Verdict::Allow);
-        assert_eq!(q.check_at(t0), Verdict::Refuse { notify: true });
-        assert_eq!(q.check_at(t0 + NOTICE_WINDOW * 2), Verdict::Allow);
-        assert_eq!(q.flood_windows, 1);
-        assert_eq!(q.check_at(t0 + NOTICE_WINDOW * 4), Verdict::Allow);
-        assert_eq!(q.flood_windows, 0);
     }
 
     #[test]
@@ -596,12 +382,5 @@ mod tests {
             !Stale::after(0, (0, shown)).skip(&confirmed(1, 1)),
             "nothing was queued before a fresh room's welcome"
         );
-    }
-
-    #[test]
-    fn rate_limit_allows_a_burst_then_refuses() {
-        let mut r = RateLimit::new(1, 3);
-        assert!(r.allow() && r.allow() && r.allow());
-        assert!(!r.allow());
     }
 }

@@ -466,12 +466,13 @@ struct Seen {
     known: std::collections::HashMap<String, (i64, String)>,
     /// Payments this client saw unpaid at some point.
     seen_unpaid: std::collections::HashSet<String>,
-    /// *Payment received* notices the hub causes, by payment id: one per `payment.confirmed`,
-    /// per id in a `payment.sync`'s `confirmed`, and per payment a reconnect's `welcome` shows
-    /// paid that the client saw unpaid and had no notice for (as web/sdk/callpay.js does; the
-    /// SDK also ignores repeats, which this count deliberately does not, so that the test sees
-    /// every repeat the hub sends).
-    notices: std::collections::HashMap<String, usize>,
+    /// `payment.confirmed` frames, by payment id, across all of this client's connections:
+    /// the hub must never send one twice.
+    confirmed_frames: std::collections::HashMap<String, usize>,
+    /// Payments the SDK has shown its *payment received* notice for (web/sdk/callpay.js: a
+    /// `payment.confirmed`, a sync's `confirmed` id, or any later copy showing paid what the
+    /// page saw unpaid; once per payment).
+    notified: std::collections::HashSet<String>,
 }
 
 impl Seen {
@@ -491,40 +492,31 @@ impl Seen {
     }
 
     fn notice(&mut self, id: &str) {
-        *self.notices.entry(id.to_owned()).or_default() += 1;
+        self.notified.insert(id.to_owned());
     }
 
-    /// Applies a frame as the SDK does, counting the notices it would show.
+    /// Whether `p` shows paid what this client saw unpaid (checked before keeping it).
+    fn became_paid(&self, p: &serde_json::Value) -> bool {
+        p["status"] == "succeeded" && p["payment_id"].as_str().is_some_and(|id| self.seen_unpaid.contains(id))
+    }
+
+    /// Applies a frame as the SDK does, noting the notices it would show.
     fn apply(&mut self, frame: &serde_json::Value) {
-        match frame["type"].as_str().unwrap_or("") {
-            "welcome" => {
-                for p in frame["payments"].as_array().into_iter().flatten() {
-                    self.keep(p);
-                }
-                // As the SDK: a payment shown paid that this client saw unpaid and was never
-                // told about (it reconnected across the confirmation, or the connection was
-                // cut between its payment.updated and its payment.confirmed).
-                for p in frame["payments"].as_array().into_iter().flatten() {
-                    let id = p["payment_id"].as_str().unwrap_or("");
-                    if p["status"] == "succeeded" && self.seen_unpaid.contains(id) && !self.notices.contains_key(id) {
-                        self.notice(id);
-                    }
-                }
+        let copies: Vec<serde_json::Value> = match frame["type"].as_str().unwrap_or("") {
+            "welcome" | "payment.sync" => frame["payments"].as_array().cloned().unwrap_or_default(),
+            "payment.requested" | "payment.updated" | "payment.confirmed" => vec![frame["payment"].clone()],
+            _ => Vec::new(),
+        };
+        for p in &copies {
+            if self.became_paid(p) {
+                self.notice(p["payment_id"].as_str().unwrap_or(""));
             }
-            "payment.requested" | "payment.updated" => self.keep(&frame["payment"]),
-            "payment.confirmed" => {
-                self.keep(&frame["payment"]);
-                self.notice(frame["payment"]["payment_id"].as_str().unwrap_or(""));
-            }
-            "payment.sync" => {
-                for p in frame["payments"].as_array().into_iter().flatten() {
-                    self.keep(p);
-                }
-                for id in frame["confirmed"].as_array().into_iter().flatten() {
-                    self.notice(id.as_str().unwrap_or(""));
-                }
-            }
-            _ => {}
+            self.keep(p);
+        }
+        if frame["type"] == "payment.confirmed" {
+            let id = frame["payment"]["payment_id"].as_str().unwrap_or("").to_owned();
+            *self.confirmed_frames.entry(id.clone()).or_default() += 1;
+            self.notice(&id);
         }
     }
 }
@@ -615,9 +607,14 @@ impl Agent {
             .collect()
     }
 
-    /// The *payment received* notices the SDK would have shown for `payment_id`.
-    fn notices(&self, payment_id: &str) -> usize {
-        self.seen.lock().unwrap().notices.get(payment_id).copied().unwrap_or(0)
+    /// Whether the SDK would have shown its *payment received* notice for `payment_id`.
+    fn notified(&self, payment_id: &str) -> bool {
+        self.seen.lock().unwrap().notified.contains(payment_id)
+    }
+
+    /// `payment.confirmed` frames this client got for `payment_id`, over all its connections.
+    fn confirmed_frames(&self, payment_id: &str) -> usize {
+        self.seen.lock().unwrap().confirmed_frames.get(payment_id).copied().unwrap_or(0)
     }
 
     /// Whether this client ever saw `payment_id` unpaid (only then is a notice owed to it).
@@ -699,7 +696,7 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
                     let deadline = Instant::now() + Duration::from_secs(30);
                     loop {
                         let paid = agent.payment(&client_ref).is_some_and(|p| p["status"] == "succeeded");
-                        if paid && (agent.notices(&id) >= 1 || !agent.saw_unpaid(&id)) {
+                        if paid && (agent.notified(&id) || !agent.saw_unpaid(&id)) {
                             break;
                         }
                         assert!(
@@ -737,17 +734,23 @@ async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
         assert_eq!(ids.len(), PAYMENTS_PER_CALL);
         for id in ids {
             for (who, agent) in [("clinician", doc), ("patient", pat)] {
-                // Exactly one notice for a payment the client saw unpaid; a client that only
-                // ever saw it paid (it reconnected across the confirmation and its requested
-                // frame) is owed none and must get none.
-                let want = usize::from(agent.saw_unpaid(id));
+                // The notice for every payment the client saw unpaid (none for one it only ever
+                // saw paid: it reconnected across the request and the confirmation), and never
+                // a second payment.confirmed from the hub, across all its connections.
+                let want = agent.saw_unpaid(id);
                 assert_eq!(
-                    agent.notices(id),
+                    agent.notified(id),
                     want,
-                    "{call}: the {who} was told {id} was paid {} times; its frames: {}",
-                    agent.notices(id),
+                    "{call}: the {who}'s notice for {id}; its frames: {}",
                     agent.trace(id)
                 );
+                assert!(
+                    agent.confirmed_frames(id) <= 1,
+                    "{call}: the hub sent the {who} payment.confirmed for {id} {} times; its frames: {}",
+                    agent.confirmed_frames(id),
+                    agent.trace(id)
+                );
+                let want = usize::from(want);
                 unseen += 1 - want;
             }
         }

@@ -123,6 +123,11 @@ export class CallpayClient {
     return !old || old.version < p.version || old.status !== p.status;
   }
 
+  /** Whether `p` shows paid a payment this page saw unpaid (checked before keeping it). */
+  becamePaid(p) {
+    return p.status === 'succeeded' && this.sawUnpaid.has(p.payment_id);
+  }
+
   /** The "payment received" notice, once per payment for the life of the page. */
   notify(p) {
     if (this.notified.has(p.payment_id)) return;
@@ -158,18 +163,24 @@ export class CallpayClient {
         break;
       }
       case 'payment.requested':
-      case 'payment.updated':
+      case 'payment.updated': {
         this.settle(frame.payment.client_ref, { payment: frame.payment });
+        const paidNow = this.becamePaid(frame.payment);
         if (this.keep(frame.payment)) this.on('payment', frame.payment);
+        // Normally a payment.confirmed follows at once; if the connection drops in between,
+        // the notice must not be lost with it (notify ignores the repeat).
+        if (paidNow) this.notify(frame.payment);
         break;
+      }
       case 'payment.sync': {
         // A repair with many changes in one frame: each payment as a payment.updated, and the
         // notice of a payment.confirmed for each that became paid meanwhile.
         const confirmed = new Set(frame.confirmed || []);
         for (const p of frame.payments) {
           this.settle(p.client_ref, { payment: p });
+          const paidNow = this.becamePaid(p);
           if (this.keep(p)) this.on('payment', p);
-          if (confirmed.has(p.payment_id)) this.notify(this.payments.get(p.payment_id));
+          if (paidNow || (confirmed.has(p.payment_id) && this.sawUnpaid.has(p.payment_id))) this.notify(this.payments.get(p.payment_id));
         }
         break;
       }

@@ -77,6 +77,8 @@ impl RedisBus {
         let unavailable = |e: redis::RedisError| BusError::Unavailable(e.to_string());
         let conn = Link::connect(urls, cluster, None).await.map_err(unavailable)?;
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
+        let wanted: Arc<subscriptions::Wanted> = Arc::default();
+        let ours = wanted.clone();
         let lagged = Arc::new(AtomicBool::new(false));
         let lag_flag = lagged.clone();
         let pushes = Box::new(move |info: PushInfo| {
@@ -84,6 +86,13 @@ impl RedisBus {
             // reconnection resubscribing 50,000 channels would otherwise fill the buffer and
             // count as lost messages (a second, needless repair of every call).
             if matches!(info.kind, redis::PushKind::Subscribe | redis::PushKind::SSubscribe) {
+                return;
+            }
+            // Likewise the confirmations of our own unsubscribes (50,000 rooms closing at once).
+            if matches!(info.kind, redis::PushKind::Unsubscribe | redis::PushKind::SUnsubscribe)
+                && let Some(redis::Value::BulkString(ch)) = info.data.first()
+                && ours.unsubscribed(&String::from_utf8_lossy(ch))
+            {
                 return;
             }
             if push_tx.try_send(info).is_err() {
@@ -97,7 +106,7 @@ impl RedisBus {
             presence: presence::PresenceRecord::new(conn, node.clone()),
             node,
             subscriber,
-            wanted: Arc::default(),
+            wanted,
             pushes: std::sync::Mutex::new(Some(push_rx)),
             lagged,
         })

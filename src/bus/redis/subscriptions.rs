@@ -42,6 +42,9 @@ struct WantedState {
     calls: HashMap<String, String>,
     /// Channels Redis said it no longer holds for us (to subscribe again if still wanted).
     dropped: HashSet<String>,
+    /// Channels this node is unsubscribing: Redis's confirmation for them is ours, not a
+    /// subscription lost on Redis's side.
+    leaving: HashSet<String>,
 }
 
 impl Wanted {
@@ -57,10 +60,22 @@ impl Wanted {
         self.changed.notify_one();
     }
 
-    /// Redis dropped `channel` (it says so with an unsubscribe push).
-    fn dropped(&self, channel: String) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).dropped.insert(channel);
+    /// Redis says it no longer holds `channel` for us: the confirmation of our own unsubscribe
+    /// (answered true, nothing to do), or a subscription Redis dropped on its own (to subscribe
+    /// again if still wanted).
+    pub(super) fn unsubscribed(&self, channel: &str) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.leaving.remove(channel) {
+            return true;
+        }
+        state.dropped.insert(channel.to_owned());
+        drop(state);
         self.changed.notify_one();
+        false
+    }
+
+    fn leaving(&self, channels: &[String]) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).leaving.extend(channels.iter().cloned());
     }
 
     /// The channels wanted now (the gap channel, each call's, each of their clinics'), with the
@@ -94,6 +109,9 @@ pub(super) async fn keep_subscribed(
     stop: CancellationToken,
 ) {
     let mut held: HashSet<String> = HashSet::new();
+    // Channels whose SUBSCRIBE failed or timed out: Redis may have applied it anyway, so one no
+    // longer wanted is unsubscribed rather than left behind.
+    let mut maybe: HashSet<String> = HashSet::new();
     let mut wait = RETRY_START;
     loop {
         let (channels, dropped) = wanted.snapshot();
@@ -103,11 +121,15 @@ pub(super) async fn keep_subscribed(
             }
         }
         let to_add: Vec<String> = channels.keys().filter(|c| !held.contains(*c)).cloned().collect();
-        let to_drop: Vec<String> = held.iter().filter(|c| !channels.contains_key(*c)).cloned().collect();
+        let to_drop: Vec<String> =
+            held.iter().chain(maybe.iter()).filter(|c| !channels.contains_key(*c)).cloned().collect();
         let mut failed = false;
         for chunk in to_add.chunks(SUBSCRIBE_BATCH) {
             match sub.subscribe(chunk).await {
                 Ok(()) => {
+                    for c in chunk {
+                        maybe.remove(c);
+                    }
                     held.extend(chunk.iter().cloned());
                     let live: Vec<(String, String)> =
                         chunk.iter().filter_map(|c| channels.get(c).cloned().flatten()).collect();
@@ -117,6 +139,7 @@ pub(super) async fn keep_subscribed(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, channels = chunk.len(), "redis subscribe failed; retrying");
+                    maybe.extend(chunk.iter().cloned());
                     failed = true;
                     break;
                 }
@@ -124,10 +147,12 @@ pub(super) async fn keep_subscribed(
         }
         if !failed {
             for chunk in to_drop.chunks(SUBSCRIBE_BATCH) {
+                wanted.leaving(chunk);
                 match sub.unsubscribe(chunk).await {
                     Ok(()) => {
                         for c in chunk {
                             held.remove(c);
+                            maybe.remove(c);
                         }
                     }
                     Err(e) => {
@@ -193,9 +218,25 @@ impl Streams {
             self.last.retain(|_, (_, at)| now.duration_since(*at) < STREAM_IDLE);
         }
         let key = (channel.to_owned(), origin.to_owned());
-        match self.last.insert(key, (seq, now)) {
-            Some((last, _)) if seq > last + 1 => Continuity::Hole,
-            _ => Continuity::Whole,
+        match self.last.get_mut(&key) {
+            Some((last, at)) if seq > *last + 1 => {
+                (*last, *at) = (seq, now);
+                Continuity::Hole
+            }
+            // Behind what was seen, but not a counter starting again (a gap notice overtook
+            // messages still on their way): nothing is missing, and the newest stays.
+            Some((last, at)) if seq <= *last && seq != 1 => {
+                *at = now;
+                Continuity::Whole
+            }
+            Some((last, at)) => {
+                (*last, *at) = (seq, now);
+                Continuity::Whole
+            }
+            None => {
+                self.last.insert(key, (seq, now));
+                Continuity::Whole
+            }
         }
     }
 }
@@ -220,7 +261,7 @@ impl Receiver {
                 // which channels are still wanted.
                 PushKind::Unsubscribe | PushKind::SUnsubscribe => {
                     if let Some(redis::Value::BulkString(ch)) = push.data.first() {
-                        self.wanted.dropped(String::from_utf8_lossy(ch).into_owned());
+                        self.wanted.unsubscribed(&String::from_utf8_lossy(ch));
                     }
                 }
                 PushKind::Disconnection => {
@@ -294,6 +335,8 @@ mod tests {
         assert_eq!(s.check("ch", "a", 5), Continuity::Whole);
         assert_eq!(s.check("ch", "b", 9), Continuity::Whole, "first message of another origin");
         assert_eq!(s.check("other", "a", 3), Continuity::Whole, "numbers are per channel");
+        assert_eq!(s.check("ch", "a", 3), Continuity::Whole, "a late message behind a gap notice");
+        assert_eq!(s.check("ch", "a", 6), Continuity::Whole, "and the newest number was kept");
         assert_eq!(s.check("ch", "a", 1), Continuity::Whole, "a forgotten counter starts again");
         assert_eq!(s.check("ch", "a", 0), Continuity::Whole, "unnumbered");
     }
