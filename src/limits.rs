@@ -7,22 +7,15 @@
 pub const FILE_RESERVE: u64 = 512;
 
 /// Raises this process's soft open-file limit to its hard limit (allowed without privileges)
-/// and returns the soft limit now in force.
+/// and returns the soft limit now in force (1024, the usual default, if it cannot be read).
 pub fn raise_open_files() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
         }
     }
-    lim.rlim_cur
 }
 
 /// The connection cap for a configured value: the value itself, or for `0` the open-file

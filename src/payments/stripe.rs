@@ -145,26 +145,31 @@ impl StripeGateway {
         Ok(Self { client, max_attempts: cfg.max_attempts.max(1) })
     }
 
-    /// Runs `send` up to `max_attempts` times while the failure is transient.
+    /// Runs `send` up to `max_attempts` times while the failure is transient, waiting
+    /// exponentially longer (with jitter, so hubs that failed together do not retry together)
+    /// between attempts. Every attempt carries the same idempotency key. Stripe's own
+    /// `Retry-After` cannot be honoured here: async-stripe's error carries no headers.
     async fn with_retries<T, F, Fut>(&self, what: &str, mut send: F) -> Result<T, GatewayError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, stripe::StripeError>>,
     {
-        let mut wait = BACKOFF_START;
-        let mut attempt = 1;
-        loop {
-            match send().await.map_err(classify) {
-                Ok(v) => return Ok(v),
-                Err(GatewayError::Unavailable(why)) if attempt < self.max_attempts => {
-                    tracing::warn!(what, attempt, %why, "stripe call failed; retrying with the same idempotency key");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        use backon::{ExponentialBuilder, Retryable};
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_START)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize);
+        (|| {
+            let attempt = send();
+            async move { attempt.await.map_err(classify) }
+        })
+        .retry(backoff)
+        .when(|e| matches!(e, GatewayError::Unavailable(_)))
+        .notify(|e, wait| {
+            tracing::warn!(what, error = %e, ?wait, "stripe call failed; retrying with the same idempotency key");
+        })
+        .await
     }
 }
 

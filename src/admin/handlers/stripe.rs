@@ -85,10 +85,7 @@ pub struct Callback {
 }
 
 fn cookie_state(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        (k == STATE_COOKIE).then(|| v.to_owned())
-    })
+    axum_extra::extract::CookieJar::from_headers(headers).get(STATE_COOKIE).map(|c| c.value().to_owned())
 }
 
 /// Whether the admin who started an OAuth link may still manage `clinic`'s Stripe account.

@@ -175,20 +175,24 @@ impl PresenceStore for RedisBus {
     }
 }
 
-/// Waits, with backoff, until Redis answers on `link` again; false if stopped first.
+/// Waits until Redis answers on `link` again, pinging with exponential backoff and jitter
+/// (so nodes cut off together do not all ping at once) up to [`RETRY_MAX`] apart; false if
+/// stopped first.
 async fn wait_for_redis(link: &Link, stop: &CancellationToken) -> bool {
-    let mut wait = RETRY_START;
-    loop {
-        if stop.is_cancelled() {
-            return false;
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(RETRY_START)
+        .with_max_delay(RETRY_MAX)
+        .with_jitter()
+        .without_max_times();
+    let ping = || async {
+        match tokio::time::timeout(REDIS_TIMEOUT, link.ping()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err("ping timed out".to_owned()),
         }
-        if matches!(tokio::time::timeout(REDIS_TIMEOUT, link.ping()).await, Ok(Ok(()))) {
-            return true;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(RETRY_MAX);
+    };
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        answered = ping.retry(backoff) => answered.is_ok(),
     }
 }
