@@ -7,7 +7,7 @@
 use crate::admin::authz::AdminRole;
 use crate::app::{Dependencies, node_id};
 use crate::auth::{JoinClaims, now_secs, sign_hs256};
-use crate::bus::MemoryBus;
+use crate::bus::{MemoryBus, RedisBus};
 use crate::config::{Config, Secret};
 use crate::ids::random_id;
 use crate::payments::stripe::StripeGateway;
@@ -164,6 +164,53 @@ pub async fn start_wrapped(
     tweak: impl FnOnce(&mut Config),
     wrap_store: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
 ) -> anyhow::Result<Demo> {
+    start_inner(data_dir, listen, sim_config, tweak, wrap_store, None).await
+}
+
+/// The demo as several hub instances in one process, one listener each, sharing the demo's
+/// store and simulator and talking through the Redis at `redis_url`, as separate processes on
+/// PostgreSQL would (Stripe's webhooks reach the first). Shows, and lets a browser test, what
+/// crosses instances: a clinician on one and a patient on another, a Redis outage between them.
+pub async fn start_several(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    nodes: usize,
+    redis_url: &str,
+    tweak: impl Fn(&mut Config),
+) -> anyhow::Result<(Demo, Vec<App>)> {
+    let demo = start_inner(data_dir, listen, stripe_sim::SimConfig::default(), &tweak, |s| s, Some(redis_url)).await?;
+    let mut more = Vec::new();
+    for _ in 1..nodes.max(1) {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)).await?;
+        let addr = listener.local_addr()?;
+        let mut config = demo.app.state.config.as_ref().clone();
+        config.server.listen = addr;
+        config.server.public_url = Some(format!("http://{addr}"));
+        tweak(&mut config);
+        let node = node_id();
+        let bus = Arc::new(RedisBus::connect(redis_url, node.clone()).await.context("connecting to Redis")?);
+        let deps = Dependencies {
+            store: demo.app.state.store.clone(),
+            stripe: Arc::new(StripeGateway::new(&config.stripe)?),
+            bus: bus.clone(),
+            presence: bus,
+            connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
+        };
+        let mut app = App::build_on(listener, config, deps, node).await?;
+        app.demo = demo.app.demo.clone();
+        more.push(app);
+    }
+    Ok((demo, more))
+}
+
+async fn start_inner(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    sim_config: stripe_sim::SimConfig,
+    tweak: impl FnOnce(&mut Config),
+    wrap_store: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    redis_url: Option<&str>,
+) -> anyhow::Result<Demo> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; choose another address with --listen 127.0.0.1:PORT"))?;
@@ -200,12 +247,21 @@ pub async fn start_wrapped(
     let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
     seed(&store, &sim).await?;
     let node = node_id();
-    let bus = Arc::new(MemoryBus::new(node.clone()));
+    let (bus, presence): (Arc<dyn crate::bus::Bus>, Arc<dyn crate::bus::PresenceStore>) = match redis_url {
+        Some(url) => {
+            let redis = Arc::new(RedisBus::connect(url, node.clone()).await.context("connecting to Redis")?);
+            (redis.clone(), redis)
+        }
+        None => {
+            let memory = Arc::new(MemoryBus::new(node.clone()));
+            (memory.clone(), memory)
+        }
+    };
     let deps = Dependencies {
         store: wrap_store(Arc::new(store)),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
-        bus: bus.clone(),
-        presence: bus,
+        bus,
+        presence,
         connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
@@ -264,18 +320,29 @@ pub async fn start_wrapped(
 
 /// `callpay demo`: starts, prints, runs until Ctrl-C. `settings` come from `--config` and the
 /// environment as for `serve`; the demo keeps its own auth, database, Stripe and bus, and takes
-/// the server (limits, timeouts) and payments settings from them.
-pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config) -> anyhow::Result<()> {
+/// the server (limits, timeouts) and payments settings from them. With `several` (instances and
+/// a Redis URL) it runs that many hub instances over that Redis ([`start_several`]).
+pub async fn run(
+    data_dir: PathBuf,
+    listen: Option<SocketAddr>,
+    settings: Config,
+    several: Option<(usize, String)>,
+) -> anyhow::Result<()> {
     let listen = listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let demo = start_with(Some(data_dir), listen, stripe_sim::SimConfig::default(), |c| {
+    let tweak = |c: &mut Config| {
         c.server = crate::config::ServerConfig {
             listen: c.server.listen,
             public_url: c.server.public_url.clone(),
-            ..settings.server
+            ..settings.server.clone()
         };
-        c.payments = settings.payments;
-    })
-    .await?;
+        c.payments = settings.payments.clone();
+    };
+    let (demo, more) = match &several {
+        Some((nodes, redis)) => start_several(Some(data_dir), listen, *nodes, redis, tweak).await?,
+        None => (start_with(Some(data_dir), listen, stripe_sim::SimConfig::default(), tweak).await?, Vec::new()),
+    };
+    let hub_urls: Vec<String> =
+        std::iter::once(demo.info.hub_url.clone()).chain(more.iter().map(|a| format!("http://{}", a.addr()))).collect();
     let i = &demo.info;
     println!("callpay demo is running (Ctrl-C to stop)");
     println!("  open the demo call: {}/demo", i.hub_url);
@@ -283,7 +350,7 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config
         "  clinic admin page:  {}/admin/client-payment?clinic={DEMO_CLINIC}#token={}",
         i.hub_url, i.clinic_admin_token
     );
-    println!("  hub:                {}", i.hub_url);
+    println!("  hub:                {}", hub_urls.join(", "));
     println!("  stripe simulator:   {}/dashboard", i.stripe_url);
     println!("  call:               {}", i.call_id);
     println!("  clinician token:    {}", i.clinician_token);
@@ -295,6 +362,7 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config
         "CALLPAY_DEMO {}",
         json!({
             "hub_url": i.hub_url,
+            "hub_urls": hub_urls,
             "stripe_url": i.stripe_url,
             "clinician_token": i.clinician_token,
             "patient_token": i.patient_token,
@@ -310,6 +378,10 @@ pub async fn run(data_dir: PathBuf, listen: Option<SocketAddr>, settings: Config
         })
     );
     crate::shutdown::on_signal(demo.app.state.shutdown.clone());
+    for app in &more {
+        crate::shutdown::on_signal(app.state.shutdown.clone());
+    }
     let _sim = demo.sim;
-    demo.app.run_until_stopped().await
+    let runs = std::iter::once(demo.app).chain(more).map(App::run_until_stopped);
+    futures_util::future::try_join_all(runs).await.map(drop)
 }

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 
 const USAGE: &str = "usage:
   callpay serve [--config FILE]      run the hub (settings: FILE, then CALLPAY__SECTION__KEY variables)
-  callpay demo [--data-dir DIR] [--listen ADDR] [--config FILE]
+  callpay demo [--data-dir DIR] [--listen ADDR] [--config FILE] [--nodes N --redis-url URL]
                                      run everything offline: hub, SQLite, Stripe simulator, web pages
-                                     (server and payments settings from FILE and CALLPAY__… as for serve)";
+                                     (server and payments settings from FILE and CALLPAY__… as for serve);
+                                     --nodes runs N hub instances in one process over that Redis";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -43,7 +44,14 @@ async fn main() -> anyhow::Result<()> {
             let listen = flag("--listen").map(|l| l.parse()).transpose().context("--listen must be HOST:PORT")?;
             let file = flag("--config").map(PathBuf::from);
             let settings = Config::load(file.as_deref(), std::env::vars()).context("loading configuration")?;
-            callpay::demo::run(dir, listen, settings).await
+            let nodes: usize =
+                flag("--nodes").map(|n| n.parse()).transpose().context("--nodes must be a number")?.unwrap_or(1);
+            let several = match (nodes, flag("--redis-url")) {
+                (1, None) => None,
+                (n, Some(redis)) => Some((n, redis)),
+                (_, None) => bail!("--nodes needs --redis-url (the instances talk through Redis)"),
+            };
+            callpay::demo::run(dir, listen, settings, several).await
         }
         #[cfg(not(feature = "demo"))]
         "demo" => {

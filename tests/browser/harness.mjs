@@ -14,10 +14,11 @@ mkdirSync(ARTIFACTS, { recursive: true });
 const BINARY = process.env.CALLPAY_BIN || join(ROOT, 'target', 'debug', 'callpay');
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
-/** Starts a demo and resolves with its CALLPAY_DEMO info once it is ready. */
-export async function startDemo() {
+/** Starts a demo (with `args` added, e.g. `--nodes 2 --redis-url …`) and resolves with its
+ * CALLPAY_DEMO info once it is ready. */
+export async function startDemo({ args = [] } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'callpay-browser-'));
-  const proc = spawn(BINARY, ['demo', '--data-dir', dir, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(BINARY, ['demo', '--data-dir', dir, '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   proc.stderr.on('data', (d) => { stderr += d; });
   const info = await new Promise((resolve, reject) => {
