@@ -279,6 +279,13 @@ async fn until_payable(ws: &mut Ws) -> anyhow::Result<Value> {
         if (kind == "payment.requested" || kind == "payment.updated") && f["payment"]["status"] == "requested" {
             return Ok(f["payment"].clone());
         }
+        // A request stored before this connection's snapshot was read is in its welcome, and
+        // the hub does not send it again after.
+        if kind == "welcome"
+            && let Some(p) = f["payments"].as_array().and_then(|ps| ps.iter().find(|p| p["status"] == "requested"))
+        {
+            return Ok(p.clone());
+        }
         if kind == "error" {
             bail!("error frame: {f}");
         }

@@ -3,6 +3,7 @@
 //! nodes resync their rooms from the store, so nothing published meanwhile is lost to clients.
 
 use crate::helpers::*;
+use crate::recovery::Recorder;
 use crate::services::{PrivateRedis, REDIS_URL, TempDb, ensure_services};
 use callpay::app::{AppState, Dependencies};
 use callpay::bus::RedisBus;
@@ -206,23 +207,6 @@ async fn a_resync_repairs_availability_lost_in_a_gap() {
     tokio::join!(hub.state.hub.resync_rooms(), hub.state.hub.resync_rooms());
     let update = doc.until("clinic.updated").await;
     assert_eq!(update["payments_available"], false, "{update}");
-}
-
-/// Records what a Redis bus hands its node.
-#[derive(Default)]
-struct Recorder {
-    delivered: std::sync::Mutex<Vec<callpay::bus::Envelope>>,
-    resynced_calls: std::sync::Mutex<Vec<String>>,
-}
-
-impl callpay::bus::EnvelopeSink for Recorder {
-    fn deliver_remote(&self, envelope: &callpay::bus::Envelope) {
-        self.delivered.lock().unwrap().push(envelope.clone());
-    }
-    fn resync(self: Arc<Self>) {}
-    fn resync_call(self: Arc<Self>, call_id: String, _clinic_id: String) {
-        self.resynced_calls.lock().unwrap().push(call_id);
-    }
 }
 
 async fn numsub(channel: &str) -> i64 {

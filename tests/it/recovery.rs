@@ -189,10 +189,10 @@ async fn a_node_that_dies_between_commit_and_publish_loses_no_confirmation() {
 
 /// What a Redis bus hands its node.
 #[derive(Default)]
-struct Recorder {
-    delivered: Mutex<Vec<Envelope>>,
-    resynced_calls: Mutex<Vec<String>>,
-    global_resyncs: Mutex<usize>,
+pub(crate) struct Recorder {
+    pub(crate) delivered: Mutex<Vec<Envelope>>,
+    pub(crate) resynced_calls: Mutex<Vec<String>>,
+    pub(crate) global_resyncs: Mutex<usize>,
 }
 
 impl EnvelopeSink for Recorder {
