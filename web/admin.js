@@ -283,6 +283,9 @@ function refundRow(p, state) {
     } catch (e) {
       const key = `refund.error.${e.code}`;
       state.error = t(key) === key ? t('refund.error.other') : t(key);
+      // Only an unfinished refund is sent again under its key; after a final answer the
+      // form's next request is a new one.
+      if (!['stripe_unavailable', 'unavailable'].includes(e.code)) state.key = crypto.randomUUID();
     }
     state.sending = false;
     renderPayments();

@@ -52,6 +52,9 @@ async function sendRefund(p, state) {
     } else {
       const key = `refund.error.${body.code}`;
       state.error = t(key) === key ? t('refund.error.other') : t(key);
+      // Only an unfinished refund is sent again under its key; after a final answer the
+      // form's next request is a new one.
+      if (!['stripe_unavailable', 'unavailable'].includes(body.code)) state.key = crypto.randomUUID();
     }
   } catch (_) {
     state.error = t('refund.error.other');

@@ -67,6 +67,10 @@ pub enum RefundError {
     /// callpay no longer has access to the clinic's Stripe account.
     #[error("no access to the connected account")]
     NoAccess,
+    /// The request key was already used for a refund of another amount or reason (a form
+    /// changed after an error kept its key): nothing is sent.
+    #[error("request key reused for a different refund")]
+    KeyReused,
     /// The store failed; nothing was sent to Stripe unless the refund is pending.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -84,6 +88,7 @@ impl RefundError {
             Self::StripeRefused(_) => "stripe_refused",
             Self::StripeUnavailable => "stripe_unavailable",
             Self::NoAccess => "stripe_not_connected",
+            Self::KeyReused => "request_key_reused",
             Self::Store(_) => "unavailable",
         }
     }
@@ -104,6 +109,9 @@ impl RefundError {
             }
             Self::StripeRefused(code) => {
                 format!("Stripe did not accept this refund (Stripe code {code}); nothing was refunded.")
+            }
+            Self::KeyReused => {
+                "This form's earlier request was for another amount or reason; nothing was refunded now. Open the refund form again.".into()
             }
             Self::StripeUnavailable => {
                 "Stripe could not be reached. The refund is kept; sending the same request again finishes it.".into()
@@ -156,6 +164,11 @@ impl Payments {
         if let Some(k) = key
             && let Some(existing) = self.store.refund_by_key(&payment.id, k).await?
         {
+            // The same key must mean the same refund: a changed amount or reason is a new
+            // request that must not be answered with the old one's outcome.
+            if ask.amount.is_some_and(|a| a != existing.amount) || ask.reason != existing.reason {
+                return Err(RefundError::KeyReused);
+            }
             return self.again(payment, existing).await;
         }
         let remaining = self.remaining(payment).await?;
@@ -239,6 +252,18 @@ impl Payments {
     async fn again(&self, payment: &Payment, existing: Refund) -> Result<Refunded, RefundError> {
         if existing.status == "pending" && existing.stripe_refund_id.is_none() {
             return self.send(payment, existing).await;
+        }
+        // A refund that never happened is answered as the error it was, never as a success.
+        if matches!(existing.status.as_str(), "refused" | "failed" | "canceled") {
+            let code = existing.failure_reason.clone().unwrap_or_else(|| existing.status.clone());
+            if STRIPE_TOO_MUCH.contains(&code.as_str()) {
+                let remaining = self.remaining(payment).await?;
+                return Err(RefundError::ExceedsRemaining {
+                    remaining: remaining.max(0),
+                    currency: payment.currency.clone(),
+                });
+            }
+            return Err(RefundError::StripeRefused(code));
         }
         let payment = self.store.payment(&payment.id).await?.unwrap_or_else(|| payment.clone());
         Ok(Refunded { refund: existing, payment })

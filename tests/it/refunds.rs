@@ -402,3 +402,27 @@ async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
     assert_eq!(run(&postgres).await.unwrap(), expected, "PostgreSQL");
     postgres.close().await;
 }
+
+/// A refused refund asked again with its form's key is the error it was, never a success; and
+/// the key sent with another amount is refused, not answered with the old refund.
+#[tokio::test]
+async fn a_refused_refund_asked_again_with_its_key_is_never_answered_as_a_success() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r9", "4242424242424242").await;
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
+    assert_eq!(refund_on_stripe(&hub, &p.acct, &p.pi, 3000).await.0, 200);
+    let ask = json!({"amount": 5000, "reason": "duplicate", "request_key": "form-1"});
+    let (status, body) = admin_refund(&hub, &p.id, ask.clone()).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("exceeds_remaining")), "{body}");
+    // The same request again (a retry of the page): the same answer, not 200.
+    let (status, body) = admin_refund(&hub, &p.id, ask).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("exceeds_remaining")), "{body}");
+    // The form changed its amount but kept its key: refused, nothing sent.
+    let changed = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-1"});
+    let (status, body) = admin_refund(&hub, &p.id, changed).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("request_key_reused")), "{body}");
+    assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1, "only the dashboard's refund exists");
+    // A new key for the new amount goes through.
+    let fresh = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-2"});
+    assert_eq!(admin_refund(&hub, &p.id, fresh).await.0, 200);
+}
