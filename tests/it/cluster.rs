@@ -139,7 +139,12 @@ async fn redis_restart_loses_nothing_clients_can_see() {
             .raw
             .iter()
             .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
-            .find(|f| f["type"] == "payment.updated" && f["payment"]["payment_id"] == id.as_str());
+            // Live (`payment.requested`, when Redis was back within the publish's timeout) or by
+            // the repair (`payment.updated`): once either way, never not at all.
+            .find(|f| {
+                (f["type"] == "payment.updated" || f["type"] == "payment.requested")
+                    && f["payment"]["payment_id"] == id.as_str()
+            });
         if let Some(f) = found {
             break f;
         }
