@@ -158,6 +158,13 @@ async fn redis_restart_loses_nothing_clients_can_see() {
         f["payment"]["payment_id"] == id.as_str() && f["payment"]["status"] == "canceled"
     })
     .await;
+    let copies = pat
+        .raw
+        .iter()
+        .filter_map(|f| serde_json::from_str::<serde_json::Value>(f).ok())
+        .filter(|f| f["payment"]["payment_id"] == id.as_str() && f["payment"]["status"] == "requested")
+        .count();
+    assert_eq!(copies, 1, "the request reached the patient once, live or repaired: {:?}", pat.raw);
 }
 
 #[tokio::test]
