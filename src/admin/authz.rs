@@ -32,9 +32,12 @@ pub enum Action {
     /// Refund a paid payment, in full or in part. A team member only while
     /// `payments.clinician_refund_window_hours` allows, and only what they requested.
     Refund,
-    /// Read reports (totals by status, day and clinician; the CSV export) of a clinic, or of
-    /// every clinic of an organisation.
+    /// Read reports (totals by status, day and clinician; the CSV export) of a clinic.
     ViewReports,
+    /// Read the payment records of every clinic of an organisation, in one list.
+    ViewOrgPayments,
+    /// Read the report over every clinic of an organisation.
+    ViewOrgReports,
 }
 
 /// How far a role reaches for an action.
@@ -75,6 +78,9 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     (Action::Refund, [No, OwnClinic, OwnRequests, No]),
     // Reports are about the clinic's money: its admins and the organisation's, not the desk.
     (Action::ViewReports, [OwnOrg, OwnClinic, No, No]),
+    // Across the organisation: its admins only (a team admin reads each of their clinics).
+    (Action::ViewOrgPayments, [OwnOrg, No, No, No]),
+    (Action::ViewOrgReports, [OwnOrg, No, No, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -146,6 +152,8 @@ mod tests {
             Action::ViewPayments,
             Action::Refund,
             Action::ViewReports,
+            Action::ViewOrgPayments,
+            Action::ViewOrgReports,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

@@ -119,6 +119,12 @@ pub const ROUTES: &[RouteDoc] = &[
     },
     RouteDoc {
         method: "get",
+        path: "/v1/orgs/{org_id}/payments",
+        summary: "Every clinic's payment records in the organisation, newest first (paginated); filters as for a clinic's, and clinic",
+        action: Some(Action::ViewOrgPayments),
+    },
+    RouteDoc {
+        method: "get",
         path: "/v1/payments/{payment_id}",
         summary: "A payment record with its whole history (every change, when and from where)",
         action: Some(Action::ViewPayments),
@@ -145,7 +151,7 @@ pub const ROUTES: &[RouteDoc] = &[
         method: "get",
         path: "/v1/orgs/{org_id}/report",
         summary: "The organisation's report over all its clinics (also by clinic); query as for a clinic's",
-        action: Some(Action::ViewReports),
+        action: Some(Action::ViewOrgReports),
     },
     RouteDoc {
         method: "get",
@@ -173,6 +179,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe::stripe_account))
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
         .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
+        .route("/v1/orgs/{org_id}/payments", get(handlers::payments::org_list))
         .route("/v1/payments/{payment_id}", get(handlers::payments::show))
         .route("/v1/payments/{payment_id}/refunds", post(handlers::refunds::create))
         .route("/v1/clinics/{clinic_id}/report", get(handlers::reports::clinic))

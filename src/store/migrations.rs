@@ -158,4 +158,9 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX IF NOT EXISTS refunds_payment ON refunds (payment_id, created_at)",
         ],
     ),
+    (
+        7,
+        "refunds Stripe never answered are found by the sweep that sends them again",
+        &["CREATE INDEX IF NOT EXISTS refunds_status ON refunds (status, updated_at)"],
+    ),
 ];

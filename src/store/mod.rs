@@ -163,6 +163,17 @@ pub struct PaymentFilter {
     pub requested_by_id: Option<String>,
     /// Requested in this call.
     pub call_id: Option<String>,
+    /// Of this clinic (narrows an organisation's list).
+    pub clinic_id: Option<String>,
+}
+
+/// Whose payment records a list covers.
+#[derive(Debug, Clone, Copy)]
+pub enum PaymentScope<'a> {
+    /// One clinic's.
+    Clinic(&'a str),
+    /// Every clinic of an organisation (clinics added later included).
+    Org(&'a str),
 }
 
 /// What inserting a payment found.
@@ -351,11 +362,11 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_oauth_state(&self, s: &OAuthState, max_live: usize) -> StoreResult<bool>;
     /// Marks a state used and returns it, atomically: a second take is `Reused`.
     async fn take_oauth_state(&self, state: &str) -> StoreResult<StateTaken>;
-    /// A clinic's payments matching `filter`, newest first (by `created_at`, then id), strictly
-    /// older than `before` (Unix ms, id) if given; at most `limit`.
-    async fn payments_for_clinic(
+    /// The payments in `scope` matching `filter`, newest first (by `created_at`, then id),
+    /// strictly older than `before` (Unix ms, id) if given; at most `limit`.
+    async fn payment_records(
         &self,
-        clinic_id: &str,
+        scope: PaymentScope<'_>,
         filter: &PaymentFilter,
         limit: i64,
         before: Option<(i64, String)>,
@@ -371,6 +382,9 @@ pub trait Store: Send + Sync + 'static {
     async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>>;
     /// The refund made with `request_key` for a payment, if any.
     async fn refund_by_key(&self, payment_id: &str, request_key: &str) -> StoreResult<Option<Refund>>;
+    /// Refunds stored `pending` that Stripe never answered (no Stripe id), last touched before
+    /// `before_ms`, oldest first; at most `limit`.
+    async fn unsent_refunds(&self, before_ms: i64, limit: i64) -> StoreResult<Vec<Refund>>;
     /// A clinic's audit records about `target` (an id), oldest first; at most `limit`.
     async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>>;
     /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.

@@ -3,8 +3,8 @@
 
 use super::migrations::MIGRATIONS;
 use super::{
-    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter, Refund,
-    StateTaken, Store, StoreError, StoreResult, Write, now_ms,
+    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
+    PaymentScope, Refund, StateTaken, Store, StoreError, StoreResult, Write, now_ms,
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -664,9 +664,9 @@ impl Store for SqlStore {
         })
     }
 
-    async fn payments_for_clinic(
+    async fn payment_records(
         &self,
-        clinic_id: &str,
+        scope: PaymentScope<'_>,
         filter: &PaymentFilter,
         limit: i64,
         before: Option<(i64, String)>,
@@ -676,8 +676,17 @@ impl Store for SqlStore {
             Int(i64),
             Text(&'a str),
         }
-        let mut binds = vec![Bind::Text(clinic_id)];
-        let mut sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE clinic_id = $1");
+        let (owner, mut sql) = match scope {
+            PaymentScope::Clinic(id) => (id, format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE clinic_id = $1")),
+            // A sub-select, not an IN-list: an organisation's clinics are never bound one by one.
+            PaymentScope::Org(id) => (
+                id,
+                format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE clinic_id IN (SELECT id FROM clinics WHERE org_id = $1)"
+                ),
+            ),
+        };
+        let mut binds = vec![Bind::Text(owner)];
         // `$?` in a clause becomes the placeholder of the value just pushed.
         let push = |sql: &mut String, clause: &str, n: usize| sql.push_str(&clause.replace("$?", &format!("${n}")));
         if let Some(from) = filter.from_ms {
@@ -699,6 +708,10 @@ impl Store for SqlStore {
         if let Some(call) = filter.call_id.as_deref() {
             binds.push(Bind::Text(call));
             push(&mut sql, " AND call_id = $?", binds.len());
+        }
+        if let Some(clinic) = filter.clinic_id.as_deref() {
+            binds.push(Bind::Text(clinic));
+            push(&mut sql, " AND clinic_id = $?", binds.len());
         }
         // Keyset pagination on (created_at, id), as the audit log pages on (at, id).
         if let Some((at, id)) = &before {
@@ -755,6 +768,15 @@ impl Store for SqlStore {
         let sql = format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE payment_id = $1 AND request_key = $2");
         let row = sqlx::query(AssertSqlSafe(sql)).bind(payment_id).bind(request_key).fetch_optional(&self.pool).await?;
         row.as_ref().map(refund_from).transpose()
+    }
+
+    async fn unsent_refunds(&self, before_ms: i64, limit: i64) -> StoreResult<Vec<Refund>> {
+        let sql = format!(
+            "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'pending' AND stripe_refund_id IS NULL \
+             AND updated_at < $1 ORDER BY updated_at, id LIMIT $2"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(before_ms).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(refund_from).collect()
     }
 
     async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>> {

@@ -141,7 +141,7 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             "refund" => per_clinic(matches!(who, TeamAdmin | TeamMember), 409),
             // Reports are the clinic's admins' and the organisation's.
             "clinic_report" => per_clinic(matches!(who, OrgAdmin | TeamAdmin), 200),
-            "org_report" => ok(matches!(who, OrgAdmin) && own, 200),
+            "org_report" | "org_payments" => ok(matches!(who, OrgAdmin) && own, 200),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -231,6 +231,7 @@ async fn every_role_against_every_endpoint() {
                 ("connect", "POST", format!("/v1/clinics/{clinic}/stripe/connect"), None),
                 ("remove", "DELETE", format!("/v1/clinics/{clinic}/stripe"), None),
                 ("list_payments", "GET", format!("/v1/clinics/{clinic}/payments"), None),
+                ("org_payments", "GET", format!("/v1/orgs/{org}/payments"), None),
                 (
                     "show_payment",
                     "GET",
@@ -273,7 +274,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 17);
+    assert_eq!(checked, 7 * 2 * 18);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -383,12 +384,12 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
             "{path}"
         );
     }
-    for path in ["/v1/clinics/{clinic_id}/report", "/v1/orgs/{org_id}/report"] {
-        assert_eq!(
-            doc["paths"][path]["get"]["x-callpay-roles"],
-            json!(["org_admin (own organisation)", "team_admin (own clinics)"]),
-            "{path}"
-        );
+    assert_eq!(
+        doc["paths"]["/v1/clinics/{clinic_id}/report"]["get"]["x-callpay-roles"],
+        json!(["org_admin (own organisation)", "team_admin (own clinics)"])
+    );
+    for path in ["/v1/orgs/{org_id}/report", "/v1/orgs/{org_id}/payments"] {
+        assert_eq!(doc["paths"][path]["get"]["x-callpay-roles"], json!(["org_admin (own organisation)"]), "{path}");
     }
     assert_eq!(
         doc["paths"]["/v1/payments/{payment_id}/refunds"]["post"]["x-callpay-roles"],
@@ -920,6 +921,34 @@ async fn payment_records_filter_page_and_link_to_the_clinics_dashboard() {
     let (status, body) = hub.api(Some(&admin), "GET", &only("cursor=nonsense"), None).await;
     assert_eq!((status, body["code"].as_str()), (400, Some("invalid_cursor")));
 
+    // The organisation's list: every clinic of it (not another organisation's), each record
+    // naming its clinic, with the same filters and `clinic=` to narrow it to one.
+    let op = hub.info.operator_token.clone();
+    let north = hub
+        .api(Some(&op), "PUT", &format!("/v1/orgs/{DEMO_ORG}/clinics/clinic_north"), Some(json!({"name": "North"})))
+        .await;
+    assert_eq!(north.0, 200, "{}", north.1);
+    let in_north = seed_payment(&hub, "clinic_north", "clinician-cy").await;
+    hub.seed_other_org().await;
+    seed_payment(&hub, OTHER_CLINIC, "clinician-ada").await;
+    let org_admin = hub.info.org_admin_token.clone();
+    let org_path = format!("/v1/orgs/{DEMO_ORG}/payments");
+    let whole = get_ok(&hub, &org_admin, &org_path).await;
+    assert_eq!(ids(&whole), [vec![in_north.clone()], ids(&all)].concat(), "newest first, both clinics, no other org");
+    assert_eq!(whole["data"][0]["clinic_name"], "North");
+    assert_eq!(whole["data"][1]["clinic_id"], DEMO_CLINIC);
+    let narrowed = get_ok(&hub, &org_admin, &format!("{org_path}?clinic=clinic_north")).await;
+    assert_eq!(ids(&narrowed), vec![in_north.clone()]);
+    assert_eq!(get_ok(&hub, &org_admin, &format!("{org_path}?clinic={OTHER_CLINIC}")).await["data"], json!([]));
+    let org_paid = get_ok(&hub, &org_admin, &format!("{org_path}?status=succeeded")).await;
+    assert_eq!(ids(&org_paid), vec![first["id"].as_str().unwrap()]);
+    let org_page = get_ok(&hub, &org_admin, &format!("{org_path}?limit=3")).await;
+    let org_cursor = org_page["next_cursor"].as_str().unwrap().to_owned();
+    let org_rest = get_ok(&hub, &org_admin, &format!("{org_path}?limit=3&cursor={org_cursor}")).await;
+    assert_eq!([ids(&org_page), ids(&org_rest)].concat(), ids(&whole));
+    // A clinic's list with another clinic named finds nothing.
+    assert_eq!(get_ok(&hub, &admin, &only("clinic=clinic_north")).await["data"], json!([]));
+
     // Pages of two, by cursor, visit every payment once, in order.
     let page1 = get_ok(&hub, &admin, &only("limit=2")).await;
     let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
@@ -1024,7 +1053,9 @@ async fn a_payment_record_tells_every_change_with_its_time_and_source() {
 
 #[tokio::test]
 async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() {
-    use callpay::store::{Actor, AuditEntry, Payment, PaymentFilter, STRIPE, SqlStore, Store, StoreResult, Write};
+    use callpay::store::{
+        Actor, AuditEntry, Clinic, Payment, PaymentFilter, PaymentScope, STRIPE, SqlStore, Store, StoreResult, Write,
+    };
     use callpay_protocol::PaymentStatus;
     let db = crate::services::TempDb::new();
     async fn run(store: &SqlStore) -> StoreResult<Vec<Vec<String>>> {
@@ -1057,6 +1088,17 @@ async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() 
                 ..payment(9, "ada", "call_9", PaymentStatus::Succeeded)
             })
             .await?;
+        // clinic_a and clinic_b are one organisation's; clinic_c another's.
+        store
+            .insert_payment(&Payment {
+                clinic_id: "clinic_c".into(),
+                ..payment(8, "ada", "call_8", PaymentStatus::Succeeded)
+            })
+            .await?;
+        let clinic = |id: &str, org: &str| {
+            Write::UpsertClinic(Clinic { id: id.into(), org_id: org.into(), name: id.into(), ..Clinic::default() })
+        };
+        store.commit(&[clinic("clinic_a", "org_1"), clinic("clinic_b", "org_1"), clinic("clinic_c", "org_2")]).await?;
         let ada = Actor { id: "ada", name: "Ada", role: "clinician" };
         let audit = |actor, action: &str, target: &str, at| AuditEntry {
             clinic_id: Some("clinic_a".into()),
@@ -1078,20 +1120,22 @@ async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() 
         let ids = |v: Vec<Payment>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
         let all = PaymentFilter::default();
         let mut out = vec![
-            ids(store.payments_for_clinic("clinic_a", &all, 10, None).await?),
-            ids(store.payments_for_clinic("clinic_a", &all, 2, None).await?),
-            ids(store.payments_for_clinic("clinic_a", &all, 10, Some((1_003, "pay_4".into()))).await?),
+            ids(store.payment_records(PaymentScope::Clinic("clinic_a"), &all, 10, None).await?),
+            ids(store.payment_records(PaymentScope::Clinic("clinic_a"), &all, 2, None).await?),
             ids(store
-                .payments_for_clinic(
-                    "clinic_a",
+                .payment_records(PaymentScope::Clinic("clinic_a"), &all, 10, Some((1_003, "pay_4".into())))
+                .await?),
+            ids(store
+                .payment_records(
+                    PaymentScope::Clinic("clinic_a"),
                     &PaymentFilter { status: Some(PaymentStatus::Succeeded), ..all.clone() },
                     10,
                     None,
                 )
                 .await?),
             ids(store
-                .payments_for_clinic(
-                    "clinic_a",
+                .payment_records(
+                    PaymentScope::Clinic("clinic_a"),
                     &PaymentFilter {
                         requested_by_id: Some("bo".into()),
                         call_id: Some("call_2".into()),
@@ -1102,9 +1146,27 @@ async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() 
                 )
                 .await?),
             ids(store
-                .payments_for_clinic(
-                    "clinic_a",
+                .payment_records(
+                    PaymentScope::Clinic("clinic_a"),
                     &PaymentFilter { from_ms: Some(1_002), to_ms: Some(1_003), ..all.clone() },
+                    10,
+                    None,
+                )
+                .await?),
+            ids(store.payment_records(PaymentScope::Org("org_1"), &all, 10, None).await?),
+            ids(store
+                .payment_records(
+                    PaymentScope::Org("org_1"),
+                    &PaymentFilter { clinic_id: Some("clinic_b".into()), ..all.clone() },
+                    10,
+                    None,
+                )
+                .await?),
+            // Another organisation's clinic named in the filter finds nothing.
+            ids(store
+                .payment_records(
+                    PaymentScope::Org("org_1"),
+                    &PaymentFilter { clinic_id: Some("clinic_c".into()), ..all.clone() },
                     10,
                     None,
                 )
@@ -1122,6 +1184,9 @@ async fn payment_records_and_histories_read_the_same_on_sqlite_and_postgresql() 
         vec!["pay_3", "pay_1"],
         vec!["pay_4", "pay_3"],
         vec!["pay_2"],
+        vec!["pay_9", "pay_4", "pay_3", "pay_2", "pay_1"],
+        vec!["pay_9"],
+        vec![],
         vec!["payment.requested", "payment.succeeded"],
     ]
     .iter()

@@ -71,11 +71,12 @@ pass! {
         insert_oauth_state(s: &OAuthState, m: usize) -> bool;
         take_oauth_state(s: &str) -> StateTaken;
         audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
-        payments_for_clinic(c: &str, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
+        payment_records(c: PaymentScope<'_>, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
         audit_for_target(c: &str, t: &str, l: i64) -> Vec<AuditEntry>;
         refunds_for_payment(p: &str) -> Vec<Refund>;
         payments_created_between(c: &[String], f: i64, t: i64) -> Vec<Payment>;
         refund_by_key(p: &str, k: &str) -> Option<Refund>;
+        unsent_refunds(b: i64, l: i64) -> Vec<Refund>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {

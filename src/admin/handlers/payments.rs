@@ -7,7 +7,7 @@ use crate::admin::Admin;
 use crate::admin::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
 use crate::app::AppState;
 use crate::http::{ApiError, Json, Path, Query};
-use crate::store::{AuditEntry, Clinic, Payment, PaymentFilter, Refund, status_str};
+use crate::store::{AuditEntry, Clinic, Payment, PaymentFilter, PaymentScope, Refund, status_str};
 use axum::extract::State;
 use callpay_protocol::PaymentStatus;
 use serde::Deserialize;
@@ -17,8 +17,9 @@ use serde_json::{Value, json};
 /// bound keeps one answer small whatever the log holds.
 const MAX_HISTORY: i64 = 500;
 
-/// `?from=&to=&status=&clinician=&call_id=&limit=&cursor=` on the payment list. Times are Unix
-/// milliseconds, like every time in this API; an empty parameter is no filter.
+/// `?from=&to=&status=&clinician=&call_id=&limit=&cursor=` on the payment lists, and `clinic=`
+/// on an organisation's. Times are Unix milliseconds, like every time in this API; an empty
+/// parameter is no filter.
 #[derive(Debug, Default, Deserialize)]
 pub struct PaymentQuery {
     from: Option<String>,
@@ -26,8 +27,22 @@ pub struct PaymentQuery {
     status: Option<String>,
     clinician: Option<String>,
     call_id: Option<String>,
+    clinic: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+}
+
+impl PaymentQuery {
+    fn filter(&self) -> Result<PaymentFilter> {
+        Ok(PaymentFilter {
+            from_ms: millis(&self.from, "from")?,
+            to_ms: millis(&self.to, "to")?,
+            status: status(&self.status)?,
+            requested_by_id: given(&self.clinician).map(str::to_owned),
+            call_id: given(&self.call_id).map(str::to_owned),
+            clinic_id: given(&self.clinic).map(str::to_owned),
+        })
+    }
 }
 
 fn bad_filter(message: &str) -> ApiError {
@@ -77,6 +92,7 @@ pub(super) fn record(app: &AppState, p: &Payment, clinic: &Clinic) -> Value {
     json!({
         "id": p.id,
         "clinic_id": p.clinic_id,
+        "clinic_name": clinic.name,
         "call_id": p.call_id,
         "client_ref": p.client_ref,
         "requested_by_id": p.requested_by_id,
@@ -182,13 +198,11 @@ pub async fn list(
         Some(c) if authorize(&who, Action::ViewPayments, scope(&c, own_requests)) => c,
         _ => return Err(not_found("clinic")),
     };
-    let mut filter = PaymentFilter {
-        from_ms: millis(&q.from, "from")?,
-        to_ms: millis(&q.to, "to")?,
-        status: status(&q.status)?,
-        requested_by_id: given(&q.clinician).map(str::to_owned),
-        call_id: given(&q.call_id).map(str::to_owned),
-    };
+    let mut filter = q.filter()?;
+    // One clinic's list: a clinic filter is this clinic, or nothing.
+    if filter.clinic_id.take().is_some_and(|c| c != clinic.id) {
+        return Ok(Json(json!({"data": [], "next_cursor": null})));
+    }
     if let Some(me) = own_requests {
         if filter.requested_by_id.as_deref().is_some_and(|c| c != me) {
             // Another clinician's payments: none of them are this caller's to see.
@@ -196,13 +210,48 @@ pub async fn list(
         }
         filter.requested_by_id = Some(me.to_owned());
     }
+    let clinics = std::collections::HashMap::from([(clinic.id.clone(), clinic)]);
+    page(&app, PaymentScope::Clinic(&clinic_id), &filter, &q, &clinics).await
+}
+
+/// `GET /v1/orgs/{org_id}/payments`: every clinic of the organisation, newest first, with the
+/// same filters and paging as a clinic's list and `clinic=` to narrow it to one. An
+/// organisation's admins only: a team admin reads each of their clinics' lists.
+pub async fn org_list(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(org_id): Path<String>,
+    Query(q): Query<PaymentQuery>,
+) -> Result<Json<Value>> {
+    super::check(&who, Action::ViewOrgPayments, Some(&org_id), None)?;
+    let filter = q.filter()?;
+    let clinics: std::collections::HashMap<String, Clinic> =
+        app.store.clinics_for_org(&org_id).await.map_err(store_err)?.into_iter().map(|c| (c.id.clone(), c)).collect();
+    page(&app, PaymentScope::Org(&org_id), &filter, &q, &clinics).await
+}
+
+/// One page of records in `scope`, each shown with its clinic from `clinics`.
+async fn page(
+    app: &AppState,
+    scope: PaymentScope<'_>,
+    filter: &PaymentFilter,
+    q: &PaymentQuery,
+    clinics: &std::collections::HashMap<String, Clinic>,
+) -> Result<Json<Value>> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as i64;
     let before = q.cursor.as_deref().map(cursor).transpose()?;
-    let rows = app.store.payments_for_clinic(&clinic.id, &filter, limit + 1, before).await.map_err(store_err)?;
+    let rows = app.store.payment_records(scope, filter, limit + 1, before).await.map_err(store_err)?;
     let more = rows.len() as i64 > limit;
     let page: Vec<&Payment> = rows.iter().take(limit as usize).collect();
     let next = if more { page.last().map(|p| format!("{}:{}", p.created_at, p.id)) } else { None };
-    let data: Vec<Value> = page.iter().map(|p| record(&app, p, &clinic)).collect();
+    let data: Vec<Value> = page
+        .iter()
+        // A payment's clinic is in its scope by the query; a clinic removed since is shown by id.
+        .map(|p| match clinics.get(&p.clinic_id) {
+            Some(c) => record(app, p, c),
+            None => record(app, p, &Clinic { id: p.clinic_id.clone(), name: p.clinic_id.clone(), ..Clinic::default() }),
+        })
+        .collect();
     Ok(Json(json!({"data": data, "next_cursor": next})))
 }
 

@@ -81,7 +81,7 @@ pub async fn org(
     Path(org_id): Path<String>,
     Query(q): Query<ReportQuery>,
 ) -> Result<Response> {
-    check(&who, Action::ViewReports, Some(&org_id), None)?;
+    check(&who, Action::ViewOrgReports, Some(&org_id), None)?;
     let clinics = app.store.clinics_for_org(&org_id).await.map_err(store_err)?;
     answer(&app, &clinics, &q, &org_id).await
 }
