@@ -181,7 +181,9 @@ const canSeePayments = ['org_admin', 'team_admin', 'team_member'].includes(role)
 /** Statuses offered as a filter. */
 const STATUSES = ['requested', 'authenticating', 'processing', 'succeeded', 'failed', 'canceled', 'partially_refunded', 'refunded'];
 /** The payments shown, the cursor of the next page, the clinicians seen, the open histories. */
-const payments = { rows: [], next: null, clinicians: new Map(), histories: new Map(), refunding: new Map() };
+const payments = { rows: [], next: null, clinicians: new Map(), histories: new Map(), refunding: new Map(), clinics: [] };
+/** An organisation's admin may list every clinic of it at once, or pick one. */
+const orgWide = role === 'org_admin';
 /** Roles that may refund (a clinician only their own, within the clinic's window; the hub decides). */
 const canRefund = ['team_admin', 'team_member'].includes(role);
 const REASONS = ['requested_by_customer', 'duplicate', 'fraudulent'];
@@ -317,9 +319,33 @@ function paymentQuery(cursor) {
   return q.toString();
 }
 
-async function loadPayments(more) {
+/**
+ * Where the list comes from: this clinic's records, or (an organisation's admin choosing "every
+ * clinic" or another clinic) the organisation's, narrowed by `clinic=` when one is picked.
+ */
+function paymentsPath(cursor) {
+  const q = paymentQuery(cursor);
+  const picked = $('f-clinic').value;
+  if (!orgWide || !view || !picked || picked === clinic) return `/v1/clinics/${encodeURIComponent(clinic)}/payments?${q}`;
+  const narrow = picked === '*' ? '' : `&clinic=${encodeURIComponent(picked)}`;
+  return `/v1/orgs/${encodeURIComponent(view.org_id)}/payments?${q}${narrow}`;
+}
+
+/** The organisation's clinics, for the clinic picker (once). */
+async function loadClinics() {
+  if (!orgWide || !view || payments.clinics.length) return;
   try {
-    const r = await api('GET', `/v1/clinics/${encodeURIComponent(clinic)}/payments?${paymentQuery(more ? payments.next : null)}`);
+    const r = await api('GET', `/v1/orgs/${encodeURIComponent(view.org_id)}/clinics?limit=500`);
+    payments.clinics = r.data.map((c) => [c.id, c.name || c.id]);
+  } catch (e) {
+    say(t('admin.error', { message: e.message }), true);
+  }
+}
+
+async function loadPayments(more) {
+  await loadClinics();
+  try {
+    const r = await api('GET', paymentsPath(more ? payments.next : null));
     payments.rows = more ? payments.rows.concat(r.data) : r.data;
     payments.next = r.next_cursor;
     if (!more) payments.histories.clear();
@@ -345,6 +371,12 @@ function renderFilters() {
   };
   fill($('f-status'), [['', t('payments.status.all')], ...STATUSES.map((s) => [s, statusLabel({ status: s })])]);
   fill($('f-clinician'), [['', t('payments.clinician.all')], ...payments.clinicians]);
+  $('f-clinic-field').hidden = !orgWide;
+  if (orgWide) {
+    const others = payments.clinics.filter(([id]) => id !== clinic);
+    fill($('f-clinic'), [[clinic, t('payments.clinic.this')], ['*', t('payments.clinic.all')], ...others]);
+    if (!$('f-clinic').value) $('f-clinic').value = clinic;
+  }
 }
 
 function renderPayments() {
@@ -361,7 +393,14 @@ function renderPayments() {
       return td;
     };
     cell(when(p.created_at));
-    cell(p.requested_by_name);
+    const by = cell(p.requested_by_name);
+    // In a list of several clinics, each row says whose it is.
+    if (p.clinic_id !== clinic) {
+      const where = document.createElement('small');
+      where.dataset.role = 'clinic';
+      where.textContent = p.clinic_name || p.clinic_id;
+      by.append(document.createElement('br'), where);
+    }
     cell(p.description);
     const amount = cell(money(p.amount, p.currency));
     if (p.amount_refunded > 0) amount.append(document.createElement('br'), t('payments.refunded', { amount: money(p.amount_refunded, p.currency) }));

@@ -603,5 +603,30 @@ test('the Payments tab lists payments with filters and history, links each to St
     const options = (await admin.locator('#payment-filters option').allTextContents()).join(' ');
     assert.deepEqual(strayEnglish(options, data), [], options);
     await shot(admin, 'payments-2-list-bn');
+    // An organisation's admin picks the clinic: this one, every clinic of the organisation, or
+    // another (here a new clinic with no payments yet).
+    await fetch(`${info.hub_url}/v1/orgs/org_demo/clinics/clinic_east`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${info.operator_token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'East Clinic' }),
+    });
+    const org = await page(b);
+    await org.goto(`${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.org_admin_token}`);
+    await org.getByRole('tab', { name: 'Payments' }).click();
+    const orgRows = org.locator('#payments tr[data-payment-id]');
+    await org.locator('#payments tr', { hasText: 'Consultation' }).waitFor();
+    assert.equal(await orgRows.count(), 2);
+    await org.getByLabel('Clinic', { exact: true }).selectOption({ label: 'East Clinic' });
+    await org.getByRole('button', { name: 'Show' }).click();
+    await org.getByText('No payments match.').waitFor();
+    await org.getByLabel('Clinic', { exact: true }).selectOption({ label: 'Every clinic of the organisation' });
+    await org.getByRole('button', { name: 'Show' }).click();
+    await org.locator('#payments tr', { hasText: 'Consultation' }).waitFor();
+    assert.equal(await orgRows.count(), 2, "both of this clinic's payments, in the organisation's list");
+    await org.getByLabel('Language').selectOption('bn');
+    await org.getByLabel('ক্লিনিক', { exact: true }).waitFor();
+    const picks = await org.locator('#f-clinic option').allTextContents();
+    assert.deepEqual(picks, ['এই ক্লিনিক', 'প্রতিষ্ঠানের সব ক্লিনিক', 'East Clinic']);
+    await org.close();
   });
 });
