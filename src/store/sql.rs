@@ -879,12 +879,17 @@ async fn insert_refund(tx: &mut Tx, r: &Refund, limit: i64) -> StoreResult<bool>
 }
 
 async fn refund_seen(tx: &mut Tx, r: &Refund) -> StoreResult<()> {
+    // A final status stays; a succeeded refund only moves on to a final one (Stripe can fail a
+    // refund after it succeeded), never back to pending by a late event. Only a refund of the
+    // same payment matches: ids named in metadata are never trusted across payments.
     let update = |by: &'static str| {
         format!(
             "UPDATE refunds SET stripe_refund_id = COALESCE(stripe_refund_id, $1), \
-             status = CASE WHEN status IN {REFUND_FINAL} THEN status ELSE $2 END, \
-             failure_reason = CASE WHEN status IN {REFUND_FINAL} THEN failure_reason ELSE $3 END, updated_at = $4 \
-             WHERE {by} = $5"
+             status = CASE WHEN status IN {REFUND_FINAL} THEN status \
+                 WHEN status = 'succeeded' AND $2 NOT IN {REFUND_FINAL} THEN status ELSE $2 END, \
+             failure_reason = CASE WHEN status IN {REFUND_FINAL} THEN failure_reason \
+                 WHEN status = 'succeeded' AND $2 NOT IN {REFUND_FINAL} THEN failure_reason ELSE $3 END, \
+             updated_at = $4 WHERE {by} = $5 AND payment_id = $6"
         )
     };
     let mut found = false;
@@ -895,6 +900,7 @@ async fn refund_seen(tx: &mut Tx, r: &Refund) -> StoreResult<()> {
             .bind(&r.failure_reason)
             .bind(r.updated_at)
             .bind(&r.id)
+            .bind(&r.payment_id)
             .execute(&mut **tx)
             .await?;
         found = done.rows_affected() > 0;
@@ -906,6 +912,7 @@ async fn refund_seen(tx: &mut Tx, r: &Refund) -> StoreResult<()> {
             .bind(&r.failure_reason)
             .bind(r.updated_at)
             .bind(stripe_id)
+            .bind(&r.payment_id)
             .execute(&mut **tx)
             .await?;
         found = done.rows_affected() > 0;

@@ -370,6 +370,23 @@ async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
             }))])
             .await?;
         store.commit(&[Write::RefundSeen(Box::new(seen("ref_1", "succeeded", "callpay")))]).await?;
+        // ref_4 succeeds; a late `pending` never takes it back, and news naming it for another
+        // payment (metadata can say anything) never touches it.
+        store.commit(&[Write::RefundSeen(Box::new(seen("ref_4", "succeeded", "callpay")))]).await?;
+        store.commit(&[Write::RefundSeen(Box::new(seen("ref_4", "pending", "callpay")))]).await?;
+        store
+            .commit(&[Write::RefundSeen(Box::new(Refund {
+                payment_id: "pay_2".into(),
+                stripe_refund_id: Some("re_elsewhere".into()),
+                ..seen("ref_4", "failed", "callpay")
+            }))])
+            .await?;
+        store
+            .commit(&[Write::RefundSeen(Box::new(Refund {
+                payment_id: "pay_2".into(),
+                ..seen("ref_4", "failed", "stripe")
+            }))])
+            .await?;
         // A dashboard refund we never made.
         store
             .commit(&[Write::RefundSeen(Box::new(Refund { amount: 500, ..seen("ref_dash", "succeeded", "stripe") }))])
@@ -392,7 +409,7 @@ async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
         "Conflict",
         "Applied",
         "ref_1 3000 failed Some(\"re_ref_1\") Some(\"k1\")",
-        "ref_4 2000 pending None None",
+        "ref_4 2000 succeeded Some(\"re_ref_4\") None",
         "ref_dash 500 succeeded Some(\"re_ref_dash\") None",
         "Some(\"ref_1\")",
         "[\"pay_1\"]",
