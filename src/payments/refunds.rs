@@ -19,6 +19,15 @@ pub const REASONS: &[&str] = &["requested_by_customer", "duplicate", "fraudulent
 pub const MAX_NOTE: usize = 200;
 /// Longest request key a client may send (one refund form's key).
 pub const MAX_REQUEST_KEY: usize = 64;
+/// Reads of Stripe's refunded total made for one refund when webhooks keep changing the payment.
+const SYNC_ATTEMPTS: usize = 3;
+/// Kept refunds sent again per sweep.
+const UNSENT_PER_SWEEP: i64 = 20;
+/// Longest a kept refund's sending may take (the client retries inside this).
+const RESEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// A kept refund older than this is cancelled rather than sent: Stripe keeps an idempotency key
+/// for at least 24 hours, and a send after that could no longer be told from a new refund.
+pub const UNSENT_GIVE_UP_MS: i64 = 23 * 3_600_000;
 /// Stripe's error codes that mean "more than remains on the charge".
 const STRIPE_TOO_MUCH: &[&str] = &["amount_too_large", "charge_already_refunded"];
 
@@ -61,7 +70,8 @@ pub enum RefundError {
     /// Stripe refused for another reason (its code).
     #[error("stripe refused the refund: {0}")]
     StripeRefused(String),
-    /// Stripe could not be reached; the refund is kept pending and the same request retries it.
+    /// Stripe could not be reached; the refund is kept pending, and the sweep (or the same
+    /// request) sends it again under the same Idempotency-Key.
     #[error("stripe unavailable")]
     StripeUnavailable,
     /// callpay no longer has access to the clinic's Stripe account.
@@ -114,7 +124,7 @@ impl RefundError {
                 "This form's earlier request was for another amount or reason; nothing was refunded now. Open the refund form again.".into()
             }
             Self::StripeUnavailable => {
-                "Stripe could not be reached. The refund is kept; sending the same request again finishes it.".into()
+                "Stripe could not be reached. The refund is kept and callpay sends it as soon as Stripe answers; it is never made twice.".into()
             }
             Self::NoAccess => "The clinic's Stripe account is no longer connected to callpay.".into(),
             Self::Store(_) => "The store is unavailable; nothing was refunded. Retry shortly.".into(),
@@ -355,33 +365,103 @@ impl Payments {
     }
 
     /// Reads the payment's refunded total from Stripe and applies it (or `fallback` when Stripe
-    /// cannot be read); returns the payment as stored afterwards.
+    /// cannot be read); returns the payment as stored afterwards. The read is applied only over
+    /// the version stored before it began: a change stored meanwhile (a webhook with a newer
+    /// total) wins, and the read is made again, so a stale total never moves the record back.
     async fn sync_total(&self, payment: &Payment, fallback: Change, why: &str) -> Payment {
         let pi = payment.payment_intent_id.as_deref().unwrap_or_default();
-        let change = match self.stripe.intent(&payment.stripe_account, pi).await {
-            Ok(info) => Change::RefundTotal { amount_refunded: info.amount_refunded },
-            Err(e) => {
-                tracing::warn!(error = %e, payment_id = %payment.id, "could not read the refunded total from Stripe");
-                fallback
-            }
-        };
-        if let Ok(Some(current)) = self.store.payment(&payment.id).await
-            && let Some(next) = state::apply(&current, &change, 0)
-        {
-            let action = format!("payment.{}", crate::store::status_str(next.payment.status));
-            let entry = AuditEntry {
-                clinic_id: Some(current.clinic_id.clone()),
-                target: Some(current.id.clone()),
-                ..AuditEntry::new(STRIPE, &action, "ok")
-            }
-            .with_detail(format!("read from Stripe {why}"));
-            match self.transition(&current.id, &change, entry).await {
-                Ok(Some(t)) => self.announce(t),
-                Ok(None) => {}
-                Err(e) => tracing::error!(error = %e, payment_id = %current.id, "could not store the refunded total"),
+        for _ in 0..SYNC_ATTEMPTS {
+            let Ok(Some(before)) = self.store.payment(&payment.id).await else { break };
+            match self.stripe.intent(&payment.stripe_account, pi).await {
+                Ok(info) => {
+                    let change = Change::RefundTotal { amount_refunded: info.amount_refunded };
+                    if self.settle_read(&before, change, &format!("read from Stripe {why}")).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, payment_id = %payment.id, "could not read the refunded total from Stripe");
+                    // Only ever grows the total: safe over any version.
+                    let entry = AuditEntry {
+                        clinic_id: Some(before.clinic_id.clone()),
+                        target: Some(before.id.clone()),
+                        ..AuditEntry::new(STRIPE, "payment.refunded", "ok")
+                    }
+                    .with_detail(format!("counted {why}"));
+                    match self.transition(&before.id, &fallback, entry).await {
+                        Ok(Some(t)) => self.announce(t),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, payment_id = %before.id, "could not store the refunded total")
+                        }
+                    }
+                    break;
+                }
             }
         }
         self.store.payment(&payment.id).await.ok().flatten().unwrap_or_else(|| payment.clone())
+    }
+
+    /// Sends again the refunds stored `pending` that Stripe never answered (Stripe was down, or
+    /// the node stopped between storing and sending), under the same Idempotency-Key, so Stripe
+    /// makes each once. One not sent within [`UNSENT_GIVE_UP_MS`] (inside Stripe's 24 hours of
+    /// idempotency) is cancelled instead, and what it held back can be refunded again.
+    pub async fn resend_unsent_refunds(&self) {
+        let before = now_ms() - self.cfg.verify_after_ms as i64;
+        let unsent = match self.store.unsent_refunds(before, UNSENT_PER_SWEEP).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for unsent refunds: store unavailable");
+                return;
+            }
+        };
+        for refund in unsent {
+            let payment = match self.store.payment(&refund.payment_id).await {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot send a kept refund: store unavailable");
+                    return;
+                }
+            };
+            if now_ms() - refund.created_at > UNSENT_GIVE_UP_MS {
+                self.give_up(&payment, refund).await;
+                continue;
+            }
+            tracing::info!(refund_id = %refund.id, payment_id = %payment.id, "sending a kept refund again");
+            let id = refund.id.clone();
+            let touched = Refund { updated_at: now_ms(), ..refund.clone() };
+            match tokio::time::timeout(RESEND_TIMEOUT, self.send(&payment, refund)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(RefundError::StripeUnavailable)) | Err(_) => {
+                    // Tried now: wait `verify_after_ms` before the next attempt.
+                    if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(touched))]).await {
+                        tracing::warn!(error = %e, refund_id = %id, "could not note the attempt");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, refund_id = %id, "a kept refund was refused"),
+            }
+        }
+    }
+
+    /// Cancels a kept refund that was never sent in time, with an audit record.
+    async fn give_up(&self, payment: &Payment, refund: Refund) {
+        let shown = validate::display_amount(refund.amount, &refund.currency);
+        let entry = AuditEntry {
+            clinic_id: Some(payment.clinic_id.clone()),
+            target: Some(payment.id.clone()),
+            ..AuditEntry::new(STRIPE, "refund.canceled", "refused")
+        }
+        .with_detail(format!("{shown} {} never reached Stripe", refund.id));
+        let canceled = Refund {
+            status: "canceled".into(),
+            failure_reason: Some("not_sent".into()),
+            updated_at: now_ms(),
+            ..refund
+        };
+        if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(canceled)), Write::Audit(entry)]).await {
+            tracing::warn!(error = %e, payment_id = %payment.id, "could not cancel an unsent refund");
+        }
     }
 
     async fn reread(&self, refund: &Refund) -> Refund {
@@ -400,6 +480,123 @@ fn received(payment: &Payment) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::payments::stripe::{IntentInfo, NewIntent, StripeApi};
+    use crate::store::{Committed, SqlStore, Store};
+    use std::sync::Arc;
+    use tokio::sync::Notify;
+
+    /// Stripe that accepts a refund, then answers the first read of the refunded total with what
+    /// it was a moment ago (this refund only), held back until the test lets it go; later reads
+    /// see the dashboard's refund too.
+    struct StaleTotalStripe {
+        asked: Notify,
+        release: Notify,
+        reads: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl StripeApi for StaleTotalStripe {
+        async fn create_intent(&self, _: &NewIntent) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only refunds".into()))
+        }
+        async fn cancel_intent(&self, _: &str, _: &str, _: &str) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only refunds".into()))
+        }
+        async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+            self.asked.notify_one();
+            self.release.notified().await;
+            Ok(IntentInfo {
+                id: id.into(),
+                client_secret: None,
+                status: "succeeded".into(),
+                amount: 5000,
+                amount_received: 5000,
+                currency: "aud".into(),
+                last_error: None,
+                receipt_email: None,
+                card: None,
+                amount_refunded: if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    1000
+                } else {
+                    3000
+                },
+            })
+        }
+        async fn account_name(&self, _: &str) -> Option<String> {
+            None
+        }
+        async fn create_refund(&self, r: &NewRefund) -> Result<crate::payments::stripe::RefundInfo, GatewayError> {
+            Ok(crate::payments::stripe::RefundInfo {
+                id: "re_1".into(),
+                amount: r.amount,
+                status: "succeeded".into(),
+                failure_reason: None,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_read_of_stripes_total_never_moves_the_refunded_amount_back() {
+        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
+        let io = crate::hub::HubIo {
+            bus: bus.clone(),
+            record: bus,
+            store: store.clone(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
+        let rooms = crate::rooms::RoomRegistry::new("pk");
+        let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
+        let stripe =
+            Arc::new(StaleTotalStripe { asked: Notify::new(), release: Notify::new(), reads: Default::default() });
+        let payments =
+            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
+        let paid = Payment {
+            id: "pay_1".into(),
+            call_id: "call".into(),
+            clinic_id: "c".into(),
+            client_ref: "r1".into(),
+            amount: 5000,
+            amount_received: Some(5000),
+            currency: "aud".into(),
+            status: PaymentStatus::Succeeded,
+            version: 2,
+            stripe_account: "acct_1".into(),
+            payment_intent_id: Some("pi_1".into()),
+            ..Payment::default()
+        };
+        store.insert_payment(&paid).await.unwrap();
+        let refund = tokio::spawn({
+            let (payments, paid) = (payments.clone(), paid.clone());
+            async move {
+                let admin = Actor { id: "a", name: "A", role: "team_admin" };
+                let ask = RefundAsk { amount: Some(1000), reason: "duplicate".into(), ..RefundAsk::default() };
+                payments.refund(&paid, admin, ask).await.map(|r| r.refund.status)
+            }
+        });
+        // Stripe accepted the refund; the hub's read of the total is on its way...
+        stripe.asked.notified().await;
+        // ...when a webhook stores a newer total (a dashboard refund of 20.00 as well).
+        let newer =
+            Payment { status: PaymentStatus::PartiallyRefunded, amount_refunded: 3000, version: 3, ..paid.clone() };
+        let writes = [Write::Payment { payment: Box::new(newer), expected_version: 2 }];
+        assert_eq!(store.commit(&writes).await.unwrap(), Committed::Applied);
+        // The read lands with the older total; any later read is let through too.
+        let releaser = tokio::spawn({
+            let stripe = stripe.clone();
+            async move {
+                loop {
+                    stripe.release.notify_one();
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        });
+        assert_eq!(refund.await.unwrap().unwrap(), "succeeded");
+        releaser.abort();
+        let now = store.payment("pay_1").await.unwrap().unwrap();
+        assert_eq!(now.amount_refunded, 3000, "a stale read of Stripe's total took the refunded amount back");
+        assert_eq!(now.status, PaymentStatus::PartiallyRefunded);
+    }
 
     #[test]
     fn error_codes_are_stable_and_messages_say_what_remains() {

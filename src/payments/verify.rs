@@ -155,7 +155,8 @@ impl Payments {
         }
     }
 
-    /// One sweep: brings this node's rooms up to the store for every call with a payment
+    /// One sweep: sends again the refunds Stripe never answered (see
+    /// [`Payments::resend_unsent_refunds`]); brings this node's rooms up to the store for every call with a payment
     /// waiting on Stripe (anti-entropy: a change another node stored but never announced, for
     /// instance because it died between its commit and its publish, reaches the room here
     /// within one sweep period), then checks with Stripe the payments that have waited longer
@@ -163,6 +164,7 @@ impl Payments {
     /// most [`SWEEP_CONCURRENCY`] at a time, each within [`CHECK_TIMEOUT`].
     pub async fn sweep(&self) {
         self.verify_gate.prune();
+        self.resend_unsent_refunds().await;
         // Only calls whose room knows of a payment waiting on Stripe: most calls have none, and
         // the store is not asked about them.
         let calls = self.hub.rooms.calls_awaiting_stripe();

@@ -62,11 +62,13 @@ impl Payments {
     /// non-final status from it applies only if nothing changed the payment since the read
     /// began. A success or a cancellation is Stripe's last word and always goes through the
     /// state machine.
-    pub(super) async fn settle_read(&self, read_from: &Payment, change: Change, why: &str) {
+    /// Answers false only when a change stored since the read began made it stale.
+    pub(super) async fn settle_read(&self, read_from: &Payment, change: Change, why: &str) -> bool {
         if matches!(change, Change::Succeeded { .. } | Change::Canceled) {
-            return self.settle(read_from, change, 0, why).await;
+            self.settle(read_from, change, 0, why).await;
+            return true;
         }
-        let Some(t) = state::apply(read_from, &change, 0) else { return };
+        let Some(t) = state::apply(read_from, &change, 0) else { return true };
         let action = format!("payment.{}", crate::store::status_str(t.payment.status));
         let entry = stripe_audit(&t.payment, &action).with_detail(why);
         // Written only over the version the read began from: one attempt, no re-read.
@@ -75,11 +77,18 @@ impl Payments {
             Write::Audit(entry),
         ];
         match self.store.commit(&writes).await {
-            Ok(Committed::Applied) => self.announce(t),
-            Ok(_) => {
-                tracing::debug!(payment_id = %read_from.id, "a read older than the payment's last change is ignored")
+            Ok(Committed::Applied) => {
+                self.announce(t);
+                true
             }
-            Err(e) => tracing::error!(error = %e, payment_id = %read_from.id, "could not store what Stripe reported"),
+            Ok(_) => {
+                tracing::debug!(payment_id = %read_from.id, "a read older than the payment's last change is ignored");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, payment_id = %read_from.id, "could not store what Stripe reported");
+                true
+            }
         }
     }
 

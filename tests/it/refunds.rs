@@ -443,3 +443,109 @@ async fn a_refused_refund_asked_again_with_its_key_is_never_answered_as_a_succes
     let fresh = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-2"});
     assert_eq!(admin_refund(&hub, &p.id, fresh).await.0, 200);
 }
+
+/// Stripe refusing a refund for a reason other than the amount: a clear 502 in our words, the
+/// refund recorded as refused, nothing refunded, and the same form's retry answered the same.
+#[tokio::test]
+async fn stripe_refusing_for_another_reason_is_a_clear_502_and_nothing_is_refunded() {
+    let hub = TestHub::start().await;
+    let p = paid(&hub, "r10", "4242424242424242").await;
+    hub.sim_control("POST", "/_sim/faults", json!({"api_errors": 1, "api_error_status": 400})).await;
+    let ask = json!({"amount": 1000, "reason": "duplicate", "request_key": "form-x"});
+    let (status, body) = admin_refund(&hub, &p.id, ask.clone()).await;
+    assert_eq!((status, body["code"].as_str()), (502, Some("stripe_refused")), "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("nothing was refunded") && !message.contains("simulator"), "{message}");
+    assert_eq!(admin_refund(&hub, &p.id, ask).await.0, 502, "the same form's retry: the same answer");
+    assert!(stripe_refunds(&hub, &p.acct, &p.pi).await.is_empty());
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!(record["refunds"][0]["status"], "refused", "{record}");
+    assert_eq!((record["status"].as_str(), record["refundable"].as_i64()), (Some("succeeded"), Some(5000)));
+}
+
+/// A refund Stripe could not be reached for is kept, and callpay sends it again by itself under
+/// the same Idempotency-Key once Stripe answers: one Stripe refund, the record and the call told.
+#[tokio::test]
+async fn a_refund_stripe_never_answered_is_sent_again_by_itself_once() {
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    let mut p = paid(&hub, "r11", "4242424242424242").await;
+    // More failures than the hub's attempts (two).
+    hub.sim_control("POST", "/_sim/faults", json!({"api_errors": 2, "api_error_status": 503})).await;
+    let (status, body) = admin_refund(&hub, &p.id, json!({"amount": 1500, "reason": "duplicate"})).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("stripe_unavailable")), "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let refunds = loop {
+        let found = stripe_refunds(&hub, &p.acct, &p.pi).await;
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(std::time::Instant::now() < deadline, "the kept refund was never sent again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0]["amount"], 1500);
+    p.pat
+        .until_where("payment.updated", |f| {
+            f["payment"]["payment_id"] == p.id.as_str() && f["payment"]["amount_refunded"] == 1500
+        })
+        .await;
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!(record["refunds"][0]["status"], "succeeded", "{record}");
+    assert_eq!(record["refunds"][0]["stripe_refund_id"], refunds[0]["id"]);
+    // Every attempt carried the one key derived from the refund's id.
+    let keys: std::collections::BTreeSet<String> =
+        refund_posts(&hub).await.iter().filter_map(|r| r["idempotency_key"].as_str().map(str::to_owned)).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // Later sweeps send nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1);
+}
+
+/// A kept refund that could not be sent within a day (Stripe's idempotency keys last 24 hours)
+/// is cancelled, never sent late: nothing refunded, and what it held back is refundable again.
+#[tokio::test]
+async fn a_kept_refund_too_old_to_send_safely_is_cancelled_not_sent() {
+    use callpay::store::{Refund, Write, now_ms};
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    let p = paid(&hub, "r12", "4242424242424242").await;
+    let day_ago = now_ms() - 24 * 3_600_000;
+    let kept = Refund {
+        id: "ref_old".into(),
+        payment_id: p.id.clone(),
+        clinic_id: callpay::demo::DEMO_CLINIC.into(),
+        amount: 2000,
+        currency: "aud".into(),
+        reason: "duplicate".into(),
+        note: None,
+        status: "pending".into(),
+        stripe_refund_id: None,
+        failure_reason: None,
+        source: "callpay".into(),
+        request_key: None,
+        requested_by_id: "a".into(),
+        requested_by_name: "A".into(),
+        requested_by_role: "team_admin".into(),
+        created_at: day_ago,
+        updated_at: day_ago,
+    };
+    hub.state.store.commit(&[Write::NewRefund { refund: Box::new(kept), limit: 5000 }]).await.unwrap();
+    let token = hub.info.clinic_admin_token.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let record = loop {
+        let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+        if record["refunds"][0]["status"] != "pending" {
+            break record;
+        }
+        assert!(std::time::Instant::now() < deadline, "the old kept refund stayed pending");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (record["refunds"][0]["status"].as_str(), record["refunds"][0]["failure_reason"].as_str()),
+        (Some("canceled"), Some("not_sent")),
+        "{record}"
+    );
+    assert_eq!(record["refundable"], 5000);
+    assert!(stripe_refunds(&hub, &p.acct, &p.pi).await.is_empty(), "never sent late");
+}
