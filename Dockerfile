@@ -26,7 +26,7 @@ RUN cargo build --release -p callpay --locked --no-default-features --features "
     && strip target/release/callpay
 
 FROM debian:bookworm-slim AS runtime
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates tzdata \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data callpay \
     && mkdir -p /data && chown callpay /data

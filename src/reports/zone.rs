@@ -1,38 +1,43 @@
-//! Time zones by IANA name, read from the system's zoneinfo files (TZif): the UTC offset at any
-//! instant, so that a report's days are the clinic's days. Only the version 1 data block is
-//! read (transitions to 2037, which Debian's "fat" files carry); after the last transition the
-//! last offset holds.
+//! Time zones by IANA name, so that a report's days are the clinic's days: the UTC offset at any
+//! instant and the instant each local day begins. jiff reads the system's zoneinfo (or its
+//! bundled tz database where a host has none), with the rules that run past 2037 and days that
+//! do not begin at midnight.
 
-use std::path::PathBuf;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 
-/// Where zoneinfo files are, unless `TZDIR` says otherwise.
-const ZONEINFO_DIR: &str = "/usr/share/zoneinfo";
 /// Longest zone name accepted.
 const MAX_NAME: usize = 64;
 
-/// A time zone: its transitions (Unix seconds) and the offset (seconds east of UTC) from each.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A time zone by name.
+#[derive(Debug, Clone)]
 pub struct Zone {
     /// The IANA name.
     pub name: String,
-    /// Offset before the first transition.
-    initial: i64,
-    /// (transition at, offset from then on), in order.
-    transitions: Vec<(i64, i64)>,
+    tz: TimeZone,
 }
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Zone {}
 
 impl Zone {
     /// UTC.
     pub fn utc() -> Self {
-        Self { name: "UTC".into(), initial: 0, transitions: Vec::new() }
+        Self { name: "UTC".into(), tz: TimeZone::UTC }
     }
 
     /// The zone called `name` (e.g. `Australia/Sydney`, `Asia/Dhaka`), or `None` if the name
-    /// is malformed or the system does not know it.
+    /// is malformed or the tz database does not know it.
     pub fn named(name: &str) -> Option<Self> {
         if name == "UTC" || name == "Etc/UTC" {
             return Some(Self::utc());
         }
+        // Names only: never a path, never a POSIX rule string.
         let ok = !name.is_empty()
             && name.len() <= MAX_NAME
             && !name.starts_with('/')
@@ -41,50 +46,15 @@ impl Zone {
         if !ok {
             return None;
         }
-        let dir = std::env::var_os("TZDIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(ZONEINFO_DIR));
-        let data = std::fs::read(dir.join(name)).ok()?;
-        Self::parse(name, &data)
-    }
-
-    /// Reads a TZif file's version 1 block.
-    fn parse(name: &str, d: &[u8]) -> Option<Self> {
-        if d.len() < 44 || &d[..4] != b"TZif" {
-            return None;
-        }
-        let count =
-            |i: usize| u32::from_be_bytes([d[20 + 4 * i], d[21 + 4 * i], d[22 + 4 * i], d[23 + 4 * i]]) as usize;
-        let (timecnt, typecnt) = (count(3), count(4));
-        if typecnt == 0 {
-            return None;
-        }
-        let times_at = 44;
-        let idx_at = times_at + 4 * timecnt;
-        let types_at = idx_at + timecnt;
-        if d.len() < types_at + 6 * typecnt {
-            return None;
-        }
-        let offset_of = |t: usize| {
-            let o = types_at + 6 * t;
-            i64::from(i32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]))
-        };
-        let mut transitions = Vec::with_capacity(timecnt);
-        for i in 0..timecnt {
-            let o = times_at + 4 * i;
-            let at = i64::from(i32::from_be_bytes([d[o], d[o + 1], d[o + 2], d[o + 3]]));
-            let t = usize::from(d[idx_at + i]);
-            if t >= typecnt {
-                return None;
-            }
-            transitions.push((at, offset_of(t)));
-        }
-        Some(Self { name: name.to_owned(), initial: offset_of(0), transitions })
+        let tz = TimeZone::get(name).ok()?;
+        Some(Self { name: name.to_owned(), tz })
     }
 
     /// Seconds east of UTC at `unix_secs`.
     pub fn offset_at(&self, unix_secs: i64) -> i64 {
-        match self.transitions.partition_point(|(at, _)| *at <= unix_secs) {
-            0 => self.initial,
-            n => self.transitions[n - 1].1,
+        match Timestamp::from_second(unix_secs) {
+            Ok(t) => i64::from(self.tz.to_offset(t).seconds()),
+            Err(_) => 0,
         }
     }
 
@@ -101,13 +71,20 @@ impl Zone {
         format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
     }
 
-    /// The instant (Unix ms) local midnight begins on `date`.
+    /// The instant (Unix ms) the local day `date` begins: midnight, or the first instant after
+    /// it where a clock change skips midnight.
     pub fn midnight(&self, date: Date) -> i64 {
-        let local = date.days() * 86_400;
-        // The offset at the instant itself, found from a first guess (a DST change at
-        // midnight is settled by the second look).
-        let guess = local - self.offset_at(local);
-        (local - self.offset_at(guess)) * 1000
+        let start = i8::try_from(date.m)
+            .ok()
+            .zip(i8::try_from(date.d).ok())
+            .zip(i16::try_from(date.y).ok())
+            .and_then(|((m, d), y)| jiff::civil::Date::new(y, m, d).ok())
+            .and_then(|d| d.to_zoned_datetime(self.tz.clone()).ok());
+        match start {
+            Some(z) => z.timestamp().as_millisecond(),
+            // Outside jiff's range (years past 9999 are refused when parsed): UTC midnight.
+            None => date.days() * 86_400_000,
+        }
     }
 }
 
@@ -196,5 +173,26 @@ mod tests {
         assert_eq!(syd.date_of(1_796_083_200_000 - 1_800_000).to_string(), "2026-12-01");
         assert_eq!(syd.time_of(1_796_083_200_000), "11:00");
         assert!(Zone::named("../../etc/passwd").is_none() && Zone::named("Mars/Base").is_none());
+    }
+
+    #[test]
+    fn daylight_saving_holds_past_2037() {
+        let syd = Zone::named("Australia/Sydney").expect("Sydney is known");
+        // 2040-07-01 00:00 UTC: winter, AEST (+10); 2040-12-01: summer, AEDT (+11).
+        assert_eq!(syd.offset_at(2_224_713_600), 10 * 3600, "July 2040");
+        assert_eq!(syd.offset_at(2_237_932_800), 11 * 3600, "December 2040");
+    }
+
+    #[test]
+    fn a_day_whose_midnight_does_not_exist_starts_when_it_does() {
+        // Havana moves its clocks from 00:00 to 01:00 on 2024-03-10: that day begins at
+        // 01:00 local (-04:00), 05:00 UTC, and is 23 hours long.
+        let havana = Zone::named("America/Havana").expect("Havana is known");
+        let day = Date::parse("2024-03-10").unwrap();
+        assert_eq!(havana.midnight(day), 1_710_046_800_000);
+        assert_eq!(havana.date_of(1_710_046_800_000).to_string(), "2024-03-10");
+        assert_eq!(havana.date_of(1_710_046_800_000 - 1).to_string(), "2024-03-09");
+        assert_eq!(havana.midnight(day.next()) - havana.midnight(day), 23 * 3_600_000);
+        assert_eq!(havana.midnight(day) - havana.midnight(Date::parse("2024-03-09").unwrap()), 24 * 3_600_000);
     }
 }
