@@ -512,6 +512,8 @@ function isoDay(d) {
 
 function reportPath(format) {
   const q = new URLSearchParams({ from: $('r-from').value, to: $('r-to').value, tz: $('r-tz').value, format });
+  // Sums are of one currency; the picker appears once a period holds more than one.
+  if (!$('r-currency-field').hidden && $('r-currency').value) q.set('currency', $('r-currency').value);
   const scope = $('r-scope').value === 'org' && view ? `/v1/orgs/${encodeURIComponent(view.org_id)}` : `/v1/clinics/${encodeURIComponent(clinic)}`;
   return `${scope}/report?${q}`;
 }
@@ -603,6 +605,18 @@ function renderReport() {
   $('report-none').hidden = !r || r.totals.count > 0;
   if (!r) return;
   const cur = r.currency || 'aud';
+  const several = (r.currencies || []).length > 1;
+  $('r-currency-field').hidden = !several;
+  if (several) {
+    $('r-currency').innerHTML = '';
+    for (const c of r.currencies) {
+      const opt = document.createElement('option');
+      opt.value = c.currency;
+      opt.textContent = c.currency.toUpperCase();
+      $('r-currency').append(opt);
+    }
+    $('r-currency').value = cur;
+  }
   const dl = $('r-totals');
   dl.innerHTML = '';
   for (const k of ['count', 'paid_count', 'gross', 'refunded', 'refund_count', 'net', 'average']) {

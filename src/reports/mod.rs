@@ -74,15 +74,33 @@ fn paid(p: &Payment) -> bool {
     matches!(p.status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded)
 }
 
-/// The report over `payments` (already those created in the period), with each clinic's name
-/// from `clinic_names` for the per-clinic rows.
-pub fn build(payments: &[Payment], period: &Period, clinic_names: &BTreeMap<String, String>) -> Value {
+/// The currencies of `payments` with how many payments each, most used first (then by code).
+pub fn currencies(payments: &[Payment]) -> Vec<(String, i64)> {
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in payments {
+        *counts.entry(p.currency.as_str()).or_default() += 1;
+    }
+    let mut list: Vec<(String, i64)> = counts.into_iter().map(|(c, n)| (c.to_owned(), n)).collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list
+}
+
+/// The report over `payments` (those created in the period, all in `currency`), with each
+/// clinic's name from `clinic_names` for the per-clinic rows, and every currency the period
+/// holds (`all_currencies`, from [`currencies`]) so a page can offer the others.
+pub fn build(
+    payments: &[Payment],
+    period: &Period,
+    clinic_names: &BTreeMap<String, String>,
+    currency: Option<&str>,
+    all_currencies: &[(String, i64)],
+) -> Value {
+    debug_assert!(payments.iter().all(|p| Some(p.currency.as_str()) == currency), "one currency per report");
     let mut totals = Sums::default();
     let mut by_status: BTreeMap<&'static str, (i64, i64)> = BTreeMap::new();
     let mut by_day: BTreeMap<Date, Sums> = BTreeMap::new();
     let mut by_clinician: BTreeMap<(String, String), Sums> = BTreeMap::new();
     let mut by_clinic: BTreeMap<String, Sums> = BTreeMap::new();
-    let currencies: std::collections::BTreeSet<&str> = payments.iter().map(|p| p.currency.as_str()).collect();
     for p in payments {
         totals.add(p);
         let s = by_status.entry(status_str(p.status)).or_default();
@@ -127,7 +145,8 @@ pub fn build(payments: &[Payment], period: &Period, clinic_names: &BTreeMap<Stri
         "from": period.from.to_string(),
         "to": period.to.to_string(),
         "tz": period.zone.name,
-        "currency": if currencies.len() == 1 { currencies.first().map(|c| (*c).to_owned()) } else { None },
+        "currency": currency,
+        "currencies": all_currencies.iter().map(|(c, n)| json!({"currency": c, "count": n})).collect::<Vec<_>>(),
         "totals": Value::Object(totals.json()),
         "by_status": statuses,
         "by_day": days,
@@ -185,12 +204,18 @@ pub fn csv(payments: &[Payment], zone: &Zone, clinic_names: &BTreeMap<String, St
     out
 }
 
+/// Characters that make a spreadsheet read a cell as a formula, full-width forms included.
+const FORMULA_START: [char; 10] = ['=', '+', '-', '@', '\t', '\r', '＝', '＋', '－', '＠'];
+
 /// One CSV cell: text a spreadsheet would run as a formula (starting with `=`, `+`, `-`, `@`,
-/// a tab or a carriage return) gets a leading `'`, so it shows as text; then quoted if it
-/// holds a comma, a quote or a line break, with quotes doubled (RFC 4180). Amounts are written
-/// by us and never start with one of those (refunds are columns of their own).
+/// a tab or a carriage return, or their full-width forms, after any blanks a spreadsheet might
+/// trim) gets a leading `'`, so it shows as text; then quoted if it holds a comma, a quote or a
+/// line break, with quotes doubled (RFC 4180). Amounts are written by us and never start with
+/// one of those (refunds are columns of their own).
 pub fn cell(text: &str) -> String {
-    let neutral = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}") } else { text.to_owned() };
+    let first = text.trim_start_matches(|c: char| c.is_whitespace() && c != '\t' && c != '\r').chars().next();
+    let formula = text.starts_with(FORMULA_START) || first.is_some_and(|c| FORMULA_START.contains(&c));
+    let neutral = if formula { format!("'{text}") } else { text.to_owned() };
     if neutral.contains([',', '"', '\n', '\r']) { format!("\"{}\"", neutral.replace('"', "\"\"")) } else { neutral }
 }
 
@@ -209,5 +234,10 @@ mod tests {
         assert_eq!(cell("=HYPERLINK(\"u\",\"x\")"), "\"'=HYPERLINK(\"\"u\"\",\"\"x\"\")\"");
         assert_eq!(cell("a,b"), "\"a,b\"");
         assert_eq!(cell("ডাঃ রুমি"), "ডাঃ রুমি");
+        // Spreadsheets that trim leading blanks, or read full-width signs, still see a formula.
+        assert_eq!(cell(" =1+1"), "' =1+1");
+        assert_eq!(cell("\u{a0}\u{3000}@cmd"), "'\u{a0}\u{3000}@cmd");
+        assert_eq!(cell("＝1+1"), "'＝1+1");
+        assert_eq!(cell("  Consult"), "  Consult");
     }
 }

@@ -17,8 +17,20 @@ async fn seed(
     clinic: &str,
     who: (&str, &str),
     at: i64,
+    money: (i64, PaymentStatus, i64),
+    description: &str,
+) {
+    seed_in(hub, clinic, who, at, money, description, "aud").await;
+}
+
+async fn seed_in(
+    hub: &TestHub,
+    clinic: &str,
+    who: (&str, &str),
+    at: i64,
     (amount, status, refunded): (i64, PaymentStatus, i64),
     description: &str,
+    currency: &str,
 ) {
     let id = format!("pay_rep_{}", callpay::ids::random_id());
     let paid = matches!(status, PaymentStatus::Succeeded | PaymentStatus::PartiallyRefunded | PaymentStatus::Refunded);
@@ -30,7 +42,7 @@ async fn seed(
         requested_by_id: who.0.into(),
         requested_by_name: who.1.into(),
         amount,
-        currency: "aud".into(),
+        currency: currency.into(),
         description: description.into(),
         stripe_account: "acct_rep".into(),
         status,
@@ -168,4 +180,33 @@ async fn the_csv_export_opens_cleanly_and_neutralises_formulas() {
         assert!(text.contains(&format!("'{formula}")), "{formula} is kept, neutralised: {text}");
     }
     assert!(text.contains("\"'=HYPERLINK(\"\"http://x\"\")\""), "quotes doubled inside a quoted cell: {text}");
+}
+
+/// Amounts in different currencies are never added together: a report sums one currency (the
+/// most used, or the one asked for) and lists every currency the period holds.
+#[tokio::test]
+async fn a_report_never_adds_up_different_currencies() {
+    let hub = seeded().await;
+    let ada = ("clinician-ada", "Dr Ada Lee");
+    let paid = |amount| (amount, PaymentStatus::Succeeded, 0);
+    seed_in(&hub, DEMO_CLINIC, ada, DEC_1_UTC + HOUR, paid(10_000), "Consult", "usd").await;
+    seed_in(&hub, DEMO_CLINIC, ada, DEC_1_UTC + 3 * HOUR, paid(20_000), "Consult", "usd").await;
+    let token = hub.info.clinic_admin_token.clone();
+    let base = format!("/v1/clinics/{DEMO_CLINIC}/report?from=2026-12-01&to=2026-12-02&tz=Australia/Sydney");
+    let (status, _, r) = get(&hub, &token, &base).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["currency"], "aud", "the most used currency by default: {r}");
+    assert_eq!((r["totals"]["count"].as_i64(), r["totals"]["gross"].as_i64()), (Some(5), Some(12000)));
+    assert_eq!(r["currencies"], serde_json::json!([{"currency": "aud", "count": 5}, {"currency": "usd", "count": 2}]));
+    let (_, _, usd) = get(&hub, &token, &format!("{base}&currency=USD")).await;
+    assert_eq!(usd["currency"], "usd");
+    assert_eq!((usd["totals"]["count"].as_i64(), usd["totals"]["gross"].as_i64()), (Some(2), Some(30000)), "{usd}");
+    let days: i64 = usd["by_day"].as_array().unwrap().iter().map(|d| d["gross"].as_i64().unwrap()).sum();
+    assert_eq!(days, 30000);
+    let (status, _, bad) = get(&hub, &token, &format!("{base}&currency=dollars")).await;
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_currency")));
+    // The export keeps every payment, each with its currency.
+    let (_, csv, _) = get(&hub, &token, &format!("{base}&format=csv")).await;
+    assert_eq!(csv.lines().count(), 8, "a header and seven payments: {csv}");
+    assert!(csv.contains(",USD,") && csv.contains(",AUD,"));
 }

@@ -16,13 +16,23 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// `?from=YYYY-MM-DD&to=YYYY-MM-DD&tz=Area/City&format=json|csv`.
+/// `?from=YYYY-MM-DD&to=YYYY-MM-DD&tz=Area/City&currency=aud&format=json|csv`.
 #[derive(Debug, Default, Deserialize)]
 pub struct ReportQuery {
     from: Option<String>,
     to: Option<String>,
     tz: Option<String>,
+    currency: Option<String>,
     format: Option<String>,
+}
+
+/// The currency asked for, lowercased; `None` when not given.
+fn currency(q: &ReportQuery) -> Result<Option<String>> {
+    let Some(c) = q.currency.as_deref().map(str::trim).filter(|c| !c.is_empty()) else { return Ok(None) };
+    if c.len() != 3 || !c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+        return Err(ApiError::bad_request("invalid_currency", "currency is a three-letter ISO code, e.g. aud."));
+    }
+    Ok(Some(c.to_ascii_lowercase()))
 }
 
 fn period(q: &ReportQuery) -> Result<Period> {
@@ -41,12 +51,23 @@ fn period(q: &ReportQuery) -> Result<Period> {
 
 async fn answer(app: &AppState, clinics: &[Clinic], q: &ReportQuery, name: &str) -> Result<Response> {
     let period = period(q)?;
+    let asked = currency(q)?;
     let (start, end) = period.bounds();
     let ids: Vec<String> = clinics.iter().map(|c| c.id.clone()).collect();
-    let payments = app.store.payments_created_between(&ids, start, end).await.map_err(store_err)?;
+    let mut payments = app.store.payments_created_between(&ids, start, end).await.map_err(store_err)?;
     let names: BTreeMap<String, String> = clinics.iter().map(|c| (c.id.clone(), c.name.clone())).collect();
-    match q.format.as_deref().unwrap_or("json") {
-        "json" => Ok(axum::Json(reports::build(&payments, &period, &names)).into_response()),
+    let currencies = reports::currencies(&payments);
+    // Sums are of one currency: the one asked for, else the most used. The export lists every
+    // payment with its own currency unless one is asked for.
+    let summed = asked.clone().or_else(|| currencies.first().map(|(c, _)| c.clone()));
+    let format = q.format.as_deref().unwrap_or("json");
+    if format == "json" || asked.is_some() {
+        payments.retain(|p| summed.as_deref() == Some(p.currency.as_str()));
+    }
+    match format {
+        "json" => {
+            Ok(axum::Json(reports::build(&payments, &period, &names, summed.as_deref(), &currencies)).into_response())
+        }
         "csv" => {
             let file = format!("callpay-{name}-{}-{}.csv", period.from, period.to);
             let disposition = format!(
