@@ -549,3 +549,35 @@ async fn a_kept_refund_too_old_to_send_safely_is_cancelled_not_sent() {
     assert_eq!(record["refundable"], 5000);
     assert!(stripe_refunds(&hub, &p.acct, &p.pi).await.is_empty(), "never sent late");
 }
+
+/// The clinician's window is counted from when the payment was paid: inside it they refund,
+/// past it they get 403 `refund_window_closed` (the clinic's admins still can).
+#[tokio::test]
+async fn the_clinicians_refund_window_closes_when_its_hours_have_passed() {
+    use callpay::store::{Write, now_ms};
+    let hub = TestHub::start_with(|c| c.payments.clinician_refund_window_hours = 1).await;
+    let p = paid(&hub, "r13", "4242424242424242").await;
+    let path = format!("/v1/calls/{}/payments/{}/refunds", hub.info.call_id, p.id);
+    let clinician = hub.info.clinician_token.clone();
+    let ask = |amount: i64| Some(json!({"amount": amount, "reason": "duplicate"}));
+    // Paid 59 minutes ago: inside the hour.
+    let move_paid_at = |ago_ms: i64| {
+        let store = hub.state.store.clone();
+        let id = p.id.clone();
+        async move {
+            let now = store.payment(&id).await.unwrap().unwrap();
+            let moved =
+                callpay::store::Payment { paid_at: Some(now_ms() - ago_ms), version: now.version + 1, ..now.clone() };
+            let write = Write::Payment { payment: Box::new(moved), expected_version: now.version };
+            store.commit(&[write]).await.unwrap();
+        }
+    };
+    move_paid_at(59 * 60_000).await;
+    let (status, body) = call(&hub, &clinician, "POST", &path, ask(1000)).await;
+    assert_eq!(status, 200, "{body}");
+    // Paid 61 minutes ago: closed for the clinician, open for the clinic's admin.
+    move_paid_at(61 * 60_000).await;
+    let (status, body) = call(&hub, &clinician, "POST", &path, ask(1000)).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("refund_window_closed")), "{body}");
+    assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 1000, "reason": "duplicate"})).await.0, 200);
+}
