@@ -68,6 +68,7 @@ impl Payments {
             }
             Some(Ok(account)) => account.to_owned(),
         };
+        let livemode = clinic.as_ref().is_some_and(|c| c.stripe_livemode);
         let now = now_ms();
         let fresh = Payment {
             id: format!("pay_{}", random_id()),
@@ -80,6 +81,7 @@ impl Payments {
             currency: currency.to_owned(),
             description,
             stripe_account: account,
+            livemode,
             created_at: now,
             updated_at: now,
             ..Payment::default()

@@ -163,4 +163,14 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "refunds Stripe never answered are found by the sweep that sends them again",
         &["CREATE INDEX IF NOT EXISTS refunds_status ON refunds (status, updated_at)"],
     ),
+    (
+        8,
+        "a payment keeps the mode (test or live) of the account it was made on",
+        &[
+            "ALTER TABLE payments ADD COLUMN livemode BIGINT NOT NULL DEFAULT 0",
+            // Payments made before: the mode of their clinic's account, if it is still the one linked.
+            "UPDATE payments SET livemode = 1 WHERE EXISTS (SELECT 1 FROM clinics c WHERE c.id = payments.clinic_id \
+             AND c.stripe_account = payments.stripe_account AND c.stripe_livemode = 1)",
+        ],
+    ),
 ];

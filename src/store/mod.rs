@@ -86,6 +86,9 @@ pub struct Payment {
     pub version: i64,
     /// The connected account the charge is made on (kept even if the clinic re-links).
     pub stripe_account: String,
+    /// Whether the clinic's account was in live mode when the payment was made (its records
+    /// link to the live or the test dashboard for good, whatever the clinic links later).
+    pub livemode: bool,
     /// Stripe PaymentIntent id once created.
     pub payment_intent_id: Option<String>,
     /// The PaymentIntent's client secret (handed only to patients of this call).
@@ -132,6 +135,7 @@ impl Default for Payment {
             status: PaymentStatus::Creating,
             version: 1,
             stripe_account: String::new(),
+            livemode: false,
             payment_intent_id: None,
             client_secret: None,
             amount_received: None,

@@ -32,7 +32,7 @@ pub struct SqlStore {
 const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, currency, \
     description, status, version, stripe_account, payment_intent_id, client_secret, amount_received, amount_refunded, \
     paid_at, receipt_email, card_brand, card_last4, failure_code, failure_decline_code, failure_message, last_event_at, \
-    created_at, updated_at";
+    created_at, updated_at, livemode";
 
 impl SqlStore {
     /// Connects and applies pending migrations. `sqlite::memory:` gives a private in-memory database.
@@ -180,6 +180,7 @@ fn payment_from(row: &AnyRow) -> StoreResult<Payment> {
         last_event_at: row.try_get("last_event_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        livemode: row.try_get::<i64, _>("livemode")? != 0,
     })
 }
 
@@ -211,6 +212,7 @@ macro_rules! bind_payment_fields {
             .bind($p.last_event_at)
             .bind($p.created_at)
             .bind($p.updated_at)
+            .bind(i64::from($p.livemode))
     };
 }
 
@@ -218,8 +220,8 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
     requested_by_name = $5, amount = $6, currency = $7, description = $8, status = $9, version = $10, \
     stripe_account = $11, payment_intent_id = $12, client_secret = $13, amount_received = $14, amount_refunded = $15, \
     paid_at = $16, receipt_email = $17, card_brand = $18, card_last4 = $19, failure_code = $20, \
-    failure_decline_code = $21, failure_message = $22, last_event_at = $23, created_at = $24, updated_at = $25 \
-    WHERE id = $26 AND version = $27";
+    failure_decline_code = $21, failure_message = $22, last_event_at = $23, created_at = $24, updated_at = $25, livemode = $26 \
+    WHERE id = $27 AND version = $28";
 
 /// `$1, $2, …, $n`.
 /// Most values one `IN (…)` list binds. PostgreSQL refuses a statement with more than 65,535
@@ -398,7 +400,7 @@ impl Store for SqlStore {
     async fn insert_payment(&self, p: &Payment) -> StoreResult<Inserted> {
         let sql = format!(
             "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) ON CONFLICT (call_id, client_ref) DO NOTHING"
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27) ON CONFLICT (call_id, client_ref) DO NOTHING"
         );
         let q = sqlx::query(AssertSqlSafe(sql)).bind(&p.id);
         let done = bind_payment_fields!(q, p).execute(&self.pool).await?;

@@ -968,7 +968,8 @@ async fn payment_records_filter_page_and_link_to_the_clinics_dashboard() {
     let own = get_ok(&hub, &member, &format!("/v1/payments/{}", by_bo["data"][0]["id"].as_str().unwrap())).await;
     assert_eq!(own["client_ref"], "rec-3");
 
-    // A live-mode clinic's records link to the live dashboard (no /test).
+    // A clinic that goes live: its test-mode payments still link to the test dashboard, and
+    // what it takes from then on links to the live one (no /test).
     let clinic = hub.state.store.clinic(DEMO_CLINIC).await.unwrap().unwrap();
     let live = callpay::store::StripeLink {
         account: clinic.stripe_account.clone().unwrap(),
@@ -982,9 +983,15 @@ async fn payment_records_filter_page_and_link_to_the_clinics_dashboard() {
         callpay::store::Write::Clinic { id: DEMO_CLINIC.into(), change: callpay::store::ClinicChange::Link(live) };
     hub.state.store.commit(&[relink]).await.unwrap();
     let record = get_ok(&hub, &admin, &theirs).await;
+    assert_eq!(record["dashboard_url"].as_str().unwrap(), link, "a test payment stays in the test dashboard");
+    doc.request("rec-live", 8000, "Live consult").await;
+    let live = doc.until_where("payment.requested", |f| f["payment"]["client_ref"] == "rec-live").await;
+    let live_id = live["payment"]["payment_id"].as_str().unwrap();
+    let record = get_ok(&hub, &admin, &format!("/v1/payments/{live_id}")).await;
+    let live_pi = record["payment_intent_id"].as_str().unwrap();
     assert_eq!(
         record["dashboard_url"].as_str().unwrap(),
-        format!("{}/dashboard/{account}/payments/{pi}", hub.info.stripe_url)
+        format!("{}/dashboard/{account}/payments/{live_pi}", hub.info.stripe_url)
     );
 }
 

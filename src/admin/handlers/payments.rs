@@ -78,7 +78,7 @@ fn cursor(c: &str) -> Result<(i64, String)> {
 }
 
 /// Where the payment is in the clinic's Stripe dashboard: `{dashboard}/{account}/test/payments/{pi}`
-/// (without `/test` for a live-mode clinic). The dashboard is the configured one: Stripe's, or
+/// (without `/test` for a payment made in live mode). The dashboard is the configured one: Stripe's, or
 /// the simulator's in the demo.
 pub fn dashboard_url(dashboard: &str, p: &Payment, livemode: bool) -> Option<String> {
     let pi = p.payment_intent_id.as_deref()?;
@@ -113,7 +113,8 @@ pub(super) fn record(app: &AppState, p: &Payment, clinic: &Clinic) -> Value {
         "payment_intent_id": p.payment_intent_id,
         "created_at": p.created_at,
         "updated_at": p.updated_at,
-        "dashboard_url": dashboard_url(&app.config.stripe.dashboard_url, p, clinic.stripe_livemode),
+        "livemode": p.livemode,
+        "dashboard_url": dashboard_url(&app.config.stripe.dashboard_url, p, p.livemode),
     })
 }
 
