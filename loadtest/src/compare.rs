@@ -499,6 +499,10 @@ async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
         let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
         let mut opens = Vec::new();
         let run = callpay::ids::random_id();
+        // Joins: every socket opened and welcomed (or the peer's connect acknowledged), 64 at a
+        // time (a call's two sockets in either order); wall time and server CPU.
+        let joins_started = Instant::now();
+        let cpu_before = cpu_us(pid);
         for i in 0..n {
             let (server, gate, run) = (server.clone(), gate.clone(), run.clone());
             opens.push(tokio::spawn(async move {
@@ -511,11 +515,21 @@ async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
         for o in opens {
             sockets.push(o.await??);
         }
+        let join_secs = joins_started.elapsed().as_secs_f64();
+        let join_cpu_us = cpu_us(pid).saturating_sub(cpu_before);
         // Let allocations settle (welcome frames written, buffers trimmed).
         tokio::time::sleep(Duration::from_secs(2)).await;
         let after = rss_bytes(pid);
         let per_socket = after.saturating_sub(before) as f64 / n as f64;
-        let row = json!({"sockets": n, "rss_before_mb": before as f64 / 1e6, "rss_after_mb": after as f64 / 1e6, "rss_per_socket_bytes": per_socket});
+        let row = json!({
+            "sockets": n,
+            "rss_before_mb": before as f64 / 1e6,
+            "rss_after_mb": after as f64 / 1e6,
+            "rss_per_socket_bytes": per_socket,
+            "join_secs": join_secs,
+            "joins_per_sec": n as f64 / join_secs,
+            "server_cpu_us_per_join": join_cpu_us as f64 / n as f64,
+        });
         eprintln!("{}: {row}", proto.name());
         rows.push(row);
         drop(sockets);
@@ -544,7 +558,13 @@ fn ratios(scenario: &str, results: &[Value]) -> Value {
             .into_iter()
             .flatten()
             .zip(s["idle"].as_array().into_iter().flatten())
-            .map(|(a, b)| json!({"sockets": a["sockets"], "rss_per_socket_socketio_over_callpay": ratio(b["rss_per_socket_bytes"].as_f64(), a["rss_per_socket_bytes"].as_f64())}))
+            .map(|(a, b)| {
+                json!({
+                    "sockets": a["sockets"],
+                    "rss_per_socket_socketio_over_callpay": ratio(b["rss_per_socket_bytes"].as_f64(), a["rss_per_socket_bytes"].as_f64()),
+                    "join_rate_callpay_over_socketio": ratio(a["joins_per_sec"].as_f64(), b["joins_per_sec"].as_f64()),
+                })
+            })
             .collect();
         return json!(rows);
     }

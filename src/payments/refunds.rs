@@ -25,8 +25,11 @@ const SYNC_ATTEMPTS: usize = 3;
 const UNSENT_PER_SWEEP: i64 = 20;
 /// Longest a kept refund's sending may take (the client retries inside this).
 const RESEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// A kept refund older than this is cancelled rather than sent: Stripe keeps an idempotency key
-/// for at least 24 hours, and a send after that could no longer be told from a new refund.
+/// A kept refund is sent again only until it is this old: Stripe keeps an idempotency key for
+/// at least 24 hours, and a send after that could no longer be told from a new refund.
+pub const UNSENT_SEND_UNTIL_MS: i64 = 22 * 3_600_000;
+/// A kept refund still unsent at this age is cancelled. The hour after the last send (each
+/// bounded by [`RESEND_TIMEOUT`]) means no send is still in flight when it is given up.
 pub const UNSENT_GIVE_UP_MS: i64 = 23 * 3_600_000;
 /// Stripe's error codes that mean "more than remains on the charge".
 const STRIPE_TOO_MUCH: &[&str] = &["amount_too_large", "charge_already_refunded"];
@@ -81,6 +84,10 @@ pub enum RefundError {
     /// changed after an error kept its key): nothing is sent.
     #[error("request key reused for a different refund")]
     KeyReused,
+    /// A kept refund that could not be sent while Stripe still knew its key: never sent now,
+    /// and cancelled (or about to be).
+    #[error("the kept refund was not sent in time")]
+    Expired,
     /// The store failed; nothing was sent to Stripe unless the refund is pending.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -99,6 +106,7 @@ impl RefundError {
             Self::StripeUnavailable => "stripe_unavailable",
             Self::NoAccess => "stripe_not_connected",
             Self::KeyReused => "request_key_reused",
+            Self::Expired => "refund_expired",
             Self::Store(_) => "unavailable",
         }
     }
@@ -122,6 +130,9 @@ impl RefundError {
             }
             Self::KeyReused => {
                 "This form's earlier request was for another amount or reason; nothing was refunded now. Open the refund form again.".into()
+            }
+            Self::Expired => {
+                "This refund could not be sent to Stripe within a day, so it was not made and is cancelled. Ask for it again.".into()
             }
             Self::StripeUnavailable => {
                 "Stripe could not be reached. The refund is kept and callpay sends it as soon as Stripe answers; it is never made twice.".into()
@@ -261,6 +272,13 @@ impl Payments {
     /// under the same Idempotency-Key (Stripe makes it once); any other is answered as it is.
     async fn again(&self, payment: &Payment, existing: Refund) -> Result<Refunded, RefundError> {
         if existing.status == "pending" && existing.stripe_refund_id.is_none() {
+            let age = now_ms() - existing.created_at;
+            if age > UNSENT_SEND_UNTIL_MS {
+                if age > UNSENT_GIVE_UP_MS {
+                    self.give_up(payment, existing).await;
+                }
+                return Err(RefundError::Expired);
+            }
             return self.send(payment, existing).await;
         }
         // A refund that never happened is answered as the error it was, never as a success.
@@ -424,22 +442,29 @@ impl Payments {
                     return;
                 }
             };
-            if now_ms() - refund.created_at > UNSENT_GIVE_UP_MS {
+            let age = now_ms() - refund.created_at;
+            if age > UNSENT_GIVE_UP_MS {
                 self.give_up(&payment, refund).await;
+                continue;
+            }
+            if age > UNSENT_SEND_UNTIL_MS {
+                // Too late to send, too early to give up: a send may still be in flight.
                 continue;
             }
             tracing::info!(refund_id = %refund.id, payment_id = %payment.id, "sending a kept refund again");
             let id = refund.id.clone();
             let touched = Refund { updated_at: now_ms(), ..refund.clone() };
-            match tokio::time::timeout(RESEND_TIMEOUT, self.send(&payment, refund)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(RefundError::StripeUnavailable)) | Err(_) => {
-                    // Tried now: wait `verify_after_ms` before the next attempt.
-                    if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(touched))]).await {
-                        tracing::warn!(error = %e, refund_id = %id, "could not note the attempt");
-                    }
+            let outcome = tokio::time::timeout(RESEND_TIMEOUT, self.send(&payment, refund)).await;
+            if !matches!(outcome, Ok(Ok(_))) {
+                match &outcome {
+                    Ok(Err(e)) => tracing::warn!(error = %e, refund_id = %id, "a kept refund was not made"),
+                    _ => tracing::warn!(refund_id = %id, "a kept refund's sending timed out"),
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, refund_id = %id, "a kept refund was refused"),
+                // Tried now: it waits `verify_after_ms` behind the others before the next attempt
+                // (a refused one is final already; this only moves its time).
+                if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(touched))]).await {
+                    tracing::warn!(error = %e, refund_id = %id, "could not note the attempt");
+                }
             }
         }
     }
@@ -453,14 +478,11 @@ impl Payments {
             ..AuditEntry::new(STRIPE, "refund.canceled", "refused")
         }
         .with_detail(format!("{shown} {} never reached Stripe", refund.id));
-        let canceled = Refund {
-            status: "canceled".into(),
-            failure_reason: Some("not_sent".into()),
-            updated_at: now_ms(),
-            ..refund
-        };
-        if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(canceled)), Write::Audit(entry)]).await {
-            tracing::warn!(error = %e, payment_id = %payment.id, "could not cancel an unsent refund");
+        // Only if still unsent: a node that sent it meanwhile has stored Stripe's id.
+        let write = Write::RefundNotSent { id: refund.id.clone(), at: now_ms() };
+        match self.store.commit(&[write, Write::Audit(entry)]).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, payment_id = %payment.id, "could not cancel an unsent refund"),
         }
     }
 

@@ -238,6 +238,15 @@ pub enum Write {
     /// refund callpay did not make (the Stripe dashboard) is inserted as given. A `failed`,
     /// `canceled` or `refused` refund keeps that status whatever arrives later.
     RefundSeen(Box<Refund>),
+    /// Cancels a refund that never reached Stripe (`failure_reason` `not_sent`), only if it is
+    /// still `pending` with no Stripe id; otherwise (another node sent it meanwhile) the whole
+    /// batch is a [`Committed::Conflict`].
+    RefundNotSent {
+        /// callpay's refund id.
+        id: String,
+        /// When (Unix ms).
+        at: i64,
+    },
 }
 
 /// A refund of a payment, callpay's or one made in the Stripe dashboard.

@@ -515,6 +515,17 @@ impl Store for SqlStore {
                     refund_seen(&mut tx, r).await?;
                     true
                 }
+                Write::RefundNotSent { id, at } => {
+                    let done = sqlx::query(
+                        "UPDATE refunds SET status = 'canceled', failure_reason = 'not_sent', updated_at = $1 \
+                         WHERE id = $2 AND status = 'pending' AND stripe_refund_id IS NULL",
+                    )
+                    .bind(at)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    done.rows_affected() == 1
+                }
                 Write::Audit(e) => {
                     insert_audit(&mut tx, e).await?;
                     true

@@ -387,6 +387,12 @@ async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
                 ..seen("ref_4", "failed", "stripe")
             }))])
             .await?;
+        // A kept refund given up as never sent: only while it is still pending and unsent (a
+        // node that sent and stored it meanwhile wins).
+        let give_up = |id: &str| Write::RefundNotSent { id: id.into(), at: 4_000 };
+        out.push(format!("{:?}", store.commit(&[give_up("ref_4")]).await?));
+        store.commit(&[Write::NewRefund { refund: Box::new(refund("ref_5", 10, Some("k5"))), limit: 99_999 }]).await?;
+        out.push(format!("{:?}", store.commit(&[give_up("ref_5")]).await?));
         // A dashboard refund we never made.
         store
             .commit(&[Write::RefundSeen(Box::new(Refund { amount: 500, ..seen("ref_dash", "succeeded", "stripe") }))])
@@ -408,8 +414,11 @@ async fn refunds_and_report_reads_behave_the_same_on_sqlite_and_postgresql() {
         "Conflict",
         "Conflict",
         "Applied",
+        "Conflict",
+        "Applied",
         "ref_1 3000 failed Some(\"re_ref_1\") Some(\"k1\")",
         "ref_4 2000 succeeded Some(\"re_ref_4\") None",
+        "ref_5 10 canceled None Some(\"k5\")",
         "ref_dash 500 succeeded Some(\"re_ref_dash\") None",
         "Some(\"ref_1\")",
         "[\"pay_1\"]",
@@ -503,16 +512,12 @@ async fn a_refund_stripe_never_answered_is_sent_again_by_itself_once() {
     assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1);
 }
 
-/// A kept refund that could not be sent within a day (Stripe's idempotency keys last 24 hours)
-/// is cancelled, never sent late: nothing refunded, and what it held back is refundable again.
-#[tokio::test]
-async fn a_kept_refund_too_old_to_send_safely_is_cancelled_not_sent() {
+/// A refund kept `age_ms` ago for `p`, never sent, with the form key `form-old`.
+async fn keep_old_refund(hub: &TestHub, p: &Paid, age_ms: i64) {
     use callpay::store::{Refund, Write, now_ms};
-    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
-    let p = paid(&hub, "r12", "4242424242424242").await;
-    let day_ago = now_ms() - 24 * 3_600_000;
+    let day_ago = now_ms() - age_ms;
     let kept = Refund {
-        id: "ref_old".into(),
+        id: format!("ref_old_{}", p.id),
         payment_id: p.id.clone(),
         clinic_id: callpay::demo::DEMO_CLINIC.into(),
         amount: 2000,
@@ -523,14 +528,24 @@ async fn a_kept_refund_too_old_to_send_safely_is_cancelled_not_sent() {
         stripe_refund_id: None,
         failure_reason: None,
         source: "callpay".into(),
-        request_key: None,
+        request_key: Some("form-old".into()),
         requested_by_id: "a".into(),
         requested_by_name: "A".into(),
         requested_by_role: "team_admin".into(),
         created_at: day_ago,
         updated_at: day_ago,
     };
-    hub.state.store.commit(&[Write::NewRefund { refund: Box::new(kept), limit: 5000 }]).await.unwrap();
+    let stored = hub.state.store.commit(&[Write::NewRefund { refund: Box::new(kept), limit: 5000 }]).await.unwrap();
+    assert_eq!(stored, callpay::store::Committed::Applied);
+}
+
+/// A kept refund that could not be sent within a day (Stripe's idempotency keys last 24 hours)
+/// is cancelled, never sent late: nothing refunded, and what it held back is refundable again.
+#[tokio::test]
+async fn a_kept_refund_too_old_to_send_safely_is_cancelled_not_sent() {
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    let p = paid(&hub, "r12", "4242424242424242").await;
+    keep_old_refund(&hub, &p, 24 * 3_600_000).await;
     let token = hub.info.clinic_admin_token.clone();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let record = loop {
@@ -580,4 +595,31 @@ async fn the_clinicians_refund_window_closes_when_its_hours_have_passed() {
     let (status, body) = call(&hub, &clinician, "POST", &path, ask(1000)).await;
     assert_eq!((status, body["code"].as_str()), (403, Some("refund_window_closed")), "{body}");
     assert_eq!(admin_refund(&hub, &p.id, json!({"amount": 1000, "reason": "duplicate"})).await.0, 200);
+}
+
+/// The same form asked again for a refund kept too long is never sent: 409 `refund_expired`,
+/// the refund cancelled, nothing refunded; a kept refund between 22 and 23 hours old is not
+/// sent either (a send may still be in flight elsewhere) and stays for the sweep to cancel.
+#[tokio::test]
+async fn a_form_asking_again_for_a_refund_kept_too_long_is_told_it_expired() {
+    // No sweep during the test: only the request decides.
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 3_600_000).await;
+    let p = paid(&hub, "r14", "4242424242424242").await;
+    keep_old_refund(&hub, &p, 22 * 3_600_000 + 60_000).await;
+    let ask = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-old"});
+    let (status, body) = admin_refund(&hub, &p.id, ask.clone()).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("refund_expired")), "{body}");
+    let token = hub.info.clinic_admin_token.clone();
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
+    assert_eq!(record["refunds"][0]["status"], "pending", "left for the sweep after 23 h: {record}");
+    assert!(refund_posts(&hub).await.is_empty(), "nothing sent");
+
+    let q = paid(&hub, "r15", "4242424242424242").await;
+    keep_old_refund(&hub, &q, 24 * 3_600_000).await;
+    let (status, body) = admin_refund(&hub, &q.id, ask).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("refund_expired")), "{body}");
+    let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", q.id), None).await;
+    assert_eq!(record["refunds"][0]["status"], "canceled", "{record}");
+    assert!(refund_posts(&hub).await.is_empty(), "nothing sent");
+    assert!(stripe_refunds(&hub, &q.acct, &q.pi).await.is_empty());
 }

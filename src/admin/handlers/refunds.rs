@@ -36,9 +36,10 @@ impl From<RefundBody> for RefundAsk {
 fn refund_error(e: RefundError) -> ApiError {
     let status = match &e {
         RefundError::InvalidAmount | RefundError::InvalidReason | RefundError::InvalidField => StatusCode::BAD_REQUEST,
-        RefundError::NotRefundable(_) | RefundError::ExceedsRemaining { .. } | RefundError::KeyReused => {
-            StatusCode::CONFLICT
-        }
+        RefundError::NotRefundable(_)
+        | RefundError::ExceedsRemaining { .. }
+        | RefundError::KeyReused
+        | RefundError::Expired => StatusCode::CONFLICT,
         RefundError::StripeRefused(_) => StatusCode::BAD_GATEWAY,
         RefundError::NoAccess => StatusCode::CONFLICT,
         RefundError::StripeUnavailable | RefundError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
