@@ -507,13 +507,15 @@ mod tests {
     use std::sync::Arc;
     use tokio::sync::Notify;
 
-    /// Stripe that accepts a refund, then answers the first read of the refunded total with what
+    /// Stripe that accepts refunds, then answers the first read of the refunded total with what
     /// it was a moment ago (this refund only), held back until the test lets it go; later reads
-    /// see the dashboard's refund too.
+    /// answer `later`.
     struct StaleTotalStripe {
         asked: Notify,
         release: Notify,
         reads: std::sync::atomic::AtomicU32,
+        /// What later reads answer.
+        later: std::sync::atomic::AtomicI64,
     }
 
     #[async_trait::async_trait]
@@ -525,8 +527,11 @@ mod tests {
             Err(GatewayError::Unavailable("this test only refunds".into()))
         }
         async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
-            self.asked.notify_one();
-            self.release.notified().await;
+            let first = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            if first {
+                self.asked.notify_one();
+                self.release.notified().await;
+            }
             Ok(IntentInfo {
                 id: id.into(),
                 client_secret: None,
@@ -537,11 +542,7 @@ mod tests {
                 last_error: None,
                 receipt_email: None,
                 card: None,
-                amount_refunded: if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                    1000
-                } else {
-                    3000
-                },
+                amount_refunded: if first { 1000 } else { self.later.load(std::sync::atomic::Ordering::SeqCst) },
             })
         }
         async fn account_name(&self, _: &str) -> Option<String> {
@@ -549,7 +550,7 @@ mod tests {
         }
         async fn create_refund(&self, r: &NewRefund) -> Result<crate::payments::stripe::RefundInfo, GatewayError> {
             Ok(crate::payments::stripe::RefundInfo {
-                id: "re_1".into(),
+                id: format!("re_{}", r.idempotency_key),
                 amount: r.amount,
                 status: "succeeded".into(),
                 failure_reason: None,
@@ -569,8 +570,12 @@ mod tests {
         };
         let rooms = crate::rooms::RoomRegistry::new("pk");
         let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
-        let stripe =
-            Arc::new(StaleTotalStripe { asked: Notify::new(), release: Notify::new(), reads: Default::default() });
+        let stripe = Arc::new(StaleTotalStripe {
+            asked: Notify::new(),
+            release: Notify::new(),
+            reads: Default::default(),
+            later: 3000.into(),
+        });
         let payments =
             Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
         let paid = Payment {
@@ -603,21 +608,19 @@ mod tests {
             Payment { status: PaymentStatus::PartiallyRefunded, amount_refunded: 3000, version: 3, ..paid.clone() };
         let writes = [Write::Payment { payment: Box::new(newer), expected_version: 2 }];
         assert_eq!(store.commit(&writes).await.unwrap(), Committed::Applied);
-        // The read lands with the older total; any later read is let through too.
-        let releaser = tokio::spawn({
-            let stripe = stripe.clone();
-            async move {
-                loop {
-                    stripe.release.notify_one();
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            }
-        });
+        // The read lands with the older total.
+        stripe.release.notify_one();
         assert_eq!(refund.await.unwrap().unwrap(), "succeeded");
-        releaser.abort();
         let now = store.payment("pay_1").await.unwrap().unwrap();
         assert_eq!(now.amount_refunded, 3000, "a stale read of Stripe's total took the refunded amount back");
         assert_eq!(now.status, PaymentStatus::PartiallyRefunded);
+        // A read that is not stale is stored: 5.00 more makes Stripe's total 35.00.
+        stripe.later.store(3500, std::sync::atomic::Ordering::SeqCst);
+        let admin = Actor { id: "a", name: "A", role: "team_admin" };
+        let ask = RefundAsk { amount: Some(500), reason: "duplicate".into(), ..RefundAsk::default() };
+        let made = payments.refund(&now, admin, ask).await.unwrap();
+        assert_eq!(made.payment.amount_refunded, 3500);
+        assert_eq!(store.payment("pay_1").await.unwrap().unwrap().amount_refunded, 3500);
     }
 
     #[test]

@@ -186,7 +186,9 @@ fn classify(e: stripe::StripeError) -> GatewayError {
         }
         stripe::StripeError::ClientError(m) => GatewayError::Unavailable(m),
         stripe::StripeError::Timeout => GatewayError::Unavailable("timeout".into()),
-        other => GatewayError::Rejected { status: 0, code: None, message: other.to_string() },
+        // An answer we could not read (Stripe may have acted on the request): not a refusal.
+        // The caller keeps what it asked for and asks again under the same idempotency key.
+        other => GatewayError::Unavailable(format!("unreadable answer: {other}")),
     }
 }
 

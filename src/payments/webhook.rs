@@ -146,6 +146,15 @@ impl Payments {
                     });
                 }
             };
+            // Stripe's refunded total is read again after the payment it is written over: a
+            // total read before a newer one was stored (another event, another node) would
+            // take the record back. A conflict reads both again.
+            let change = match (&change, account.as_deref()) {
+                (Change::RefundTotal { .. }, Some(acct)) => {
+                    Change::RefundTotal { amount_refunded: self.stripe.intent(acct, &intent_id).await?.amount_refunded }
+                }
+                _ => change.clone(),
+            };
             // Same second as the last applied event: the order of delivery says nothing, so
             // ask Stripe for the PaymentIntent's status now and apply that instead.
             let change = if state::ties(&current, &change, created) {
@@ -301,4 +310,109 @@ fn success_mismatch(payment: &Payment, change: &Change) -> Option<String> {
             validate::display_amount(*amount_received, currency)
         )
     })
+}
+
+#[cfg(all(test, feature = "demo"))]
+mod tests {
+    use super::*;
+    use crate::payments::stripe::{IntentInfo, NewIntent, NewRefund, RefundInfo, StripeApi};
+    use crate::store::{SqlStore, Store};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::sync::Notify;
+
+    /// Stripe whose first read of the refunded total is from before a dashboard refund, held
+    /// back until the test lets it go; every later read sees it.
+    struct LaggingStripe {
+        reads: AtomicU32,
+        asked: Notify,
+        release: Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl StripeApi for LaggingStripe {
+        async fn create_intent(&self, _: &NewIntent) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn cancel_intent(&self, _: &str, _: &str, _: &str) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+            let first = self.reads.fetch_add(1, Ordering::SeqCst) == 0;
+            if first {
+                self.asked.notify_one();
+                self.release.notified().await;
+            }
+            Ok(IntentInfo {
+                id: id.into(),
+                client_secret: None,
+                status: "succeeded".into(),
+                amount: 5000,
+                amount_received: 5000,
+                currency: "aud".into(),
+                last_error: None,
+                receipt_email: None,
+                card: None,
+                amount_refunded: if first { 1000 } else { 3000 },
+            })
+        }
+        async fn account_name(&self, _: &str) -> Option<String> {
+            None
+        }
+        async fn create_refund(&self, _: &NewRefund) -> Result<RefundInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refund_event_whose_total_was_read_before_a_newer_one_was_stored_changes_nothing() {
+        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
+        let io = crate::hub::HubIo {
+            bus: bus.clone(),
+            record: bus,
+            store: store.clone(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        };
+        let rooms = crate::rooms::RoomRegistry::new("pk");
+        let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
+        let stripe = Arc::new(LaggingStripe { reads: AtomicU32::new(0), asked: Notify::new(), release: Notify::new() });
+        let payments =
+            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
+        let paid = Payment {
+            id: "pay_1".into(),
+            call_id: "call".into(),
+            clinic_id: "c".into(),
+            client_ref: "r1".into(),
+            amount: 5000,
+            amount_received: Some(5000),
+            currency: "aud".into(),
+            status: PaymentStatus::Succeeded,
+            version: 2,
+            stripe_account: "acct_1".into(),
+            payment_intent_id: Some("pi_1".into()),
+            ..Payment::default()
+        };
+        store.insert_payment(&paid).await.unwrap();
+        let charge =
+            serde_json::json!({"id": "ch_1", "currency": "aud", "payment_intent": "pi_1", "payment_method": "pm_1"});
+        let refund = stripe_sim::objects::refund(&charge, 1000, Some("duplicate"), serde_json::json!({}));
+        let body = stripe_sim::objects::event("refund.updated", &refund, Some("acct_1"), None, (None, None), 1);
+        let event = super::super::event::parse(&body.to_string()).unwrap();
+        let applying = tokio::spawn({
+            let payments = payments.clone();
+            async move { payments.apply_event(&event).await.map(|o| format!("{o:?}")) }
+        });
+        // The event's read of Stripe's total is on its way...
+        stripe.asked.notified().await;
+        // ...when another event stores the newer total (a second refund of 20.00).
+        let newer =
+            Payment { status: PaymentStatus::PartiallyRefunded, amount_refunded: 3000, version: 3, ..paid.clone() };
+        let writes = [Write::Payment { payment: Box::new(newer), expected_version: 2 }];
+        assert_eq!(store.commit(&writes).await.unwrap(), Committed::Applied);
+        stripe.release.notify_one();
+        applying.await.unwrap().unwrap();
+        let now = store.payment("pay_1").await.unwrap().unwrap();
+        assert_eq!(now.amount_refunded, 3000, "the event's stale total took the refunded amount back");
+    }
 }

@@ -168,9 +168,11 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "a payment keeps the mode (test or live) of the account it was made on",
         &[
             "ALTER TABLE payments ADD COLUMN livemode BIGINT NOT NULL DEFAULT 0",
-            // Payments made before: the mode of their clinic's account, if it is still the one linked.
+            // Payments made before: live if made on the account the clinic has linked in live
+            // mode since before the payment (test payments made before going live stay test).
             "UPDATE payments SET livemode = 1 WHERE EXISTS (SELECT 1 FROM clinics c WHERE c.id = payments.clinic_id \
-             AND c.stripe_account = payments.stripe_account AND c.stripe_livemode = 1)",
+             AND c.stripe_account = payments.stripe_account AND c.stripe_livemode = 1 \
+             AND c.linked_at IS NOT NULL AND c.linked_at <= payments.created_at)",
         ],
     ),
 ];

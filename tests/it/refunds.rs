@@ -507,8 +507,10 @@ async fn a_refund_stripe_never_answered_is_sent_again_by_itself_once() {
     let keys: std::collections::BTreeSet<String> =
         refund_posts(&hub).await.iter().filter_map(|r| r["idempotency_key"].as_str().map(str::to_owned)).collect();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    // Later sweeps send nothing more.
+    // Later sweeps send nothing more: no further POST, whatever Stripe's key would absorb.
+    let posts = refund_posts(&hub).await.len();
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(refund_posts(&hub).await.len(), posts, "a refund Stripe answered was sent again");
     assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1);
 }
 
