@@ -400,12 +400,14 @@ pub trait Store: Send + Sync + 'static {
     async fn unsent_refunds(&self, before_ms: i64, limit: i64) -> StoreResult<Vec<Refund>>;
     /// A clinic's audit records about `target` (an id), oldest first; at most `limit`.
     async fn audit_for_target(&self, clinic_id: &str, target: &str, limit: i64) -> StoreResult<Vec<AuditEntry>>;
-    /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if given.
+    /// A clinic's audit records, newest first, strictly older than `before` (Unix ms, id) if
+    /// given; without the payment and refund records unless `with_money`.
     async fn audit_for_clinic(
         &self,
         clinic_id: &str,
         limit: i64,
         before: Option<(i64, String)>,
+        with_money: bool,
     ) -> StoreResult<Vec<AuditEntry>>;
 }
 

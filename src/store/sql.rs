@@ -807,17 +807,20 @@ impl Store for SqlStore {
         clinic_id: &str,
         limit: i64,
         before: Option<(i64, String)>,
+        with_money: bool,
     ) -> StoreResult<Vec<AuditEntry>> {
         let (at, id) = before.unwrap_or((i64::MAX, String::new()));
         // Keyset pagination on (at, id): stable under concurrent appends.
         let rows = sqlx::query(
             "SELECT * FROM audit_log WHERE clinic_id = $1 AND (at < $2 OR (at = $2 AND id < $3) OR ($3 = '' AND at <= $2)) \
+             AND ($5 = 1 OR (action NOT LIKE 'payment.%' AND action NOT LIKE 'refund.%')) \
              ORDER BY at DESC, id DESC LIMIT $4",
         )
         .bind(clinic_id)
         .bind(at)
         .bind(&id)
         .bind(limit)
+        .bind(i64::from(with_money))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_from).collect()

@@ -142,6 +142,16 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             // Reports are the clinic's admins' and the organisation's.
             "clinic_report" => per_clinic(matches!(who, OrgAdmin | TeamAdmin), 200),
             "org_report" | "org_payments" => ok(matches!(who, OrgAdmin) && own, 200),
+            // A colleague's payment in a clinic of theirs: a team member neither sees nor
+            // refunds it (404, as for a missing one); the clinic's admins do.
+            "show_colleague" => match who {
+                TeamMember => 404,
+                _ => per_clinic(!matches!(who, Operator), 200),
+            },
+            "refund_colleague" => match who {
+                TeamMember => 404,
+                _ => per_clinic(matches!(who, TeamAdmin), 409),
+            },
             other => panic!("no expectation for {other}"),
         },
     }
@@ -174,6 +184,8 @@ async fn every_role_against_every_endpoint() {
     // signs in as (`u-team_member`).
     let own_payment = seed_payment(&hub, DEMO_CLINIC, "u-team_member").await;
     let other_payment = seed_payment(&hub, OTHER_CLINIC, "u-team_member").await;
+    let colleague_payment = seed_payment(&hub, DEMO_CLINIC, "u-colleague").await;
+    let colleague_elsewhere = seed_payment(&hub, OTHER_CLINIC, "u-colleague").await;
     let mut checked = 0;
     for who in everyone {
         for own in [true, false] {
@@ -245,6 +257,18 @@ async fn every_role_against_every_endpoint() {
                     Some(json!({"amount": 100, "reason": "duplicate"})),
                 ),
                 (
+                    "show_colleague",
+                    "GET",
+                    format!("/v1/payments/{}", if own { &colleague_payment } else { &colleague_elsewhere }),
+                    None,
+                ),
+                (
+                    "refund_colleague",
+                    "POST",
+                    format!("/v1/payments/{}/refunds", if own { &colleague_payment } else { &colleague_elsewhere }),
+                    Some(json!({"amount": 100, "reason": "duplicate"})),
+                ),
+                (
                     "clinic_report",
                     "GET",
                     format!("/v1/clinics/{clinic}/report?from=2026-12-01&to=2026-12-31&tz=UTC"),
@@ -274,7 +298,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 18);
+    assert_eq!(checked, 7 * 2 * 20);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -836,7 +860,7 @@ async fn the_audit_keeps_a_bounded_cut_of_what_clients_send() {
     assert_eq!(doc.error_code().await, "unknown_payment");
     pat.send(json!({"type": "payment.cancel", "payment_id": format!("pay_{}", "é".repeat(6_000))})).await;
     assert_eq!(pat.error_code().await, "forbidden");
-    let rows = hub.state.store.audit_for_clinic(DEMO_CLINIC, 100, None).await.unwrap();
+    let rows = hub.state.store.audit_for_clinic(DEMO_CLINIC, 100, None, true).await.unwrap();
     let refused: Vec<_> = rows.iter().filter(|r| r.outcome == "refused").collect();
     assert_eq!(refused.len(), 3, "every refusal is audited: {rows:?}");
     for r in refused {
@@ -967,6 +991,20 @@ async fn payment_records_filter_page_and_link_to_the_clinics_dashboard() {
     assert_eq!(hub.api(Some(&member), "GET", &theirs, None).await.0, 404);
     let own = get_ok(&hub, &member, &format!("/v1/payments/{}", by_bo["data"][0]["id"].as_str().unwrap())).await;
     assert_eq!(own["client_ref"], "rec-3");
+
+    // The service desk reads the clinic's audit log without its money: no payment or refund
+    // entries (amounts, payment ids) for the operator; the clinic's admin sees them.
+    let audit = format!("/v1/clinics/{DEMO_CLINIC}/audit?limit=200");
+    let actions = |log: &Value| -> Vec<String> {
+        log["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect()
+    };
+    let theirs_log = actions(&get_ok(&hub, &admin, &audit).await);
+    assert!(theirs_log.iter().any(|a| a.starts_with("payment.")), "{theirs_log:?}");
+    let desk_log = actions(&get_ok(&hub, &hub.info.operator_token.clone(), &audit).await);
+    assert!(
+        desk_log.iter().all(|a| !a.starts_with("payment.") && !a.starts_with("refund.")),
+        "money in the service desk's audit view: {desk_log:?}"
+    );
 
     // A clinic that goes live: its test-mode payments still link to the test dashboard, and
     // what it takes from then on links to the live one (no /test).

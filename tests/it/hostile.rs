@@ -74,7 +74,7 @@ async fn a_huge_client_ref_is_neither_echoed_nor_stored_in_full() {
     .await;
     let err = doc.until("error").await;
     assert!(err.to_string().len() < 1_000, "not echoed in full: {} bytes", err.to_string().len());
-    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
     for r in rows {
         let stored = r.target.as_deref().unwrap_or_default().len() + r.detail.as_deref().unwrap_or_default().len();
         assert!(stored < 1_200, "audit row bounded: {} bytes", stored);
@@ -321,7 +321,7 @@ async fn repeated_link_attempts_cannot_grow_state_without_bound() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 10, "{statuses:?}");
     assert!(statuses[10..].iter().all(|s| *s == 429), "{statuses:?}");
-    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
     let started = audit.iter().filter(|a| a.action == "stripe.link_started").count();
     assert_eq!(started, 10, "refused attempts add nothing to the audit log");
 }

@@ -69,7 +69,7 @@ async fn assert_not_confirmed(hub: &TestHub, doc: &mut Client, payment: &Value) 
 }
 
 async fn audit_actions(hub: &TestHub) -> Vec<String> {
-    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
     rows.into_iter().map(|r| format!("{} {}", r.action, r.outcome)).collect()
 }
 

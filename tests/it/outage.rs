@@ -70,7 +70,7 @@ pass! {
         enablements(o: Option<&str>, s: Option<&str>) -> Vec<Enablement>;
         insert_oauth_state(s: &OAuthState, m: usize) -> bool;
         take_oauth_state(s: &str) -> StateTaken;
-        audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>) -> Vec<AuditEntry>;
+        audit_for_clinic(c: &str, l: i64, b: Option<(i64, String)>, m: bool) -> Vec<AuditEntry>;
         payment_records(c: PaymentScope<'_>, f: &PaymentFilter, l: i64, b: Option<(i64, String)>) -> Vec<Payment>;
         audit_for_target(c: &str, t: &str, l: i64) -> Vec<AuditEntry>;
         refunds_for_payment(p: &str) -> Vec<Refund>;
@@ -207,6 +207,6 @@ async fn a_deauthorization_that_fails_to_store_is_applied_on_stripes_retry() {
         w.deliveries.iter().filter(|d| d.event_type == "account.application.deauthorized").map(|d| d.status).collect()
     });
     assert_eq!(statuses.first(), Some(&Some(503)), "the failed attempt was refused: {statuses:?}");
-    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None).await.unwrap();
+    let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
     assert_eq!(rows.iter().filter(|r| r.action == "stripe.deauthorized").count(), 1, "audited once, with the change");
 }

@@ -277,6 +277,11 @@ async fn the_clinician_refunds_from_the_call_while_the_policy_allows() {
     let patient = hub.info.patient_token.clone();
     let (status, refused) = call(&hub, &patient, "POST", &path, Some(body.clone())).await;
     assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    // A colleague in the same call (who sees the payment in the room anyway) did not request
+    // it: refused.
+    let colleague = hub.token_for(&hub.info.call_id, "clinician-bo", callpay_protocol::Role::Clinician);
+    let (status, refused) = call(&hub, &colleague, "POST", &path, Some(body.clone())).await;
+    assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")), "{refused}");
     let clinician = hub.info.clinician_token.clone();
     let (status, made) = call(&hub, &clinician, "POST", &path, Some(body.clone())).await;
     assert_eq!(status, 200, "{made}");

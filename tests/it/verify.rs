@@ -39,7 +39,7 @@ async fn every_webhook_lost_and_the_clinician_still_hears_exactly_once() {
     assert_eq!(deliveries["data"].as_array().map(Vec::len), Some(0), "no webhook reached the hub: {deliveries}");
     let stored = hub.state.store.payment(payment["payment_id"].as_str().unwrap()).await.unwrap().unwrap();
     assert_eq!(stored.status, callpay_protocol::PaymentStatus::Succeeded);
-    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 50, None).await.unwrap();
+    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 50, None, true).await.unwrap();
     assert!(audit.iter().any(|a| a.action == "payment.succeeded" && a.actor_id == "stripe"), "audited as Stripe's");
 }
 
