@@ -80,12 +80,22 @@ pub struct Payments {
     cfg: PaymentsConfig,
     verify_gate: verify::Gate,
     refusal_gate: refusals::Gate,
+    /// When the last pass over recently changed payments began (Unix ms; 0 before the first).
+    changes_read_at: std::sync::atomic::AtomicI64,
 }
 
 impl Payments {
     /// The service over its dependencies.
     pub fn new(store: Arc<dyn Store>, stripe: Arc<dyn StripeApi>, hub: Arc<Hub>, cfg: PaymentsConfig) -> Self {
-        Self { store, stripe, hub, cfg, verify_gate: verify::Gate::default(), refusal_gate: refusals::Gate::default() }
+        Self {
+            store,
+            stripe,
+            hub,
+            cfg,
+            verify_gate: verify::Gate::default(),
+            refusal_gate: refusals::Gate::default(),
+            changes_read_at: std::sync::atomic::AtomicI64::new(0),
+        }
     }
 
     /// Every payment of a call, for `welcome`.

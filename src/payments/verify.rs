@@ -24,6 +24,12 @@ const SWEEP_CONCURRENCY: usize = 8;
 /// not answer costs a sweep at most `PER_SWEEP / SWEEP_CONCURRENCY` times this, about 45 s,
 /// instead of every check's full retry schedule one after another.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(6);
+/// How far before the last pass's start the next pass over recent changes reads: `updated_at`
+/// is the writing node's clock, which may run behind this node's.
+const CHANGES_CLOCK_MARGIN_MS: i64 = 30_000;
+/// Most changed payments one pass reads (a fleet taking 100 payments a minute changes a few
+/// hundred in a window).
+const CHANGES_PER_PASS: i64 = 5_000;
 /// A gate entry not used for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
@@ -165,6 +171,7 @@ impl Payments {
     pub async fn sweep(&self) {
         self.verify_gate.prune();
         self.resend_unsent_refunds().await;
+        self.reconcile_recent_changes().await;
         // Only calls whose room knows of a payment waiting on Stripe: most calls have none, and
         // the store is not asked about them.
         let calls = self.hub.rooms.calls_awaiting_stripe();
@@ -200,6 +207,39 @@ impl Payments {
         futures_util::stream::iter(due)
             .for_each_concurrent(SWEEP_CONCURRENCY, |id| self.verify(id, Reason::Waiting))
             .await;
+    }
+
+    /// Anti-entropy for changes that wait on nothing (a refund total, a cancel): reads the
+    /// payments changed since shortly before the last pass began and brings this node's rooms
+    /// of their calls up to them. A change stored by a node that died before publishing it, or
+    /// whose publish was lost, reaches every room within one sweep period; what rooms already
+    /// have changes nothing.
+    async fn reconcile_recent_changes(&self) {
+        use std::sync::atomic::Ordering;
+        let started = now_ms();
+        let last = self.changes_read_at.load(Ordering::Relaxed);
+        let since = if last == 0 { started } else { last } - CHANGES_CLOCK_MARGIN_MS;
+        let changed = match self.store.payments_changed_since(since, CHANGES_PER_PASS).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read recent payment changes: store unavailable");
+                return;
+            }
+        };
+        // A full page: the next pass goes on from its last change (read from there, not from
+        // this pass's start, so nothing between is skipped).
+        let next = match changed.last() {
+            Some(p) if changed.len() as i64 == CHANGES_PER_PASS => p.updated_at + CHANGES_CLOCK_MARGIN_MS,
+            _ => started,
+        };
+        self.changes_read_at.store(next, Ordering::Relaxed);
+        let mut by_call: HashMap<&str, Vec<crate::store::Payment>> = HashMap::new();
+        for p in changed.iter().filter(|p| self.hub.rooms.has(&p.call_id)) {
+            by_call.entry(p.call_id.as_str()).or_default().push(p.clone());
+        }
+        for (call, ps) in by_call {
+            self.hub.rooms.reconcile(call, &ps);
+        }
     }
 
     /// Sweeps every `payments.verify_after_ms / 2` until `stop`.

@@ -175,4 +175,9 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
              AND c.linked_at IS NOT NULL AND c.linked_at <= payments.created_at)",
         ],
     ),
+    (
+        9,
+        "the sweep reads the payments changed lately, to bring rooms up to them",
+        &["CREATE INDEX IF NOT EXISTS payments_updated ON payments (updated_at)"],
+    ),
 ];

@@ -783,6 +783,13 @@ impl Store for SqlStore {
         row.as_ref().map(refund_from).transpose()
     }
 
+    async fn payments_changed_since(&self, since_ms: i64, limit: i64) -> StoreResult<Vec<Payment>> {
+        let sql =
+            format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE updated_at >= $1 ORDER BY updated_at, id LIMIT $2");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(since_ms).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(payment_from).collect()
+    }
+
     async fn unsent_refunds(&self, before_ms: i64, limit: i64) -> StoreResult<Vec<Refund>> {
         let sql = format!(
             "SELECT {REFUND_COLUMNS} FROM refunds WHERE status = 'pending' AND stripe_refund_id IS NULL \

@@ -77,6 +77,7 @@ pass! {
         payments_created_between(c: &[String], f: i64, t: i64) -> Vec<Payment>;
         refund_by_key(p: &str, k: &str) -> Option<Refund>;
         unsent_refunds(b: i64, l: i64) -> Vec<Refund>;
+        payments_changed_since(s: i64, l: i64) -> Vec<Payment>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {

@@ -630,3 +630,32 @@ async fn a_form_asking_again_for_a_refund_kept_too_long_is_told_it_expired() {
     assert!(refund_posts(&hub).await.is_empty(), "nothing sent");
     assert!(stripe_refunds(&hub, &q.acct, &q.pi).await.is_empty());
 }
+
+/// A refund total stored but never announced (its node died between commit and publish, or the
+/// publish was lost) still reaches the call: the sweep also brings rooms up to every payment
+/// changed lately, not only those waiting on Stripe.
+#[tokio::test]
+async fn a_refund_stored_but_never_announced_still_reaches_the_call() {
+    use callpay::store::Write;
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 300).await;
+    let mut p = paid(&hub, "r16", "4242424242424242").await;
+    // Written straight to the store, as by a node that then died: nobody announced it.
+    let now = hub.state.store.payment(&p.id).await.unwrap().unwrap();
+    let refunded = callpay::store::Payment {
+        status: callpay_protocol::PaymentStatus::PartiallyRefunded,
+        amount_refunded: 1200,
+        version: now.version + 1,
+        updated_at: callpay::store::now_ms(),
+        ..now.clone()
+    };
+    let write = Write::Payment { payment: Box::new(refunded), expected_version: now.version };
+    assert_eq!(hub.state.store.commit(&[write]).await.unwrap(), callpay::store::Committed::Applied);
+    let seen = p
+        .pat
+        .until_where("payment.updated", |f| {
+            f["payment"]["payment_id"] == p.id.as_str() && f["payment"]["amount_refunded"] == 1200
+        })
+        .await;
+    assert_eq!(seen["payment"]["status"], "partially_refunded");
+    p.doc.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 1200).await;
+}
