@@ -195,14 +195,34 @@ function cents(text) {
 }
 
 /**
- * Opens or closes a payment's refund form. Each opened form has its own key: a second click
- * (or a retry after Stripe was unreachable) sends the same key, and the hub answers with the
- * same refund instead of making another.
+ * Keys of refunds the hub kept unfinished (Stripe was unreachable), by payment: a form opened
+ * again for that payment sends the same key until a final answer, so asking again finishes
+ * the kept refund instead of making a second one.
  */
-function toggleRefund(p) {
-  if (payments.refunding.has(p.id)) payments.refunding.delete(p.id);
-  else payments.refunding.set(p.id, { key: crypto.randomUUID(), error: '', sending: false, amount: '', reason: REASONS[0], note: '' });
+const keptKeys = new Map();
+
+/**
+ * Opens or closes a payment's refund form. A form's key is the kept refund's, or new: a second
+ * click sends the same key, and the hub answers with the same refund instead of making another.
+ * What the form offers is what remains by the hub's count (kept refunds included), read when it
+ * opens.
+ */
+async function toggleRefund(p) {
+  if (payments.refunding.has(p.id)) {
+    payments.refunding.delete(p.id);
+    renderPayments();
+    return;
+  }
+  const state = { key: keptKeys.get(p.id) || crypto.randomUUID(), error: '', sending: false, amount: '', reason: REASONS[0], note: '', left: null };
+  payments.refunding.set(p.id, state);
   renderPayments();
+  try {
+    const record = await api('GET', `/v1/payments/${encodeURIComponent(p.id)}`);
+    state.left = record.refundable;
+  } catch (_) {
+    // The list's own figures stand in.
+  }
+  if (payments.refunding.get(p.id) === state) renderPayments();
 }
 
 function refundRow(p, state) {
@@ -214,7 +234,7 @@ function refundRow(p, state) {
   const form = document.createElement('form');
   form.className = 'filters';
   form.setAttribute('aria-label', t('refund.title'));
-  const left = (p.amount_received ?? p.amount) - p.amount_refunded;
+  const left = state.left ?? (p.amount_received ?? p.amount) - p.amount_refunded;
   const field = (id, label, input) => {
     const div = document.createElement('div');
     const l = document.createElement('label');
@@ -242,6 +262,11 @@ function refundRow(p, state) {
   const note = field(`refund-note-${p.id}`, t('refund.note'), document.createElement('input'));
   note.maxLength = 200;
   note.value = state.note;
+  // What is typed is kept as it is typed: the form may be redrawn (its figures arrive, the list
+  // reloads) while someone types.
+  amount.addEventListener('input', () => { state.amount = amount.value; });
+  reason.addEventListener('change', () => { state.reason = reason.value; });
+  note.addEventListener('input', () => { state.note = note.value; });
   const row = document.createElement('p');
   row.className = 'row';
   const submit = document.createElement('button');
@@ -279,15 +304,20 @@ function refundRow(p, state) {
         amount: value, reason: state.reason, note: state.note || undefined, request_key: state.key,
       });
       payments.refunding.delete(p.id);
+      keptKeys.delete(p.id);
       say(t('refund.done', { amount: money(r.refund.amount, r.refund.currency) }));
       await loadPayments(false);
       return;
     } catch (e) {
       const key = `refund.error.${e.code}`;
       state.error = t(key) === key ? t('refund.error.other') : t(key);
-      // Only an unfinished refund is sent again under its key; after a final answer the
-      // form's next request is a new one.
-      if (!['stripe_unavailable', 'unavailable'].includes(e.code)) state.key = crypto.randomUUID();
+      // Only an unfinished refund is sent again under its key (by any form opened for this
+      // payment); after a final answer the next request is a new one.
+      if (['stripe_unavailable', 'unavailable'].includes(e.code)) keptKeys.set(p.id, state.key);
+      else {
+        keptKeys.delete(p.id);
+        state.key = crypto.randomUUID();
+      }
     }
     state.sending = false;
     renderPayments();

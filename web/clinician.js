@@ -27,6 +27,8 @@ let confirmingCancel = null;
  * through the hub's API with this page's join token; the call hears of it as a payment.updated.
  */
 const refunding = new Map();
+/** Keys of refunds the hub kept unfinished, by payment: reopening the form keeps the key. */
+const keptKeys = new Map();
 const REASONS = ['requested_by_customer', 'duplicate', 'fraudulent'];
 
 async function sendRefund(p, state) {
@@ -48,13 +50,18 @@ async function sendRefund(p, state) {
     const body = await r.json().catch(() => ({}));
     if (r.ok) {
       refunding.delete(p.payment_id);
+      keptKeys.delete(p.payment_id);
       $('announce').textContent = t('refund.done', { amount: money(body.refund.amount, body.refund.currency) });
     } else {
       const key = `refund.error.${body.code}`;
       state.error = t(key) === key ? t('refund.error.other') : t(key);
-      // Only an unfinished refund is sent again under its key; after a final answer the
-      // form's next request is a new one.
-      if (!['stripe_unavailable', 'unavailable'].includes(body.code)) state.key = crypto.randomUUID();
+      // Only an unfinished refund is sent again under its key (by any form opened for this
+      // payment); after a final answer the next request is a new one.
+      if (['stripe_unavailable', 'unavailable'].includes(body.code)) keptKeys.set(p.payment_id, state.key);
+      else {
+        keptKeys.delete(p.payment_id);
+        state.key = crypto.randomUUID();
+      }
     }
   } catch (_) {
     state.error = t('refund.error.other');
@@ -181,7 +188,7 @@ function render() {
         refund.dataset.role = 'refund';
         refund.textContent = t('refund.button');
         refund.addEventListener('click', () => {
-          refunding.set(p.payment_id, { key: crypto.randomUUID(), amount: '', reason: REASONS[0], error: '', sending: false });
+          refunding.set(p.payment_id, { key: keptKeys.get(p.payment_id) || crypto.randomUUID(), amount: '', reason: REASONS[0], error: '', sending: false });
           render();
         });
         li.append(refund);
