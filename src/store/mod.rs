@@ -2,6 +2,7 @@
 //! [`SqlStore`] implements it on SQLite (embedded default, also in-memory for tests) and
 //! PostgreSQL (for several hub instances) through one portable SQL dialect.
 
+mod binder;
 mod migrations;
 mod sql;
 
@@ -19,6 +20,9 @@ pub enum StoreError {
     /// A row held a value the code does not know (e.g. an unknown status).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A batched write failed (its cause is logged once for the batch) or its writer stopped.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Result alias for store calls.

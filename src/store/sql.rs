@@ -1,6 +1,7 @@
 //! [`Store`] on SQL through sqlx's `Any` driver: `sqlite:` URLs (a file, or `sqlite::memory:`)
 //! and `postgres:` URLs run the same statements.
 
+use super::binder::Binder;
 use super::migrations::MIGRATIONS;
 use super::{
     AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
@@ -8,7 +9,9 @@ use super::{
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
+use dashmap::DashMap;
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use std::sync::Arc;
 // Every composed statement below is built from constants only; values are always bound.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::time::Duration;
@@ -22,11 +25,19 @@ const POSTGRES_POOL: u32 = 16;
 /// Longest wait for a pooled connection before a request fails with a store error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Calls whose clinic this store remembers, at most. A call's clinic never changes once bound,
+/// so a remembered binding is never stale; past the bound the memory starts afresh.
+const BOUND_CALLS_KEPT: usize = 100_000;
+
 /// A SQLite or PostgreSQL store.
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
     postgres: bool,
+    /// Calls already bound, by id: a join to a call seen before costs no statement.
+    bound: Arc<DashMap<String, String>>,
+    /// Binds new calls in batches (one transaction for every call that arrived meanwhile).
+    binder: Binder,
 }
 
 const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, currency, \
@@ -65,7 +76,8 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, postgres: url.starts_with("postgres") };
+        let binder = Binder::start(pool.clone());
+        let store = Self { pool, postgres: url.starts_with("postgres"), bound: Arc::default(), binder };
         store.migrate().await?;
         Ok(store)
     }
@@ -453,18 +465,16 @@ impl Store for SqlStore {
     }
 
     async fn bind_call(&self, call_id: &str, clinic_id: &str) -> StoreResult<String> {
-        sqlx::query(
-            "INSERT INTO calls (call_id, clinic_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (call_id) DO NOTHING",
-        )
-        .bind(call_id)
-        .bind(clinic_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        let bound: String = sqlx::query_scalar("SELECT clinic_id FROM calls WHERE call_id = $1")
-            .bind(call_id)
-            .fetch_one(&self.pool)
-            .await?;
+        if let Some(bound) = self.bound.get(call_id) {
+            return Ok(bound.clone());
+        }
+        // New to this instance: bound (or read back, if any instance bound it first) together
+        // with every other call joining meanwhile.
+        let bound = self.binder.bind(call_id, clinic_id).await?;
+        if self.bound.len() >= BOUND_CALLS_KEPT {
+            self.bound.clear();
+        }
+        self.bound.insert(call_id.to_owned(), bound.clone());
         Ok(bound)
     }
 

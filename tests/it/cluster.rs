@@ -304,3 +304,41 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
     assert_eq!(n, 1, "subscribed once Redis came back");
     stop.cancel();
 }
+
+/// Calls bound in batches: many joins at once, two clinics racing for each call, on two
+/// instances sharing PostgreSQL (and on SQLite): every call ends bound to one clinic, and every
+/// join to it, on either instance, is told the same one.
+#[tokio::test]
+async fn concurrent_joins_bind_each_call_to_one_clinic_on_every_instance() {
+    use std::sync::Arc;
+    async fn race(a: Arc<SqlStore>, b: Arc<SqlStore>) {
+        let mut joins = Vec::new();
+        for i in 0..300 {
+            for (store, clinic) in [(a.clone(), "clinic_a"), (b.clone(), "clinic_b")] {
+                let call = format!("call_{i}");
+                joins.push(tokio::spawn(async move { (call.clone(), store.bind_call(&call, clinic).await.unwrap()) }));
+            }
+        }
+        let mut told: std::collections::HashMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for j in joins {
+            let (call, clinic) = j.await.unwrap();
+            told.entry(call).or_default().insert(clinic);
+        }
+        assert_eq!(told.len(), 300);
+        for (call, clinics) in &told {
+            assert_eq!(clinics.len(), 1, "{call} was told {clinics:?}");
+            // A later join, on either instance, hears the same.
+            let first = clinics.first().unwrap();
+            assert_eq!(&a.bind_call(call, "clinic_z").await.unwrap(), first);
+            assert_eq!(&b.bind_call(call, "clinic_z").await.unwrap(), first);
+        }
+    }
+    let db = TempDb::new();
+    let pg_a = Arc::new(SqlStore::connect(&db.url).await.unwrap());
+    let pg_b = Arc::new(SqlStore::connect(&db.url).await.unwrap());
+    race(pg_a.clone(), pg_b.clone()).await;
+    pg_a.close().await;
+    pg_b.close().await;
+    let sqlite = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+    race(sqlite.clone(), sqlite).await;
+}
