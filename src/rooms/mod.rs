@@ -336,6 +336,13 @@ impl RoomRegistry {
         self.rooms.contains_key(call_id)
     }
 
+    /// The clinic of `call_id`'s room here, if it has one. A room is opened only by a join
+    /// whose call was bound to that clinic in the store, and a binding never changes, so this
+    /// is the call's binding without asking the store.
+    pub fn clinic_of(&self, call_id: &str) -> Option<String> {
+        self.rooms.get(call_id).map(|r| r.clinic_id.clone())
+    }
+
     /// Another node says `participant` joined there.
     pub fn remote_joined(&self, call_id: &str, node: &str, participant: &Participant) -> usize {
         self.change_remote(call_id, |remote| {

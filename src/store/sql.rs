@@ -9,9 +9,7 @@ use super::{
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
-use dashmap::DashMap;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use std::sync::Arc;
 // Every composed statement below is built from constants only; values are always bound.
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 use std::time::Duration;
@@ -25,17 +23,11 @@ const POSTGRES_POOL: u32 = 16;
 /// Longest wait for a pooled connection before a request fails with a store error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Calls whose clinic this store remembers, at most. A call's clinic never changes once bound,
-/// so a remembered binding is never stale; past the bound the memory starts afresh.
-const BOUND_CALLS_KEPT: usize = 100_000;
-
 /// A SQLite or PostgreSQL store.
 #[derive(Clone)]
 pub struct SqlStore {
     pool: AnyPool,
     postgres: bool,
-    /// Calls already bound, by id: a join to a call seen before costs no statement.
-    bound: Arc<DashMap<String, String>>,
     /// Binds new calls in batches (one transaction for every call that arrived meanwhile).
     binder: Binder,
 }
@@ -62,6 +54,11 @@ impl SqlStore {
             .max_connections(if sqlite { SQLITE_POOL } else { POSTGRES_POOL })
             .min_connections(if url.contains("mode=memory") { 1 } else { 0 })
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            // sqlx pings a connection each time it is taken from the pool. A SQLite connection
+            // is a file handle on a worker thread that cannot drop; its ping was a second
+            // thread hand-off on every query of a join (it showed in the join profile).
+            // PostgreSQL connections can break, and keep the check.
+            .test_before_acquire(!sqlite)
             .idle_timeout(None::<Duration>)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -77,7 +74,7 @@ impl SqlStore {
             .connect(&url)
             .await?;
         let binder = Binder::start(pool.clone());
-        let store = Self { pool, postgres: url.starts_with("postgres"), bound: Arc::default(), binder };
+        let store = Self { pool, postgres: url.starts_with("postgres"), binder };
         store.migrate().await?;
         Ok(store)
     }
@@ -465,17 +462,9 @@ impl Store for SqlStore {
     }
 
     async fn bind_call(&self, call_id: &str, clinic_id: &str) -> StoreResult<String> {
-        if let Some(bound) = self.bound.get(call_id) {
-            return Ok(bound.clone());
-        }
-        // New to this instance: bound (or read back, if any instance bound it first) together
-        // with every other call joining meanwhile.
-        let bound = self.binder.bind(call_id, clinic_id).await?;
-        if self.bound.len() >= BOUND_CALLS_KEPT {
-            self.bound.clear();
-        }
-        self.bound.insert(call_id.to_owned(), bound.clone());
-        Ok(bound)
+        // Bound (or read back, if any instance bound it first) together with every other call
+        // joining meanwhile: one transaction per batch.
+        self.binder.bind(call_id, clinic_id).await
     }
 
     async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {

@@ -51,8 +51,13 @@ pub async fn upgrade(
         return ApiError::overloaded("This call has as many connections as it may have on this hub.").into_response();
     }
     // A call belongs to the clinic of its first join: a token naming another clinic for the same
-    // call id would otherwise see (and cancel) the first clinic's payments.
-    match app.store.bind_call(&call_id, &claims.clinic_id).await {
+    // call id would otherwise see (and cancel) the first clinic's payments. A call with a room
+    // here was bound by the join that opened it.
+    let bound = match app.hub.rooms.clinic_of(&call_id) {
+        Some(clinic) => Ok(clinic),
+        None => app.store.bind_call(&call_id, &claims.clinic_id).await,
+    };
+    match bound {
         Ok(bound) if bound == claims.clinic_id => {}
         Ok(_) => {
             tracing::warn!(call_id, clinic_id = claims.clinic_id, "join refused: the call belongs to another clinic");
