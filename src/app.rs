@@ -46,6 +46,8 @@ pub struct AppState {
     pub drain: CancellationToken,
     /// One permit per open WebSocket.
     pub connection_slots: Arc<Semaphore>,
+    /// Joins in progress, bounded by `server.max_joins_in_flight`.
+    pub joins: Arc<crate::pacing::JoinGate>,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -130,6 +132,7 @@ impl AppState {
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         Ok(Self {
             connection_slots: Arc::new(Semaphore::new(cap)),
+            joins: Arc::new(crate::pacing::JoinGate::new(config.server.max_joins_in_flight)),
             config: Arc::new(config),
             store: deps.store,
             hub,

@@ -153,6 +153,14 @@ pub struct ServerConfig {
     /// Most connections still speaking HTTP at once (WebSockets leave this pool once upgraded
     /// and count against `max_connections`). Further connections get 503 and are closed.
     pub max_http_connections: usize,
+    /// Joins the rest of the fleet is expected to take per second when this node drains: its
+    /// `4012` close tells clients to reconnect spread over `sockets / this` seconds (at least
+    /// a quarter of a second, at most 30), so a drained node's clients arrive paced, not at once.
+    pub drain_reconnects_per_sec: u64,
+    /// Joins waiting on the store at once (binding the call, reading the welcome); a join past
+    /// it is closed at once with `4013` and a time to retry, instead of queueing into the store
+    /// pool's time-outs.
+    pub max_joins_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +183,8 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             max_http_connections: 1024,
+            drain_reconnects_per_sec: 4_000,
+            max_joins_in_flight: 256,
             query_token: false,
         }
     }

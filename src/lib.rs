@@ -16,7 +16,8 @@
 //!   membership, routing state and the frames it fans out (domain state, no I/O).
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
 //! - Leaves: [`auth`] (platform tokens), [`config`], [`metrics`], [`limits`] (the connection cap
-//!   from the open-file limit), [`ids`], [`faults`] (crash points for process-level tests).
+//!   from the open-file limit), [`pacing`] (the join gate and a drain's reconnect spread),
+//!   [`ids`], [`faults`] (crash points for process-level tests).
 //!
 //! The wire protocol lives in the `callpay-protocol` crate.
 
@@ -36,6 +37,7 @@ pub mod hub;
 pub mod ids;
 pub mod limits;
 pub mod metrics;
+pub mod pacing;
 pub mod payments;
 pub mod reports;
 pub mod rooms;

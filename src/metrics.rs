@@ -29,6 +29,8 @@ pub struct Metrics {
     pub connections_closed: Counter,
     /// Join attempts refused (bad, expired or wrong-call token).
     pub joins_refused: Counter,
+    /// Joins shed with `4013` because as many as the store can serve were in progress.
+    pub joins_shed: Counter,
     /// Client frames answered with an `error`.
     pub frames_refused: Counter,
     /// Webhook deliveries with a bad or missing signature.
@@ -74,6 +76,7 @@ impl Metrics {
             connections_opened: Counter::default(),
             connections_closed: Counter::default(),
             joins_refused: Counter::default(),
+            joins_shed: Counter::default(),
             frames_refused: Counter::default(),
             webhooks_rejected: Counter::default(),
             webhooks_applied: Counter::default(),
@@ -97,6 +100,11 @@ impl Metrics {
             "ws_joins_refused",
             "Upgrades refused for a bad, expired or wrong-call token",
             m.joins_refused.clone(),
+        );
+        r.register(
+            "ws_joins_shed",
+            "Joins closed with 4013 (retry later) because the node was admitting as many as its store serves",
+            m.joins_shed.clone(),
         );
         r.register("ws_frames_refused", "Client frames answered with an error frame", m.frames_refused.clone());
         r.register(
@@ -146,6 +154,11 @@ impl Metrics {
     /// Records the seconds since `start` in `histogram`.
     pub fn since(histogram: &Histogram, start: Instant) {
         histogram.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// WebSocket connections open now (opened less closed), without walking the rooms.
+    pub fn open_now(&self) -> usize {
+        self.connections_opened.get().saturating_sub(self.connections_closed.get()) as usize
     }
 
     /// Prometheus text exposition; `open_connections` is read at scrape time.

@@ -358,8 +358,12 @@ pub mod close {
     /// No pong within the heartbeat timeout.
     pub const HEARTBEAT_TIMEOUT: u16 = 4009;
     /// This hub node is stopping (deploy or drain) and no longer accepts connections: reconnect
-    /// at once, without backoff; another node takes the connection.
+    /// without backoff, at a random moment within the spread the reason gives
+    /// (`reconnect within N ms`); another node takes the connection.
     pub const RESTARTING: u16 = 4012;
+    /// The hub is admitting as many joins as its store can serve: retry after the time the
+    /// reason gives (`retry in N ms`), plus jitter. Nothing about the call changed.
+    pub const BUSY: u16 = 4013;
     /// The client kept flooding after being told `rate_limited` (standard "policy violation").
     pub const POLICY_VIOLATION: u16 = 1008;
     /// The same participant opened a newer connection to the call and this, its oldest, was

@@ -50,6 +50,17 @@ pub async fn upgrade(
     if app.hub.rooms.members(&call_id) >= app.config.server.max_sockets_per_call {
         return ApiError::overloaded("This call has as many connections as it may have on this hub.").into_response();
     }
+    // Past what the store can serve, a join is told when to come back (a close code a browser
+    // can read, unlike a refused upgrade's status) and costs the store nothing.
+    let slot = match app.joins.enter() {
+        Ok(slot) => slot,
+        Err(retry) => {
+            app.metrics.joins_shed.inc();
+            return ws
+                .protocols([callpay_protocol::SUBPROTOCOL])
+                .on_upgrade(move |socket| session::shed(socket, retry));
+        }
+    };
     // A call belongs to the clinic of its first join: a token naming another clinic for the same
     // call id would otherwise see (and cancel) the first clinic's payments. A call with a room
     // here was bound by the join that opened it.
@@ -87,6 +98,6 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER + 2 * limit)
         .on_upgrade(move |socket| {
             let tracker = app.tracker.clone();
-            tracker.track_future(session::run(socket, app, claims, permit))
+            tracker.track_future(session::run(socket, app, claims, permit, slot))
         })
 }

@@ -115,8 +115,8 @@ async fn send_within(socket: &mut WebSocket, msg: Message, deadline: Duration) -
     matches!(tokio::time::timeout(deadline, socket.send(msg)).await, Ok(Ok(())))
 }
 
-fn close_with(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+fn close_with(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
 }
 
 /// Runs a connection to completion.
@@ -124,7 +124,19 @@ fn close_with(code: u16, reason: &'static str) -> Message {
 /// One owner of the socket for both directions: split halves would take a lock on every read
 /// and write. It is `mut` from the start: rebinding it after an `.await` (the presence read)
 /// made the task keep two copies of the socket, ~0.4 KB more for every connection.
-pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _permit: OwnedSemaphorePermit) {
+/// Closes a join the hub shed with `4013` and when to retry.
+pub async fn shed(mut socket: WebSocket, retry: Duration) {
+    let reason = crate::pacing::busy_reason(retry);
+    send_within(&mut socket, close_with(close::BUSY, &reason), Duration::from_secs(1)).await;
+}
+
+pub async fn run(
+    mut socket: WebSocket,
+    app: AppState,
+    claims: JoinClaims,
+    _permit: OwnedSemaphorePermit,
+    join_slot: crate::pacing::JoinSlot,
+) {
     let participant = claims.participant();
     let call_id = claims.call_id.clone();
     let clinic_id = claims.clinic_id.clone();
@@ -184,6 +196,8 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
     if !send_within(&mut socket, welcome, write_deadline).await {
         return;
     }
+    // Joined: the next join may take this place.
+    drop(join_slot);
     if joined.first_connection {
         app.hub.publish(&call_id, &clinic_id, RoomEvent::Joined { participant: participant.clone() });
     }
@@ -208,7 +222,13 @@ pub async fn run(mut socket: WebSocket, app: AppState, claims: JoinClaims, _perm
         tokio::select! {
             biased;
             _ = &mut shutdown => {
-                send_within(&mut socket, close_with(close::RESTARTING, "hub node stopping; reconnect now"), write_deadline).await;
+                // Spread over a window sized to this node's load, so the fleet is not stampeded.
+                let spread = crate::pacing::reconnect_spread(
+                    app.metrics.open_now(),
+                    app.config.server.drain_reconnects_per_sec,
+                );
+                let reason = crate::pacing::restarting_reason(spread);
+                send_within(&mut socket, close_with(close::RESTARTING, &reason), write_deadline).await;
                 break "shutdown";
             }
             next = out_rx.next() => {

@@ -148,7 +148,11 @@ impl Client {
     pub async fn until_closed(&mut self) -> u16 {
         loop {
             match tokio::time::timeout(WAIT, self.ws.next()).await.expect("close within WAIT") {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)).unwrap_or(1005),
+                Some(Ok(Message::Close(f))) => {
+                    let (code, reason) = f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    self.closed = Some((code, reason));
+                    return code;
+                }
                 Some(Ok(Message::Text(t))) => self.raw.push(t.to_string()),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return 1006,

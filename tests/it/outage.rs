@@ -4,6 +4,7 @@
 use crate::helpers::*;
 use async_trait::async_trait;
 use callpay::store::*;
+use futures_util::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -14,6 +15,8 @@ struct FlakyStore {
     /// The next N batches that change a clinic fail (a database error mid-change).
     fail_clinic_writes: Arc<AtomicU32>,
     spare_bind: Arc<AtomicBool>,
+    /// Milliseconds every binding of a call takes (a store slow to admit joins).
+    slow_binds: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FlakyStore {
@@ -37,6 +40,10 @@ macro_rules! pass {
             async fn bind_call(&self, call: &str, clinic: &str) -> StoreResult<String> {
                 if !self.spare_bind.load(Ordering::SeqCst) {
                     self.check()?;
+                }
+                let slow = self.slow_binds.load(Ordering::SeqCst);
+                if slow > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
                 }
                 self.inner.bind_call(call, clinic).await
             }
@@ -97,7 +104,15 @@ async fn flaky_hub_with(spare: bool) -> (TestHub, Arc<AtomicBool>, Arc<AtomicU32
     let (flag, fail_clinic_writes, spare) = (down.clone(), fail.clone(), spare_bind.clone());
     let hub = TestHub::start_wrapped(
         |_| {},
-        move |inner| Arc::new(FlakyStore { inner, down: flag, fail_clinic_writes, spare_bind: spare }),
+        move |inner| {
+            Arc::new(FlakyStore {
+                inner,
+                down: flag,
+                fail_clinic_writes,
+                spare_bind: spare,
+                slow_binds: Arc::default(),
+            })
+        },
     )
     .await;
     (hub, down, fail, spare_bind)
@@ -210,4 +225,63 @@ async fn a_deauthorization_that_fails_to_store_is_applied_on_stripes_retry() {
     assert_eq!(statuses.first(), Some(&Some(503)), "the failed attempt was refused: {statuses:?}");
     let rows = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
     assert_eq!(rows.iter().filter(|r| r.action == "stripe.deauthorized").count(), 1, "audited once, with the change");
+}
+
+/// A node admitting as many joins as its store can serve closes the next one at once with
+/// `4013` and a time to retry (a code a browser can read), instead of queueing it into the
+/// store pool's time-outs; once a place is free, joins go through again.
+#[tokio::test]
+async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
+    let slow = Arc::new(std::sync::atomic::AtomicU64::new(1500));
+    let slow_binds = slow.clone();
+    let hub = TestHub::start_wrapped(
+        |c| c.server.max_joins_in_flight = 2,
+        move |inner| {
+            Arc::new(FlakyStore {
+                inner,
+                down: Arc::default(),
+                fail_clinic_writes: Arc::default(),
+                spare_bind: Arc::default(),
+                slow_binds,
+            })
+        },
+    )
+    .await;
+    let join = |call: &str| {
+        let url = hub.ws_url(call, &hub.token_for(call, &format!("doc-{call}"), callpay_protocol::Role::Clinician));
+        async move { Client::connect(&url).await }
+    };
+    // Two joins to new calls wait on the slow store...
+    let first = tokio::spawn(join("call_slow_1"));
+    let second = tokio::spawn(join("call_slow_2"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...so a third is told to come back, at once.
+    let url = hub.ws_url("call_3", &hub.token_for("call_3", "doc-3", callpay_protocol::Role::Clinician));
+    let (mut ws, _) = open_ws(&url).await.expect("the upgrade goes through");
+    let started = std::time::Instant::now();
+    let (code, reason) = loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                break (u16::from(f.code), f.reason.to_string());
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, callpay_protocol::close::BUSY, "{reason}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1000), "told at once, not after the store");
+    let retry: u64 = reason
+        .strip_prefix("hub busy admitting joins; retry in ")
+        .and_then(|r| r.strip_suffix(" ms"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((500..=10_000).contains(&retry), "{reason}");
+    // The two waiting joins are admitted; afterwards joins go through again.
+    assert_eq!(first.await.unwrap().welcome["type"], "welcome");
+    assert_eq!(second.await.unwrap().welcome["type"], "welcome");
+    slow.store(0, Ordering::SeqCst);
+    assert_eq!(join("call_3").await.welcome["type"], "welcome");
+    let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
+    assert!(metrics.contains("callpay_ws_joins_shed_total 1"), "{metrics}");
 }

@@ -4,8 +4,31 @@
 
 const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
-/** Spread of the immediate reconnects after a node says it is stopping (close code 4012). */
+/** Spread of the reconnects after a node says it is stopping (4012) without saying over how long. */
 const RESTART_JITTER_MS = 100;
+
+/**
+ * How long to wait before reconnecting after a close, in ms, and whether it counts as a failed
+ * attempt (which lengthens the next backoff).
+ * - 4012 (the node is stopping): at a random moment within the spread its reason gives
+ *   (`reconnect within N ms`), so a drained node's clients reach the others paced.
+ * - 4013 (the hub is admitting as many joins as it can): after the time its reason gives
+ *   (`retry in N ms`), plus up to as much again of jitter.
+ * - anything else: exponential backoff with jitter.
+ */
+export function reconnectDelay(code, reason, attempt, random = Math.random) {
+  const said = (re) => {
+    const m = re.exec(reason || '');
+    return m ? Math.min(60000, Number(m[1])) : null;
+  };
+  if (code === 4012) return { wait: random() * (said(/within (\d+) ms/) ?? RESTART_JITTER_MS), failed: false };
+  const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** attempt) * (0.5 + random() / 2);
+  if (code === 4013) {
+    const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
+    return { wait: retry * (1 + random()), failed: true };
+  }
+  return { wait: backoff, failed: true };
+}
 
 export class CallpayClient {
   /**
@@ -57,13 +80,8 @@ export class CallpayClient {
         return;
       }
       this.on('status', { state: 'reconnecting', code: ev.code });
-      // 4012: the node is stopping and no longer accepts; another node takes the connection
-      // now. A little jitter spreads a whole node's clients over the others.
-      const wait =
-        ev.code === 4012
-          ? Math.random() * RESTART_JITTER_MS
-          : Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** this.attempt) * (0.5 + Math.random() / 2);
-      if (ev.code !== 4012) this.attempt += 1;
+      const { wait, failed } = reconnectDelay(ev.code, ev.reason, this.attempt);
+      if (failed) this.attempt += 1;
       this.timer = setTimeout(() => this.connect(), wait);
     };
   }

@@ -1,0 +1,31 @@
+// The SDK's reconnect pacing, without a browser: how long a client waits after each close.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { reconnectDelay } from '../../web/sdk/callpay.js';
+
+test('a drained node\'s clients reconnect spread over the window it gives, not at once', () => {
+  const reason = 'hub node stopping; reconnect within 5000 ms';
+  assert.deepEqual(reconnectDelay(4012, reason, 3, () => 0), { wait: 0, failed: false });
+  assert.deepEqual(reconnectDelay(4012, reason, 3, () => 0.5), { wait: 2500, failed: false });
+  assert.ok(reconnectDelay(4012, reason, 0, () => 0.999).wait < 5000);
+  // 1,000 clients land over the whole window, not in its first tenth.
+  const waits = Array.from({ length: 1000 }, () => reconnectDelay(4012, reason, 0).wait);
+  assert.ok(Math.max(...waits) > 4000 && Math.min(...waits) < 1000, `${Math.min(...waits)}..${Math.max(...waits)}`);
+  // An older hub's reason without a window: the short default spread.
+  assert.ok(reconnectDelay(4012, 'hub node stopping; reconnect now', 0, () => 0.999).wait < 100);
+});
+
+test('a shed join retries after the time the hub gives, plus jitter, and counts as an attempt', () => {
+  const reason = 'hub busy admitting joins; retry in 1200 ms';
+  assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0), { wait: 1200, failed: true });
+  assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0.5), { wait: 1800, failed: true });
+  // A hub's absurd figure is capped at a minute.
+  assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0).wait, 60000);
+});
+
+test('any other close backs off exponentially with jitter', () => {
+  assert.deepEqual(reconnectDelay(1006, '', 0, () => 1), { wait: 500, failed: true });
+  assert.deepEqual(reconnectDelay(1006, '', 3, () => 1), { wait: 4000, failed: true });
+  assert.equal(reconnectDelay(1006, '', 30, () => 1).wait, 10000, 'capped');
+  assert.equal(reconnectDelay(4008, '', 0, () => 0).wait, 250, 'half the step at the least');
+});
