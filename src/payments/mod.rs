@@ -14,6 +14,8 @@ pub mod refunds;
 pub mod refusals;
 pub mod state;
 pub mod stripe;
+#[cfg(test)]
+mod testing;
 pub mod validate;
 pub mod verify;
 mod webhook;

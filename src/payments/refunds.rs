@@ -503,7 +503,7 @@ fn received(payment: &Payment) -> i64 {
 mod tests {
     use super::*;
     use crate::payments::stripe::{IntentInfo, NewIntent, StripeApi};
-    use crate::store::{Committed, SqlStore, Store};
+    use crate::store::Committed;
     use std::sync::Arc;
     use tokio::sync::Notify;
 
@@ -532,18 +532,8 @@ mod tests {
                 self.asked.notify_one();
                 self.release.notified().await;
             }
-            Ok(IntentInfo {
-                id: id.into(),
-                client_secret: None,
-                status: "succeeded".into(),
-                amount: 5000,
-                amount_received: 5000,
-                currency: "aud".into(),
-                last_error: None,
-                receipt_email: None,
-                card: None,
-                amount_refunded: if first { 1000 } else { self.later.load(std::sync::atomic::Ordering::SeqCst) },
-            })
+            let total = if first { 1000 } else { self.later.load(std::sync::atomic::Ordering::SeqCst) };
+            Ok(crate::payments::testing::succeeded_intent(id, total))
         }
         async fn account_name(&self, _: &str) -> Option<String> {
             None
@@ -560,38 +550,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_stale_read_of_stripes_total_never_moves_the_refunded_amount_back() {
-        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
-        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
-        let io = crate::hub::HubIo {
-            bus: bus.clone(),
-            record: bus,
-            store: store.clone(),
-            tracker: tokio_util::task::TaskTracker::new(),
-        };
-        let rooms = crate::rooms::RoomRegistry::new("pk");
-        let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
         let stripe = Arc::new(StaleTotalStripe {
             asked: Notify::new(),
             release: Notify::new(),
             reads: Default::default(),
             later: 3000.into(),
         });
-        let payments =
-            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
-        let paid = Payment {
-            id: "pay_1".into(),
-            call_id: "call".into(),
-            clinic_id: "c".into(),
-            client_ref: "r1".into(),
-            amount: 5000,
-            amount_received: Some(5000),
-            currency: "aud".into(),
-            status: PaymentStatus::Succeeded,
-            version: 2,
-            stripe_account: "acct_1".into(),
-            payment_intent_id: Some("pi_1".into()),
-            ..Payment::default()
-        };
+        let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
+        let paid = crate::payments::testing::paid();
         store.insert_payment(&paid).await.unwrap();
         let refund = tokio::spawn({
             let (payments, paid) = (payments.clone(), paid.clone());

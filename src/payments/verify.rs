@@ -259,7 +259,7 @@ impl Payments {
 mod tests {
     use super::*;
     use crate::payments::stripe::{GatewayError, IntentInfo, NewIntent, NewRefund, RefundInfo, StripeApi};
-    use crate::store::{Committed, Payment, SqlStore, Store, Write};
+    use crate::store::{Committed, Payment, Write};
     use std::sync::Arc;
     use tokio::sync::Notify;
 
@@ -304,19 +304,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_older_than_a_webhook_applied_meanwhile_changes_nothing() {
-        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
-        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
-        let io = crate::hub::HubIo {
-            bus: bus.clone(),
-            record: bus,
-            store: store.clone(),
-            tracker: tokio_util::task::TaskTracker::new(),
-        };
-        let rooms = crate::rooms::RoomRegistry::new("pk");
-        let hub = crate::hub::Hub::new("n".into(), rooms, io, Duration::from_secs(15), Arc::default());
         let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
-        let payments =
-            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
+        let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
         let requested = Payment {
             id: "pay_1".into(),
             call_id: "call".into(),

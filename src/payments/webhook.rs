@@ -316,7 +316,6 @@ fn success_mismatch(payment: &Payment, change: &Change) -> Option<String> {
 mod tests {
     use super::*;
     use crate::payments::stripe::{IntentInfo, NewIntent, NewRefund, RefundInfo, StripeApi};
-    use crate::store::{SqlStore, Store};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::sync::Notify;
@@ -343,18 +342,7 @@ mod tests {
                 self.asked.notify_one();
                 self.release.notified().await;
             }
-            Ok(IntentInfo {
-                id: id.into(),
-                client_secret: None,
-                status: "succeeded".into(),
-                amount: 5000,
-                amount_received: 5000,
-                currency: "aud".into(),
-                last_error: None,
-                receipt_email: None,
-                card: None,
-                amount_refunded: if first { 1000 } else { 3000 },
-            })
+            Ok(crate::payments::testing::succeeded_intent(id, if first { 1000 } else { 3000 }))
         }
         async fn account_name(&self, _: &str) -> Option<String> {
             None
@@ -366,33 +354,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_refund_event_whose_total_was_read_before_a_newer_one_was_stored_changes_nothing() {
-        let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
-        let bus = Arc::new(crate::bus::MemoryBus::new("n"));
-        let io = crate::hub::HubIo {
-            bus: bus.clone(),
-            record: bus,
-            store: store.clone(),
-            tracker: tokio_util::task::TaskTracker::new(),
-        };
-        let rooms = crate::rooms::RoomRegistry::new("pk");
-        let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
         let stripe = Arc::new(LaggingStripe { reads: AtomicU32::new(0), asked: Notify::new(), release: Notify::new() });
-        let payments =
-            Arc::new(Payments::new(store.clone(), stripe.clone(), hub, crate::config::PaymentsConfig::default()));
-        let paid = Payment {
-            id: "pay_1".into(),
-            call_id: "call".into(),
-            clinic_id: "c".into(),
-            client_ref: "r1".into(),
-            amount: 5000,
-            amount_received: Some(5000),
-            currency: "aud".into(),
-            status: PaymentStatus::Succeeded,
-            version: 2,
-            stripe_account: "acct_1".into(),
-            payment_intent_id: Some("pi_1".into()),
-            ..Payment::default()
-        };
+        let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
+        let paid = crate::payments::testing::paid();
         store.insert_payment(&paid).await.unwrap();
         let charge =
             serde_json::json!({"id": "ch_1", "currency": "aud", "payment_intent": "pi_1", "payment_method": "pm_1"});
