@@ -23,13 +23,12 @@ pub const MAX_REQUEST_KEY: usize = 64;
 const SYNC_ATTEMPTS: usize = 3;
 /// Kept refunds sent again per sweep.
 const UNSENT_PER_SWEEP: i64 = 20;
-/// Longest a kept refund's sending may take (the client retries inside this).
-const RESEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A kept refund is sent again only until it is this old: Stripe keeps an idempotency key for
 /// at least 24 hours, and a send after that could no longer be told from a new refund.
 pub const UNSENT_SEND_UNTIL_MS: i64 = 22 * 3_600_000;
 /// A kept refund still unsent at this age is cancelled. The hour after the last send (each
-/// bounded by [`RESEND_TIMEOUT`]) means no send is still in flight when it is given up.
+/// bounded by the Stripe client's attempts and timeout) means no send is still in flight when
+/// it is given up.
 pub const UNSENT_GIVE_UP_MS: i64 = 23 * 3_600_000;
 /// Stripe's error codes that mean "more than remains on the charge".
 const STRIPE_TOO_MUCH: &[&str] = &["amount_too_large", "charge_already_refunded"];
@@ -85,9 +84,22 @@ pub enum RefundError {
     #[error("request key reused for a different refund")]
     KeyReused,
     /// A kept refund that could not be sent while Stripe still knew its key: never sent now,
-    /// and cancelled (or about to be).
+    /// and cancelled.
     #[error("the kept refund was not sent in time")]
     Expired,
+    /// A kept refund past the time it may be sent, not yet cancelled (a send may still be in
+    /// flight elsewhere): it is answered within the hour.
+    #[error("the kept refund is being given up")]
+    Expiring,
+    /// Another refund of the payment is kept unsent: no second one until it is finished, so a
+    /// form reopened with a new key cannot refund twice.
+    #[error("a refund of this payment is still being sent")]
+    InProgress {
+        /// The kept refund's amount, minor units.
+        amount: i64,
+        /// Its currency.
+        currency: String,
+    },
     /// The store failed; nothing was sent to Stripe unless the refund is pending.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -107,6 +119,8 @@ impl RefundError {
             Self::NoAccess => "stripe_not_connected",
             Self::KeyReused => "request_key_reused",
             Self::Expired => "refund_expired",
+            Self::Expiring => "refund_expiring",
+            Self::InProgress { .. } => "refund_in_progress",
             Self::Store(_) => "unavailable",
         }
     }
@@ -134,6 +148,13 @@ impl RefundError {
             Self::Expired => {
                 "This refund could not be sent to Stripe within a day, so it was not made and is cancelled. Ask for it again.".into()
             }
+            Self::Expiring => {
+                "This refund could not be sent to Stripe within a day; it is not sent now and is cancelled within the hour. Ask for it again then.".into()
+            }
+            Self::InProgress { amount, currency } => format!(
+                "A refund of {} for this payment is still being sent to Stripe; nothing more was refunded. Wait for it, or send that refund's form again.",
+                validate::display_amount(*amount, currency)
+            ),
             Self::StripeUnavailable => {
                 "Stripe could not be reached. The refund is kept and callpay sends it as soon as Stripe answers; it is never made twice.".into()
             }
@@ -191,6 +212,19 @@ impl Payments {
                 return Err(RefundError::KeyReused);
             }
             return self.again(payment, existing).await;
+        }
+        if let Some(kept) = self
+            .store
+            .refunds_for_payment(&payment.id)
+            .await?
+            .into_iter()
+            .find(|r| r.status == "pending" && r.stripe_refund_id.is_none())
+        {
+            // The same form's request racing its own first send: the same refund.
+            if key.is_some() && kept.request_key.as_deref() == key {
+                return self.again(payment, kept).await;
+            }
+            return Err(RefundError::InProgress { amount: kept.amount, currency: kept.currency });
         }
         let remaining = self.remaining(payment).await?;
         let amount = ask.amount.unwrap_or(remaining);
@@ -274,10 +308,16 @@ impl Payments {
         if existing.status == "pending" && existing.stripe_refund_id.is_none() {
             let age = now_ms() - existing.created_at;
             if age > UNSENT_SEND_UNTIL_MS {
-                if age > UNSENT_GIVE_UP_MS {
-                    self.give_up(payment, existing).await;
+                if age <= UNSENT_GIVE_UP_MS {
+                    return Err(RefundError::Expiring);
                 }
-                return Err(RefundError::Expired);
+                if self.give_up(payment, existing.clone()).await {
+                    return Err(RefundError::Expired);
+                }
+                // Sent meanwhile (another node, or Stripe's webhook): answered as it is now.
+                let now = self.reread(&existing).await;
+                let payment = self.store.payment(&payment.id).await?.unwrap_or_else(|| payment.clone());
+                return Ok(Refunded { refund: now, payment });
             }
             return self.send(payment, existing).await;
         }
@@ -454,12 +494,11 @@ impl Payments {
             tracing::info!(refund_id = %refund.id, payment_id = %payment.id, "sending a kept refund again");
             let id = refund.id.clone();
             let touched = Refund { updated_at: now_ms(), ..refund.clone() };
-            let outcome = tokio::time::timeout(RESEND_TIMEOUT, self.send(&payment, refund)).await;
-            if !matches!(outcome, Ok(Ok(_))) {
-                match &outcome {
-                    Ok(Err(e)) => tracing::warn!(error = %e, refund_id = %id, "a kept refund was not made"),
-                    _ => tracing::warn!(refund_id = %id, "a kept refund's sending timed out"),
-                }
+            // Not cut short by a timeout of ours: the Stripe client bounds each send (its attempts
+            // times its timeout), and a send abandoned midway could be a refund Stripe made.
+            let outcome = self.send(&payment, refund).await;
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, refund_id = %id, "a kept refund was not made");
                 // Tried now: it waits `verify_after_ms` behind the others before the next attempt
                 // (a refused one is final already; this only moves its time).
                 if let Err(e) = self.store.commit(&[Write::RefundSeen(Box::new(touched))]).await {
@@ -469,8 +508,9 @@ impl Payments {
         }
     }
 
-    /// Cancels a kept refund that was never sent in time, with an audit record.
-    async fn give_up(&self, payment: &Payment, refund: Refund) {
+    /// Cancels a kept refund that was never sent in time, with an audit record; answers
+    /// whether it was cancelled (not if it was sent meanwhile, or the store failed).
+    async fn give_up(&self, payment: &Payment, refund: Refund) -> bool {
         let shown = validate::display_amount(refund.amount, &refund.currency);
         let entry = AuditEntry {
             clinic_id: Some(payment.clinic_id.clone()),
@@ -481,8 +521,11 @@ impl Payments {
         // Only if still unsent: a node that sent it meanwhile has stored Stripe's id.
         let write = Write::RefundNotSent { id: refund.id.clone(), at: now_ms() };
         match self.store.commit(&[write, Write::Audit(entry)]).await {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, payment_id = %payment.id, "could not cancel an unsent refund"),
+            Ok(c) => c == crate::store::Committed::Applied,
+            Err(e) => {
+                tracing::warn!(error = %e, payment_id = %payment.id, "could not cancel an unsent refund");
+                false
+            }
         }
     }
 

@@ -27,14 +27,15 @@ struct Ask {
 #[derive(Clone)]
 pub(super) struct Binder {
     asks: mpsc::Sender<Ask>,
+    pool: AnyPool,
 }
 
 impl Binder {
     /// Starts the writer on the current runtime.
     pub(super) fn start(pool: AnyPool) -> Self {
         let (asks, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, queue));
-        Self { asks }
+        tokio::spawn(run(pool.clone(), queue));
+        Self { asks, pool }
     }
 
     /// The clinic `call_id` is bound to: `clinic_id` if the call is new, else the clinic of
@@ -42,8 +43,27 @@ impl Binder {
     pub(super) async fn bind(&self, call_id: &str, clinic_id: &str) -> StoreResult<String> {
         let (reply, answer) = oneshot::channel();
         let ask = Ask { call_id: call_id.to_owned(), clinic_id: clinic_id.to_owned(), reply };
-        self.asks.send(ask).await.map_err(|_| StoreError::Unavailable("the binding writer stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Unavailable("the binding writer stopped".into()))?
+        // A writer that stopped (it panicked) costs its batching, never the joins: the call is
+        // bound on its own.
+        if let Err(mpsc::error::SendError(ask)) = self.asks.send(ask).await {
+            tracing::error!("the call-binding writer stopped; binding calls one at a time");
+            return write(&self.pool, std::slice::from_ref(&ask))
+                .await?
+                .remove(call_id)
+                .ok_or_else(|| StoreError::Corrupt(format!("call {call_id} not bound after its insert")));
+        }
+        match answer.await {
+            Ok(bound) => bound,
+            Err(_) => {
+                tracing::error!("the call-binding writer stopped mid-batch; binding this call on its own");
+                let (reply, _) = oneshot::channel();
+                let ask = Ask { call_id: call_id.to_owned(), clinic_id: clinic_id.to_owned(), reply };
+                write(&self.pool, std::slice::from_ref(&ask))
+                    .await?
+                    .remove(call_id)
+                    .ok_or_else(|| StoreError::Corrupt(format!("call {call_id} not bound after its insert")))
+            }
+        }
     }
 }
 
@@ -74,23 +94,33 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>) {
 /// its first clinic) and reads back the clinic of each, in one transaction.
 async fn write(pool: &AnyPool, batch: &[Ask]) -> StoreResult<HashMap<String, String>> {
     debug_assert!(batch.len() <= MAX_BATCH && MAX_BATCH <= IN_LIST_MAX);
+    // Each call once (its first asker's clinic), in call-id order: two instances' batches that
+    // share calls then take PostgreSQL's row locks in the same order and cannot deadlock.
+    let mut calls: Vec<&Ask> = Vec::with_capacity(batch.len());
+    let mut seen = std::collections::HashSet::new();
+    for ask in batch {
+        if seen.insert(ask.call_id.as_str()) {
+            calls.push(ask);
+        }
+    }
+    calls.sort_by(|a, b| a.call_id.cmp(&b.call_id));
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let rows: Vec<String> =
-        (0..batch.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
+        (0..calls.len()).map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3)).collect();
     let insert = format!(
         "INSERT INTO calls (call_id, clinic_id, created_at) VALUES {} ON CONFLICT (call_id) DO NOTHING",
         rows.join(", ")
     );
     let mut q = sqlx::query(AssertSqlSafe(insert));
-    for ask in batch {
+    for ask in &calls {
         q = q.bind(&ask.call_id).bind(&ask.clinic_id).bind(now);
     }
     q.execute(&mut *tx).await?;
-    let list: Vec<String> = (1..=batch.len()).map(|i| format!("${i}")).collect();
+    let list: Vec<String> = (1..=calls.len()).map(|i| format!("${i}")).collect();
     let select = format!("SELECT call_id, clinic_id FROM calls WHERE call_id IN ({})", list.join(", "));
     let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(select));
-    for ask in batch {
+    for ask in &calls {
         q = q.bind(&ask.call_id);
     }
     let bound: HashMap<String, String> = q.fetch_all(&mut *tx).await?.into_iter().collect();

@@ -308,14 +308,15 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
 /// Calls bound in batches: many joins at once, two clinics racing for each call, on two
 /// instances sharing PostgreSQL (and on SQLite): every call ends bound to one clinic, and every
 /// join to it, on either instance, is told the same one.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_joins_bind_each_call_to_one_clinic_on_every_instance() {
     use std::sync::Arc;
     async fn race(a: Arc<SqlStore>, b: Arc<SqlStore>) {
         let mut joins = Vec::new();
+        // The two instances meet the calls in opposite orders (their batches overlap reversed).
         for i in 0..300 {
-            for (store, clinic) in [(a.clone(), "clinic_a"), (b.clone(), "clinic_b")] {
-                let call = format!("call_{i}");
+            for (store, clinic, n) in [(a.clone(), "clinic_a", i), (b.clone(), "clinic_b", 299 - i)] {
+                let call = format!("call_{n}");
                 joins.push(tokio::spawn(async move { (call.clone(), store.bind_call(&call, clinic).await.unwrap()) }));
             }
         }

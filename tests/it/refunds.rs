@@ -606,7 +606,8 @@ async fn the_clinicians_refund_window_closes_when_its_hours_have_passed() {
 
 /// The same form asked again for a refund kept too long is never sent: 409 `refund_expired`,
 /// the refund cancelled, nothing refunded; a kept refund between 22 and 23 hours old is not
-/// sent either (a send may still be in flight elsewhere) and stays for the sweep to cancel.
+/// sent either (a send may still be in flight elsewhere): 409 `refund_expiring`, and it stays
+/// for the sweep to cancel.
 #[tokio::test]
 async fn a_form_asking_again_for_a_refund_kept_too_long_is_told_it_expired() {
     // No sweep during the test: only the request decides.
@@ -615,7 +616,7 @@ async fn a_form_asking_again_for_a_refund_kept_too_long_is_told_it_expired() {
     keep_old_refund(&hub, &p, 22 * 3_600_000 + 60_000).await;
     let ask = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-old"});
     let (status, body) = admin_refund(&hub, &p.id, ask.clone()).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("refund_expired")), "{body}");
+    assert_eq!((status, body["code"].as_str()), (409, Some("refund_expiring")), "{body}");
     let token = hub.info.clinic_admin_token.clone();
     let (_, record) = call(&hub, &token, "GET", &format!("/v1/payments/{}", p.id), None).await;
     assert_eq!(record["refunds"][0]["status"], "pending", "left for the sweep after 23 h: {record}");
@@ -658,4 +659,23 @@ async fn a_refund_stored_but_never_announced_still_reaches_the_call() {
         .await;
     assert_eq!(seen["payment"]["status"], "partially_refunded");
     p.doc.until_where("payment.updated", |f| f["payment"]["amount_refunded"] == 1200).await;
+}
+
+/// While a kept refund waits to be sent, no other refund of the payment is made (a reopened
+/// form with a new key would otherwise refund twice): 409 `refund_in_progress`, nothing sent;
+/// the kept one's own form finishes it.
+#[tokio::test]
+async fn no_second_refund_while_one_is_kept_unsent() {
+    let hub = TestHub::start_with(|c| c.payments.verify_after_ms = 3_600_000).await;
+    let p = paid(&hub, "r17", "4242424242424242").await;
+    hub.sim_control("POST", "/_sim/faults", json!({"api_errors": 2, "api_error_status": 503})).await;
+    let first = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-a"});
+    assert_eq!(admin_refund(&hub, &p.id, first.clone()).await.0, 503);
+    let other = json!({"amount": 2000, "reason": "duplicate", "request_key": "form-b"});
+    let (status, body) = admin_refund(&hub, &p.id, other).await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("refund_in_progress")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("20.00"), "{body}");
+    let (status, body) = admin_refund(&hub, &p.id, first).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stripe_refunds(&hub, &p.acct, &p.pi).await.len(), 1, "one refund");
 }

@@ -39,7 +39,9 @@ fn refund_error(e: RefundError) -> ApiError {
         RefundError::NotRefundable(_)
         | RefundError::ExceedsRemaining { .. }
         | RefundError::KeyReused
-        | RefundError::Expired => StatusCode::CONFLICT,
+        | RefundError::Expired
+        | RefundError::Expiring
+        | RefundError::InProgress { .. } => StatusCode::CONFLICT,
         RefundError::StripeRefused(_) => StatusCode::BAD_GATEWAY,
         RefundError::NoAccess => StatusCode::CONFLICT,
         RefundError::StripeUnavailable | RefundError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
