@@ -48,6 +48,9 @@ pub struct AppState {
     pub connection_slots: Arc<Semaphore>,
     /// Joins in progress, bounded by `server.max_joins_in_flight`.
     pub joins: Arc<crate::pacing::JoinGate>,
+    /// The reconnect spread of this node's drain, fixed by the first socket it closes (while
+    /// every socket is still open), so all of them are told the same window.
+    pub drain_spread: Arc<std::sync::OnceLock<std::time::Duration>>,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
 }
@@ -133,6 +136,7 @@ impl AppState {
         Ok(Self {
             connection_slots: Arc::new(Semaphore::new(cap)),
             joins: Arc::new(crate::pacing::JoinGate::new(config.server.max_joins_in_flight)),
+            drain_spread: Arc::default(),
             config: Arc::new(config),
             store: deps.store,
             hub,

@@ -36,6 +36,9 @@ pub fn busy_reason(retry: Duration) -> String {
 pub struct JoinGate {
     in_flight: Arc<AtomicUsize>,
     max: usize,
+    /// Joins shed in the current second (when it began, how many): the retry grows with them,
+    /// so a storm's shed joins come back spread over the time the node needs for them.
+    shed: std::sync::Mutex<(std::time::Instant, u64)>,
 }
 
 /// One join's place at the gate, given back when dropped.
@@ -51,16 +54,25 @@ impl Drop for JoinSlot {
 impl JoinGate {
     /// A gate admitting `max` joins at once (at least one).
     pub fn new(max: usize) -> Self {
-        Self { in_flight: Arc::default(), max: max.max(1) }
+        Self { in_flight: Arc::default(), max: max.max(1), shed: std::sync::Mutex::new((std::time::Instant::now(), 0)) }
     }
 
     /// A place for one more join, or how long the join should wait before trying again: the
-    /// longer the more joins are waiting (as if the node cleared its queue at `max` a second).
+    /// longer the more joins were turned away this second (as if the node admitted `max` a
+    /// second), so those of a storm come back spread out rather than together.
     pub fn enter(&self) -> Result<JoinSlot, Duration> {
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         if now > self.max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let ms = (now as u64).saturating_mul(1000) / self.max as u64;
+            let waiting = {
+                let mut shed = self.shed.lock().unwrap_or_else(|p| p.into_inner());
+                if shed.0.elapsed() >= Duration::from_secs(1) {
+                    *shed = (std::time::Instant::now(), 0);
+                }
+                shed.1 += 1;
+                shed.1
+            };
+            let ms = (self.max as u64 + waiting).saturating_mul(1000) / self.max as u64;
             return Err(Duration::from_millis(ms).clamp(RETRY_MIN, RETRY_MAX));
         }
         Ok(JoinSlot(self.in_flight.clone()))
@@ -94,6 +106,10 @@ mod tests {
         let b = gate.enter().unwrap();
         let retry = gate.enter().unwrap_err();
         assert!(retry >= RETRY_MIN && retry <= RETRY_MAX, "{retry:?}");
+        // The more are turned away, the later each later one is told to come back.
+        let later = (0..10).map(|_| gate.enter().unwrap_err()).last().unwrap();
+        assert!(later > retry, "{later:?} after {retry:?}");
+        assert_eq!(later, RETRY_MAX.min(Duration::from_millis((2 + 11) * 1000 / 2)));
         assert_eq!(gate.in_flight(), 2, "a refused join holds no place");
         drop(a);
         let c = gate.enter().expect("a place came free");

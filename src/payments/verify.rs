@@ -226,10 +226,11 @@ impl Payments {
                 return;
             }
         };
-        // A full page: the next pass goes on from its last change (read from there, not from
-        // this pass's start, so nothing between is skipped).
+        // A full page: the next pass goes on from its last change, less the clock margin again
+        // (a writer whose clock runs ahead must not move the cursor past changes of others), and
+        // never past this node's now.
         let next = match changed.last() {
-            Some(p) if changed.len() as i64 == CHANGES_PER_PASS => p.updated_at + CHANGES_CLOCK_MARGIN_MS,
+            Some(p) if changed.len() as i64 == CHANGES_PER_PASS => p.updated_at.min(started),
             _ => started,
         };
         self.changes_read_at.store(next, Ordering::Relaxed);

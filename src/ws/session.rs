@@ -223,10 +223,9 @@ pub async fn run(
             biased;
             _ = &mut shutdown => {
                 // Spread over a window sized to this node's load, so the fleet is not stampeded.
-                let spread = crate::pacing::reconnect_spread(
-                    app.metrics.open_now(),
-                    app.config.server.drain_reconnects_per_sec,
-                );
+                let spread = *app.drain_spread.get_or_init(|| {
+                    crate::pacing::reconnect_spread(app.metrics.open_now(), app.config.server.drain_reconnects_per_sec)
+                });
                 let reason = crate::pacing::restarting_reason(spread);
                 send_within(&mut socket, close_with(close::RESTARTING, &reason), write_deadline).await;
                 break "shutdown";

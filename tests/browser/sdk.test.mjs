@@ -5,8 +5,10 @@ import { reconnectDelay } from '../../web/sdk/callpay.js';
 
 test('a drained node\'s clients reconnect spread over the window it gives, not at once', () => {
   const reason = 'hub node stopping; reconnect within 5000 ms';
-  assert.deepEqual(reconnectDelay(4012, reason, 3, () => 0), { wait: 0, failed: false });
-  assert.deepEqual(reconnectDelay(4012, reason, 3, () => 0.5), { wait: 2500, failed: false });
+  assert.deepEqual(reconnectDelay(4012, reason, 0, () => 0), { wait: 0, failed: true });
+  assert.deepEqual(reconnectDelay(4012, reason, 0, () => 0.5), { wait: 2500, failed: true });
+  // Sent away again before any welcome: not a drain to trust, so the usual backoff.
+  assert.deepEqual(reconnectDelay(4012, reason, 3, () => 1), { wait: 4000, failed: true });
   assert.ok(reconnectDelay(4012, reason, 0, () => 0.999).wait < 5000);
   // 1,000 clients land over the whole window, not in its first tenth.
   const waits = Array.from({ length: 1000 }, () => reconnectDelay(4012, reason, 0).wait);
@@ -19,8 +21,11 @@ test('a shed join retries after the time the hub gives, plus jitter, and counts 
   const reason = 'hub busy admitting joins; retry in 1200 ms';
   assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0), { wait: 1200, failed: true });
   assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0.5), { wait: 1800, failed: true });
-  // A hub's absurd figure is capped at a minute.
+  // A hub's absurd figures are bounded: at most a minute in all, at least a tenth of a second.
   assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0).wait, 60000);
+  assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0.999).wait, 60000);
+  assert.equal(reconnectDelay(4013, 'retry in 0 ms', 0, () => 0).wait, 100);
+  assert.ok(reconnectDelay(4012, 'reconnect within 0 ms', 0, () => 0.999).wait <= 100);
 });
 
 test('any other close backs off exponentially with jitter', () => {

@@ -254,13 +254,18 @@ async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
     // Two joins to new calls wait on the slow store...
     let first = tokio::spawn(join("call_slow_1"));
     let second = tokio::spawn(join("call_slow_2"));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while hub.state.joins.in_flight() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the two slow joins never reached the store");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     // ...so a third is told to come back, at once.
     let url = hub.ws_url("call_3", &hub.token_for("call_3", "doc-3", callpay_protocol::Role::Clinician));
     let (mut ws, _) = open_ws(&url).await.expect("the upgrade goes through");
     let started = std::time::Instant::now();
     let (code, reason) = loop {
-        match ws.next().await {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await;
+        match next.expect("a close frame within 5 s") {
             Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
                 break (u16::from(f.code), f.reason.to_string());
             }

@@ -6,6 +6,9 @@ const BACKOFF_START_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 /** Spread of the reconnects after a node says it is stopping (4012) without saying over how long. */
 const RESTART_JITTER_MS = 100;
+/** Bounds on the waits a hub asks for. */
+const MIN_WAIT_MS = 100;
+const MAX_WAIT_MS = 60000;
 
 /**
  * How long to wait before reconnecting after a close, in ms, and whether it counts as a failed
@@ -17,15 +20,22 @@ const RESTART_JITTER_MS = 100;
  * - anything else: exponential backoff with jitter.
  */
 export function reconnectDelay(code, reason, attempt, random = Math.random) {
+  // What a hub says is bounded here: never less than a tenth of a second (no tight loop on a
+  // "0 ms"), never more than a minute in all.
   const said = (re) => {
     const m = re.exec(reason || '');
-    return m ? Math.min(60000, Number(m[1])) : null;
+    return m ? Math.min(MAX_WAIT_MS, Math.max(MIN_WAIT_MS, Number(m[1]))) : null;
   };
-  if (code === 4012) return { wait: random() * (said(/within (\d+) ms/) ?? RESTART_JITTER_MS), failed: false };
   const backoff = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * 2 ** attempt) * (0.5 + random() / 2);
+  if (code === 4012) {
+    // A node that keeps sending this one away (attempts made since the last welcome) is not
+    // the drain it claims: back off as after any other close.
+    if (attempt > 0) return { wait: backoff, failed: true };
+    return { wait: random() * (said(/within (\d+) ms/) ?? RESTART_JITTER_MS), failed: true };
+  }
   if (code === 4013) {
     const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
-    return { wait: retry * (1 + random()), failed: true };
+    return { wait: Math.min(MAX_WAIT_MS, retry * (1 + random())), failed: true };
   }
   return { wait: backoff, failed: true };
 }
