@@ -36,9 +36,30 @@ pub fn busy_reason(retry: Duration) -> String {
 pub struct JoinGate {
     in_flight: Arc<AtomicUsize>,
     max: usize,
-    /// Joins shed in the current second (when it began, how many): the retry grows with them,
-    /// so a storm's shed joins come back spread over the time the node needs for them.
-    shed: std::sync::Mutex<(std::time::Instant, u64)>,
+    /// Joins admitted and shed in the current second, and the rate admitted in the last one:
+    /// a shed join is told to come back after the time the node needs, at the rate it has been
+    /// admitting, for the joins shed before it this second.
+    window: std::sync::Mutex<Window>,
+}
+
+/// One second's count of the gate.
+#[derive(Debug)]
+struct Window {
+    started: std::time::Instant,
+    admitted: u64,
+    shed: u64,
+    /// Joins admitted in the last whole second (0 before there was one).
+    last_rate: u64,
+}
+
+impl Window {
+    fn roll(&mut self) {
+        let elapsed = self.started.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.last_rate = if elapsed < Duration::from_secs(2) { self.admitted } else { 0 };
+            *self = Window { started: std::time::Instant::now(), admitted: 0, shed: 0, last_rate: self.last_rate };
+        }
+    }
 }
 
 /// One join's place at the gate, given back when dropped.
@@ -54,27 +75,26 @@ impl Drop for JoinSlot {
 impl JoinGate {
     /// A gate admitting `max` joins at once (at least one).
     pub fn new(max: usize) -> Self {
-        Self { in_flight: Arc::default(), max: max.max(1), shed: std::sync::Mutex::new((std::time::Instant::now(), 0)) }
+        let window = Window { started: std::time::Instant::now(), admitted: 0, shed: 0, last_rate: 0 };
+        Self { in_flight: Arc::default(), max: max.max(1), window: std::sync::Mutex::new(window) }
     }
 
     /// A place for one more join, or how long the join should wait before trying again: the
-    /// longer the more joins were turned away this second (as if the node admitted `max` a
-    /// second), so those of a storm come back spread out rather than together.
+    /// time the node needs, at the rate it admitted joins in the last second (at least `max` a
+    /// second), for the joins shed before this one this second; so a storm's shed joins come
+    /// back spread over that time rather than together.
     pub fn enter(&self) -> Result<JoinSlot, Duration> {
         let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.roll();
         if now > self.max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let waiting = {
-                let mut shed = self.shed.lock().unwrap_or_else(|p| p.into_inner());
-                if shed.0.elapsed() >= Duration::from_secs(1) {
-                    *shed = (std::time::Instant::now(), 0);
-                }
-                shed.1 += 1;
-                shed.1
-            };
-            let ms = (self.max as u64 + waiting).saturating_mul(1000) / self.max as u64;
+            window.shed += 1;
+            let rate = window.last_rate.max(self.max as u64);
+            let ms = window.shed.saturating_mul(1000) / rate;
             return Err(Duration::from_millis(ms).clamp(RETRY_MIN, RETRY_MAX));
         }
+        window.admitted += 1;
         Ok(JoinSlot(self.in_flight.clone()))
     }
 
@@ -106,10 +126,11 @@ mod tests {
         let b = gate.enter().unwrap();
         let retry = gate.enter().unwrap_err();
         assert!(retry >= RETRY_MIN && retry <= RETRY_MAX, "{retry:?}");
-        // The more are turned away, the later each later one is told to come back.
+        // The more are turned away, the later each later one is told to come back: 11 shed at
+        // 2 a second (no whole second admitted yet) wait 5.5 s.
         let later = (0..10).map(|_| gate.enter().unwrap_err()).last().unwrap();
         assert!(later > retry, "{later:?} after {retry:?}");
-        assert_eq!(later, RETRY_MAX.min(Duration::from_millis((2 + 11) * 1000 / 2)));
+        assert_eq!(later, Duration::from_millis(11 * 1000 / 2));
         assert_eq!(gate.in_flight(), 2, "a refused join holds no place");
         drop(a);
         let c = gate.enter().expect("a place came free");

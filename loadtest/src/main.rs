@@ -17,12 +17,14 @@
 //! - `confirm` / `cluster-confirm`: webhook to pop-up latency (see [`confirm`]).
 //! - `abuse`: rounds of hostile sockets (junk, binary and oversized frames, floods) that then
 //!   close, reporting the hub's RSS after each round: memory must level off, not grow per round.
+//! - `drain`: a drained instance's clients moving to the others (see [`drain`]).
 //! - `compare relay|cluster-relay|idle`: callpay and a Socket.IO 4.8 relay side by side under
 //!   the same open-loop load (see [`compare`]).
 
 mod chart;
 mod compare;
 mod confirm;
+mod drain;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -52,6 +54,8 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
                     clinician's payment.confirmed (default 2000 calls)
   cluster-confirm   the same across two instances (webhooks to one, clinicians on the other)
   abuse             --rounds of --calls hostile sockets each (defaults 10 x 1000); hub RSS per round
+  drain             --sockets N (default 19000) on instance 0 of --nodes K (default 3) serve
+                    instances; SIGTERM to instance 0; time until every client is back elsewhere
   compare relay|cluster-relay|idle
                     callpay and Socket.IO 4.8 back to back under the same open-loop load
     --calls N         calls (2 sockets each; default 2000)
@@ -592,6 +596,18 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("compare did not finish within 30 minutes")??;
         println!("{}", serde_json::to_string_pretty(&report["ratios"])?);
+        println!("LOADTEST {report}");
+        return Ok(());
+    }
+    if scenario == "drain" {
+        raise_open_files();
+        let report = tokio::time::timeout(
+            Duration::from_secs(600),
+            drain::run(&bin, number("--sockets", 19_000)?, number("--nodes", 3)?),
+        )
+        .await
+        .context("drain did not finish within 10 minutes")??;
+        println!("{}", serde_json::to_string_pretty(&report)?);
         println!("LOADTEST {report}");
         return Ok(());
     }

@@ -15,8 +15,8 @@ const MAX_WAIT_MS = 60000;
  * attempt (which lengthens the next backoff).
  * - 4012 (the node is stopping): at a random moment within the spread its reason gives
  *   (`reconnect within N ms`), so a drained node's clients reach the others paced.
- * - 4013 (the hub is admitting as many joins as it can): after the time its reason gives
- *   (`retry in N ms`), plus up to as much again of jitter.
+ * - 4013 (the hub is admitting as many joins as it can): around the time its reason gives
+ *   (`retry in N ms`): between half of it and one and a half times it.
  * - anything else: exponential backoff with jitter.
  */
 export function reconnectDelay(code, reason, attempt, random = Math.random) {
@@ -35,7 +35,7 @@ export function reconnectDelay(code, reason, attempt, random = Math.random) {
   }
   if (code === 4013) {
     const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
-    return { wait: Math.min(MAX_WAIT_MS, retry * (1 + random())), failed: true };
+    return { wait: Math.min(MAX_WAIT_MS, retry * (0.5 + random())), failed: true };
   }
   return { wait: backoff, failed: true };
 }

@@ -1,0 +1,188 @@
+//! `drain`: a node's clients moving to the others when it is drained. `--nodes` `callpay serve`
+//! instances on a fresh PostgreSQL database and Redis; `--sockets` clients (half clinicians,
+//! half patients, one call per pair) all on instance 0; instance 0 gets SIGTERM. Each client
+//! does what the SDK does (`web/sdk/callpay.js`): after `4012` it waits a random moment within
+//! the spread the reason names, after `4013` between half and one and a half times the retry time, after a
+//! refused connection the SDK's backoff; then joins the next live instance (a balancer's round
+//! robin). Reported: how long until each client has its `welcome` again (p50, p99, max), the
+//! joins shed with `4013`, the connections refused, and the spread the node asked for. No
+//! traffic besides the joins; loopback only; stops by itself.
+
+use crate::{Hub, ws_request};
+use anyhow::Context;
+use callpay_protocol::Role;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Source addresses 127.0.0.2 to .9, so no single one runs out of ports.
+const SOURCE_ADDRS: usize = 8;
+/// Sockets opening at once during setup.
+const SETUP_CONCURRENCY: usize = 64;
+/// Longest the scenario waits for every client to be back.
+const BACK_WITHIN: Duration = Duration::from_secs(90);
+
+/// What the clients counted.
+#[derive(Default)]
+struct Counts {
+    shed: AtomicU64,
+    refused: AtomicU64,
+    attempts: AtomicU64,
+}
+
+/// How long the SDK waits after a close (the same rules as `reconnectDelay`).
+fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
+    let said = |prefix: &str| {
+        reason.split(prefix).nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
+    };
+    let r = rand_unit();
+    let backoff = (500.0 * 2f64.powi(attempt.min(5) as i32)).min(10_000.0) * (0.5 + r / 2.0);
+    let ms = match code {
+        4012 if attempt == 0 => r * said("within ").unwrap_or(100).clamp(100, 60_000) as f64,
+        4013 => (said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64 * (0.5 + r)).min(60_000.0),
+        _ => backoff,
+    };
+    Duration::from_millis(ms as u64)
+}
+
+fn rand_unit() -> f64 {
+    (callpay::ids::random_id().bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b))) % 1_000_000)
+        as f64
+        / 1_000_000.0
+}
+
+async fn open(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % SOURCE_ADDRS) as u8), 0).into())?;
+    let stream = socket.connect(authority.parse()?).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(ws_request(url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// Reads until `welcome` (Ok) or a close (its code and reason).
+async fn until_welcome(ws: &mut crate::Ws) -> Result<(), (u16, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"welcome\"") => return Ok(()),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Err(f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string())));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return Err((1006, String::new())),
+        }
+    }
+}
+
+/// Runs the scenario.
+pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Value> {
+    anyhow::ensure!(nodes >= 2, "--nodes must be at least 2 (one is drained)");
+    let hub = Hub::start_cluster_with(bin, nodes, &[]).await?;
+    let url = |node: usize, i: usize| {
+        let role = if i.is_multiple_of(2) { Role::Clinician } else { Role::Patient };
+        let sub = format!("{}-{}", if i.is_multiple_of(2) { "doc" } else { "pat" }, i / 2);
+        hub.url(node, &format!("drain-{}", i / 2), &sub, role)
+    };
+    // Everyone on instance 0.
+    let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
+    let mut opening = Vec::with_capacity(sockets);
+    for i in 0..sockets {
+        let (gate, u) = (gate.clone(), url(0, i));
+        opening.push(tokio::spawn(async move {
+            let _slot = gate.acquire().await?;
+            let mut ws = open(&u, i).await?;
+            until_welcome(&mut ws).await.map_err(|(c, r)| anyhow::anyhow!("closed {c} {r}"))?;
+            anyhow::Ok(ws)
+        }));
+    }
+    let mut clients = Vec::with_capacity(sockets);
+    for o in opening {
+        clients.push(o.await??);
+    }
+    eprintln!("drain: {sockets} sockets on instance 0 of {nodes}; sending SIGTERM");
+    let counts = Arc::new(Counts::default());
+    let spread_said = Arc::new(std::sync::Mutex::new(None::<String>));
+    let urls: Arc<Vec<Vec<String>>> =
+        Arc::new((1..nodes).map(|node| (0..sockets).map(|i| url(node, i)).collect()).collect());
+    let drained_at = Instant::now();
+    let pid = hub.children[0].id().context("instance 0 has no pid")?;
+    let mut back = Vec::with_capacity(sockets);
+    for (i, mut ws) in clients.into_iter().enumerate() {
+        let (counts, urls, spread_said) = (counts.clone(), urls.clone(), spread_said.clone());
+        back.push(tokio::spawn(async move {
+            // The drain's close.
+            let (mut code, mut reason) = match until_welcome(&mut ws).await {
+                Err(close) => close,
+                Ok(()) => (1000, String::new()),
+            };
+            if code == 4012 {
+                spread_said.lock().unwrap().get_or_insert(reason.clone());
+            }
+            drop(ws);
+            let mut attempt = 0u32;
+            loop {
+                tokio::time::sleep(wait_after(code, &reason, attempt)).await;
+                attempt += 1;
+                counts.attempts.fetch_add(1, Ordering::Relaxed);
+                let target = &urls[(i + attempt as usize) % urls.len()][i];
+                match open(target, i).await {
+                    Ok(mut ws) => match until_welcome(&mut ws).await {
+                        Ok(()) => return Some((drained_at.elapsed(), ws)),
+                        Err((c, r)) => {
+                            if c == 4013 {
+                                counts.shed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            (code, reason) = (c, r);
+                        }
+                    },
+                    Err(_) => {
+                        counts.refused.fetch_add(1, Ordering::Relaxed);
+                        (code, reason) = (1006, String::new());
+                    }
+                }
+                if drained_at.elapsed() > BACK_WITHIN {
+                    return None;
+                }
+            }
+        }));
+    }
+    // SAFETY: kill(2) with a pid of our own child and a plain signal number.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    let mut times = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
+    let mut lost = 0usize;
+    let mut kept = Vec::with_capacity(sockets);
+    for b in back {
+        match b.await? {
+            Some((t, ws)) => {
+                times.record(t.as_millis().max(1) as u64)?;
+                kept.push(ws);
+            }
+            None => lost += 1,
+        }
+    }
+    let ms = |q: f64| times.value_at_quantile(q);
+    let report = json!({
+        "scenario": "drain",
+        "nodes": nodes,
+        "sockets": sockets,
+        "spread_asked": spread_said.lock().unwrap().clone(),
+        "back": kept.len(),
+        "not_back_within_90s": lost,
+        "back_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": times.max()},
+        "joins_shed_4013": counts.shed.load(Ordering::Relaxed),
+        "connections_refused": counts.refused.load(Ordering::Relaxed),
+        "join_attempts": counts.attempts.load(Ordering::Relaxed),
+    });
+    drop(kept);
+    // Every client must get back: one left out is a failure, not a figure.
+    anyhow::ensure!(lost == 0, "{lost} clients were not back within {BACK_WITHIN:?}: {report}");
+    Ok(report)
+}
