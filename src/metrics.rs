@@ -60,6 +60,7 @@ pub struct Metrics {
     /// Store reads made by repairs (each covers up to a chunk of calls).
     pub repair_store_reads: Counter,
     open_connections: Gauge,
+    tasks_alive: Gauge,
 }
 
 impl Default for Metrics {
@@ -91,6 +92,7 @@ impl Metrics {
             repaired_calls: Counter::default(),
             repair_store_reads: Counter::default(),
             open_connections: Gauge::default(),
+            tasks_alive: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -115,6 +117,7 @@ impl Metrics {
         r.register("webhooks_applied", "Webhook events that changed a payment", m.webhooks_applied.clone());
         r.register("webhooks_duplicate", "Webhook events already processed", m.webhooks_duplicate.clone());
         r.register("ws_connections_open", "WebSocket connections open now", m.open_connections.clone());
+        r.register("runtime_tasks_alive", "Tasks alive in the async runtime now", m.tasks_alive.clone());
         r.register(
             "relay_seconds",
             "A payment.progress frame from being read to every local recipient's queue",
@@ -161,9 +164,14 @@ impl Metrics {
         self.connections_opened.get().saturating_sub(self.connections_closed.get()) as usize
     }
 
-    /// Prometheus text exposition; `open_connections` is read at scrape time.
+    /// Prometheus text exposition; `open_connections` and the runtime's live tasks are read at
+    /// scrape time.
     pub fn render(&self, open_connections: usize) -> String {
         self.open_connections.set(open_connections as i64);
+        // Tasks that never end are a leak no other metric shows until memory runs out: the
+        // soak load test watches this stay flat.
+        let tasks = tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks());
+        self.tasks_alive.set(tasks as i64);
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -184,11 +192,30 @@ mod tests {
         let text = m.render(3);
         assert!(text.contains("callpay_webhooks_rejected_total 1"), "{text}");
         assert!(text.contains("callpay_ws_connections_open 3"), "{text}");
+        assert!(text.contains("# HELP callpay_runtime_tasks_alive"), "{text}");
         assert!(text.contains("# HELP callpay_relay_seconds"), "{text}");
         assert!(text.contains("callpay_relay_seconds_count 1"), "{text}");
         assert!(
             text.contains(r#"callpay_stripe_request_seconds_count{operation="create_intent",outcome="ok"} 1"#),
             "{text}"
         );
+    }
+
+    fn tasks_in(text: &str) -> i64 {
+        text.lines().find_map(|l| l.strip_prefix("callpay_runtime_tasks_alive ")).and_then(|v| v.parse().ok()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn counts_the_runtimes_live_tasks() {
+        let m = Metrics::new();
+        let before = tasks_in(&m.render(0));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let held = tokio::spawn(async move {
+            let _ = rx.await;
+        });
+        assert_eq!(tasks_in(&m.render(0)), before + 1);
+        drop(tx);
+        held.await.unwrap();
+        assert_eq!(tasks_in(&m.render(0)), before);
     }
 }

@@ -21,8 +21,21 @@ fn color(peer: &str) -> &'static str {
     COLORS.iter().find(|(p, _)| *p == peer).map_or("#444", |(_, c)| c)
 }
 
-/// One panel at horizontal offset `x0`: axes, ticks, series and a legend.
-fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, log_y: bool, series: &[Series]) {
+/// A shaded stretch of a timeline (a fault), from `.0` to `.1` on the x axis, named `.2`.
+type Band = (f64, f64, String);
+
+/// One panel at horizontal offset `x0`: axes, ticks, shaded bands, series and a legend.
+#[allow(clippy::too_many_arguments)]
+fn panel(
+    out: &mut String,
+    x0: f64,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    log_y: bool,
+    series: &[Series],
+    bands: &[Band],
+) {
     let xs: Vec<f64> = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
     let ys: Vec<f64> =
         series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| y.is_finite() && *y > 0.0).collect();
@@ -69,9 +82,24 @@ fn panel(out: &mut String, x0: f64, title: &str, x_label: &str, y_label: &str, l
         x = x0 + 14.0,
         y = H / 2.0
     );
+    for (i, (from, to, name)) in bands.iter().enumerate() {
+        let (a, b) = (fx(*from), fx(*to).max(fx(*from) + 2.0));
+        let _ = write!(
+            out,
+            r##"<rect x="{a:.1}" y="{top}" width="{w:.1}" height="{h}" fill="#fde68a" fill-opacity="0.6"/><text x="{a:.1}" y="{ty}" font-size="9" fill="#92400e">{name}</text>"##,
+            top = PAD,
+            w = b - a,
+            h = H - 2.0 * PAD,
+            ty = PAD - 4.0 - 10.0 * (i % 2) as f64,
+        );
+    }
     let mut xt: Vec<f64> = xs.clone();
     xt.sort_by(f64::total_cmp);
     xt.dedup();
+    // A timeline has a point a second: label six evenly spaced ticks, not every point.
+    if xt.len() > 12 {
+        xt = (0..=5).map(|i| (x_min + (x_max - x_min) * i as f64 / 5.0).round()).collect();
+    }
     for x in xt {
         let _ = write!(
             out,
@@ -171,7 +199,7 @@ pub fn svg(report: &Value) -> String {
                 }
             })
             .collect();
-        panel(&mut body, 0.0, "RSS per idle socket", "sockets", "KiB per socket", false, &series);
+        panel(&mut body, 0.0, "RSS per idle socket", "sockets", "KiB per socket", false, &series, &[]);
     } else {
         let mut latency = Vec::new();
         let mut cpu = Vec::new();
@@ -202,8 +230,8 @@ pub fn svg(report: &Value) -> String {
                 points: pts("cpu_us_per_event"),
             });
         }
-        panel(&mut body, 0.0, "Relay latency (ms, log)", "events per second", "ms", true, &latency);
-        panel(&mut body, W, "Server CPU per relayed event", "events per second", "µs per event", false, &cpu);
+        panel(&mut body, 0.0, "Relay latency (ms, log)", "events per second", "ms", true, &latency, &[]);
+        panel(&mut body, W, "Server CPU per relayed event", "events per second", "µs per event", false, &cpu, &[]);
     }
     let width = if report["scenario"] == "idle" { W } else { 2.0 * W };
     format!(
@@ -211,6 +239,58 @@ pub fn svg(report: &Value) -> String {
         h = H + 10.0,
         f = H + 6.0,
         scenario = report["scenario"].as_str().unwrap_or_default(),
+        date = report["date"].as_str().unwrap_or_default(),
+        cpu = report["machine"]["cpu"].as_str().unwrap_or_default().replace('&', "and"),
+    )
+}
+
+/// The chart for a `scale` or `soak` report: relay latency and connected sockets second by
+/// second, with the faults shaded; for a soak, the instances' RSS and open files too.
+pub fn timeline_svg(report: &Value) -> String {
+    let rows: Vec<&Value> = report["timeline"].as_array().into_iter().flatten().collect();
+    let pts = |key: &str, scale: f64| -> Vec<(f64, f64)> {
+        rows.iter().filter_map(|r| Some((r["t"].as_f64()?, r[key].as_f64()? * scale))).collect()
+    };
+    let bands: Vec<Band> = report["marks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["name"] != "steady" && m["name"] != "churn")
+        .map(|m| {
+            (
+                m["start_s"].as_f64().unwrap_or(0.0),
+                m["end_s"].as_f64().unwrap_or(0.0),
+                m["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let line = |label: &str, color: &'static str, dashed: bool, points: Vec<(f64, f64)>| Series {
+        label: label.to_owned(),
+        color,
+        dashed,
+        points,
+    };
+    let mut body = String::new();
+    let latency = [line("p99", "#c2410c", false, pts("p99_ms", 1.0)), line("p50", "#c2410c", true, pts("p50_ms", 1.0))];
+    panel(&mut body, 0.0, "Relay latency per second (ms, log)", "seconds", "ms", true, &latency, &bands);
+    let sockets = [line("connected sockets", "#1d4ed8", false, pts("connected", 1.0))];
+    panel(&mut body, W, "Connected sockets", "seconds", "sockets", false, &sockets, &bands);
+    let mut panels = 2.0;
+    if report["scenario"] == "soak" {
+        let memory = [line("instances' RSS (MB)", "#15803d", false, pts("rss_bytes", 1e-6))];
+        panel(&mut body, 2.0 * W, "Instances' RSS", "seconds", "MB", false, &memory, &bands);
+        let files = [line("open files", "#7c3aed", false, pts("open_files", 1.0))];
+        panel(&mut body, 3.0 * W, "Instances' open files", "seconds", "files", false, &files, &bands);
+        panels = 4.0;
+    }
+    let width = panels * W;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" viewBox="0 0 {width} {h}" font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>{body}<text x="8" y="{f}" font-size="9" fill="#666">{scenario} · {sockets} sockets · {nodes} instances · {date} · {cpu}</text></svg>"##,
+        h = H + 10.0,
+        f = H + 6.0,
+        scenario = report["scenario"].as_str().unwrap_or_default(),
+        sockets = report["sockets"],
+        nodes = report["nodes"],
         date = report["date"].as_str().unwrap_or_default(),
         cpu = report["machine"]["cpu"].as_str().unwrap_or_default().replace('&', "and"),
     )

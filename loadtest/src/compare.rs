@@ -239,7 +239,7 @@ async fn text(ws: &mut Ws) -> anyhow::Result<String> {
 }
 
 /// CPU time (user + system) of `pid` so far, in microseconds.
-fn cpu_us(pid: u32) -> u64 {
+pub fn cpu_us(pid: u32) -> u64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -250,7 +250,7 @@ fn cpu_us(pid: u32) -> u64 {
     (ticks(11) + ticks(12)) * 1_000_000 / hz
 }
 
-fn total_cpu_us(pids: &[u32]) -> u64 {
+pub fn total_cpu_us(pids: &[u32]) -> u64 {
     pids.iter().map(|p| cpu_us(*p)).sum()
 }
 
@@ -631,12 +631,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     Ok(report)
 }
 
-fn today() -> String {
+pub fn today() -> String {
     let out = std::process::Command::new("date").arg("+%Y-%m-%d").output();
     out.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|| "undated".into())
 }
 
-fn machine() -> Value {
+pub fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()

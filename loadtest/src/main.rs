@@ -18,13 +18,18 @@
 //! - `abuse`: rounds of hostile sockets (junk, binary and oversized frames, floods) that then
 //!   close, reporting the hub's RSS after each round: memory must level off, not grow per round.
 //! - `drain`: a drained instance's clients moving to the others (see [`drain`]).
+//! - `scale` / `soak`: many instances behind nginx with clients in worker processes, under
+//!   faults or churn, with a timeline (see [`scale`]).
 //! - `compare relay|cluster-relay|idle`: callpay and a Socket.IO 4.8 relay side by side under
 //!   the same open-loop load (see [`compare`]).
 
 mod chart;
+mod cluster;
 mod compare;
 mod confirm;
 mod drain;
+mod fleet;
+mod scale;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -56,6 +61,13 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
   abuse             --rounds of --calls hostile sockets each (defaults 10 x 1000); hub RSS per round
   drain             --sockets N (default 19000) on instance 0 of --nodes K (default 3) serve
                     instances; SIGTERM to instance 0; time until every client is back elsewhere
+  scale             --sockets N (default 100000) over --nodes K (default 5) serve instances behind
+                    nginx: --relay events/s (2000) and --pays a minute (100); after --steady
+                    seconds (30), a rolling restart, Redis stopped for --outage seconds (10) and
+                    one instance killed, each followed by --steady seconds
+  soak              --seconds S (1800) of --churn leaves and joins a second (200), --relay (2000),
+                    --pays (60) on --nodes K (1) with --sockets N (10000); growth after --warmup
+                    seconds (300) must stay within bounds
   compare relay|cluster-relay|idle
                     callpay and Socket.IO 4.8 back to back under the same open-loop load
     --calls N         calls (2 sockets each; default 2000)
@@ -597,6 +609,41 @@ async fn main() -> anyhow::Result<()> {
             .context("compare did not finish within 30 minutes")??;
         println!("{}", serde_json::to_string_pretty(&report["ratios"])?);
         println!("LOADTEST {report}");
+        return Ok(());
+    }
+    if scenario == "fleet-worker" {
+        return fleet::worker().await;
+    }
+    if scenario == "scale" || scenario == "soak" {
+        raise_open_files();
+        let soak = scenario == "soak";
+        let float = |name: &str, default: f64| {
+            flag(name).map_or(Ok(default), |v| v.parse::<f64>().context(format!("{name} takes a number")))
+        };
+        let seconds = number("--seconds", 1800)? as u64;
+        let plan = scale::Plan {
+            scenario: scenario.clone(),
+            sockets: number("--sockets", if soak { 10_000 } else { 100_000 })?,
+            nodes: number("--nodes", if soak { 1 } else { 5 })?,
+            relay_per_sec: float("--relay", 2000.0)?,
+            pays_per_min: float("--pays", if soak { 60.0 } else { 100.0 })?,
+            churn_per_sec: float("--churn", if soak { 200.0 } else { 0.0 })?,
+            steady_secs: number("--steady", 30)? as u64,
+            outage_secs: number("--outage", 10)? as u64,
+            seconds,
+            warmup_secs: number("--warmup", (seconds / 6).min(300) as usize)? as u64,
+            hub_bin: bin,
+            out_dir: flag("--out").map_or_else(|| PathBuf::from("loadtest/results"), PathBuf::from),
+        };
+        let report = tokio::time::timeout(Duration::from_secs(seconds + 3600), scale::run(plan))
+            .await
+            .context("the scenario did not finish within an hour of its planned time")??;
+        let mut summary = report.clone();
+        if let Some(o) = summary.as_object_mut() {
+            o.remove("timeline");
+        }
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("LOADTEST {summary}");
         return Ok(());
     }
     if scenario == "drain" {

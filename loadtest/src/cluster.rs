@@ -1,0 +1,275 @@
+//! The processes a `scale` or `soak` run puts on this machine, and what the run does to them:
+//! `nodes` `callpay serve` instances on a fresh PostgreSQL database and a private Redis (so
+//! stopping it touches nobody else), behind nginx (least connections, WebSocket upgrade), with
+//! the Stripe simulator in this process sending its webhooks through nginx too. Each instance
+//! keeps its port across restarts, as a deployment's would.
+
+use anyhow::{Context, bail};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+/// Seconds a drained instance waits for its sockets before it stops (the hub's setting).
+const SHUTDOWN_GRACE_SECS: u64 = 20;
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{what} on port {port} did not start within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// The running cluster; dropping it stops every process and drops the database.
+pub struct Cluster {
+    bin: String,
+    dir: PathBuf,
+    db: String,
+    env: Vec<(String, String)>,
+    /// Port and process of each instance (`None` while stopped).
+    pub nodes: Vec<(u16, Option<Child>)>,
+    redis: Option<Child>,
+    redis_port: u16,
+    nginx: Option<Child>,
+    /// The balancer's port: every client and webhook goes through it.
+    pub lb_port: u16,
+    /// The platform secret join tokens are signed with.
+    pub secret: String,
+    /// The simulator's base URL.
+    pub stripe_url: String,
+    _sim: stripe_sim::SimHandle,
+}
+
+impl Cluster {
+    /// Starts Redis, the instances, nginx for `sockets` client sockets, and seeds the demo clinic.
+    pub async fn start(bin: &str, nodes: usize, sockets: usize) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("callpay-scale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let db = format!("callpay_scale_{}", std::process::id());
+        crate::psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
+        crate::psql(&format!("CREATE DATABASE {db}"))?;
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+        let lb_port = free_port()?;
+        let webhook_secret = "whsec_scale";
+        let sim = stripe_sim::spawn(stripe_sim::SimConfig {
+            webhooks: vec![stripe_sim::WebhookTarget {
+                url: format!("http://127.0.0.1:{lb_port}/v1/stripe/webhook"),
+                secret: webhook_secret.into(),
+            }],
+            ..stripe_sim::SimConfig::default()
+        })
+        .await?;
+        let redis_port = free_port()?;
+        let secret = "scale-platform-secret-0123456789abcdef".to_owned();
+        let env = vec![
+            ("RUST_LOG", "warn".to_owned()),
+            ("CALLPAY__AUTH__SECRET", secret.clone()),
+            ("CALLPAY__DATABASE__URL", db_url.clone()),
+            ("CALLPAY__BUS__REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")),
+            ("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key().to_owned()),
+            ("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key().to_owned()),
+            ("CALLPAY__STRIPE__CLIENT_ID", sim.client_id().to_owned()),
+            ("CALLPAY__STRIPE__API_BASE", sim.url.clone()),
+            ("CALLPAY__STRIPE__CONNECT_BASE", sim.url.clone()),
+            ("CALLPAY__STRIPE__WEBHOOK_SECRETS", webhook_secret.to_owned()),
+            ("CALLPAY__SERVER__SHUTDOWN_GRACE_SECS", SHUTDOWN_GRACE_SECS.to_string()),
+        ];
+        let mut cluster = Self {
+            bin: bin.to_owned(),
+            dir,
+            db,
+            env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            nodes: Vec::new(),
+            redis: None,
+            redis_port,
+            nginx: None,
+            lb_port,
+            secret,
+            stripe_url: sim.url.trim_end_matches('/').to_owned(),
+            _sim: sim,
+        };
+        cluster.start_redis().await?;
+        for _ in 0..nodes {
+            cluster.nodes.push((free_port()?, None));
+        }
+        for i in 0..nodes {
+            cluster.start_node(i).await?;
+        }
+        let store = callpay::store::SqlStore::connect(&db_url).await?;
+        callpay::demo::seed(&store, &cluster._sim).await?;
+        cluster.start_nginx(sockets).await?;
+        Ok(cluster)
+    }
+
+    /// The balancer's WebSocket base URL.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.lb_port)
+    }
+
+    /// Process ids of the running instances.
+    pub fn node_pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|(_, c)| c.as_ref().and_then(Child::id)).collect()
+    }
+
+    /// Process id of Redis, while it runs.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.redis.as_ref().and_then(Child::id)
+    }
+
+    /// Process ids of nginx's master and workers.
+    pub fn nginx_pids(&self) -> Vec<u32> {
+        let Some(master) = self.nginx.as_ref().and_then(Child::id) else { return Vec::new() };
+        let mut pids = vec![master];
+        pids.extend(crate::scale::children_of(master));
+        pids
+    }
+
+    /// Redis's URL.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    /// Starts (or restarts) instance `i` on its port and waits until it listens.
+    pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
+        let port = self.nodes[i].0;
+        let child = Command::new(&self.bin)
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting instance {i} from {}", self.bin))?;
+        self.nodes[i].1 = Some(child);
+        wait_listening(port, "instance", Duration::from_secs(60)).await
+    }
+
+    /// Sends `signal` to instance `i` and waits until it has exited.
+    pub async fn stop_node(&mut self, i: usize, signal: i32) -> anyhow::Result<()> {
+        let Some(mut child) = self.nodes[i].1.take() else { return Ok(()) };
+        let pid = child.id().context("instance has no pid")?;
+        // SAFETY: kill(2) with the pid of our own child and a plain signal number.
+        unsafe {
+            libc::kill(pid as i32, signal);
+        }
+        tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_SECS + 15), child.wait())
+            .await
+            .with_context(|| format!("instance {i} did not exit after signal {signal}"))??;
+        Ok(())
+    }
+
+    /// Starts Redis on its port (nothing kept on disk, like the machine's own).
+    pub async fn start_redis(&mut self) -> anyhow::Result<()> {
+        let port = self.redis_port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--maxclients", "10000"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting redis-server")?;
+        self.redis = Some(child);
+        wait_listening(self.redis_port, "Redis", Duration::from_secs(10)).await
+    }
+
+    /// Stops Redis at once (SIGKILL: an outage, not a maintenance window).
+    pub async fn stop_redis(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.redis.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    async fn start_nginx(&mut self, sockets: usize) -> anyhow::Result<()> {
+        // Each proxied socket is two connections in a worker, and a worker holds at most this
+        // machine's 20,000 open files: enough workers that one holds under 7,000 sockets.
+        let workers = sockets.div_ceil(7_000).max(2);
+        let upstreams: String = self
+            .nodes
+            .iter()
+            .map(|(port, _)| format!("    server 127.0.0.1:{port} max_fails=1 fail_timeout=1s;\n"))
+            .collect();
+        let d = self.dir.display();
+        let conf = format!(
+            "daemon off;
+worker_processes {workers};
+worker_rlimit_nofile 19500;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log error;
+events {{ worker_connections 19000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream callpay {{
+    least_conn;
+    zone callpay 256k;
+{upstreams}  }}
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=65535;
+    location / {{
+      proxy_pass http://callpay;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;
+      proxy_connect_timeout 2s;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+      proxy_buffering off;
+      proxy_next_upstream error timeout http_502 http_503;
+    }}
+  }}
+}}
+",
+            port = self.lb_port
+        );
+        let path = self.dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new("nginx")
+            .args(["-p", &self.dir.display().to_string(), "-c", &path.display().to_string()])
+            .spawn()
+            .context("starting nginx (apt-get install nginx-light)")?;
+        self.nginx = Some(child);
+        wait_listening(self.lb_port, "nginx", Duration::from_secs(10)).await
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // nginx's workers outlive a killed master: ask for its fast shutdown and give it a
+        // moment to pass it on.
+        if let Some(mut nginx) = self.nginx.take() {
+            if let Some(pid) = nginx.id() {
+                // SAFETY: kill(2) with the pid of our own child and a plain signal number.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(nginx.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for (_, child) in &mut self.nodes {
+            if let Some(c) = child {
+                let _ = c.start_kill();
+            }
+        }
+        if let Some(r) = &mut self.redis {
+            let _ = r.start_kill();
+        }
+        let _ = crate::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

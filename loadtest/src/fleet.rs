@@ -1,0 +1,676 @@
+//! The clients of `scale` and `soak`, in a process of their own (`callpay-loadtest
+//! fleet-worker`). One process holds at most [`MAX_SOCKETS_PER_WORKER`] sockets: this machine's
+//! hard open-file limit is 20,000 per process and cannot be raised, so the coordinator
+//! ([`crate::scale`]) splits the calls over several workers.
+//!
+//! Each call is a clinician and a patient that behave as the browser SDK does
+//! (`web/sdk/callpay.js`): they reconnect after any close with the waits the SDK applies, keep
+//! the call's payments, and give the "payment received" notice once per payment however they
+//! learn of it (`payment.confirmed`, `payment.sync`, a newer `payment.updated`, or a `welcome`
+//! after a reconnect). The worker drives three loads:
+//! - relay: patients send `payment.progress` at a fixed aggregate rate; each is timed until its
+//!   clinician receives it;
+//! - payments: clinicians request payments that their patients pay through the simulator's
+//!   API, as Stripe.js would;
+//! - churn: patients leave (close) and join again.
+//!
+//! Every event is accounted for. A progress frame is *delivered*, *cut* (a socket of its call
+//! reconnected while it was in flight: live status is not replayed, the `welcome` carries the
+//! last stage) or *lost* (both sockets stayed up and it never came: a defect). A paid payment
+//! must give each side exactly one notice, and no side may receive two confirmations for one
+//! payment. Protocol on stdout: `READY {..}` once every socket has its first `welcome`,
+//! `TICK {..}` every second, `DONE {..}` after `stop` arrives on stdin.
+
+use crate::ws_request;
+use anyhow::Context;
+use callpay::demo::join_token;
+use callpay_protocol::Role;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpSocket;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Sockets one worker process holds at most (the open-file limit is 20,000 per process; the
+/// rest is headroom for the HTTP clients that pay).
+pub const MAX_SOCKETS_PER_WORKER: usize = 15_000;
+/// Source addresses 127.0.0.2 to .9, so no single one runs out of ephemeral ports.
+const SOURCE_ADDRS: usize = 8;
+/// First connections opening at once per worker.
+const SETUP_CONCURRENCY: usize = 48;
+/// Stages the relay cycles through (never `submitted` or `authenticating`: those make the hub
+/// ask Stripe about the payment).
+const STAGES: [&str; 2] = ["viewing", "entering_details"];
+/// A progress frame not delivered after this long is judged (cut or lost).
+const JUDGE_AFTER: Duration = Duration::from_secs(10);
+/// Frames queued for one socket by the load generator.
+const QUEUE: usize = 64;
+
+/// What one side of a call is doing now.
+#[derive(Default)]
+struct Side {
+    /// `welcome`s received so far: a frame sent under one epoch and not delivered by the next is
+    /// cut by the reconnect, not lost.
+    epoch: AtomicU32,
+    live: AtomicBool,
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+}
+
+impl Side {
+    fn send(&self, cmd: Cmd) -> bool {
+        self.tx.lock().unwrap().as_ref().is_some_and(|tx| tx.try_send(cmd).is_ok())
+    }
+}
+
+enum Cmd {
+    Frame(Message),
+    /// Close this socket as a user leaving would, then join again.
+    Leave,
+}
+
+/// A progress frame in flight.
+struct Sent {
+    at: Instant,
+    stage: usize,
+    epochs: (u32, u32),
+}
+
+struct Call {
+    id: String,
+    doc: Side,
+    pat: Side,
+    relay_payment: OnceLock<String>,
+    inflight: Mutex<VecDeque<Sent>>,
+    sent: AtomicU64,
+}
+
+impl Call {
+    fn epochs(&self) -> (u32, u32) {
+        (self.doc.epoch.load(Ordering::Acquire), self.pat.epoch.load(Ordering::Acquire))
+    }
+}
+
+/// One requested payment, by `client_ref`.
+#[derive(Default, Clone)]
+struct Pay {
+    call: usize,
+    payment_id: Option<String>,
+    paid: bool,
+    /// Notices given (SDK semantics) and confirmations received (frames and `payment.sync`
+    /// ids), per side: clinician, patient.
+    notices: [u32; 2],
+    confirmations: [u32; 2],
+}
+
+#[derive(Default)]
+struct Counters {
+    joins: AtomicU64,
+    closes: AtomicU64,
+    shed: AtomicU64,
+    refused: AtomicU64,
+    sent: AtomicU64,
+    delivered: AtomicU64,
+    cut: AtomicU64,
+    lost: AtomicU64,
+    unexpected: AtomicU64,
+    skipped: AtomicU64,
+    errors: AtomicU64,
+    leaves: AtomicU64,
+    pay_failed: AtomicU64,
+}
+
+struct Fleet {
+    calls: Vec<Arc<Call>>,
+    url: String,
+    secret: String,
+    stripe: String,
+    counters: Counters,
+    latencies_us: Mutex<Vec<u32>>,
+    pays: Mutex<HashMap<String, Pay>>,
+    paying: Mutex<HashSet<String>>,
+    first_welcomes: AtomicUsize,
+    stopping: AtomicBool,
+    source_offset: usize,
+}
+
+/// How long the SDK waits after a close (`reconnectDelay` in `web/sdk/callpay.js`).
+pub fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
+    let said = |prefix: &str| {
+        reason.split(prefix).nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
+    };
+    let r = rand_unit();
+    let backoff = (500.0 * 2f64.powi(attempt.min(5) as i32)).min(10_000.0) * (0.5 + r / 2.0);
+    let ms = match code {
+        4012 if attempt == 0 => r * said("within ").unwrap_or(100).clamp(100, 60_000) as f64,
+        4013 => (said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64 * (0.5 + r)).min(60_000.0),
+        _ => backoff,
+    };
+    Duration::from_millis(ms as u64)
+}
+
+/// A uniform number in [0, 1) from the hub's own random ids (no extra dependency).
+pub fn rand_unit() -> f64 {
+    (callpay::ids::random_id().bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b))) % 1_000_000)
+        as f64
+        / 1_000_000.0
+}
+
+fn stage_index(stage: &str) -> Option<usize> {
+    STAGES.iter().position(|s| *s == stage)
+}
+
+/// What one page knows of the call's payments, kept across its reconnects (the SDK's
+/// `sawUnpaid` and `notified`).
+#[derive(Default)]
+struct Knowledge {
+    unpaid_seen: HashSet<String>,
+    notified: HashSet<String>,
+}
+
+impl Fleet {
+    fn pay_of(&self, p: &Value) -> Option<String> {
+        p["client_ref"].as_str().filter(|r| r.starts_with("pay-")).map(str::to_owned)
+    }
+
+    /// A payment as a page keeps it; gives the notice when it shows paid one seen unpaid.
+    fn keep(&self, side: usize, k: &mut Knowledge, p: &Value, confirmed: bool) {
+        let id = p["payment_id"].as_str().unwrap_or_default().to_owned();
+        let status = p["status"].as_str().unwrap_or_default();
+        let paid = matches!(status, "succeeded" | "partially_refunded" | "refunded");
+        if !paid {
+            k.unpaid_seen.insert(id.clone());
+        }
+        let Some(client_ref) = self.pay_of(p) else { return };
+        let mut pays = self.pays.lock().unwrap();
+        let Some(pay) = pays.get_mut(&client_ref) else { return };
+        pay.payment_id.get_or_insert(id.clone());
+        if confirmed {
+            pay.confirmations[side] += 1;
+        }
+        if (paid || confirmed) && k.unpaid_seen.contains(&id) && k.notified.insert(id) {
+            pay.notices[side] += 1;
+        }
+    }
+
+    /// Starts paying a payment this patient was asked for (once per payment).
+    fn pay(self: &Arc<Self>, p: &Value) {
+        if p["status"] != "requested" || self.pay_of(p).is_none() {
+            return;
+        }
+        let id = p["payment_id"].as_str().unwrap_or_default().to_owned();
+        if !self.paying.lock().unwrap().insert(id) {
+            return;
+        }
+        let (fleet, p) = (self.clone(), p.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fleet.pay_now(&p).await {
+                fleet.counters.pay_failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("fleet: paying {} failed: {e:#}", p["payment_id"]);
+            }
+        });
+    }
+
+    async fn pay_now(&self, p: &Value) -> anyhow::Result<()> {
+        let s = &p["stripe"];
+        let (pk, acct, secret) = (
+            s["publishable_key"].as_str().context("no publishable key")?,
+            s["stripe_account"].as_str().context("no account")?,
+            s["client_secret"].as_str().context("no client secret")?,
+        );
+        let pi = secret.split("_secret_").next().unwrap_or_default();
+        let stripe = &self.stripe;
+        let (_, pm) = crate::http_form(
+            &format!("{stripe}/v1/payment_methods"),
+            format!("key={pk}&_stripe_account={acct}&type=card&card[number]=4242424242424242&card[exp_month]=12&card[exp_year]=2040&card[cvc]=123"),
+        )
+        .await?;
+        let (status, body) = crate::http_form(
+            &format!("{stripe}/v1/payment_intents/{pi}/confirm"),
+            format!(
+                "key={pk}&_stripe_account={acct}&client_secret={secret}&payment_method={}",
+                pm["id"].as_str().unwrap_or_default()
+            ),
+        )
+        .await?;
+        anyhow::ensure!(status == 200, "confirm answered {status}: {body}");
+        if let Some(client_ref) = self.pay_of(p) {
+            self.pays.lock().unwrap().entry(client_ref).or_default().paid = true;
+        }
+        Ok(())
+    }
+
+    /// A clinician received a progress frame: match it with the oldest one in flight with its
+    /// stage; those before it were cut by a reconnect, or lost.
+    fn progress_arrived(&self, call: &Call, stage: &str) {
+        let Some(stage) = stage_index(stage) else { return };
+        let now = call.epochs();
+        let mut inflight = call.inflight.lock().unwrap();
+        let Some(pos) = inflight.iter().position(|s| s.stage == stage) else {
+            self.counters.unexpected.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        for skipped in inflight.drain(..pos) {
+            let counter = if skipped.epochs == now { &self.counters.lost } else { &self.counters.cut };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let sent = inflight.pop_front().expect("found above");
+        drop(inflight);
+        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        let us = sent.at.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        self.latencies_us.lock().unwrap().push(us.max(1));
+    }
+
+    /// Judges frames in flight for longer than [`JUDGE_AFTER`] (all of them with `all`).
+    fn judge(&self, all: bool) {
+        for call in &self.calls {
+            let now = call.epochs();
+            let mut inflight = call.inflight.lock().unwrap();
+            while let Some(s) = inflight.front() {
+                if !all && s.at.elapsed() < JUDGE_AFTER {
+                    break;
+                }
+                let counter = if s.epochs == now { &self.counters.lost } else { &self.counters.cut };
+                counter.fetch_add(1, Ordering::Relaxed);
+                inflight.pop_front();
+            }
+        }
+    }
+}
+
+async fn connect(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
+    let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % SOURCE_ADDRS) as u8), 0).into())?;
+    let stream = socket.connect(authority.parse()?).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(ws_request(url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// Reads until `welcome` (Ok) or a close (its code and reason).
+async fn welcome(ws: &mut crate::Ws) -> Result<Value, (u16, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"welcome\"") => {
+                return serde_json::from_str(&t).map_err(|_| (1007, String::new()));
+            }
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Err(f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string())));
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return Err((1006, String::new())),
+        }
+    }
+}
+
+/// One socket's life: join, live, reconnect after every close, forever (the process ends it).
+async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate: Arc<Semaphore>) {
+    let call = fleet.calls[call_index].clone();
+    let doc = role == Role::Clinician;
+    let side_index = usize::from(!doc);
+    let side = if doc { &call.doc } else { &call.pat };
+    let sub = if doc { "doc" } else { "pat" };
+    let token = join_token(&fleet.secret, &call.id, "clinic_demo", sub, sub, role);
+    let url = format!("{}/v1/calls/{}/ws?token={token}", fleet.url, call.id);
+    let mut knowledge = Knowledge::default();
+    // The clinician's requests not yet answered, re-sent after a reconnect as the SDK does.
+    let mut requests: HashMap<String, Message> = HashMap::new();
+    let (mut code, mut reason, mut attempt, mut first) = (0u16, String::new(), 0u32, true);
+    loop {
+        if !first {
+            let wait = if code == 1000 { Duration::ZERO } else { wait_after(code, &reason, attempt) };
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+        let slot = if first { Some(gate.clone().acquire_owned().await) } else { None };
+        let mut ws = match connect(&url, n + fleet.source_offset).await {
+            Ok(ws) => ws,
+            Err(_) => {
+                fleet.counters.refused.fetch_add(1, Ordering::Relaxed);
+                (code, reason) = (1006, String::new());
+                first = false;
+                continue;
+            }
+        };
+        let hello = match welcome(&mut ws).await {
+            Ok(w) => w,
+            Err((c, r)) => {
+                if c == 4013 {
+                    fleet.counters.shed.fetch_add(1, Ordering::Relaxed);
+                }
+                (code, reason) = (c, r);
+                first = false;
+                continue;
+            }
+        };
+        drop(slot);
+        if first {
+            fleet.first_welcomes.fetch_add(1, Ordering::Relaxed);
+        }
+        first = false;
+        attempt = 0;
+        fleet.counters.joins.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let mut has_relay = false;
+        for p in hello["payments"].as_array().into_iter().flatten() {
+            fleet.keep(side_index, &mut knowledge, p, false);
+            if let Some(r) = p["client_ref"].as_str() {
+                requests.remove(r);
+                if r == "relay" {
+                    has_relay = true;
+                    let _ = call.relay_payment.set(p["payment_id"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            if !doc {
+                fleet.pay(p);
+            }
+        }
+        if doc && !has_relay {
+            let m = json!({"type": "payment.request", "client_ref": "relay", "amount": 5000, "currency": "aud", "description": "Consult"});
+            requests.insert("relay".into(), Message::Text(m.to_string().into()));
+        }
+        let mut resend: Vec<Message> = requests.values().cloned().collect();
+        *side.tx.lock().unwrap() = Some(tx);
+        side.epoch.fetch_add(1, Ordering::AcqRel);
+        side.live.store(true, Ordering::Release);
+        (code, reason) = (1006, String::new());
+        let mut ok = true;
+        for m in resend.drain(..) {
+            ok &= ws.send(m).await.is_ok();
+        }
+        if !ok {
+            side.live.store(false, Ordering::Release);
+            *side.tx.lock().unwrap() = None;
+            fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Frame(m)) => {
+                        if let Message::Text(t) = &m
+                            && t.contains("\"payment.request\"")
+                            && let Some(r) = serde_json::from_str::<Value>(t).ok().and_then(|v| v["client_ref"].as_str().map(str::to_owned))
+                        {
+                            requests.insert(r, m.clone());
+                        }
+                        if ws.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Cmd::Leave) => {
+                        fleet.counters.leaves.fetch_add(1, Ordering::Relaxed);
+                        let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "leaving".into() })).await;
+                        code = 1000;
+                        break;
+                    }
+                    None => break,
+                },
+                frame = ws.next() => {
+                    let text = match frame {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(f))) => {
+                            (code, reason) = f.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                            break;
+                        }
+                        Some(Ok(_)) => continue,
+                        _ => break,
+                    };
+                    if doc && text.contains("\"payment.progress\"") {
+                        let f: Value = serde_json::from_str(&text).unwrap_or_default();
+                        fleet.progress_arrived(&call, f["stage"].as_str().unwrap_or_default());
+                        continue;
+                    }
+                    let f: Value = serde_json::from_str(&text).unwrap_or_default();
+                    match f["type"].as_str().unwrap_or_default() {
+                        kind @ ("payment.requested" | "payment.updated" | "payment.confirmed") => {
+                            let p = &f["payment"];
+                            if let Some(r) = p["client_ref"].as_str() {
+                                requests.remove(r);
+                                if r == "relay" {
+                                    let _ = call.relay_payment.set(p["payment_id"].as_str().unwrap_or_default().to_owned());
+                                }
+                            }
+                            fleet.keep(side_index, &mut knowledge, p, kind == "payment.confirmed");
+                            if !doc {
+                                fleet.pay(p);
+                            }
+                        }
+                        "payment.sync" => {
+                            let confirmed: HashSet<&str> =
+                                f["confirmed"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                            for p in f["payments"].as_array().into_iter().flatten() {
+                                let id = p["payment_id"].as_str().unwrap_or_default();
+                                fleet.keep(side_index, &mut knowledge, p, confirmed.contains(id));
+                                if !doc {
+                                    fleet.pay(p);
+                                }
+                            }
+                        }
+                        "error" if fleet.counters.errors.fetch_add(1, Ordering::Relaxed) < 5 => {
+                            eprintln!("fleet: error frame on {}: {f}", call.id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        side.live.store(false, Ordering::Release);
+        *side.tx.lock().unwrap() = None;
+        fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
+        drop(ws);
+    }
+}
+
+/// Calls `f` at `per_sec` a second, open loop, until the fleet stops.
+async fn paced(fleet: Arc<Fleet>, per_sec: f64, mut f: impl FnMut(&Fleet, u64)) {
+    if per_sec <= 0.0 {
+        return;
+    }
+    let interval = Duration::from_secs_f64(1.0 / per_sec);
+    let start = Instant::now();
+    let mut k = 0u64;
+    while !fleet.stopping.load(Ordering::Relaxed) {
+        let at = start + interval.mul_f64(k as f64);
+        if at > Instant::now() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        f(&fleet, k);
+        k += 1;
+    }
+}
+
+/// One progress frame on the next call whose two sides are live.
+fn relay_one(fleet: &Fleet, k: u64) {
+    let n = fleet.calls.len();
+    for probe in 0..n.min(64) {
+        let call = &fleet.calls[(k as usize + probe * 7919) % n];
+        let Some(payment) = call.relay_payment.get() else { continue };
+        if !call.doc.live.load(Ordering::Acquire) || !call.pat.live.load(Ordering::Acquire) {
+            continue;
+        }
+        let seq = call.sent.fetch_add(1, Ordering::Relaxed);
+        let stage = (seq % STAGES.len() as u64) as usize;
+        let frame = json!({"type": "payment.progress", "payment_id": payment, "stage": STAGES[stage]});
+        let mut inflight = call.inflight.lock().unwrap();
+        inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs() });
+        if call.pat.send(Cmd::Frame(Message::Text(frame.to_string().into()))) {
+            fleet.counters.sent.fetch_add(1, Ordering::Relaxed);
+        } else {
+            inflight.pop_back();
+            continue;
+        }
+        return;
+    }
+    fleet.counters.skipped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A payment request on the next call whose two sides are live.
+fn request_one(fleet: &Fleet, k: u64, worker: usize) {
+    let n = fleet.calls.len();
+    for probe in 0..n.min(64) {
+        let i = (k as usize * 104_729 + probe) % n;
+        let call = &fleet.calls[i];
+        if !call.doc.live.load(Ordering::Acquire) || !call.pat.live.load(Ordering::Acquire) {
+            continue;
+        }
+        let client_ref = format!("pay-{worker}-{k}");
+        fleet.pays.lock().unwrap().insert(client_ref.clone(), Pay { call: i, ..Pay::default() });
+        let m = json!({"type": "payment.request", "client_ref": client_ref, "amount": 1000 + (k % 9000), "currency": "aud", "description": "Consult"});
+        if call.doc.send(Cmd::Frame(Message::Text(m.to_string().into()))) {
+            return;
+        }
+        fleet.pays.lock().unwrap().remove(&client_ref);
+    }
+    fleet.counters.skipped.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Runs a worker: reads its plan (one JSON line) on stdin, then runs until `stop`.
+pub async fn worker() -> anyhow::Result<()> {
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let plan: Value = serde_json::from_str(&stdin.next_line().await?.context("no plan on stdin")?)?;
+    let worker = plan["worker"].as_u64().unwrap_or(0) as usize;
+    let (first, count) =
+        (plan["first_call"].as_u64().unwrap_or(0) as usize, plan["calls"].as_u64().unwrap_or(0) as usize);
+    let run = plan["run"].as_str().unwrap_or("run").to_owned();
+    let fleet = Arc::new(Fleet {
+        calls: (first..first + count)
+            .map(|i| {
+                Arc::new(Call {
+                    id: format!("scale-{run}-{i}"),
+                    doc: Side::default(),
+                    pat: Side::default(),
+                    relay_payment: OnceLock::new(),
+                    inflight: Mutex::new(VecDeque::new()),
+                    sent: AtomicU64::new(0),
+                })
+            })
+            .collect(),
+        url: plan["url"].as_str().context("no url")?.to_owned(),
+        secret: plan["secret"].as_str().context("no secret")?.to_owned(),
+        stripe: plan["stripe_url"].as_str().context("no stripe_url")?.to_owned(),
+        counters: Counters::default(),
+        latencies_us: Mutex::new(Vec::new()),
+        pays: Mutex::new(HashMap::new()),
+        paying: Mutex::new(HashSet::new()),
+        first_welcomes: AtomicUsize::new(0),
+        stopping: AtomicBool::new(false),
+        source_offset: first * 2,
+    });
+    crate::raise_open_files();
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
+    for i in 0..count {
+        tokio::spawn(client(fleet.clone(), i, 2 * i, Role::Clinician, gate.clone()));
+        tokio::spawn(client(fleet.clone(), i, 2 * i + 1, Role::Patient, gate.clone()));
+    }
+    while fleet.first_welcomes.load(Ordering::Relaxed) < 2 * count
+        || fleet.calls.iter().any(|c| c.relay_payment.get().is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "READY {}",
+        json!({"worker": worker, "sockets": 2 * count, "setup_ms": started.elapsed().as_millis() as u64})
+    );
+    let relay_rate = plan["relay_per_sec"].as_f64().unwrap_or(0.0);
+    let pay_rate = plan["pays_per_min"].as_f64().unwrap_or(0.0) / 60.0;
+    let churn_rate = plan["churn_per_sec"].as_f64().unwrap_or(0.0);
+    tokio::spawn(paced(fleet.clone(), relay_rate, relay_one));
+    tokio::spawn(paced(fleet.clone(), pay_rate, move |f, k| request_one(f, k, worker)));
+    tokio::spawn(paced(fleet.clone(), churn_rate, |f, k| {
+        let call = &f.calls[(k as usize * 15_485_863) % f.calls.len()];
+        f.counters.skipped.fetch_add(u64::from(!call.pat.send(Cmd::Leave)), Ordering::Relaxed);
+    }));
+    let ticker = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                fleet.judge(false);
+                println!("TICK {}", tick_report(&fleet, worker));
+            }
+        })
+    };
+    // Until the coordinator says stop (or goes away).
+    while let Ok(Some(line)) = stdin.next_line().await {
+        if line.trim() == "stop" {
+            break;
+        }
+    }
+    fleet.stopping.store(true, Ordering::Relaxed);
+    // Let frames in flight arrive and confirmations reach both sides.
+    let quiet_until = Instant::now() + JUDGE_AFTER;
+    let settle_until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < settle_until {
+        // Every payment asked for is paid and noticed on both sides, or the time is up.
+        let waiting = fleet.pays.lock().unwrap().values().any(|p| !p.paid || p.notices[0] == 0 || p.notices[1] == 0);
+        let inflight = fleet.calls.iter().any(|c| !c.inflight.lock().unwrap().is_empty());
+        if !waiting && (!inflight || Instant::now() > quiet_until) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ticker.abort();
+    fleet.judge(true);
+    println!("TICK {}", tick_report(&fleet, worker));
+    println!("DONE {}", done_report(&fleet, worker));
+    std::process::exit(0);
+}
+
+fn tick_report(fleet: &Fleet, worker: usize) -> Value {
+    let c = &fleet.counters;
+    let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+    let live = fleet
+        .calls
+        .iter()
+        .map(|c| usize::from(c.doc.live.load(Ordering::Relaxed)) + usize::from(c.pat.live.load(Ordering::Relaxed)))
+        .sum::<usize>();
+    let latencies = std::mem::take(&mut *fleet.latencies_us.lock().unwrap());
+    json!({
+        "worker": worker,
+        "unix_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        "connected": live,
+        "joins": take(&c.joins), "closes": take(&c.closes), "shed": take(&c.shed), "refused": take(&c.refused),
+        "leaves": take(&c.leaves),
+        "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
+        "unexpected": take(&c.unexpected), "skipped": take(&c.skipped), "errors": take(&c.errors),
+        "pay_failed": take(&c.pay_failed),
+        "latency_us": latencies,
+    })
+}
+
+fn done_report(fleet: &Fleet, worker: usize) -> Value {
+    let pays = fleet.pays.lock().unwrap();
+    let requested = pays.len();
+    let paid: Vec<&Pay> = pays.values().filter(|p| p.paid).collect();
+    let notice_missing = paid.iter().map(|p| p.notices.iter().filter(|n| **n == 0).count()).sum::<usize>();
+    let notice_twice = paid.iter().map(|p| p.notices.iter().filter(|n| **n > 1).count()).sum::<usize>();
+    let confirmed_twice = pays.values().map(|p| p.confirmations.iter().filter(|n| **n > 1).count()).sum::<usize>();
+    let unpaid: Vec<Value> = pays
+        .iter()
+        .filter(|(_, p)| !p.paid)
+        .take(5)
+        .map(|(r, p)| json!({"client_ref": r, "call": fleet.calls[p.call].id, "payment_id": p.payment_id}))
+        .collect();
+    json!({
+        "worker": worker,
+        "payments_requested": requested,
+        "payments_paid": paid.len(),
+        "payments_not_paid": requested - paid.len(),
+        "payments_not_paid_examples": unpaid,
+        "notices_missing": notice_missing,
+        "notices_twice": notice_twice,
+        "confirmations_twice": confirmed_twice,
+    })
+}

@@ -1,0 +1,635 @@
+//! `scale` and `soak`: a fleet of instances behind nginx ([`crate::cluster`]) and a fleet of
+//! clients in worker processes ([`crate::fleet`]), with a per-second timeline of what the
+//! clients saw and what the processes used.
+//!
+//! - `scale`: `--sockets` clients (one call per two) over `--nodes` instances, cross-node relay
+//!   at `--relay` events/s and `--pays` payments a minute; after `--steady` seconds, three faults
+//!   in turn, each followed by `--steady` seconds: a rolling restart of every instance (SIGTERM,
+//!   wait, start again, next once every client is back), Redis stopped for `--outage` seconds,
+//!   and one instance killed with SIGKILL (started again once its clients are back elsewhere).
+//!   Reported: RSS per socket, the join rate, relay p50/p99 before, during and after each fault,
+//!   events and confirmations lost or duplicated, time to converge, and the CPU of the
+//!   instances, Redis, PostgreSQL and nginx.
+//! - `soak`: the same fleet with `--churn` leaves and joins a second for `--seconds`, sampling
+//!   every instance's RSS, open files and live tasks and Redis's memory; the growth after
+//!   `--warmup` seconds is fitted to a line and checked against bounds (see [`growth_bounds`]).
+//!
+//! Both write `<out>/<date>-<scenario>.json` and an SVG timeline, and fail (after writing) if an
+//! event or a confirmation was lost or duplicated.
+
+use crate::cluster::Cluster;
+use crate::fleet::MAX_SOCKETS_PER_WORKER;
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+/// What to run.
+pub struct Plan {
+    /// `scale` or `soak`.
+    pub scenario: String,
+    pub sockets: usize,
+    pub nodes: usize,
+    pub relay_per_sec: f64,
+    pub pays_per_min: f64,
+    pub churn_per_sec: f64,
+    /// `scale`: seconds of steady load before the first fault and after each.
+    pub steady_secs: u64,
+    /// `scale`: how long Redis stays down.
+    pub outage_secs: u64,
+    /// `soak`: how long it runs, and the seconds left out of the fit as warm-up.
+    pub seconds: u64,
+    pub warmup_secs: u64,
+    pub hub_bin: String,
+    pub out_dir: PathBuf,
+}
+
+/// Children of `pid` (nginx's workers), from `/proc`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path).unwrap_or_default().split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Every PostgreSQL server process (the postmaster and its backends), from `/proc`.
+fn postgres_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .collect()
+}
+
+fn open_files(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// The live tasks and open sockets an instance reports on `/metrics`.
+async fn scrape(port: u16) -> Option<(u64, u64)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let url = format!("http://127.0.0.1:{port}/metrics").parse().ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(url)).await.ok()?.ok()?;
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    let read = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok());
+    Some((read("callpay_runtime_tasks_alive ")?, read("callpay_ws_connections_open ")?))
+}
+
+async fn redis_used_memory(url: &str) -> Option<u64> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn =
+        tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await.ok()?.ok()?;
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.ok()?;
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// One worker process and the end of its stdin.
+struct Worker {
+    _child: Child,
+    stdin: ChildStdin,
+}
+
+enum Report {
+    Ready(Value),
+    Tick(Value),
+    Done(Value),
+}
+
+async fn start_workers(
+    plan: &Plan,
+    cluster: &Cluster,
+    tx: mpsc::UnboundedSender<Report>,
+) -> anyhow::Result<Vec<Worker>> {
+    let calls = plan.sockets / 2;
+    let n = (plan.sockets.div_ceil(MAX_SOCKETS_PER_WORKER)).max(1);
+    let per = calls.div_ceil(n);
+    let run = callpay::ids::random_id();
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::new();
+    for w in 0..n {
+        let first = w * per;
+        let count = per.min(calls.saturating_sub(first));
+        let share = count as f64 / calls as f64;
+        let mut child = Command::new(&exe)
+            .arg("fleet-worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a fleet worker")?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        let worker_plan = json!({
+            "worker": w, "first_call": first, "calls": count, "run": run,
+            "url": cluster.ws_url(), "secret": cluster.secret, "stripe_url": cluster.stripe_url,
+            "relay_per_sec": plan.relay_per_sec * share, "pays_per_min": plan.pays_per_min * share,
+            "churn_per_sec": plan.churn_per_sec * share,
+        });
+        stdin.write_all(format!("{worker_plan}\n").as_bytes()).await?;
+        let mut lines = BufReader::new(child.stdout.take().context("worker stdout")?).lines();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let (kind, rest) = line.split_once(' ').unwrap_or((&line, ""));
+                let Ok(v) = serde_json::from_str::<Value>(rest) else { continue };
+                let report = match kind {
+                    "READY" => Report::Ready(v),
+                    "TICK" => Report::Tick(v),
+                    "DONE" => Report::Done(v),
+                    _ => continue,
+                };
+                if tx.send(report).is_err() {
+                    break;
+                }
+            }
+        });
+        workers.push(Worker { _child: child, stdin });
+    }
+    Ok(workers)
+}
+
+/// One second of the run, as the coordinator saw it.
+#[derive(Default, Clone)]
+struct Second {
+    t: f64,
+    connected: u64,
+    counts: [u64; 11],
+    latencies: Vec<u32>,
+    rss: u64,
+    files: u64,
+    tasks: Option<u64>,
+    /// Sockets open on each instance (every fifth second), as it reports them.
+    per_node: Vec<Option<u64>>,
+    redis_memory: Option<u64>,
+    cpu_us: [u64; 4],
+}
+
+const COUNTS: [&str; 11] =
+    ["joins", "closes", "shed", "refused", "sent", "delivered", "cut", "lost", "unexpected", "skipped", "errors"];
+
+/// A named stretch of the run (a fault, or the steady load around it).
+struct Mark {
+    name: String,
+    start: f64,
+    end: f64,
+}
+
+/// Everything the coordinator keeps while the run goes on.
+struct Run {
+    started: Instant,
+    rx: mpsc::UnboundedReceiver<Report>,
+    workers: usize,
+    connected_by_worker: Vec<u64>,
+    seconds: Vec<Second>,
+    current: Second,
+    cpu_last: [u64; 4],
+    last_sample: Instant,
+    done: Vec<Value>,
+    marks: Vec<Mark>,
+    total_sockets: usize,
+}
+
+impl Run {
+    fn now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn connected(&self) -> u64 {
+        self.connected_by_worker.iter().sum()
+    }
+
+    fn take_report(&mut self, r: Report) {
+        match r {
+            Report::Tick(v) => {
+                let w = v["worker"].as_u64().unwrap_or(0) as usize;
+                if let Some(c) = self.connected_by_worker.get_mut(w) {
+                    *c = v["connected"].as_u64().unwrap_or(0);
+                }
+                for (i, name) in COUNTS.iter().enumerate() {
+                    self.current.counts[i] += v[*name].as_u64().unwrap_or(0);
+                }
+                self.current.latencies.extend(
+                    v["latency_us"].as_array().into_iter().flatten().filter_map(|l| l.as_u64()).map(|l| l as u32),
+                );
+            }
+            Report::Done(v) => self.done.push(v),
+            Report::Ready(_) => {}
+        }
+    }
+
+    /// Takes reports for `d`, closing a second every second with the processes' figures.
+    async fn run_for(&mut self, cluster: &Cluster, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            let next = (self.last_sample + Duration::from_secs(1)).min(until);
+            match tokio::time::timeout_at(next.into(), self.rx.recv()).await {
+                Ok(Some(r)) => self.take_report(r),
+                Ok(None) => tokio::time::sleep_until(next.into()).await,
+                Err(_) => {}
+            }
+            if self.last_sample.elapsed() >= Duration::from_secs(1) {
+                self.close_second(cluster).await;
+            }
+        }
+    }
+
+    async fn close_second(&mut self, cluster: &Cluster) {
+        self.last_sample = Instant::now();
+        let nodes = cluster.node_pids();
+        let mut s = std::mem::take(&mut self.current);
+        s.t = self.now();
+        s.connected = self.connected();
+        s.rss = nodes.iter().map(|p| crate::compare::rss_bytes(*p)).sum();
+        s.files = nodes.iter().map(|p| open_files(*p)).sum();
+        let redis = cluster.redis_pid();
+        let cpu = [
+            crate::compare::total_cpu_us(&nodes),
+            redis.map_or(0, crate::compare::cpu_us),
+            crate::compare::total_cpu_us(&postgres_pids()),
+            crate::compare::total_cpu_us(&cluster.nginx_pids()),
+        ];
+        // Differences of cumulative counters; a restarted process starts again from zero.
+        for ((used, now), last) in s.cpu_us.iter_mut().zip(cpu).zip(self.cpu_last) {
+            *used = now.saturating_sub(last);
+        }
+        self.cpu_last = cpu;
+        if self.seconds.len().is_multiple_of(5) {
+            let mut tasks = 0;
+            let mut all = true;
+            for (port, child) in &cluster.nodes {
+                let read = if child.is_some() { scrape(*port).await } else { None };
+                match read {
+                    Some((n, open)) => {
+                        tasks += n;
+                        s.per_node.push(Some(open));
+                    }
+                    None => {
+                        all = false;
+                        s.per_node.push(None);
+                    }
+                }
+            }
+            s.tasks = all.then_some(tasks);
+            s.redis_memory = redis_used_memory(&cluster.redis_url()).await;
+        }
+        self.seconds.push(s);
+    }
+
+    /// Runs until every socket is connected (or `within` passes); returns the seconds it took.
+    async fn until_all_connected(&mut self, cluster: &Cluster, within: Duration) -> anyhow::Result<f64> {
+        let from = self.now();
+        let deadline = Instant::now() + within;
+        // A tick reflects the second before it: wait for two in a row at the full count.
+        let mut full = 0;
+        while full < 2 {
+            if Instant::now() > deadline {
+                bail!("only {} of {} sockets connected after {within:?}", self.connected(), self.total_sockets);
+            }
+            let before = self.seconds.len();
+            self.run_for(cluster, Duration::from_millis(250)).await;
+            if self.seconds.len() > before {
+                full = if self.connected() as usize >= self.total_sockets { full + 1 } else { 0 };
+            }
+        }
+        Ok(self.now() - from)
+    }
+
+    fn mark(&mut self, name: &str, start: f64) {
+        let end = self.now();
+        eprintln!("{name}: {start:.1} s to {end:.1} s");
+        self.marks.push(Mark { name: name.into(), start, end });
+    }
+
+    fn window(&self, from: f64, to: f64) -> Value {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
+        let mut counts = [0u64; 11];
+        let mut cpu = [0u64; 4];
+        let mut secs = 0.0;
+        for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
+            for l in &s.latencies {
+                let _ = h.record(u64::from(*l));
+            }
+            counts.iter_mut().zip(s.counts).for_each(|(c, n)| *c += n);
+            cpu.iter_mut().zip(s.cpu_us).for_each(|(c, n)| *c += n);
+            secs += 1.0;
+        }
+        let ms = |q: f64| if h.is_empty() { Value::Null } else { json!(h.value_at_quantile(q) as f64 / 1000.0) };
+        let pct =
+            |us: u64| if secs > 0.0 { json!((us as f64 / (secs * 1e6) * 1000.0).round() / 10.0) } else { Value::Null };
+        let mut v = json!({
+            "from_s": (from * 10.0).round() / 10.0, "to_s": (to * 10.0).round() / 10.0,
+            "relay_p50_ms": ms(0.5), "relay_p99_ms": ms(0.99), "relay_max_ms": if h.is_empty() { Value::Null } else { json!(h.max() as f64 / 1000.0) },
+            "cpu_percent_of_a_core": {"instances": pct(cpu[0]), "redis": pct(cpu[1]), "postgres": pct(cpu[2]), "nginx": pct(cpu[3])},
+        });
+        for (i, name) in COUNTS.iter().enumerate() {
+            v[*name] = json!(counts[i]);
+        }
+        v
+    }
+
+    fn totals(&self) -> Value {
+        self.window(0.0, self.seconds.last().map_or(0.0, |s| s.t))
+    }
+}
+
+/// Runs `scale` or `soak`.
+pub async fn run(plan: Plan) -> anyhow::Result<Value> {
+    anyhow::ensure!(plan.sockets >= 2 && plan.nodes >= 1, "--sockets must be at least 2 and --nodes at least 1");
+    anyhow::ensure!(plan.scenario != "scale" || plan.nodes >= 2, "scale needs at least two nodes (one is killed)");
+    let cluster = Cluster::start(&plan.hub_bin, plan.nodes, plan.sockets).await?;
+    let mut cluster = cluster;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let calls = plan.sockets / 2;
+    let mut workers = start_workers(&plan, &cluster, tx).await?;
+    let mut run = Run {
+        started: Instant::now(),
+        rx,
+        workers: workers.len(),
+        connected_by_worker: vec![0; workers.len()],
+        seconds: Vec::new(),
+        current: Second::default(),
+        cpu_last: [0; 4],
+        last_sample: Instant::now(),
+        done: Vec::new(),
+        marks: Vec::new(),
+        total_sockets: calls * 2,
+    };
+    // Setup: every socket joined once.
+    let mut ready = Vec::new();
+    let setup_deadline = Instant::now() + Duration::from_secs(900);
+    while ready.len() < run.workers {
+        let r = tokio::time::timeout_at(setup_deadline.into(), run.rx.recv())
+            .await
+            .context("the fleet did not join within 15 minutes")?
+            .context("a fleet worker exited during setup")?;
+        match r {
+            Report::Ready(v) => ready.push(v),
+            other => run.take_report(other),
+        }
+    }
+    let setup_s = ready.iter().filter_map(|r| r["setup_ms"].as_u64()).max().unwrap_or(0) as f64 / 1000.0;
+    let joins_per_sec = run.total_sockets as f64 / setup_s.max(1e-3);
+    eprintln!("{}: {} sockets joined in {setup_s:.1} s ({joins_per_sec:.0}/s)", plan.scenario, run.total_sockets);
+    run.cpu_last = [0; 4];
+    run.close_second(&cluster).await;
+    run.seconds.clear();
+    let steady = Duration::from_secs(plan.steady_secs);
+    let mut faults = Vec::new();
+    if plan.scenario == "scale" {
+        let t = run.now();
+        run.run_for(&cluster, steady).await;
+        run.mark("steady", t);
+        let per_socket = run.seconds.last().map_or(0, |s| s.rss) as f64 / run.total_sockets as f64;
+        // A rolling restart: each instance drained and started again once its clients are back.
+        let t = run.now();
+        for i in 0..plan.nodes {
+            cluster.stop_node(i, libc::SIGTERM).await?;
+            cluster.start_node(i).await?;
+            run.until_all_connected(&cluster, Duration::from_secs(180)).await?;
+        }
+        let converge = run.now() - t;
+        run.mark("rolling restart", t);
+        faults.push(fault_report(&run, "rolling restart", t, converge, plan.steady_secs));
+        run.run_for(&cluster, steady).await;
+        // Redis down.
+        let t = run.now();
+        cluster.stop_redis().await?;
+        run.run_for(&cluster, Duration::from_secs(plan.outage_secs)).await;
+        cluster.start_redis().await?;
+        let converge = until_relay_flows(&mut run, &cluster, t).await?;
+        run.mark("redis stopped", t);
+        faults.push(fault_report(&run, "redis stopped", t, converge, plan.steady_secs));
+        run.run_for(&cluster, steady).await;
+        // One instance killed.
+        let t = run.now();
+        let victim = plan.nodes - 1;
+        cluster.stop_node(victim, libc::SIGKILL).await?;
+        let back = run.until_all_connected(&cluster, Duration::from_secs(180)).await?;
+        run.mark("instance killed", t);
+        faults.push(fault_report(&run, "instance killed", t, back, plan.steady_secs));
+        cluster.start_node(victim).await?;
+        run.run_for(&cluster, steady).await;
+        faults.iter_mut().for_each(|f| fill_after(&run, f, plan.steady_secs));
+        let report = finish(&mut run, &mut workers, &cluster, &plan).await?;
+        return conclude(
+            plan,
+            report,
+            json!({
+                "rss_per_socket_bytes": per_socket.round(),
+                "joins_per_sec": joins_per_sec.round(), "setup_s": setup_s,
+                "faults": faults,
+            }),
+            &run,
+        );
+    }
+    // Soak: steady churn for the whole time.
+    let t = run.now();
+    run.run_for(&cluster, Duration::from_secs(plan.seconds)).await;
+    run.mark("churn", t);
+    let growth = growth(&run, plan.warmup_secs as f64);
+    let report = finish(&mut run, &mut workers, &cluster, &plan).await?;
+    let verdicts = growth_bounds(&plan, &growth);
+    let ok = verdicts.iter().all(|v| v["ok"] == true);
+    let result = conclude(
+        plan,
+        report,
+        json!({"joins_per_sec": joins_per_sec.round(), "setup_s": setup_s, "growth": growth, "bounds": verdicts}),
+        &run,
+    )?;
+    anyhow::ensure!(ok, "growth beyond its bound: {}", result["bounds"]);
+    Ok(result)
+}
+
+/// After Redis is back: the seconds from `t` until a second relays at least 95 % of what was
+/// sent in it with every socket connected.
+async fn until_relay_flows(run: &mut Run, cluster: &Cluster, t: f64) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let before = run.seconds.len();
+        run.run_for(cluster, Duration::from_millis(250)).await;
+        if run.seconds.len() > before
+            && let Some(s) = run.seconds.last()
+        {
+            let (sent, delivered) = (s.counts[4], s.counts[5]);
+            if sent > 0 && delivered * 100 >= sent * 95 && s.connected as usize >= run.total_sockets {
+                return Ok(run.now() - t);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("relay did not recover within 120 s of Redis coming back");
+        }
+    }
+}
+
+fn fault_report(run: &Run, name: &str, t: f64, converge: f64, steady: u64) -> Value {
+    json!({
+        "fault": name,
+        "converged_after_s": (converge * 10.0).round() / 10.0,
+        "before": run.window(t - steady as f64, t),
+        "during": run.window(t, t + converge),
+    })
+}
+
+fn fill_after(run: &Run, fault: &mut Value, steady: u64) {
+    let end = fault["during"]["to_s"].as_f64().unwrap_or(0.0);
+    fault["after"] = run.window(end, end + steady as f64);
+}
+
+/// Stops the workers and gathers their final accounting.
+async fn finish(run: &mut Run, workers: &mut [Worker], cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value> {
+    for w in workers.iter_mut() {
+        let _ = w.stdin.write_all(b"stop\n").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run.done.len() < workers.len() {
+        if Instant::now() > deadline {
+            bail!("workers did not report within 120 s of stop");
+        }
+        run.run_for(cluster, Duration::from_millis(200)).await;
+    }
+    // The last ticks came with the reports.
+    run.close_second(cluster).await;
+    let sum = |k: &str| run.done.iter().map(|d| d[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let payments = json!({
+        "per_minute_asked": plan.pays_per_min,
+        "requested": sum("payments_requested"), "paid": sum("payments_paid"), "not_paid": sum("payments_not_paid"),
+        "notices_missing": sum("notices_missing"), "notices_twice": sum("notices_twice"),
+        "confirmations_twice": sum("confirmations_twice"),
+        "not_paid_examples": run.done.iter().flat_map(|d| d["payments_not_paid_examples"].as_array().cloned().unwrap_or_default()).take(5).collect::<Vec<_>>(),
+    });
+    Ok(payments)
+}
+
+/// Fits `y = a + b t` over the samples after warm-up; the slope per minute and the fitted
+/// growth over the fitted span.
+fn fit(points: &[(f64, f64)]) -> Value {
+    let n = points.len() as f64;
+    if points.len() < 3 {
+        return json!({"samples": points.len()});
+    }
+    let (mt, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mt) * (p.1 - my)).sum();
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    let span = points.last().unwrap().0 - points[0].0;
+    json!({
+        "samples": points.len(), "mean": my.round(),
+        "first": points[0].1, "last": points.last().unwrap().1,
+        "min": points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min),
+        "max": points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max),
+        "slope_per_min": (slope * 60.0 * 100.0).round() / 100.0,
+        "slope_per_hour": (slope * 3600.0).round(),
+        "fitted_growth": (slope * span).round(), "span_s": span.round(),
+    })
+}
+
+fn growth(run: &Run, warmup: f64) -> Value {
+    let after: Vec<&Second> = run.seconds.iter().filter(|s| s.t >= warmup).collect();
+    let series = |f: &dyn Fn(&Second) -> Option<f64>| -> Vec<(f64, f64)> {
+        after.iter().filter_map(|s| f(s).map(|y| (s.t, y))).collect()
+    };
+    json!({
+        "warmup_s": warmup,
+        "rss_bytes": fit(&series(&|s| Some(s.rss as f64))),
+        "open_files": fit(&series(&|s| Some(s.files as f64))),
+        "tasks": fit(&series(&|s| s.tasks.map(|t| t as f64))),
+        "redis_used_memory_bytes": fit(&series(&|s| s.redis_memory.map(|m| m as f64))),
+    })
+}
+
+/// The soak's bounds on growth after warm-up, as fitted over the run, each with why.
+///
+/// - Open files and live tasks: a leak of one per leave (`--churn` a second) would add
+///   `churn x span` of them; sockets in the middle of a reconnect make the count wobble by about
+///   `churn x 1 s`. Bound: 1 % of the leaves in the span, and at least 2 s of churn.
+/// - RSS: a leak of one socket's state (about 7 KB) per leave would add `7 KB x leaves`; the
+///   allocator keeps freed pages for reuse and grows in steps of its arenas. Bound: 1 KB per
+///   leave in the span, and at least 8 MB.
+/// - Redis memory: presence records expire and pub/sub keeps nothing: a leak of one 100-byte
+///   key per leave. Bound: 10 bytes per leave, and at least 1 MB.
+fn growth_bounds(plan: &Plan, growth: &Value) -> Vec<Value> {
+    let leaves = |m: &str| plan.churn_per_sec * growth[m]["span_s"].as_f64().unwrap_or(0.0);
+    let check = |m: &str, bound: f64, why: &str| {
+        let g = growth[m]["fitted_growth"].as_f64();
+        json!({"measure": m, "fitted_growth": g, "bound": bound.round(), "ok": g.is_none_or(|g| g <= bound), "why": why})
+    };
+    vec![
+        check(
+            "open_files",
+            (0.01 * leaves("open_files")).max(2.0 * plan.churn_per_sec).max(20.0),
+            "1 % of the leaves, at least 2 s of churn",
+        ),
+        check(
+            "tasks",
+            (0.01 * leaves("tasks")).max(2.0 * plan.churn_per_sec).max(20.0),
+            "1 % of the leaves, at least 2 s of churn",
+        ),
+        check("rss_bytes", (1024.0 * leaves("rss_bytes")).max(8.0 * 1024.0 * 1024.0), "1 KB per leave, at least 8 MB"),
+        check(
+            "redis_used_memory_bytes",
+            (10.0 * leaves("redis_used_memory_bytes")).max(1024.0 * 1024.0),
+            "10 bytes per leave, at least 1 MB",
+        ),
+    ]
+}
+
+/// Adds the timeline and totals, writes JSON and SVG, and fails on anything lost or doubled.
+fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Result<Value> {
+    let totals = run.totals();
+    let timeline: Vec<Value> = run
+        .seconds
+        .iter()
+        .map(|s| {
+            let mut l = s.latencies.clone();
+            l.sort_unstable();
+            let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).map(|v| f64::from(*v) / 1000.0);
+            json!({
+                "t": (s.t * 10.0).round() / 10.0, "connected": s.connected,
+                "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7],
+                "p50_ms": q(0.5), "p99_ms": q(0.99),
+                "rss_bytes": s.rss, "open_files": s.files, "tasks": s.tasks,
+                "sockets_per_instance": if s.per_node.is_empty() { Value::Null } else { json!(s.per_node) }, "redis_used_memory_bytes": s.redis_memory,
+            })
+        })
+        .collect();
+    let mut report = json!({
+        "scenario": plan.scenario,
+        "date": crate::compare::today(),
+        "machine": crate::compare::machine(),
+        "nodes": plan.nodes, "sockets": run.total_sockets, "calls": run.total_sockets / 2, "fleet_workers": run.workers,
+        "relay_per_sec_asked": plan.relay_per_sec, "churn_per_sec_asked": plan.churn_per_sec,
+        "balancer": "nginx (least_conn, one zone shared by its workers)",
+        "payments": payments,
+        "totals": totals,
+        "marks": run.marks.iter().map(|m| json!({"name": m.name, "start_s": m.start, "end_s": m.end})).collect::<Vec<_>>(),
+        "timeline": timeline,
+    });
+    if let (Some(r), Some(e)) = (report.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    std::fs::create_dir_all(&plan.out_dir)?;
+    let base = plan.out_dir.join(format!("{}-{}", crate::compare::today(), plan.scenario));
+    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(&report)?)?;
+    std::fs::write(base.with_extension("svg"), crate::chart::timeline_svg(&report))?;
+    eprintln!("wrote {}.json and .svg", base.display());
+    let p = &report["payments"];
+    let faults = [
+        ("relay events lost", totals["lost"].as_u64()),
+        ("relay events delivered twice or unsent", totals["unexpected"].as_u64()),
+        ("payment notices missing", p["notices_missing"].as_u64()),
+        ("payment notices given twice", p["notices_twice"].as_u64()),
+        ("payments confirmed twice to one client", p["confirmations_twice"].as_u64()),
+    ];
+    let bad: Vec<String> = faults
+        .iter()
+        .filter(|(_, n)| n.unwrap_or(0) > 0)
+        .map(|(what, n)| format!("{}: {}", what, n.unwrap_or(0)))
+        .collect();
+    if !bad.is_empty() {
+        bail!("{}: {}", plan.scenario, bad.join(", "));
+    }
+    Ok(report)
+}
