@@ -103,6 +103,8 @@ struct Pay {
     call: usize,
     payment_id: Option<String>,
     paid: bool,
+    /// The hub refused the request (an error frame naming it): nothing to pay.
+    refused: bool,
     /// Notices given (SDK semantics) and confirmations received (frames and `payment.sync`
     /// ids), per side: clinician, patient.
     notices: [u32; 2],
@@ -455,8 +457,17 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                                 }
                             }
                         }
-                        "error" if fleet.counters.errors.fetch_add(1, Ordering::Relaxed) < 5 => {
-                            eprintln!("fleet: error frame on {}: {f}", call.id);
+                        "error" => {
+                            // A refused request is answered, as the SDK settles it: not sent again.
+                            if let Some(r) = f["ref"].as_str()
+                                && requests.remove(r).is_some()
+                                && let Some(pay) = fleet.pays.lock().unwrap().get_mut(r)
+                            {
+                                pay.refused = true;
+                            }
+                            if fleet.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                eprintln!("fleet: error frame on {}: {f}", call.id);
+                            }
                         }
                         _ => {}
                     }
@@ -614,7 +625,12 @@ pub async fn worker() -> anyhow::Result<()> {
     let settle_until = Instant::now() + Duration::from_secs(60);
     while Instant::now() < settle_until {
         // Every payment asked for is paid and noticed on both sides, or the time is up.
-        let waiting = fleet.pays.lock().unwrap().values().any(|p| !p.paid || p.notices[0] == 0 || p.notices[1] == 0);
+        let waiting = fleet
+            .pays
+            .lock()
+            .unwrap()
+            .values()
+            .any(|p| !p.refused && (!p.paid || p.notices[0] == 0 || p.notices[1] == 0));
         let inflight = fleet.calls.iter().any(|c| !c.inflight.lock().unwrap().is_empty());
         if !waiting && (!inflight || Instant::now() > quiet_until) {
             break;
@@ -657,9 +673,10 @@ fn done_report(fleet: &Fleet, worker: usize) -> Value {
     let notice_missing = paid.iter().map(|p| p.notices.iter().filter(|n| **n == 0).count()).sum::<usize>();
     let notice_twice = paid.iter().map(|p| p.notices.iter().filter(|n| **n > 1).count()).sum::<usize>();
     let confirmed_twice = pays.values().map(|p| p.confirmations.iter().filter(|n| **n > 1).count()).sum::<usize>();
+    let refused = pays.values().filter(|p| p.refused && !p.paid).count();
     let unpaid: Vec<Value> = pays
         .iter()
-        .filter(|(_, p)| !p.paid)
+        .filter(|(_, p)| !p.paid && !p.refused)
         .take(5)
         .map(|(r, p)| json!({"client_ref": r, "call": fleet.calls[p.call].id, "payment_id": p.payment_id}))
         .collect();
@@ -667,7 +684,8 @@ fn done_report(fleet: &Fleet, worker: usize) -> Value {
         "worker": worker,
         "payments_requested": requested,
         "payments_paid": paid.len(),
-        "payments_not_paid": requested - paid.len(),
+        "payments_refused": refused,
+        "payments_not_paid": requested - paid.len() - refused,
         "payments_not_paid_examples": unpaid,
         "notices_missing": notice_missing,
         "notices_twice": notice_twice,

@@ -495,7 +495,8 @@ async fn finish(run: &mut Run, workers: &mut [Worker], cluster: &Cluster, plan: 
     let sum = |k: &str| run.done.iter().map(|d| d[k].as_u64().unwrap_or(0)).sum::<u64>();
     let payments = json!({
         "per_minute_asked": plan.pays_per_min,
-        "requested": sum("payments_requested"), "paid": sum("payments_paid"), "not_paid": sum("payments_not_paid"),
+        "requested": sum("payments_requested"), "paid": sum("payments_paid"), "refused_by_hub": sum("payments_refused"),
+        "not_paid": sum("payments_not_paid"),
         "notices_missing": sum("notices_missing"), "notices_twice": sum("notices_twice"),
         "confirmations_twice": sum("confirmations_twice"),
         "not_paid_examples": run.done.iter().flat_map(|d| d["payments_not_paid_examples"].as_array().cloned().unwrap_or_default()).take(5).collect::<Vec<_>>(),
