@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 struct Got {
     signature: String,
     event_id_header: String,
+    delivery_id: String,
     body: String,
     answered: u16,
     at: Instant,
@@ -35,6 +36,8 @@ struct ReceiverState {
     got: Arc<Mutex<Vec<Got>>>,
     /// Requests still to be answered 500.
     fail_next: Arc<AtomicUsize>,
+    /// Answer every third request 500 instead.
+    flaky: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The platform's side: an HTTP server on loopback that keeps every request.
@@ -46,15 +49,23 @@ struct Receiver {
 impl Receiver {
     async fn start() -> Self {
         async fn hook(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
-            let fail = s.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            s.got.lock().unwrap().push(Got {
+            // One lock for counting and recording, so concurrent requests count one by one.
+            let mut got = s.got.lock().unwrap();
+            let fail = if s.flaky.load(Ordering::SeqCst) {
+                got.len() % 3 == 2
+            } else {
+                s.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            };
+            got.push(Got {
                 signature: header("callpay-signature"),
                 event_id_header: header("callpay-event-id"),
+                delivery_id: header("callpay-delivery-id"),
                 body: String::from_utf8(body.to_vec()).unwrap(),
                 answered: if fail { 500 } else { 200 },
                 at: Instant::now(),
             });
+            drop(got);
             if fail { (StatusCode::INTERNAL_SERVER_ERROR, "receiver down") } else { (StatusCode::OK, "ok") }
         }
         let state = ReceiverState::default();
@@ -81,10 +92,14 @@ impl Receiver {
 
 /// Quick retries: a first retry after 100 to 200 ms, then at most 400 ms apart.
 fn fast(c: &mut Config) {
-    c.events.poll_interval_ms = 50;
-    c.events.retry_first_ms = 200;
-    c.events.retry_max_interval_ms = 400;
-    c.events.timeout_ms = 3_000;
+    fast_events(&mut c.events);
+}
+
+fn fast_events(e: &mut callpay::config::EventsConfig) {
+    e.poll_interval_ms = 50;
+    e.retry_first_ms = 200;
+    e.retry_max_interval_ms = 400;
+    e.timeout_ms = 3_000;
 }
 
 async fn api(hub_url: &str, http: &Http, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -468,4 +483,92 @@ async fn refused_endpoint_urls_get_a_clear_error_and_store_nothing() {
     assert_eq!(s, 200);
     let (s, e) = operator(&hub, "GET", &format!("/v1/event-endpoints/{id}"), None).await;
     assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn three_workers_on_one_postgresql_send_each_attempt_once_and_keep_each_payments_order() {
+    use callpay::events::catalogue::payment_writes;
+    use callpay::events::relay::Relay;
+    use callpay::events::sender::HttpSender;
+    use callpay::events::{EndpointRequest, Events};
+    use callpay::store::{Payment, SqlStore, Store};
+    use callpay_protocol::PaymentStatus as S;
+    crate::services::ensure_services();
+    let db = crate::services::TempDb::new();
+    let receiver = Receiver::start().await;
+    receiver.state.flaky.store(true, Ordering::SeqCst);
+    let mut cfg = Config::default().events;
+    fast_events(&mut cfg);
+    // Three instances: three pools on one database, a worker each.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(SqlStore::connect(&db.url).await.unwrap()));
+    }
+    let events = Events::new(stores[0].clone(), cfg.clone(), Default::default());
+    let request = EndpointRequest { url: Some(receiver.url.clone()), ..EndpointRequest::default() };
+    let (endpoint, secret) = events.create_endpoint(request, "op").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for store in &stores {
+        let sender = HttpSender::new(Duration::from_secs(3), Duration::from_secs(1), Default::default());
+        let relay = Arc::new(Relay::new(store.clone(), Arc::new(sender), cfg.clone()));
+        workers.push(tokio::spawn(relay.run(stop.clone())));
+    }
+    // Ten payments, each requested, paid and partly refunded, committed from any instance.
+    let statuses = [S::Creating, S::Requested, S::Succeeded, S::PartiallyRefunded];
+    for i in 0..10 {
+        let mut before =
+            Payment { id: format!("pay_pg_{i}"), clinic_id: DEMO_CLINIC.into(), amount: 5000, ..Payment::default() };
+        for status in &statuses[1..] {
+            let refunded = if *status == S::PartiallyRefunded { 1000 } else { 0 };
+            let after =
+                Payment { status: *status, amount_refunded: refunded, version: before.version + 1, ..before.clone() };
+            stores[i % 3].commit(&payment_writes(&before, &after)).await.unwrap();
+            before = after;
+        }
+    }
+    eventually(async || (receiver.got().iter().filter(|g| g.answered == 200).count() >= 30).then_some(())).await;
+    // Let any attempt still in flight land, then stop the workers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let got = receiver.got();
+    assert!(got.iter().filter(|g| g.answered == 500).count() >= 10, "every third request failed: {}", got.len());
+    for i in 0..10 {
+        let id = format!("pay_pg_{i}");
+        let mine: Vec<&Got> = got.iter().filter(|g| g.json()["data"]["object"]["id"] == id.as_str()).collect();
+        let answered: Vec<String> =
+            mine.iter().filter(|g| g.answered == 200).map(|g| g.json()["type"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(
+            answered,
+            ["payment.requested", "payment.succeeded", "payment.refunded"],
+            "{id}: each once, in order"
+        );
+        // Nothing of a later event arrived before the earlier one was answered 200.
+        let ids: Vec<&str> = mine.iter().map(|g| g.event_id_header.as_str()).collect();
+        let mut runs = ids.clone();
+        runs.dedup();
+        assert_eq!(runs.len(), 3, "{id}: one event's attempts, then the next's: {ids:?}");
+        for g in &mine {
+            assert!(python_verifies(&secret, &g.signature, g.body.as_bytes()));
+        }
+    }
+    // Every request the receiver got is one recorded attempt of one delivery: no two
+    // instances sent the same attempt, and nothing was sent unrecorded.
+    let outbox: &dyn callpay::store::Outbox = stores[1].as_ref();
+    let deliveries = outbox.deliveries(&endpoint.id, None, 200, None).await.unwrap();
+    assert_eq!(deliveries.len(), 30);
+    for d in &deliveries {
+        let received = got.iter().filter(|g| g.delivery_id == d.id).count();
+        let attempts = outbox.attempts(&d.id).await.unwrap();
+        assert_eq!(
+            (d.status.as_str(), attempts.len(), d.attempts as usize),
+            ("delivered", received, received),
+            "{d:?}"
+        );
+        assert_eq!(got.iter().filter(|g| g.delivery_id == d.id && g.answered == 200).count(), 1, "{d:?}");
+    }
+    drop(db);
 }
