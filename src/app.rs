@@ -5,12 +5,16 @@ use crate::auth::Verifier;
 use crate::bus::{Bus, MemoryBus, PresenceStore, RedisBus};
 use crate::config::Config;
 use crate::connect::{ConnectApi, StripeConnect};
+use crate::events::Events;
+use crate::events::endpoints::OwnAddresses;
+use crate::events::relay::Relay;
+use crate::events::sender::HttpSender;
 use crate::hub::{Hub, HubIo};
 use crate::metrics::Metrics;
 use crate::payments::Payments;
 use crate::payments::stripe::{StripeApi, StripeGateway};
 use crate::rooms::RoomRegistry;
-use crate::store::{SqlStore, Store};
+use crate::store::{Outbox, SqlStore, Store};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,8 @@ pub struct AppState {
     pub payments_stripe: Arc<dyn StripeApi>,
     /// Stripe Connect OAuth.
     pub connect: Arc<dyn ConnectApi>,
+    /// The platform's event endpoints and their deliveries.
+    pub events: Arc<Events>,
     /// Token verification.
     pub verifier: Arc<Verifier>,
     /// Counters.
@@ -67,12 +73,14 @@ pub struct Dependencies {
     pub presence: Arc<dyn PresenceStore>,
     /// Stripe Connect OAuth.
     pub connect: Arc<dyn ConnectApi>,
+    /// The delivery side of the event outbox (the same database as `store`).
+    pub outbox: Arc<dyn Outbox>,
 }
 
 impl Dependencies {
     /// The production set: the configured database, Stripe, and the in-process bus.
     pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
-        let store = SqlStore::connect(&config.database.url).await.context("opening the database")?;
+        let store = Arc::new(SqlStore::connect(&config.database.url).await.context("opening the database")?);
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
         let (bus, presence): (Arc<dyn Bus>, Arc<dyn PresenceStore>) = match &config.bus.redis_url {
             Some(url) => {
@@ -93,7 +101,8 @@ impl Dependencies {
             }
         };
         Ok(Self {
-            store: Arc::new(store),
+            outbox: store.clone(),
+            store,
             stripe: Arc::new(stripe),
             bus,
             presence,
@@ -131,6 +140,22 @@ impl AppState {
         hub.start(shutdown.clone());
         let payments = Arc::new(payments);
         tracker.spawn(payments.clone().run_sweeper(shutdown.clone()));
+        // Never a receiver: callpay's own listeners and public URL.
+        let own = OwnAddresses {
+            listen: Some(config.server.listen),
+            metrics: metrics_addr.or(config.server.metrics_listen),
+            public_url: Some(config.public_url()),
+        };
+        if config.events.deliver {
+            let sender = HttpSender::new(
+                std::time::Duration::from_millis(config.events.timeout_ms),
+                std::time::Duration::from_millis(config.events.connect_timeout_ms),
+                own.clone(),
+            );
+            let relay = Arc::new(Relay::new(deps.outbox.clone(), Arc::new(sender), config.events.clone()));
+            tracker.spawn(relay.run(shutdown.clone()));
+        }
+        let events = Arc::new(Events::new(deps.outbox, config.events.clone(), own));
         let cap = crate::limits::connection_cap(config.server.max_connections);
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         Ok(Self {
@@ -143,6 +168,7 @@ impl AppState {
             payments,
             payments_stripe: stripe,
             connect: deps.connect,
+            events,
             verifier: Arc::new(verifier),
             metrics,
             tracker,

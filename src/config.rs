@@ -78,6 +78,59 @@ pub struct Config {
     pub payments: PaymentsConfig,
     /// Cross-instance fan-out.
     pub bus: BusConfig,
+    /// Signed events for the platform (outbound webhooks).
+    pub events: EventsConfig,
+}
+
+/// Signed events for the platform: how the delivery worker sends and retries them. Endpoints
+/// themselves are registered through the admin API (`/v1/event-endpoints`), not here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Run the delivery worker on this instance. Several instances on one database share the
+    /// deliveries (each is claimed by one at a time), so every instance may keep it on.
+    pub deliver: bool,
+    /// How often the worker looks for due deliveries when it is idle. Events wait in the
+    /// database meanwhile; a second is a small delay for a billing system and one indexed query
+    /// per instance per second for the database.
+    pub poll_interval_ms: u64,
+    /// Longest one attempt may take (connecting, sending, reading the start of the answer);
+    /// past it the attempt counts as failed. Receivers should answer 2xx at once and work after.
+    pub timeout_ms: u64,
+    /// Longest a connection to a receiver may take to open (within `timeout_ms`).
+    pub connect_timeout_ms: u64,
+    /// Wait before the first retry; each further retry waits twice the one before (up to
+    /// `retry_max_interval_ms`), minus a random part of up to half.
+    pub retry_first_ms: u64,
+    /// Longest wait between two attempts.
+    pub retry_max_interval_ms: u64,
+    /// How long after it was queued a delivery is retried before it is marked `failed`
+    /// (default three days, as Stripe retries its own webhooks). The operator can replay it.
+    pub retry_for_ms: u64,
+    /// Attempts one instance makes at once (each holds a connection for up to `timeout_ms`).
+    pub max_in_flight: usize,
+    /// Accept plain `http://` endpoints on hosts other than loopback. Off: event bodies carry
+    /// payment details, which only travel over TLS.
+    pub allow_http: bool,
+    /// Most endpoints that may be registered.
+    pub max_endpoints: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            deliver: true,
+            poll_interval_ms: 1_000,
+            timeout_ms: 10_000,
+            connect_timeout_ms: 3_000,
+            retry_first_ms: 10_000,
+            retry_max_interval_ms: 3_600_000,
+            retry_for_ms: 3 * 24 * 3_600_000,
+            max_in_flight: 8,
+            allow_http: false,
+            max_endpoints: 16,
+        }
+    }
 }
 
 /// Cross-instance fan-out. Without a Redis URL the hub runs as a single instance.
@@ -418,6 +471,13 @@ impl Config {
                 "database.url",
                 "DATABASE__URL",
                 "several instances (bus.redis_url set) need a shared PostgreSQL database",
+            );
+        }
+        if self.events.timeout_ms == 0 || self.events.connect_timeout_ms == 0 || self.events.retry_first_ms == 0 {
+            return invalid(
+                "events.timeout_ms",
+                "EVENTS__TIMEOUT_MS",
+                "events.timeout_ms, connect_timeout_ms and retry_first_ms must be positive",
             );
         }
         if self.server.outbound_queue == 0 {

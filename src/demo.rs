@@ -190,6 +190,7 @@ pub async fn start_several(
         let node = node_id();
         let bus = Arc::new(RedisBus::connect(redis_url, node.clone()).await.context("connecting to Redis")?);
         let deps = Dependencies {
+            outbox: demo.app.state.events.outbox(),
             store: demo.app.state.store.clone(),
             stripe: Arc::new(StripeGateway::new(&config.stripe)?),
             bus: bus.clone(),
@@ -244,8 +245,8 @@ async fn start_inner(
     tweak(&mut config);
     config.validate_for_serve().context("demo configuration")?;
 
-    let store = SqlStore::connect(&config.database.url).await.context("opening the demo database")?;
-    seed(&store, &sim).await?;
+    let store = Arc::new(SqlStore::connect(&config.database.url).await.context("opening the demo database")?);
+    seed(store.as_ref(), &sim).await?;
     let node = node_id();
     let (bus, presence): (Arc<dyn crate::bus::Bus>, Arc<dyn crate::bus::PresenceStore>) = match redis_url {
         Some(url) => {
@@ -258,7 +259,8 @@ async fn start_inner(
         }
     };
     let deps = Dependencies {
-        store: wrap_store(Arc::new(store)),
+        outbox: store.clone(),
+        store: wrap_store(store),
         stripe: Arc::new(StripeGateway::new(&config.stripe)?),
         bus,
         presence,

@@ -11,7 +11,9 @@
 //! - [`app`] wires the services below into the state every handler shares.
 //! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait;
 //!   [`connect`] is Stripe Connect OAuth, also behind a trait; [`reports`] sums payment
-//!   records by status, day (in a chosen time zone) and clinician, and writes the CSV export.
+//!   records by status, day (in a chosen time zone) and clinician, and writes the CSV export;
+//!   [`events`] tells the platform about payment and clinic changes (signed outbound webhooks
+//!   from a transactional outbox).
 //! - [`hub`] publishes room events locally and over the [`bus`]; [`rooms`] holds per-call
 //!   membership, routing state and the frames it fans out (domain state, no I/O).
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
@@ -31,6 +33,7 @@ pub mod config;
 pub mod connect;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod events;
 pub mod faults;
 pub mod http;
 pub mod hub;

@@ -38,6 +38,9 @@ pub enum Action {
     ViewOrgPayments,
     /// Read the report over every clinic of an organisation.
     ViewOrgReports,
+    /// Register, change and delete the platform's event endpoints; read their deliveries and
+    /// replay one. The platform's own integration, so its operator's.
+    ManageEvents,
 }
 
 /// How far a role reaches for an action.
@@ -81,6 +84,8 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     // Across the organisation: its admins only (a team admin reads each of their clinics).
     (Action::ViewOrgPayments, [OwnOrg, No, No, No]),
     (Action::ViewOrgReports, [OwnOrg, No, No, No]),
+    // Where the platform hears about payments: set up by its operator, never by a clinic.
+    (Action::ManageEvents, [No, No, No, Any]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -154,6 +159,7 @@ mod tests {
             Action::ViewReports,
             Action::ViewOrgPayments,
             Action::ViewOrgReports,
+            Action::ManageEvents,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

@@ -159,6 +159,54 @@ pub const ROUTES: &[RouteDoc] = &[
         summary: "Stripe's OAuth redirect (authorized by the single-use state)",
         action: None,
     },
+    RouteDoc {
+        method: "post",
+        path: "/v1/event-endpoints",
+        summary: "Register an endpoint for the platform's signed events (body: url, events: types or none for all, description, enabled, secret: or none to have one generated); the answer carries the secret, shown this once",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/event-endpoints",
+        summary: "The event endpoints (paginated; never their secrets)",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/event-endpoints/{endpoint_id}",
+        summary: "An event endpoint",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "patch",
+        path: "/v1/event-endpoints/{endpoint_id}",
+        summary: "Change an event endpoint's url, events, description or enabled (only the fields given)",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "delete",
+        path: "/v1/event-endpoints/{endpoint_id}",
+        summary: "Delete an event endpoint; its pending deliveries are canceled",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/event-endpoints/{endpoint_id}/deliveries",
+        summary: "An endpoint's deliveries, newest first (paginated); filter: status (pending, delivered, failed, canceled)",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/event-endpoints/{endpoint_id}/deliveries/{delivery_id}",
+        summary: "A delivery with the event it sends and every attempt (time, HTTP status or error, the answer's start, duration)",
+        action: Some(Action::ManageEvents),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/event-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay",
+        summary: "Send a delivery's event again (same event id) as a new delivery, at once and outside the event's order",
+        action: Some(Action::ManageEvents),
+    },
     RouteDoc { method: "get", path: "/v1/openapi.json", summary: "This document", action: None },
 ];
 
@@ -186,6 +234,14 @@ pub fn router() -> Router<AppState> {
         .route("/v1/orgs/{org_id}/report", get(handlers::reports::org))
         .route("/v1/calls/{call_id}/payments/{payment_id}/refunds", post(handlers::refunds::create_in_call))
         .route("/v1/stripe/oauth/callback", get(handlers::stripe::oauth_callback))
+        .route("/v1/event-endpoints", post(handlers::events::create).get(handlers::events::list))
+        .route(
+            "/v1/event-endpoints/{endpoint_id}",
+            get(handlers::events::show).patch(handlers::events::change).delete(handlers::events::delete),
+        )
+        .route("/v1/event-endpoints/{endpoint_id}/deliveries", get(handlers::events::deliveries))
+        .route("/v1/event-endpoints/{endpoint_id}/deliveries/{delivery_id}", get(handlers::events::delivery))
+        .route("/v1/event-endpoints/{endpoint_id}/deliveries/{delivery_id}/replay", post(handlers::events::replay))
         .route("/v1/openapi.json", get(openapi::serve))
 }
 
@@ -261,6 +317,12 @@ pub async fn on_deauthorized(app: &AppState, event_id: &str, account: &str) -> R
             id: clinic.id.clone(),
             change: ClinicChange::Unlink { account: account.to_owned() },
         });
+        let mut unlinked = clinic.clone();
+        unlink(&mut unlinked);
+        writes.push(crate::events::catalogue::clinic_write(
+            crate::events::catalogue::EventType::ClinicStripeUnlinked,
+            &unlinked,
+        ));
         writes.push(Write::Audit(clinic_audit(STRIPE, clinic, "stripe.deauthorized", Some(account), "ok")));
     }
     if app.store.commit(&writes).await? == Committed::Duplicate {

@@ -135,10 +135,8 @@ impl Payments {
         for _ in 0..UPDATE_ATTEMPTS {
             let Some(current) = self.store.payment(id).await? else { return Ok(None) };
             let Some(t) = state::apply(&current, change, event_at) else { return Ok(None) };
-            let writes = [
-                Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
-                Write::Audit(audit.clone()),
-            ];
+            let mut writes = changed(&current, &t.payment);
+            writes.push(Write::Audit(audit.clone()));
             if self.store.commit(&writes).await? == Committed::Applied {
                 return Ok(Some(t));
             }
@@ -160,6 +158,15 @@ impl Payments {
     pub(crate) fn publish(&self, p: &Payment, event: RoomEvent) {
         self.hub.publish(&p.call_id, &p.clinic_id, event);
     }
+}
+
+/// The writes that store `after` over `before` (if `before` is still the stored version), with
+/// the platform's events about the change: one transaction, so an event exists exactly when
+/// its change does. Every payment change goes through here.
+pub(crate) fn changed(before: &Payment, after: &Payment) -> Vec<Write> {
+    let mut writes = vec![Write::Payment { payment: Box::new(after.clone()), expected_version: before.version }];
+    writes.extend(crate::events::catalogue::payment_writes(before, after));
+    writes
 }
 
 impl Caller {

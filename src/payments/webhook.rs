@@ -72,10 +72,8 @@ impl Payments {
         let action = format!("payment.{}", crate::store::status_str(t.payment.status));
         let entry = stripe_audit(&t.payment, &action).with_detail(why);
         // Written only over the version the read began from: one attempt, no re-read.
-        let writes = [
-            Write::Payment { payment: Box::new(t.payment.clone()), expected_version: read_from.version },
-            Write::Audit(entry),
-        ];
+        let mut writes = super::changed(read_from, &t.payment);
+        writes.push(Write::Audit(entry));
         match self.store.commit(&writes).await {
             Ok(Committed::Applied) => {
                 self.announce(t);
@@ -193,11 +191,9 @@ impl Payments {
             };
             let action = format!("payment.{}", crate::store::status_str(t.payment.status));
             let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
-            let mut writes = vec![
-                Write::Webhook(record(Some(&current.id), "applied")),
-                Write::Payment { payment: Box::new(t.payment.clone()), expected_version: current.version },
-                Write::Audit(audit),
-            ];
+            let mut writes = vec![Write::Webhook(record(Some(&current.id), "applied"))];
+            writes.extend(super::changed(&current, &t.payment));
+            writes.push(Write::Audit(audit));
             if let Some(r) = refund.as_ref().filter(|r| r.status == "failed") {
                 let detail = format!(
                     "event {event_id}: {} {}",

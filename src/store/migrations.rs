@@ -180,4 +180,64 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
         "the sweep reads the payments changed lately, to bring rooms up to them",
         &["CREATE INDEX IF NOT EXISTS payments_updated ON payments (updated_at)"],
     ),
+    (
+        10,
+        "outbound events for the platform: endpoints, the outbox, deliveries and their attempts",
+        &[
+            "CREATE TABLE IF NOT EXISTS event_endpoints (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            description TEXT NOT NULL,
+            enabled BIGINT NOT NULL,
+            event_types TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            "CREATE TABLE IF NOT EXISTS outbound_events (
+            id TEXT PRIMARY KEY,
+            event_type TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            clinic_id TEXT,
+            body TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            UNIQUE (order_key, seq)
+        )",
+            "CREATE TABLE IF NOT EXISTS event_deliveries (
+            id TEXT PRIMARY KEY,
+            event_id TEXT NOT NULL,
+            endpoint_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            status TEXT NOT NULL,
+            attempts BIGINT NOT NULL,
+            next_attempt_at BIGINT NOT NULL,
+            lease_until BIGINT,
+            lease_token TEXT,
+            last_status BIGINT,
+            last_error TEXT,
+            replay_of TEXT,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            delivered_at BIGINT
+        )",
+            // The worker's claim: due pending deliveries, and the head of each order key.
+            "CREATE INDEX IF NOT EXISTS event_deliveries_due ON event_deliveries (status, next_attempt_at)",
+            "CREATE INDEX IF NOT EXISTS event_deliveries_order ON event_deliveries (endpoint_id, order_key, seq)",
+            "CREATE INDEX IF NOT EXISTS event_deliveries_endpoint ON event_deliveries (endpoint_id, created_at, id)",
+            "CREATE TABLE IF NOT EXISTS event_attempts (
+            id TEXT PRIMARY KEY,
+            delivery_id TEXT NOT NULL,
+            at BIGINT NOT NULL,
+            duration_ms BIGINT NOT NULL,
+            http_status BIGINT,
+            error TEXT,
+            response_excerpt TEXT
+        )",
+            "CREATE INDEX IF NOT EXISTS event_attempts_delivery ON event_attempts (delivery_id, at)",
+        ],
+    ),
 ];

@@ -4,8 +4,10 @@
 
 mod binder;
 mod migrations;
+pub mod outbox;
 mod sql;
 
+pub use outbox::{Outbox, OutboxEvent};
 pub use sql::{SqlStore, status_str};
 
 use async_trait::async_trait;
@@ -250,6 +252,17 @@ pub enum Write {
         id: String,
         /// When (Unix ms).
         at: i64,
+    },
+    /// Records an outbound event for the platform (the transactional outbox) and queues one
+    /// delivery of it to every enabled endpoint that takes its type, in the same transaction
+    /// as the change it describes: an event is stored exactly when its change is.
+    Event {
+        /// The event.
+        event: Box<OutboxEvent>,
+        /// Only if the last write before it in the batch (events aside) changed a row: an
+        /// unlink of a clinic no longer linked, or a disable of a disabled clinic, announces
+        /// nothing.
+        if_changed: bool,
     },
 }
 

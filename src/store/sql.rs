@@ -26,7 +26,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A SQLite or PostgreSQL store.
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     postgres: bool,
     /// Binds new calls in batches (one transaction for every call that arrived meanwhile).
     binder: Binder,
@@ -241,7 +241,7 @@ fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Any>;
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 async fn insert_audit(tx: &mut Tx, e: &AuditEntry) -> StoreResult<()> {
     // Whatever a caller put in the record, what is kept is bounded.
@@ -266,16 +266,26 @@ async fn insert_audit(tx: &mut Tx, e: &AuditEntry) -> StoreResult<()> {
     Ok(())
 }
 
-/// Applies a targeted clinic change; false when its precondition does not hold.
-async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreResult<bool> {
+/// Applies a targeted clinic change: (whether its precondition held, whether a row changed).
+async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreResult<(bool, bool)> {
     let done = match change {
         ClinicChange::SetEnabled(on) => {
-            sqlx::query("UPDATE clinics SET app_enabled = $1, updated_at = $2 WHERE id = $3")
+            // Written only if it differs, so that "changed" says whether anything happened
+            // (a disable of a disabled clinic announces nothing); the clinic must exist.
+            let done = sqlx::query("UPDATE clinics SET app_enabled = $1, updated_at = $2 WHERE id = $3 AND app_enabled <> $1")
                 .bind(i64::from(*on))
                 .bind(now_ms())
                 .bind(id)
                 .execute(&mut **tx)
-                .await?
+                .await?;
+            if done.rows_affected() == 1 {
+                return Ok((true, true));
+            }
+            let exists: Option<String> = sqlx::query_scalar("SELECT id FROM clinics WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await?;
+            return Ok((exists.is_some(), false));
         }
         ClinicChange::Link(l) => {
             sqlx::query(
@@ -294,7 +304,7 @@ async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreRes
             .await?
         }
         ClinicChange::Unlink { account } => {
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE clinics SET stripe_account = NULL, stripe_publishable_key = NULL, stripe_display_name = NULL, \
                  stripe_livemode = 0, linked_by = NULL, linked_at = NULL, updated_at = $1 \
                  WHERE id = $2 AND stripe_account = $3",
@@ -304,10 +314,11 @@ async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreRes
             .bind(account)
             .execute(&mut **tx)
             .await?;
-            return Ok(true);
+            return Ok((true, done.rows_affected() == 1));
         }
     };
-    Ok(done.rows_affected() == 1)
+    let landed = done.rows_affected() == 1;
+    Ok((landed, landed))
 }
 
 /// Inserts a clinic as given, or renames an existing one: a rename never touches enablement
@@ -469,7 +480,10 @@ impl Store for SqlStore {
 
     async fn commit(&self, writes: &[Write]) -> StoreResult<Committed> {
         let mut tx = self.pool.begin().await?;
+        // Whether the last write before an event changed a row (for `Write::Event { if_changed }`).
+        let mut changed = false;
         for write in writes {
+            let mut did_change = None;
             let landed = match write {
                 Write::Webhook(e) => {
                     let inserted = sqlx::query(
@@ -495,7 +509,19 @@ impl Store for SqlStore {
                     let done = bind_payment_fields!(q, p).bind(&p.id).bind(*expected_version).execute(&mut *tx).await?;
                     done.rows_affected() == 1
                 }
-                Write::Clinic { id, change } => clinic_change(&mut tx, id, change).await?,
+                Write::Clinic { id, change } => {
+                    let (landed, did) = clinic_change(&mut tx, id, change).await?;
+                    did_change = Some(did);
+                    landed
+                }
+                Write::Event { event, if_changed } => {
+                    if changed || !*if_changed {
+                        super::outbox::insert_event(&mut tx, event).await?;
+                    }
+                    // Several events may describe one change.
+                    did_change = Some(changed);
+                    true
+                }
                 Write::UpsertClinic(c) => {
                     upsert_clinic(&mut tx, c).await?;
                     true
@@ -534,6 +560,7 @@ impl Store for SqlStore {
                 tx.rollback().await?;
                 return Ok(Committed::Conflict);
             }
+            changed = did_change.unwrap_or(true);
         }
         tx.commit().await?;
         Ok(Committed::Applied)

@@ -152,6 +152,13 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
                 TeamMember => 404,
                 _ => per_clinic(matches!(who, TeamAdmin), 409),
             },
+            // The platform's event endpoints: its operator's alone. A missing delivery or
+            // endpoint is 404 to the operator, 403 to every other role (told nothing).
+            "create_endpoint" => ok(matches!(who, Operator), 201),
+            "list_endpoints" | "show_endpoint" | "change_endpoint" | "endpoint_deliveries" => {
+                ok(matches!(who, Operator), 200)
+            }
+            "replay_delivery" | "delete_endpoint" => ok(matches!(who, Operator), 404),
             other => panic!("no expectation for {other}"),
         },
     }
@@ -186,6 +193,17 @@ async fn every_role_against_every_endpoint() {
     let other_payment = seed_payment(&hub, OTHER_CLINIC, "u-team_member").await;
     let colleague_payment = seed_payment(&hub, DEMO_CLINIC, "u-colleague").await;
     let colleague_elsewhere = seed_payment(&hub, OTHER_CLINIC, "u-colleague").await;
+    // An event endpoint of the platform's (disabled: nobody listens at it).
+    let (s, made) = hub
+        .api(
+            Some(&hub.info.operator_token),
+            "POST",
+            "/v1/event-endpoints",
+            Some(json!({"url": "https://billing.example.com/events", "enabled": false})),
+        )
+        .await;
+    assert_eq!(s, 201, "{made}");
+    let endpoint = made["id"].as_str().unwrap().to_owned();
     let mut checked = 0;
     for who in everyone {
         for own in [true, false] {
@@ -276,6 +294,28 @@ async fn every_role_against_every_endpoint() {
                 ),
                 ("org_report", "GET", format!("/v1/orgs/{org}/report?from=2026-12-01&to=2026-12-31&tz=UTC"), None),
                 ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
+                (
+                    "create_endpoint",
+                    "POST",
+                    "/v1/event-endpoints".into(),
+                    Some(json!({"url": "https://billing.example.com/more", "enabled": false})),
+                ),
+                ("list_endpoints", "GET", "/v1/event-endpoints".into(), None),
+                ("show_endpoint", "GET", format!("/v1/event-endpoints/{endpoint}"), None),
+                (
+                    "change_endpoint",
+                    "PATCH",
+                    format!("/v1/event-endpoints/{endpoint}"),
+                    Some(json!({"description": "billing"})),
+                ),
+                ("endpoint_deliveries", "GET", format!("/v1/event-endpoints/{endpoint}/deliveries"), None),
+                (
+                    "replay_delivery",
+                    "POST",
+                    format!("/v1/event-endpoints/{endpoint}/deliveries/dlv_missing/replay"),
+                    None,
+                ),
+                ("delete_endpoint", "DELETE", "/v1/event-endpoints/we_missing".into(), None),
             ];
             for (name, method, path, body) in cases {
                 if own {
@@ -298,7 +338,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 20);
+    assert_eq!(checked, 7 * 2 * 27);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =

@@ -59,8 +59,10 @@ impl Cluster {
             config.validate_for_serve().unwrap();
             let node = format!("node-{i}");
             let bus = Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap());
+            let store = Arc::new(SqlStore::connect(&db.url).await.unwrap());
             let deps = Dependencies {
-                store: Arc::new(SqlStore::connect(&db.url).await.unwrap()),
+                outbox: store.clone(),
+                store,
                 stripe: Arc::new(callpay::payments::stripe::StripeGateway::new(&config.stripe).unwrap()),
                 bus: bus.clone(),
                 presence: bus,

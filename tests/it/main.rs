@@ -9,6 +9,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod errors;
+mod events;
 mod flow;
 mod hostile;
 mod layers;

@@ -5,8 +5,9 @@ use super::{Page, Result, check, forbidden, load_clinic, not_found, paginate, st
 use crate::admin::authz::{Action, AdminClaims, Reach, Scope, authorize, reach};
 use crate::admin::{Actor, Admin, announce_clinic};
 use crate::app::AppState;
+use crate::events::catalogue::{EventType, clinic_write};
 use crate::http::{ApiError, Json, Path, Query};
-use crate::store::{AuditEntry, ClinicChange, Committed, Enablement, Write, now_ms};
+use crate::store::{AuditEntry, Clinic, ClinicChange, Committed, Enablement, Write, now_ms};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -154,7 +155,10 @@ async fn decide(
     // The decision, the clinic's enablement and the audit record land together.
     let mut writes = vec![Write::Decision(e.clone()), Write::Audit(audit)];
     if approve {
+        let enabled = Clinic { app_enabled: true, ..load_clinic(app, &e.clinic_id).await? };
         writes.push(Write::Clinic { id: e.clinic_id.clone(), change: ClinicChange::SetEnabled(true) });
+        // Announced to the platform only if the clinic was not enabled already.
+        writes.push(clinic_write(EventType::ClinicAppEnabled, &enabled));
     }
     if app.store.commit(&writes).await.map_err(store_err)? != Committed::Applied {
         return Err(ApiError::new(StatusCode::CONFLICT, "already_decided", "This request was already decided."));

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod enablement;
+pub mod events;
 pub mod orgs;
 pub mod payments;
 pub mod refunds;

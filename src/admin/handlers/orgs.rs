@@ -4,6 +4,7 @@ use super::{Page, Result, check, clinic_for, clinic_view, load_clinic, not_found
 use crate::admin::authz::Action;
 use crate::admin::{Actor, Admin, announce_clinic, clinic_audit};
 use crate::app::AppState;
+use crate::events::catalogue::{EventType, clinic_write};
 use crate::http::{ApiError, Json, Path, Query};
 use crate::store::{AuditEntry, Clinic, ClinicChange, Org, Write};
 use axum::extract::State;
@@ -118,8 +119,12 @@ pub async fn disable(
 ) -> Result<Json<Value>> {
     let clinic = clinic_for(&app, &who, Action::DisableApp, &clinic_id).await?;
     let audit = clinic_audit(Actor::from(&who), &clinic, "app.disabled", Some(&clinic.id), "ok");
-    let writes =
-        [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(false) }, Write::Audit(audit)];
+    let disabled = Clinic { app_enabled: false, ..clinic.clone() };
+    let writes = [
+        Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(false) },
+        clinic_write(EventType::ClinicAppDisabled, &disabled),
+        Write::Audit(audit),
+    ];
     app.store.commit(&writes).await.map_err(store_err)?;
     let clinic = load_clinic(&app, &clinic_id).await?;
     announce_clinic(&app, &clinic).await;

@@ -7,6 +7,7 @@ use crate::admin::pages::page;
 use crate::admin::{Actor, Admin, announce_clinic, audit_only, clinic_audit, unlink};
 use crate::app::AppState;
 use crate::connect::ConnectError;
+use crate::events::catalogue::{EventType, clinic_write};
 use crate::http::{ApiError, Json, Path, Query};
 use crate::store::{Clinic, OAuthState, StateTaken, now_ms};
 use crate::store::{ClinicChange, Committed, StripeLink, Write};
@@ -240,7 +241,20 @@ pub async fn oauth_callback(State(app): State<AppState>, headers: HeaderMap, Que
         _ => ("stripe.linked", linked.stripe_user_id.clone()),
     };
     let audit = clinic_audit(actor, &clinic, action, Some(&linked.stripe_user_id), "ok").with_detail(detail);
-    let writes = [Write::Clinic { id: clinic_id.clone(), change: ClinicChange::Link(link) }, Write::Audit(audit)];
+    let linked_clinic = Clinic {
+        stripe_account: Some(link.account.clone()),
+        stripe_publishable_key: link.publishable_key.clone(),
+        stripe_display_name: link.display_name.clone(),
+        stripe_livemode: link.livemode,
+        linked_by: Some(link.linked_by.clone()),
+        linked_at: Some(link.linked_at),
+        ..clinic.clone()
+    };
+    let writes = [
+        Write::Clinic { id: clinic_id.clone(), change: ClinicChange::Link(link) },
+        clinic_write(EventType::ClinicStripeLinked, &linked_clinic),
+        Write::Audit(audit),
+    ];
     match app.store.commit(&writes).await {
         Ok(Committed::Applied) => {}
         Ok(_) => {
@@ -306,8 +320,12 @@ pub async fn remove_stripe(
         }
     }
     let audit = clinic_audit(Actor::from(&who), &clinic, "stripe.removed", Some(&account), "ok");
+    let mut unlinked = clinic.clone();
+    unlink(&mut unlinked);
     let writes = [
         Write::Clinic { id: clinic.id.clone(), change: ClinicChange::Unlink { account: account.clone() } },
+        // Announced only if this removal unlinked it (not a concurrent one, nor a re-link since).
+        clinic_write(EventType::ClinicStripeUnlinked, &unlinked),
         Write::Audit(audit),
     ];
     app.store.commit(&writes).await.map_err(store_err)?;

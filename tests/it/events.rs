@@ -1,0 +1,574 @@
+//! Signed events for the platform, against a real HTTP receiver on loopback: signatures checked
+//! by the README's own Python snippet (Python's `hmac`, not callpay's code), a receiver that
+//! fails three times then answers, a hub restarted while a delivery waits for its retry, order
+//! and duplicates per payment, replay, refused endpoint URLs.
+
+use crate::helpers::*;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use callpay::config::Config;
+use callpay::demo::DEMO_CLINIC;
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One request the receiver got, and what it answered.
+#[derive(Clone, Debug)]
+struct Got {
+    signature: String,
+    event_id_header: String,
+    delivery_id: String,
+    body: String,
+    answered: u16,
+    at: Instant,
+}
+
+impl Got {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+}
+
+#[derive(Clone, Default)]
+struct ReceiverState {
+    got: Arc<Mutex<Vec<Got>>>,
+    /// Requests still to be answered 500.
+    fail_next: Arc<AtomicUsize>,
+    /// Answer every third request 500 instead.
+    flaky: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The platform's side: an HTTP server on loopback that keeps every request.
+struct Receiver {
+    url: String,
+    state: ReceiverState,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        async fn hook(State(s): State<ReceiverState>, headers: HeaderMap, body: Bytes) -> (StatusCode, &'static str) {
+            let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            // One lock for counting and recording, so concurrent requests count one by one.
+            let mut got = s.got.lock().unwrap();
+            let fail = if s.flaky.load(Ordering::SeqCst) {
+                got.len() % 3 == 2
+            } else {
+                s.fail_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+            };
+            got.push(Got {
+                signature: header("callpay-signature"),
+                event_id_header: header("callpay-event-id"),
+                delivery_id: header("callpay-delivery-id"),
+                body: String::from_utf8(body.to_vec()).unwrap(),
+                answered: if fail { 500 } else { 200 },
+                at: Instant::now(),
+            });
+            drop(got);
+            if fail { (StatusCode::INTERNAL_SERVER_ERROR, "receiver down") } else { (StatusCode::OK, "ok") }
+        }
+        let state = ReceiverState::default();
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state }
+    }
+
+    fn fail_next(&self, n: usize) {
+        self.state.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.state.got.lock().unwrap().clone()
+    }
+
+    /// What arrived about `object_id` (a payment or clinic id), in order of arrival.
+    fn about(&self, object_id: &str) -> Vec<Got> {
+        self.got().into_iter().filter(|g| g.json()["data"]["object"]["id"] == object_id).collect()
+    }
+}
+
+/// Quick retries: a first retry after 100 to 200 ms, then at most 400 ms apart.
+fn fast(c: &mut Config) {
+    fast_events(&mut c.events);
+}
+
+fn fast_events(e: &mut callpay::config::EventsConfig) {
+    e.poll_interval_ms = 50;
+    e.retry_first_ms = 200;
+    e.retry_max_interval_ms = 400;
+    e.timeout_ms = 3_000;
+}
+
+async fn api(hub_url: &str, http: &Http, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let (status, json, _) =
+        http.send(method, &format!("{hub_url}{path}"), &headers, body.map(|b| b.to_string()).unwrap_or_default()).await;
+    (status, json)
+}
+
+async fn operator(hub: &TestHub, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    api(&hub.info.hub_url, &hub.http, &hub.info.operator_token, method, path, body).await
+}
+
+/// Registers `url` for `events` (all if empty); returns (endpoint id, secret).
+async fn register(hub: &TestHub, url: &str, events: &[&str]) -> (String, String) {
+    let (s, e) = operator(hub, "POST", "/v1/event-endpoints", Some(json!({"url": url, "events": events}))).await;
+    assert_eq!(s, 201, "{e}");
+    (e["id"].as_str().unwrap().to_owned(), e["secret"].as_str().unwrap().to_owned())
+}
+
+/// The README's verification snippet, run by Python on the exact header and body received.
+fn python_verifies(secret: &str, signature: &str, body: &[u8]) -> bool {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("<!-- events-verify-snippet -->").expect("the README has the snippet");
+    let code = &readme[start..];
+    let code = &code[code.find("```python\n").unwrap() + "```python\n".len()..];
+    let code = &code[..code.find("```").unwrap()];
+    let driver = "\nimport sys\nbody = open(sys.argv[3], 'rb').read()\nprint('ok' if verify(sys.argv[1], sys.argv[2], body) else 'bad')\n";
+    let dir = std::env::temp_dir().join(format!("callpay-events-{}", callpay::ids::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("verify.py"), format!("{code}{driver}")).unwrap();
+    std::fs::write(dir.join("body"), body).unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(dir.join("verify.py"))
+        .args([secret, signature])
+        .arg(dir.join("body"))
+        .output()
+        .expect("python3 runs");
+    std::fs::remove_dir_all(&dir).ok();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(said == "ok" || said == "bad", "python said {said:?}: {}", String::from_utf8_lossy(&out.stderr));
+    said == "ok"
+}
+
+async fn pay(hub: &TestHub, client_ref: &str) -> String {
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request(client_ref, 5000, "Consult").await;
+    let payment = pat.until("payment.requested").await["payment"].clone();
+    assert_eq!(pay_like_stripe_js(hub, &payment, "4242424242424242", "sam@example.com").await.0, 200);
+    doc.until("payment.confirmed").await["payment"]["payment_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn events_are_signed_so_that_pythons_hmac_verifies_them() {
+    let hub = TestHub::start_with(fast).await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = register(&hub, &receiver.url, &[]).await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let payment_id = pay(&hub, "sig-1").await;
+    let got = eventually(async || {
+        let got = receiver.about(&payment_id);
+        (got.len() >= 2).then_some(got)
+    })
+    .await;
+    for g in &got {
+        assert!(python_verifies(&secret, &g.signature, g.body.as_bytes()), "{} {}", g.signature, g.body);
+        // The verifier can fail: another secret, a changed body or an old timestamp.
+        assert!(!python_verifies("whsec_another", &g.signature, g.body.as_bytes()));
+        assert!(!python_verifies(&secret, &g.signature, g.body.replace("5000", "5001").as_bytes()));
+        let t: i64 = g.signature["t=".len()..g.signature.find(',').unwrap()].parse().unwrap();
+        let old = g.signature.replacen(&format!("t={t}"), &format!("t={}", t - 301), 1);
+        assert!(!python_verifies(&secret, &old, g.body.as_bytes()), "a timestamp changed breaks the signature");
+        let e = g.json();
+        assert_eq!(e["id"], g.event_id_header.as_str());
+        assert!(e["id"].as_str().unwrap().starts_with("evt_"));
+        assert_eq!(e["object"], "event");
+        assert_eq!(e["api_version"], callpay::events::catalogue::API_VERSION);
+        assert!(e["created"].as_i64().unwrap() > 1_700_000_000);
+        let p = &e["data"]["object"];
+        assert_eq!(
+            (p["object"].as_str(), p["amount"].as_i64(), p["currency"].as_str()),
+            (Some("payment"), Some(5000), Some("aud"))
+        );
+        assert_eq!(p["clinic_id"], DEMO_CLINIC);
+        assert!(!g.body.contains("_secret_") && !g.body.contains("sam@example.com") && !g.body.contains("4242"));
+    }
+    let types: Vec<Value> = got.iter().map(|g| g.json()["type"].clone()).collect();
+    assert_eq!(types, [json!("payment.requested"), json!("payment.succeeded")]);
+    assert_eq!(got[1].json()["data"]["object"]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_three_times_gets_the_event_on_the_fourth_attempt() {
+    let hub = TestHub::start_with(fast).await;
+    let receiver = Receiver::start().await;
+    let (endpoint, _) = register(&hub, &receiver.url, &["clinic.app_disabled"]).await;
+    receiver.fail_next(3);
+    let org_admin = hub.info.org_admin_token.clone();
+    let (s, _) =
+        api(&hub.info.hub_url, &hub.http, &org_admin, "POST", &format!("/v1/clinics/{DEMO_CLINIC}/disable"), None)
+            .await;
+    assert_eq!(s, 200);
+    let got = eventually(async || {
+        let got = receiver.about(DEMO_CLINIC);
+        (got.iter().any(|g| g.answered == 200)).then_some(got)
+    })
+    .await;
+    assert_eq!(got.iter().map(|g| g.answered).collect::<Vec<_>>(), [500, 500, 500, 200]);
+    let ids: Vec<Value> = got.iter().map(|g| g.json()["id"].clone()).collect();
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "one event, the same id every time: {ids:?}");
+    assert!(got.windows(2).all(|w| w[0].body == w[1].body), "the same body every time");
+    assert_eq!(got[0].json()["type"], "clinic.app_disabled");
+    assert_eq!(got[0].json()["data"]["object"]["app_enabled"], false);
+    // Backing off: at least half of 200 ms, 400 ms, 400 ms between attempts.
+    for (w, least) in got.windows(2).zip([100, 200, 200]) {
+        let gap = w[1].at - w[0].at;
+        assert!(gap >= Duration::from_millis(least), "retried after {gap:?}");
+    }
+    // Disabling it again changes nothing, and tells the platform nothing.
+    api(&hub.info.hub_url, &hub.http, &org_admin, "POST", &format!("/v1/clinics/{DEMO_CLINIC}/disable"), None).await;
+
+    // The attempts, as the API reads them.
+    let (s, list) = operator(&hub, "GET", &format!("/v1/event-endpoints/{endpoint}/deliveries"), None).await;
+    assert_eq!(s, 200, "{list}");
+    let deliveries = list["data"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{list}");
+    let d = &deliveries[0];
+    assert_eq!(
+        (d["status"].as_str(), d["attempts"].as_i64(), d["last_status"].as_i64()),
+        (Some("delivered"), Some(4), Some(200))
+    );
+    assert_eq!(d["event_id"], ids[0]);
+    let (s, detail) = operator(
+        &hub,
+        "GET",
+        &format!("/v1/event-endpoints/{endpoint}/deliveries/{}", d["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{detail}");
+    let attempts = detail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 4, "{detail}");
+    for a in &attempts[..3] {
+        assert_eq!((a["http_status"].as_i64(), a["error"].as_str()), (Some(500), Some("answered HTTP 500")), "{a}");
+        assert_eq!(a["response_excerpt"], "receiver down");
+    }
+    assert_eq!((attempts[3]["http_status"].as_i64(), attempts[3]["error"].as_str()), (Some(200), None));
+    assert!(
+        attempts.iter().all(|a| a["duration_ms"].as_i64().is_some_and(|d| d >= 0) && a["at"].as_i64().unwrap() > 0)
+    );
+    assert_eq!(detail["event"]["id"], ids[0], "the event exactly as sent");
+    let (s, failed) =
+        operator(&hub, "GET", &format!("/v1/event-endpoints/{endpoint}/deliveries?status=failed"), None).await;
+    assert_eq!((s, failed["data"].as_array().map(Vec::len)), (200, Some(0)));
+}
+
+/// A hub on the SQLite file under `dir` (its own simulator and tokens), serving until stopped.
+struct Running {
+    info: callpay::demo::DemoInfo,
+    _sim: stripe_sim::SimHandle,
+    state: callpay::app::AppState,
+    run: tokio::task::JoinHandle<anyhow::Result<()>>,
+    http: Http,
+}
+
+impl Running {
+    async fn start(dir: &std::path::Path) -> Self {
+        let listen = "127.0.0.1:0".parse().unwrap();
+        let callpay::demo::Demo { app, sim, info } =
+            callpay::demo::start_with(Some(dir.to_owned()), listen, stripe_sim::SimConfig::for_tests(), fast)
+                .await
+                .unwrap();
+        let state = app.state.clone();
+        let run = tokio::spawn(app.run_until_stopped());
+        Self { info, _sim: sim, state, run, http: Http::new() }
+    }
+
+    /// Stops it as SIGTERM does, and waits until it has.
+    async fn stop(self) {
+        self.state.shutdown.cancel();
+        self.run.await.unwrap().unwrap();
+    }
+
+    async fn operator(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        api(&self.info.hub_url, &self.http, &self.info.operator_token, method, path, body).await
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_waiting_for_its_retry_survives_a_hub_restart() {
+    let dir = std::env::temp_dir().join(format!("callpay-events-restart-{}", callpay::ids::random_id()));
+    let receiver = Receiver::start().await;
+    receiver.fail_next(usize::MAX);
+    let first = Running::start(&dir).await;
+    let (s, e) = first
+        .operator("POST", "/v1/event-endpoints", Some(json!({"url": receiver.url, "events": ["clinic.app_disabled"]})))
+        .await;
+    assert_eq!(s, 201, "{e}");
+    let endpoint = e["id"].as_str().unwrap().to_owned();
+    let org_admin = first.info.org_admin_token.clone();
+    let (s, _) =
+        api(&first.info.hub_url, &first.http, &org_admin, "POST", &format!("/v1/clinics/{DEMO_CLINIC}/disable"), None)
+            .await;
+    assert_eq!(s, 200);
+    // Failing, and retried: then the hub stops between two attempts.
+    let event_id = eventually(async || {
+        let got = receiver.about(DEMO_CLINIC);
+        (got.len() >= 2).then(|| got[0].json()["id"].clone())
+    })
+    .await;
+    first.stop().await;
+    let before_restart = receiver.about(DEMO_CLINIC).len();
+    assert!(receiver.about(DEMO_CLINIC).iter().all(|g| g.answered == 500));
+    receiver.fail_next(0);
+
+    // A new hub on the same database sends it: the event is not lost, and is the same event.
+    let second = Running::start(&dir).await;
+    let delivered = eventually(async || {
+        let got = receiver.about(DEMO_CLINIC);
+        got.iter().find(|g| g.answered == 200).cloned()
+    })
+    .await;
+    assert_eq!(delivered.json()["id"], event_id);
+    assert_eq!(delivered.json()["type"], "clinic.app_disabled");
+    let after = receiver.about(DEMO_CLINIC);
+    assert!(after.len() > before_restart, "sent again after the restart");
+    assert!(after.iter().all(|g| g.json()["id"] == event_id), "one event only: {after:?}");
+    let (s, list) = second.operator("GET", &format!("/v1/event-endpoints/{endpoint}/deliveries"), None).await;
+    assert_eq!(s, 200, "{list}");
+    let d = &list["data"][0];
+    assert_eq!((d["status"].as_str(), d["event_id"].clone()), (Some("delivered"), event_id));
+    assert_eq!(d["attempts"].as_u64(), Some(after.len() as u64), "every attempt, both hubs', recorded: {d}");
+    second.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn a_payments_events_arrive_in_order_with_stable_ids_and_a_replay_resends_the_same_event() {
+    let hub = TestHub::start_with(fast).await;
+    let receiver = Receiver::start().await;
+    let (endpoint, secret) = register(&hub, &receiver.url, &[]).await;
+    // The first two requests fail: `payment.requested` is retried while the payment is paid,
+    // and `payment.succeeded` must wait for it.
+    receiver.fail_next(2);
+    let payment_id = pay(&hub, "order-1").await;
+    let token = hub.info.clinic_admin_token.clone();
+    let (s, r) = api(
+        &hub.info.hub_url,
+        &hub.http,
+        &token,
+        "POST",
+        &format!("/v1/payments/{payment_id}/refunds"),
+        Some(json!({"amount": 1000, "reason": "requested_by_customer"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let got = eventually(async || {
+        let got = receiver.about(&payment_id);
+        got.iter().any(|g| g.answered == 200 && g.json()["type"] == "payment.refunded").then_some(got)
+    })
+    .await;
+    let seen: Vec<(String, u16)> =
+        got.iter().map(|g| (g.json()["type"].as_str().unwrap().to_owned(), g.answered)).collect();
+    let want = [
+        ("payment.requested", 500),
+        ("payment.requested", 500),
+        ("payment.requested", 200),
+        ("payment.succeeded", 200),
+        ("payment.refunded", 200),
+    ];
+    assert_eq!(seen, want.map(|(t, s)| (t.to_owned(), s)), "in order, each retried until answered");
+    let ids: Vec<String> = got.iter().map(|g| g.json()["id"].as_str().unwrap().to_owned()).collect();
+    assert!(ids[0] == ids[1] && ids[1] == ids[2], "a retry is the same event: {ids:?}");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "three events, deduplicated by id: {ids:?}");
+    assert_eq!(got[4].json()["data"]["object"]["amount_refunded"], 1000);
+    assert_eq!(got[4].json()["data"]["object"]["status"], "partially_refunded");
+
+    // The operator replays the success: the same event (id and body), signed afresh.
+    let (_, list) = operator(&hub, "GET", &format!("/v1/event-endpoints/{endpoint}/deliveries?limit=200"), None).await;
+    let original = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_type"] == "payment.succeeded" && d["event_id"] == ids[3].as_str())
+        .cloned()
+        .expect("the success's delivery");
+    let path = format!("/v1/event-endpoints/{endpoint}/deliveries/{}/replay", original["id"].as_str().unwrap());
+    let (s, replay) = operator(&hub, "POST", &path, None).await;
+    assert_eq!(s, 201, "{replay}");
+    assert_eq!(
+        (replay["replay_of"].clone(), replay["event_id"].clone()),
+        (original["id"].clone(), original["event_id"].clone())
+    );
+    let again = eventually(async || {
+        let got = receiver.about(&payment_id);
+        (got.len() == 6).then(|| got[5].clone())
+    })
+    .await;
+    assert_eq!(again.json()["id"], ids[3].as_str());
+    assert_eq!(again.body, got[3].body, "the same event, byte for byte");
+    assert!(python_verifies(&secret, &again.signature, again.body.as_bytes()));
+    let (s, d) = operator(
+        &hub,
+        "GET",
+        &format!("/v1/event-endpoints/{endpoint}/deliveries/{}", replay["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!((s, d["delivery"]["status"].as_str()), (200, Some("delivered")), "{d}");
+    // Replaying what does not exist, or through another endpoint, finds nothing.
+    let (s, e) =
+        operator(&hub, "POST", &format!("/v1/event-endpoints/{endpoint}/deliveries/dlv_nope/replay"), None).await;
+    assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn refused_endpoint_urls_get_a_clear_error_and_store_nothing() {
+    let hub = TestHub::start_with(fast).await;
+    let own = hub.info.hub_url.clone();
+    let port = own.rsplit(':').next().unwrap().to_owned();
+    let cases = [
+        (json!({"url": "ftp://billing.example.com/events"}), "url_scheme_not_allowed"),
+        (json!({"url": "file:///etc/passwd"}), "url_scheme_not_allowed"),
+        (json!({"url": format!("{own}/v1/stripe/webhook")}), "url_is_callpay"),
+        (json!({"url": format!("http://localhost:{port}/x")}), "url_is_callpay"),
+        (json!({"url": format!("http://[::1]:{port}/x")}), "url_is_callpay"),
+        (json!({"url": "https://user:pass@billing.example.com/events"}), "url_has_credentials"),
+        (json!({"url": "https://billing.example.com/events#top"}), "url_has_fragment"),
+        (json!({"url": "http://billing.example.com/events"}), "url_not_https"),
+        (json!({"url": "https://169.254.169.254/latest/meta-data"}), "url_address_not_allowed"),
+        (json!({"url": "not a url"}), "invalid_url"),
+        (json!({"events": []}), "invalid_url"),
+        (json!({"url": "https://billing.example.com/events", "events": ["payment.nope"]}), "unknown_event_type"),
+        (json!({"url": "https://billing.example.com/events", "secret": "short"}), "invalid_secret"),
+        (json!({"url": "https://billing.example.com/events", "description": "x".repeat(201)}), "invalid_description"),
+    ];
+    for (body, code) in cases {
+        let (s, e) = operator(&hub, "POST", "/v1/event-endpoints", Some(body.clone())).await;
+        assert_eq!((s, e["code"].as_str()), (400, Some(code)), "{body}: {e}");
+        assert!(!e["message"].as_str().unwrap_or_default().is_empty());
+    }
+    let (s, e) =
+        operator(&hub, "POST", "/v1/event-endpoints", Some(json!({"url": "https://a.example", "nope": 1}))).await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("invalid_body")), "unknown fields are refused: {e}");
+    let (_, list) = operator(&hub, "GET", "/v1/event-endpoints", None).await;
+    assert_eq!(list["data"], json!([]), "nothing stored");
+
+    // A good one; a change to a refused URL leaves it as it was; the secret is never shown again.
+    let (s, made) = operator(
+        &hub,
+        "POST",
+        "/v1/event-endpoints",
+        Some(json!({"url": "https://billing.example.com/events", "secret": "whsec_chosen_by_the_platform_0123"})),
+    )
+    .await;
+    assert_eq!((s, made["secret"].as_str()), (201, Some("whsec_chosen_by_the_platform_0123")));
+    let id = made["id"].as_str().unwrap();
+    let (s, e) =
+        operator(&hub, "PATCH", &format!("/v1/event-endpoints/{id}"), Some(json!({"url": format!("{own}/")}))).await;
+    assert_eq!((s, e["code"].as_str()), (400, Some("url_is_callpay")));
+    let (s, shown) = operator(&hub, "GET", &format!("/v1/event-endpoints/{id}"), None).await;
+    assert_eq!((s, shown["url"].as_str()), (200, Some("https://billing.example.com/events")));
+    assert!(shown.get("secret").is_none() && !shown.to_string().contains("whsec_"), "{shown}");
+    let (s, changed) = operator(
+        &hub,
+        "PATCH",
+        &format!("/v1/event-endpoints/{id}"),
+        Some(json!({"enabled": false, "events": ["payment.succeeded"]})),
+    )
+    .await;
+    assert_eq!(
+        (s, changed["enabled"].as_bool(), changed["events"].clone()),
+        (200, Some(false), json!(["payment.succeeded"]))
+    );
+    assert_eq!(changed["url"], "https://billing.example.com/events", "fields not given are kept");
+    let (s, _) = operator(&hub, "DELETE", &format!("/v1/event-endpoints/{id}"), None).await;
+    assert_eq!(s, 200);
+    let (s, e) = operator(&hub, "GET", &format!("/v1/event-endpoints/{id}"), None).await;
+    assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn three_workers_on_one_postgresql_send_each_attempt_once_and_keep_each_payments_order() {
+    use callpay::events::catalogue::payment_writes;
+    use callpay::events::relay::Relay;
+    use callpay::events::sender::HttpSender;
+    use callpay::events::{EndpointRequest, Events};
+    use callpay::store::{Payment, SqlStore, Store};
+    use callpay_protocol::PaymentStatus as S;
+    crate::services::ensure_services();
+    let db = crate::services::TempDb::new();
+    let receiver = Receiver::start().await;
+    receiver.state.flaky.store(true, Ordering::SeqCst);
+    let mut cfg = Config::default().events;
+    fast_events(&mut cfg);
+    // Three instances: three pools on one database, a worker each.
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(Arc::new(SqlStore::connect(&db.url).await.unwrap()));
+    }
+    let events = Events::new(stores[0].clone(), cfg.clone(), Default::default());
+    let request = EndpointRequest { url: Some(receiver.url.clone()), ..EndpointRequest::default() };
+    let (endpoint, secret) = events.create_endpoint(request, "op").await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    for store in &stores {
+        let sender = HttpSender::new(Duration::from_secs(3), Duration::from_secs(1), Default::default());
+        let relay = Arc::new(Relay::new(store.clone(), Arc::new(sender), cfg.clone()));
+        workers.push(tokio::spawn(relay.run(stop.clone())));
+    }
+    // Ten payments, each requested, paid and partly refunded, committed from any instance.
+    let statuses = [S::Creating, S::Requested, S::Succeeded, S::PartiallyRefunded];
+    for i in 0..10 {
+        let mut before =
+            Payment { id: format!("pay_pg_{i}"), clinic_id: DEMO_CLINIC.into(), amount: 5000, ..Payment::default() };
+        for status in &statuses[1..] {
+            let refunded = if *status == S::PartiallyRefunded { 1000 } else { 0 };
+            let after =
+                Payment { status: *status, amount_refunded: refunded, version: before.version + 1, ..before.clone() };
+            stores[i % 3].commit(&payment_writes(&before, &after)).await.unwrap();
+            before = after;
+        }
+    }
+    eventually(async || (receiver.got().iter().filter(|g| g.answered == 200).count() >= 30).then_some(())).await;
+    // Let any attempt still in flight land, then stop the workers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let got = receiver.got();
+    assert!(got.iter().filter(|g| g.answered == 500).count() >= 10, "every third request failed: {}", got.len());
+    for i in 0..10 {
+        let id = format!("pay_pg_{i}");
+        let mine: Vec<&Got> = got.iter().filter(|g| g.json()["data"]["object"]["id"] == id.as_str()).collect();
+        let answered: Vec<String> =
+            mine.iter().filter(|g| g.answered == 200).map(|g| g.json()["type"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(
+            answered,
+            ["payment.requested", "payment.succeeded", "payment.refunded"],
+            "{id}: each once, in order"
+        );
+        // Nothing of a later event arrived before the earlier one was answered 200.
+        let ids: Vec<&str> = mine.iter().map(|g| g.event_id_header.as_str()).collect();
+        let mut runs = ids.clone();
+        runs.dedup();
+        assert_eq!(runs.len(), 3, "{id}: one event's attempts, then the next's: {ids:?}");
+        for g in &mine {
+            assert!(python_verifies(&secret, &g.signature, g.body.as_bytes()));
+        }
+    }
+    // Every request the receiver got is one recorded attempt of one delivery: no two
+    // instances sent the same attempt, and nothing was sent unrecorded.
+    let outbox: &dyn callpay::store::Outbox = stores[1].as_ref();
+    let deliveries = outbox.deliveries(&endpoint.id, None, 200, None).await.unwrap();
+    assert_eq!(deliveries.len(), 30);
+    for d in &deliveries {
+        let received = got.iter().filter(|g| g.delivery_id == d.id).count();
+        let attempts = outbox.attempts(&d.id).await.unwrap();
+        assert_eq!(
+            (d.status.as_str(), attempts.len(), d.attempts as usize),
+            ("delivered", received, received),
+            "{d:?}"
+        );
+        assert_eq!(got.iter().filter(|g| g.delivery_id == d.id && g.answered == 200).count(), 1, "{d:?}");
+    }
+    drop(db);
+}
