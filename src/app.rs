@@ -53,6 +53,10 @@ pub struct AppState {
     pub drain_spread: Arc<std::sync::OnceLock<std::time::Duration>>,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The key pay-by-link tokens are signed with (`None`: links are off on this hub).
+    pub link_key: Option<Arc<crate::payments::link::LinkKey>>,
+    /// callpay's own receipts: the outbox sender (running as a background task).
+    pub outbox: Arc<crate::mail::outbox::Outbox>,
 }
 
 /// External I/O the app runs on; tests and the demo pass their own.
@@ -67,6 +71,8 @@ pub struct Dependencies {
     pub presence: Arc<dyn PresenceStore>,
     /// Stripe Connect OAuth.
     pub connect: Arc<dyn ConnectApi>,
+    /// Where callpay's own receipts are sent (`None`: no mail server, no own receipts).
+    pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
 }
 
 impl Dependencies {
@@ -98,6 +104,7 @@ impl Dependencies {
             bus,
             presence,
             connect: Arc::new(StripeConnect::new(&config.stripe)),
+            mailer: crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?,
         })
     }
 }
@@ -131,6 +138,14 @@ impl AppState {
         hub.start(shutdown.clone());
         let payments = Arc::new(payments);
         tracker.spawn(payments.clone().run_sweeper(shutdown.clone()));
+        let outbox = Arc::new(crate::mail::outbox::Outbox::new(
+            deps.store.clone(),
+            deps.mailer,
+            config.receipts.clone(),
+            payments.receipts_queued(),
+        ));
+        tracker.spawn(outbox.clone().run(shutdown.clone()));
+        let link_key = crate::payments::link::LinkKey::from_config(&config.links, &config.auth).map(Arc::new);
         let cap = crate::limits::connection_cap(config.server.max_connections);
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         Ok(Self {
@@ -149,6 +164,8 @@ impl AppState {
             shutdown,
             drain: CancellationToken::new(),
             metrics_addr,
+            link_key,
+            outbox,
         })
     }
 }

@@ -38,6 +38,8 @@ pub enum Action {
     ViewOrgPayments,
     /// Read the report over every clinic of an organisation.
     ViewOrgReports,
+    /// Turn callpay's own receipt e-mail on or off for a clinic.
+    ManageReceipts,
 }
 
 /// How far a role reaches for an action.
@@ -81,6 +83,9 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     // Across the organisation: its admins only (a team admin reads each of their clinics).
     (Action::ViewOrgPayments, [OwnOrg, No, No, No]),
     (Action::ViewOrgReports, [OwnOrg, No, No, No]),
+    // What the clinic tells its patients is the clinic's choice: its admins (the organisation's
+    // too, as for its Stripe account), not the desk or a clinician.
+    (Action::ManageReceipts, [OwnOrg, OwnClinic, No, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -154,6 +159,7 @@ mod tests {
             Action::ViewReports,
             Action::ViewOrgPayments,
             Action::ViewOrgReports,
+            Action::ManageReceipts,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

@@ -106,6 +106,12 @@ pub const ROUTES: &[RouteDoc] = &[
         action: Some(Action::ManageStripe),
     },
     RouteDoc {
+        method: "put",
+        path: "/v1/clinics/{clinic_id}/receipts",
+        summary: "Turn callpay's own receipt e-mail on or off for the clinic (body: enabled, true or false); 409 receipts_unavailable when this hub has no mail server",
+        action: Some(Action::ManageReceipts),
+    },
+    RouteDoc {
         method: "get",
         path: "/v1/clinics/{clinic_id}/audit",
         summary: "The clinic's audit log (paginated)",
@@ -177,6 +183,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::stripe::start_connect))
         .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::stripe::remove_stripe))
         .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe::stripe_account))
+        .route("/v1/clinics/{clinic_id}/receipts", put(handlers::orgs::set_receipts))
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
         .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
         .route("/v1/orgs/{org_id}/payments", get(handlers::payments::org_list))
