@@ -267,7 +267,9 @@ async fn start_inner(
         bus,
         presence,
         connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
-        mailer: Some(mailbox.clone()),
+        // A mail server set in the configuration (receipts.smtp_url) takes the receipts;
+        // otherwise the demo mailbox does.
+        mailer: Some(crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?.unwrap_or(mailbox.clone())),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
     let info = DemoInfo {
