@@ -160,6 +160,36 @@ pub const ROUTES: &[RouteDoc] = &[
         action: Some(Action::ViewOrgReports),
     },
     RouteDoc {
+        method: "post",
+        path: "/v1/calls/{call_id}/payments/{payment_id}/link",
+        summary: "Pay by link: a signed link to an unpaid request of the call, valid for links.ttl_hours (Bearer: the clinician's join token for the call); answers 201 {url, expires_at}; 409 not_payable or clinic_unavailable",
+        action: None,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/pay-link",
+        summary: "The payment a pay link leads to (Bearer: the link token): state payable, confirming or paid, clinic_name, expires_at, payment; 400 link_invalid, 410 link_expired or link_canceled, 409 clinic_unavailable",
+        action: None,
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/pay-link/submitted",
+        summary: "The link page's Stripe.js finished (Bearer: the link token): the hub reads the PaymentIntent now; answers as GET /v1/pay-link",
+        action: None,
+    },
+    RouteDoc {
+        method: "put",
+        path: "/v1/pay-link/language",
+        summary: "The language the patient pays in, for callpay's receipt (Bearer: the link token; body lang: en or bn); 204",
+        action: None,
+    },
+    RouteDoc {
+        method: "put",
+        path: "/v1/calls/{call_id}/payments/{payment_id}/language",
+        summary: "The same from the patient's page in the call (Bearer: the patient's join token); 204",
+        action: None,
+    },
+    RouteDoc {
         method: "get",
         path: "/v1/stripe/oauth/callback",
         summary: "Stripe's OAuth redirect (authorized by the single-use state)",
