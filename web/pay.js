@@ -6,7 +6,12 @@
 import { t, applyI18n, languageSwitch, money, when, brand, decline } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
-const token = new URLSearchParams(location.hash.slice(1)).get('link') || '';
+/** The link's token, from the fragment (read again if the fragment changes). */
+let token = linkToken();
+
+function linkToken() {
+  return new URLSearchParams(location.hash.slice(1)).get('link') || '';
+}
 const config = await fetch('/v1/client-config').then((r) => r.json());
 /** The hub's last answer for the link, or the code of why it leads nowhere. */
 let view = null;
@@ -199,4 +204,10 @@ function render() {
 languageSwitch($('lang'), render);
 applyI18n();
 load();
+// Another link pasted into the same tab: show that one, from scratch.
+window.addEventListener('hashchange', () => {
+  token = linkToken();
+  Object.assign(pay, { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null });
+  load();
+});
 window.callpayLink = { reload: () => load() };
