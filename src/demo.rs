@@ -269,7 +269,9 @@ async fn start_inner(
         connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
         // A mail server set in the configuration (receipts.smtp_url) takes the receipts;
         // otherwise the demo mailbox does.
-        mailer: Some(crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?.unwrap_or(mailbox.clone())),
+        mailer: Some(
+            crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?.unwrap_or(mailbox.clone()),
+        ),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
     let info = DemoInfo {

@@ -26,10 +26,10 @@ pub async fn create(
     let claims =
         app.verifier.join(&token, &call_id).map_err(|_| ApiError::unauthorized("The join token is not valid."))?;
     let Some(key) = app.link_key.as_deref() else { return Err(links_off()) };
-    let caller = Caller { participant: claims.participant(), call_id: claims.call_id.clone(), clinic_id: claims.clinic_id };
+    let caller =
+        Caller { participant: claims.participant(), call_id: claims.call_id.clone(), clinic_id: claims.clinic_id };
     let ttl = i64::try_from(app.config.links.ttl_hours.saturating_mul(3600)).unwrap_or(i64::MAX / 2);
-    let (token, expires_at) =
-        app.payments.create_link(&caller, &payment_id, key, ttl).await.map_err(refusal_error)?;
+    let (token, expires_at) = app.payments.create_link(&caller, &payment_id, key, ttl).await.map_err(refusal_error)?;
     let url = format!("{}/pay#link={token}", app.config.public_url());
     Ok((StatusCode::CREATED, Json(json!({"url": url, "expires_at": expires_at}))))
 }
@@ -77,7 +77,11 @@ pub async fn call_language(
     let claims =
         app.verifier.join(&token, &call_id).map_err(|_| ApiError::unauthorized("The join token is not valid."))?;
     if claims.role != Role::Patient {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Only the patient says which language they pay in."));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Only the patient says which language they pay in.",
+        ));
     }
     let lang = language(&body.lang)?;
     match app.store.payment(&payment_id).await.map_err(store_error)? {

@@ -229,7 +229,9 @@ pub async fn mailbox(demo: Option<Extension<Arc<DemoLinks>>>, headers: axum::htt
     let w = if super::prefers_bengali(&headers) { MAILBOX_BN } else { MAILBOX_EN };
     let mut items = String::new();
     for (at, m) in d.mailbox.messages().iter().rev() {
-        let when = jiff::Timestamp::from_millisecond(*at).map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default();
+        let when = jiff::Timestamp::from_millisecond(*at)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
         items.push_str(&format!(
             r#"<article class="card" data-role="mail"><dl class="details"><dt>{from_l}</dt><dd>{from_name} &lt;{from_addr}&gt;</dd><dt>{to_l}</dt><dd>{to}</dd><dt>{subject_l}</dt><dd data-role="subject">{subject}</dd><dt>{at_l}</dt><dd>{when}</dd></dl><pre data-role="body" style="white-space:pre-wrap">{text}</pre></article>"#,
             from_l = w[4],

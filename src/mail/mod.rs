@@ -48,7 +48,9 @@ pub trait Mailer: Send + Sync + 'static {
 /// The mailer `receipts.smtp_url` names, if any.
 pub fn from_config(cfg: &crate::config::ReceiptsConfig) -> Result<Option<Arc<dyn Mailer>>, MailError> {
     match &cfg.smtp_url {
-        Some(url) => Ok(Some(Arc::new(SmtpMailer::new(url.expose(), std::time::Duration::from_millis(cfg.timeout_ms))?))),
+        Some(url) => {
+            Ok(Some(Arc::new(SmtpMailer::new(url.expose(), std::time::Duration::from_millis(cfg.timeout_ms))?)))
+        }
         None => Ok(None),
     }
 }

@@ -130,9 +130,15 @@ impl Outbox {
     /// An audit record of a receipt sent or given up (a retry is only logged).
     async fn record(&self, job: &ReceiptJob, outcome: &ReceiptOutcome, attempt: u32) {
         let (action, result, detail) = match outcome {
-            ReceiptOutcome::Sent => ("payment.receipt_sent", "ok", format!("callpay's receipt e-mail sent (attempt {attempt})")),
-            ReceiptOutcome::Failed(why) => ("payment.receipt_failed", "failed", format!("callpay's receipt e-mail not sent: {why}")),
-            ReceiptOutcome::Skipped(why) => ("payment.receipt_skipped", "ok", format!("callpay's receipt e-mail not sent: {why}")),
+            ReceiptOutcome::Sent => {
+                ("payment.receipt_sent", "ok", format!("callpay's receipt e-mail sent (attempt {attempt})"))
+            }
+            ReceiptOutcome::Failed(why) => {
+                ("payment.receipt_failed", "failed", format!("callpay's receipt e-mail not sent: {why}"))
+            }
+            ReceiptOutcome::Skipped(why) => {
+                ("payment.receipt_skipped", "ok", format!("callpay's receipt e-mail not sent: {why}"))
+            }
             ReceiptOutcome::Retry { error, .. } => {
                 tracing::info!(payment_id = %job.payment_id, attempt, error, "receipt e-mail not sent yet; will retry");
                 return;

@@ -19,7 +19,9 @@ pub fn compose(payment: &Payment, clinic_name: &str, from_addr: &str, lang: &str
             .unwrap_or_default(),
     );
     let card = match (&payment.card_brand, &payment.card_last4) {
-        (Some(brand), Some(last4)) if bn => Some(format!("{}, শেষ চার অঙ্ক {}", brand_name(brand), bengali_digits(last4))),
+        (Some(brand), Some(last4)) if bn => {
+            Some(format!("{}, শেষ চার অঙ্ক {}", brand_name(brand), bengali_digits(last4)))
+        }
         (Some(brand), Some(last4)) => Some(format!("{} ending {last4}", brand_name(brand))),
         _ => None,
     };
@@ -129,12 +131,15 @@ mod tests {
         assert_eq!(en.to, "sam@example.com");
         assert_eq!(en.from_name, "Harbour Clinic");
         assert_eq!(en.subject, "Your payment receipt from Harbour Clinic: 50.00 AUD");
-        for part in ["Amount: 50.00 AUD", "For: Follow-up consultation", "Date: 2026-11-30", "Visa ending 4242", "pi_123"] {
+        for part in
+            ["Amount: 50.00 AUD", "For: Follow-up consultation", "Date: 2026-11-30", "Visa ending 4242", "pi_123"]
+        {
             assert!(en.text.contains(part), "{part} in {}", en.text);
         }
         let bn = compose(&paid(), "Harbour Clinic", "receipts@example.com", "bn").unwrap();
         assert!(bn.subject.contains("৫০.০০ AUD"), "{}", bn.subject);
-        for part in ["পরিমাণ: ৫০.০০ AUD", "তারিখ: ২০২৬-১১-৩০", "৪২৪২", "pi_123", "Follow-up consultation"] {
+        for part in ["পরিমাণ: ৫০.০০ AUD", "তারিখ: ২০২৬-১১-৩০", "৪২৪২", "pi_123", "Follow-up consultation"]
+        {
             assert!(bn.text.contains(part), "{part} in {}", bn.text);
         }
         assert!(compose(&Payment { receipt_email: None, ..paid() }, "C", "r@example.com", "en").is_none());

@@ -196,7 +196,12 @@ mod tests {
     }
 
     fn clinic(enabled: bool, account: Option<&str>) -> Clinic {
-        Clinic { id: "c1".into(), app_enabled: enabled, stripe_account: account.map(str::to_owned), ..Clinic::default() }
+        Clinic {
+            id: "c1".into(),
+            app_enabled: enabled,
+            stripe_account: account.map(str::to_owned),
+            ..Clinic::default()
+        }
     }
 
     #[test]
@@ -206,7 +211,11 @@ mod tests {
         assert_eq!(link_state(&p(PaymentStatus::Requested), Some(&ok), 100, 50), LinkState::Payable);
         assert_eq!(link_state(&p(PaymentStatus::Failed), Some(&ok), 100, 50), LinkState::Payable);
         assert_eq!(link_state(&p(PaymentStatus::Requested), Some(&ok), 100, 100), LinkState::Expired);
-        assert_eq!(link_state(&p(PaymentStatus::Succeeded), Some(&ok), 100, 500), LinkState::Paid, "paid beats expired");
+        assert_eq!(
+            link_state(&p(PaymentStatus::Succeeded), Some(&ok), 100, 500),
+            LinkState::Paid,
+            "paid beats expired"
+        );
         assert_eq!(link_state(&p(PaymentStatus::Refunded), None, 100, 50), LinkState::Paid);
         assert_eq!(link_state(&p(PaymentStatus::Processing), Some(&ok), 100, 50), LinkState::Confirming);
         assert_eq!(link_state(&p(PaymentStatus::Canceled), Some(&ok), 100, 50), LinkState::Canceled);

@@ -120,7 +120,8 @@ impl Payments {
             return Ok(None);
         }
         let own = self.store.clinic(&t.payment.clinic_id).await?.is_some_and(|c| c.own_receipts);
-        Ok(own.then(|| Write::QueueReceipt { payment_id: t.payment.id.clone(), clinic_id: t.payment.clinic_id.clone() }))
+        Ok(own
+            .then(|| Write::QueueReceipt { payment_id: t.payment.id.clone(), clinic_id: t.payment.clinic_id.clone() }))
     }
 
     /// Every payment of a call, for `welcome`.

@@ -13,7 +13,8 @@ impl TestHub {
     /// `POST …/link` with `token` (a join token); (status, body).
     async fn make_link(&self, call_id: &str, payment_id: &str, token: &str) -> (u16, Value) {
         let url = format!("{}/v1/calls/{call_id}/payments/{payment_id}/link", self.info.hub_url);
-        let (s, v, _) = self.http.send("POST", &url, &[("authorization", &format!("Bearer {token}"))], String::new()).await;
+        let (s, v, _) =
+            self.http.send("POST", &url, &[("authorization", &format!("Bearer {token}"))], String::new()).await;
         (s, v)
     }
 
@@ -72,7 +73,8 @@ async fn a_link_pays_the_same_intent_outside_the_call_and_the_clinician_hears_it
     assert!((expires - now - 72 * 3600).abs() < 60, "72 hours by default: {expires} vs {now}");
     // No personal data in clear: no names, clinic, call, amount or description.
     let token = url.split_once("#link=").unwrap().1;
-    for private in ["Ada", "Lee", "Harbour", "Sam", hub.info.call_id.as_str(), "5000", "50.00", "Follow", "clinic_demo"] {
+    for private in ["Ada", "Lee", "Harbour", "Sam", hub.info.call_id.as_str(), "5000", "50.00", "Follow", "clinic_demo"]
+    {
         assert!(!token.contains(private), "{private} in {token}");
     }
 
@@ -91,7 +93,8 @@ async fn a_link_pays_the_same_intent_outside_the_call_and_the_clinician_hears_it
     let (s, bad) = hub.link_api("PUT", "/v1/pay-link/language", token, Some(json!({"lang": "fr"}))).await;
     assert_eq!((s, bad["code"].as_str()), (400, Some("invalid_lang")));
 
-    let (s, pi) = pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "sam@example.com").await;
+    let (s, pi) =
+        pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "sam@example.com").await;
     assert_eq!((s, pi["status"].as_str()), (200, Some("succeeded")), "{pi}");
     let (s, after) = hub.link_api("POST", "/v1/pay-link/submitted", token, None).await;
     assert_eq!(s, 200, "{after}");
@@ -110,7 +113,8 @@ async fn a_link_pays_the_same_intent_outside_the_call_and_the_clinician_hears_it
     assert!(again["payment"]["stripe"].is_null(), "no client secret once paid: {again}");
     // Paying the same intent again (a second tab kept the old form) is refused by Stripe, and
     // no new link or intent comes of it.
-    let (s, twice) = pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "sam@example.com").await;
+    let (s, twice) =
+        pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "sam@example.com").await;
     assert_eq!(s, 400, "{twice}");
     assert_eq!(twice["error"]["code"], "payment_intent_unexpected_state");
     let (s, refused) = hub.make_link(&hub.info.call_id, pid, &hub.info.clinician_token).await;
@@ -200,7 +204,8 @@ async fn an_expired_link_says_so_and_a_paid_one_says_paid_however_old() {
     assert_eq!((s, v["state"].as_str()), (200, Some("payable")), "{v}");
     // Paid through a fresh link, the expired one answers "paid".
     let (_, view) = hub.open_link(&hub.link_token(pid).await).await;
-    let (s, _) = pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "a@example.com").await;
+    let (s, _) =
+        pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "a@example.com").await;
     assert_eq!(s, 200);
     doc.until("payment.confirmed").await;
     let (s, v) = hub.open_link(&expired).await;
@@ -233,9 +238,11 @@ async fn a_link_whose_clinic_no_longer_takes_the_payment_says_so() {
     let account = hub.state.store.clinic(callpay::demo::DEMO_CLINIC).await.unwrap().unwrap().stripe_account.unwrap();
     // The app turned off; the Stripe account removed; the clinic re-linked to another account
     // (the payment's PaymentIntent lives on the old one): each is another clinic's link now.
-    for (what, enabled, linked) in
-        [("app disabled", false, Some(account.as_str())), ("unlinked", true, None), ("another account", true, Some("acct_other"))]
-    {
+    for (what, enabled, linked) in [
+        ("app disabled", false, Some(account.as_str())),
+        ("unlinked", true, None),
+        ("another account", true, Some("acct_other")),
+    ] {
         set_clinic(&hub, callpay::demo::DEMO_CLINIC, enabled, linked).await;
         let (s, v) = hub.open_link(&token).await;
         assert_eq!((s, v["code"].as_str()), (409, Some("clinic_unavailable")), "{what}: {v}");

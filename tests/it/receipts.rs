@@ -128,7 +128,13 @@ async fn the_receipt_reaches_a_real_smtp_server_in_bengali_with_its_subject_enco
     assert_eq!(m["subject"], "Harbour Clinic থেকে আপনার পেমেন্টের রসিদ: ৫০.০০ AUD");
     assert_eq!((m["content_type"].as_str(), m["charset"].as_str()), (Some("text/plain"), Some("utf-8")));
     let body = m["body"].as_str().unwrap();
-    for part in ["Harbour Clinic-কে পেমেন্ট করার জন্য ধন্যবাদ।", "পরিমাণ: ৫০.০০ AUD", "কিসের জন্য: Follow-up consultation", "৪২৪২", "pi_"] {
+    for part in [
+        "Harbour Clinic-কে পেমেন্ট করার জন্য ধন্যবাদ।",
+        "পরিমাণ: ৫০.০০ AUD",
+        "কিসের জন্য: Follow-up consultation",
+        "৪২৪২",
+        "pi_",
+    ] {
         assert!(body.contains(part), "{part} in {body}");
     }
     let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
@@ -195,7 +201,8 @@ async fn a_queued_receipt_is_sent_after_a_restart() {
     // A new process on the same database, the mail server up, sends what the first left due
     // (its next attempt is moved to now here, as if the wait had passed).
     let mut sink = SmtpSink::start(port).await;
-    let store = callpay::store::SqlStore::connect(&format!("sqlite://{}", dir.join("callpay.db").display())).await.unwrap();
+    let store =
+        callpay::store::SqlStore::connect(&format!("sqlite://{}", dir.join("callpay.db").display())).await.unwrap();
     make_due_now(&store, &pid).await;
     let second = TestHub::start_in(&dir, smtp_to(port)).await;
     let m = sink.next().await;

@@ -150,8 +150,10 @@ pub async fn set_receipts(
     }
     let action = if body.enabled { "receipts.enabled" } else { "receipts.disabled" };
     let audit = clinic_audit(Actor::from(&who), &clinic, action, Some(&clinic.id), "ok");
-    let writes =
-        [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetOwnReceipts(body.enabled) }, Write::Audit(audit)];
+    let writes = [
+        Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetOwnReceipts(body.enabled) },
+        Write::Audit(audit),
+    ];
     app.store.commit(&writes).await.map_err(store_err)?;
     let clinic = load_clinic(&app, &clinic_id).await?;
     Ok(Json(clinic_view(&app, &clinic).await?))
