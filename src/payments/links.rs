@@ -227,6 +227,8 @@ mod tests {
             );
         }
         assert_eq!(link_state(&p(PaymentStatus::Requested), None, 100, 50), LinkState::ClinicUnavailable);
-        assert_eq!(link_state(&p(PaymentStatus::Creating), Some(&ok), 100, 50), LinkState::ClinicUnavailable);
+        // Not yet at Stripe (no client secret): nothing a link could pay with.
+        let creating = Payment { client_secret: None, ..p(PaymentStatus::Creating) };
+        assert_eq!(link_state(&creating, Some(&ok), 100, 50), LinkState::ClinicUnavailable);
     }
 }
