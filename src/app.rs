@@ -59,6 +59,10 @@ pub struct AppState {
     pub drain_spread: Arc<std::sync::OnceLock<std::time::Duration>>,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The key pay-by-link tokens are signed with (`None`: links are off on this hub).
+    pub link_key: Option<Arc<crate::payments::link::LinkKey>>,
+    /// callpay's own receipts: the outbox sender (running as a background task).
+    pub outbox: Arc<crate::mail::outbox::Outbox>,
 }
 
 /// External I/O the app runs on; tests and the demo pass their own.
@@ -75,6 +79,8 @@ pub struct Dependencies {
     pub connect: Arc<dyn ConnectApi>,
     /// The delivery side of the event outbox (the same database as `store`).
     pub outbox: Arc<dyn Outbox>,
+    /// Where callpay's own receipts are sent (`None`: no mail server, no own receipts).
+    pub mailer: Option<Arc<dyn crate::mail::Mailer>>,
 }
 
 impl Dependencies {
@@ -107,6 +113,7 @@ impl Dependencies {
             bus,
             presence,
             connect: Arc::new(StripeConnect::new(&config.stripe)),
+            mailer: crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?,
         })
     }
 }
@@ -156,6 +163,14 @@ impl AppState {
             tracker.spawn(relay.run(shutdown.clone()));
         }
         let events = Arc::new(Events::new(deps.outbox, config.events.clone(), own));
+        let outbox = Arc::new(crate::mail::outbox::Outbox::new(
+            deps.store.clone(),
+            deps.mailer,
+            config.receipts.clone(),
+            payments.receipts_queued(),
+        ));
+        tracker.spawn(outbox.clone().run(shutdown.clone()));
+        let link_key = crate::payments::link::LinkKey::from_config(&config.links, &config.auth).map(Arc::new);
         let cap = crate::limits::connection_cap(config.server.max_connections);
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         Ok(Self {
@@ -175,6 +190,8 @@ impl AppState {
             shutdown,
             drain: CancellationToken::new(),
             metrics_addr,
+            link_key,
+            outbox,
         })
     }
 }

@@ -80,6 +80,67 @@ pub struct Config {
     pub bus: BusConfig,
     /// Signed events for the platform (outbound webhooks).
     pub events: EventsConfig,
+    /// Pay-by-link: signed, expiring links to a payment's page outside the call.
+    pub links: LinksConfig,
+    /// callpay's own receipt e-mails (per clinic, over SMTP).
+    pub receipts: ReceiptsConfig,
+}
+
+/// Pay-by-link settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinksConfig {
+    /// The key links are signed with (HMAC-SHA256), at least 32 bytes, the same on every
+    /// instance. Empty: derived from `auth.secret` (HS256), so instances that share the
+    /// platform secret share it too; with EdDSA/RS256 and no key, links are off.
+    pub secret: Secret,
+    /// How long a link stays valid, in hours (default 72).
+    pub ttl_hours: u64,
+}
+
+impl Default for LinksConfig {
+    fn default() -> Self {
+        Self { secret: Secret::default(), ttl_hours: 72 }
+    }
+}
+
+/// callpay's own receipt e-mails. Without `smtp_url` the hub sends none (and a clinic cannot
+/// turn them on); Stripe's receipt is sent either way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// The mail server: `smtps://user:pass@host:465` (TLS from the start),
+    /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://127.0.0.1:25` (no TLS:
+    /// refused for any host but a loopback one, e.g. a local relay). Secret: it may carry a
+    /// password.
+    pub smtp_url: Option<Secret>,
+    /// The sender address; the clinic's name is its display name (`Harbour Clinic
+    /// <receipts@…>`).
+    pub from: String,
+    /// First wait after a failed attempt, in ms; each next wait doubles (with jitter).
+    pub retry_base_ms: u64,
+    /// Longest wait between attempts, in ms.
+    pub retry_max_ms: u64,
+    /// Attempts before a receipt is given up (recorded as failed, and in the audit log).
+    pub max_attempts: u32,
+    /// How often the outbox is read for due receipts, in ms (a new receipt also wakes it).
+    pub poll_ms: u64,
+    /// Longest one SMTP exchange may take, in ms.
+    pub timeout_ms: u64,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            from: "receipts@callpay.invalid".into(),
+            retry_base_ms: 30_000,
+            retry_max_ms: 3_600_000,
+            max_attempts: 12,
+            poll_ms: 5_000,
+            timeout_ms: 30_000,
+        }
+    }
 }
 
 /// Signed events for the platform: how the delivery worker sends and retries them. Endpoints
@@ -480,6 +541,20 @@ impl Config {
                 "events.timeout_ms, connect_timeout_ms and retry_first_ms must be positive",
             );
         }
+        if !self.links.secret.is_empty() && self.links.secret.expose().len() < 32 {
+            return invalid("links.secret", "LINKS__SECRET", "at least 32 bytes");
+        }
+        if self.links.ttl_hours == 0 {
+            return invalid("links.ttl_hours", "LINKS__TTL_HOURS", "must be positive");
+        }
+        if let Some(url) = &self.receipts.smtp_url
+            && let Err(problem) = smtp_url_problem(url.expose())
+        {
+            return invalid("receipts.smtp_url", "RECEIPTS__SMTP_URL", &problem);
+        }
+        if self.receipts.smtp_url.is_some() && self.receipts.from.parse::<lettre::Address>().is_err() {
+            return invalid("receipts.from", "RECEIPTS__FROM", "an e-mail address (receipts@example.com)");
+        }
         if self.server.outbound_queue == 0 {
             return invalid("server.outbound_queue", "SERVER__OUTBOUND_QUEUE", "the outbound queue must be positive");
         }
@@ -494,6 +569,38 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.server.listen))
             .trim_end_matches('/')
             .to_owned()
+    }
+}
+
+/// Why an SMTP URL is refused, if it is: a scheme other than `smtp`/`smtps`, no host, or mail
+/// in clear to a host that is not loopback (passwords and receipts would cross the network
+/// unencrypted).
+pub fn smtp_url_problem(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url.split_once("://").ok_or("an smtp:// or smtps:// URL")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return Err("the URL names no host".into());
+    }
+    let tls = url.contains("tls=required") || url.contains("tls=opportunistic");
+    match scheme {
+        "smtps" => Ok(()),
+        "smtp" if tls => Ok(()),
+        "smtp" => {
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(format!(
+                    "smtp:// without TLS is only allowed to a loopback host, not {host}; use smtps:// or ?tls=required"
+                ))
+            }
+        }
+        _ => Err("an smtp:// or smtps:// URL".into()),
     }
 }
 
@@ -545,6 +652,29 @@ mod tests {
         assert_eq!(cfg.stripe.webhook_secrets.len(), 2);
         cfg.validate_for_serve().unwrap();
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn mail_in_clear_only_to_loopback() {
+        assert!(smtp_url_problem("smtp://127.0.0.1:2525").is_ok());
+        assert!(smtp_url_problem("smtp://localhost:25").is_ok());
+        assert!(smtp_url_problem("smtp://[::1]:25").is_ok());
+        assert!(smtp_url_problem("smtp://u:p@mail.example.com:587?tls=required").is_ok());
+        assert!(smtp_url_problem("smtps://u:p@mail.example.com").is_ok());
+        let err = smtp_url_problem("smtp://u:p@mail.example.com:25").unwrap_err();
+        assert!(err.contains("mail.example.com") && !err.contains("u:p"), "{err}");
+        assert!(smtp_url_problem("http://mail.example.com").is_err());
+        assert!(smtp_url_problem("smtp://").is_err());
+        let mut e = good_env();
+        e.push(("CALLPAY__RECEIPTS__SMTP_URL".into(), "smtp://10.0.0.5:25".into()));
+        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("RECEIPTS__SMTP_URL"), "{err}");
+        let mut e = good_env();
+        e.push(("CALLPAY__LINKS__SECRET".into(), "short".into()));
+        assert!(Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string().contains("LINKS__SECRET"));
+        let cfg = Config::load(None, good_env()).unwrap();
+        assert_eq!(cfg.links.ttl_hours, 72);
+        assert!(cfg.receipts.smtp_url.is_none());
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct Demo {
     pub sim: stripe_sim::SimHandle,
     /// URLs and tokens.
     pub info: DemoInfo,
+    /// Where callpay's own receipts go in the demo (shown on `/demo/mailbox`).
+    pub mailbox: Arc<crate::mail::MemoryMailbox>,
 }
 
 /// Points the Stripe settings at a running simulator: its keys, API, Connect OAuth and Stripe.js
@@ -196,6 +198,7 @@ pub async fn start_several(
             bus: bus.clone(),
             presence: bus,
             connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
+            mailer: Some(demo.mailbox.clone()),
         };
         let mut app = App::build_on(listener, config, deps, node).await?;
         app.demo = demo.app.demo.clone();
@@ -258,6 +261,7 @@ async fn start_inner(
             (memory.clone(), memory)
         }
     };
+    let mailbox = Arc::new(crate::mail::MemoryMailbox::new());
     let deps = Dependencies {
         outbox: store.clone(),
         store: wrap_store(store),
@@ -265,6 +269,11 @@ async fn start_inner(
         bus,
         presence,
         connect: Arc::new(crate::connect::StripeConnect::new(&config.stripe)),
+        // A mail server set in the configuration (receipts.smtp_url) takes the receipts;
+        // otherwise the demo mailbox does.
+        mailer: Some(
+            crate::mail::from_config(&config.receipts).context("receipts.smtp_url")?.unwrap_or(mailbox.clone()),
+        ),
     };
     let call_id = format!("demo-call-{}", &random_id()[..8]);
     let info = DemoInfo {
@@ -316,8 +325,9 @@ async fn start_inner(
         clinic_admin_token: info.clinic_admin_token.clone(),
         clinic_id: DEMO_CLINIC.into(),
         stripe_dashboard: format!("{}/dashboard", info.stripe_url),
+        mailbox: mailbox.clone(),
     });
-    Ok(Demo { app, sim, info })
+    Ok(Demo { app, sim, info, mailbox })
 }
 
 /// `callpay demo`: starts, prints, runs until Ctrl-C. `settings` come from `--config` and the
@@ -343,6 +353,13 @@ pub async fn run(
         Some((nodes, redis)) => start_several(Some(data_dir), listen, *nodes, redis, tweak).await?,
         None => (start_with(Some(data_dir), listen, stripe_sim::SimConfig::default(), tweak).await?, Vec::new()),
     };
+    // The demo clinic sends callpay's own receipt too, into the demo mailbox (`/demo/mailbox`).
+    demo.app
+        .state
+        .store
+        .commit(&[Write::Clinic { id: DEMO_CLINIC.into(), change: ClinicChange::SetOwnReceipts(true) }])
+        .await
+        .context("turning on the demo clinic's own receipts")?;
     let hub_urls: Vec<String> =
         std::iter::once(demo.info.hub_url.clone()).chain(more.iter().map(|a| format!("http://{}", a.addr()))).collect();
     let i = &demo.info;
@@ -354,6 +371,7 @@ pub async fn run(
     );
     println!("  hub:                {}", hub_urls.join(", "));
     println!("  stripe simulator:   {}/dashboard", i.stripe_url);
+    println!("  demo mailbox:       {}/demo/mailbox", i.hub_url);
     println!("  call:               {}", i.call_id);
     println!("  clinician token:    {}", i.clinician_token);
     println!("  patient token:      {}", i.patient_token);

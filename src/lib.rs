@@ -6,7 +6,8 @@
 //!   cancellation; [`demo`] (cargo feature `demo`) runs it all offline against the Stripe
 //!   simulator.
 //! - The transports: [`ws`] (the WebSocket upgrade, one session task per connection),
-//!   [`admin`] (app enablement, Connect OAuth, audit log) and [`webhook`] (Stripe's deliveries),
+//!   [`admin`] (app enablement, Connect OAuth, audit log), [`links`] (pay by link: the link
+//!   page's API) and [`webhook`] (Stripe's deliveries),
 //!   over [`http`] (JSON errors, extractors, the connection loop, health, the web pages).
 //! - [`app`] wires the services below into the state every handler shares.
 //! - [`payments`] is the payment flow and its state machine, with Stripe behind a trait;
@@ -16,6 +17,8 @@
 //!   from a transactional outbox).
 //! - [`hub`] publishes room events locally and over the [`bus`]; [`rooms`] holds per-call
 //!   membership, routing state and the frames it fans out (domain state, no I/O).
+//! - [`mail`] sends callpay's own receipt e-mails (SMTP or an in-process mailbox) from an
+//!   outbox the payment service fills.
 //! - [`store`] persists clinics, payments and webhook events (SQLite or PostgreSQL).
 //! - Leaves: [`auth`] (platform tokens), [`config`], [`metrics`], [`limits`] (the connection cap
 //!   from the open-file limit), [`pacing`] (the join gate and a drain's reconnect spread),
@@ -39,6 +42,8 @@ pub mod http;
 pub mod hub;
 pub mod ids;
 pub mod limits;
+pub mod links;
+pub mod mail;
 pub mod metrics;
 pub mod pacing;
 pub mod payments;

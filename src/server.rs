@@ -44,6 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/client-payment", get(web::admin))
         .route("/web/{*path}", get(web::asset))
         .route("/v1/client-config", get(web::client_config))
+        .route("/pay", get(web::pay))
+        .route("/demo/mailbox", get(web::mailbox))
+        .route("/v1/calls/{call_id}/payments/{payment_id}/link", post(crate::links::create))
+        .route("/v1/calls/{call_id}/payments/{payment_id}/language", axum::routing::put(crate::links::call_language))
+        .route("/v1/pay-link", get(crate::links::open))
+        .route("/v1/pay-link/submitted", post(crate::links::submitted))
+        .route("/v1/pay-link/language", axum::routing::put(crate::links::link_language))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such route.") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "This route does not take that method.")

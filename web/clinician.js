@@ -30,6 +30,60 @@ const refunding = new Map();
 /** Keys of refunds the hub kept unfinished, by payment: reopening the form keeps the key. */
 const keptKeys = new Map();
 const REASONS = ['requested_by_customer', 'duplicate', 'fraudulent'];
+/** Payment links made in this page, by payment id: {url, expiresAt, copied} or {error}. */
+const links = new Map();
+
+/**
+ * Asks the hub for a signed, expiring link to an unpaid request (the patient pays the same
+ * PaymentIntent outside the call), shows it, and copies it when the browser lets the page.
+ */
+async function makeLink(p) {
+  try {
+    const r = await fetch(`/v1/calls/${encodeURIComponent(callId)}/payments/${encodeURIComponent(p.payment_id)}/link`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}` },
+    });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.code || String(r.status));
+    let copied = false;
+    try {
+      await navigator.clipboard.writeText(body.url);
+      copied = true;
+    } catch (_) { /* no clipboard here (an iframe without the permission): the field is selectable */ }
+    links.set(p.payment_id, { url: body.url, expiresAt: body.expires_at * 1000, copied });
+  } catch (_) {
+    links.set(p.payment_id, { error: true });
+  }
+  render();
+}
+
+function linkBox(p, link) {
+  const box = document.createElement('div');
+  box.dataset.role = 'link';
+  if (link.error) {
+    const err = document.createElement('p');
+    err.className = 'error';
+    err.setAttribute('role', 'alert');
+    err.textContent = t('clinician.link.error');
+    box.append(err);
+    return box;
+  }
+  const label = document.createElement('label');
+  label.htmlFor = `link-${p.payment_id}`;
+  label.textContent = t('clinician.link.label');
+  const field = document.createElement('input');
+  field.id = `link-${p.payment_id}`;
+  field.readOnly = true;
+  field.value = link.url;
+  field.dataset.role = 'link-url';
+  field.addEventListener('focus', () => field.select());
+  const note = document.createElement('p');
+  note.className = 'muted';
+  note.setAttribute('role', 'status');
+  note.textContent = t(link.copied ? 'clinician.link.copied' : 'clinician.link.ready', { time: when(link.expiresAt) });
+  box.append(label, field, note);
+  return box;
+}
 
 async function sendRefund(p, state) {
   const cents = parseRefund(state.amount);
@@ -193,6 +247,15 @@ function render() {
         });
         li.append(refund);
       }
+    }
+    if (['requested', 'authenticating', 'failed'].includes(p.status)) {
+      const copy = document.createElement('button');
+      copy.className = 'secondary';
+      copy.dataset.role = 'copy-link';
+      copy.textContent = t('clinician.link');
+      copy.addEventListener('click', () => makeLink(p));
+      li.append(copy);
+      if (links.has(p.payment_id)) li.append(linkBox(p, links.get(p.payment_id)));
     }
     if (['requested', 'authenticating', 'failed', 'creating'].includes(p.status)) {
       if (confirmingCancel === p.payment_id) {

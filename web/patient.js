@@ -54,6 +54,8 @@ function confirmation(p) {
   if (p.amount_refunded > 0) rows.splice(1, 0, ['patient.done.refunded', money(p.amount_refunded, p.currency)]);
   for (const [k, v] of rows) dl.append(el('dt', {}, t(k)), el('dd', k === 'patient.done.refunded' ? { 'data-role': 'refunded' } : {}, v));
   box.append(dl);
+  // Stripe sends its own receipt to the address given (the clinic may send one of its own too).
+  if (p.receipt_email) box.append(el('p', { class: 'muted', 'data-role': 'stripe-receipt' }, t('patient.done.stripe_receipt', { email: p.receipt_email })));
   return box;
 }
 
@@ -124,6 +126,13 @@ function payForm(p, state) {
       state.error = '';
       render();
       client.progress(p.payment_id, 'submitting');
+      // The receipt callpay may send is written in the language the patient pays in. Best
+      // effort: a receipt in English is better than holding up the payment.
+      await fetch(`/v1/calls/${encodeURIComponent(callId)}/payments/${encodeURIComponent(p.payment_id)}/language`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ lang: document.documentElement.lang }),
+      }).catch(() => {});
       const result = await state.stripe.confirmPayment({
         elements: state.elements,
         confirmParams: { receipt_email: email.value, return_url: location.href },

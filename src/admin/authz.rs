@@ -41,6 +41,8 @@ pub enum Action {
     /// Register, change and delete the platform's event endpoints; read their deliveries and
     /// replay one. The platform's own integration, so its operator's.
     ManageEvents,
+    /// Turn callpay's own receipt e-mail on or off for a clinic.
+    ManageReceipts,
 }
 
 /// How far a role reaches for an action.
@@ -86,6 +88,9 @@ pub const MATRIX: &[(Action, [Reach; 4])] = &[
     (Action::ViewOrgReports, [OwnOrg, No, No, No]),
     // Where the platform hears about payments: set up by its operator, never by a clinic.
     (Action::ManageEvents, [No, No, No, Any]),
+    // What the clinic tells its patients is the clinic's choice: its admins (the organisation's
+    // too, as for its Stripe account), not the desk or a clinician.
+    (Action::ManageReceipts, [OwnOrg, OwnClinic, No, No]),
 ];
 
 /// The resource an action touches: its organisation and, if any, its clinic.
@@ -160,6 +165,7 @@ mod tests {
             Action::ViewOrgPayments,
             Action::ViewOrgReports,
             Action::ManageEvents,
+            Action::ManageReceipts,
         ] {
             assert!(MATRIX.iter().any(|(a, _)| *a == action), "{action:?} missing from the matrix");
         }

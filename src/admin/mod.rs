@@ -106,6 +106,12 @@ pub const ROUTES: &[RouteDoc] = &[
         action: Some(Action::ManageStripe),
     },
     RouteDoc {
+        method: "put",
+        path: "/v1/clinics/{clinic_id}/receipts",
+        summary: "Turn callpay's own receipt e-mail on or off for the clinic (body: enabled, true or false); 409 receipts_unavailable when this hub has no mail server",
+        action: Some(Action::ManageReceipts),
+    },
+    RouteDoc {
         method: "get",
         path: "/v1/clinics/{clinic_id}/audit",
         summary: "The clinic's audit log (paginated)",
@@ -152,6 +158,36 @@ pub const ROUTES: &[RouteDoc] = &[
         path: "/v1/orgs/{org_id}/report",
         summary: "The organisation's report over all its clinics (also by clinic); query as for a clinic's",
         action: Some(Action::ViewOrgReports),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/calls/{call_id}/payments/{payment_id}/link",
+        summary: "Pay by link: a signed link to an unpaid request of the call, valid for links.ttl_hours (Bearer: the clinician's join token for the call); answers 201 {url, expires_at}; 409 not_payable or clinic_unavailable",
+        action: None,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/pay-link",
+        summary: "The payment a pay link leads to (Bearer: the link token): state payable, confirming or paid, clinic_name, expires_at, payment; 400 link_invalid, 410 link_expired or link_canceled, 409 clinic_unavailable",
+        action: None,
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/pay-link/submitted",
+        summary: "The link page's Stripe.js finished (Bearer: the link token): the hub reads the PaymentIntent now; answers as GET /v1/pay-link",
+        action: None,
+    },
+    RouteDoc {
+        method: "put",
+        path: "/v1/pay-link/language",
+        summary: "The language the patient pays in, for callpay's receipt (Bearer: the link token; body lang: en or bn); 204",
+        action: None,
+    },
+    RouteDoc {
+        method: "put",
+        path: "/v1/calls/{call_id}/payments/{payment_id}/language",
+        summary: "The same from the patient's page in the call (Bearer: the patient's join token); 204",
+        action: None,
     },
     RouteDoc {
         method: "get",
@@ -225,6 +261,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/clinics/{clinic_id}/stripe/connect", post(handlers::stripe::start_connect))
         .route("/v1/clinics/{clinic_id}/stripe", delete(handlers::stripe::remove_stripe))
         .route("/v1/clinics/{clinic_id}/stripe/account", get(handlers::stripe::stripe_account))
+        .route("/v1/clinics/{clinic_id}/receipts", put(handlers::orgs::set_receipts))
         .route("/v1/clinics/{clinic_id}/audit", get(handlers::audit::audit_log))
         .route("/v1/clinics/{clinic_id}/payments", get(handlers::payments::list))
         .route("/v1/orgs/{org_id}/payments", get(handlers::payments::org_list))

@@ -17,11 +17,13 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("clinician.js", "text/javascript; charset=utf-8", include_str!("../../web/clinician.js")),
     ("patient.js", "text/javascript; charset=utf-8", include_str!("../../web/patient.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../web/admin.js")),
+    ("pay.js", "text/javascript; charset=utf-8", include_str!("../../web/pay.js")),
 ];
 
 const CLINICIAN: &str = include_str!("../../web/clinician.html");
 const PATIENT: &str = include_str!("../../web/patient.html");
 const ADMIN: &str = include_str!("../../web/admin.html");
+const PAY: &str = include_str!("../../web/pay.html");
 
 /// Links the demo page shows: `callpay demo` adds them to the router as an extension; without
 /// them `/demo` is a 404.
@@ -39,6 +41,8 @@ pub struct DemoLinks {
     pub clinic_id: String,
     /// The simulator's dashboard.
     pub stripe_dashboard: String,
+    /// The demo's in-process mailbox (callpay's own receipts), shown on `/demo/mailbox`.
+    pub mailbox: Arc<crate::mail::MemoryMailbox>,
 }
 
 fn origin(url: &str) -> String {
@@ -98,6 +102,11 @@ pub async fn admin(State(app): State<AppState>) -> Response {
     page(&app, ADMIN)
 }
 
+/// `GET /pay`: the pay-by-link page (the link's token is in the URL fragment).
+pub async fn pay(State(app): State<AppState>) -> Response {
+    page(&app, PAY)
+}
+
 /// `GET /web/{*path}`.
 pub async fn asset(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
@@ -128,7 +137,7 @@ pub async fn root(demo: Option<Extension<Arc<DemoLinks>>>) -> Response {
 }
 
 /// The demo page's words: language, title, admin link, dashboard link, how-to (HTML), panels.
-const DEMO_EN: [&str; 7] = [
+const DEMO_EN: [&str; 8] = [
     "en",
     "callpay demo call",
     "Clinic admin: Configure › Client Payment",
@@ -138,8 +147,9 @@ const DEMO_EN: [&str; 7] = [
      Try 4000 0025 0000 3155 for 3-D Secure and 4000 0000 0000 9995 for a declined card.",
     "Clinician panel",
     "Patient panel",
+    "Demo mailbox (callpay's receipts)",
 ];
-const DEMO_BN: [&str; 7] = [
+const DEMO_BN: [&str; 8] = [
     "bn",
     "callpay ডেমো কল",
     "ক্লিনিক অ্যাডমিন: কনফিগার › ক্লায়েন্ট পেমেন্ট",
@@ -149,6 +159,7 @@ const DEMO_BN: [&str; 7] = [
      ৩-ডি সিকিউরের জন্য ৪০০০ ০০২৫ ০০০০ ৩১৫৫ এবং প্রত্যাখ্যাত কার্ডের জন্য ৪০০০ ০০০০ ০০০০ ৯৯৯৫ ব্যবহার করুন।",
     "চিকিৎসকের প্যানেল",
     "রোগীর প্যানেল",
+    "ডেমো মেইলবক্স (callpay-এর রসিদ)",
 ];
 
 /// `GET /demo`: clinician and patient side by side (demo mode only).
@@ -161,7 +172,7 @@ pub async fn demo(demo: Option<Extension<Arc<DemoLinks>>>, headers: axum::http::
     let html = format!(
         r#"<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{title}</title><link rel="stylesheet" href="/web/app.css"></head><body>
-<header><h1>{title}</h1><nav class="row"><a href="/admin/client-payment?clinic={clinic}#token={admin}">{admin_link}</a> · <a href="{dash}" target="_blank" rel="noopener">{dash_link}</a></nav></header>
+<header><h1>{title}</h1><nav class="row"><a href="/admin/client-payment?clinic={clinic}#token={admin}">{admin_link}</a> · <a href="{dash}" target="_blank" rel="noopener">{dash_link}</a> · <a href="/demo/mailbox" target="_blank" rel="noopener">{mailbox_link}</a></nav></header>
 <main style="max-width:none"><p>{how}</p></main>
 <div class="demo-grid">
 <iframe id="clinician" title="{doc_panel}" allow="payment *" src="/call/clinician#call={call}&amp;token={doc}"></iframe>
@@ -174,12 +185,76 @@ pub async fn demo(demo: Option<Extension<Arc<DemoLinks>>>, headers: axum::http::
         how = w[4],
         doc_panel = w[5],
         pat_panel = w[6],
+        mailbox_link = w[7],
         clinic = e(&d.clinic_id),
         admin = e(&d.clinic_admin_token),
         dash = e(&d.stripe_dashboard),
         call = e(&d.call_id),
         doc = e(&d.clinician_token),
         pat = e(&d.patient_token),
+    );
+    let mut resp = Html(html).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The mailbox page's words: language, title, intro, empty, from, to, subject, received.
+const MAILBOX_EN: [&str; 8] = [
+    "en",
+    "Demo mailbox",
+    "callpay's own receipt e-mails, as the demo sends them (in-process, nothing leaves this machine). Newest first; reload to see new ones. Stripe's receipts are on the simulator's dashboard.",
+    "No e-mail yet. Pay a request in the demo call: the clinic sends its own receipt.",
+    "From",
+    "To",
+    "Subject",
+    "Received",
+];
+const MAILBOX_BN: [&str; 8] = [
+    "bn",
+    "ডেমো মেইলবক্স",
+    "ডেমো যেভাবে পাঠায়, callpay-এর নিজের রসিদ ইমেইলগুলো (এই যন্ত্রের ভেতরেই, বাইরে কিছু যায় না)। নতুনগুলো আগে; নতুন দেখতে পাতাটি আবার লোড করুন। Stripe-এর রসিদ সিমুলেটরের ড্যাশবোর্ডে আছে।",
+    "এখনো কোনো ইমেইল নেই। ডেমো কলে একটি অনুরোধ পরিশোধ করুন: ক্লিনিক নিজের রসিদ পাঠাবে।",
+    "প্রেরক",
+    "প্রাপক",
+    "বিষয়",
+    "পাওয়া গেছে",
+];
+
+/// `GET /demo/mailbox`: the demo's in-process mailbox, newest first (demo mode only).
+pub async fn mailbox(demo: Option<Extension<Arc<DemoLinks>>>, headers: axum::http::HeaderMap) -> Response {
+    let Some(Extension(d)) = demo else {
+        return (StatusCode::NOT_FOUND, "The demo mailbox exists only in `callpay demo`.").into_response();
+    };
+    let e = super::escape;
+    let w = if super::prefers_bengali(&headers) { MAILBOX_BN } else { MAILBOX_EN };
+    let mut items = String::new();
+    for (at, m) in d.mailbox.messages().iter().rev() {
+        let when = jiff::Timestamp::from_millisecond(*at)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_default();
+        items.push_str(&format!(
+            r#"<article class="card" data-role="mail"><dl class="details"><dt>{from_l}</dt><dd>{from_name} &lt;{from_addr}&gt;</dd><dt>{to_l}</dt><dd>{to}</dd><dt>{subject_l}</dt><dd data-role="subject">{subject}</dd><dt>{at_l}</dt><dd>{when}</dd></dl><pre data-role="body" style="white-space:pre-wrap">{text}</pre></article>"#,
+            from_l = w[4],
+            to_l = w[5],
+            subject_l = w[6],
+            at_l = w[7],
+            from_name = e(&m.from_name),
+            from_addr = e(&m.from_addr),
+            to = e(&m.to),
+            subject = e(&m.subject),
+            text = e(&m.text),
+        ));
+    }
+    if items.is_empty() {
+        items = format!(r#"<p class="muted" data-role="empty">{}</p>"#, w[3]);
+    }
+    let html = format!(
+        r#"<!doctype html><html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>{title} · callpay</title><link rel="stylesheet" href="/web/app.css"></head><body>
+<header><h1>{title}</h1></header><main><p>{intro}</p>{items}</main></body></html>"#,
+        lang = w[0],
+        title = w[1],
+        intro = w[2],
     );
     let mut resp = Html(html).into_response();
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -245,7 +245,7 @@ impl Payments {
         Ok(())
     }
 
-    async fn payment_in_call(&self, who: &Caller, payment_id: &str) -> Result<Payment, Refusal> {
+    pub(super) async fn payment_in_call(&self, who: &Caller, payment_id: &str) -> Result<Payment, Refusal> {
         let reference = Some(payment_id);
         match self.store.payment(payment_id).await.map_err(|e| Refusal::store(e, reference))? {
             Some(p) if p.call_id == who.call_id => Ok(p),

@@ -9,6 +9,8 @@
 
 mod commands;
 pub mod event;
+pub mod link;
+mod links;
 mod parse;
 pub mod refunds;
 pub mod refusals;
@@ -20,6 +22,7 @@ pub mod validate;
 pub mod verify;
 mod webhook;
 
+pub use links::{LinkRefusal, LinkState, LinkView};
 pub use webhook::{EventError, EventOutcome};
 
 use crate::bus::RoomEvent;
@@ -84,6 +87,8 @@ pub struct Payments {
     refusal_gate: refusals::Gate,
     /// When the last pass over recently changed payments began (Unix ms; 0 before the first).
     changes_read_at: std::sync::atomic::AtomicI64,
+    /// Woken when a receipt is queued, so the receipt sender need not wait for its next poll.
+    receipts_queued: Arc<tokio::sync::Notify>,
 }
 
 impl Payments {
@@ -97,7 +102,26 @@ impl Payments {
             verify_gate: verify::Gate::default(),
             refusal_gate: refusals::Gate::default(),
             changes_read_at: std::sync::atomic::AtomicI64::new(0),
+            receipts_queued: Arc::default(),
         }
+    }
+
+    /// Notified each time a success queues callpay's own receipt (the sender waits on it).
+    pub fn receipts_queued(&self) -> Arc<tokio::sync::Notify> {
+        self.receipts_queued.clone()
+    }
+
+    /// The outbox row for callpay's own receipt, if `t` is the payment's first success and its
+    /// clinic sends its own receipts to an address the patient gave: written in the same
+    /// transaction as the success, so it is sent after the confirmation is stored and no
+    /// restart loses it. One clinic read, on a success only.
+    pub(crate) async fn receipt_write(&self, t: &Transition) -> Result<Option<Write>, StoreError> {
+        if !t.newly_succeeded || t.payment.receipt_email.is_none() {
+            return Ok(None);
+        }
+        let own = self.store.clinic(&t.payment.clinic_id).await?.is_some_and(|c| c.own_receipts);
+        Ok(own
+            .then(|| Write::QueueReceipt { payment_id: t.payment.id.clone(), clinic_id: t.payment.clinic_id.clone() }))
     }
 
     /// Every payment of a call, for `welcome`.
@@ -135,9 +159,15 @@ impl Payments {
         for _ in 0..UPDATE_ATTEMPTS {
             let Some(current) = self.store.payment(id).await? else { return Ok(None) };
             let Some(t) = state::apply(&current, change, event_at) else { return Ok(None) };
+            let receipt = self.receipt_write(&t).await?;
+            let queued = receipt.is_some();
             let mut writes = changed(&current, &t.payment);
             writes.push(Write::Audit(audit.clone()));
+            writes.extend(receipt);
             if self.store.commit(&writes).await? == Committed::Applied {
+                if queued {
+                    self.receipts_queued.notify_one();
+                }
                 return Ok(Some(t));
             }
         }

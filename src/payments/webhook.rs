@@ -191,9 +191,12 @@ impl Payments {
             };
             let action = format!("payment.{}", crate::store::status_str(t.payment.status));
             let audit = stripe_audit(&t.payment, &action).with_detail(format!("event {event_id}"));
+            let receipt = self.receipt_write(&t).await?;
+            let queued = receipt.is_some();
             let mut writes = vec![Write::Webhook(record(Some(&current.id), "applied"))];
             writes.extend(super::changed(&current, &t.payment));
             writes.push(Write::Audit(audit));
+            writes.extend(receipt);
             if let Some(r) = refund.as_ref().filter(|r| r.status == "failed") {
                 let detail = format!(
                     "event {event_id}: {} {}",
@@ -210,6 +213,9 @@ impl Payments {
                     // behind the store (tests arm this to prove that they catch up).
                     if t.newly_succeeded {
                         crate::faults::crash_here("abort_after_committing_a_success");
+                    }
+                    if queued {
+                        self.receipts_queued.notify_one();
                     }
                     self.announce(t);
                     return Ok(EventOutcome::Applied);

@@ -240,4 +240,33 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX IF NOT EXISTS event_attempts_delivery ON event_attempts (delivery_id, at)",
         ],
     ),
+    (
+        11,
+        "pay by link (the patient's language for receipts) and callpay's own receipt e-mails",
+        &[
+            // A clinic that sends its own receipt (besides Stripe's), off by default.
+            "ALTER TABLE clinics ADD COLUMN own_receipts BIGINT NOT NULL DEFAULT 0",
+            // The language the patient paid in (the page tells the hub before paying), for the
+            // receipt; kept apart from the payment row, whose updates are whole-row and versioned.
+            "CREATE TABLE IF NOT EXISTS payment_langs (
+            payment_id TEXT PRIMARY KEY,
+            lang TEXT NOT NULL,
+            updated_at BIGINT NOT NULL
+        )",
+            // The receipt outbox: a row is written in the same transaction as the payment's
+            // success, and a background task sends it (retrying with backoff), so neither a
+            // slow mail server nor a restart loses or delays the confirmation.
+            "CREATE TABLE IF NOT EXISTS receipt_outbox (
+            payment_id TEXT PRIMARY KEY,
+            clinic_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT NOT NULL,
+            last_error TEXT,
+            created_at BIGINT NOT NULL,
+            sent_at BIGINT
+        )",
+            "CREATE INDEX IF NOT EXISTS receipt_outbox_due ON receipt_outbox (status, next_attempt_at)",
+        ],
+    ),
 ];

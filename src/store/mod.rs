@@ -53,6 +53,9 @@ pub struct Clinic {
     pub linked_by: Option<String>,
     /// When (Unix ms).
     pub linked_at: Option<i64>,
+    /// Whether callpay sends its own receipt e-mail for the clinic's payments (besides
+    /// Stripe's); a clinic admin's choice.
+    pub own_receipts: bool,
 }
 
 impl Clinic {
@@ -264,6 +267,55 @@ pub enum Write {
         /// nothing.
         if_changed: bool,
     },
+    /// Queues callpay's own receipt of a payment, due at once (written with the payment's
+    /// success, so the receipt is sent after the confirmation is stored and a restart cannot
+    /// lose it). A payment already queued keeps its row: one receipt per payment.
+    QueueReceipt {
+        /// The payment.
+        payment_id: String,
+        /// Its clinic.
+        clinic_id: String,
+    },
+}
+
+/// A receipt e-mail in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReceiptJob {
+    /// The payment it is for (one receipt per payment).
+    pub payment_id: String,
+    /// The payment's clinic.
+    pub clinic_id: String,
+    /// `pending` (to send, maybe after a failed attempt), `sent`, `failed` (given up), or
+    /// `skipped` (nothing to send: no address, or the clinic turned receipts off meanwhile).
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// When the next attempt is due (Unix ms); while an attempt runs, when its claim lapses.
+    pub next_attempt_at: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// When it was sent (Unix ms).
+    pub sent_at: Option<i64>,
+}
+
+/// What became of one attempt at a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// The mail server took it.
+    Sent,
+    /// Try again at this time (Unix ms).
+    Retry {
+        /// When.
+        at: i64,
+        /// Why this attempt failed.
+        error: String,
+    },
+    /// Given up (permanent refusal, or out of attempts).
+    Failed(String),
+    /// Nothing to send.
+    Skipped(String),
 }
 
 /// A refund of a payment, callpay's or one made in the Stripe dashboard.
@@ -320,6 +372,8 @@ pub enum ClinicChange {
         /// The account being removed.
         account: String,
     },
+    /// Turns callpay's own receipt e-mail on or off.
+    SetOwnReceipts(bool),
 }
 
 /// A Stripe account link, from the OAuth exchange.
@@ -429,6 +483,21 @@ pub trait Store: Send + Sync + 'static {
         before: Option<(i64, String)>,
         with_money: bool,
     ) -> StoreResult<Vec<AuditEntry>>;
+    /// Records the language a patient pays a payment in (`en`, `bn`), for its receipt.
+    async fn set_payment_lang(&self, payment_id: &str, lang: &str) -> StoreResult<()>;
+    /// The language a patient paid a payment in, if a page said.
+    async fn payment_lang(&self, payment_id: &str) -> StoreResult<Option<String>>;
+    /// Receipts due at `now_ms` (pending, next attempt not later), oldest due first; at most
+    /// `limit`.
+    async fn due_receipts(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ReceiptJob>>;
+    /// Takes a due receipt for one attempt: moves its next attempt to `lease_until` and counts
+    /// the attempt, only if it is still pending and due as `seen_next_at` (so one instance
+    /// sends it, and an instance that dies mid-attempt only delays it until the lease ends).
+    async fn claim_receipt(&self, payment_id: &str, seen_next_at: i64, lease_until: i64) -> StoreResult<bool>;
+    /// Records what an attempt at a receipt came to.
+    async fn finish_receipt(&self, payment_id: &str, outcome: &ReceiptOutcome, at: i64) -> StoreResult<()>;
+    /// A payment's receipt in the outbox, if one was queued.
+    async fn receipt(&self, payment_id: &str) -> StoreResult<Option<ReceiptJob>>;
 }
 
 /// An organisation.

@@ -5,7 +5,7 @@ use super::binder::Binder;
 use super::migrations::MIGRATIONS;
 use super::{
     AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
-    PaymentScope, Refund, StateTaken, Store, StoreError, StoreResult, Write, now_ms,
+    PaymentScope, ReceiptJob, ReceiptOutcome, Refund, StateTaken, Store, StoreError, StoreResult, Write, now_ms,
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -158,6 +158,7 @@ fn clinic_from(row: &AnyRow) -> StoreResult<Clinic> {
         stripe_livemode: row.try_get::<i64, _>("stripe_livemode")? != 0,
         linked_by: row.try_get("linked_by")?,
         linked_at: row.try_get("linked_at")?,
+        own_receipts: row.try_get::<i64, _>("own_receipts")? != 0,
     })
 }
 
@@ -315,6 +316,14 @@ async fn clinic_change(tx: &mut Tx, id: &str, change: &ClinicChange) -> StoreRes
             .execute(&mut **tx)
             .await?;
             return Ok((true, done.rows_affected() == 1));
+        }
+        ClinicChange::SetOwnReceipts(on) => {
+            sqlx::query("UPDATE clinics SET own_receipts = $1, updated_at = $2 WHERE id = $3")
+                .bind(i64::from(*on))
+                .bind(now_ms())
+                .bind(id)
+                .execute(&mut **tx)
+                .await?
         }
     };
     let landed = done.rows_affected() == 1;
@@ -553,6 +562,19 @@ impl Store for SqlStore {
                 }
                 Write::Audit(e) => {
                     insert_audit(&mut tx, e).await?;
+                    true
+                }
+                Write::QueueReceipt { payment_id, clinic_id } => {
+                    let at = now_ms();
+                    sqlx::query(
+                        "INSERT INTO receipt_outbox (payment_id, clinic_id, status, attempts, next_attempt_at, created_at) \
+                         VALUES ($1, $2, 'pending', 0, $3, $3) ON CONFLICT (payment_id) DO NOTHING",
+                    )
+                    .bind(payment_id)
+                    .bind(clinic_id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
                     true
                 }
             };
@@ -858,6 +880,93 @@ impl Store for SqlStore {
         .await?;
         rows.iter().map(audit_from).collect()
     }
+
+    async fn set_payment_lang(&self, payment_id: &str, lang: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO payment_langs (payment_id, lang, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (payment_id) DO UPDATE SET lang = excluded.lang, updated_at = excluded.updated_at",
+        )
+        .bind(payment_id)
+        .bind(lang)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn payment_lang(&self, payment_id: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT lang FROM payment_langs WHERE payment_id = $1")
+            .bind(payment_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn due_receipts(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ReceiptJob>> {
+        let rows = sqlx::query(
+            "SELECT * FROM receipt_outbox WHERE status = 'pending' AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, payment_id LIMIT $2",
+        )
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(receipt_from).collect()
+    }
+
+    async fn claim_receipt(&self, payment_id: &str, seen_next_at: i64, lease_until: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE receipt_outbox SET next_attempt_at = $1, attempts = attempts + 1 \
+             WHERE payment_id = $2 AND status = 'pending' AND next_attempt_at = $3",
+        )
+        .bind(lease_until)
+        .bind(payment_id)
+        .bind(seen_next_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn finish_receipt(&self, payment_id: &str, outcome: &ReceiptOutcome, at: i64) -> StoreResult<()> {
+        let (status, next, error, sent) = match outcome {
+            ReceiptOutcome::Sent => ("sent", at, None, Some(at)),
+            ReceiptOutcome::Retry { at: next, error } => ("pending", *next, Some(error.as_str()), None),
+            ReceiptOutcome::Failed(error) => ("failed", at, Some(error.as_str()), None),
+            ReceiptOutcome::Skipped(why) => ("skipped", at, Some(why.as_str()), None),
+        };
+        sqlx::query(
+            "UPDATE receipt_outbox SET status = $1, next_attempt_at = $2, last_error = $3, sent_at = $4 \
+             WHERE payment_id = $5",
+        )
+        .bind(status)
+        .bind(next)
+        .bind(error)
+        .bind(sent)
+        .bind(payment_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn receipt(&self, payment_id: &str) -> StoreResult<Option<ReceiptJob>> {
+        let row = sqlx::query("SELECT * FROM receipt_outbox WHERE payment_id = $1")
+            .bind(payment_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(receipt_from).transpose()
+    }
+}
+
+fn receipt_from(r: &AnyRow) -> StoreResult<ReceiptJob> {
+    Ok(ReceiptJob {
+        payment_id: r.try_get("payment_id")?,
+        clinic_id: r.try_get("clinic_id")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
 }
 
 const REFUND_COLUMNS: &str = "id, payment_id, clinic_id, amount, currency, reason, note, status, stripe_refund_id, \

@@ -128,6 +128,11 @@ fn expected(endpoint: &str, who: Who, own: bool) -> u16 {
             },
             "list_enablements" => ok(matches!(who, Operator | OrgAdmin), 200),
             "disable" => per_clinic(matches!(who, Operator | OrgAdmin), 200),
+            // callpay's own receipts: the clinic's admins and the organisation's.
+            "receipts" => match who {
+                OrgAdmin | TeamAdmin => per_clinic(true, 200),
+                _ => 403,
+            },
             "connect" | "remove" => match who {
                 OrgAdmin | TeamAdmin => per_clinic(true, 200),
                 _ => 403,
@@ -293,6 +298,7 @@ async fn every_role_against_every_endpoint() {
                     None,
                 ),
                 ("org_report", "GET", format!("/v1/orgs/{org}/report?from=2026-12-01&to=2026-12-31&tz=UTC"), None),
+                ("receipts", "PUT", format!("/v1/clinics/{clinic}/receipts"), Some(json!({"enabled": true}))),
                 ("disable", "POST", format!("/v1/clinics/{clinic}/disable"), None),
                 (
                     "create_endpoint",
@@ -338,7 +344,7 @@ async fn every_role_against_every_endpoint() {
             }
         }
     }
-    assert_eq!(checked, 7 * 2 * 27);
+    assert_eq!(checked, 7 * 2 * 28);
     // Org admins only ever see their own organisation's requests.
     let org_admin = hub.admin(AdminRole::OrgAdmin, Some(DEMO_ORG), &[]);
     let (_, list) =
@@ -448,6 +454,11 @@ async fn lists_paginate_and_openapi_matches_the_routes() {
             "{path}"
         );
     }
+    assert_eq!(
+        doc["paths"]["/v1/clinics/{clinic_id}/receipts"]["put"]["x-callpay-roles"],
+        json!(["org_admin (own organisation)", "team_admin (own clinics)"])
+    );
+    assert!(doc["paths"]["/v1/pay-link"]["get"]["summary"].as_str().unwrap().contains("link token"));
     assert_eq!(
         doc["paths"]["/v1/clinics/{clinic_id}/report"]["get"]["x-callpay-roles"],
         json!(["org_admin (own organisation)", "team_admin (own clinics)"])

@@ -67,6 +67,7 @@ impl Cluster {
                 bus: bus.clone(),
                 presence: bus,
                 connect: Arc::new(callpay::connect::StripeConnect::new(&config.stripe)),
+                mailer: None,
             };
             let app = App::build_on(listener, config, deps, node).await.unwrap();
             let state = app.state.clone();

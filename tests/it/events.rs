@@ -270,7 +270,7 @@ struct Running {
 impl Running {
     async fn start(dir: &std::path::Path) -> Self {
         let listen = "127.0.0.1:0".parse().unwrap();
-        let callpay::demo::Demo { app, sim, info } =
+        let callpay::demo::Demo { app, sim, info, .. } =
             callpay::demo::start_with(Some(dir.to_owned()), listen, stripe_sim::SimConfig::for_tests(), fast)
                 .await
                 .unwrap();

@@ -25,6 +25,8 @@ pub struct TestHub {
     pub sim: stripe_sim::SimHandle,
     pub state: callpay::app::AppState,
     pub http: Http,
+    /// The demo's in-process mailbox (callpay's own receipts, unless an SMTP URL is set).
+    pub mailbox: std::sync::Arc<callpay::mail::MemoryMailbox>,
 }
 
 impl TestHub {
@@ -41,6 +43,19 @@ impl TestHub {
         tweak: impl FnOnce(&mut Config),
         wrap: impl FnOnce(std::sync::Arc<dyn callpay::store::Store>) -> std::sync::Arc<dyn callpay::store::Store>,
     ) -> Self {
+        Self::start_full(None, tweak, wrap).await
+    }
+
+    /// A hub whose SQLite database lives in `dir` (kept across a restart).
+    pub async fn start_in(dir: &std::path::Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_full(Some(dir.to_path_buf()), tweak, |s| s).await
+    }
+
+    async fn start_full(
+        dir: Option<std::path::PathBuf>,
+        tweak: impl FnOnce(&mut Config),
+        wrap: impl FnOnce(std::sync::Arc<dyn callpay::store::Store>) -> std::sync::Arc<dyn callpay::store::Store>,
+    ) -> Self {
         let settings = |c: &mut Config| {
             // Two attempts with a short timeout keep failure tests quick.
             c.stripe.max_attempts = 2;
@@ -48,12 +63,12 @@ impl TestHub {
             tweak(c);
         };
         let listen = "127.0.0.1:0".parse().unwrap();
-        let demo: Demo = callpay::demo::start_wrapped(None, listen, stripe_sim::SimConfig::for_tests(), settings, wrap)
+        let demo: Demo = callpay::demo::start_wrapped(dir, listen, stripe_sim::SimConfig::for_tests(), settings, wrap)
             .await
             .expect("demo starts");
         let state = demo.app.state.clone();
         tokio::spawn(demo.app.run_until_stopped());
-        Self { info: demo.info, sim: demo.sim, state, http: Http::new() }
+        Self { info: demo.info, sim: demo.sim, state, http: Http::new(), mailbox: demo.mailbox }
     }
 
     pub fn token_for(&self, call_id: &str, sub: &str, role: Role) -> String {

@@ -85,6 +85,12 @@ pass! {
         refund_by_key(p: &str, k: &str) -> Option<Refund>;
         unsent_refunds(b: i64, l: i64) -> Vec<Refund>;
         payments_changed_since(s: i64, l: i64) -> Vec<Payment>;
+        set_payment_lang(p: &str, l: &str) -> ();
+        payment_lang(p: &str) -> Option<String>;
+        due_receipts(n: i64, l: i64) -> Vec<ReceiptJob>;
+        claim_receipt(p: &str, s: i64, l: i64) -> bool;
+        finish_receipt(p: &str, o: &ReceiptOutcome, a: i64) -> ();
+        receipt(p: &str) -> Option<ReceiptJob>;
 }
 
 async fn flaky_hub() -> (TestHub, Arc<AtomicBool>) {

@@ -81,6 +81,8 @@ async fn clinic_view(app: &AppState, c: &Clinic) -> Result<Value> {
         "name": c.name,
         "app_enabled": c.app_enabled,
         "payments_available": c.payment_readiness().is_ok(),
+        "own_receipts": c.own_receipts,
+        "receipts_available": app.outbox.can_send(),
         "enablement": latest,
         "stripe": {
             "linked": c.stripe_account.is_some(),

@@ -130,3 +130,36 @@ pub async fn disable(
     announce_clinic(&app, &clinic).await;
     Ok(Json(clinic_view(&app, &clinic).await?))
 }
+
+/// Body of `PUT /v1/clinics/{clinic_id}/receipts`.
+#[derive(Debug, Deserialize)]
+pub struct Receipts {
+    enabled: bool,
+}
+
+/// `PUT /v1/clinics/{clinic_id}/receipts`: callpay's own receipt e-mail on or off. Turning it
+/// on needs a mail server on this hub (`receipts.smtp_url`); off always works.
+pub async fn set_receipts(
+    State(app): State<AppState>,
+    Admin(who): Admin,
+    Path(clinic_id): Path<String>,
+    Json(body): Json<Receipts>,
+) -> Result<Json<Value>> {
+    let clinic = clinic_for(&app, &who, Action::ManageReceipts, &clinic_id).await?;
+    if body.enabled && !app.outbox.can_send() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "receipts_unavailable",
+            "This hub has no mail server (receipts.smtp_url), so it cannot send receipts; Stripe's receipt is still sent.",
+        ));
+    }
+    let action = if body.enabled { "receipts.enabled" } else { "receipts.disabled" };
+    let audit = clinic_audit(Actor::from(&who), &clinic, action, Some(&clinic.id), "ok");
+    let writes = [
+        Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetOwnReceipts(body.enabled) },
+        Write::Audit(audit),
+    ];
+    app.store.commit(&writes).await.map_err(store_err)?;
+    let clinic = load_clinic(&app, &clinic_id).await?;
+    Ok(Json(clinic_view(&app, &clinic).await?))
+}

@@ -131,6 +131,8 @@ fn source(e: &AuditEntry) -> Value {
             None => json!({"kind": "stripe_read"}),
         },
         "clinician" | "patient" => json!({"kind": "hub", "actor_id": e.actor_id, "actor_name": e.actor_name}),
+        // callpay's own background work (the receipt e-mail).
+        "system" => json!({"kind": "system"}),
         _ => json!({"kind": "admin", "actor_id": e.actor_id, "actor_name": e.actor_name, "role": e.actor_role}),
     }
 }
@@ -157,7 +159,7 @@ fn history_entry(e: &AuditEntry) -> Value {
 /// and Stripe's refusals (an amount or PaymentIntent that did not match) count.
 fn in_history(e: &AuditEntry) -> bool {
     (e.action.starts_with("payment.") || e.action.starts_with("refund."))
-        && (e.outcome == "ok" || e.actor_role == "stripe")
+        && (e.outcome == "ok" || e.actor_role == "stripe" || e.actor_role == "system")
 }
 
 /// A refund as the admin API shows it.

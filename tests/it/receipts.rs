@@ -1,0 +1,284 @@
+//! callpay's own receipt e-mail: sent to a real SMTP server the test starts on loopback
+//! (Python's aiosmtpd, which decodes what it received with Python's e-mail package), in the
+//! patient's language with the subject MIME-encoded; retried with backoff while the server is
+//! down; kept across a restart (an outbox row); never sent for a clinic that did not ask.
+
+use crate::helpers::*;
+use callpay::store::ReceiptJob;
+use serde_json::{Value, json};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// aiosmtpd on a loopback port, and the messages it prints.
+struct SmtpSink {
+    child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl SmtpSink {
+    /// Starts the sink on `port`; fails the test, saying how to install it, if aiosmtpd is missing.
+    async fn start(port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/smtp_sink.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs (the SMTP test server is Python's aiosmtpd)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(WAIT, lines.next_line()).await.expect("the SMTP sink starts").unwrap();
+        let first: Value = serde_json::from_str(first.as_deref().unwrap_or("{}")).unwrap_or(Value::Null);
+        assert!(
+            first["ready"] == port,
+            "the SMTP test server did not start: {first}. Install it with `pip install aiosmtpd` (scripts/test does)"
+        );
+        Self { child, lines }
+    }
+
+    /// The next message received, decoded.
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("a message within 20 s")
+            .unwrap()
+            .expect("the sink is running");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A loopback port nothing listens on (just released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Receipts over SMTP to `port`, fast retries.
+fn smtp_to(port: u16) -> impl FnOnce(&mut callpay::config::Config) {
+    move |c| {
+        c.receipts.smtp_url = Some(callpay::config::Secret::new(format!("smtp://127.0.0.1:{port}")));
+        c.receipts.from = "receipts@harbour.example".into();
+        c.receipts.retry_base_ms = 200;
+        c.receipts.retry_max_ms = 800;
+        c.receipts.poll_ms = 50;
+        c.receipts.timeout_ms = 3_000;
+    }
+}
+
+impl TestHub {
+    /// The clinic admin turns callpay's own receipts on (or off).
+    async fn own_receipts(&self, on: bool) -> (u16, Value) {
+        let url = format!("{}/v1/clinics/{}/receipts", self.info.hub_url, callpay::demo::DEMO_CLINIC);
+        let auth = format!("Bearer {}", self.info.clinic_admin_token);
+        let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+        let (s, v, _) = self.http.send("PUT", &url, &headers, json!({"enabled": on}).to_string()).await;
+        (s, v)
+    }
+
+    async fn receipt_row(&self, payment_id: &str) -> Option<ReceiptJob> {
+        self.state.store.receipt(payment_id).await.unwrap()
+    }
+}
+
+/// The clinician requests, the patient (in `lang`) pays; answers the payment id once the
+/// clinician's panel has the confirmation.
+async fn paid(hub: &TestHub, lang: &str, amount: i64, description: &str) -> String {
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("r1", amount, description).await;
+    let p = pat.until("payment.requested").await["payment"].clone();
+    let pid = p["payment_id"].as_str().unwrap().to_owned();
+    let url = format!("{}/v1/calls/{}/payments/{pid}/language", hub.info.hub_url, hub.info.call_id);
+    let auth = format!("Bearer {}", hub.info.patient_token);
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    assert_eq!(hub.http.send("PUT", &url, &headers, json!({"lang": lang}).to_string()).await.0, 204);
+    let (s, _) = pay_like_stripe_js(hub, &p, "4242424242424242", "sam@example.com").await;
+    assert_eq!(s, 200);
+    doc.until("payment.confirmed").await;
+    pid
+}
+
+#[tokio::test]
+async fn the_receipt_reaches_a_real_smtp_server_in_bengali_with_its_subject_encoded() {
+    let port = free_port();
+    let mut sink = SmtpSink::start(port).await;
+    let hub = TestHub::start_with(smtp_to(port)).await;
+    let (s, clinic) = hub.own_receipts(true).await;
+    assert_eq!((s, clinic["own_receipts"].as_bool()), (200, Some(true)), "{clinic}");
+    let pid = paid(&hub, "bn", 5000, "Follow-up consultation").await;
+
+    let m = sink.next().await;
+    assert_eq!(m["mail_from"], "receipts@harbour.example");
+    assert_eq!(m["rcpt_tos"], json!(["sam@example.com"]));
+    assert_eq!(m["from"], "Harbour Clinic <receipts@harbour.example>");
+    assert_eq!(m["to"], "sam@example.com");
+    // On the wire every header is ASCII, the Bengali subject an RFC 2047 encoded word...
+    let raw = m["raw_headers"].as_str().unwrap();
+    assert!(raw.is_ascii(), "{raw}");
+    let subject_line = raw.lines().find(|l| l.starts_with("Subject:")).expect("a Subject header");
+    assert!(subject_line.contains("=?utf-8?"), "MIME-encoded: {subject_line}");
+    // ...which Python decodes to the Bengali text, the amount in Bengali digits.
+    assert_eq!(m["subject"], "Harbour Clinic থেকে আপনার পেমেন্টের রসিদ: ৫০.০০ AUD");
+    assert_eq!((m["content_type"].as_str(), m["charset"].as_str()), (Some("text/plain"), Some("utf-8")));
+    let body = m["body"].as_str().unwrap();
+    for part in [
+        "Harbour Clinic-কে পেমেন্ট করার জন্য ধন্যবাদ।",
+        "পরিমাণ: ৫০.০০ AUD",
+        "কিসের জন্য: Follow-up consultation",
+        "৪২৪২",
+        "pi_",
+    ] {
+        assert!(body.contains(part), "{part} in {body}");
+    }
+    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
+    assert_eq!(row.attempts, 1);
+    let history = hub.state.store.audit_for_target(callpay::demo::DEMO_CLINIC, &pid, 50).await.unwrap();
+    assert!(history.iter().any(|r| r.action == "payment.receipt_sent"), "{history:?}");
+    assert!(hub.mailbox.messages().is_empty(), "the configured SMTP server took it, not the demo mailbox");
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn an_english_receipt_over_smtp() {
+    let port = free_port();
+    let mut sink = SmtpSink::start(port).await;
+    let hub = TestHub::start_with(smtp_to(port)).await;
+    assert_eq!(hub.own_receipts(true).await.0, 200);
+    paid(&hub, "en", 12345, "Specialist review").await;
+    let m = sink.next().await;
+    assert_eq!(m["subject"], "Your payment receipt from Harbour Clinic: 123.45 AUD");
+    let body = m["body"].as_str().unwrap();
+    for part in ["Amount: 123.45 AUD", "For: Specialist review", "Visa ending 4242", "also sends its own receipt"] {
+        assert!(body.contains(part), "{part} in {body}");
+    }
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn a_receipt_is_retried_with_backoff_until_the_server_answers_and_never_holds_up_the_confirmation() {
+    let port = free_port();
+    // Nothing listens yet: every attempt fails to connect.
+    let hub = TestHub::start_with(smtp_to(port)).await;
+    assert_eq!(hub.own_receipts(true).await.0, 200);
+    let started = std::time::Instant::now();
+    let pid = paid(&hub, "en", 5000, "Consult").await;
+    assert!(started.elapsed() < Duration::from_secs(8), "the confirmation did not wait on the mail server");
+    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.attempts >= 2)).await;
+    assert_eq!(row.status, "pending", "{row:?}");
+    assert!(row.last_error.is_some(), "{row:?}");
+    assert!(row.next_attempt_at > callpay::store::now_ms() - 1_000, "a later attempt is due: {row:?}");
+    let mut sink = SmtpSink::start(port).await;
+    let m = sink.next().await;
+    assert!(m["subject"].as_str().unwrap().contains("50.00 AUD"), "{m}");
+    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
+    assert!(row.attempts >= 2, "{row:?}");
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_receipt_is_sent_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("callpay-receipts-{}", callpay::ids::random_id()));
+    let port = free_port();
+    let first = TestHub::start_in(&dir, |c| {
+        smtp_to(port)(c);
+        // Long waits: this hub stops before its second attempt.
+        c.receipts.retry_base_ms = 600_000;
+    })
+    .await;
+    assert_eq!(first.own_receipts(true).await.0, 200);
+    let pid = paid(&first, "en", 5000, "Consult").await;
+    eventually(async || first.receipt_row(&pid).await.filter(|r| r.attempts == 1 && r.status == "pending")).await;
+    first.state.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A new process on the same database, the mail server up, sends what the first left due
+    // (its next attempt is moved to now here, as if the wait had passed).
+    let mut sink = SmtpSink::start(port).await;
+    let store =
+        callpay::store::SqlStore::connect(&format!("sqlite://{}", dir.join("callpay.db").display())).await.unwrap();
+    make_due_now(&store, &pid).await;
+    let second = TestHub::start_in(&dir, smtp_to(port)).await;
+    let m = sink.next().await;
+    assert!(m["subject"].as_str().unwrap().contains("Harbour Clinic"), "{m}");
+    let row = eventually(async || second.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
+    assert_eq!(row.attempts, 2, "one attempt before the restart, one after: {row:?}");
+    sink.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Makes a pending receipt due now, through the store's own claim (as a lapsed wait would).
+async fn make_due_now(store: &callpay::store::SqlStore, payment_id: &str) {
+    use callpay::store::{ReceiptOutcome, Store};
+    let row = store.receipt(payment_id).await.unwrap().expect("queued before the restart");
+    assert_eq!(row.status, "pending");
+    let retry = ReceiptOutcome::Retry { at: 0, error: row.last_error.clone().unwrap_or_default() };
+    store.finish_receipt(payment_id, &retry, callpay::store::now_ms()).await.unwrap();
+}
+
+#[tokio::test]
+async fn no_receipt_of_callpays_own_unless_the_clinic_asks() {
+    let hub = TestHub::start_with(|c| c.receipts.poll_ms = 50).await;
+    let pid = paid(&hub, "en", 5000, "Consult").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(hub.receipt_row(&pid).await.is_none(), "nothing queued");
+    assert!(hub.mailbox.messages().is_empty());
+    // Turned on, the next payment gets one (the demo's in-process mailbox takes it).
+    assert_eq!(hub.own_receipts(true).await.0, 200);
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("r2", 700, "Second").await;
+    let p = pat.until_where("payment.requested", |f| f["payment"]["client_ref"] == "r2").await["payment"].clone();
+    pay_like_stripe_js(&hub, &p, "4242424242424242", "sam@example.com").await;
+    let mail = eventually(async || hub.mailbox.messages().into_iter().next()).await.1;
+    assert_eq!(mail.to, "sam@example.com");
+    assert!(mail.subject.contains("7.00 AUD"), "{}", mail.subject);
+    // Turned off again.
+    let (s, off) = hub.own_receipts(false).await;
+    assert_eq!((s, off["own_receipts"].as_bool()), (200, Some(false)));
+}
+
+#[tokio::test]
+async fn a_send_that_fails_is_tried_again_and_recorded_once_sent() {
+    let hub = TestHub::start_with(|c| {
+        c.receipts.poll_ms = 50;
+        c.receipts.retry_base_ms = 100;
+        c.receipts.retry_max_ms = 200;
+    })
+    .await;
+    assert_eq!(hub.own_receipts(true).await.0, 200);
+    hub.mailbox.fail_next(2);
+    let pid = paid(&hub, "bn", 5000, "Consult").await;
+    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
+    assert_eq!(row.attempts, 3, "two failures, then sent: {row:?}");
+    assert_eq!(hub.mailbox.attempts(), 3);
+    let messages = hub.mailbox.messages();
+    assert_eq!(messages.len(), 1, "one receipt");
+    assert!(messages[0].1.subject.contains("৫০.০০ AUD"), "{}", messages[0].1.subject);
+}
+
+#[tokio::test]
+async fn a_receipt_given_up_after_its_attempts_is_in_the_audit_log() {
+    let hub = TestHub::start_with(|c| {
+        c.receipts.poll_ms = 50;
+        c.receipts.retry_base_ms = 50;
+        c.receipts.retry_max_ms = 50;
+        c.receipts.max_attempts = 3;
+    })
+    .await;
+    assert_eq!(hub.own_receipts(true).await.0, 200);
+    hub.mailbox.fail_next(100);
+    let pid = paid(&hub, "en", 5000, "Consult").await;
+    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "failed")).await;
+    assert_eq!(row.attempts, 3, "{row:?}");
+    assert!(row.last_error.as_deref().unwrap().starts_with("gave up after 3 attempts"), "{row:?}");
+    let history = hub.state.store.audit_for_target(callpay::demo::DEMO_CLINIC, &pid, 50).await.unwrap();
+    assert!(history.iter().any(|r| r.action == "payment.receipt_failed" && r.outcome == "failed"), "{history:?}");
+    assert_eq!(hub.mailbox.attempts(), 3, "no attempt after giving up");
+}
