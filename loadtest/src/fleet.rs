@@ -122,6 +122,8 @@ struct Counters {
     cut: AtomicU64,
     lost: AtomicU64,
     unexpected: AtomicU64,
+    /// Progress frames the hub answered with an error frame (never relayed, the sender told).
+    rejected: AtomicU64,
     skipped: AtomicU64,
     errors: AtomicU64,
     leaves: AtomicU64,
@@ -371,7 +373,10 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                 requests.remove(r);
                 if r == "relay" {
                     has_relay = true;
-                    let _ = call.relay_payment.set(p["payment_id"].as_str().unwrap_or_default().to_owned());
+                    // Progress is for a payment waiting to be paid, not one still being created.
+                    if p["status"] == "requested" {
+                        let _ = call.relay_payment.set(p["payment_id"].as_str().unwrap_or_default().to_owned());
+                    }
                 }
             }
             if !doc {
@@ -440,7 +445,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                             let p = &f["payment"];
                             if let Some(r) = p["client_ref"].as_str() {
                                 requests.remove(r);
-                                if r == "relay" {
+                                if r == "relay" && p["status"] == "requested" {
                                     let _ = call.relay_payment.set(p["payment_id"].as_str().unwrap_or_default().to_owned());
                                 }
                             }
@@ -461,6 +466,13 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                             }
                         }
                         "error" => {
+                            // A progress frame the hub refused, with its reason: accounted as
+                            // rejected, not left to be judged lost.
+                            if !doc && f["ref"].as_str().is_some_and(|r| call.relay_payment.get().is_some_and(|p| p == r))
+                                && call.inflight.lock().unwrap().pop_front().is_some()
+                            {
+                                fleet.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                            }
                             // A refused request is answered, as the SDK settles it: not sent again.
                             if let Some(r) = f["ref"].as_str()
                                 && requests.remove(r).is_some()
@@ -675,7 +687,7 @@ fn tick_report(fleet: &Fleet, worker: usize) -> Value {
         "joins": take(&c.joins), "closes": take(&c.closes), "shed": take(&c.shed), "refused": take(&c.refused),
         "leaves": take(&c.leaves),
         "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
-        "unexpected": take(&c.unexpected), "skipped": take(&c.skipped), "errors": take(&c.errors),
+        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "skipped": take(&c.skipped), "errors": take(&c.errors),
         "pay_failed": take(&c.pay_failed),
         "latency_us": latencies,
     })

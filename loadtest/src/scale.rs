@@ -156,7 +156,7 @@ async fn start_workers(
 struct Second {
     t: f64,
     connected: u64,
-    counts: [u64; 11],
+    counts: [u64; 12],
     latencies: Vec<u32>,
     rss: u64,
     files: u64,
@@ -167,8 +167,20 @@ struct Second {
     cpu_us: [u64; 4],
 }
 
-const COUNTS: [&str; 11] =
-    ["joins", "closes", "shed", "refused", "sent", "delivered", "cut", "lost", "unexpected", "skipped", "errors"];
+const COUNTS: [&str; 12] = [
+    "joins",
+    "closes",
+    "shed",
+    "refused",
+    "sent",
+    "delivered",
+    "cut",
+    "lost",
+    "unexpected",
+    "skipped",
+    "errors",
+    "rejected",
+];
 
 /// A named stretch of the run (a fault, or the steady load around it).
 struct Mark {
@@ -305,7 +317,7 @@ impl Run {
 
     fn window(&self, from: f64, to: f64) -> Value {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-        let mut counts = [0u64; 11];
+        let mut counts = [0u64; 12];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
