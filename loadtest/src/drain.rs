@@ -8,6 +8,7 @@
 //! joins shed with `4013`, the connections refused, and the spread the node asked for. No
 //! traffic besides the joins; loopback only; stops by itself.
 
+use crate::fleet::wait_after;
 use crate::{Hub, ws_request};
 use anyhow::Context;
 use callpay_protocol::Role;
@@ -33,27 +34,6 @@ struct Counts {
     shed: AtomicU64,
     refused: AtomicU64,
     attempts: AtomicU64,
-}
-
-/// How long the SDK waits after a close (the same rules as `reconnectDelay`).
-fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
-    let said = |prefix: &str| {
-        reason.split(prefix).nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
-    };
-    let r = rand_unit();
-    let backoff = (500.0 * 2f64.powi(attempt.min(5) as i32)).min(10_000.0) * (0.5 + r / 2.0);
-    let ms = match code {
-        4012 if attempt == 0 => r * said("within ").unwrap_or(100).clamp(100, 60_000) as f64,
-        4013 => (said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64 * (0.5 + r)).min(60_000.0),
-        _ => backoff,
-    };
-    Duration::from_millis(ms as u64)
-}
-
-fn rand_unit() -> f64 {
-    (callpay::ids::random_id().bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b))) % 1_000_000)
-        as f64
-        / 1_000_000.0
 }
 
 async fn open(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
