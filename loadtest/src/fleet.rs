@@ -95,6 +95,17 @@ impl Call {
     fn epochs(&self) -> (u32, u32) {
         (self.doc.epoch.load(Ordering::Acquire), self.pat.epoch.load(Ordering::Acquire))
     }
+
+    /// Takes the newest `n` frames out of those in flight: the patient's socket closed with
+    /// them still queued, unwritten. Left in, each would later be matched by the next frame of
+    /// its stage (stages alternate, so two unwritten in a row shift every later match by one
+    /// and give each a latency of the call's whole send interval, then a "lost" at the end).
+    fn withdraw(&self, n: u64) {
+        let mut inflight = self.inflight.lock().unwrap();
+        for _ in 0..n {
+            inflight.pop_back();
+        }
+    }
 }
 
 /// One requested payment, by `client_ref`.
@@ -124,6 +135,9 @@ struct Counters {
     unexpected: AtomicU64,
     /// Progress frames the hub answered with an error frame (never relayed, the sender told).
     rejected: AtomicU64,
+    /// Progress frames queued for a patient socket that closed before writing them: never
+    /// sent, so taken back out of the frames in flight rather than judged.
+    withdrawn: AtomicU64,
     skipped: AtomicU64,
     errors: AtomicU64,
     leaves: AtomicU64,
@@ -399,9 +413,12 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
         if !ok {
             side.live.store(false, Ordering::Release);
             *side.tx.lock().unwrap() = None;
+            withdraw_unwritten(&fleet, &call, &mut rx, 0);
             fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        // Progress frames taken from the queue that the socket failed to write.
+        let mut unwritten = 0u64;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -412,7 +429,9 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                         {
                             requests.insert(r, m.clone());
                         }
+                        let progress = is_progress(&m);
                         if ws.send(m).await.is_err() {
+                            unwritten += u64::from(progress);
                             break;
                         }
                     }
@@ -490,9 +509,30 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             }
         }
         side.live.store(false, Ordering::Release);
+        // No frame can be queued for this socket once its sender is gone; those already queued
+        // are never written.
         *side.tx.lock().unwrap() = None;
+        withdraw_unwritten(&fleet, &call, &mut rx, unwritten);
         fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
         drop(ws);
+    }
+}
+
+fn is_progress(m: &Message) -> bool {
+    matches!(m, Message::Text(t) if t.contains("\"payment.progress\""))
+}
+
+/// Withdraws the progress frames left in a closed socket's queue, plus `unwritten` that failed
+/// to write (see [`Call::withdraw`]). Called after the side's sender is dropped, so the queue
+/// holds the call's newest frames in flight and nothing is added behind them.
+fn withdraw_unwritten(fleet: &Fleet, call: &Call, rx: &mut mpsc::Receiver<Cmd>, unwritten: u64) {
+    let mut n = unwritten;
+    while let Ok(cmd) = rx.try_recv() {
+        n += u64::from(matches!(&cmd, Cmd::Frame(m) if is_progress(m)));
+    }
+    if n > 0 {
+        call.withdraw(n);
+        fleet.counters.withdrawn.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -524,7 +564,11 @@ fn relay_one(fleet: &Fleet, k: u64) {
             continue;
         }
         let seq = call.sent.fetch_add(1, Ordering::Relaxed);
-        let stage = (seq % STAGES.len() as u64) as usize;
+        // A pseudo-random stage rather than alternating ones: frames are matched to their
+        // clinician by stage, and with a period of two an even number of frames missing in a
+        // row would shift every later match on the call for good; a random run re-aligns within
+        // a few frames.
+        let stage = (seq.wrapping_add(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61) as usize % STAGES.len();
         let frame = json!({"type": "payment.progress", "payment_id": payment, "stage": STAGES[stage]});
         let mut inflight = call.inflight.lock().unwrap();
         inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs() });
@@ -687,7 +731,7 @@ fn tick_report(fleet: &Fleet, worker: usize) -> Value {
         "joins": take(&c.joins), "closes": take(&c.closes), "shed": take(&c.shed), "refused": take(&c.refused),
         "leaves": take(&c.leaves),
         "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
-        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "skipped": take(&c.skipped), "errors": take(&c.errors),
+        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "skipped": take(&c.skipped), "errors": take(&c.errors),
         "pay_failed": take(&c.pay_failed),
         "latency_us": latencies,
     })

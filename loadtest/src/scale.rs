@@ -156,7 +156,7 @@ async fn start_workers(
 struct Second {
     t: f64,
     connected: u64,
-    counts: [u64; 12],
+    counts: [u64; 13],
     latencies: Vec<u32>,
     rss: u64,
     files: u64,
@@ -167,7 +167,7 @@ struct Second {
     cpu_us: [u64; 4],
 }
 
-const COUNTS: [&str; 12] = [
+const COUNTS: [&str; 13] = [
     "joins",
     "closes",
     "shed",
@@ -180,6 +180,7 @@ const COUNTS: [&str; 12] = [
     "skipped",
     "errors",
     "rejected",
+    "withdrawn",
 ];
 
 /// A named stretch of the run (a fault, or the steady load around it).
@@ -317,7 +318,7 @@ impl Run {
 
     fn window(&self, from: f64, to: f64) -> Value {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-        let mut counts = [0u64; 12];
+        let mut counts = [0u64; 13];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
