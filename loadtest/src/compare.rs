@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpSocket;
@@ -273,7 +273,18 @@ struct Shared {
     recording: AtomicBool,
     delivered: AtomicU64,
     stop: AtomicBool,
+    /// When the calls were open: slow events are placed on a clock from here, so a tail can be
+    /// lined up with the hub's periodic work (presence renewal, the verify sweep).
+    opened: OnceLock<Instant>,
+    /// Recorded events slower than [`SLOW_MS`]: (intended send time in ms since `opened`,
+    /// latency in ms), the first [`SLOW_KEPT`].
+    slow: Mutex<Vec<(f64, f64)>>,
 }
+
+/// An event slower than this is kept with its send time.
+const SLOW_MS: f64 = 10.0;
+/// Slow events kept per run at most.
+const SLOW_KEPT: usize = 2_000;
 
 fn progress_message(proto: Proto, payment_id: &str) -> Message {
     let body = match proto {
@@ -324,6 +335,13 @@ async fn connection(
                         if shared.recording.load(Ordering::Relaxed) {
                             let us = (sent.elapsed().as_micros() as u64).clamp(1, MAX_LATENCY_US);
                             let _ = shared.hist.lock().unwrap().record(us);
+                            let ms = us as f64 / 1000.0;
+                            if ms > SLOW_MS && let Some(opened) = shared.opened.get() {
+                                let mut slow = shared.slow.lock().unwrap();
+                                if slow.len() < SLOW_KEPT {
+                                    slow.push((sent.saturating_duration_since(*opened).as_secs_f64() * 1000.0, ms));
+                                }
+                            }
                         }
                     }
                 }
@@ -446,6 +464,10 @@ async fn run_rate(
     let undelivered: usize = shared.pending.iter().map(|p| std::mem::take(&mut *p.lock().unwrap()).len()).sum();
     let h = shared.hist.lock().unwrap().clone();
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let slow: Vec<[f64; 2]> = std::mem::take(&mut *shared.slow.lock().unwrap())
+        .into_iter()
+        .map(|(t, l)| [(t * 10.0).round() / 10.0, (l * 100.0).round() / 100.0])
+        .collect();
     json!({
         "rate": rate,
         "sent": measured,
@@ -457,6 +479,8 @@ async fn run_rate(
         "cpu_us_per_event": if delivered > 0 { cpu as f64 / delivered as f64 } else { f64::NAN },
         // Redis's share (already inside cpu_us_per_event): what sizes one Redis's capacity.
         "redis_cpu_us_per_event": redis_cpu.map(|c| if delivered > 0 { c as f64 / delivered as f64 } else { f64::NAN }),
+        // [ms since the calls opened, latency ms] of recorded events over SLOW_MS.
+        "slow_events": slow,
     })
 }
 
@@ -468,9 +492,12 @@ async fn relay(proto: Proto, plan: &Plan, nodes: usize) -> anyhow::Result<Value>
         recording: AtomicBool::new(false),
         delivered: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        opened: OnceLock::new(),
+        slow: Mutex::new(Vec::new()),
     });
     let setup = Instant::now();
     let (senders, payments) = open_calls(&server, plan.calls, &shared).await?;
+    let _ = shared.opened.set(Instant::now());
     eprintln!("{}: {} calls open in {:.1} s", proto.name(), plan.calls, setup.elapsed().as_secs_f64());
     let mut rows = Vec::new();
     for rate in &plan.rates {
