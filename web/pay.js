@@ -6,6 +6,61 @@
 import { t, applyI18n, languageSwitch, money, when, brand, decline } from '/web/i18n.js';
 
 const $ = (id) => document.getElementById(id);
+
+/** Where this tab keeps a link's fragment while Stripe has the patient on another page. */
+const RETURN_KEY = 'callpay.return.';
+/** The query parameters Stripe adds to the return URL after a redirect. */
+const RETURN_PARAMS = ['payment_intent', 'payment_intent_client_secret', 'redirect_status'];
+
+/**
+ * The return URL for Stripe (it sends the patient there after a redirect, e.g. a bank's 3-D
+ * Secure page shown in place of this one): this page without its fragment, because Stripe
+ * keeps the URL on the PaymentIntent and the bank's pages see it, and the fragment holds the
+ * link's token. The fragment waits in this tab's sessionStorage, under the PaymentIntent's id.
+ */
+function returnUrl(clientSecret) {
+  try {
+    sessionStorage.setItem(RETURN_KEY + clientSecret.split('_secret_')[0], location.hash);
+  } catch {
+    // Storage turned off: a redirect would come back to a page without its link (it says the
+    // link is not valid); the payment itself is unaffected and the link still works.
+  }
+  return `${location.origin}${location.pathname}`;
+}
+
+/** Drops the fragment kept for a redirect that did not happen. */
+function forgetReturn(clientSecret) {
+  try {
+    sessionStorage.removeItem(RETURN_KEY + clientSecret.split('_secret_')[0]);
+  } catch {
+    // Storage turned off: nothing was kept.
+  }
+}
+
+/**
+ * Back from a Stripe redirect (`?payment_intent=…&redirect_status=…`): put the link's fragment
+ * back and take Stripe's parameters (the client secret among them) off the address bar. Runs
+ * before the token is read. Answers whether the page is returning from paying.
+ */
+function resumeAfterRedirect() {
+  const query = new URLSearchParams(location.search);
+  const intent = query.get('payment_intent');
+  if (!intent) return false;
+  let hash = null;
+  try {
+    hash = sessionStorage.getItem(RETURN_KEY + intent);
+    sessionStorage.removeItem(RETURN_KEY + intent);
+  } catch {
+    // Storage turned off: nothing to put back.
+  }
+  for (const k of RETURN_PARAMS) query.delete(k);
+  const rest = query.toString();
+  history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${hash || location.hash}`);
+  return !!hash;
+}
+
+/** Whether Stripe just sent the patient back here after paying on another page. */
+const returned = resumeAfterRedirect();
 /** The link's token, from the fragment (read again if the fragment changes). */
 let token = linkToken();
 
@@ -17,7 +72,7 @@ const config = await fetch('/v1/client-config').then((r) => r.json());
 let view = null;
 let problem = null;
 /** The pay form's state, kept across renders so typed details survive a language switch. */
-const pay = { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null };
+const pay = { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null, paidHere: false };
 /** How long the page waits for the hub to hear of a payment Stripe.js finished (1 s apart). */
 const CONFIRM_POLLS = 60;
 
@@ -141,15 +196,18 @@ function payForm(p) {
       await ask('PUT', '/v1/pay-link/language', { lang: document.documentElement.lang });
       const result = await pay.stripe.confirmPayment({
         elements: pay.elements,
-        confirmParams: { receipt_email: email.value, return_url: location.href },
+        confirmParams: { receipt_email: email.value, return_url: returnUrl(p.stripe.client_secret) },
         redirect: 'if_required',
       });
+      // Stripe.js answered, so no redirect happened: the fragment kept for one is not needed.
+      forgetReturn(p.stripe.client_secret);
       pay.busy = false;
       if (result.error) {
         pay.error = t('patient.declined', { reason: decline(result.error) });
         render();
       } else {
         pay.waiting = true;
+        pay.paidHere = true;
         render();
         waitForConfirmation();
       }
@@ -178,7 +236,7 @@ function render() {
   if (!view) return;
   const p = view.payment;
   if (view.state === 'paid') {
-    root.append(confirmation(p, !pay.stripe));
+    root.append(confirmation(p, !pay.paidHere));
     return;
   }
   const card = el('article', { class: 'card', 'data-payment-id': p.payment_id, 'data-state': view.state });
@@ -203,11 +261,18 @@ function render() {
 
 languageSwitch($('lang'), render);
 applyI18n();
-load();
+if (returned) {
+  // Stripe finished on another page (the bank's) and sent the patient back: as after a confirm
+  // in this page, the hub reads the PaymentIntent now and the page waits for its answer.
+  Object.assign(pay, { waiting: true, paidHere: true });
+  waitForConfirmation();
+} else {
+  load();
+}
 // Another link pasted into the same tab: show that one, from scratch.
 window.addEventListener('hashchange', () => {
   token = linkToken();
-  Object.assign(pay, { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null });
+  Object.assign(pay, { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null, paidHere: false });
   load();
 });
 window.callpayLink = { reload: () => load() };

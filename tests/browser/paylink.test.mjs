@@ -190,3 +190,53 @@ test('each page a link can lead to instead of paying, in English and Bengali', a
     }
   });
 });
+
+/** The `return_url` of each PaymentIntent confirm the page sends to the simulator, as sent. */
+function confirmReturnUrls(p, info) {
+  const seen = [];
+  p.on('request', (r) => {
+    if (r.method() === 'POST' && r.url().startsWith(`${info.stripe_url}/v1/payment_intents/`) && r.url().endsWith('/confirm')) {
+      seen.push(new URLSearchParams(r.postData() || '').get('return_url'));
+    }
+  });
+  return seen;
+}
+
+test('the return URL given to Stripe carries no link token, and the page picks up after a 3-D Secure redirect', async () => {
+  await inCall(b, async ({ info, doc }) => {
+    await doc.getByText('Live').waitFor();
+    await requestPayment(doc, '25.00', 'Redirect check');
+    const url = await copyLink(doc, 'Redirect check', 'Copy payment link');
+    const token = url.split('#link=')[1];
+    const patient = await page(b);
+    const sent = confirmReturnUrls(patient, info);
+    await patient.goto(url);
+    await pay(patient, 'Redirect check', '4000 0025 0000 3155');
+    // The 3-D Secure challenge opens: the confirm has gone to the simulator with its return_url.
+    const frame = patient.locator('iframe[name=stripe-sim-3ds-frame]');
+    await frame.waitFor();
+    assert.equal(sent.length, 1, `one confirm: ${JSON.stringify(sent)}`);
+    const returnUrl = sent[0];
+    assert.ok(returnUrl, 'a return_url is sent (Stripe requires one)');
+    assert.ok(!returnUrl.includes(token) && !returnUrl.includes(token.split('.').pop()), `no token in ${returnUrl}`);
+    assert.ok(!returnUrl.includes('link='), `no link parameter in ${returnUrl}`);
+    assert.equal(new URL(returnUrl).origin + new URL(returnUrl).pathname, `${info.hub_url}/pay`, 'back to the pay page');
+    // What Stripe does when the bank's page is a redirect rather than a frame: the challenge at
+    // the top level, then back to return_url with payment_intent, its client secret and
+    // redirect_status appended. The page must carry on from there without a token in the URL.
+    await patient.goto(await frame.getAttribute('src'));
+    await patient.getByRole('button', { name: 'Complete authentication' }).click();
+    await patient.waitForURL((u) => u.href.startsWith(`${info.hub_url}/pay`));
+    const done = patient.locator('[data-confirmation]');
+    await done.getByText('Payment complete').waitFor({ timeout: 20000 });
+    assert.match(await done.textContent(), /\$25\.00[\s\S]*Redirect check/);
+    // Stripe's parameters (the client secret among them) are taken off the address bar.
+    assert.ok(!patient.url().includes('payment_intent_client_secret'), patient.url());
+    await shot(patient, 'link-6-after-3ds-redirect');
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
+    // A reload afterwards still finds the link: already paid.
+    await patient.reload();
+    await patient.getByRole('heading', { name: 'This payment is already paid' }).waitFor();
+  });
+});
+
