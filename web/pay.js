@@ -75,6 +75,13 @@ let problem = null;
 const pay = { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null, paidHere: false };
 /** How long the page waits for the hub to hear of a payment Stripe.js finished (1 s apart). */
 const CONFIRM_POLLS = 60;
+/**
+ * Which link the page is on: bumped when the fragment changes. Work begun for one link (its
+ * load, Stripe.js loading for its form, a confirm, the wait after it) compares this when it
+ * resumes and drops its result if the page has moved on, so the card form shown is always
+ * bound to the PaymentIntent of the link whose details are shown.
+ */
+let generation = 0;
 
 async function ask(method, path, body) {
   try {
@@ -91,7 +98,9 @@ async function ask(method, path, body) {
 }
 
 async function load(method = 'GET', path = '/v1/pay-link') {
+  const gen = generation;
   const got = token ? await ask(method, path) : { problem: 'link_invalid' };
+  if (gen !== generation) return { stale: true };
   view = got.view || null;
   problem = got.problem || null;
   $('loading').hidden = true;
@@ -147,7 +156,9 @@ function confirmation(p, already) {
 }
 
 async function startPaying(p) {
+  const gen = generation;
   const Stripe = await loadStripe();
+  if (gen !== generation) return;
   pay.stripe = Stripe(p.stripe.publishable_key, { stripeAccount: p.stripe.stripe_account, locale: document.documentElement.lang });
   pay.elements = pay.stripe.elements({ clientSecret: p.stripe.client_secret, locale: document.documentElement.lang });
   render();
@@ -163,6 +174,7 @@ async function waitForConfirmation() {
     await new Promise((r) => setTimeout(r, 1000));
     got = await load();
   }
+  if (got.stale) return;
   pay.waiting = false;
   if (got.view && got.view.payment.status === 'failed') pay.error = t('patient.declined', { reason: decline(got.view.payment.failure) });
   render();
@@ -170,6 +182,7 @@ async function waitForConfirmation() {
 
 function payForm(p) {
   if (!pay.form) {
+    const gen = generation;
     const form = el('form', { novalidate: '' });
     pay.emailLabel = el('label', { for: 'email' });
     const email = el('input', { id: 'email', type: 'email', autocomplete: 'email', required: '' });
@@ -194,6 +207,8 @@ function payForm(p) {
       render();
       // The receipt callpay may send is written in the language the patient pays in.
       await ask('PUT', '/v1/pay-link/language', { lang: document.documentElement.lang });
+      // Another link was opened meanwhile: this form is gone from the page, so pay nothing.
+      if (gen !== generation) return;
       const result = await pay.stripe.confirmPayment({
         elements: pay.elements,
         confirmParams: { receipt_email: email.value, return_url: returnUrl(p.stripe.client_secret) },
@@ -201,6 +216,7 @@ function payForm(p) {
       });
       // Stripe.js answered, so no redirect happened: the fragment kept for one is not needed.
       forgetReturn(p.stripe.client_secret);
+      if (gen !== generation) return;
       pay.busy = false;
       if (result.error) {
         pay.error = t('patient.declined', { reason: decline(result.error) });
@@ -271,6 +287,7 @@ if (returned) {
 }
 // Another link pasted into the same tab: show that one, from scratch.
 window.addEventListener('hashchange', () => {
+  generation += 1;
   token = linkToken();
   Object.assign(pay, { elements: null, stripe: null, busy: false, error: '', waiting: false, form: null, paidHere: false });
   load();
