@@ -3,8 +3,12 @@
 // Card details go from Stripe.js to Stripe; this page only ever sees the outcome.
 import { CallpayClient, launchParams } from '/web/sdk/callpay.js';
 import { t, applyI18n, languageSwitch, money, when, brand, decline } from '/web/i18n.js';
+import { returnUrl, forgetReturn, resumeAfterRedirect } from '/web/cardform.js';
 
 const $ = (id) => document.getElementById(id);
+// Back from a Stripe redirect, the join token is put back in the fragment before it is read;
+// the panel then reconnects, and checkIntent tells the hub what Stripe says of the payment.
+resumeAfterRedirect();
 const { token, callId } = launchParams();
 const config = await fetch('/v1/client-config').then((r) => r.json());
 const open = new Map(); // payment_id -> {stripe, elements, email, error, busy, waiting}
@@ -135,9 +139,10 @@ function payForm(p, state) {
       }).catch(() => {});
       const result = await state.stripe.confirmPayment({
         elements: state.elements,
-        confirmParams: { receipt_email: email.value, return_url: location.href },
+        confirmParams: { receipt_email: email.value, return_url: returnUrl(p.stripe.client_secret) },
         redirect: 'if_required',
       });
+      forgetReturn(p.stripe.client_secret);
       state.busy = false;
       if (result.error) {
         state.error = t('patient.declined', { reason: decline(result.error) });

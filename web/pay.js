@@ -4,60 +4,9 @@
 // PaymentIntent: a link never makes a second charge), or says in the page's language why it
 // cannot: expired, altered, cancelled, already paid, or a clinic that no longer takes it.
 import { t, applyI18n, languageSwitch, money, when, brand, decline } from '/web/i18n.js';
+import { returnUrl, forgetReturn, resumeAfterRedirect } from '/web/cardform.js';
 
 const $ = (id) => document.getElementById(id);
-
-/** Where this tab keeps a link's fragment while Stripe has the patient on another page. */
-const RETURN_KEY = 'callpay.return.';
-/** The query parameters Stripe adds to the return URL after a redirect. */
-const RETURN_PARAMS = ['payment_intent', 'payment_intent_client_secret', 'redirect_status'];
-
-/**
- * The return URL for Stripe (it sends the patient there after a redirect, e.g. a bank's 3-D
- * Secure page shown in place of this one): this page without its fragment, because Stripe
- * keeps the URL on the PaymentIntent and the bank's pages see it, and the fragment holds the
- * link's token. The fragment waits in this tab's sessionStorage, under the PaymentIntent's id.
- */
-function returnUrl(clientSecret) {
-  try {
-    sessionStorage.setItem(RETURN_KEY + clientSecret.split('_secret_')[0], location.hash);
-  } catch {
-    // Storage turned off: a redirect would come back to a page without its link (it says the
-    // link is not valid); the payment itself is unaffected and the link still works.
-  }
-  return `${location.origin}${location.pathname}`;
-}
-
-/** Drops the fragment kept for a redirect that did not happen. */
-function forgetReturn(clientSecret) {
-  try {
-    sessionStorage.removeItem(RETURN_KEY + clientSecret.split('_secret_')[0]);
-  } catch {
-    // Storage turned off: nothing was kept.
-  }
-}
-
-/**
- * Back from a Stripe redirect (`?payment_intent=…&redirect_status=…`): put the link's fragment
- * back and take Stripe's parameters (the client secret among them) off the address bar. Runs
- * before the token is read. Answers whether the page is returning from paying.
- */
-function resumeAfterRedirect() {
-  const query = new URLSearchParams(location.search);
-  const intent = query.get('payment_intent');
-  if (!intent) return false;
-  let hash = null;
-  try {
-    hash = sessionStorage.getItem(RETURN_KEY + intent);
-    sessionStorage.removeItem(RETURN_KEY + intent);
-  } catch {
-    // Storage turned off: nothing to put back.
-  }
-  for (const k of RETURN_PARAMS) query.delete(k);
-  const rest = query.toString();
-  history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${hash || location.hash}`);
-  return !!hash;
-}
 
 /** Whether Stripe just sent the patient back here after paying on another page. */
 const returned = resumeAfterRedirect();

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { browser, page, shot, requestPayment, pay, inCall } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, inCall, returnUrlsSent } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
@@ -191,17 +191,6 @@ test('each page a link can lead to instead of paying, in English and Bengali', a
   });
 });
 
-/** The `return_url` of each PaymentIntent confirm the page sends to the simulator, as sent. */
-function confirmReturnUrls(p, info) {
-  const seen = [];
-  p.on('request', (r) => {
-    if (r.method() === 'POST' && r.url().startsWith(`${info.stripe_url}/v1/payment_intents/`) && r.url().endsWith('/confirm')) {
-      seen.push(new URLSearchParams(r.postData() || '').get('return_url'));
-    }
-  });
-  return seen;
-}
-
 test('the return URL given to Stripe carries no link token, and the page picks up after a 3-D Secure redirect', async () => {
   await inCall(b, async ({ info, doc }) => {
     await doc.getByText('Live').waitFor();
@@ -209,7 +198,7 @@ test('the return URL given to Stripe carries no link token, and the page picks u
     const url = await copyLink(doc, 'Redirect check', 'Copy payment link');
     const token = url.split('#link=')[1];
     const patient = await page(b);
-    const sent = confirmReturnUrls(patient, info);
+    const sent = returnUrlsSent(patient, info);
     await patient.goto(url);
     await pay(patient, 'Redirect check', '4000 0025 0000 3155');
     // The 3-D Secure challenge opens: the confirm has gone to the simulator with its return_url.
