@@ -18,6 +18,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("patient.js", "text/javascript; charset=utf-8", include_str!("../../web/patient.js")),
     ("admin.js", "text/javascript; charset=utf-8", include_str!("../../web/admin.js")),
     ("pay.js", "text/javascript; charset=utf-8", include_str!("../../web/pay.js")),
+    ("cardform.js", "text/javascript; charset=utf-8", include_str!("../../web/cardform.js")),
 ];
 
 const CLINICIAN: &str = include_str!("../../web/clinician.html");

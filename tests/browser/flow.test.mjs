@@ -1,7 +1,7 @@
 // End-to-end: real pages in headless Chromium against `callpay demo`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { browser, page, shot, requestPayment, pay, withDemo, inCall, clinicianUrl, simFaults } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, withDemo, inCall, clinicianUrl, simFaults, returnUrlsSent } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
@@ -98,6 +98,34 @@ test('3-D Secure: completed, then failed and retried', async () => {
     await doc.locator('li', { hasText: 'Prescription' }).getByText('Failed').waitFor();
     await pay(pat, 'Prescription', '4242 4242 4242 4242', { open: false });
     await item.getByText('Payment complete').waitFor({ timeout: 15000 });
+  });
+});
+
+test('3-D Secure by redirect: the return URL carries no join token, and the panel picks up after it', async () => {
+  await inCall(b, async ({ info, doc, pat }) => {
+    await requestPayment(doc, '45.00', 'Redirected review');
+    await pat.locator('article', { hasText: 'Redirected review' }).getByRole('button', { name: 'Pay Now' }).waitFor();
+    const sent = returnUrlsSent(pat, info);
+    await pay(pat, 'Redirected review', '4000 0025 0000 3155');
+    const frame = pat.locator('iframe[name=stripe-sim-3ds-frame]');
+    await frame.waitFor();
+    assert.equal(sent.length, 1, `one confirm: ${JSON.stringify(sent)}`);
+    const returnUrl = new URL(sent[0]);
+    // The fragment holds the patient's join token; Stripe keeps the return URL on the
+    // PaymentIntent, so none of it may be there.
+    assert.equal(returnUrl.hash, '', `no fragment in ${sent[0]}`);
+    assert.ok(!sent[0].includes(info.patient_token), `no join token in ${sent[0]}`);
+    assert.equal(returnUrl.origin + returnUrl.pathname, `${info.hub_url}/call/patient`, 'back to the patient panel');
+    // The bank's page at the top level, as Stripe does when it redirects, then back with
+    // Stripe's parameters: the panel reconnects to the call and shows the payment paid.
+    await pat.goto(await frame.getAttribute('src'));
+    await pat.getByRole('button', { name: 'Complete authentication' }).click();
+    await pat.waitForURL((u) => u.href.startsWith(`${info.hub_url}/call/patient`));
+    const item = pat.locator('article', { hasText: 'Redirected review' });
+    await item.getByText('Payment complete').waitFor({ timeout: 20000 });
+    assert.ok(!pat.url().includes('payment_intent_client_secret'), pat.url());
+    await shot(pat, '3ds-3-after-redirect');
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
   });
 });
 

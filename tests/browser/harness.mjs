@@ -101,6 +101,18 @@ export async function pay(pat, description, card, { email = 'sam@example.com', o
   return item;
 }
 
+/** The `return_url` of each PaymentIntent confirm page `p` sends to the simulator, as sent
+ * (filled in as the requests go out). */
+export function returnUrlsSent(p, info) {
+  const seen = [];
+  p.on('request', (r) => {
+    if (r.method() === 'POST' && r.url().startsWith(`${info.stripe_url}/v1/payment_intents/`) && r.url().endsWith('/confirm')) {
+      seen.push(new URLSearchParams(r.postData() || '').get('return_url'));
+    }
+  });
+  return seen;
+}
+
 /** Sets faults on the demo's Stripe simulator (its control API takes the simulator's key). */
 export async function simFaults(info, faults) {
   const r = await fetch(`${info.stripe_url}/_sim/faults`, {

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
-import { browser, page, shot, requestPayment, pay, inCall } from './harness.mjs';
+import { browser, page, shot, requestPayment, pay, inCall, returnUrlsSent } from './harness.mjs';
 
 let b;
 before(async () => { b = await browser(); });
@@ -188,5 +188,100 @@ test('each page a link can lead to instead of paying, in English and Bengali', a
       assert.equal(await p.locator('[data-role=pay-now]').count(), 0);
       await shot(p, `link-page-${lang}-clinic_unavailable`);
     }
+  });
+});
+
+test('the return URL given to Stripe carries no link token, and the page picks up after a 3-D Secure redirect', async () => {
+  await inCall(b, async ({ info, doc }) => {
+    await doc.getByText('Live').waitFor();
+    await requestPayment(doc, '25.00', 'Redirect check');
+    const url = await copyLink(doc, 'Redirect check', 'Copy payment link');
+    const token = url.split('#link=')[1];
+    const patient = await page(b);
+    const sent = returnUrlsSent(patient, info);
+    await patient.goto(url);
+    await pay(patient, 'Redirect check', '4000 0025 0000 3155');
+    // The 3-D Secure challenge opens: the confirm has gone to the simulator with its return_url.
+    const frame = patient.locator('iframe[name=stripe-sim-3ds-frame]');
+    await frame.waitFor();
+    assert.equal(sent.length, 1, `one confirm: ${JSON.stringify(sent)}`);
+    const returnUrl = sent[0];
+    assert.ok(returnUrl, 'a return_url is sent (Stripe requires one)');
+    assert.ok(!returnUrl.includes(token) && !returnUrl.includes(token.split('.').pop()), `no token in ${returnUrl}`);
+    assert.ok(!returnUrl.includes('link='), `no link parameter in ${returnUrl}`);
+    assert.equal(new URL(returnUrl).origin + new URL(returnUrl).pathname, `${info.hub_url}/pay`, 'back to the pay page');
+    // What Stripe does when the bank's page is a redirect rather than a frame: the challenge at
+    // the top level, then back to return_url with payment_intent, its client secret and
+    // redirect_status appended. The page must carry on from there without a token in the URL.
+    await patient.goto(await frame.getAttribute('src'));
+    await patient.getByRole('button', { name: 'Complete authentication' }).click();
+    await patient.waitForURL((u) => u.href.startsWith(`${info.hub_url}/pay`));
+    const done = patient.locator('[data-confirmation]');
+    await done.getByText('Payment complete').waitFor({ timeout: 20000 });
+    assert.match(await done.textContent(), /\$25\.00[\s\S]*Redirect check/);
+    // Stripe's parameters (the client secret among them) are taken off the address bar.
+    assert.ok(!patient.url().includes('payment_intent_client_secret'), patient.url());
+    await shot(patient, 'link-6-after-3ds-redirect');
+    await doc.getByRole('region', { name: 'Payment received' }).getByText('Payment received').waitFor();
+    // A reload afterwards still finds the link: already paid.
+    await patient.reload();
+    await patient.getByRole('heading', { name: 'This payment is already paid' }).waitFor();
+  });
+});
+
+/** The link's payment as the hub gives it to the link page. */
+async function linkView(url) {
+  const [base, token] = url.split('#link=');
+  const r = await fetch(`${new URL(base).origin}/v1/pay-link`, { headers: { authorization: `Bearer ${token}` } });
+  assert.equal(r.status, 200);
+  return r.json();
+}
+
+test('a link changed while Stripe.js loads: the card form pays the link shown, never the one before', async () => {
+  await inCall(b, async ({ info, doc }) => {
+    await doc.getByText('Live').waitFor();
+    await requestPayment(doc, '21.00', 'Race first');
+    const first = await copyLink(doc, 'Race first', 'Copy payment link');
+    await requestPayment(doc, '22.00', 'Race second');
+    const second = await copyLink(doc, 'Race second', 'Copy payment link');
+    const [a, bView] = [await linkView(first), await linkView(second)];
+    assert.notEqual(a.payment.reference, bView.payment.reference);
+
+    const patient = await page(b);
+    // Stripe.js is held back until the link has changed.
+    const { stripe_js_url: jsUrl } = await (await fetch(`${info.hub_url}/v1/client-config`)).json();
+    let release;
+    const held = new Promise((r) => { release = r; });
+    let requested;
+    const asked = new Promise((r) => { requested = r; });
+    await patient.route((u) => u.href.startsWith(jsUrl), async (route) => { requested(); await held; await route.continue(); });
+    const confirms = [];
+    patient.on('request', (r) => {
+      if (r.method() === 'POST' && r.url().endsWith('/confirm')) confirms.push(r.url());
+    });
+
+    await patient.goto(first);
+    await patient.locator('article', { hasText: 'Race first' }).getByRole('button', { name: 'Pay Now' }).click();
+    await asked;
+    // The patient opens the second link in the same tab while the first one's form is loading.
+    await patient.evaluate((hash) => { location.hash = hash; }, `#link=${second.split('#link=')[1]}`);
+    const shown = patient.locator('article', { hasText: 'Race second' });
+    await shown.getByText('$22.00').waitFor();
+    release();
+    // Stripe.js has run (and with it whatever the page does once it is loaded) before this returns.
+    await patient.waitForFunction(() => !!window.Stripe);
+    assert.equal(await patient.locator('article', { hasText: 'Race first' }).count(), 0, 'only the second link is shown');
+    assert.equal(await shown.getAttribute('data-payment-id'), bView.payment.payment_id);
+    // Whatever the page offers now (a Pay Now button or an open form), paying pays what it shows.
+    const payNow = shown.locator('[data-role=pay-now]');
+    const confirmSent = patient.waitForRequest((r) => r.method() === 'POST' && r.url().endsWith('/confirm'));
+    await pay(patient, 'Race second', '4242 4242 4242 4242', { open: (await payNow.count()) > 0 });
+    const sentTo = (await confirmSent).url();
+    assert.ok(sentTo.includes(`/v1/payment_intents/${bView.payment.reference}/confirm`),
+      `the confirm went to the shown link's PaymentIntent ${bView.payment.reference}, not ${a.payment.reference}: ${sentTo}`);
+    await patient.locator('[data-confirmation]').getByText('$22.00').waitFor({ timeout: 20000 });
+    assert.equal(confirms.length, 1, `one confirm: ${confirms}`);
+    await doc.locator('li[data-status=succeeded]', { hasText: 'Race second' }).waitFor();
+    assert.equal((await linkView(first)).state, 'payable', 'the first link is still unpaid');
   });
 });

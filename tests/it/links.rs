@@ -93,12 +93,25 @@ async fn a_link_pays_the_same_intent_outside_the_call_and_the_clinician_hears_it
     let (s, bad) = hub.link_api("PUT", "/v1/pay-link/language", token, Some(json!({"lang": "fr"}))).await;
     assert_eq!((s, bad["code"].as_str()), (400, Some("invalid_lang")));
 
+    // No webhook reaches the hub (the sweep's first check is 20 s away), so only the read that
+    // `submitted` makes can tell the hub, and the answer, that the payment went through.
+    hub.sim_control("POST", "/_sim/faults", json!({"webhook_drop_all": true})).await;
     let (s, pi) =
         pay_on_sim(&hub.http, &hub.info.stripe_url, &view["payment"], "4242424242424242", "sam@example.com").await;
     assert_eq!((s, pi["status"].as_str()), (200, Some("succeeded")), "{pi}");
+    let (s, before) = hub.open_link(token).await;
+    assert_eq!((s, before["state"].as_str()), (200, Some("payable")), "the hub has not heard yet: {before}");
     let (s, after) = hub.link_api("POST", "/v1/pay-link/submitted", token, None).await;
     assert_eq!(s, 200, "{after}");
     assert_eq!(after["state"], "paid", "the hub read the PaymentIntent when the page said it finished: {after}");
+    let deliveries = hub.sim_control("GET", "/_sim/deliveries", Value::Null).await;
+    let paid_events = deliveries["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["event_type"] == "payment_intent.succeeded" || d["event_type"] == "charge.succeeded")
+        .count();
+    assert_eq!(paid_events, 0, "no webhook told the hub: {deliveries}");
     assert_eq!(after["payment"]["receipt_email"], "s•••@example.com");
 
     // The clinician's panel hears it once, through the room's usual payment.confirmed.
