@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 const ASKED_GAP: Duration = Duration::from_secs(1);
 /// Checks per sweep, so a hub with many waiting payments spreads its reads over sweeps.
 const PER_SWEEP: usize = 50;
+/// Calls whose waiting payments one sweep reads from the store at a time.
+const SWEEP_CHUNK: usize = 200;
 /// Checks of one sweep that wait on Stripe at the same time.
 const SWEEP_CONCURRENCY: usize = 8;
 /// Longest one check may wait on Stripe (its client retries inside this): a Stripe that does
@@ -178,20 +180,33 @@ impl Payments {
         if calls.is_empty() {
             return;
         }
-        let payments = match self.store.payments_for_calls(&calls).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot sweep waiting payments: store unavailable");
-                return;
+        // In chunks spread over the first quarter of the sweep period: thousands of waiting
+        // calls read and reconciled at once held the store and a runtime thread for tens of
+        // milliseconds every period, and every relayed event behind them waited (the 45-50 ms
+        // stalls 10 s apart in the cross-node relay's tail at 1,000 events/s; README
+        // "Cross-node latency at low rates").
+        let chunks = calls.len().div_ceil(SWEEP_CHUNK);
+        let pause = Duration::from_millis(self.cfg.verify_after_ms / 8) / chunks.max(1) as u32;
+        let mut payments = Vec::new();
+        for (i, chunk) in calls.chunks(SWEEP_CHUNK).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
             }
-        };
-        let mut by_call: HashMap<&str, Vec<&crate::store::Payment>> = HashMap::new();
-        for p in &payments {
-            by_call.entry(p.call_id.as_str()).or_default().push(p);
-        }
-        for (call, ps) in by_call {
-            let ps: Vec<crate::store::Payment> = ps.into_iter().cloned().collect();
-            self.hub.rooms.reconcile(call, &ps);
+            let read = match self.store.payments_for_calls(chunk).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot sweep waiting payments: store unavailable");
+                    return;
+                }
+            };
+            let mut by_call: HashMap<&str, Vec<crate::store::Payment>> = HashMap::new();
+            for p in &read {
+                by_call.entry(p.call_id.as_str()).or_default().push(p.clone());
+            }
+            for (call, ps) in by_call {
+                self.hub.rooms.reconcile(call, &ps);
+            }
+            payments.extend(read);
         }
         let gap = Duration::from_millis(self.cfg.verify_after_ms.max(1));
         let before = now_ms() - self.cfg.verify_after_ms as i64;
