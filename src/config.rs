@@ -125,7 +125,9 @@ pub struct ReceiptsConfig {
     pub max_attempts: u32,
     /// How often the outbox is read for due receipts, in ms (a new receipt also wakes it).
     pub poll_ms: u64,
-    /// Longest one SMTP exchange may take, in ms.
+    /// Longest one attempt at a receipt may take, in ms: reading the payment, connecting and
+    /// the whole SMTP session up to the server's last answer. A receipt's claim lasts twice
+    /// this and 5 s more, so no other instance takes it over while an attempt can still run.
     pub timeout_ms: u64,
 }
 
@@ -551,6 +553,9 @@ impl Config {
             && let Err(problem) = smtp_url_problem(url.expose())
         {
             return invalid("receipts.smtp_url", "RECEIPTS__SMTP_URL", &problem);
+        }
+        if self.receipts.smtp_url.is_some() && self.receipts.timeout_ms == 0 {
+            return invalid("receipts.timeout_ms", "RECEIPTS__TIMEOUT_MS", "must be positive (it bounds each attempt)");
         }
         if self.receipts.smtp_url.is_some() && self.receipts.from.parse::<lettre::Address>().is_err() {
             return invalid("receipts.from", "RECEIPTS__FROM", "an e-mail address (receipts@example.com)");

@@ -17,7 +17,9 @@ pub struct SmtpMailer {
 }
 
 impl SmtpMailer {
-    /// A mailer for `url` (see `receipts.smtp_url`); every exchange is bounded by `timeout`.
+    /// A mailer for `url` (see `receipts.smtp_url`); connecting is bounded by `timeout`. lettre
+    /// bounds nothing after the connect, so the caller bounds the whole send
+    /// ([`super::outbox`] does, within a receipt's claim).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, MailError> {
         // lettre's error can echo the URL, password included: say only what kind of problem.
         let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
