@@ -428,11 +428,12 @@ async fn a_stale_claims_finish_changes_nothing_on_sqlite_and_postgresql() {
         let queued = store.receipt(&pid).await.unwrap().unwrap();
         let now = callpay::store::now_ms();
         // Attempt A's claim has lapsed (its instance stalled past the lease)...
-        assert!(store.claim_receipt(&pid, queued.next_attempt_at, now - 1, "claim-a").await.unwrap(), "{url}");
+        let a_lease = queued.next_attempt_at - 1_000;
+        assert!(store.claim_receipt(&pid, queued.next_attempt_at, a_lease, "claim-a").await.unwrap(), "{url}");
         // ...so attempt B, seeing it due again, takes it over; a claim needs the row as it saw it.
         let b_lease = now + 60_000;
         assert!(!store.claim_receipt(&pid, queued.next_attempt_at, b_lease, "claim-b").await.unwrap(), "{url}");
-        assert!(store.claim_receipt(&pid, now - 1, b_lease, "claim-b").await.unwrap(), "{url}");
+        assert!(store.claim_receipt(&pid, a_lease, b_lease, "claim-b").await.unwrap(), "{url}");
         // A's late finish, whatever it came to, changes nothing.
         for outcome in [
             ReceiptOutcome::Sent,
