@@ -40,8 +40,9 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
 }
 
 impl Outbox {
-    /// A sender over `store` through `mailer` (none: receipts are recorded as skipped), woken
-    /// by `wake` when a success queues one.
+    /// A sender over `store` through `mailer`, woken by `wake` when a success queues one.
+    /// Without a mailer it never takes a receipt: in a fleet where only some instances have a
+    /// mail server, those send every receipt, and one queued while none has waits for one.
     pub fn new(store: Arc<dyn Store>, mailer: Option<Arc<dyn Mailer>>, cfg: ReceiptsConfig, wake: Arc<Notify>) -> Self {
         Self { store, mailer, cfg, wake }
     }
@@ -65,8 +66,12 @@ impl Outbox {
     }
 
     /// Sends due receipts until `shutdown`: after each pass it waits for a new receipt or the
-    /// poll period, whichever comes first (the period also brings due retries).
+    /// poll period, whichever comes first (the period also brings due retries). Without a
+    /// mailer it ends at once, having taken nothing.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if !self.can_send() {
+            return;
+        }
         let poll = Duration::from_millis(self.cfg.poll_ms.max(10));
         loop {
             // Registered before the pass, so a receipt queued during it is not missed.
@@ -83,8 +88,9 @@ impl Outbox {
     }
 
     /// One pass: every due receipt (up to a batch), each taken, tried once and recorded.
-    /// Answers how many were tried.
+    /// Answers how many were tried: none without a mailer, which takes nothing.
     pub async fn pass(&self) -> Result<usize, StoreError> {
+        let Some(mailer) = &self.mailer else { return Ok(0) };
         let now = now_ms();
         let due = self.store.due_receipts(now, BATCH).await?;
         let mut tried = 0;
@@ -96,16 +102,17 @@ impl Outbox {
             }
             tried += 1;
             let attempt = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
-            let outcome = match tokio::time::timeout(self.attempt_bound(), self.attempt(&job, attempt)).await {
-                Ok(outcome) => outcome,
-                // Ended before the server's last answer: if that answer was the one taking the
-                // message, it was delivered and the retry sends a second copy. SMTP cannot tell;
-                // a copy too many is better than none.
-                Err(_) => self.retry(
-                    attempt,
-                    format!("no answer within receipts.timeout_ms ({} ms); ended", self.cfg.timeout_ms),
-                ),
-            };
+            let outcome =
+                match tokio::time::timeout(self.attempt_bound(), self.attempt(mailer.as_ref(), &job, attempt)).await {
+                    Ok(outcome) => outcome,
+                    // Ended before the server's last answer: if that answer was the one taking the
+                    // message, it was delivered and the retry sends a second copy. SMTP cannot tell;
+                    // a copy too many is better than none.
+                    Err(_) => self.retry(
+                        attempt,
+                        format!("no answer within receipts.timeout_ms ({} ms); ended", self.cfg.timeout_ms),
+                    ),
+                };
             if self.store.finish_receipt(&job.payment_id, &claim, &outcome, now_ms()).await? {
                 self.record(&job, &outcome, attempt).await;
             } else {
@@ -122,10 +129,7 @@ impl Outbox {
         Ok(tried)
     }
 
-    async fn attempt(&self, job: &ReceiptJob, attempt: u32) -> ReceiptOutcome {
-        let Some(mailer) = &self.mailer else {
-            return ReceiptOutcome::Skipped("no mail server is configured (receipts.smtp_url)".into());
-        };
+    async fn attempt(&self, mailer: &dyn Mailer, job: &ReceiptJob, attempt: u32) -> ReceiptOutcome {
         let mail = match self.compose(job).await {
             Ok(Some(mail)) => mail,
             Ok(None) => return ReceiptOutcome::Skipped("no receipt address, or the clinic turned receipts off".into()),

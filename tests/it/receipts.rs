@@ -458,3 +458,58 @@ async fn a_stale_claims_finish_changes_nothing_on_sqlite_and_postgresql() {
         store.close().await;
     }
 }
+
+/// A hub instance as `callpay serve` wires one ([`callpay::app::Dependencies::from_config`]),
+/// on `db_url` with its own pool and in-process bus, and receipts as `receipts` says (`None`:
+/// no mail server). Stops with the test's runtime.
+async fn instance(
+    db_url: &str,
+    sim: &stripe_sim::SimHandle,
+    receipts: Option<callpay::config::ReceiptsConfig>,
+) -> callpay::app::AppState {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = callpay::config::Config::default();
+    config.server.listen = listener.local_addr().unwrap();
+    config.auth.secret = callpay::config::Secret::new("receipts-platform-secret-0123456789abcdef");
+    config.database.url = db_url.to_owned();
+    callpay::demo::use_simulator(&mut config, sim, "whsec_receipts_test");
+    config.receipts.poll_ms = 50;
+    if let Some(receipts) = receipts {
+        config.receipts = receipts;
+    }
+    config.validate_for_serve().unwrap();
+    let node = callpay::app::node_id();
+    let deps = callpay::app::Dependencies::from_config(&config, &node).await.unwrap();
+    let app = callpay::server::App::build_on(listener, config, deps, node).await.unwrap();
+    let state = app.state.clone();
+    tokio::spawn(app.run_until_stopped());
+    state
+}
+
+#[tokio::test]
+async fn an_instance_without_a_mail_server_leaves_receipts_to_one_that_has_one() {
+    crate::services::ensure_services();
+    let db = crate::services::TempDb::new();
+    let sim = stripe_sim::spawn(stripe_sim::SimConfig::for_tests()).await.unwrap();
+    let port = free_port();
+    let mut sink = SmtpSink::start(port).await;
+    let store = callpay::store::SqlStore::connect(&db.url).await.unwrap();
+    let pid = queued_receipt(&store).await;
+    // The instance without a mail server starts first and is asked for a pass outright: it
+    // takes nothing, so the receipt stays pending and untried for one that can send it.
+    let bare = instance(&db.url, &sim, None).await;
+    assert!(!bare.outbox.can_send());
+    assert_eq!(bare.outbox.pass().await.unwrap(), 0, "no receipt taken without a mail server");
+    let row = store.receipt(&pid).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.attempts), ("pending", 0), "{row:?}");
+    let mailing = instance(&db.url, &sim, Some(receipts_to(port, 3_000))).await;
+    let m = sink.next().await;
+    assert_eq!(m["rcpt_tos"], json!(["sam@example.com"]));
+    assert!(m["subject"].as_str().unwrap().contains("50.00 AUD"), "{m}");
+    let row = eventually(async || store.receipt(&pid).await.unwrap().filter(|r| r.status == "sent")).await;
+    assert_eq!(row.attempts, 1, "only the instance with a mail server tried it: {row:?}");
+    bare.shutdown.cancel();
+    mailing.shutdown.cancel();
+    sink.stop().await;
+    store.close().await;
+}
