@@ -1,6 +1,7 @@
 //! [`super::Mailer`] over SMTP with lettre: the URL decides the transport security
-//! (`smtps://` TLS from the start, `?tls=required` STARTTLS, plain `smtp://` none: the
-//! configuration allows that only to a loopback host). Each message is plain text in UTF-8;
+//! ([`crate::config::SmtpSecurity`]: `smtps://` TLS from the start, `?tls=required` STARTTLS,
+//! plain `smtp://` none, which the configuration allows only to a loopback host; anything else,
+//! `tls=opportunistic` included, is refused before a mailer is built). Each message is plain text in UTF-8;
 //! lettre encodes a non-ASCII subject and display name as RFC 2047 words and picks the body's
 //! transfer encoding.
 
