@@ -188,23 +188,62 @@ async fn an_english_receipt_over_smtp() {
 
 #[tokio::test]
 async fn a_receipt_is_retried_with_backoff_until_the_server_answers_and_never_holds_up_the_confirmation() {
+    const BASE_MS: i64 = 100_000;
+    const SLACK_MS: i64 = 15_000;
+    let dir = std::env::temp_dir().join(format!("callpay-receipts-{}", callpay::ids::random_id()));
+    let db_url = format!("sqlite://{}", dir.join("callpay.db").display());
     let port = free_port();
-    // Nothing listens yet: every attempt fails to connect.
-    let hub = TestHub::start_with(smtp_to(port)).await;
+    // Nothing listens yet: every attempt fails to connect, at once. Waits of a minute and more,
+    // so no retry comes on its own during the test: each is made due by the test, and what is
+    // checked is the schedule the hub stored, not how long anything took.
+    let hub = TestHub::start_in(&dir, |c| {
+        smtp_to(port)(c);
+        c.receipts.retry_base_ms = BASE_MS as u64;
+        c.receipts.retry_max_ms = 10 * BASE_MS as u64;
+    })
+    .await;
     assert_eq!(hub.own_receipts(true).await.0, 200);
     let started = std::time::Instant::now();
+    let before_first = callpay::store::now_ms();
     let pid = paid(&hub, "en", 5000, "Consult").await;
     assert!(started.elapsed() < Duration::from_secs(8), "the confirmation did not wait on the mail server");
-    let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.attempts >= 2)).await;
-    assert_eq!(row.status, "pending", "{row:?}");
-    assert!(row.last_error.is_some(), "{row:?}");
-    assert!(row.next_attempt_at > callpay::store::now_ms() - 1_000, "a later attempt is due: {row:?}");
+    // A row waiting for its next attempt, as opposed to one claimed by an attempt under way:
+    // a claim's lease ends within 2 x 3 s + 5 s, a retry's wait is at least 0.8 x BASE_MS. With
+    // retries made at once, no row ever waits and this is never reached.
+    let waiting_after = async |attempts: i64| {
+        let row = eventually(async || {
+            hub.receipt_row(&pid).await.filter(|r| {
+                r.attempts == attempts && r.status == "pending" && r.next_attempt_at > callpay::store::now_ms() + 30_000
+            })
+        })
+        .await;
+        (row, callpay::store::now_ms())
+    };
+    let (first, after_first) = waiting_after(1).await;
+    assert!(first.last_error.is_some(), "{first:?}");
+    let before_second = callpay::store::now_ms();
+    make_due_now(&db_url, &pid).await;
+    let (second, after_second) = waiting_after(2).await;
+    // Each wait is known to within when its attempt failed, between `before_*` and `after_*`
+    // (SLACK covers that span on a busy machine): the first about BASE_MS, the second doubled,
+    // each ±20 %. The windows do not overlap, so equal or immediate waits fail here.
+    let first_wait = (first.next_attempt_at - after_first)..=(first.next_attempt_at - before_first);
+    let second_wait = (second.next_attempt_at - after_second)..=(second.next_attempt_at - before_second);
+    let within = |wait: &std::ops::RangeInclusive<i64>, expected: i64| {
+        *wait.start() >= expected * 8 / 10 - SLACK_MS && *wait.end() <= expected * 12 / 10 + SLACK_MS
+    };
+    assert!(within(&first_wait, BASE_MS), "about retry_base_ms before the second attempt: {first_wait:?}");
+    assert!(within(&second_wait, 2 * BASE_MS), "twice that before the third: {first_wait:?} then {second_wait:?}");
+    // The server comes up, the wait ends: the receipt goes.
     let mut sink = SmtpSink::start(port).await;
+    make_due_now(&db_url, &pid).await;
     let m = sink.next().await;
     assert!(m["subject"].as_str().unwrap().contains("50.00 AUD"), "{m}");
     let row = eventually(async || hub.receipt_row(&pid).await.filter(|r| r.status == "sent")).await;
-    assert!(row.attempts >= 2, "{row:?}");
+    assert_eq!(row.attempts, 3, "two failed attempts, then sent: {row:?}");
     sink.stop().await;
+    hub.state.shutdown.cancel();
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
