@@ -169,7 +169,13 @@ impl AppState {
             config.receipts.clone(),
             payments.receipts_queued(),
         ));
-        tracker.spawn(outbox.clone().run(shutdown.clone()));
+        // Only an instance that can send takes receipts from the shared outbox: one without a
+        // mail server would hold them from those that have one.
+        if outbox.can_send() {
+            tracker.spawn(outbox.clone().run(shutdown.clone()));
+        } else {
+            tracing::info!("no mail server (receipts.smtp_url): this instance sends no receipts of callpay's own");
+        }
         let link_key = crate::payments::link::LinkKey::from_config(&config.links, &config.auth).map(Arc::new);
         let cap = crate::limits::connection_cap(config.server.max_connections);
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");

@@ -111,8 +111,9 @@ impl Default for LinksConfig {
 pub struct ReceiptsConfig {
     /// The mail server: `smtps://user:pass@host:465` (TLS from the start),
     /// `smtp://user:pass@host:587?tls=required` (STARTTLS), or `smtp://127.0.0.1:25` (no TLS:
-    /// refused for any host but a loopback one, e.g. a local relay). Secret: it may carry a
-    /// password.
+    /// refused for any host but a loopback one, e.g. a local relay); nothing else (see
+    /// [`SmtpSecurity`]: `tls=opportunistic`, which may fall back to clear text, is refused).
+    /// Secret: it may carry a password.
     pub smtp_url: Option<Secret>,
     /// The sender address; the clinic's name is its display name (`Harbour Clinic
     /// <receipts@…>`).
@@ -125,7 +126,9 @@ pub struct ReceiptsConfig {
     pub max_attempts: u32,
     /// How often the outbox is read for due receipts, in ms (a new receipt also wakes it).
     pub poll_ms: u64,
-    /// Longest one SMTP exchange may take, in ms.
+    /// Longest one attempt at a receipt may take, in ms: reading the payment, connecting and
+    /// the whole SMTP session up to the server's last answer. A receipt's claim lasts twice
+    /// this and 5 s more, so no other instance takes it over while an attempt can still run.
     pub timeout_ms: u64,
 }
 
@@ -548,9 +551,12 @@ impl Config {
             return invalid("links.ttl_hours", "LINKS__TTL_HOURS", "must be positive");
         }
         if let Some(url) = &self.receipts.smtp_url
-            && let Err(problem) = smtp_url_problem(url.expose())
+            && let Err(problem) = smtp_security(url.expose())
         {
             return invalid("receipts.smtp_url", "RECEIPTS__SMTP_URL", &problem);
+        }
+        if self.receipts.smtp_url.is_some() && self.receipts.timeout_ms == 0 {
+            return invalid("receipts.timeout_ms", "RECEIPTS__TIMEOUT_MS", "must be positive (it bounds each attempt)");
         }
         if self.receipts.smtp_url.is_some() && self.receipts.from.parse::<lettre::Address>().is_err() {
             return invalid("receipts.from", "RECEIPTS__FROM", "an e-mail address (receipts@example.com)");
@@ -572,35 +578,79 @@ impl Config {
     }
 }
 
-/// Why an SMTP URL is refused, if it is: a scheme other than `smtp`/`smtps`, no host, or mail
-/// in clear to a host that is not loopback (passwords and receipts would cross the network
-/// unencrypted).
-pub fn smtp_url_problem(url: &str) -> Result<(), String> {
-    let (scheme, rest) = url.split_once("://").ok_or("an smtp:// or smtps:// URL")?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split(':').next().unwrap_or_default(),
-    };
-    if host.is_empty() {
-        return Err("the URL names no host".into());
+/// How `receipts.smtp_url` secures the connection to the mail server, spelled as lettre reads
+/// the URL. Each mode is explicit; lettre's `tls=opportunistic` is none of them, because it
+/// sends in clear text whenever the server's greeting lacks STARTTLS, which anyone on the path
+/// can arrange: it is refused, not counted as encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtps://`: TLS from the first byte.
+    Tls,
+    /// `smtp://…?tls=required`: STARTTLS, and nothing is sent if the server does not offer it.
+    StartTls,
+    /// `smtp://` without `tls`: clear text, allowed to a loopback host only.
+    Plain,
+}
+
+impl SmtpSecurity {
+    /// Whether mail and credentials cross the connection encrypted.
+    pub fn encrypted(self) -> bool {
+        !matches!(self, Self::Plain)
     }
-    let tls = url.contains("tls=required") || url.contains("tls=opportunistic");
-    match scheme {
-        "smtps" => Ok(()),
-        "smtp" if tls => Ok(()),
-        "smtp" => {
-            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if loopback {
-                Ok(())
-            } else {
-                Err(format!(
-                    "smtp:// without TLS is only allowed to a loopback host, not {host}; use smtps:// or ?tls=required"
-                ))
-            }
+
+    /// The mode's name in logs: `tls`, `starttls` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::StartTls => "starttls",
+            Self::Plain => "none",
         }
-        _ => Err("an smtp:// or smtps:// URL".into()),
+    }
+}
+
+/// The security `url` asks for, or why it is refused: a scheme other than `smtp`/`smtps`, no
+/// host, a query parameter other than one `tls`, a `tls` other than `required` on `smtp://`
+/// (any on `smtps://`, which is TLS already), or mail in clear to a host that is not loopback
+/// (passwords and receipts would cross the network unencrypted). The reason never quotes the
+/// URL's user or password.
+pub fn smtp_security(url: &str) -> Result<SmtpSecurity, String> {
+    const USE: &str = "use smtps:// (TLS from the start) or smtp://…?tls=required (STARTTLS)";
+    let parsed = url::Url::parse(url).map_err(|_| "an smtp:// or smtps:// URL".to_owned())?;
+    let scheme = parsed.scheme();
+    if scheme != "smtp" && scheme != "smtps" {
+        return Err("an smtp:// or smtps:// URL".into());
+    }
+    let loopback = match parsed.host() {
+        None | Some(url::Host::Domain("")) => return Err("the URL names no host".into()),
+        // An smtp:// URL's host is opaque to the URL parser, an IPv4 address included.
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+    };
+    let mut tls = None;
+    for (key, value) in parsed.query_pairs() {
+        if key != "tls" {
+            return Err(format!("unknown parameter {key} (the only one is tls=required, on smtp://)"));
+        }
+        if tls.replace(value.into_owned()).is_some() {
+            return Err("tls is given more than once".into());
+        }
+    }
+    match (scheme, tls.as_deref()) {
+        ("smtps", None) => Ok(SmtpSecurity::Tls),
+        ("smtps", Some(_)) => Err("smtps:// is TLS from the start: leave tls=… out (it would be ignored)".into()),
+        ("smtp", Some("required")) => Ok(SmtpSecurity::StartTls),
+        (_, Some("opportunistic")) => {
+            Err(format!("tls=opportunistic sends in clear text whenever STARTTLS is missing, so it is refused; {USE}"))
+        }
+        (_, Some(other)) => Err(format!("tls={other} is not a mode; {USE}, or no tls to a loopback relay")),
+        (_, None) if loopback => Ok(SmtpSecurity::Plain),
+        (_, None) => {
+            let host = parsed.host_str().unwrap_or_default();
+            Err(format!("smtp:// without TLS is only allowed to a loopback host, not {host}; {USE}"))
+        }
     }
 }
 
@@ -656,15 +706,15 @@ mod tests {
 
     #[test]
     fn mail_in_clear_only_to_loopback() {
-        assert!(smtp_url_problem("smtp://127.0.0.1:2525").is_ok());
-        assert!(smtp_url_problem("smtp://localhost:25").is_ok());
-        assert!(smtp_url_problem("smtp://[::1]:25").is_ok());
-        assert!(smtp_url_problem("smtp://u:p@mail.example.com:587?tls=required").is_ok());
-        assert!(smtp_url_problem("smtps://u:p@mail.example.com").is_ok());
-        let err = smtp_url_problem("smtp://u:p@mail.example.com:25").unwrap_err();
+        assert_eq!(smtp_security("smtp://127.0.0.1:2525"), Ok(SmtpSecurity::Plain));
+        assert_eq!(smtp_security("smtp://localhost:25"), Ok(SmtpSecurity::Plain));
+        assert_eq!(smtp_security("smtp://[::1]:25"), Ok(SmtpSecurity::Plain));
+        assert_eq!(smtp_security("smtp://u:p@mail.example.com:587?tls=required"), Ok(SmtpSecurity::StartTls));
+        assert_eq!(smtp_security("smtps://u:p@mail.example.com"), Ok(SmtpSecurity::Tls));
+        let err = smtp_security("smtp://u:p@mail.example.com:25").unwrap_err();
         assert!(err.contains("mail.example.com") && !err.contains("u:p"), "{err}");
-        assert!(smtp_url_problem("http://mail.example.com").is_err());
-        assert!(smtp_url_problem("smtp://").is_err());
+        assert!(smtp_security("http://mail.example.com").is_err());
+        assert!(smtp_security("smtp://").is_err());
         let mut e = good_env();
         e.push(("CALLPAY__RECEIPTS__SMTP_URL".into(), "smtp://10.0.0.5:25".into()));
         let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
@@ -675,6 +725,37 @@ mod tests {
         let cfg = Config::load(None, good_env()).unwrap();
         assert_eq!(cfg.links.ttl_hours, 72);
         assert!(cfg.receipts.smtp_url.is_none());
+    }
+
+    #[test]
+    fn smtp_tls_is_explicit_and_opportunistic_is_refused() {
+        // Opportunistic STARTTLS sends in clear text when the server (or anyone on the path)
+        // leaves STARTTLS out: not encryption, so not accepted, not even to loopback.
+        let err = smtp_security("smtp://u:p@mail.example.com:587?tls=opportunistic").unwrap_err();
+        assert!(err.contains("opportunistic") && err.contains("tls=required"), "{err}");
+        assert!(smtp_security("smtp://127.0.0.1:25?tls=opportunistic").is_err());
+        // Unknown, repeated or contradictory settings are refused rather than guessed at.
+        let err = smtp_security("smtp://u:p@mail.example.com:587?tls=requried").unwrap_err();
+        assert!(err.contains("requried") && !err.contains("u:p"), "{err}");
+        assert!(smtp_security("smtp://mail.example.com:587?tls=required&tls=opportunistic").is_err());
+        assert!(smtp_security("smtp://mail.example.com:587?tls=required&tls=required").is_err());
+        assert!(smtp_security("smtps://mail.example.com?tls=opportunistic").is_err(), "smtps:// is TLS already");
+        assert!(smtp_security("smtp://mail.example.com:587?tls=Required").is_err(), "lettre knows lower case only");
+        assert!(smtp_security("smtp://mail.example.com:587?tls=required&auth=plain").is_err(), "unknown parameter");
+        // `tls=required` counts as the URL's parameter only, not as text anywhere in it.
+        assert!(smtp_security("smtp://u:tls=required@mail.example.com:25").is_err(), "a password is not a mode");
+        assert!(smtp_security("smtp://mail.example.com:25?x=tls=required").is_err());
+        assert!(smtp_security("smtp://mail.example.com:25/tls=required").is_err());
+        // Each accepted mode says plainly whether it encrypts.
+        assert!(SmtpSecurity::Tls.encrypted() && SmtpSecurity::StartTls.encrypted());
+        assert!(!SmtpSecurity::Plain.encrypted());
+        assert_eq!(smtp_security("smtp://u:p%40x@127.0.0.1:2525/ehlo.example"), Ok(SmtpSecurity::Plain));
+        // At start the setting is named, its password never shown.
+        let mut e = good_env();
+        e.push(("CALLPAY__RECEIPTS__SMTP_URL".into(), "smtp://u:hunter2@mail.example.com?tls=opportunistic".into()));
+        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("RECEIPTS__SMTP_URL") && err.contains("opportunistic"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 // Configure > Client Payment: the clinic's Stripe link (Go To Stripe, edit, remove with a
-// confirm step), the payment app's enablement (org admins ask, the service desk decides), the
-// clinic's audit log, and (a second tab) its payment records with their history. The hub enforces every permission; this page only hides what the
+// confirm step), the payment app's enablement (org admins ask, the service desk decides),
+// callpay's own receipt e-mails (the clinic's admins turn them on or off), the clinic's audit log, and (a second tab) its payment records with their history. The hub enforces every permission; this page only hides what the
 // signed-in role cannot use.
 import { launchParams } from '/web/sdk/callpay.js';
 import { t, applyI18n, languageSwitch, when, money, brand, decline, asciiDigits, lang } from '/web/i18n.js';
@@ -73,6 +73,32 @@ function render() {
   $('request-form').hidden = !((role === 'org_admin' || role === 'team_admin') && !view.app_enabled && !(e && e.status === 'pending'));
   $('clinic-name').textContent = t('admin.clinic', { name: view.name });
   $('operator').hidden = role !== 'platform_operator';
+  renderReceipts(canManage);
+}
+
+/** callpay's own receipt e-mails as the hub has them: the status for everyone who sees the
+ * page, the switch for the clinic's admins. Turning them on needs a mail server on the hub
+ * (`receipts_available`); turning them off never does, so that stays possible. */
+function renderReceipts(canManage) {
+  const on = Boolean(view.own_receipts);
+  $('receipts-status').textContent = t(on ? 'admin.receipts.on' : 'admin.receipts.off');
+  $('receipts-control').hidden = !canManage;
+  $('own-receipts').checked = on;
+  $('own-receipts').disabled = !on && !view.receipts_available;
+  $('receipts-unavailable').hidden = Boolean(view.receipts_available);
+}
+
+/** Turns them on or off through the API, then shows the clinic as the hub has it now (so a
+ * refusal puts the switch back). */
+async function setReceipts(enabled) {
+  $('own-receipts').disabled = true;
+  try {
+    await api('PUT', `/v1/clinics/${encodeURIComponent(clinic)}/receipts`, { enabled });
+    say(t(enabled ? 'admin.receipts.saved.on' : 'admin.receipts.saved.off'));
+  } catch (e) {
+    say(e.code === 'receipts_unavailable' ? t('admin.receipts.unavailable') : t('admin.error', { message: e.message }), true);
+  }
+  await load();
 }
 
 /** An audit record as a sentence in the page's language: the catalogue words each action, and
@@ -763,6 +789,7 @@ async function gotoStripe() {
   }
 }
 
+$('own-receipts').addEventListener('change', () => setReceipts($('own-receipts').checked));
 $('goto').addEventListener('click', gotoStripe);
 $('edit').addEventListener('click', showAccount);
 $('relink').addEventListener('click', gotoStripe);

@@ -45,14 +45,19 @@ pub trait Mailer: Send + Sync + 'static {
     async fn send(&self, mail: &Mail) -> Result<(), MailError>;
 }
 
-/// The mailer `receipts.smtp_url` names, if any.
+/// The mailer `receipts.smtp_url` names, if any. A URL whose security is not one of the
+/// explicit modes is refused here too, so no mailer is ever built from one, whether or not the
+/// configuration was validated first.
 pub fn from_config(cfg: &crate::config::ReceiptsConfig) -> Result<Option<Arc<dyn Mailer>>, MailError> {
-    match &cfg.smtp_url {
-        Some(url) => {
-            Ok(Some(Arc::new(SmtpMailer::new(url.expose(), std::time::Duration::from_millis(cfg.timeout_ms))?)))
-        }
-        None => Ok(None),
-    }
+    let Some(url) = &cfg.smtp_url else { return Ok(None) };
+    let security = crate::config::smtp_security(url.expose())
+        .map_err(|problem| MailError::Permanent(format!("receipts.smtp_url: {problem}")))?;
+    tracing::info!(
+        security = security.as_str(),
+        encrypted = security.encrypted(),
+        "receipts: callpay's own receipts go through the configured mail server"
+    );
+    Ok(Some(Arc::new(SmtpMailer::new(url.expose(), std::time::Duration::from_millis(cfg.timeout_ms))?)))
 }
 
 /// An in-process mailbox: keeps what it is given, newest last. The demo shows it on

@@ -1,9 +1,10 @@
 //! Sends the receipts queued in the store's outbox (a row written with each payment's success
 //! when its clinic sends its own receipts). One task per instance: it reads what is due, takes
-//! each row with a short lease (so one instance sends it, and one that dies mid-send only
-//! delays it), sends it, and records the outcome. A failure is retried with exponential backoff
-//! and jitter until `receipts.max_attempts`; a refusal for good is not retried. Sent and
-//! given-up receipts are in the audit log (and so in the payment's history).
+//! each row with a lease named by a claim token (so one instance sends it, and one that dies
+//! mid-send only delays it), sends it within a bound shorter than the lease, and records the
+//! outcome only while its claim still holds. A failure is retried with exponential backoff and
+//! jitter until `receipts.max_attempts`; a refusal for good is not retried. Sent and given-up
+//! receipts are in the audit log (and so in the payment's history).
 
 use super::{MailError, Mailer, receipt};
 use crate::config::ReceiptsConfig;
@@ -18,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 20;
 /// callpay itself, as the actor of what the outbox does.
 const SYSTEM: Actor<'static> = Actor { id: "callpay", name: "callpay", role: "system" };
+/// What a claim's lease adds to twice the attempt's bound: time to write the outcome (one store
+/// round trip) and for the instances' clocks, which compare the lease, to differ a little.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The receipt sender.
 pub struct Outbox {
@@ -36,8 +40,9 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, jitter: f64) -> Dura
 }
 
 impl Outbox {
-    /// A sender over `store` through `mailer` (none: receipts are recorded as skipped), woken
-    /// by `wake` when a success queues one.
+    /// A sender over `store` through `mailer`, woken by `wake` when a success queues one.
+    /// Without a mailer it never takes a receipt: in a fleet where only some instances have a
+    /// mail server, those send every receipt, and one queued while none has waits for one.
     pub fn new(store: Arc<dyn Store>, mailer: Option<Arc<dyn Mailer>>, cfg: ReceiptsConfig, wake: Arc<Notify>) -> Self {
         Self { store, mailer, cfg, wake }
     }
@@ -47,9 +52,26 @@ impl Outbox {
         self.mailer.is_some()
     }
 
+    /// The longest one attempt may take, from reading the payment to the mail server's last
+    /// answer (`receipts.timeout_ms`). lettre's own timeout bounds only the connect, so a
+    /// server that stops answering mid-session would otherwise hold the attempt forever.
+    fn attempt_bound(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms.max(1))
+    }
+
+    /// How long a claim keeps other instances off a receipt: twice the attempt's bound and a
+    /// margin, so an attempt has ended, and its outcome is written, well before the claim lapses.
+    fn lease(&self) -> Duration {
+        self.attempt_bound().saturating_mul(2).saturating_add(LEASE_MARGIN)
+    }
+
     /// Sends due receipts until `shutdown`: after each pass it waits for a new receipt or the
-    /// poll period, whichever comes first (the period also brings due retries).
+    /// poll period, whichever comes first (the period also brings due retries). Without a
+    /// mailer it ends at once, having taken nothing.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if !self.can_send() {
+            return;
+        }
         let poll = Duration::from_millis(self.cfg.poll_ms.max(10));
         loop {
             // Registered before the pass, so a receipt queued during it is not missed.
@@ -66,31 +88,48 @@ impl Outbox {
     }
 
     /// One pass: every due receipt (up to a batch), each taken, tried once and recorded.
-    /// Answers how many were tried.
+    /// Answers how many were tried: none without a mailer, which takes nothing.
     pub async fn pass(&self) -> Result<usize, StoreError> {
+        let Some(mailer) = &self.mailer else { return Ok(0) };
         let now = now_ms();
         let due = self.store.due_receipts(now, BATCH).await?;
         let mut tried = 0;
         for job in due {
-            // The lease outlasts one bounded SMTP exchange: past it, another pass may try again.
-            let lease = now_ms() + i64::try_from(self.cfg.timeout_ms).unwrap_or(i64::MAX / 4).saturating_mul(2) + 1_000;
-            if !self.store.claim_receipt(&job.payment_id, job.next_attempt_at, lease).await? {
+            let claim = crate::ids::random_id();
+            let lease = now_ms().saturating_add(i64::try_from(self.lease().as_millis()).unwrap_or(i64::MAX / 4));
+            if !self.store.claim_receipt(&job.payment_id, job.next_attempt_at, lease, &claim).await? {
                 continue;
             }
             tried += 1;
             let attempt = u32::try_from(job.attempts + 1).unwrap_or(u32::MAX);
-            let outcome = self.attempt(&job, attempt).await;
-            let at = now_ms();
-            self.store.finish_receipt(&job.payment_id, &outcome, at).await?;
-            self.record(&job, &outcome, attempt).await;
+            let outcome =
+                match tokio::time::timeout(self.attempt_bound(), self.attempt(mailer.as_ref(), &job, attempt)).await {
+                    Ok(outcome) => outcome,
+                    // Ended before the server's last answer: if that answer was the one taking the
+                    // message, it was delivered and the retry sends a second copy. SMTP cannot tell;
+                    // a copy too many is better than none.
+                    Err(_) => self.retry(
+                        attempt,
+                        format!("no answer within receipts.timeout_ms ({} ms); ended", self.cfg.timeout_ms),
+                    ),
+                };
+            if self.store.finish_receipt(&job.payment_id, &claim, &outcome, now_ms()).await? {
+                self.record(&job, &outcome, attempt).await;
+            } else {
+                // Only if this instance stalled past its lease (the attempt itself is bounded
+                // well within it): the attempt that took over records its own outcome.
+                tracing::warn!(
+                    payment_id = %job.payment_id,
+                    attempt,
+                    outcome = ?outcome,
+                    "receipt attempt outlived its claim, which another attempt holds now; its outcome is not recorded"
+                );
+            }
         }
         Ok(tried)
     }
 
-    async fn attempt(&self, job: &ReceiptJob, attempt: u32) -> ReceiptOutcome {
-        let Some(mailer) = &self.mailer else {
-            return ReceiptOutcome::Skipped("no mail server is configured (receipts.smtp_url)".into());
-        };
+    async fn attempt(&self, mailer: &dyn Mailer, job: &ReceiptJob, attempt: u32) -> ReceiptOutcome {
         let mail = match self.compose(job).await {
             Ok(Some(mail)) => mail,
             Ok(None) => return ReceiptOutcome::Skipped("no receipt address, or the clinic turned receipts off".into()),

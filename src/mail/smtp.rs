@@ -1,6 +1,7 @@
 //! [`super::Mailer`] over SMTP with lettre: the URL decides the transport security
-//! (`smtps://` TLS from the start, `?tls=required` STARTTLS, plain `smtp://` none: the
-//! configuration allows that only to a loopback host). Each message is plain text in UTF-8;
+//! ([`crate::config::SmtpSecurity`]: `smtps://` TLS from the start, `?tls=required` STARTTLS,
+//! plain `smtp://` none, which the configuration allows only to a loopback host; anything else,
+//! `tls=opportunistic` included, is refused before a mailer is built). Each message is plain text in UTF-8;
 //! lettre encodes a non-ASCII subject and display name as RFC 2047 words and picks the body's
 //! transfer encoding.
 
@@ -17,7 +18,9 @@ pub struct SmtpMailer {
 }
 
 impl SmtpMailer {
-    /// A mailer for `url` (see `receipts.smtp_url`); every exchange is bounded by `timeout`.
+    /// A mailer for `url` (see `receipts.smtp_url`); connecting is bounded by `timeout`. lettre
+    /// bounds nothing after the connect, so the caller bounds the whole send
+    /// ([`super::outbox`] does, within a receipt's claim).
     pub fn new(url: &str, timeout: Duration) -> Result<Self, MailError> {
         // lettre's error can echo the URL, password included: say only what kind of problem.
         let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)

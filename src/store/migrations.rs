@@ -269,4 +269,13 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX IF NOT EXISTS receipt_outbox_due ON receipt_outbox (status, next_attempt_at)",
         ],
     ),
+    (
+        12,
+        "a receipt's claim names its attempt",
+        &[
+            // The attempt that holds a receipt: only it may record the outcome, so an instance
+            // whose claim lapsed and was taken over cannot overwrite the newer attempt's.
+            "ALTER TABLE receipt_outbox ADD COLUMN claim_token TEXT",
+        ],
+    ),
 ];

@@ -490,12 +490,27 @@ pub trait Store: Send + Sync + 'static {
     /// Receipts due at `now_ms` (pending, next attempt not later), oldest due first; at most
     /// `limit`.
     async fn due_receipts(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ReceiptJob>>;
-    /// Takes a due receipt for one attempt: moves its next attempt to `lease_until` and counts
-    /// the attempt, only if it is still pending and due as `seen_next_at` (so one instance
-    /// sends it, and an instance that dies mid-attempt only delays it until the lease ends).
-    async fn claim_receipt(&self, payment_id: &str, seen_next_at: i64, lease_until: i64) -> StoreResult<bool>;
-    /// Records what an attempt at a receipt came to.
-    async fn finish_receipt(&self, payment_id: &str, outcome: &ReceiptOutcome, at: i64) -> StoreResult<()>;
+    /// Takes a due receipt for one attempt named `claim` (unique to the attempt): moves its
+    /// next attempt to `lease_until`, counts the attempt and records the claim, only if it is
+    /// still pending and due as `seen_next_at` (so one instance sends it, and an instance that
+    /// dies mid-attempt only delays it until the lease ends). Answers whether it was taken.
+    async fn claim_receipt(
+        &self,
+        payment_id: &str,
+        seen_next_at: i64,
+        lease_until: i64,
+        claim: &str,
+    ) -> StoreResult<bool>;
+    /// Records what the attempt named `claim` came to, only if that claim still holds the
+    /// receipt: once another attempt has taken it over (this one's lease lapsed), or this one
+    /// already finished, it changes nothing. Answers whether it was recorded.
+    async fn finish_receipt(
+        &self,
+        payment_id: &str,
+        claim: &str,
+        outcome: &ReceiptOutcome,
+        at: i64,
+    ) -> StoreResult<bool>;
     /// A payment's receipt in the outbox, if one was queued.
     async fn receipt(&self, payment_id: &str) -> StoreResult<Option<ReceiptJob>>;
 }

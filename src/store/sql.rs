@@ -913,12 +913,19 @@ impl Store for SqlStore {
         rows.iter().map(receipt_from).collect()
     }
 
-    async fn claim_receipt(&self, payment_id: &str, seen_next_at: i64, lease_until: i64) -> StoreResult<bool> {
+    async fn claim_receipt(
+        &self,
+        payment_id: &str,
+        seen_next_at: i64,
+        lease_until: i64,
+        claim: &str,
+    ) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE receipt_outbox SET next_attempt_at = $1, attempts = attempts + 1 \
-             WHERE payment_id = $2 AND status = 'pending' AND next_attempt_at = $3",
+            "UPDATE receipt_outbox SET next_attempt_at = $1, attempts = attempts + 1, claim_token = $2 \
+             WHERE payment_id = $3 AND status = 'pending' AND next_attempt_at = $4",
         )
         .bind(lease_until)
+        .bind(claim)
         .bind(payment_id)
         .bind(seen_next_at)
         .execute(&self.pool)
@@ -926,25 +933,33 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn finish_receipt(&self, payment_id: &str, outcome: &ReceiptOutcome, at: i64) -> StoreResult<()> {
+    async fn finish_receipt(
+        &self,
+        payment_id: &str,
+        claim: &str,
+        outcome: &ReceiptOutcome,
+        at: i64,
+    ) -> StoreResult<bool> {
         let (status, next, error, sent) = match outcome {
             ReceiptOutcome::Sent => ("sent", at, None, Some(at)),
             ReceiptOutcome::Retry { at: next, error } => ("pending", *next, Some(error.as_str()), None),
             ReceiptOutcome::Failed(error) => ("failed", at, Some(error.as_str()), None),
             ReceiptOutcome::Skipped(why) => ("skipped", at, Some(why.as_str()), None),
         };
-        sqlx::query(
-            "UPDATE receipt_outbox SET status = $1, next_attempt_at = $2, last_error = $3, sent_at = $4 \
-             WHERE payment_id = $5",
+        // The claim ends with its finish (NULL never equals a token), so a finish lands once.
+        let done = sqlx::query(
+            "UPDATE receipt_outbox SET status = $1, next_attempt_at = $2, last_error = $3, sent_at = $4, \
+             claim_token = NULL WHERE payment_id = $5 AND status = 'pending' AND claim_token = $6",
         )
         .bind(status)
         .bind(next)
         .bind(error)
         .bind(sent)
         .bind(payment_id)
+        .bind(claim)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn receipt(&self, payment_id: &str) -> StoreResult<Option<ReceiptJob>> {

@@ -88,8 +88,8 @@ pass! {
         set_payment_lang(p: &str, l: &str) -> ();
         payment_lang(p: &str) -> Option<String>;
         due_receipts(n: i64, l: i64) -> Vec<ReceiptJob>;
-        claim_receipt(p: &str, s: i64, l: i64) -> bool;
-        finish_receipt(p: &str, o: &ReceiptOutcome, a: i64) -> ();
+        claim_receipt(p: &str, s: i64, l: i64, c: &str) -> bool;
+        finish_receipt(p: &str, c: &str, o: &ReceiptOutcome, a: i64) -> bool;
         receipt(p: &str) -> Option<ReceiptJob>;
 }
 
