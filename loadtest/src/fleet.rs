@@ -650,6 +650,7 @@ pub async fn worker() -> anyhow::Result<()> {
     fleet.requests_open.store(true, Ordering::Release);
     let relay = json!({"type": "payment.request", "client_ref": "relay", "amount": 5000, "currency": "aud", "description": "Consult"});
     let mut asked = 0;
+    let mut round = Instant::now();
     while fleet.calls.iter().any(|c| c.relay_payment.get().is_none()) {
         // 200 clinicians every 20 ms at most; one that reconnects meanwhile asks again from
         // its own welcome (the request's client_ref makes the repeat harmless).
@@ -657,6 +658,14 @@ pub async fn worker() -> anyhow::Result<()> {
             c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
         }
         asked = (asked + 200).min(count);
+        // A request the hub refused (a busy store answers `internal`: nothing saved) is asked
+        // again, as a clinician would, once every pass is through and a second has gone by.
+        if asked == count && round.elapsed() > Duration::from_secs(1) {
+            round = Instant::now();
+            for c in fleet.calls.iter().filter(|c| c.relay_payment.get().is_none()) {
+                c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
