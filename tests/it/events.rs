@@ -1,7 +1,8 @@
 //! Signed events for the platform, against a real HTTP receiver on loopback: signatures checked
 //! by the README's own Python snippet (Python's `hmac`, not callpay's code), a receiver that
 //! fails three times then answers, a hub restarted while a delivery waits for its retry, order
-//! and duplicates per payment, replay, refused endpoint URLs.
+//! and duplicates per payment, replay, refused endpoint URLs, and changes made at once on three
+//! instances numbered and delivered in the order they committed.
 
 use crate::helpers::*;
 use axum::extract::State;
@@ -485,13 +486,86 @@ async fn refused_endpoint_urls_get_a_clear_error_and_store_nothing() {
     assert_eq!((s, e["code"].as_str()), (404, Some("not_found")));
 }
 
-#[tokio::test]
-async fn three_workers_on_one_postgresql_send_each_attempt_once_and_keep_each_payments_order() {
-    use callpay::events::catalogue::payment_writes;
+/// Writers on every instance refund a payment one cent at a time.
+const REFUNDS_PER_WRITER: i64 = 3;
+/// Times each writer turns the clinic's app off or on.
+const FLIPS_PER_WRITER: usize = 6;
+/// Payments changed at once.
+const PAYMENTS: usize = 4;
+/// Longest wait for every delivery of the concurrency test (dozens of events, a third of
+/// the attempts failing, each payment's events one after another).
+const ALL_DELIVERED_WITHIN: Duration = Duration::from_secs(60);
+
+/// A payment's change as the payment paths commit it: the versioned row, then its events.
+fn payment_change(before: &callpay::store::Payment, after: &callpay::store::Payment) -> Vec<callpay::store::Write> {
+    let mut writes =
+        vec![callpay::store::Write::Payment { payment: Box::new(after.clone()), expected_version: before.version }];
+    writes.extend(callpay::events::catalogue::payment_writes(before, after));
+    writes
+}
+
+/// Refunds `cents` one cent at a time, each against the payment as last read: when another
+/// writer's change landed first (a conflict), it reads the payment again and retries.
+async fn refund_cents(store: Arc<callpay::store::SqlStore>, id: String, cents: i64) {
+    use callpay::store::{Committed, Payment, Store};
+    let mut done = 0;
+    while done < cents {
+        let before = store.payment(&id).await.unwrap().expect("the payment exists");
+        let after = Payment {
+            status: callpay_protocol::PaymentStatus::PartiallyRefunded,
+            amount_refunded: before.amount_refunded + 1,
+            version: before.version + 1,
+            ..before.clone()
+        };
+        match store.commit(&payment_change(&before, &after)).await {
+            Ok(Committed::Applied) => done += 1,
+            Ok(Committed::Conflict) => {}
+            other => panic!("{id}: a concurrent refund's commit failed: {other:?}"),
+        }
+    }
+}
+
+/// Turns the clinic's app off and on `times` times, starting with off if `off_first`, as
+/// admins on several instances might at once. A change to the state the clinic already has
+/// lands but announces nothing.
+async fn flip_clinic(
+    store: Arc<callpay::store::SqlStore>,
+    clinic: callpay::store::Clinic,
+    off_first: bool,
+    times: usize,
+) {
+    use callpay::events::catalogue::{EventType, clinic_write};
+    use callpay::store::{ClinicChange, Committed, Store, Write};
+    for n in 0..times {
+        let on = (n % 2 == 1) == off_first;
+        let kind = if on { EventType::ClinicAppEnabled } else { EventType::ClinicAppDisabled };
+        let after = callpay::store::Clinic { app_enabled: on, ..clinic.clone() };
+        let writes =
+            [Write::Clinic { id: clinic.id.clone(), change: ClinicChange::SetEnabled(on) }, clinic_write(kind, &after)];
+        let outcome = store.commit(&writes).await;
+        assert!(
+            matches!(outcome, Ok(Committed::Applied)),
+            "{}: a concurrent change's commit failed: {outcome:?}",
+            clinic.id
+        );
+    }
+}
+
+/// Three instances on one PostgreSQL: writers on all three change the same payments (and the
+/// same clinic) at once, while a worker on each delivers to a receiver that fails every third
+/// request. Each change's event must take the next number of its payment or clinic inside the
+/// change's transaction, after the change locked the row: then the numbers of one payment are
+/// 1, 2, 3… with none twice, in the order the changes committed (the payment's version), and
+/// the receiver gets each payment's events in that order, each attempt once. Numbering outside
+/// the transaction (a number read before the row is locked) gives two concurrent changes the
+/// same number, and one of the commits fails on the unique (order key, number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_changes_on_three_instances_are_numbered_in_commit_order_and_each_attempt_is_sent_once() {
     use callpay::events::relay::Relay;
     use callpay::events::sender::HttpSender;
     use callpay::events::{EndpointRequest, Events};
-    use callpay::store::{Payment, SqlStore, Store};
+    use callpay::store::outbox::Delivery;
+    use callpay::store::{Clinic, Committed, Outbox, Payment, SqlStore, Store, Write};
     use callpay_protocol::PaymentStatus as S;
     crate::services::ensure_services();
     let db = crate::services::TempDb::new();
@@ -514,52 +588,114 @@ async fn three_workers_on_one_postgresql_send_each_attempt_once_and_keep_each_pa
         let relay = Arc::new(Relay::new(store.clone(), Arc::new(sender), cfg.clone()));
         workers.push(tokio::spawn(relay.run(stop.clone())));
     }
-    // Ten payments, each requested, paid and partly refunded, committed from any instance.
-    let statuses = [S::Creating, S::Requested, S::Succeeded, S::PartiallyRefunded];
-    for i in 0..10 {
-        let mut before =
-            Payment { id: format!("pay_pg_{i}"), clinic_id: DEMO_CLINIC.into(), amount: 5000, ..Payment::default() };
-        for status in &statuses[1..] {
-            let refunded = if *status == S::PartiallyRefunded { 1000 } else { 0 };
-            let after =
-                Payment { status: *status, amount_refunded: refunded, version: before.version + 1, ..before.clone() };
-            stores[i % 3].commit(&payment_writes(&before, &after)).await.unwrap();
+    let clinic = Clinic {
+        id: "clinic_pg".into(),
+        org_id: "org_pg".into(),
+        name: "Concurrent Clinic".into(),
+        app_enabled: true,
+        ..Clinic::default()
+    };
+    assert_eq!(stores[0].commit(&[Write::UpsertClinic(clinic.clone())]).await.unwrap(), Committed::Applied);
+    // Each payment requested and paid, then refunded by writers on every instance at once.
+    let mut payment_ids = Vec::new();
+    for i in 0..PAYMENTS {
+        let creating = Payment {
+            id: format!("pay_pg_{i}"),
+            clinic_id: clinic.id.clone(),
+            client_ref: format!("pg-{i}"),
+            amount: 5000,
+            ..Payment::default()
+        };
+        stores[0].insert_payment(&creating).await.unwrap();
+        let mut before = creating;
+        for status in [S::Requested, S::Succeeded] {
+            let after = Payment { status, version: before.version + 1, ..before.clone() };
+            assert_eq!(stores[i % 3].commit(&payment_change(&before, &after)).await.unwrap(), Committed::Applied);
             before = after;
         }
+        payment_ids.push(before.id);
     }
-    eventually(async || (receiver.got().iter().filter(|g| g.answered == 200).count() >= 30).then_some(())).await;
-    // Let any attempt still in flight land, then stop the workers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut writers = tokio::task::JoinSet::new();
+    for (w, store) in stores.iter().enumerate() {
+        for id in &payment_ids {
+            writers.spawn(refund_cents(store.clone(), id.clone(), REFUNDS_PER_WRITER));
+        }
+        // Out of step with each other, so that their changes really change the clinic.
+        writers.spawn(flip_clinic(store.clone(), clinic.clone(), w % 2 == 0, FLIPS_PER_WRITER));
+    }
+    while let Some(writer) = writers.join_next().await {
+        writer.expect("every concurrent commit succeeded");
+    }
+
+    let outbox: &dyn Outbox = stores[1].as_ref();
+    let deadline = Instant::now() + ALL_DELIVERED_WITHIN;
+    let deliveries = loop {
+        let list = outbox.deliveries(&endpoint.id, None, 500, None).await.unwrap();
+        if list.iter().all(|d| d.status == "delivered") {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "not all delivered: {list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     stop.cancel();
     for w in workers {
         w.await.unwrap();
     }
     let got = receiver.got();
     assert!(got.iter().filter(|g| g.answered == 500).count() >= 10, "every third request failed: {}", got.len());
-    for i in 0..10 {
-        let id = format!("pay_pg_{i}");
-        let mine: Vec<&Got> = got.iter().filter(|g| g.json()["data"]["object"]["id"] == id.as_str()).collect();
-        let answered: Vec<String> =
-            mine.iter().filter(|g| g.answered == 200).map(|g| g.json()["type"].as_str().unwrap().to_owned()).collect();
-        assert_eq!(
-            answered,
-            ["payment.requested", "payment.succeeded", "payment.refunded"],
-            "{id}: each once, in order"
-        );
-        // Nothing of a later event arrived before the earlier one was answered 200.
-        let ids: Vec<&str> = mine.iter().map(|g| g.event_id_header.as_str()).collect();
-        let mut runs = ids.clone();
-        runs.dedup();
-        assert_eq!(runs.len(), 3, "{id}: one event's attempts, then the next's: {ids:?}");
-        for g in &mine {
-            assert!(python_verifies(&secret, &g.signature, g.body.as_bytes()));
+    let refunds = 3 * REFUNDS_PER_WRITER;
+    for key in payment_ids.iter().chain([&clinic.id]) {
+        let mut mine: Vec<&Delivery> = deliveries.iter().filter(|d| &d.order_key == key).collect();
+        mine.sort_by_key(|d| d.seq);
+        let seqs: Vec<i64> = mine.iter().map(|d| d.seq).collect();
+        let expected: Vec<i64> = (1..=i64::try_from(mine.len()).unwrap()).collect();
+        assert_eq!(seqs, expected, "{key}: numbered 1, 2, 3… with none twice and none skipped");
+        let mut objects = Vec::new();
+        for d in &mine {
+            let event = outbox.event(&d.event_id).await.unwrap().expect("the event is stored");
+            let body: Value = serde_json::from_str(&event.body).unwrap();
+            objects.push((body["type"].as_str().unwrap().to_owned(), body["data"]["object"].clone()));
         }
+        if key == &clinic.id {
+            assert!(objects.len() >= 2, "the writers changed the clinic: {objects:?}");
+            for (n, (kind, object)) in objects.iter().enumerate() {
+                // Enabled at first, so the changes in commit order are off, on, off…: two
+                // alike in a row would be numbered out of the order they happened in.
+                let on = n % 2 == 1;
+                let want = if on { "clinic.app_enabled" } else { "clinic.app_disabled" };
+                assert_eq!(
+                    (kind.as_str(), object["app_enabled"].as_bool()),
+                    (want, Some(on)),
+                    "{key} #{n}: {objects:?}"
+                );
+            }
+        } else {
+            let kinds: Vec<&str> = objects.iter().map(|(k, _)| k.as_str()).collect();
+            let mut want = vec!["payment.requested", "payment.succeeded"];
+            want.extend(std::iter::repeat_n("payment.refunded", usize::try_from(refunds).unwrap()));
+            assert_eq!(kinds, want, "{key}: one event per committed change");
+            // In number order, the versions the changes wrote: 2, 3, 4…, and refunded 1, 2, 3…
+            let versions: Vec<i64> = objects.iter().map(|(_, o)| o["version"].as_i64().unwrap()).collect();
+            assert_eq!(versions, (2..2 + 2 + refunds).collect::<Vec<_>>(), "{key}: numbered in commit order");
+            let refunded: Vec<i64> = objects[2..].iter().map(|(_, o)| o["amount_refunded"].as_i64().unwrap()).collect();
+            assert_eq!(refunded, (1..=refunds).collect::<Vec<_>>(), "{key}");
+        }
+        // The receiver got them in number order: each event answered 200 once, and nothing of
+        // a later event before the earlier one was answered.
+        let numbered: Vec<&str> = mine.iter().map(|d| d.event_id.as_str()).collect();
+        let arrived: Vec<&Got> = got.iter().filter(|g| g.json()["data"]["object"]["id"] == key.as_str()).collect();
+        let answered: Vec<&str> =
+            arrived.iter().filter(|g| g.answered == 200).map(|g| g.event_id_header.as_str()).collect();
+        assert_eq!(answered, numbered, "{key}: delivered in number order");
+        let mut runs: Vec<&str> = arrived.iter().map(|g| g.event_id_header.as_str()).collect();
+        runs.dedup();
+        assert_eq!(runs, numbered, "{key}: one event's attempts, then the next's");
+        // Signed by whichever instance sent it (one per key: each check starts Python).
+        assert!(python_verifies(&secret, &arrived[0].signature, arrived[0].body.as_bytes()), "{key}");
     }
     // Every request the receiver got is one recorded attempt of one delivery: no two
     // instances sent the same attempt, and nothing was sent unrecorded.
-    let outbox: &dyn callpay::store::Outbox = stores[1].as_ref();
-    let deliveries = outbox.deliveries(&endpoint.id, None, 200, None).await.unwrap();
-    assert_eq!(deliveries.len(), 30);
+    assert_eq!(deliveries.len(), got.iter().filter(|g| g.answered == 200).count());
     for d in &deliveries {
         let received = got.iter().filter(|g| g.delivery_id == d.id).count();
         let attempts = outbox.attempts(&d.id).await.unwrap();
