@@ -176,6 +176,10 @@ pub struct EventsConfig {
     /// Accept plain `http://` endpoints on hosts other than loopback. Off: event bodies carry
     /// payment details, which only travel over TLS.
     pub allow_http: bool,
+    /// Accept receivers on loopback (`127.0.0.0/8`, `::1`, `localhost`): the demo and the
+    /// tests run theirs on this machine. Off: a loopback receiver would be a request from
+    /// callpay to whatever else listens on its machine. callpay's own ports stay refused.
+    pub allow_loopback: bool,
     /// Most endpoints that may be registered.
     pub max_endpoints: usize,
 }
@@ -192,6 +196,7 @@ impl Default for EventsConfig {
             retry_for_ms: 3 * 24 * 3_600_000,
             max_in_flight: 8,
             allow_http: false,
+            allow_loopback: false,
             max_endpoints: 16,
         }
     }

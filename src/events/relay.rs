@@ -155,6 +155,8 @@ mod tests {
             retry_first_ms: 1_000,
             retry_max_interval_ms: 60_000,
             retry_for_ms: 3_600_000,
+            // The tests' endpoints are on loopback.
+            allow_loopback: true,
             ..EventsConfig::default()
         }
     }

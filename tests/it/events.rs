@@ -435,6 +435,11 @@ async fn refused_endpoint_urls_get_a_clear_error_and_store_nothing() {
         (json!({"url": "https://billing.example.com/events#top"}), "url_has_fragment"),
         (json!({"url": "http://billing.example.com/events"}), "url_not_https"),
         (json!({"url": "https://169.254.169.254/latest/meta-data"}), "url_address_not_allowed"),
+        (json!({"url": "https://[::ffff:169.254.169.254]/latest/meta-data"}), "url_address_not_allowed"),
+        (json!({"url": "https://10.0.0.8/events"}), "url_address_not_allowed"),
+        (json!({"url": "https://192.168.1.20/events"}), "url_address_not_allowed"),
+        (json!({"url": "https://100.64.0.1/events"}), "url_address_not_allowed"),
+        (json!({"url": "https://[fd00::5]/events"}), "url_address_not_allowed"),
         (json!({"url": "not a url"}), "invalid_url"),
         (json!({"events": []}), "invalid_url"),
         (json!({"url": "https://billing.example.com/events", "events": ["payment.nope"]}), "unknown_event_type"),
@@ -561,7 +566,9 @@ async fn flip_clinic(
 /// same number, and one of the commits fails on the unique (order key, number).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_changes_on_three_instances_are_numbered_in_commit_order_and_each_attempt_is_sent_once() {
+    use callpay::events::endpoints::UrlPolicy;
     use callpay::events::relay::Relay;
+    use callpay::events::resolver::SystemResolver;
     use callpay::events::sender::HttpSender;
     use callpay::events::{EndpointRequest, Events};
     use callpay::store::outbox::Delivery;
@@ -573,6 +580,8 @@ async fn concurrent_changes_on_three_instances_are_numbered_in_commit_order_and_
     receiver.state.flaky.store(true, Ordering::SeqCst);
     let mut cfg = Config::default().events;
     fast_events(&mut cfg);
+    // The receiver is on this machine.
+    cfg.allow_loopback = true;
     // Three instances: three pools on one database, a worker each.
     let mut stores = Vec::new();
     for _ in 0..3 {
@@ -584,7 +593,8 @@ async fn concurrent_changes_on_three_instances_are_numbered_in_commit_order_and_
     let stop = tokio_util::sync::CancellationToken::new();
     let mut workers = Vec::new();
     for store in &stores {
-        let sender = HttpSender::new(Duration::from_secs(3), Duration::from_secs(1), Default::default());
+        let policy = UrlPolicy::new(Default::default(), &cfg);
+        let sender = HttpSender::new(&cfg, policy, Arc::new(SystemResolver));
         let relay = Arc::new(Relay::new(store.clone(), Arc::new(sender), cfg.clone()));
         workers.push(tokio::spawn(relay.run(stop.clone())));
     }
@@ -707,4 +717,163 @@ async fn concurrent_changes_on_three_instances_are_numbered_in_commit_order_and_
         assert_eq!(got.iter().filter(|g| g.delivery_id == d.id && g.answered == 200).count(), 1, "{d:?}");
     }
     drop(db);
+}
+
+#[tokio::test]
+async fn loopback_receivers_are_refused_unless_the_operator_allows_them() {
+    let hub = TestHub::start_with(|c| {
+        fast(c);
+        c.events.allow_loopback = false;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let port = receiver.url.rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    for url in [
+        receiver.url.clone(),
+        format!("http://localhost:{port}/hook"),
+        format!("http://[::1]:{port}/hook"),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        format!("http://2130706433:{port}/hook"),
+    ] {
+        let (s, e) = operator(&hub, "POST", "/v1/event-endpoints", Some(json!({"url": url}))).await;
+        assert_eq!((s, e["code"].as_str()), (400, Some("url_address_not_allowed")), "{url}: {e}");
+        assert!(e["message"].as_str().unwrap().contains("loopback"), "{e}");
+    }
+    let (_, list) = operator(&hub, "GET", "/v1/event-endpoints", None).await;
+    assert_eq!(list["data"], json!([]), "nothing stored");
+    // The demo (and the tests' other hubs) allow them: the same URL is accepted there.
+    let allowing = TestHub::start_with(fast).await;
+    let (s, e) = operator(&allowing, "POST", "/v1/event-endpoints", Some(json!({"url": receiver.url}))).await;
+    assert_eq!(s, 201, "{e}");
+}
+
+/// A worker with its own SQLite store, sending through the real HTTP sender with `resolver`.
+struct Worker {
+    store: Arc<callpay::store::SqlStore>,
+    stop: tokio_util::sync::CancellationToken,
+    run: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(
+        store: Arc<callpay::store::SqlStore>,
+        cfg: &callpay::config::EventsConfig,
+        resolver: Arc<callpay::events::resolver::MemoryResolver>,
+    ) -> Self {
+        use callpay::events::endpoints::UrlPolicy;
+        use callpay::events::relay::Relay;
+        use callpay::events::sender::HttpSender;
+        let sender = HttpSender::new(cfg, UrlPolicy::new(Default::default(), cfg), resolver);
+        let relay = Arc::new(Relay::new(store.clone(), Arc::new(sender), cfg.clone()));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(relay.run(stop.clone()));
+        Self { store, stop, run }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.run.await.unwrap();
+    }
+
+    /// Queues one `payment.requested` event about payment `id`; answers its order key.
+    async fn queue(&self, id: &str) -> String {
+        use callpay::store::{Payment, Store};
+        let before = Payment { id: id.into(), clinic_id: DEMO_CLINIC.into(), amount: 5000, ..Payment::default() };
+        let after = Payment { status: callpay_protocol::PaymentStatus::Requested, version: 1, ..before.clone() };
+        self.store.commit(&callpay::events::catalogue::payment_writes(&before, &after)).await.unwrap();
+        id.to_owned()
+    }
+
+    /// The attempts of the delivery of payment `id`'s event, once it has at least `n`.
+    async fn attempts(&self, endpoint: &str, id: &str, n: usize) -> Vec<callpay::store::outbox::Attempt> {
+        use callpay::store::Outbox;
+        eventually(async || {
+            let deliveries = self.store.deliveries(endpoint, None, 100, None).await.unwrap();
+            let d = deliveries.iter().find(|d| d.order_key == id)?;
+            let attempts = self.store.attempts(&d.id).await.unwrap();
+            (attempts.len() >= n).then_some(attempts)
+        })
+        .await
+    }
+}
+
+/// DNS rebinding: a receiver's name that resolved to a good address may resolve to an internal
+/// one at the next attempt. Each attempt resolves the name once, through the sender's resolver,
+/// checks every address it got and connects only to those: no second lookup that could answer
+/// differently. The name used here exists only in the test's resolver (`.test` never resolves
+/// in DNS), so a delivery proves that the connection went where that one lookup said.
+#[tokio::test]
+async fn a_name_that_later_resolves_to_a_refused_address_is_not_sent_to() {
+    use callpay::events::resolver::MemoryResolver;
+    use callpay::events::{EndpointRequest, Events};
+    use callpay::store::{Outbox, SqlStore};
+    use std::net::IpAddr;
+    let receiver = Receiver::start().await;
+    let port = receiver.url.rsplit(':').next().unwrap().split('/').next().unwrap().to_owned();
+    let name = "billing.platform.test";
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let resolver = Arc::new(MemoryResolver::default());
+    resolver.set(name, [ip("127.0.0.1")]);
+    let mut cfg = Config::default().events;
+    fast_events(&mut cfg);
+    // Plain http to a name (the receiver has no TLS), and loopback receivers (it is on this
+    // machine): every other rule holds.
+    cfg.allow_http = true;
+    cfg.allow_loopback = true;
+    let store = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
+    let events = Events::new(store.clone(), cfg.clone(), Default::default());
+    let request = EndpointRequest { url: Some(format!("http://{name}:{port}/hook")), ..EndpointRequest::default() };
+    let (endpoint, _) = events.create_endpoint(request, "op").await.unwrap();
+    let worker = Worker::start(store.clone(), &cfg, resolver.clone());
+
+    // While the name is the receiver's: delivered, after one lookup.
+    let first = worker.queue("pay_rebind_ok").await;
+    let attempts = worker.attempts(&endpoint.id, &first, 1).await;
+    assert_eq!((attempts[0].http_status, attempts[0].error.as_deref()), (Some(200), None), "{attempts:?}");
+    assert_eq!(receiver.got().len(), 1);
+    assert_eq!(resolver.lookups(name), 1, "resolved once for the attempt, and connected to what it said");
+
+    // Then it resolves to the metadata service, to a private address beside the good one, to
+    // the metadata service inside IPv6: each attempt is refused, nothing is sent, and the
+    // attempt says why.
+    let cases = [
+        ("pay_rebind_metadata", vec![ip("169.254.169.254")], "169.254.169.254", "link-local"),
+        ("pay_rebind_mixed", vec![ip("127.0.0.1"), ip("10.0.0.7")], "10.0.0.7", "private"),
+        ("pay_rebind_mapped", vec![ip("::ffff:169.254.169.254")], "169.254.169.254", "link-local"),
+        ("pay_rebind_ula", vec![ip("fd00::7")], "fd00::7", "unique local"),
+    ];
+    for (payment, answer, addr, kind) in &cases {
+        resolver.set(name, answer.clone());
+        let id = worker.queue(payment).await;
+        let attempts = worker.attempts(&endpoint.id, &id, 1).await;
+        let error = attempts[0].error.clone().unwrap_or_default();
+        assert_eq!(attempts[0].http_status, None, "{attempts:?}");
+        assert!(
+            error.starts_with("refused: ") && error.contains(name) && error.contains(addr) && error.contains(kind),
+            "a clear reason: {error}"
+        );
+        assert_eq!(receiver.got().len(), 1, "{payment}: nothing sent");
+    }
+    // Answering the receiver's address again: the refused deliveries were retried meanwhile,
+    // and now arrive. Every attempt looked the name up exactly once.
+    resolver.set(name, [ip("127.0.0.1")]);
+    eventually(async || (receiver.got().len() == 1 + cases.len()).then_some(())).await;
+    worker.stop().await;
+    let mut made = 0;
+    for d in store.deliveries(&endpoint.id, None, 100, None).await.unwrap() {
+        assert_eq!(d.status, "delivered", "{d:?}");
+        made += store.attempts(&d.id).await.unwrap().len();
+    }
+    assert!(made > 1 + cases.len(), "refused attempts were retried: {made}");
+    assert_eq!(resolver.lookups(name), made, "one lookup per attempt");
+
+    // The same endpoint under a configuration without loopback receivers: refused at send.
+    cfg.allow_loopback = false;
+    let worker = Worker::start(store.clone(), &cfg, resolver.clone());
+    let id = worker.queue("pay_rebind_loopback").await;
+    let attempts = worker.attempts(&endpoint.id, &id, 1).await;
+    let error = attempts[0].error.clone().unwrap_or_default();
+    assert!(error.starts_with("refused: ") && error.contains("127.0.0.1") && error.contains("loopback"), "{error}");
+    assert_eq!(receiver.got().len(), 1 + cases.len(), "nothing more sent");
+    worker.stop().await;
 }
