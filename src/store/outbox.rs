@@ -395,7 +395,19 @@ impl Outbox for SqlStore {
             .fetch_optional(&self.pool)
             .await?;
             let Some(target) = target else {
-                // Deleted meanwhile: its deliveries are canceled by the delete.
+                // Its endpoint was deleted meanwhile (which cancels its deliveries), or its event
+                // was pruned while a replay of it was being queued: nothing can be sent, so it
+                // ends here instead of being claimed again at every lease's end.
+                sqlx::query(
+                    "UPDATE event_deliveries SET status = 'canceled', lease_until = NULL, lease_token = NULL, \
+                     last_error = 'its event or endpoint no longer exists', updated_at = $1 \
+                     WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
+                )
+                .bind(super::now_ms())
+                .bind(&delivery.id)
+                .bind(&token)
+                .execute(&self.pool)
+                .await?;
                 continue;
             };
             claimed.push(Claimed {
