@@ -9,6 +9,7 @@ use crate::events::Events;
 use crate::events::endpoints::{OwnAddresses, UrlPolicy};
 use crate::events::relay::Relay;
 use crate::events::resolver::SystemResolver;
+use crate::events::retention::Retention;
 use crate::events::sender::HttpSender;
 use crate::hub::{Hub, HubIo};
 use crate::metrics::Metrics;
@@ -159,6 +160,9 @@ impl AppState {
             let sender = HttpSender::new(&config.events, policy, Arc::new(SystemResolver));
             let relay = Arc::new(Relay::new(deps.outbox.clone(), Arc::new(sender), config.events.clone()));
             tracker.spawn(relay.run(shutdown.clone()));
+            if let Some(retention) = Retention::new(deps.outbox.clone(), &config.events) {
+                tracker.spawn(retention.run(shutdown.clone()));
+            }
         }
         let events = Arc::new(Events::new(deps.outbox, config.events.clone(), own));
         let outbox = Arc::new(crate::mail::outbox::Outbox::new(

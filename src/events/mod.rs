@@ -2,13 +2,15 @@
 //! to the outbox in the transaction that stores them ([`catalogue`]); a worker per instance
 //! ([`relay`]) signs ([`signature`]) and POSTs them ([`sender`], resolving names through
 //! [`resolver`]) to the endpoints the platform operator registered, whose URLs and addresses
-//! [`endpoints`] checks. [`Events`] holds the operator's rules:
-//! registering, changing and deleting endpoints, reading deliveries, replaying one.
+//! [`endpoints`] checks; [`retention`] deletes what ended long enough ago. [`Events`] holds the
+//! operator's rules: registering, changing and deleting endpoints, reading deliveries,
+//! replaying one.
 
 pub mod catalogue;
 pub mod endpoints;
 pub mod relay;
 pub mod resolver;
+pub mod retention;
 pub mod sender;
 pub mod signature;
 

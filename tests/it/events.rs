@@ -888,3 +888,156 @@ async fn a_name_that_later_resolves_to_a_refused_address_is_not_sent_to() {
     assert_eq!(receiver.got().len(), 1 + cases.len(), "nothing more sent");
     worker.stop().await;
 }
+
+/// Queues one `payment.requested` event about payment `id` in `store`; answers the event's id.
+async fn queue_event(store: &callpay::store::SqlStore, id: &str) -> String {
+    use callpay::store::{Payment, Store, Write};
+    let before = Payment { id: id.into(), clinic_id: DEMO_CLINIC.into(), amount: 5000, ..Payment::default() };
+    let after = Payment { status: callpay_protocol::PaymentStatus::Requested, version: 1, ..before.clone() };
+    let writes = callpay::events::catalogue::payment_writes(&before, &after);
+    let Some(Write::Event { event, .. }) = writes.first() else { panic!("a request is an event") };
+    let id = event.id.clone();
+    store.commit(&writes).await.unwrap();
+    id
+}
+
+/// Claims every due delivery and settles each as `outcome` says for its (order key, endpoint
+/// id); `None` leaves it claimed and pending.
+async fn settle_due(
+    outbox: &dyn callpay::store::Outbox,
+    outcome: impl Fn(&str, &str) -> Option<callpay::store::outbox::Settle>,
+) {
+    use callpay::store::outbox::Attempt;
+    let now = callpay::store::now_ms();
+    for c in outbox.claim(now, now + 60_000, 100).await.unwrap() {
+        let d = &c.delivery;
+        let Some(settle) = outcome(&d.order_key, &d.endpoint_id) else { continue };
+        let attempt = Attempt {
+            id: format!("att_{}", callpay::ids::random_id()),
+            delivery_id: d.id.clone(),
+            at: now,
+            duration_ms: 1,
+            http_status: Some(200),
+            error: None,
+            response_excerpt: None,
+        };
+        assert!(outbox.settle(&d.id, &c.lease_token, settle, &attempt).await.unwrap());
+    }
+}
+
+/// The outbox's retention on SQLite and on PostgreSQL: what ended before the cut-off goes, with
+/// its attempts, and so does an event with no delivery left; a pending delivery stays however
+/// old (and so does its event), and so does everything that ended after the cut-off. Pruning
+/// leaves each payment's order intact: a later event still waits behind a pending one.
+async fn prune_scenario(url: &str) {
+    use callpay::events::{EndpointRequest, Events};
+    use callpay::store::outbox::{Pruned, Settle};
+    use callpay::store::{Outbox, SqlStore, now_ms};
+    let store = Arc::new(SqlStore::connect(url).await.unwrap());
+    let outbox: &dyn Outbox = store.as_ref();
+    let mut cfg = Config::default().events;
+    cfg.allow_loopback = true;
+    let events = Events::new(store.clone(), cfg, Default::default());
+    let register = async |name: &str| {
+        let request = EndpointRequest { url: Some(format!("http://127.0.0.1:9/{name}")), ..EndpointRequest::default() };
+        events.create_endpoint(request, "op").await.unwrap().0.id
+    };
+    // Before any endpoint: an event nobody is sent.
+    let nobody = queue_event(&store, "pay_nobody").await;
+    let (a, b) = (register("a").await, register("b").await);
+    let delivered = queue_event(&store, "pay_delivered").await;
+    let gave_up = queue_event(&store, "pay_gave_up").await;
+    let half = queue_event(&store, "pay_half").await;
+    let waiting = queue_event(&store, "pay_waiting").await;
+    let c = register("c").await;
+    let canceled = queue_event(&store, "pay_canceled").await;
+    let later = now_ms() + 3_600_000;
+    settle_due(outbox, |key, endpoint| match key {
+        "pay_delivered" => Some(Settle::Delivered),
+        "pay_gave_up" if endpoint == a => Some(Settle::GiveUp),
+        "pay_gave_up" => Some(Settle::Delivered),
+        "pay_half" if endpoint == a => Some(Settle::Delivered),
+        // Failed once, retried in an hour: pending, within its retry window.
+        "pay_half" => Some(Settle::Retry(later)),
+        "pay_canceled" if endpoint != c => Some(Settle::Delivered),
+        _ => None,
+    })
+    .await;
+    // Its endpoint deleted: the delivery to it is canceled.
+    events.delete_endpoint(&c).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let recent = queue_event(&store, "pay_recent").await;
+    settle_due(outbox, |key, _| (key == "pay_recent").then_some(Settle::Delivered)).await;
+
+    let pruned = outbox.prune(cut, 100).await.unwrap();
+    // pay_delivered ×2, pay_gave_up ×2, pay_half to A, pay_canceled ×3 (to C without attempt).
+    assert_eq!(pruned, Pruned { deliveries: 8, attempts: 7, events: 4 }, "{url}");
+    for (id, kept) in
+        [(&nobody, false), (&delivered, false), (&gave_up, false), (&canceled, false), (&half, true), (&waiting, true)]
+    {
+        assert_eq!(outbox.event(id).await.unwrap().is_some(), kept, "{url}: {id}");
+    }
+    assert!(outbox.event(&recent).await.unwrap().is_some(), "{url}: ended after the cut-off");
+    let left = |list: Vec<callpay::store::outbox::Delivery>| {
+        let mut left: Vec<(String, String)> = list.into_iter().map(|d| (d.order_key, d.status)).collect();
+        left.sort();
+        left
+    };
+    let pending = |k: &str| (k.to_owned(), "pending".to_owned());
+    let done = |k: &str| (k.to_owned(), "delivered".to_owned());
+    assert_eq!(
+        left(outbox.deliveries(&a, None, 100, None).await.unwrap()),
+        [done("pay_recent"), pending("pay_waiting")],
+        "{url}"
+    );
+    let to_b = outbox.deliveries(&b, None, 100, None).await.unwrap();
+    let half_b = to_b.iter().find(|d| d.order_key == "pay_half").unwrap().clone();
+    assert_eq!(left(to_b), [pending("pay_half"), done("pay_recent"), pending("pay_waiting")], "{url}");
+    assert_eq!(outbox.attempts(&half_b.id).await.unwrap().len(), 1, "{url}: a pending delivery keeps its attempts");
+    assert!(outbox.deliveries(&c, None, 100, None).await.unwrap().is_empty(), "{url}");
+    assert_eq!(outbox.prune(cut, 100).await.unwrap(), Pruned::default(), "{url}: nothing more before the cut-off");
+
+    // A cut-off past everything, one row at a time: the recent deliveries go (oldest end
+    // first), then their event; the pending ones stay.
+    let all = now_ms() + 86_400_000;
+    assert_eq!(outbox.prune(all, 1).await.unwrap(), Pruned { deliveries: 1, attempts: 1, events: 0 }, "{url}");
+    assert_eq!(outbox.prune(all, 1).await.unwrap(), Pruned { deliveries: 1, attempts: 1, events: 1 }, "{url}");
+    assert_eq!(outbox.prune(all, 100).await.unwrap(), Pruned::default(), "{url}: pending ones are never pruned");
+    assert!(outbox.event(&half).await.unwrap().is_some() && outbox.event(&waiting).await.unwrap().is_some());
+
+    // The payment's next event is numbered after the one still pending, and waits for it at B.
+    let next = {
+        use callpay::store::{Payment, Store};
+        let before =
+            Payment { id: "pay_half".into(), status: callpay_protocol::PaymentStatus::Succeeded, ..Payment::default() };
+        let after = Payment { amount_refunded: 100, version: 3, ..before.clone() };
+        store.commit(&callpay::events::catalogue::payment_writes(&before, &after)).await.unwrap();
+        outbox
+            .deliveries(&a, None, 100, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.event_type == "payment.refunded")
+            .unwrap()
+    };
+    assert_eq!(next.seq, half_b.seq + 1, "{url}");
+    let now = now_ms();
+    let claimed: Vec<(String, String)> = outbox
+        .claim(now, now + 60_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.delivery.order_key, c.delivery.endpoint_id))
+        .collect();
+    assert_eq!(claimed, [("pay_half".to_owned(), a.clone())], "{url}: at B it waits behind the pending one");
+}
+
+#[tokio::test]
+async fn pruning_deletes_what_ended_past_the_retention_and_never_a_pending_delivery() {
+    prune_scenario("sqlite::memory:").await;
+    let db = crate::services::TempDb::new();
+    prune_scenario(&db.url).await;
+    drop(db);
+}
