@@ -6,8 +6,10 @@ use crate::bus::{Bus, MemoryBus, PresenceStore, RedisBus};
 use crate::config::Config;
 use crate::connect::{ConnectApi, StripeConnect};
 use crate::events::Events;
-use crate::events::endpoints::OwnAddresses;
+use crate::events::endpoints::{OwnAddresses, UrlPolicy};
 use crate::events::relay::Relay;
+use crate::events::resolver::SystemResolver;
+use crate::events::retention::Retention;
 use crate::events::sender::HttpSender;
 use crate::hub::{Hub, HubIo};
 use crate::metrics::Metrics;
@@ -154,13 +156,13 @@ impl AppState {
             public_url: Some(config.public_url()),
         };
         if config.events.deliver {
-            let sender = HttpSender::new(
-                std::time::Duration::from_millis(config.events.timeout_ms),
-                std::time::Duration::from_millis(config.events.connect_timeout_ms),
-                own.clone(),
-            );
+            let policy = UrlPolicy::new(own.clone(), &config.events);
+            let sender = HttpSender::new(&config.events, policy, Arc::new(SystemResolver));
             let relay = Arc::new(Relay::new(deps.outbox.clone(), Arc::new(sender), config.events.clone()));
             tracker.spawn(relay.run(shutdown.clone()));
+            if let Some(retention) = Retention::new(deps.outbox.clone(), &config.events) {
+                tracker.spawn(retention.run(shutdown.clone()));
+            }
         }
         let events = Arc::new(Events::new(deps.outbox, config.events.clone(), own));
         let outbox = Arc::new(crate::mail::outbox::Outbox::new(

@@ -173,9 +173,20 @@ pub struct EventsConfig {
     pub retry_for_ms: u64,
     /// Attempts one instance makes at once (each holds a connection for up to `timeout_ms`).
     pub max_in_flight: usize,
+    /// How long a delivery is kept after it ended (delivered, failed, canceled), with its
+    /// attempts, and an event after its last delivery is gone (default 30 days: long enough
+    /// to look into a month's disputes and to replay). 0: kept forever. A pending delivery is
+    /// never deleted: it is retried until `retry_for_ms` and only then ends.
+    pub retain_for_ms: u64,
+    /// How often an instance running the worker deletes what its retention is over.
+    pub prune_interval_ms: u64,
     /// Accept plain `http://` endpoints on hosts other than loopback. Off: event bodies carry
     /// payment details, which only travel over TLS.
     pub allow_http: bool,
+    /// Accept receivers on loopback (`127.0.0.0/8`, `::1`, `localhost`): the demo and the
+    /// tests run theirs on this machine. Off: a loopback receiver would be a request from
+    /// callpay to whatever else listens on its machine. callpay's own ports stay refused.
+    pub allow_loopback: bool,
     /// Most endpoints that may be registered.
     pub max_endpoints: usize,
 }
@@ -191,7 +202,10 @@ impl Default for EventsConfig {
             retry_max_interval_ms: 3_600_000,
             retry_for_ms: 3 * 24 * 3_600_000,
             max_in_flight: 8,
+            retain_for_ms: 30 * 24 * 3_600_000,
+            prune_interval_ms: 3_600_000,
             allow_http: false,
+            allow_loopback: false,
             max_endpoints: 16,
         }
     }
@@ -543,6 +557,9 @@ impl Config {
                 "EVENTS__TIMEOUT_MS",
                 "events.timeout_ms, connect_timeout_ms and retry_first_ms must be positive",
             );
+        }
+        if self.events.prune_interval_ms == 0 {
+            return invalid("events.prune_interval_ms", "EVENTS__PRUNE_INTERVAL_MS", "must be positive");
         }
         if !self.links.secret.is_empty() && self.links.secret.expose().len() < 32 {
             return invalid("links.secret", "LINKS__SECRET", "at least 32 bytes");

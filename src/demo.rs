@@ -245,6 +245,8 @@ async fn start_inner(
         None => "sqlite::memory:".into(),
     };
     use_simulator(&mut config, &sim, &webhook_secret);
+    // The demo's event receivers (and the tests') run on this machine.
+    config.events.allow_loopback = true;
     tweak(&mut config);
     config.validate_for_serve().context("demo configuration")?;
 

@@ -1,12 +1,16 @@
 //! Signed events for the platform (outbound webhooks). Payment and clinic changes are written
 //! to the outbox in the transaction that stores them ([`catalogue`]); a worker per instance
-//! ([`relay`]) signs ([`signature`]) and POSTs them ([`sender`]) to the endpoints the platform
-//! operator registered, whose URLs [`endpoints`] checks. [`Events`] holds the operator's rules:
-//! registering, changing and deleting endpoints, reading deliveries, replaying one.
+//! ([`relay`]) signs ([`signature`]) and POSTs them ([`sender`], resolving names through
+//! [`resolver`]) to the endpoints the platform operator registered, whose URLs and addresses
+//! [`endpoints`] checks; [`retention`] deletes what ended long enough ago. [`Events`] holds the
+//! operator's rules: registering, changing and deleting endpoints, reading deliveries,
+//! replaying one.
 
 pub mod catalogue;
 pub mod endpoints;
 pub mod relay;
+pub mod resolver;
+pub mod retention;
 pub mod sender;
 pub mod signature;
 
@@ -14,7 +18,7 @@ use crate::config::{EventsConfig, Secret};
 use crate::store::outbox::{Attempt, Delivery, EndpointChange, EventEndpoint, Outbox};
 use crate::store::{OutboxEvent, StoreError, now_ms};
 use catalogue::EventType;
-use endpoints::{OwnAddresses, Refused, check_url};
+use endpoints::{OwnAddresses, Refused, UrlPolicy, check_url};
 use std::sync::Arc;
 
 /// Longest endpoint description, in characters.
@@ -87,13 +91,14 @@ pub struct EndpointRequest {
 pub struct Events {
     outbox: Arc<dyn Outbox>,
     cfg: EventsConfig,
-    own: OwnAddresses,
+    policy: UrlPolicy,
 }
 
 impl Events {
     /// The service over `outbox`; `own` is where callpay itself listens (never a receiver).
     pub fn new(outbox: Arc<dyn Outbox>, cfg: EventsConfig, own: OwnAddresses) -> Self {
-        Self { outbox, cfg, own }
+        let policy = UrlPolicy::new(own, &cfg);
+        Self { outbox, cfg, policy }
     }
 
     /// The outbox (for reads the API shows as they are, and for more instances on it).
@@ -102,7 +107,7 @@ impl Events {
     }
 
     fn url(&self, raw: &str) -> Result<String, EventsError> {
-        Ok(check_url(raw, &self.own, self.cfg.allow_http)?.to_string())
+        Ok(check_url(raw, &self.policy)?.to_string())
     }
 
     fn types(names: &[String]) -> Result<Vec<String>, EventsError> {

@@ -155,6 +155,8 @@ mod tests {
             retry_first_ms: 1_000,
             retry_max_interval_ms: 60_000,
             retry_for_ms: 3_600_000,
+            // The tests' endpoints are on loopback.
+            allow_loopback: true,
             ..EventsConfig::default()
         }
     }
@@ -230,6 +232,32 @@ mod tests {
             assert!(signature::verify(&secret, sig, &r.body, crate::auth::now_secs() as i64), "{sig}");
         }
         assert_eq!(store.attempts(&first.id).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_whose_event_is_gone_ends_canceled_instead_of_being_claimed_again() {
+        let sender = Arc::new(MemorySender::default());
+        let (store, events, relay) = relay_with(sender.clone()).await;
+        let request = EndpointRequest { url: Some("http://127.0.0.1:9/hook".into()), ..EndpointRequest::default() };
+        let (endpoint, _) = events.create_endpoint(request, "op").await.unwrap();
+        let before = Payment { id: "pay_gone".into(), ..Payment::default() };
+        store
+            .commit(&catalogue::payment_writes(&before, &Payment { status: S::Requested, ..before.clone() }))
+            .await
+            .unwrap();
+        // The event pruned while a replay of it was being queued (the only way a delivery
+        // outlives its event).
+        sqlx::query("DELETE FROM outbound_events").execute(&store.pool_for_tests()).await.unwrap();
+        assert_eq!(step(&relay).await, 0, "nothing to send");
+        let list = store.deliveries(&endpoint.id, None, 10, None).await.unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].status.as_str(), list[0].last_error.as_deref()),
+            ("canceled", Some("its event or endpoint no longer exists"))
+        );
+        sqlx_due_now(&store).await;
+        assert_eq!(step(&relay).await, 0);
+        assert!(sender.sent().is_empty());
     }
 
     async fn sqlx_due_now(store: &SqlStore) {

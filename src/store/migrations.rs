@@ -278,4 +278,15 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "ALTER TABLE receipt_outbox ADD COLUMN claim_token TEXT",
         ],
     ),
+    (
+        13,
+        "retention of outbound events: indexes for the prune",
+        &[
+            // Deliveries that ended (delivered, failed, canceled), oldest end first.
+            "CREATE INDEX IF NOT EXISTS event_deliveries_ended ON event_deliveries (status, updated_at)",
+            // Whether an event still has a delivery (it is deleted only when none is left).
+            "CREATE INDEX IF NOT EXISTS event_deliveries_event ON event_deliveries (event_id)",
+            "CREATE INDEX IF NOT EXISTS outbound_events_created ON outbound_events (created_at)",
+        ],
+    ),
 ];

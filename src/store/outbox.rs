@@ -5,7 +5,7 @@
 //! outcomes, which several instances share through one database.
 
 use super::StoreResult;
-use super::sql::{SqlStore, Tx};
+use super::sql::{IN_LIST_MAX, SqlStore, Tx, placeholders};
 use crate::config::Secret;
 use async_trait::async_trait;
 use sqlx::any::AnyRow;
@@ -146,6 +146,24 @@ pub enum Settle {
     GiveUp,
 }
 
+/// What one prune deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Deliveries that had ended.
+    pub deliveries: u64,
+    /// Their attempts.
+    pub attempts: u64,
+    /// Events no delivery needed any more.
+    pub events: u64,
+}
+
+impl Pruned {
+    /// Whether nothing was deleted.
+    pub fn is_empty(&self) -> bool {
+        *self == Pruned::default()
+    }
+}
+
 /// The delivery side of the outbox.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
@@ -191,6 +209,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// due at `now` and outside the event's order; `None` if there is no such delivery or its
     /// endpoint is gone.
     async fn replay(&self, id: &str, new_id: &str, now: i64) -> StoreResult<Option<Delivery>>;
+    /// Deletes up to `limit` deliveries that ended (`delivered`, `failed`, `canceled`) before
+    /// `before` (Unix ms), oldest end first, with their attempts; then up to `limit` events
+    /// created before `before` that no delivery refers to any more. A pending delivery, and so
+    /// its event, is never deleted, however old.
+    async fn prune(&self, before: i64, limit: usize) -> StoreResult<Pruned>;
 }
 
 /// Endpoints' event types as stored: `,a,b,` (so one `LIKE '%,a,%'` finds a subscriber), or
@@ -395,7 +418,19 @@ impl Outbox for SqlStore {
             .fetch_optional(&self.pool)
             .await?;
             let Some(target) = target else {
-                // Deleted meanwhile: its deliveries are canceled by the delete.
+                // Its endpoint was deleted meanwhile (which cancels its deliveries), or its event
+                // was pruned while a replay of it was being queued: nothing can be sent, so it
+                // ends here instead of being claimed again at every lease's end.
+                sqlx::query(
+                    "UPDATE event_deliveries SET status = 'canceled', lease_until = NULL, lease_token = NULL, \
+                     last_error = 'its event or endpoint no longer exists', updated_at = $1 \
+                     WHERE id = $2 AND lease_token = $3 AND status = 'pending'",
+                )
+                .bind(super::now_ms())
+                .bind(&delivery.id)
+                .bind(&token)
+                .execute(&self.pool)
+                .await?;
                 continue;
             };
             claimed.push(Claimed {
@@ -522,6 +557,64 @@ impl Outbox for SqlStore {
         }
         self.delivery(new_id).await
     }
+
+    async fn prune(&self, before: i64, limit: usize) -> StoreResult<Pruned> {
+        // Bounded by the longest IN list, so each statement is short. No transaction around
+        // them: each delete stands alone (attempts deleted without their delivery are
+        // finished by the next prune), and a prune with nothing to do only reads, so that
+        // the one at every start-up never holds SQLite's write lock against the worker.
+        let limit = i64::try_from(limit.clamp(1, IN_LIST_MAX)).unwrap_or(1);
+        let ended: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM event_deliveries WHERE status IN ('delivered', 'failed', 'canceled') AND updated_at < $1 \
+             ORDER BY updated_at, id LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pruned = Pruned::default();
+        if !ended.is_empty() {
+            let list = placeholders(ended.len());
+            let sql = format!("DELETE FROM event_attempts WHERE delivery_id IN ({list})");
+            pruned.attempts =
+                bind_all(sqlx::query(AssertSqlSafe(sql)), &ended).execute(&self.pool).await?.rows_affected();
+            // `status <> 'pending'` again: nothing turns an ended delivery back to pending, and
+            // this keeps it so should anything ever do.
+            let sql = format!("DELETE FROM event_deliveries WHERE id IN ({list}) AND status <> 'pending'");
+            pruned.deliveries =
+                bind_all(sqlx::query(AssertSqlSafe(sql)), &ended).execute(&self.pool).await?.rows_affected();
+        }
+        let unneeded: Vec<String> = sqlx::query_scalar(
+            "SELECT e.id FROM outbound_events e WHERE e.created_at < $1 \
+             AND NOT EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_id = e.id) ORDER BY e.created_at, e.id LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        if !unneeded.is_empty() {
+            // Checked again as it is deleted: a replay may have queued a delivery of it since.
+            let sql = format!(
+                "DELETE FROM outbound_events WHERE id IN ({}) \
+                 AND NOT EXISTS (SELECT 1 FROM event_deliveries d WHERE d.event_id = outbound_events.id)",
+                placeholders(unneeded.len())
+            );
+            pruned.events =
+                bind_all(sqlx::query(AssertSqlSafe(sql)), &unneeded).execute(&self.pool).await?.rows_affected();
+        }
+        Ok(pruned)
+    }
+}
+
+/// `query` with each of `values` bound in turn.
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    values: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for v in values {
+        query = query.bind(v);
+    }
+    query
 }
 
 #[cfg(test)]

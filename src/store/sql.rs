@@ -238,7 +238,7 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
 /// parameters and SQLite's default limit is 32,766; lists longer than this are read in chunks.
 pub const IN_LIST_MAX: usize = 1000;
 
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
