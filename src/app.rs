@@ -157,6 +157,7 @@ impl AppState {
         };
         if config.events.deliver {
             let policy = UrlPolicy::new(own.clone(), &config.events);
+            tracker.spawn(crate::events::endpoints::warn_refused_endpoints(deps.outbox.clone(), policy.clone()));
             let sender = HttpSender::new(&config.events, policy, Arc::new(SystemResolver));
             let relay = Arc::new(Relay::new(deps.outbox.clone(), Arc::new(sender), config.events.clone()));
             tracker.spawn(relay.run(shutdown.clone()));

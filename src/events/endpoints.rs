@@ -67,7 +67,11 @@ pub enum Special {
     Multicast,
     /// `255.255.255.255`.
     Broadcast,
-    /// `240.0.0.0/4`, and the deprecated IPv4-compatible IPv6 addresses (`::a.b.c.d`).
+    /// `240.0.0.0/4`; `198.18.0.0/15` (benchmarking, and what fake-IP DNS proxies hand out, so
+    /// a checked address could still be proxied anywhere); `192.0.0.0/24` (protocol
+    /// assignments); the deprecated IPv4-compatible IPv6 addresses (`::a.b.c.d`); NAT64's
+    /// local-use `64:ff9b:1::/48` (its IPv4 address may sit anywhere in it, so no one place can
+    /// be checked); Teredo `2001::/32` (it tunnels to an IPv4 address); discard-only `100::/64`.
     Reserved,
 }
 
@@ -90,7 +94,7 @@ impl std::fmt::Display for Special {
 }
 
 /// What kind of special address `ip` is, if any. An IPv4 address inside an IPv6 one
-/// (IPv4-mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and `64:ff9b:1::/48`, 6to4
+/// (IPv4-mapped `::ffff:a.b.c.d`, SIIT's `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4
 /// `2002:aabb:ccdd::`) is what it carries: those reach the IPv4 address through the host's
 /// stack or a translator.
 pub fn classify(ip: IpAddr) -> Option<Special> {
@@ -112,6 +116,8 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Special> {
         _ if ip.is_multicast() => Special::Multicast,
         _ if ip.is_broadcast() => Special::Broadcast,
         _ if a >= 240 => Special::Reserved,
+        _ if a == 198 && (b & 0xfe) == 18 => Special::Reserved,
+        _ if a == 192 && b == 0 && ip.octets()[2] == 0 => Special::Reserved,
         _ => return None,
     })
 }
@@ -126,7 +132,8 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Special> {
         _ if ip.is_unspecified() => Special::Unspecified,
         _ if ip.is_loopback() => Special::Loopback,
         [0, 0, 0, 0, 0, 0, _, _] => Special::Reserved,
-        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => return classify_v4(low_v4),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => return classify_v4(low_v4),
+        [0x64, 0xff9b, 1, ..] | [0x2001, 0, ..] | [0x100, 0, 0, 0, ..] => Special::Reserved,
         [0x2002, hi, lo, ..] => return classify_v4(Ipv4Addr::from(u32::from(hi) << 16 | u32::from(lo))),
         [first, ..] if first & 0xfe00 == 0xfc00 => Special::UniqueLocal,
         [first, ..] if first & 0xffc0 == 0xfe80 => Special::LinkLocal,
@@ -267,6 +274,37 @@ pub fn check_address(addr: SocketAddr, policy: &UrlPolicy) -> Result<(), Refused
     }
 }
 
+/// The stored endpoints `policy` refuses now, with why: an endpoint registered under older
+/// rules (which accepted private and loopback receivers) stays stored, but every attempt to it
+/// is refused. Listed so an operator hears of it at start rather than from failed deliveries.
+pub async fn refused_endpoints(
+    outbox: &dyn crate::store::outbox::Outbox,
+    policy: &UrlPolicy,
+) -> crate::store::StoreResult<Vec<(String, String, Refused)>> {
+    let mut refused = Vec::new();
+    for e in outbox.endpoints().await? {
+        // A literal address or `localhost` is judged here; a name where it resolves, at each attempt.
+        if let Err(why) = check_url(&e.url, policy) {
+            refused.push((e.id, e.url, why));
+        }
+    }
+    Ok(refused)
+}
+
+/// Logs an error for each stored endpoint [`refused_endpoints`] finds (run once when the
+/// delivery worker starts).
+pub async fn warn_refused_endpoints(outbox: std::sync::Arc<dyn crate::store::outbox::Outbox>, policy: UrlPolicy) {
+    match refused_endpoints(outbox.as_ref(), &policy).await {
+        Ok(refused) => {
+            for (id, url, why) in refused {
+                tracing::error!(endpoint = %id, url, reason = %why, code = why.code(),
+                    "event endpoint refused by the address rules: its deliveries will fail until it points at a public address");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the event endpoints to check them"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +396,40 @@ mod tests {
         assert_eq!(check_address("203.0.113.7:8443".parse().unwrap(), &public), Ok(()));
     }
 
+    #[tokio::test]
+    async fn endpoints_stored_under_older_rules_are_listed_with_why() {
+        use crate::store::outbox::{EventEndpoint, Outbox};
+        let store = crate::store::SqlStore::connect("sqlite::memory:").await.unwrap();
+        for (id, url) in [
+            ("we_private", "https://10.0.0.7/hook"),
+            ("we_loopback", "http://127.0.0.1:9000/hook"),
+            ("we_public", "https://billing.example.com/hook"),
+            ("we_public_ip", "https://8.8.8.8/hook"),
+        ] {
+            let e = EventEndpoint {
+                id: id.into(),
+                url: url.into(),
+                secret: crate::config::Secret::new("whsec_test_0123456789abcdef"),
+                description: String::new(),
+                enabled: true,
+                event_types: Vec::new(),
+                created_by: "adm".into(),
+                created_at: 1,
+                updated_at: 1,
+            };
+            assert!(store.insert_endpoint(&e, 16).await.unwrap());
+        }
+        let mut refused = refused_endpoints(&store, &policy(false)).await.unwrap();
+        refused.sort_by(|a, b| b.0.cmp(&a.0));
+        let found: Vec<(&str, &str)> = refused.iter().map(|(id, _, why)| (id.as_str(), why.code())).collect();
+        assert_eq!(found, [("we_private", "url_address_not_allowed"), ("we_loopback", "url_address_not_allowed")]);
+        assert_eq!(refused[0].2, Refused::Address(Special::Private));
+        // With loopback receivers allowed, only the private one is left.
+        let refused = refused_endpoints(&store, &policy(true)).await.unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].0, "we_private");
+    }
+
     #[test]
     fn each_special_range_is_classified_as_its_kind() {
         let cases = [
@@ -374,7 +446,14 @@ mod tests {
             ("192.168.255.255", Special::Private),
             ("::ffff:10.1.2.3", Special::Private),
             ("64:ff9b::c0a8:101", Special::Private),
-            ("64:ff9b:1::c0a8:101", Special::Private),
+            ("64:ff9b:1::c0a8:101", Special::Reserved),
+            ("64:ff9b:1:abcd::808:808", Special::Reserved),
+            ("::ffff:0:a00:1", Special::Private),
+            ("198.18.0.0", Special::Reserved),
+            ("198.19.255.255", Special::Reserved),
+            ("192.0.0.8", Special::Reserved),
+            ("2001:0:4136:e378::1", Special::Reserved),
+            ("100::1", Special::Reserved),
             ("2002:ac10:1::", Special::Private),
             ("100.64.0.0", Special::SharedNat),
             ("100.127.255.255", Special::SharedNat),
@@ -413,6 +492,11 @@ mod tests {
             "fbff:ffff::1",
             "fe7f::1",
             "2001:db8::1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "192.0.1.1",
+            "2001:4860::8888",
+            "100:0:0:1::1",
         ] {
             assert_eq!(classify(ip.parse().unwrap()), None, "{ip}");
         }
