@@ -99,12 +99,16 @@ async function startPaying(p) {
 async function waitForConfirmation() {
   // Stripe.js is done: the hub reads the PaymentIntent now, so the clinic's panel and records
   // hear of it at once; the page then shows what the hub stored.
+  // Bound to the link it was started for: if the address moves to another link meanwhile, the
+  // new link's page is that link's own, and this wait must neither poll it nor touch its form.
+  const gen = generation;
   let got = await load('POST', '/v1/pay-link/submitted');
   for (let i = 0; i < CONFIRM_POLLS && got.view && got.view.state !== 'paid' && got.view.payment.status !== 'failed'; i += 1) {
     await new Promise((r) => setTimeout(r, 1000));
+    if (gen !== generation) return;
     got = await load();
   }
-  if (got.stale) return;
+  if (got.stale || gen !== generation) return;
   pay.waiting = false;
   const failed = got.view && got.view.payment.status === 'failed';
   if (failed && pay.form) pay.form.showError(t('patient.declined', { reason: decline(got.view.payment.failure) }));

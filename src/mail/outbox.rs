@@ -19,9 +19,13 @@ use tokio_util::sync::CancellationToken;
 const BATCH: i64 = 20;
 /// callpay itself, as the actor of what the outbox does.
 const SYSTEM: Actor<'static> = Actor { id: "callpay", name: "callpay", role: "system" };
-/// What a claim's lease adds to twice the attempt's bound: time to write the outcome (one store
-/// round trip) and for the instances' clocks, which compare the lease, to differ a little.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// What a claim's lease adds to twice the attempt's bound: time to write the outcome (up to
+/// [`FINISH_TRIES`] store round trips, each of which may wait for a pool connection) and for
+/// the instances' clocks, which compare the lease, to differ by a few seconds.
+const LEASE_MARGIN: Duration = Duration::from_secs(15);
+/// Writes of one attempt's outcome before it is given up: a lost "sent" would let the lease
+/// lapse and another instance send the receipt again.
+const FINISH_TRIES: u32 = 3;
 
 /// The receipt sender.
 pub struct Outbox {
@@ -113,7 +117,31 @@ impl Outbox {
                         format!("no answer within receipts.timeout_ms ({} ms); ended", self.cfg.timeout_ms),
                     ),
                 };
-            if self.store.finish_receipt(&job.payment_id, &claim, &outcome, now_ms()).await? {
+            let mut finished = Err(None);
+            for tries in 1..=FINISH_TRIES {
+                match self.store.finish_receipt(&job.payment_id, &claim, &outcome, now_ms()).await {
+                    Ok(held) => {
+                        finished = Ok(held);
+                        break;
+                    }
+                    Err(e) if tries < FINISH_TRIES => {
+                        tracing::warn!(error = %e, payment_id = %job.payment_id, "receipt outcome not stored; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        finished = Err(Some(e));
+                    }
+                    Err(e) => finished = Err(Some(e)),
+                }
+            }
+            let held = match finished {
+                Ok(held) => held,
+                Err(e) => {
+                    // The rest of the batch still goes out; this one is tried again when its
+                    // lease lapses (a copy too many if it was sent: the store left no choice).
+                    tracing::error!(error = ?e, payment_id = %job.payment_id, outcome = ?outcome, "receipt outcome could not be stored");
+                    continue;
+                }
+            };
+            if held {
                 self.record(&job, &outcome, attempt).await;
             } else {
                 // Only if this instance stalled past its lease (the attempt itself is bounded

@@ -169,7 +169,8 @@ impl Payments {
     /// instance because it died between its commit and its publish, reaches the room here
     /// within one sweep period), then checks with Stripe the payments that have waited longer
     /// than `payments.verify_after_ms` and whose backoff allows it: at most [`PER_SWEEP`], at
-    /// most [`SWEEP_CONCURRENCY`] at a time, each within [`CHECK_TIMEOUT`].
+    /// most [`SWEEP_CONCURRENCY`] at a time, each within [`CHECK_TIMEOUT`]. The waiting calls
+    /// are read [`SWEEP_CHUNK`] at a time, spread over the first quarter of the sweep period.
     pub async fn sweep(&self) {
         self.verify_gate.prune();
         self.resend_unsent_refunds().await;
@@ -195,8 +196,10 @@ impl Payments {
             let read = match self.store.payments_for_calls(chunk).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot sweep waiting payments: store unavailable");
-                    return;
+                    // The other chunks are still reconciled and their due payments checked;
+                    // this one's calls come round at the next sweep.
+                    tracing::warn!(error = %e, calls = chunk.len(), "cannot sweep some waiting payments: store unavailable");
+                    continue;
                 }
             };
             let mut by_call: HashMap<&str, Vec<crate::store::Payment>> = HashMap::new();

@@ -104,14 +104,6 @@ async fn a_link_pays_the_same_intent_outside_the_call_and_the_clinician_hears_it
     let (s, after) = hub.link_api("POST", "/v1/pay-link/submitted", token, None).await;
     assert_eq!(s, 200, "{after}");
     assert_eq!(after["state"], "paid", "the hub read the PaymentIntent when the page said it finished: {after}");
-    let deliveries = hub.sim_control("GET", "/_sim/deliveries", Value::Null).await;
-    let paid_events = deliveries["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["event_type"] == "payment_intent.succeeded" || d["event_type"] == "charge.succeeded")
-        .count();
-    assert_eq!(paid_events, 0, "no webhook told the hub: {deliveries}");
     assert_eq!(after["payment"]["receipt_email"], "s•••@example.com");
 
     // The clinician's panel hears it once, through the room's usual payment.confirmed.
