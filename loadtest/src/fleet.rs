@@ -56,8 +56,10 @@ const QUEUE: usize = 64;
 /// What one side of a call is doing now.
 #[derive(Default)]
 struct Side {
-    /// `welcome`s received so far: a frame sent under one epoch and not delivered by the next is
-    /// cut by the reconnect, not lost.
+    /// `welcome`s received and connections ended so far: a frame sent under one epoch and not
+    /// delivered by the next was cut by the close (or the reconnect), not lost. Counting the
+    /// close too matters when the rejoin takes longer than [`JUDGE_AFTER`] (a shed join waits
+    /// its retry): a frame to a socket that is down is not lost by the hub.
     epoch: AtomicU32,
     live: AtomicBool,
     tx: Mutex<Option<mpsc::Sender<Cmd>>>,
@@ -412,6 +414,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
         }
         if !ok {
             side.live.store(false, Ordering::Release);
+            side.epoch.fetch_add(1, Ordering::AcqRel);
             *side.tx.lock().unwrap() = None;
             withdraw_unwritten(&fleet, &call, &mut rx, 0);
             fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +512,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             }
         }
         side.live.store(false, Ordering::Release);
+        side.epoch.fetch_add(1, Ordering::AcqRel);
         // No frame can be queued for this socket once its sender is gone; those already queued
         // are never written.
         *side.tx.lock().unwrap() = None;
@@ -659,8 +663,9 @@ pub async fn worker() -> anyhow::Result<()> {
         }
         asked = (asked + 200).min(count);
         // A request the hub refused (a busy store answers `internal`: nothing saved) is asked
-        // again, as a clinician would, once every pass is through and a second has gone by.
-        if asked == count && round.elapsed() > Duration::from_secs(1) {
+        // again, as a clinician would, once every pass is through and a few seconds have gone
+        // by (sooner, thousands of repeats keep the store as busy as the first wave did).
+        if asked == count && round.elapsed() > Duration::from_secs(5) {
             round = Instant::now();
             for c in fleet.calls.iter().filter(|c| c.relay_payment.get().is_none()) {
                 c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
