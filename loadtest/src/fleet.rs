@@ -275,6 +275,13 @@ impl Fleet {
         let Some(stage) = stage_index(stage) else { return };
         let now = call.epochs();
         let mut inflight = call.inflight.lock().unwrap();
+        // Frames sent before the clinician's socket last closed went to that socket or nowhere:
+        // never to this one. Cut them first, so a frame of the same stage that did arrive is not
+        // matched to one of them (that shifted every later match on the call by one).
+        while inflight.front().is_some_and(|s| s.epochs.0 != now.0) {
+            inflight.pop_front();
+            self.counters.cut.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(pos) = inflight.iter().position(|s| s.stage == stage) else {
             self.counters.unexpected.fetch_add(1, Ordering::Relaxed);
             return;
@@ -568,11 +575,7 @@ fn relay_one(fleet: &Fleet, k: u64) {
             continue;
         }
         let seq = call.sent.fetch_add(1, Ordering::Relaxed);
-        // A pseudo-random stage rather than alternating ones: frames are matched to their
-        // clinician by stage, and with a period of two an even number of frames missing in a
-        // row would shift every later match on the call for good; a random run re-aligns within
-        // a few frames.
-        let stage = (seq.wrapping_add(k).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61) as usize % STAGES.len();
+        let stage = (seq % STAGES.len() as u64) as usize;
         let frame = json!({"type": "payment.progress", "payment_id": payment, "stage": STAGES[stage]});
         let mut inflight = call.inflight.lock().unwrap();
         inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs() });
