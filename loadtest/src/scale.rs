@@ -513,6 +513,7 @@ async fn finish(run: &mut Run, workers: &mut [Worker], cluster: &Cluster, plan: 
         "notices_missing": sum("notices_missing"), "notices_twice": sum("notices_twice"),
         "confirmations_twice": sum("confirmations_twice"),
         "not_paid_examples": run.done.iter().flat_map(|d| d["payments_not_paid_examples"].as_array().cloned().unwrap_or_default()).take(5).collect::<Vec<_>>(),
+        "notices_missing_examples": run.done.iter().flat_map(|d| d["notices_missing_examples"].as_array().cloned().unwrap_or_default()).take(5).collect::<Vec<_>>(),
     });
     Ok(payments)
 }
@@ -643,7 +644,7 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
         .map(|(what, n)| format!("{}: {}", what, n.unwrap_or(0)))
         .collect();
     if !bad.is_empty() {
-        bail!("{}: {}", plan.scenario, bad.join(", "));
+        bail!("{}: {} (examples: {})", plan.scenario, bad.join(", "), p["notices_missing_examples"]);
     }
     Ok(report)
 }

@@ -34,3 +34,36 @@ test('any other close backs off exponentially with jitter', () => {
   assert.equal(reconnectDelay(1006, '', 30, () => 1).wait, 10000, 'capped');
   assert.equal(reconnectDelay(4008, '', 0, () => 0).wait, 250, 'half the step at the least');
 });
+
+test('a clinician whose request was paid while it was away still gets the "payment received" notice', async () => {
+  const { CallpayClient } = await import('../../web/sdk/callpay.js');
+  const events = [];
+  const client = new CallpayClient({ hubUrl: 'http://hub.test', callId: 'c1', token: 't', on: (e, d) => events.push([e, d]) });
+  // Asked while the socket was down (or dropped before the hub's answer arrived): pending.
+  const ref = client.request({ amount: 5000, description: 'Consult' });
+  assert.ok(client.isPending(ref));
+  const paid = { payment_id: 'pay_1', client_ref: ref, status: 'succeeded', version: 3, amount: 5000, currency: 'aud' };
+  const welcome = { type: 'welcome', you: {}, participants: [], payments_available: true, payments: [paid] };
+  client.handle(welcome);
+  assert.ok(!client.isPending(ref), 'the welcome answers the request');
+  const notices = events.filter(([e]) => e === 'confirmed');
+  assert.equal(notices.length, 1, 'one notice for the request the page made');
+  assert.equal(notices[0][1].payment_id, 'pay_1');
+  // Once per payment: the next welcome repeats nothing.
+  client.handle(welcome);
+  assert.equal(events.filter(([e]) => e === 'confirmed').length, 1);
+  // A payment this page never asked for nor saw unpaid (a page opened after it was paid):
+  // no notice, as before.
+  client.handle({ ...welcome, payments: [paid, { ...paid, payment_id: 'pay_2', client_ref: 'other' }] });
+  assert.equal(events.filter(([e]) => e === 'confirmed').length, 1);
+});
+
+test('a request answered by a payment.sync that shows it paid gives the notice', async () => {
+  const { CallpayClient } = await import('../../web/sdk/callpay.js');
+  const events = [];
+  const client = new CallpayClient({ hubUrl: 'http://hub.test', callId: 'c1', token: 't', on: (e, d) => events.push([e, d]) });
+  const ref = client.request({ amount: 5000, description: 'Consult' });
+  const paid = { payment_id: 'pay_1', client_ref: ref, status: 'succeeded', version: 3 };
+  client.handle({ type: 'payment.sync', payments: [paid], confirmed: ['pay_1'] });
+  assert.deepEqual(events.filter(([e]) => e === 'confirmed').map(([, p]) => p.payment_id), ['pay_1']);
+});

@@ -127,9 +127,16 @@ export class CallpayClient {
     return this.pending.has(clientRef);
   }
 
-  /** Forgets a pending request once the hub has answered it. */
+  /**
+   * Forgets a pending request once the hub has answered it. A payment that answers this page's
+   * own request counts as seen unpaid, whatever its status now: the page asked for it, so when
+   * it was paid before the answer arrived (the socket dropped in between) the clinician still
+   * gets the "payment received" notice.
+   */
   settle(clientRef, outcome) {
-    if (clientRef && this.pending.delete(clientRef)) this.on('request', { client_ref: clientRef, ...outcome });
+    if (!clientRef || !this.pending.delete(clientRef)) return;
+    if (outcome.payment) this.sawUnpaid.add(outcome.payment.payment_id);
+    this.on('request', { client_ref: clientRef, ...outcome });
   }
 
   /** Clinician: cancel an unpaid request. */
@@ -213,6 +220,7 @@ export class CallpayClient {
         break;
       }
       case 'payment.confirmed':
+        this.settle(frame.payment.client_ref, { payment: frame.payment });
         this.keep(frame.payment);
         this.on('payment', frame.payment);
         this.notify(frame.payment);
