@@ -85,6 +85,13 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
     for o in opening {
         clients.push(o.await??);
     }
+    // The store's background rate with every socket settled (presence upkeep, the verify
+    // sweep), so the storm's own transactions can be told from it.
+    let db = hub.db.clone().context("a cluster has a database")?;
+    let (quiet, quiet_for) = (crate::pg_transactions(&db)?, Duration::from_secs(4));
+    tokio::time::sleep(quiet_for).await;
+    let before = crate::pg_transactions(&db)?;
+    let background_per_sec = (before - quiet) as f64 / quiet_for.as_secs_f64();
     eprintln!("drain: {sockets} sockets on instance 0 of {nodes}; sending SIGTERM");
     let counts = Arc::new(Counts::default());
     let spread_said = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -148,8 +155,20 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
             None => lost += 1,
         }
     }
+    // Let the backends report their last counts (at most once a second, when idle).
+    let storm = drained_at.elapsed() + Duration::from_secs(2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = crate::pg_transactions(&db)? - before;
+    let joins = kept.len().max(1) as f64;
+    let storm_transactions = (during as f64 - background_per_sec * storm.as_secs_f64()).max(0.0);
     let ms = |q: f64| times.value_at_quantile(q);
     let report = json!({
+        "store_transactions": {
+            "during_storm": during, "background_per_sec": background_per_sec.round(),
+            "per_join": (storm_transactions / joins * 100.0).round() / 100.0,
+            "per_join_attempt": (storm_transactions / counts.attempts.load(Ordering::Relaxed).max(1) as f64 * 100.0).round() / 100.0,
+            "how": "pg_stat_database xact_commit + xact_rollback: one per statement outside a transaction, one per transaction; the background rate before SIGTERM taken off",
+        },
         "scenario": "drain",
         "nodes": nodes,
         "sockets": sockets,

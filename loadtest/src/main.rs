@@ -122,6 +122,19 @@ fn psql(sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// PostgreSQL transactions ended in `db` so far (`xact_commit + xact_rollback` of
+/// `pg_stat_database`): each statement outside an explicit transaction is one, and so is each
+/// explicit transaction. Backends report their counts when idle, at most once a second, so a
+/// reading taken within a second or two of the work undercounts it.
+fn pg_transactions(db: &str) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("psql")
+        .args([PG_ADMIN, "-At", "-c"])
+        .arg(format!("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "psql failed reading pg_stat_database");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
 impl Drop for Hub {
     fn drop(&mut self) {
         for c in &mut self.children {
