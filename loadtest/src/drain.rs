@@ -2,7 +2,7 @@
 //! instances on a fresh PostgreSQL database and Redis; `--sockets` clients (half clinicians,
 //! half patients, one call per pair) all on instance 0; instance 0 gets SIGTERM. Each client
 //! does what the SDK does (`web/sdk/callpay.js`): after `4012` it waits a random moment within
-//! the spread the reason names, after `4013` between half and one and a half times the retry time, after a
+//! the spread the reason names, after `4013` at the retry time give or take half a second, after a
 //! refused connection the SDK's backoff; then joins the next live instance (a balancer's round
 //! robin). Reported: how long until each client has its `welcome` again (p50, p99, max), the
 //! joins shed with `4013`, the connections refused, and the spread the node asked for. No

@@ -208,7 +208,10 @@ pub fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
     let backoff = (500.0 * 2f64.powi(attempt.min(5) as i32)).min(10_000.0) * (0.5 + r / 2.0);
     let ms = match code {
         4012 if attempt == 0 => r * said("within ").unwrap_or(100).clamp(100, 60_000) as f64,
-        4013 => (said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64 * (0.5 + r)).min(60_000.0),
+        4013 => {
+            let retry = said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64;
+            (retry + (r - 0.5) * retry.min(1_000.0)).min(60_000.0)
+        }
         _ => backoff,
     };
     Duration::from_millis(ms as u64)

@@ -17,12 +17,19 @@ test('a drained node\'s clients reconnect spread over the window it gives, not a
   assert.ok(reconnectDelay(4012, 'hub node stopping; reconnect now', 0, () => 0.999).wait < 100);
 });
 
-test('a shed join retries around the time the hub gives, with jitter, and counts as an attempt', () => {
+test('a shed join retries at its place in the hub\'s line, give or take half a second, and counts as an attempt', () => {
   const reason = 'hub busy admitting joins; retry in 1200 ms';
-  assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0), { wait: 600, failed: true });
+  assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0), { wait: 700, failed: true });
   assert.deepEqual(reconnectDelay(4013, reason, 0, () => 0.5), { wait: 1200, failed: true });
+  assert.deepEqual(reconnectDelay(4013, reason, 0, () => 1), { wait: 1700, failed: true });
+  // A late place keeps its order: a 10 s place is not spread over 5-15 s.
+  const late = 'hub busy admitting joins; retry in 10000 ms';
+  assert.equal(reconnectDelay(4013, late, 0, () => 0).wait, 9500);
+  assert.equal(reconnectDelay(4013, late, 0, () => 1).wait, 10500);
+  // A short retry is spread by at most half itself.
+  assert.equal(reconnectDelay(4013, 'retry in 200 ms', 0, () => 0).wait, 100);
   // A hub's absurd figures are bounded: at most a minute in all, at least a tenth of a second.
-  assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0).wait, 30000);
+  assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0).wait, 59500);
   assert.equal(reconnectDelay(4013, 'retry in 99999999 ms', 0, () => 0.999).wait, 60000);
   assert.equal(reconnectDelay(4013, 'retry in 0 ms', 0, () => 0).wait, 50);
   assert.ok(reconnectDelay(4012, 'reconnect within 0 ms', 0, () => 0.999).wait <= 100);

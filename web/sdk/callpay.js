@@ -9,14 +9,19 @@ const RESTART_JITTER_MS = 100;
 /** Bounds on the waits a hub asks for. */
 const MIN_WAIT_MS = 100;
 const MAX_WAIT_MS = 60000;
+/** The widest spread around the retry time a shed join (4013) is given. */
+const RETRY_JITTER_MS = 1000;
 
 /**
  * How long to wait before reconnecting after a close, in ms, and whether it counts as a failed
  * attempt (which lengthens the next backoff).
  * - 4012 (the node is stopping): at a random moment within the spread its reason gives
  *   (`reconnect within N ms`), so a drained node's clients reach the others paced.
- * - 4013 (the hub is admitting as many joins as it can): around the time its reason gives
- *   (`retry in N ms`): between half of it and one and a half times it.
+ * - 4013 (the hub is admitting as many joins as it can): at the time its reason gives
+ *   (`retry in N ms`), give or take half a second at most. The time is this client's place in
+ *   the line of joins the hub turned away, which it paces at the rate it admits; a jitter in
+ *   proportion to it (half to one and a half times, before) spread a 10 s place over 5-15 s,
+ *   and the drain's last clients came back at 15 s.
  * - anything else: exponential backoff with jitter.
  */
 export function reconnectDelay(code, reason, attempt, random = Math.random) {
@@ -35,7 +40,7 @@ export function reconnectDelay(code, reason, attempt, random = Math.random) {
   }
   if (code === 4013) {
     const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
-    return { wait: Math.min(MAX_WAIT_MS, retry * (0.5 + random())), failed: true };
+    return { wait: Math.min(MAX_WAIT_MS, retry + (random() - 0.5) * Math.min(retry, RETRY_JITTER_MS)), failed: true };
   }
   return { wait: backoff, failed: true };
 }
