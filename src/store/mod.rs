@@ -8,7 +8,7 @@ pub mod outbox;
 mod sql;
 
 pub use outbox::{Outbox, OutboxEvent};
-pub use sql::{SqlStore, status_str};
+pub use sql::{PING_IF_IDLE, SqlStore, status_str};
 
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;

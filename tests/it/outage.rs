@@ -296,3 +296,22 @@ async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
     let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
     assert!(metrics.contains("callpay_ws_joins_shed_total 1"), "{metrics}");
 }
+
+/// PostgreSQL ends the store's connections while they sit in the pool (a restart, a failover,
+/// a proxy's idle timeout). A connection idle past the check is pinged before it is used and
+/// replaced, so the next read does not fail on it. (A connection in constant use is not
+/// pinged: its next query would find it dead just as a ping would.)
+#[tokio::test]
+async fn connections_postgres_ended_while_idle_are_replaced_before_their_next_use() {
+    let db = crate::services::TempDb::new();
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    for _ in 0..3 {
+        store.payments_for_call("call-1").await.unwrap();
+    }
+    db.end_connections();
+    tokio::time::sleep(callpay::store::PING_IF_IDLE + std::time::Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let read = store.payments_for_call("call-1").await;
+        assert!(read.is_ok(), "a dead idle connection was used: {read:?}");
+    }
+}

@@ -70,6 +70,16 @@ impl TempDb {
     }
 }
 
+impl TempDb {
+    /// Ends every connection to this database, as a PostgreSQL restart or failover would.
+    pub fn end_connections(&self) {
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            self.name
+        ));
+    }
+}
+
 impl Drop for TempDb {
     fn drop(&mut self) {
         psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
