@@ -12,7 +12,10 @@ const SPREAD_MIN: Duration = Duration::from_millis(250);
 const SPREAD_MAX: Duration = Duration::from_secs(30);
 /// Shortest retry a shed join is told; more joins waiting means a longer one.
 const RETRY_MIN: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+/// (A place later than this is told this and turned away again when it comes back: with the
+/// client's jitter bounded to half a second, a lower cap brought every later place back at
+/// once. The SDK honours up to a minute.)
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Over how long a draining node holding `sockets` asks them to reconnect, so the rest of the
 /// fleet takes them at about `per_sec` joins a second.

@@ -47,7 +47,10 @@ const SOURCE_ADDRS: usize = 8;
 const SETUP_CONCURRENCY: usize = 48;
 /// Stages the relay cycles through (never `submitted` or `authenticating`: those make the hub
 /// ask Stripe about the payment).
-const STAGES: [&str; 2] = ["viewing", "entering_details"];
+/// Three, in turn: a delivered frame is matched to the oldest in flight with its stage, so
+/// only three frames in a row missing on one call can shift later matches (with two stages,
+/// two missing did, and every later frame on the call then "took" two send intervals).
+const STAGES: [&str; 3] = ["viewing", "entering_details", "submitting"];
 /// A progress frame not delivered after this long is judged (cut or lost).
 const JUDGE_AFTER: Duration = Duration::from_secs(10);
 /// Frames queued for one socket by the load generator.
@@ -82,6 +85,9 @@ struct Sent {
     at: Instant,
     stage: usize,
     epochs: (u32, u32),
+    /// Sent while the coordinator had the bus (Redis) stopped: a frame that never arrives is
+    /// counted apart, as the bus could not carry it between instances.
+    bus_down: bool,
 }
 
 struct Call {
@@ -140,6 +146,9 @@ struct Counters {
     /// Progress frames queued for a patient socket that closed before writing them: never
     /// sent, so taken back out of the frames in flight rather than judged.
     withdrawn: AtomicU64,
+    /// Frames lost that were sent while the bus was down (live progress is not queued across
+    /// an outage; the repair after it brings each payment's state, not its stages).
+    lost_bus_down: AtomicU64,
     skipped: AtomicU64,
     errors: AtomicU64,
     leaves: AtomicU64,
@@ -160,6 +169,8 @@ struct Fleet {
     /// the join phase is timed on its own.
     requests_open: AtomicBool,
     stopping: AtomicBool,
+    /// The coordinator has stopped the bus (and it has not carried relay again since).
+    bus_down: AtomicBool,
     source_offset: usize,
 }
 
@@ -194,6 +205,7 @@ impl Fleet {
             first_welcomes: AtomicUsize::new(0),
             requests_open: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            bus_down: AtomicBool::new(false),
             source_offset,
         }
     }
@@ -339,14 +351,26 @@ impl Fleet {
             return;
         };
         for skipped in inflight.drain(..pos) {
-            let counter = if skipped.epochs == now { &self.counters.lost } else { &self.counters.cut };
-            counter.fetch_add(1, Ordering::Relaxed);
+            self.judged_missing(&skipped, now);
         }
         let sent = inflight.pop_front().expect("found above");
         drop(inflight);
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         let us = sent.at.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         self.latencies_us.lock().unwrap().push(us.max(1));
+    }
+
+    /// A frame that will not arrive: cut (a socket of its call closed since), lost while the
+    /// bus was down, or lost.
+    fn judged_missing(&self, s: &Sent, epochs_now: (u32, u32)) {
+        let counter = if s.epochs != epochs_now {
+            &self.counters.cut
+        } else if s.bus_down {
+            &self.counters.lost_bus_down
+        } else {
+            &self.counters.lost
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Judges frames in flight for longer than [`JUDGE_AFTER`] (all of them with `all`).
@@ -358,8 +382,7 @@ impl Fleet {
                 if !all && s.at.elapsed() < JUDGE_AFTER {
                     break;
                 }
-                let counter = if s.epochs == now { &self.counters.lost } else { &self.counters.cut };
-                counter.fetch_add(1, Ordering::Relaxed);
+                self.judged_missing(s, now);
                 inflight.pop_front();
             }
         }
@@ -473,7 +496,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             side.live.store(false, Ordering::Release);
             side.epoch.fetch_add(1, Ordering::AcqRel);
             *side.tx.lock().unwrap() = None;
-            withdraw_unwritten(&fleet, &call, &mut rx, 0);
+            withdraw_unwritten(&fleet, &call, &mut rx, 0, &mut requests);
             fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -484,8 +507,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                 cmd = rx.recv() => match cmd {
                     Some(Cmd::Frame(m)) => {
                         if let Message::Text(t) = &m
-                            && t.contains("\"payment.request\"")
-                            && let Some(r) = serde_json::from_str::<Value>(t).ok().and_then(|v| v["client_ref"].as_str().map(str::to_owned))
+                            && let Some(r) = request_ref(t)
                         {
                             requests.insert(r, m.clone());
                         }
@@ -572,7 +594,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
         // No frame can be queued for this socket once its sender is gone; those already queued
         // are never written.
         *side.tx.lock().unwrap() = None;
-        withdraw_unwritten(&fleet, &call, &mut rx, unwritten);
+        withdraw_unwritten(&fleet, &call, &mut rx, unwritten, &mut requests);
         fleet.counters.closes.fetch_add(1, Ordering::Relaxed);
         drop(ws);
     }
@@ -585,15 +607,37 @@ fn is_progress(m: &Message) -> bool {
 /// Withdraws the progress frames left in a closed socket's queue, plus `unwritten` that failed
 /// to write (see [`Call::withdraw`]). Called after the side's sender is dropped, so the queue
 /// holds the call's newest frames in flight and nothing is added behind them.
-fn withdraw_unwritten(fleet: &Fleet, call: &Call, rx: &mut mpsc::Receiver<Cmd>, unwritten: u64) {
+fn withdraw_unwritten(
+    fleet: &Fleet,
+    call: &Call,
+    rx: &mut mpsc::Receiver<Cmd>,
+    unwritten: u64,
+    requests: &mut HashMap<String, Message>,
+) {
     let mut n = unwritten;
     while let Ok(cmd) = rx.try_recv() {
         n += u64::from(matches!(&cmd, Cmd::Frame(m) if is_progress(m)));
+        // A payment request never written stays pending, to be sent after the next welcome
+        // (the SDK keeps a request from the moment it is made). Dropped here, it was a payment
+        // the fleet waited for and never asked (one in a 20,000-socket run).
+        if let Cmd::Frame(m @ Message::Text(t)) = &cmd
+            && let Some(r) = request_ref(t)
+        {
+            requests.insert(r, m.clone());
+        }
     }
     if n > 0 {
         call.withdraw(n);
         fleet.counters.withdrawn.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// The `client_ref` of a `payment.request` frame.
+fn request_ref(text: &str) -> Option<String> {
+    if !text.contains("\"payment.request\"") {
+        return None;
+    }
+    serde_json::from_str::<Value>(text).ok().and_then(|v| v["client_ref"].as_str().map(str::to_owned))
 }
 
 /// Calls `f` at `per_sec` a second, open loop, until the fleet stops.
@@ -628,7 +672,8 @@ fn relay_one(fleet: &Fleet, k: u64) {
         let stage = (seq % STAGES.len() as u64) as usize;
         let frame = json!({"type": "payment.progress", "payment_id": payment, "stage": STAGES[stage]});
         let mut inflight = call.inflight.lock().unwrap();
-        inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs() });
+        let bus_down = fleet.bus_down.load(Ordering::Relaxed);
+        inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs(), bus_down });
         if call.pat.send(Cmd::Frame(Message::Text(frame.to_string().into()))) {
             fleet.counters.sent.fetch_add(1, Ordering::Relaxed);
             return;
@@ -733,8 +778,17 @@ pub async fn worker() -> anyhow::Result<()> {
     };
     // Until the coordinator says stop (or goes away).
     while let Ok(Some(line)) = stdin.next_line().await {
-        if line.trim() == "stop" {
-            break;
+        match line.trim() {
+            "stop" => break,
+            "bus down" => {
+                // Frames already in flight cross the stop too.
+                fleet.bus_down.store(true, Ordering::Relaxed);
+                for call in &fleet.calls {
+                    call.inflight.lock().unwrap().iter_mut().for_each(|s| s.bus_down = true);
+                }
+            }
+            "bus up" => fleet.bus_down.store(false, Ordering::Relaxed),
+            _ => {}
         }
     }
     fleet.stopping.store(true, Ordering::Relaxed);
@@ -778,7 +832,7 @@ fn tick_report(fleet: &Fleet, worker: usize) -> Value {
         "joins": take(&c.joins), "closes": take(&c.closes), "shed": take(&c.shed), "refused": take(&c.refused),
         "leaves": take(&c.leaves),
         "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
-        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "skipped": take(&c.skipped), "errors": take(&c.errors),
+        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "lost_bus_down": take(&c.lost_bus_down), "skipped": take(&c.skipped), "errors": take(&c.errors),
         "pay_failed": take(&c.pay_failed),
         "latency_us": latencies,
     })

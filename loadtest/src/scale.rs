@@ -156,7 +156,7 @@ async fn start_workers(
 struct Second {
     t: f64,
     connected: u64,
-    counts: [u64; 13],
+    counts: [u64; COUNTS.len()],
     latencies: Vec<u32>,
     rss: u64,
     files: u64,
@@ -167,7 +167,7 @@ struct Second {
     cpu_us: [u64; 4],
 }
 
-const COUNTS: [&str; 13] = [
+const COUNTS: [&str; 14] = [
     "joins",
     "closes",
     "shed",
@@ -181,6 +181,7 @@ const COUNTS: [&str; 13] = [
     "errors",
     "rejected",
     "withdrawn",
+    "lost_bus_down",
 ];
 
 /// A named stretch of the run (a fault, or the steady load around it).
@@ -318,7 +319,7 @@ impl Run {
 
     fn window(&self, from: f64, to: f64) -> Value {
         let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
-        let mut counts = [0u64; 13];
+        let mut counts = [0u64; COUNTS.len()];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
@@ -407,12 +408,15 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         run.mark("rolling restart", t);
         faults.push(fault_report(&run, "rolling restart", t, converge, plan.steady_secs));
         run.run_for(&cluster, steady).await;
-        // Redis down.
+        // Redis down. Frames sent from its stop until relay flows again are counted apart if
+        // they never arrive: between instances there is no bus to carry them.
         let t = run.now();
+        tell(&mut workers, "bus down").await;
         cluster.stop_redis().await?;
         run.run_for(&cluster, Duration::from_secs(plan.outage_secs)).await;
         cluster.start_redis().await?;
         let converge = until_relay_flows(&mut run, &cluster, t).await?;
+        tell(&mut workers, "bus up").await;
         run.mark("redis stopped", t);
         faults.push(fault_report(&run, "redis stopped", t, converge, plan.steady_secs));
         run.run_for(&cluster, steady).await;
@@ -491,11 +495,16 @@ fn fill_after(run: &Run, fault: &mut Value, steady: u64) {
     fault["after"] = run.window(end, end + steady as f64);
 }
 
+/// Sends every worker one line of its protocol.
+async fn tell(workers: &mut [Worker], line: &str) {
+    for w in workers.iter_mut() {
+        let _ = w.stdin.write_all(format!("{line}\n").as_bytes()).await;
+    }
+}
+
 /// Stops the workers and gathers their final accounting.
 async fn finish(run: &mut Run, workers: &mut [Worker], cluster: &Cluster, plan: &Plan) -> anyhow::Result<Value> {
-    for w in workers.iter_mut() {
-        let _ = w.stdin.write_all(b"stop\n").await;
-    }
+    tell(workers, "stop").await;
     let deadline = Instant::now() + Duration::from_secs(120);
     while run.done.len() < workers.len() {
         if Instant::now() > deadline {
@@ -603,7 +612,7 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
             let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).map(|v| f64::from(*v) / 1000.0);
             json!({
                 "t": (s.t * 10.0).round() / 10.0, "connected": s.connected,
-                "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7],
+                "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7], "lost_bus_down": s.counts[13],
                 "p50_ms": q(0.5), "p99_ms": q(0.99),
                 "rss_bytes": s.rss, "open_files": s.files, "tasks": s.tasks,
                 "sockets_per_instance": if s.per_node.is_empty() { Value::Null } else { json!(s.per_node) }, "redis_used_memory_bytes": s.redis_memory,

@@ -224,7 +224,16 @@ pub(super) async fn keep_subscribed(
                     }
                     Err(e) => {
                         // A stray subscription only brings events for a call not served
-                        // here, which are dropped; it is tried again next round.
+                        // here, which are dropped; it is tried again next round. Redis may
+                        // have applied it (a time-out) and its confirmation is swallowed as
+                        // ours, so the chunk is no longer counted as held: if a call comes back
+                        // before the retry, its channel is subscribed again rather than taken
+                        // as still held (that left a served call deaf to other nodes).
+                        for c in chunk {
+                            if held.remove(c) {
+                                maybe.insert(c.clone());
+                            }
+                        }
                         tracing::warn!(error = %e, channels = chunk.len(), "redis unsubscribe failed; retrying");
                         failed = true;
                         break;
@@ -324,13 +333,10 @@ impl Receiver {
             };
             match push.kind {
                 PushKind::Message | PushKind::SMessage => self.message(&push, &mut streams),
-                // Our own unsubscribes are confirmed this way too; the subscription task knows
-                // which channels are still wanted.
-                PushKind::Unsubscribe | PushKind::SUnsubscribe => {
-                    if let Some(redis::Value::BulkString(ch)) = push.data.first() {
-                        self.wanted.unsubscribed(&String::from_utf8_lossy(ch));
-                    }
-                }
+                // The push callback (mod.rs) already told `Wanted` of this drop as it came in.
+                // Telling it a second time here could mark a channel dropped after it was
+                // subscribed again, and leave it subscribed for good if its call closed.
+                PushKind::Unsubscribe | PushKind::SUnsubscribe => {}
                 PushKind::Disconnection => {
                     tracing::warn!("redis bus disconnected; this node's calls are repaired once it is back");
                     if !wait_for_redis(&self.sub, &stop).await {
