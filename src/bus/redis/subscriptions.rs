@@ -165,47 +165,23 @@ pub(super) async fn keep_subscribed(
     sink: Arc<dyn EnvelopeSink>,
     stop: CancellationToken,
 ) {
-    let mut held: HashSet<String> = HashSet::new();
-    // Channels whose SUBSCRIBE failed or timed out: Redis may have applied it anyway, so one no
-    // longer wanted is unsubscribed rather than left behind.
-    let mut maybe: HashSet<String> = HashSet::new();
-    // Channels still to be settled, with what is wanted of each (the newest word wins).
-    let mut pending: HashMap<String, Want> = HashMap::from([(GAP_CHANNEL.to_owned(), Want::Yes(None))]);
+    let mut ledger = Ledger::new();
     let mut wait = RETRY_START;
     loop {
         let (changes, dropped) = wanted.changes();
-        pending.extend(changes);
-        for channel in dropped {
-            if held.remove(&channel) && pending.get(&channel).is_some_and(|w| *w != Want::No) {
-                tracing::warn!(channel, "redis dropped a subscription (failover?); subscribing again");
-            }
-        }
-        // What is already as wanted needs nothing.
-        pending.retain(|c, w| match w {
-            Want::Yes(_) => !held.contains(c),
-            Want::No => held.contains(c) || maybe.contains(c),
-        });
-        let to_add: Vec<String> = pending.iter().filter(|(_, w)| **w != Want::No).map(|(c, _)| c.clone()).collect();
-        let to_drop: Vec<String> = pending.iter().filter(|(_, w)| **w == Want::No).map(|(c, _)| c.clone()).collect();
+        let (to_add, to_drop) = ledger.plan(changes, dropped);
         let mut failed = false;
         for chunk in to_add.chunks(SUBSCRIBE_BATCH) {
             match sub.subscribe(chunk).await {
                 Ok(()) => {
-                    let mut live = Vec::new();
-                    for c in chunk {
-                        maybe.remove(c);
-                        held.insert(c.clone());
-                        if let Some(Want::Yes(Some(call))) = pending.remove(c) {
-                            live.push(call);
-                        }
-                    }
+                    let live = ledger.subscribed(chunk);
                     if !live.is_empty() {
                         sink.clone().resync_calls(live);
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, channels = chunk.len(), "redis subscribe failed; retrying");
-                    maybe.extend(chunk.iter().cloned());
+                    ledger.subscribe_failed(chunk);
                     failed = true;
                     break;
                 }
@@ -215,26 +191,10 @@ pub(super) async fn keep_subscribed(
             for chunk in to_drop.chunks(SUBSCRIBE_BATCH) {
                 wanted.leaving(chunk);
                 match sub.unsubscribe(chunk).await {
-                    Ok(()) => {
-                        for c in chunk {
-                            held.remove(c);
-                            maybe.remove(c);
-                            pending.remove(c);
-                        }
-                    }
+                    Ok(()) => ledger.unsubscribed(chunk),
                     Err(e) => {
-                        // A stray subscription only brings events for a call not served
-                        // here, which are dropped; it is tried again next round. Redis may
-                        // have applied it (a time-out) and its confirmation is swallowed as
-                        // ours, so the chunk is no longer counted as held: if a call comes back
-                        // before the retry, its channel is subscribed again rather than taken
-                        // as still held (that left a served call deaf to other nodes).
-                        for c in chunk {
-                            if held.remove(c) {
-                                maybe.insert(c.clone());
-                            }
-                        }
                         tracing::warn!(error = %e, channels = chunk.len(), "redis unsubscribe failed; retrying");
+                        ledger.unsubscribe_failed(chunk);
                         failed = true;
                         break;
                     }
@@ -253,6 +213,88 @@ pub(super) async fn keep_subscribed(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = wanted.changed.notified() => {}
+        }
+    }
+}
+
+/// What the subscribing task knows of its connection's subscriptions and what is left to do,
+/// without I/O: the task asks it for a round, does the round, and reports each chunk's outcome.
+struct Ledger {
+    /// Channels Redis confirmed.
+    held: HashSet<String>,
+    /// Channels whose SUBSCRIBE or UNSUBSCRIBE failed or timed out: Redis may have applied it
+    /// anyway, so one no longer wanted is unsubscribed rather than left behind, and one wanted
+    /// is subscribed again rather than taken as held.
+    maybe: HashSet<String>,
+    /// Channels still to be settled, with what is wanted of each (the newest word wins).
+    pending: HashMap<String, Want>,
+}
+
+impl Ledger {
+    fn new() -> Self {
+        let pending = HashMap::from([(GAP_CHANNEL.to_owned(), Want::Yes(None))]);
+        Self { held: HashSet::new(), maybe: HashSet::new(), pending }
+    }
+
+    /// Takes in what changed since the last round and what Redis dropped; the channels to
+    /// subscribe and to unsubscribe now.
+    fn plan(&mut self, changes: Vec<(String, Want)>, dropped: HashSet<String>) -> (Vec<String>, Vec<String>) {
+        self.pending.extend(changes);
+        for channel in dropped {
+            if self.held.remove(&channel) && self.pending.get(&channel).is_some_and(|w| *w != Want::No) {
+                tracing::warn!(channel, "redis dropped a subscription (failover?); subscribing again");
+            }
+        }
+        // What is already as wanted needs nothing.
+        let (held, maybe) = (&self.held, &self.maybe);
+        self.pending.retain(|c, w| match w {
+            Want::Yes(_) => !held.contains(c),
+            Want::No => held.contains(c) || maybe.contains(c),
+        });
+        let pick = |no: bool| -> Vec<String> {
+            self.pending.iter().filter(|(_, w)| (**w == Want::No) == no).map(|(c, _)| c.clone()).collect()
+        };
+        (pick(false), pick(true))
+    }
+
+    /// Redis confirmed a SUBSCRIBE of `chunk`: the calls whose channel is live now (to repair).
+    fn subscribed(&mut self, chunk: &[String]) -> Vec<(String, String)> {
+        let mut live = Vec::new();
+        for c in chunk {
+            self.maybe.remove(c);
+            self.held.insert(c.clone());
+            if let Some(Want::Yes(Some(call))) = self.pending.remove(c) {
+                live.push(call);
+            }
+        }
+        live
+    }
+
+    /// A SUBSCRIBE of `chunk` failed: tried again next round, and unsubscribed if no longer
+    /// wanted by then.
+    fn subscribe_failed(&mut self, chunk: &[String]) {
+        self.maybe.extend(chunk.iter().cloned());
+    }
+
+    /// Redis confirmed an UNSUBSCRIBE of `chunk`.
+    fn unsubscribed(&mut self, chunk: &[String]) {
+        for c in chunk {
+            self.held.remove(c);
+            self.maybe.remove(c);
+            self.pending.remove(c);
+        }
+    }
+
+    /// An UNSUBSCRIBE of `chunk` failed. A stray subscription only brings events for a call not
+    /// served here, which are dropped, and it is tried again next round. But Redis may have
+    /// applied it (a time-out), and its confirmation is swallowed as ours, so the chunk no
+    /// longer counts as held: if a call comes back before the retry, its channel is subscribed
+    /// again rather than taken as still held (which left a served call deaf to other nodes).
+    fn unsubscribe_failed(&mut self, chunk: &[String]) {
+        for c in chunk {
+            if self.held.remove(c) {
+                self.maybe.insert(c.clone());
+            }
         }
     }
 }
@@ -451,6 +493,73 @@ mod tests {
         let (changes, dropped) = w.changes();
         assert_eq!(changes, vec![("callpay:call:c3".into(), yes("c3", "k3"))]);
         assert_eq!(dropped, HashSet::from(["callpay:call:c3".to_owned()]));
+    }
+
+    fn yes(call: &str, clinic: &str) -> Want {
+        Want::Yes(Some((call.to_owned(), clinic.to_owned())))
+    }
+
+    fn settle_round(ledger: &mut Ledger, changes: Vec<(String, Want)>) -> (Vec<String>, Vec<String>) {
+        let (mut add, mut drop) = ledger.plan(changes, HashSet::new());
+        add.sort();
+        drop.sort();
+        (add, drop)
+    }
+
+    #[test]
+    fn a_round_subscribes_what_is_wanted_and_repairs_each_call_once_live() {
+        let mut l = Ledger::new();
+        let (add, drop) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        assert_eq!(add, ["callpay:call:c1", GAP_CHANNEL]);
+        assert!(drop.is_empty());
+        assert_eq!(l.subscribed(&add), vec![("c1".to_owned(), "k1".to_owned())], "the call is repaired");
+        assert_eq!(settle_round(&mut l, vec![]), (vec![], vec![]), "nothing left to do");
+        // A call asked for again while held needs nothing, and is not repaired again.
+        assert_eq!(settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_failed_subscribe_is_retried_or_undone_if_its_call_closed_meanwhile() {
+        let mut l = Ledger::new();
+        let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        l.subscribe_failed(&add);
+        let (again, _) = settle_round(&mut l, vec![]);
+        assert_eq!(again, add, "tried again");
+        l.subscribe_failed(&again);
+        // The call closed before the retry: Redis may hold the channel, so it is unsubscribed.
+        let (add, drop) = settle_round(&mut l, vec![("callpay:call:c1".into(), Want::No)]);
+        assert_eq!((add, drop), (vec![GAP_CHANNEL.to_owned()], vec!["callpay:call:c1".to_owned()]));
+    }
+
+    /// An UNSUBSCRIBE that timed out may have been applied. If the call comes back before the
+    /// retry, its channel must be subscribed again: taken as still held, the call would never
+    /// hear other nodes (found by a read-only review; this test failed before the fix).
+    #[test]
+    fn a_call_back_after_a_failed_unsubscribe_is_subscribed_again() {
+        let mut l = Ledger::new();
+        let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        l.subscribed(&add);
+        let (_, drop) = settle_round(&mut l, vec![("callpay:call:c1".into(), Want::No)]);
+        assert_eq!(drop, ["callpay:call:c1"]);
+        l.unsubscribe_failed(&drop);
+        let (add, drop) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        assert_eq!((add.clone(), drop), (vec!["callpay:call:c1".to_owned()], vec![]));
+        assert_eq!(l.subscribed(&add), vec![("c1".to_owned(), "k1".to_owned())], "and repaired");
+    }
+
+    #[test]
+    fn a_subscription_redis_dropped_is_subscribed_again_while_wanted() {
+        let mut l = Ledger::new();
+        let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        l.subscribed(&add);
+        let dropped = HashSet::from(["callpay:call:c1".to_owned()]);
+        let (add, drop) = l.plan(vec![("callpay:call:c1".into(), yes("c1", "k1"))], dropped.clone());
+        assert_eq!((add, drop), (vec!["callpay:call:c1".to_owned()], vec![]));
+        // Dropped after its call closed: nothing to subscribe or unsubscribe.
+        let mut l = Ledger::new();
+        let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
+        l.subscribed(&add);
+        assert_eq!(l.plan(vec![("callpay:call:c1".into(), Want::No)], dropped), (vec![], vec![]));
     }
 
     /// A storm opening rooms on a node that already serves many: each round is about the rooms
