@@ -51,6 +51,8 @@ const SETUP_CONCURRENCY: usize = 48;
 /// only three frames in a row missing on one call can shift later matches (with two stages,
 /// two missing did, and every later frame on the call then "took" two send intervals).
 const STAGES: [&str; 3] = ["viewing", "entering_details", "submitting"];
+/// Frames sent this shortly before the coordinator stops Redis count as crossing the stop.
+const IN_FLIGHT_AT_STOP: Duration = Duration::from_secs(1);
 /// A progress frame not delivered after this long is judged (cut or lost).
 const JUDGE_AFTER: Duration = Duration::from_secs(10);
 /// Frames queued for one socket by the load generator.
@@ -781,10 +783,13 @@ pub async fn worker() -> anyhow::Result<()> {
         match line.trim() {
             "stop" => break,
             "bus down" => {
-                // Frames already in flight cross the stop too.
+                // Frames sent in the last moment cross the stop too (delivery takes
+                // milliseconds); older frames still in flight are waiting to be judged and
+                // were not the outage's to lose.
                 fleet.bus_down.store(true, Ordering::Relaxed);
                 for call in &fleet.calls {
-                    call.inflight.lock().unwrap().iter_mut().for_each(|s| s.bus_down = true);
+                    let mut inflight = call.inflight.lock().unwrap();
+                    inflight.iter_mut().filter(|s| s.at.elapsed() < IN_FLIGHT_AT_STOP).for_each(|s| s.bus_down = true);
                 }
             }
             "bus up" => fleet.bus_down.store(false, Ordering::Relaxed),

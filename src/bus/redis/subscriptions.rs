@@ -132,6 +132,17 @@ impl Wanted {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).leaving.extend(channels.iter().cloned());
     }
 
+    /// Redis confirmed a SUBSCRIBE of `channels`: an UNSUBSCRIBE of theirs that failed before
+    /// Redis applied it will never be confirmed, so they are no longer being left, and a later
+    /// drop of one of them by Redis is a drop, not our own unsubscribe. (On one connection the
+    /// confirmation of an earlier UNSUBSCRIBE comes before the SUBSCRIBE's reply.)
+    fn subscribed(&self, channels: &[String]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for c in channels {
+            state.leaving.remove(c);
+        }
+    }
+
     /// The channels whose wanting may have changed since last asked, each with whether it is
     /// wanted now; and the channels Redis dropped since last asked.
     fn changes(&self) -> (Vec<(String, Want)>, HashSet<String>) {
@@ -174,6 +185,7 @@ pub(super) async fn keep_subscribed(
         for chunk in to_add.chunks(SUBSCRIBE_BATCH) {
             match sub.subscribe(chunk).await {
                 Ok(()) => {
+                    wanted.subscribed(chunk);
                     let live = ledger.subscribed(chunk);
                     if !live.is_empty() {
                         sink.clone().resync_calls(live);
@@ -560,6 +572,23 @@ mod tests {
         let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
         l.subscribed(&add);
         assert_eq!(l.plan(vec![("callpay:call:c1".into(), Want::No)], dropped), (vec![], vec![]));
+    }
+
+    /// An UNSUBSCRIBE that failed before Redis applied it is never confirmed; once the channel
+    /// is subscribed again, Redis dropping it later must count as a drop (to subscribe again),
+    /// not be swallowed as the confirmation of that old unsubscribe (found by a read-only
+    /// review; failed before the fix).
+    #[test]
+    fn a_drop_after_resubscribing_a_channel_whose_unsubscribe_failed_is_a_drop() {
+        let w = Wanted::default();
+        let ch = vec!["callpay:call:c1".to_owned()];
+        w.leaving(&ch);
+        w.subscribed(&ch);
+        assert!(!w.unsubscribed(&ch[0]), "a drop by Redis, to subscribe again if wanted");
+        assert_eq!(w.changes().1, HashSet::from([ch[0].clone()]));
+        // Our own unsubscribe is still recognised as ours.
+        w.leaving(&ch);
+        assert!(w.unsubscribed(&ch[0]));
     }
 
     /// A storm opening rooms on a node that already serves many: each round is about the rooms
