@@ -91,7 +91,7 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
     let (quiet, quiet_for) = (crate::pg_transactions(&db)?, Duration::from_secs(4));
     tokio::time::sleep(quiet_for).await;
     let before = crate::pg_transactions(&db)?;
-    let background_per_sec = (before - quiet) as f64 / quiet_for.as_secs_f64();
+    let background_per_sec = before.saturating_sub(quiet) as f64 / quiet_for.as_secs_f64();
     eprintln!("drain: {sockets} sockets on instance 0 of {nodes}; sending SIGTERM");
     let counts = Arc::new(Counts::default());
     let spread_said = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -158,7 +158,7 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
     // Let the backends report their last counts (at most once a second, when idle).
     let storm = drained_at.elapsed() + Duration::from_secs(2);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = crate::pg_transactions(&db)? - before;
+    let during = crate::pg_transactions(&db)?.saturating_sub(before);
     let joins = kept.len().max(1) as f64;
     let storm_transactions = (during as f64 - background_per_sec * storm.as_secs_f64()).max(0.0);
     let ms = |q: f64| times.value_at_quantile(q);
