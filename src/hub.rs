@@ -443,7 +443,7 @@ impl EnvelopeSink for Hub {
                 self.rooms.deliver_clinic(&envelope.clinic_id, &envelope.event);
             }
             _ => {
-                self.rooms.deliver(&envelope.call_id, &envelope.event);
+                self.rooms.deliver_remote(&envelope.call_id, &envelope.event);
             }
         }
     }

@@ -240,6 +240,23 @@ impl RoomRegistry {
         room.broadcast(event, &self.publishable_key)
     }
 
+    /// Delivers an event another node published to this node's members of `call_id`, as
+    /// [`RoomRegistry::deliver`] does, except that a payment copy no newer than the room knows is
+    /// dropped: the room has shown that version already (a repair got there first, or the origin
+    /// retried its publish after a Redis outage), and versions only grow. Local events are not
+    /// filtered that way: the answer to a retried request is the same version again, and the
+    /// clinician who retried waits for it.
+    pub fn deliver_remote(&self, call_id: &str, event: &RoomEvent) -> usize {
+        let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return 0 };
+        let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let RoomEvent::PaymentRequested { payment } | RoomEvent::PaymentUpdated { payment } = event
+            && inner.payments.get(&payment.id).is_some_and(|known| known.version >= payment.version)
+        {
+            return 0;
+        }
+        inner.broadcast(event, &self.publishable_key)
+    }
+
     /// Delivers to every local room of `clinic_id`.
     pub fn deliver_clinic(&self, clinic_id: &str, event: &RoomEvent) -> usize {
         let rooms: Vec<Arc<Room>> = self.rooms.iter().filter(|r| r.clinic_id == clinic_id).map(|r| r.clone()).collect();
@@ -247,8 +264,10 @@ impl RoomRegistry {
     }
 
     /// Brings a room up to the store: every payment in `payments` newer than the room knows is
-    /// sent to its members as the event it was (`payment.updated`, and `payment.confirmed` for
-    /// one that became paid), or, past [`REPAIR_FRAMES`] changes, as one `payment.sync` frame.
+    /// sent to its members as the event it was (`payment.requested` for a request the room never
+    /// knew that is still unpaid and untouched, `payment.updated` otherwise, and
+    /// `payment.confirmed` for one that became paid), or, past
+    /// [`REPAIR_FRAMES`] changes, as one `payment.sync` frame.
     /// Older copies change nothing, so repeating a repair sends nothing twice. Answers how many
     /// frames were queued.
     pub fn reconcile(&self, call_id: &str, payments: &[Payment]) -> usize {
@@ -541,7 +560,15 @@ impl RoomInner {
             return newer
                 .into_iter()
                 .map(|p| {
-                    let event = RoomEvent::PaymentUpdated { payment: Box::new(p.clone()) };
+                    // A request the members never heard of, still as it was requested, is the
+                    // request: the bus's late copy of it is then dropped as stale.
+                    let payment = Box::new(p.clone());
+                    let unheard = !self.payments.contains_key(&p.id);
+                    let event = if unheard && matches!(p.status, PaymentStatus::Creating | PaymentStatus::Requested) {
+                        RoomEvent::PaymentRequested { payment }
+                    } else {
+                        RoomEvent::PaymentUpdated { payment }
+                    };
                     self.fan_out_except(&event, except, publishable_key)
                 })
                 .sum();
@@ -764,6 +791,31 @@ mod tests {
         refunded.status = PaymentStatus::Refunded;
         reg.reconcile("call", &[*refunded]);
         assert_eq!(kinds(&mut doc_rx), ["payment.updated"]);
+    }
+
+    #[test]
+    fn a_request_learnt_by_a_repair_is_shown_once_as_the_request() {
+        let reg = RoomRegistry::new("pk");
+        let (pat_out, mut pat_rx) = Outbound::new(16);
+        let pat = reg.join("call", "c", person("pat", Role::Patient), pat_out);
+        reg.remember_payments(&pat.membership, &[]);
+        let requested = payment(PaymentStatus::Requested);
+        // The repair gets there first (Redis was down when the request was published).
+        assert_eq!(reg.reconcile("call", &[*requested.clone()]), 1);
+        assert_eq!(kinds(&mut pat_rx), ["payment.requested"]);
+        // The origin's publish, retried once Redis is back, is the same version: not shown again.
+        assert_eq!(reg.deliver_remote("call", &RoomEvent::PaymentRequested { payment: requested.clone() }), 0);
+        assert_eq!(reg.deliver_remote("call", &RoomEvent::PaymentUpdated { payment: requested.clone() }), 0);
+        // A local answer to a retried request is the same version too, and is sent: the
+        // clinician who retried waits for it.
+        assert_eq!(reg.deliver("call", &RoomEvent::PaymentRequested { payment: requested.clone() }), 1);
+        assert_eq!(kinds(&mut pat_rx), ["payment.requested"]);
+        // Newer news from the bus still flows.
+        let mut failed = requested;
+        failed.version = 3;
+        failed.status = PaymentStatus::Failed;
+        assert_eq!(reg.deliver_remote("call", &RoomEvent::PaymentUpdated { payment: failed }), 1);
+        assert_eq!(kinds(&mut pat_rx), ["payment.updated"]);
     }
 
     #[test]

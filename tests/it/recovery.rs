@@ -326,6 +326,45 @@ async fn a_resync_delivers_a_payment_that_became_paid_as_one_payment_confirmed()
     assert_eq!(pat.count("payment.confirmed", &id), 1, "{:?}", pat.raw);
 }
 
+/// A bus copy of a payment the room already showed at that version (the origin's publish
+/// retried once Redis was back, arriving after the repair that showed it) is not shown again;
+/// what is newer still flows. The flake in `cluster::redis_restart_loses_nothing_clients_can_see`,
+/// made deterministic.
+#[tokio::test]
+async fn a_late_bus_copy_of_a_payment_the_room_showed_is_not_shown_again() {
+    let hub = TestHub::start().await;
+    let mut doc = hub.clinician().await;
+    let mut pat = hub.patient().await;
+    doc.request("r1", 5000, "Consult").await;
+    let id = pat.until("payment.requested").await["payment"]["payment_id"].as_str().unwrap().to_owned();
+    doc.until("payment.requested").await;
+    let shown = hub.state.store.payment(&id).await.unwrap().unwrap();
+    let late = |event: RoomEvent| Envelope {
+        origin: "node-far".into(),
+        call_id: shown.call_id.clone(),
+        clinic_id: DEMO_CLINIC.into(),
+        seq: 0,
+        event,
+    };
+    hub.state.hub.deliver_remote(&late(RoomEvent::PaymentRequested { payment: Box::new(shown.clone()) }));
+    hub.state.hub.deliver_remote(&late(RoomEvent::PaymentUpdated { payment: Box::new(shown.clone()) }));
+    // Something newer from the bus is shown.
+    let mut newer = shown.clone();
+    newer.version += 1;
+    newer.description = "Consult (newer)".into();
+    hub.state.hub.deliver_remote(&late(RoomEvent::PaymentUpdated { payment: Box::new(newer) }));
+    for c in [&mut doc, &mut pat] {
+        c.until_where("payment.updated", |f| f["payment"]["description"] == "Consult (newer)").await;
+        let copies = c
+            .raw
+            .iter()
+            .filter_map(|f| serde_json::from_str::<Value>(f).ok())
+            .filter(|f| f["payment"]["payment_id"] == id.as_str())
+            .count();
+        assert_eq!(copies, 2, "the request once, then the newer copy: {:?}", c.raw);
+    }
+}
+
 /// Issue 17, item 6: a resync of a call with more changed payments than a client's outbound
 /// queue holds does not close that client as a slow consumer; it learns every payment.
 #[tokio::test]
