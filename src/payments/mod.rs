@@ -124,11 +124,6 @@ impl Payments {
             .then(|| Write::QueueReceipt { payment_id: t.payment.id.clone(), clinic_id: t.payment.clinic_id.clone() }))
     }
 
-    /// Every payment of a call, for `welcome`.
-    pub async fn snapshot(&self, call_id: &str) -> Result<Vec<Payment>, StoreError> {
-        self.store.payments_for_call(call_id).await
-    }
-
     /// Appends an audit record that stands alone (a refusal, a repeat): nothing changed, so a
     /// lost record is only logged.
     pub(crate) async fn audit_only(&self, entry: AuditEntry) {

@@ -404,6 +404,15 @@ pub enum Committed {
     Conflict,
 }
 
+/// What a joining connection's `welcome` shows of its call, read together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallSnapshot {
+    /// The call's clinic, if it exists.
+    pub clinic: Option<Clinic>,
+    /// Every payment of the call, oldest first.
+    pub payments: Vec<Payment>,
+}
+
 /// Where callpay keeps its state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -421,6 +430,14 @@ pub trait Store: Send + Sync + 'static {
     async fn payment_by_intent(&self, payment_intent_id: &str) -> StoreResult<Option<Payment>>;
     /// Every payment of a call, oldest first.
     async fn payments_for_call(&self, call_id: &str) -> StoreResult<Vec<Payment>>;
+    /// A call's payments and its clinic, for a `welcome`. A store that can reads both in one
+    /// statement (most of a join's cost is its round trips to the store); this default reads
+    /// them one after the other, through the two methods above.
+    async fn call_snapshot(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
+        let payments = self.payments_for_call(call_id).await?;
+        let clinic = self.clinic(clinic_id).await?;
+        Ok(CallSnapshot { clinic, payments })
+    }
     /// Whether a Stripe event id was already processed.
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
     /// Binds `call_id` to `clinic_id` if it is new, and returns the clinic it is bound to (the

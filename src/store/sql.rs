@@ -4,8 +4,9 @@
 use super::binder::Binder;
 use super::migrations::MIGRATIONS;
 use super::{
-    AuditEntry, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment, PaymentFilter,
-    PaymentScope, ReceiptJob, ReceiptOutcome, Refund, StateTaken, Store, StoreError, StoreResult, Write, now_ms,
+    AuditEntry, CallSnapshot, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment,
+    PaymentFilter, PaymentScope, ReceiptJob, ReceiptOutcome, Refund, StateTaken, Store, StoreError, StoreResult, Write,
+    now_ms,
 };
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
@@ -161,20 +162,56 @@ fn parse_status(s: &str) -> StoreResult<PaymentStatus> {
 }
 
 fn clinic_from(row: &AnyRow) -> StoreResult<Clinic> {
+    clinic_from_prefixed(row, "")
+}
+
+/// A clinic from columns whose names carry `prefix` (a join names them apart from the
+/// payments' own `id`).
+fn clinic_from_prefixed(row: &AnyRow, prefix: &str) -> StoreResult<Clinic> {
+    let col = |name: &str| format!("{prefix}{name}");
     Ok(Clinic {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        name: row.try_get("name")?,
-        app_enabled: row.try_get::<i64, _>("app_enabled")? != 0,
-        stripe_account: row.try_get("stripe_account")?,
-        stripe_publishable_key: row.try_get("stripe_publishable_key")?,
-        stripe_display_name: row.try_get("stripe_display_name")?,
-        stripe_livemode: row.try_get::<i64, _>("stripe_livemode")? != 0,
-        linked_by: row.try_get("linked_by")?,
-        linked_at: row.try_get("linked_at")?,
-        own_receipts: row.try_get::<i64, _>("own_receipts")? != 0,
+        id: row.try_get(col("id").as_str())?,
+        org_id: row.try_get(col("org_id").as_str())?,
+        name: row.try_get(col("name").as_str())?,
+        app_enabled: row.try_get::<i64, _>(col("app_enabled").as_str())? != 0,
+        stripe_account: row.try_get(col("stripe_account").as_str())?,
+        stripe_publishable_key: row.try_get(col("stripe_publishable_key").as_str())?,
+        stripe_display_name: row.try_get(col("stripe_display_name").as_str())?,
+        stripe_livemode: row.try_get::<i64, _>(col("stripe_livemode").as_str())? != 0,
+        linked_by: row.try_get(col("linked_by").as_str())?,
+        linked_at: row.try_get(col("linked_at").as_str())?,
+        own_receipts: row.try_get::<i64, _>(col("own_receipts").as_str())? != 0,
     })
 }
+
+/// The clinic's columns, for a statement that also selects payments.
+const CLINIC_COLUMNS: [&str; 11] = [
+    "id",
+    "org_id",
+    "name",
+    "app_enabled",
+    "stripe_account",
+    "stripe_publishable_key",
+    "stripe_display_name",
+    "stripe_livemode",
+    "linked_by",
+    "linked_at",
+    "own_receipts",
+];
+
+/// A call's clinic and payments in one statement: one row per payment (the clinic's columns
+/// repeated, as `c_…`), or one row of NULL payment columns when the call has none; the clinic's
+/// columns are NULL when it does not exist. The one-row derived table keeps a row either way.
+static CALL_SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let clinic: Vec<String> = CLINIC_COLUMNS.iter().map(|c| format!("c.{c} AS c_{c}")).collect();
+    let payment: Vec<String> = PAYMENT_COLUMNS.split(',').map(|c| format!("p.{}", c.trim())).collect();
+    format!(
+        "SELECT {}, {} FROM (SELECT 1 AS one) AS q LEFT JOIN clinics c ON c.id = $2 \
+         LEFT JOIN payments p ON p.call_id = $1 ORDER BY p.created_at, p.id",
+        clinic.join(", "),
+        payment.join(", ")
+    )
+});
 
 fn payment_from(row: &AnyRow) -> StoreResult<Payment> {
     Ok(Payment {
@@ -485,6 +522,26 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(payment_from).collect()
+    }
+
+    async fn call_snapshot(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
+        let rows = sqlx::query(AssertSqlSafe(CALL_SNAPSHOT_SQL.as_str()))
+            .bind(call_id)
+            .bind(clinic_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut snapshot = CallSnapshot::default();
+        if let Some(first) = rows.first()
+            && first.try_get::<Option<String>, _>("c_id")?.is_some()
+        {
+            snapshot.clinic = Some(clinic_from_prefixed(first, "c_")?);
+        }
+        for row in &rows {
+            if row.try_get::<Option<String>, _>("id")?.is_some() {
+                snapshot.payments.push(payment_from(row)?);
+            }
+        }
+        Ok(snapshot)
     }
 
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {

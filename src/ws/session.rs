@@ -337,10 +337,11 @@ async fn welcome(
     seq: u64,
     participants: Vec<callpay_protocol::Participant>,
 ) -> Result<(Bytes, (u64, Vec<(String, i64)>)), crate::store::StoreError> {
-    let payments = app.payments.snapshot(&claims.call_id).await?;
+    // One read for both: a join's cost is mostly its round trips to the store.
+    let crate::store::CallSnapshot { clinic, payments } =
+        app.store.call_snapshot(&claims.call_id, &claims.clinic_id).await?;
     let (progress, seeded) = app.hub.rooms.remember_payments(membership, &payments);
     let shown: Vec<(String, i64)> = payments.iter().map(|p| (p.id.clone(), p.version)).collect();
-    let clinic = app.store.clinic(&claims.clinic_id).await?;
     let role = claims.role;
     let pk = &app.config.stripe.publishable_key;
     let frame = encode(

@@ -174,6 +174,7 @@ async fn redis_restart_loses_nothing_clients_can_see() {
 async fn the_store_behaves_the_same_on_postgres() {
     let db = TempDb::new();
     let store = SqlStore::connect(&db.url).await.unwrap();
+    a_call_snapshot_is_what_the_two_reads_give(&store).await;
     // Connecting again (a second instance starting) finds the schema in place.
     let again = SqlStore::connect(&db.url).await.unwrap();
     let payment = callpay::store::Payment {
@@ -345,4 +346,56 @@ async fn concurrent_joins_bind_each_call_to_one_clinic_on_every_instance() {
     pg_b.close().await;
     let sqlite = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
     race(sqlite.clone(), sqlite).await;
+}
+
+/// The welcome's one-statement read gives exactly what reading the payments and the clinic
+/// apart gives: with and without payments, with and without the clinic.
+async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
+    use callpay::store::{CallSnapshot, Clinic, Write};
+    let clinic = Clinic {
+        id: "clinic_snap".into(),
+        org_id: "org_snap".into(),
+        name: "Snapshot Clinic".into(),
+        app_enabled: true,
+        stripe_account: Some("acct_snap".into()),
+        stripe_publishable_key: Some("pk_snap".into()),
+        linked_at: Some(7),
+        ..Clinic::default()
+    };
+    store.commit(&[Write::UpsertClinic(clinic.clone())]).await.unwrap();
+    for (n, client_ref) in ["b", "a"].into_iter().enumerate() {
+        let payment = callpay::store::Payment {
+            id: format!("pay_snap_{client_ref}"),
+            call_id: "call_snap".into(),
+            clinic_id: "clinic_snap".into(),
+            client_ref: client_ref.into(),
+            amount: 1000 + n as i64,
+            currency: "aud".into(),
+            description: format!("payment {n}"),
+            card_last4: Some("4242".into()),
+            created_at: 10 + n as i64,
+            updated_at: 10 + n as i64,
+            ..Default::default()
+        };
+        assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
+    }
+    let two = store.payments_for_call("call_snap").await.unwrap();
+    assert_eq!(two.len(), 2);
+    assert_eq!(two[0].client_ref, "b", "oldest first");
+    let cases = [
+        ("call_snap", "clinic_snap", Some(clinic.clone()), two.clone()),
+        ("call_none", "clinic_snap", Some(clinic), vec![]),
+        ("call_snap", "clinic_missing", None, two),
+        ("call_none", "clinic_missing", None, vec![]),
+    ];
+    for (call, clinic_id, clinic, payments) in cases {
+        assert_eq!(store.clinic(clinic_id).await.unwrap(), clinic, "{call}/{clinic_id}");
+        let got = store.call_snapshot(call, clinic_id).await.unwrap();
+        assert_eq!(got, CallSnapshot { clinic, payments }, "{call}/{clinic_id}");
+    }
+}
+
+#[tokio::test]
+async fn a_call_snapshot_is_what_the_two_reads_give_on_sqlite() {
+    a_call_snapshot_is_what_the_two_reads_give(&SqlStore::connect("sqlite::memory:").await.unwrap()).await;
 }
