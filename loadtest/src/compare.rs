@@ -195,9 +195,12 @@ impl Server {
         socket.bind((source, 0).into())?;
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(crate::ws_request(&url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-                .await?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            crate::ws_request(&url)?,
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            Some(client_config()),
+        )
+        .await?;
         match self.proto {
             Proto::Callpay => {
                 let welcome = text(&mut ws).await?;
@@ -224,6 +227,16 @@ impl Server {
         }
         Ok(ws)
     }
+}
+
+/// The generator's socket buffers, sized for the small frames both peers send. tungstenite's
+/// default 128 KiB read buffer is allocated and zeroed for every socket opened: in the join
+/// profile that page-faulting and zeroing was about a quarter of the generator's CPU, taken
+/// from the two cores the server under test shares with it.
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
 }
 
 async fn text(ws: &mut Ws) -> anyhow::Result<String> {
@@ -516,9 +529,38 @@ async fn relay(proto: Proto, plan: &Plan, nodes: usize) -> anyhow::Result<Value>
     )
 }
 
+/// TCP sockets in TIME_WAIT on this machine (IPv4 and IPv6), from `/proc/net/sockstat{,6}`.
+fn time_wait_sockets() -> u64 {
+    ["/proc/net/sockstat", "/proc/net/sockstat6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            let tcp = text.lines().find(|l| l.starts_with("TCP:") || l.starts_with("TCP6:")).unwrap_or("").to_owned();
+            let words: Vec<String> = tcp.split_whitespace().map(str::to_owned).collect();
+            words.windows(2).filter(|w| w[0] == "tw").filter_map(|w| w[1].parse::<u64>().ok()).collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Before opening `sockets`, waits (at most 75 s: the kernel keeps TIME_WAIT for 60 s) until
+/// fewer than a tenth as many (at least 1,000) closed sockets are left in TIME_WAIT. Tens of
+/// thousands of them slow every connect and accept that follows (seen here: a third
+/// back-to-back run of 19,000 joins at 2,200/s instead of 5,500), so without this whichever
+/// peer runs second pays for the first. Runs of under 5,000 sockets (smoke runs) do not wait.
+/// Answers how many were left.
+async fn settle_time_wait(sockets: usize) -> u64 {
+    let few = (sockets as u64 / 10).max(1_000);
+    let until = Instant::now() + Duration::from_secs(75);
+    while sockets >= 5_000 && time_wait_sockets() > few && Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    time_wait_sockets()
+}
+
 async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
     let mut rows = Vec::new();
     for &n in &plan.sockets {
+        let time_wait_at_start = settle_time_wait(n).await;
         let server = Arc::new(Server::start(proto, 1, &plan.hub_bin).await?);
         let pid = server.pids[0];
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -556,6 +598,7 @@ async fn idle(proto: Proto, plan: &Plan) -> anyhow::Result<Value> {
             "join_secs": join_secs,
             "joins_per_sec": n as f64 / join_secs,
             "server_cpu_us_per_join": join_cpu_us as f64 / n as f64,
+            "time_wait_at_start": time_wait_at_start,
         });
         eprintln!("{}: {row}", proto.name());
         rows.push(row);
