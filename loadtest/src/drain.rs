@@ -27,6 +27,8 @@ const SOURCE_ADDRS: usize = 8;
 const SETUP_CONCURRENCY: usize = 64;
 /// Longest the scenario waits for every client to be back.
 const BACK_WITHIN: Duration = Duration::from_secs(90);
+/// How many of the slowest clients the report describes, with the path each took.
+const SLOWEST: usize = 10;
 
 /// What the clients counted.
 #[derive(Default)]
@@ -113,14 +115,18 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
             }
             drop(ws);
             let mut attempt = 0u32;
+            // What this client went through: each close (or refusal) and the wait it took after.
+            let mut path = Vec::new();
             loop {
-                tokio::time::sleep(wait_after(code, &reason, attempt)).await;
+                let wait = wait_after(code, &reason, attempt);
+                path.push(format!("{code} +{}ms", wait.as_millis()));
+                tokio::time::sleep(wait).await;
                 attempt += 1;
                 counts.attempts.fetch_add(1, Ordering::Relaxed);
                 let target = &urls[(i + attempt as usize) % urls.len()][i];
                 match open(target, i).await {
                     Ok(mut ws) => match until_welcome(&mut ws).await {
-                        Ok(()) => return Some((drained_at.elapsed(), ws)),
+                        Ok(()) => return Some((drained_at.elapsed(), ws, path)),
                         Err((c, r)) => {
                             if c == 4013 {
                                 counts.shed.fetch_add(1, Ordering::Relaxed);
@@ -146,15 +152,26 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
     let mut times = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000, 3)?;
     let mut lost = 0usize;
     let mut kept = Vec::with_capacity(sockets);
+    // The slowest clients' paths: what the tail is made of.
+    let mut slowest: Vec<(Duration, Vec<String>)> = Vec::new();
     for b in back {
         match b.await? {
-            Some((t, ws)) => {
+            Some((t, ws, path)) => {
                 times.record(t.as_millis().max(1) as u64)?;
                 kept.push(ws);
+                slowest.push((t, path));
+                if slowest.len() > 2 * SLOWEST {
+                    slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+                    slowest.truncate(SLOWEST);
+                }
             }
             None => lost += 1,
         }
     }
+    slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
+    slowest.truncate(SLOWEST);
+    let slowest: Vec<Value> =
+        slowest.into_iter().map(|(t, path)| json!({"back_ms": t.as_millis() as u64, "path": path})).collect();
     // Let the backends report their last counts (at most once a second, when idle).
     let storm = drained_at.elapsed() + Duration::from_secs(2);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -179,6 +196,7 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
         "joins_shed_4013": counts.shed.load(Ordering::Relaxed),
         "connections_refused": counts.refused.load(Ordering::Relaxed),
         "join_attempts": counts.attempts.load(Ordering::Relaxed),
+        "slowest": slowest,
     });
     drop(kept);
     // Every client must get back: one left out is a failure, not a figure.

@@ -560,11 +560,12 @@ impl RoomInner {
             return newer
                 .into_iter()
                 .map(|p| {
-                    // A request the members never heard of, still as it was requested, is the
-                    // request: the bus's late copy of it is then dropped as stale.
+                    // A request the members never heard of, still waiting to be paid, is the
+                    // request: the bus's late copy of it is then dropped as stale. (One still
+                    // being created is an update: live, its request comes once it is payable.)
                     let payment = Box::new(p.clone());
                     let unheard = !self.payments.contains_key(&p.id);
-                    let event = if unheard && matches!(p.status, PaymentStatus::Creating | PaymentStatus::Requested) {
+                    let event = if unheard && p.status == PaymentStatus::Requested {
                         RoomEvent::PaymentRequested { payment }
                     } else {
                         RoomEvent::PaymentUpdated { payment }

@@ -204,7 +204,8 @@ const CLINIC_COLUMNS: [&str; 11] = [
 /// columns are NULL when it does not exist. The one-row derived table keeps a row either way.
 static CALL_SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let clinic: Vec<String> = CLINIC_COLUMNS.iter().map(|c| format!("c.{c} AS c_{c}")).collect();
-    let payment: Vec<String> = PAYMENT_COLUMNS.split(',').map(|c| format!("p.{}", c.trim())).collect();
+    // Named explicitly: SQLite leaves a column's name unspecified without `AS`.
+    let payment: Vec<String> = PAYMENT_COLUMNS.split(',').map(|c| format!("p.{c} AS {c}", c = c.trim())).collect();
     format!(
         "SELECT {}, {} FROM (SELECT 1 AS one) AS q LEFT JOIN clinics c ON c.id = $2 \
          LEFT JOIN payments p ON p.call_id = $1 ORDER BY p.created_at, p.id",

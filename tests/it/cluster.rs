@@ -373,15 +373,16 @@ async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
             currency: "aud".into(),
             description: format!("payment {n}"),
             card_last4: Some("4242".into()),
-            created_at: 10 + n as i64,
-            updated_at: 10 + n as i64,
+            // Inserted newest first, so only the statement's order can put the oldest first.
+            created_at: 20 - 10 * n as i64,
+            updated_at: 20 - 10 * n as i64,
             ..Default::default()
         };
         assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
     }
     let two = store.payments_for_call("call_snap").await.unwrap();
     assert_eq!(two.len(), 2);
-    assert_eq!(two[0].client_ref, "b", "oldest first");
+    assert_eq!(two[0].client_ref, "a", "oldest first");
     let cases = [
         ("call_snap", "clinic_snap", Some(clinic.clone()), two.clone()),
         ("call_none", "clinic_snap", Some(clinic), vec![]),
