@@ -363,7 +363,7 @@ async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
         ..Clinic::default()
     };
     store.commit(&[Write::UpsertClinic(clinic.clone())]).await.unwrap();
-    for (n, client_ref) in ["b", "a"].into_iter().enumerate() {
+    for (n, client_ref) in ["a", "b"].into_iter().enumerate() {
         let payment = callpay::store::Payment {
             id: format!("pay_snap_{client_ref}"),
             call_id: "call_snap".into(),
@@ -373,7 +373,9 @@ async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
             currency: "aud".into(),
             description: format!("payment {n}"),
             card_last4: Some("4242".into()),
-            // Inserted newest first, so only the statement's order can put the oldest first.
+            // Inserted newest first, and the newest has the lower `client_ref`: neither the
+            // insertion order nor the unique index's puts the oldest first (the statement's
+            // ORDER BY does, or the `(call_id, created_at)` index it reads by).
             created_at: 20 - 10 * n as i64,
             updated_at: 20 - 10 * n as i64,
             ..Default::default()
@@ -382,7 +384,7 @@ async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
     }
     let two = store.payments_for_call("call_snap").await.unwrap();
     assert_eq!(two.len(), 2);
-    assert_eq!(two[0].client_ref, "a", "oldest first");
+    assert_eq!(two[0].client_ref, "b", "oldest first");
     let cases = [
         ("call_snap", "clinic_snap", Some(clinic.clone()), two.clone()),
         ("call_none", "clinic_snap", Some(clinic), vec![]),
