@@ -110,6 +110,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The PostgreSQL database's name.
+    pub fn db(&self) -> &str {
+        &self.db
+    }
+
     /// The balancer's WebSocket base URL.
     pub fn ws_url(&self) -> String {
         format!("ws://127.0.0.1:{}", self.lb_port)

@@ -4,7 +4,7 @@
 //! does what the SDK does (`web/sdk/callpay.js`): after `4012` it waits a random moment within
 //! the spread the reason names, after `4013` at the retry time give or take half a second, after a
 //! refused connection the SDK's backoff; then joins the next live instance (a balancer's round
-//! robin). Reported: how long until each client has its `welcome` again (p50, p99, max), the
+//! robin), or, with `--nginx`, goes through nginx as every `scale` client does. Reported: how long until each client has its `welcome` again (p50, p99, max), the
 //! joins shed with `4013`, the connections refused, and the spread the node asked for. No
 //! traffic besides the joins; loopback only; stops by itself.
 
@@ -62,20 +62,12 @@ async fn until_welcome(ws: &mut crate::Ws) -> Result<(), (u16, String)> {
     }
 }
 
-/// Runs the scenario.
-pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Value> {
-    anyhow::ensure!(nodes >= 2, "--nodes must be at least 2 (one is drained)");
-    let hub = Hub::start_cluster_with(bin, nodes, &[]).await?;
-    let url = |node: usize, i: usize| {
-        let role = if i.is_multiple_of(2) { Role::Clinician } else { Role::Patient };
-        let sub = format!("{}-{}", if i.is_multiple_of(2) { "doc" } else { "pat" }, i / 2);
-        hub.url(node, &format!("drain-{}", i / 2), &sub, role)
-    };
-    // Everyone on instance 0.
+/// Opens `urls` (client `i` at `urls[i]`), 64 at a time, each until its `welcome`.
+async fn open_all(urls: Vec<String>) -> anyhow::Result<Vec<crate::Ws>> {
     let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
-    let mut opening = Vec::with_capacity(sockets);
-    for i in 0..sockets {
-        let (gate, u) = (gate.clone(), url(0, i));
+    let mut opening = Vec::with_capacity(urls.len());
+    for (i, u) in urls.into_iter().enumerate() {
+        let gate = gate.clone();
         opening.push(tokio::spawn(async move {
             let _slot = gate.acquire().await?;
             let mut ws = open(&u, i).await?;
@@ -83,24 +75,82 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
             anyhow::Ok(ws)
         }));
     }
-    let mut clients = Vec::with_capacity(sockets);
+    let mut clients = Vec::with_capacity(opening.len());
     for o in opening {
         clients.push(o.await??);
     }
+    Ok(clients)
+}
+
+/// The call, subject and role of client `i` (half clinicians, half patients, one call a pair).
+fn client(i: usize) -> (String, String, Role) {
+    let role = if i.is_multiple_of(2) { Role::Clinician } else { Role::Patient };
+    let sub = format!("{}-{}", if i.is_multiple_of(2) { "doc" } else { "pat" }, i / 2);
+    (format!("drain-{}", i / 2), sub, role)
+}
+
+/// Runs the scenario. With `nginx`, every client connects through the balancer `scale` uses
+/// (least connections, a stopped instance skipped per request): the others are started only
+/// once every client is on instance 0, and every reconnect goes to the balancer.
+pub async fn run(bin: &str, sockets: usize, nodes: usize, nginx: bool) -> anyhow::Result<Value> {
+    anyhow::ensure!(nodes >= 2, "--nodes must be at least 2 (one is drained)");
+    if nginx {
+        let mut cluster = crate::cluster::Cluster::start(bin, nodes, sockets).await?;
+        for i in 1..nodes {
+            cluster.stop_node(i, libc::SIGTERM).await?;
+        }
+        let url = |i: usize| {
+            let (call, sub, role) = client(i);
+            let token = callpay::demo::join_token(&cluster.secret, &call, callpay::demo::DEMO_CLINIC, &sub, &sub, role);
+            format!("{}/v1/calls/{call}/ws?token={token}", cluster.ws_url())
+        };
+        let urls: Vec<String> = (0..sockets).map(url).collect();
+        let clients = open_all(urls.clone()).await?;
+        for i in 1..nodes {
+            cluster.start_node(i).await?;
+        }
+        let pid = cluster.nodes[0].1.as_ref().and_then(|c| c.id()).context("instance 0 has no pid")?;
+        let db = cluster.db().to_owned();
+        let mut report = storm(clients, vec![urls], pid, &db, nodes, sockets).await?;
+        report["balancer"] = json!("nginx (least_conn), as in `scale`");
+        return Ok(report);
+    }
+    let hub = Hub::start_cluster_with(bin, nodes, &[]).await?;
+    let url = |node: usize, i: usize| {
+        let (call, sub, role) = client(i);
+        hub.url(node, &call, &sub, role)
+    };
+    // Everyone on instance 0.
+    let clients = open_all((0..sockets).map(|i| url(0, i)).collect()).await?;
+    let urls: Vec<Vec<String>> = (1..nodes).map(|node| (0..sockets).map(|i| url(node, i)).collect()).collect();
+    let pid = hub.children[0].id().context("instance 0 has no pid")?;
+    let db = hub.db.clone().context("a cluster has a database")?;
+    let mut report = storm(clients, urls, pid, &db, nodes, sockets).await?;
+    report["balancer"] = json!("none: each client tries the live instances in turn");
+    Ok(report)
+}
+
+/// SIGTERM to `pid` (instance 0, holding `clients`), then every client back through `urls`
+/// (client `i` tries `urls[(i + attempt) % urls.len()][i]`).
+async fn storm(
+    clients: Vec<crate::Ws>,
+    urls: Vec<Vec<String>>,
+    pid: u32,
+    db: &str,
+    nodes: usize,
+    sockets: usize,
+) -> anyhow::Result<Value> {
     // The store's background rate with every socket settled (presence upkeep, the verify
     // sweep), so the storm's own transactions can be told from it.
-    let db = hub.db.clone().context("a cluster has a database")?;
-    let (quiet, quiet_for) = (crate::pg_transactions(&db)?, Duration::from_secs(4));
+    let (quiet, quiet_for) = (crate::pg_transactions(db)?, Duration::from_secs(4));
     tokio::time::sleep(quiet_for).await;
-    let before = crate::pg_transactions(&db)?;
+    let before = crate::pg_transactions(db)?;
     let background_per_sec = before.saturating_sub(quiet) as f64 / quiet_for.as_secs_f64();
     eprintln!("drain: {sockets} sockets on instance 0 of {nodes}; sending SIGTERM");
     let counts = Arc::new(Counts::default());
     let spread_said = Arc::new(std::sync::Mutex::new(None::<String>));
-    let urls: Arc<Vec<Vec<String>>> =
-        Arc::new((1..nodes).map(|node| (0..sockets).map(|i| url(node, i)).collect()).collect());
+    let urls = Arc::new(urls);
     let drained_at = Instant::now();
-    let pid = hub.children[0].id().context("instance 0 has no pid")?;
     let mut back = Vec::with_capacity(sockets);
     for (i, mut ws) in clients.into_iter().enumerate() {
         let (counts, urls, spread_said) = (counts.clone(), urls.clone(), spread_said.clone());
@@ -175,7 +225,7 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize) -> anyhow::Result<Valu
     // Let the backends report their last counts (at most once a second, when idle).
     let storm = drained_at.elapsed() + Duration::from_secs(2);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let during = crate::pg_transactions(&db)?.saturating_sub(before);
+    let during = crate::pg_transactions(db)?.saturating_sub(before);
     let joins = kept.len().max(1) as f64;
     let storm_transactions = (during as f64 - background_per_sec * storm.as_secs_f64()).max(0.0);
     let ms = |q: f64| times.value_at_quantile(q);

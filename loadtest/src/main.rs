@@ -60,7 +60,9 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
   cluster-confirm   the same across two instances (webhooks to one, clinicians on the other)
   abuse             --rounds of --calls hostile sockets each (defaults 10 x 1000); hub RSS per round
   drain             --sockets N (default 19000) on instance 0 of --nodes K (default 3) serve
-                    instances; SIGTERM to instance 0; time until every client is back elsewhere
+                    instances; SIGTERM to instance 0; time until every client is back elsewhere;
+                    --nginx: every client through nginx (as in scale), the others started once
+                    all are on instance 0
   scale             --sockets N (default 100000) over --nodes K (default 5) serve instances behind
                     nginx: --relay events/s (2000) and --pays a minute (100); after --steady
                     seconds (30), a rolling restart, Redis stopped for --outage seconds (10) and
@@ -663,7 +665,7 @@ async fn main() -> anyhow::Result<()> {
         raise_open_files();
         let report = tokio::time::timeout(
             Duration::from_secs(600),
-            drain::run(&bin, number("--sockets", 19_000)?, number("--nodes", 3)?),
+            drain::run(&bin, number("--sockets", 19_000)?, number("--nodes", 3)?, args.iter().any(|a| a == "--nginx")),
         )
         .await
         .context("drain did not finish within 10 minutes")??;
