@@ -234,6 +234,9 @@ http {{
       proxy_send_timeout 1h;
       proxy_buffering off;
       proxy_next_upstream error timeout http_502 http_503;
+      # From the client's own loopback address (127.0.0.2-9): from 127.0.0.1 alone, nginx runs
+      # out of source ports (EADDRNOTAVAIL, a 502) with some 19,000 sockets on one instance.
+      proxy_bind $remote_addr;
     }}
   }}
 }}
