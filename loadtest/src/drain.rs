@@ -8,7 +8,7 @@
 //! joins shed with `4013`, the connections refused, and the spread the node asked for. No
 //! traffic besides the joins; loopback only; stops by itself.
 
-use crate::fleet::wait_after;
+use crate::fleet::{is_failure, wait_after};
 use crate::{Hub, ws_request};
 use anyhow::Context;
 use callpay_protocol::Role;
@@ -164,14 +164,19 @@ async fn storm(
                 spread_said.lock().unwrap().get_or_insert(reason.clone());
             }
             drop(ws);
-            let mut attempt = 0u32;
+            // Attempts made (which instance is next without a balancer), and the failed ones
+            // among them (the SDK's backoff).
+            let (mut attempt, mut failures) = (0u32, 0u32);
             // What this client went through: each close (or refusal) and the wait it took after.
             let mut path = Vec::new();
             loop {
-                let wait = wait_after(code, &reason, attempt);
+                let wait = wait_after(code, &reason, failures);
                 path.push(format!("{code} +{}ms", wait.as_millis()));
                 tokio::time::sleep(wait).await;
                 attempt += 1;
+                if is_failure(code) {
+                    failures += 1;
+                }
                 counts.attempts.fetch_add(1, Ordering::Relaxed);
                 let target = &urls[(i + attempt as usize) % urls.len()][i];
                 match open(target, i).await {

@@ -213,7 +213,14 @@ impl Fleet {
     }
 }
 
-/// How long the SDK waits after a close (`reconnectDelay` in `web/sdk/callpay.js`).
+/// Whether the SDK counts a close as a failed attempt, which lengthens its next backoff
+/// (`reconnectDelay`'s `failed`): all but a shed join (`4013`), whose hub said when to come back.
+pub fn is_failure(code: u16) -> bool {
+    code != 4013
+}
+
+/// How long the SDK waits after a close (`reconnectDelay` in `web/sdk/callpay.js`); `attempt`
+/// counts the failed attempts since the last `welcome` ([`is_failure`]).
 pub fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
     let said = |prefix: &str| {
         reason.split(prefix).nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok())
@@ -435,7 +442,9 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
         if !first {
             let wait = if code == 1000 { Duration::ZERO } else { wait_after(code, &reason, attempt) };
             tokio::time::sleep(wait).await;
-            attempt += 1;
+            if is_failure(code) {
+                attempt += 1;
+            }
         }
         let slot = if first { Some(gate.clone().acquire_owned().await) } else { None };
         let mut ws = match connect(&url, n + fleet.source_offset).await {
@@ -884,6 +893,18 @@ fn done_report(fleet: &Fleet, worker: usize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As the SDK's `reconnectDelay` (`tests/browser/sdk.test.mjs`): a shed is not a failure, so
+    /// a refusal after several sheds backs off from the start, not from the fifth step.
+    #[test]
+    fn a_shed_join_is_not_a_failed_attempt() {
+        assert!(!is_failure(4013));
+        for code in [4012, 1006, 1011, 4009] {
+            assert!(is_failure(code), "{code}");
+        }
+        let after_refusal = wait_after(1006, "", 0);
+        assert!(after_refusal <= Duration::from_millis(500), "{after_refusal:?}");
+    }
 
     /// While most calls are down (a rolling restart), the calls still up must keep their own
     /// share of the relay rate: handing them the others' share floods them past the hub's

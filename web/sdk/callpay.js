@@ -21,7 +21,9 @@ const RETRY_JITTER_MS = 1000;
  *   (`retry in N ms`), give or take half a second at most. The time is this client's place in
  *   the line of joins the hub turned away, which it paces at the rate it admits; a jitter in
  *   proportion to it (half to one and a half times, before) spread a 10 s place over 5-15 s,
- *   and the drain's last clients came back at 15 s.
+ *   and the drain's last clients came back at 15 s. Not a failed attempt: the hub said when to
+ *   come back. Counted as one, a connection refused after three or four sheds backed off 4-8 s
+ *   (the slowest clients of a drain behind nginx).
  * - anything else: exponential backoff with jitter.
  */
 export function reconnectDelay(code, reason, attempt, random = Math.random) {
@@ -40,7 +42,7 @@ export function reconnectDelay(code, reason, attempt, random = Math.random) {
   }
   if (code === 4013) {
     const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
-    return { wait: Math.min(MAX_WAIT_MS, retry + (random() - 0.5) * Math.min(retry, RETRY_JITTER_MS)), failed: true };
+    return { wait: Math.min(MAX_WAIT_MS, retry + (random() - 0.5) * Math.min(retry, RETRY_JITTER_MS)), failed: false };
   }
   return { wait: backoff, failed: true };
 }
