@@ -298,17 +298,24 @@ async fn store_behind_the_rooms(hub: &TestHub, id: &str, change: impl FnOnce(&mu
     assert_eq!(hub.state.store.commit(&writes).await.unwrap(), Committed::Applied);
 }
 
-/// Headline of issue 17 on one node: a change the room learns of only through a resync is
-/// delivered as the event it was. A payment that became paid is one `payment.confirmed` to
-/// each side, however many resyncs follow.
-#[tokio::test]
-async fn a_resync_delivers_a_payment_that_became_paid_as_one_payment_confirmed() {
+/// A hub with a clinician and a patient in its demo call, and one payment requested that both
+/// have seen: the hub, the two clients and the payment's id.
+async fn one_payment_requested() -> (TestHub, Client, Client, String) {
     let hub = TestHub::start().await;
     let mut doc = hub.clinician().await;
     let mut pat = hub.patient().await;
     doc.request("r1", 5000, "Consult").await;
     let id = pat.until("payment.requested").await["payment"]["payment_id"].as_str().unwrap().to_owned();
     doc.until("payment.requested").await;
+    (hub, doc, pat, id)
+}
+
+/// Headline of issue 17 on one node: a change the room learns of only through a resync is
+/// delivered as the event it was. A payment that became paid is one `payment.confirmed` to
+/// each side, however many resyncs follow.
+#[tokio::test]
+async fn a_resync_delivers_a_payment_that_became_paid_as_one_payment_confirmed() {
+    let (hub, mut doc, mut pat, id) = one_payment_requested().await;
     store_behind_the_rooms(&hub, &id, |p| {
         p.status = PaymentStatus::Succeeded;
         p.amount_received = Some(5000);
@@ -332,12 +339,7 @@ async fn a_resync_delivers_a_payment_that_became_paid_as_one_payment_confirmed()
 /// made deterministic.
 #[tokio::test]
 async fn a_late_bus_copy_of_a_payment_the_room_showed_is_not_shown_again() {
-    let hub = TestHub::start().await;
-    let mut doc = hub.clinician().await;
-    let mut pat = hub.patient().await;
-    doc.request("r1", 5000, "Consult").await;
-    let id = pat.until("payment.requested").await["payment"]["payment_id"].as_str().unwrap().to_owned();
-    doc.until("payment.requested").await;
+    let (hub, mut doc, mut pat, id) = one_payment_requested().await;
     let shown = hub.state.store.payment(&id).await.unwrap().unwrap();
     let late = |event: RoomEvent| Envelope {
         origin: "node-far".into(),
