@@ -56,6 +56,10 @@ pub struct AppState {
     pub connection_slots: Arc<Semaphore>,
     /// Joins in progress, bounded by `server.max_joins_in_flight`.
     pub joins: Arc<crate::pacing::JoinGate>,
+    /// Signs the tickets of shed joins. Derived from the Stripe secret key: the one secret every
+    /// instance of a deployment is sure to share whatever its token algorithm, and a one-way
+    /// derivation, so a ticket says nothing about the key.
+    pub join_tickets: Arc<crate::pacing::TicketKey>,
     /// The reconnect spread of this node's drain, fixed by the first socket it closes (while
     /// every socket is still open), so all of them are told the same window.
     pub drain_spread: Arc<std::sync::OnceLock<std::time::Duration>>,
@@ -185,6 +189,7 @@ impl AppState {
         Ok(Self {
             connection_slots: Arc::new(Semaphore::new(cap)),
             joins: Arc::new(crate::pacing::JoinGate::new(config.server.max_joins_in_flight)),
+            join_tickets: Arc::new(crate::pacing::TicketKey::derive(config.stripe.secret_key.expose().as_bytes())),
             drain_spread: Arc::default(),
             config: Arc::new(config),
             store: deps.store,

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub joins_refused: Counter,
     /// Joins shed with `4013` because as many as the store can serve were in progress.
     pub joins_shed: Counter,
+    /// Joins that came back after `4013` with a ticket due and valid, and were admitted.
+    pub joins_ticketed: Counter,
     /// Client frames answered with an `error`.
     pub frames_refused: Counter,
     /// Webhook deliveries with a bad or missing signature.
@@ -78,6 +80,7 @@ impl Metrics {
             connections_closed: Counter::default(),
             joins_refused: Counter::default(),
             joins_shed: Counter::default(),
+            joins_ticketed: Counter::default(),
             frames_refused: Counter::default(),
             webhooks_rejected: Counter::default(),
             webhooks_applied: Counter::default(),
@@ -107,6 +110,11 @@ impl Metrics {
             "ws_joins_shed",
             "Joins closed with 4013 (retry later) because the node was admitting as many as its store serves",
             m.joins_shed.clone(),
+        );
+        r.register(
+            "ws_joins_ticketed",
+            "Joins admitted ahead of others because they came back after 4013 with their ticket",
+            m.joins_ticketed.clone(),
         );
         r.register("ws_frames_refused", "Client frames answered with an error frame", m.frames_refused.clone());
         r.register(

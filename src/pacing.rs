@@ -1,8 +1,12 @@
 //! Pacing joins when many arrive at once (a drained node's clients, a deploy, a network blip):
 //! a drained node tells its clients to spread their reconnects over a window it chooses from
 //! its own load, and a node sheds joins past what its store can serve with a time to retry,
-//! rather than queueing them into the pool's time-outs.
+//! rather than queueing them into the pool's time-outs. A shed join is given a ticket for its
+//! place in line; back with it when its time has come, it goes ahead of joins that have not
+//! waited, on whichever node of the deployment it reaches.
 
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -10,6 +14,20 @@ use std::time::{Duration, Instant};
 /// Shortest and longest reconnect spread a draining node asks for.
 const SPREAD_MIN: Duration = Duration::from_millis(250);
 const SPREAD_MAX: Duration = Duration::from_secs(30);
+/// Retry told to a join back with its ticket that still found no place: soon, since it is at
+/// the front of the line (a longer wait here was what sent a drain's slowest clients to the end
+/// of the line two or three times over).
+const RETRY_FRONT: Duration = Duration::from_millis(250);
+/// How early a ticket may come back (the SDK comes back within half a second either side of
+/// its time; the rest is for clocks of the deployment's machines that differ a little).
+const EARLY_MS: u64 = 1_000;
+/// How long after its time a ticket is still honoured: longer than any retry the SDK waits.
+const VALID_MS: u64 = 90_000;
+/// What a ticket's signature covers besides its contents, so that no other token signed with
+/// the same key can pass for one.
+const TICKET_DOMAIN: &[u8] = b"callpay.join-ticket.v1";
+/// Label for deriving the ticket key from the deployment's shared secret.
+const TICKET_LABEL: &[u8] = b"callpay join-ticket key v1";
 /// Shortest retry a shed join is told; more joins waiting means a longer one.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 /// (A place later than this is told this and turned away again when it comes back: with the
@@ -29,9 +47,57 @@ pub fn restarting_reason(spread: Duration) -> String {
     format!("hub node stopping; reconnect within {} ms", spread.as_millis())
 }
 
-/// The close reason of a shed join.
-pub fn busy_reason(retry: Duration) -> String {
-    format!("hub busy admitting joins; retry in {} ms", retry.as_millis())
+/// The close reason of a shed join: when to retry, and the ticket to come back with.
+pub fn busy_reason(retry: Duration, ticket: &str) -> String {
+    format!("hub busy admitting joins; retry in {} ms; ticket {ticket}", retry.as_millis())
+}
+
+/// Signs and checks join tickets: `{due}.{signature}`, where `due` is the Unix time (ms) from
+/// which the ticket's join is due and the signature is a truncated HMAC-SHA256 over it, the call
+/// and the participant. Every node of a deployment derives the same key, so a join shed by one
+/// node keeps its place on the node the balancer sends it to next. A forged or altered ticket
+/// only costs its join the priority, so 64 bits of signature are plenty.
+pub struct TicketKey(Vec<u8>);
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketKey([redacted])")
+    }
+}
+
+impl TicketKey {
+    /// The key derived from a secret every node of the deployment shares.
+    pub fn derive(shared_secret: &[u8]) -> Self {
+        let mut mac = Hmac::<Sha256>::new_from_slice(shared_secret).expect("HMAC takes any key length");
+        mac.update(TICKET_LABEL);
+        Self(mac.finalize().into_bytes().to_vec())
+    }
+
+    fn mac(&self, call_id: &str, sub: &str, due_ms: u64) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        // Lengths first, so that no call id and participant run together into another pair.
+        for part in [TICKET_DOMAIN, call_id.as_bytes(), sub.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&due_ms.to_be_bytes());
+        mac
+    }
+
+    /// A ticket for participant `sub` of `call_id`, due at `due_ms` (Unix ms).
+    pub fn issue(&self, call_id: &str, sub: &str, due_ms: u64) -> String {
+        let signature = self.mac(call_id, sub, due_ms).finalize().into_bytes();
+        format!("{due_ms}.{}", hex::encode(&signature[..8]))
+    }
+
+    /// Whether `ticket` is one this deployment gave `sub` of `call_id` and it is due at `now_ms`
+    /// (no more than [`EARLY_MS`] early, no more than [`VALID_MS`] late).
+    pub fn honours(&self, ticket: &str, call_id: &str, sub: &str, now_ms: u64) -> bool {
+        let Some((due, signature)) = ticket.split_once('.') else { return false };
+        let (Ok(due_ms), Ok(signature)) = (due.parse::<u64>(), hex::decode(signature)) else { return false };
+        let timely = now_ms.saturating_add(EARLY_MS) >= due_ms && now_ms <= due_ms.saturating_add(VALID_MS);
+        timely && signature.len() == 8 && self.mac(call_id, sub, due_ms).verify_truncated_left(&signature).is_ok()
+    }
 }
 
 /// Joins in progress (from the upgrade until `welcome` is sent), bounded.
@@ -88,12 +154,13 @@ impl JoinGate {
 
     /// A place for one more join, or how long the join should wait before trying again: its
     /// place in the queue of joins shed before it, at the rate the node admitted joins in the
-    /// last second (at least `max` a second).
-    pub fn enter(&self) -> Result<JoinSlot, Duration> {
-        self.enter_at(Instant::now())
+    /// last second (at least `max` a second). `ticketed`: the join came back with a ticket
+    /// that is due ([`TicketKey::honours`]), so it goes ahead of joins that have not waited.
+    pub fn enter(&self, ticketed: bool) -> Result<JoinSlot, Duration> {
+        self.enter_at(Instant::now(), ticketed)
     }
 
-    fn enter_at(&self, now: Instant) -> Result<JoinSlot, Duration> {
+    fn enter_at(&self, now: Instant, ticketed: bool) -> Result<JoinSlot, Duration> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.roll(now);
@@ -103,14 +170,31 @@ impl JoinGate {
         // a first, low estimate gave them).
         let drained = now.saturating_duration_since(q.drained_at).as_secs_f64() * rate;
         (q.owed, q.drained_at) = ((q.owed - drained).max(0.0), now);
-        if in_flight > self.max {
+        // While a line is waiting, a quarter of the places are kept for the joins that come
+        // back with their tickets, so joins arriving fresh (a drain's spread goes on) do not
+        // take every place that comes free and send the line's joins round again.
+        let line_waiting = q.owed >= 1.0;
+        let limit = if ticketed || !line_waiting { self.max } else { self.max - self.max / 4 };
+        if in_flight > limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            if ticketed {
+                // At the front of the line already: it is owed no new place.
+                return Err(RETRY_FRONT);
+            }
             q.owed += 1.0;
             let wait = Duration::from_secs_f64(q.owed / rate);
             return Err(wait.clamp(RETRY_MIN, RETRY_MAX));
         }
         q.admitted += 1;
         Ok(JoinSlot(self.in_flight.clone()))
+    }
+
+    /// Places owed to shed joins not yet due at `now`.
+    #[cfg(test)]
+    fn owed_at(&self, now: Instant) -> f64 {
+        let q = self.queue.lock().unwrap();
+        let rate = q.last_rate.max(self.max as u64) as f64;
+        (q.owed - now.saturating_duration_since(q.drained_at).as_secs_f64() * rate).max(0.0)
     }
 
     /// Joins in progress now.
@@ -131,25 +215,24 @@ mod tests {
         assert_eq!(reconnect_spread(100, 0), Duration::from_millis(30_000).min(SPREAD_MAX), "no division by zero");
         assert_eq!(restarting_reason(Duration::from_millis(5000)), "hub node stopping; reconnect within 5000 ms");
         assert!(restarting_reason(SPREAD_MAX).len() <= 123, "fits a close frame");
-        assert!(busy_reason(RETRY_MAX).len() <= 123);
     }
 
     #[test]
     fn the_gate_admits_its_max_and_tells_the_rest_when_to_retry() {
         let gate = JoinGate::new(2);
         let t0 = Instant::now();
-        let a = gate.enter_at(t0).unwrap();
-        let b = gate.enter_at(t0).unwrap();
-        let retry = gate.enter_at(t0).unwrap_err();
+        let a = gate.enter_at(t0, false).unwrap();
+        let b = gate.enter_at(t0, false).unwrap();
+        let retry = gate.enter_at(t0, false).unwrap_err();
         assert!(retry >= RETRY_MIN && retry <= RETRY_MAX, "{retry:?}");
         // The more are turned away, the later each later one is told to come back: 11 shed at
         // 2 a second (no whole second admitted yet) wait 5.5 s.
-        let later = (0..10).map(|_| gate.enter_at(t0).unwrap_err()).last().unwrap();
+        let later = (0..10).map(|_| gate.enter_at(t0, false).unwrap_err()).last().unwrap();
         assert!(later > retry, "{later:?} after {retry:?}");
         assert_eq!(later, Duration::from_millis(11 * 1000 / 2));
         assert_eq!(gate.in_flight(), 2, "a refused join holds no place");
         drop(a);
-        let c = gate.enter().expect("a place came free");
+        let c = gate.enter(false).expect("a place came free");
         drop((b, c));
         assert_eq!(gate.in_flight(), 0);
     }
@@ -161,19 +244,72 @@ mod tests {
     fn shed_joins_keep_their_place_in_line_across_seconds() {
         let gate = JoinGate::new(1);
         let t0 = Instant::now();
-        let _held = gate.enter_at(t0).unwrap();
+        let _held = gate.enter_at(t0, false).unwrap();
         // 100 shed at once, at the floor rate of 1 a second: the last waits its 100 places
         // (clamped to the longest retry).
-        let waits: Vec<Duration> = (0..100).map(|_| gate.enter_at(t0).unwrap_err()).collect();
+        let waits: Vec<Duration> = (0..100).map(|_| gate.enter_at(t0, false).unwrap_err()).collect();
         assert_eq!(waits[3], Duration::from_secs(4));
         assert_eq!(waits[99], RETRY_MAX);
         // 1.5 s later (a new second): 1.5 places came due, 98.5 are still owed, so the next
         // join shed waits behind them.
-        let later = gate.enter_at(t0 + Duration::from_millis(1500)).unwrap_err();
+        let later = gate.enter_at(t0 + Duration::from_millis(1500), false).unwrap_err();
         assert_eq!(later, RETRY_MAX, "told {later:?}: ahead of the joins shed before it");
         // Once the line has drained, a shed join waits only the shortest retry.
-        let drained = gate.enter_at(t0 + Duration::from_secs(200)).unwrap_err();
+        let drained = gate.enter_at(t0 + Duration::from_secs(200), false).unwrap_err();
         assert_eq!(drained, Duration::from_secs(1), "its own place only, at 1 a second");
+    }
+
+    /// A join that comes back with its ticket when its time has come is admitted ahead of
+    /// joins that have not waited: while the line is not empty, a quarter of the places are
+    /// kept for ticket holders; and a ticket holder that still finds no place is told to come
+    /// back at once, keeping its place, rather than being sent to the end of the line.
+    #[test]
+    fn a_join_back_with_its_ticket_goes_ahead_of_joins_that_have_not_waited() {
+        let gate = JoinGate::new(4);
+        let t0 = Instant::now();
+        let held: Vec<JoinSlot> = (0..4).map(|_| gate.enter_at(t0, false).unwrap()).collect();
+        let first_wait = gate.enter_at(t0, false).unwrap_err();
+        assert!(first_wait >= RETRY_MIN, "{first_wait:?}");
+        drop(held);
+        // Three places are in use again; the line is not empty (its join is not due yet).
+        let _three: Vec<JoinSlot> = (0..3).map(|_| gate.enter_at(t0, false).unwrap()).collect();
+        let newcomer = gate.enter_at(t0, false);
+        assert!(newcomer.is_err(), "the fourth place is kept for the join that waited");
+        let back = gate.enter_at(t0, true).expect("the ticket holder takes the kept place");
+        // Full: a ticket holder is told to come back soon, and the line does not grow for it.
+        let owed = gate.owed_at(t0);
+        assert_eq!(gate.enter_at(t0, true).unwrap_err(), RETRY_FRONT);
+        assert_eq!(gate.owed_at(t0), owed, "a ticket holder keeps its place, not a new one");
+        drop(back);
+        // Once the line has drained, newcomers have every place again.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(gate.owed_at(later), 0.0);
+        let _fourth = gate.enter_at(later, false).expect("no line: no place is kept");
+    }
+
+    #[test]
+    fn a_ticket_is_honoured_only_for_its_call_and_participant_from_its_time_until_it_expires() {
+        let key = TicketKey::derive(b"a platform secret of thirty-two bytes!");
+        let due = 1_700_000_000_000;
+        let ticket = key.issue("call-1", "pat-1", due);
+        assert!(ticket.len() <= 40, "{ticket}");
+        assert!(busy_reason(RETRY_MAX, &ticket).len() <= 123, "fits a close frame");
+        assert!(key.honours(&ticket, "call-1", "pat-1", due));
+        assert!(key.honours(&ticket, "call-1", "pat-1", due - EARLY_MS), "the SDK's jitter may bring it early");
+        assert!(!key.honours(&ticket, "call-1", "pat-1", due - EARLY_MS - 1), "too early: it did not wait");
+        assert!(key.honours(&ticket, "call-1", "pat-1", due + VALID_MS));
+        assert!(!key.honours(&ticket, "call-1", "pat-1", due + VALID_MS + 1), "expired");
+        assert!(!key.honours(&ticket, "call-2", "pat-1", due), "another call");
+        assert!(!key.honours(&ticket, "call-1", "pat-2", due), "another participant");
+        let other_key = TicketKey::derive(b"another platform secret, 32 bytes long");
+        assert!(!other_key.honours(&ticket, "call-1", "pat-1", due), "another deployment's key");
+        let (_, mac) = ticket.split_once('.').unwrap();
+        assert!(!key.honours(&format!("{}.{mac}", due - 5_000), "call-1", "pat-1", due), "an earlier time forged");
+        for junk in ["", ".", "x.y", "1700000000000", "1700000000000.", "-1.00", &format!("{ticket}0")] {
+            assert!(!key.honours(junk, "call-1", "pat-1", due), "{junk:?}");
+        }
+        // Two tickets for different times are different.
+        assert_ne!(key.issue("call-1", "pat-1", due + 1), ticket);
     }
 
     /// The rate the node admitted in its last whole second re-times the line: at 1,000
@@ -183,11 +319,11 @@ mod tests {
         let gate = JoinGate::new(1);
         let t0 = Instant::now();
         for i in 0..1000 {
-            drop(gate.enter_at(t0 + Duration::from_micros(i)).unwrap());
+            drop(gate.enter_at(t0 + Duration::from_micros(i), false).unwrap());
         }
         let t1 = t0 + Duration::from_millis(1001);
-        let _held = gate.enter_at(t1).unwrap();
-        let waits: Vec<Duration> = (0..2000).map(|_| gate.enter_at(t1).unwrap_err()).collect();
+        let _held = gate.enter_at(t1, false).unwrap();
+        let waits: Vec<Duration> = (0..2000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
         assert_eq!(waits[499], RETRY_MIN, "500 places at 1,000 a second: half a second");
         assert_eq!(waits[1999], Duration::from_secs(2));
     }

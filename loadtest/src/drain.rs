@@ -2,13 +2,13 @@
 //! instances on a fresh PostgreSQL database and Redis; `--sockets` clients (half clinicians,
 //! half patients, one call per pair) all on instance 0; instance 0 gets SIGTERM. Each client
 //! does what the SDK does (`web/sdk/callpay.js`): after `4012` it waits a random moment within
-//! the spread the reason names, after `4013` at the retry time give or take half a second, after a
+//! the spread the reason names, after `4013` at the retry time give or take half a second with its ticket, after a
 //! refused connection the SDK's backoff; then joins the next live instance (a balancer's round
 //! robin), or, with `--nginx`, goes through nginx as every `scale` client does. Reported: how long until each client has its `welcome` again (p50, p99, max), the
 //! joins shed with `4013`, the connections refused, and the spread the node asked for. No
 //! traffic besides the joins; loopback only; stops by itself.
 
-use crate::fleet::{is_failure, wait_after};
+use crate::fleet::{is_failure, ticket_of, wait_after, with_ticket};
 use crate::{Hub, ws_request};
 use anyhow::Context;
 use callpay_protocol::Role;
@@ -34,6 +34,8 @@ const SLOWEST: usize = 10;
 #[derive(Default)]
 struct Counts {
     shed: AtomicU64,
+    /// Attempts that came back with a ticket.
+    ticketed: AtomicU64,
     refused: AtomicU64,
     attempts: AtomicU64,
 }
@@ -167,6 +169,8 @@ async fn storm(
             // Attempts made (which instance is next without a balancer), and the failed ones
             // among them (the SDK's backoff).
             let (mut attempt, mut failures) = (0u32, 0u32);
+            // The ticket of the last shed, kept until a welcome, as the SDK does.
+            let mut ticket: Option<String> = None;
             // What this client went through: each close (or refusal) and the wait it took after.
             let mut path = Vec::new();
             loop {
@@ -179,12 +183,16 @@ async fn storm(
                 }
                 counts.attempts.fetch_add(1, Ordering::Relaxed);
                 let target = &urls[(i + attempt as usize) % urls.len()][i];
-                match open(target, i).await {
+                if ticket.is_some() {
+                    counts.ticketed.fetch_add(1, Ordering::Relaxed);
+                }
+                match open(&with_ticket(target, ticket.as_deref()), i).await {
                     Ok(mut ws) => match until_welcome(&mut ws).await {
                         Ok(()) => return Some((drained_at.elapsed(), ws, path)),
                         Err((c, r)) => {
                             if c == 4013 {
                                 counts.shed.fetch_add(1, Ordering::Relaxed);
+                                ticket = ticket_of(c, &r);
                             }
                             (code, reason) = (c, r);
                         }
@@ -249,6 +257,7 @@ async fn storm(
         "not_back_within_90s": lost,
         "back_ms": {"p50": ms(0.5), "p99": ms(0.99), "max": times.max()},
         "joins_shed_4013": counts.shed.load(Ordering::Relaxed),
+        "attempts_with_ticket": counts.ticketed.load(Ordering::Relaxed),
         "connections_refused": counts.refused.load(Ordering::Relaxed),
         "join_attempts": counts.attempts.load(Ordering::Relaxed),
         "slowest": slowest,

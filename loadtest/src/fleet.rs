@@ -238,6 +238,18 @@ pub fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
     Duration::from_millis(ms as u64)
 }
 
+/// The ticket a shed join was given for its place in line (`ticketOf` in the SDK): sent back
+/// as `&ticket=` on the next attempts until a `welcome`.
+pub fn ticket_of(code: u16, reason: &str) -> Option<String> {
+    let ticket = reason.split("ticket ").nth(1)?.split(' ').next()?;
+    (code == 4013 && !ticket.is_empty()).then(|| ticket.to_owned())
+}
+
+/// `url` with the ticket, if there is one.
+pub fn with_ticket(url: &str, ticket: Option<&str>) -> String {
+    ticket.map_or_else(|| url.to_owned(), |t| format!("{url}&ticket={t}"))
+}
+
 /// A uniform number in [0, 1) from the hub's own random ids (no extra dependency).
 pub fn rand_unit() -> f64 {
     (callpay::ids::random_id().bytes().fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b))) % 1_000_000)
@@ -438,6 +450,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
     // The clinician's requests not yet answered, re-sent after a reconnect as the SDK does.
     let mut requests: HashMap<String, Message> = HashMap::new();
     let (mut code, mut reason, mut attempt, mut first) = (0u16, String::new(), 0u32, true);
+    let mut ticket: Option<String> = None;
     loop {
         if !first {
             let wait = if code == 1000 { Duration::ZERO } else { wait_after(code, &reason, attempt) };
@@ -447,7 +460,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             }
         }
         let slot = if first { Some(gate.clone().acquire_owned().await) } else { None };
-        let mut ws = match connect(&url, n + fleet.source_offset).await {
+        let mut ws = match connect(&with_ticket(&url, ticket.as_deref()), n + fleet.source_offset).await {
             Ok(ws) => ws,
             Err(_) => {
                 fleet.counters.refused.fetch_add(1, Ordering::Relaxed);
@@ -461,6 +474,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             Err((c, r)) => {
                 if c == 4013 {
                     fleet.counters.shed.fetch_add(1, Ordering::Relaxed);
+                    ticket = ticket_of(c, &r);
                 }
                 (code, reason) = (c, r);
                 first = false;
@@ -468,6 +482,7 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
             }
         };
         drop(slot);
+        ticket = None;
         if first {
             fleet.first_welcomes.fetch_add(1, Ordering::Relaxed);
         }
@@ -904,6 +919,20 @@ mod tests {
         }
         let after_refusal = wait_after(1006, "", 0);
         assert!(after_refusal <= Duration::from_millis(500), "{after_refusal:?}");
+    }
+
+    /// The load clients come back with their tickets as the SDK does (`ticketOf`).
+    #[test]
+    fn a_shed_client_keeps_the_ticket_the_hub_gave() {
+        let reason = "hub busy admitting joins; retry in 800 ms; ticket 1796422935879.e7ac65b0789382bb";
+        assert_eq!(ticket_of(4013, reason).as_deref(), Some("1796422935879.e7ac65b0789382bb"));
+        assert_eq!(ticket_of(4013, "hub busy admitting joins; retry in 800 ms"), None, "an older hub");
+        assert_eq!(ticket_of(4012, reason), None, "only a shed join has a place in line");
+        assert_eq!(
+            with_ticket("ws://h/v1/calls/c/ws?token=t", Some("1.ab")),
+            "ws://h/v1/calls/c/ws?token=t&ticket=1.ab"
+        );
+        assert_eq!(with_ticket("ws://h/v1/calls/c/ws?token=t", None), "ws://h/v1/calls/c/ws?token=t");
     }
 
     /// While most calls are down (a rolling restart), the calls still up must keep their own

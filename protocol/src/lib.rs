@@ -362,7 +362,8 @@ pub mod close {
     /// (`reconnect within N ms`); another node takes the connection.
     pub const RESTARTING: u16 = 4012;
     /// The hub is admitting as many joins as its store can serve: retry after the time the
-    /// reason gives (`retry in N ms`), plus jitter. Nothing about the call changed.
+    /// reason gives (`retry in N ms`), plus jitter, with the reason's ticket (`ticket T`) as
+    /// `?ticket=T`, which keeps the join's place in line. Nothing about the call changed.
     pub const BUSY: u16 = 4013;
     /// The client kept flooding after being told `rate_limited` (standard "policy violation").
     pub const POLICY_VIOLATION: u16 = 1008;

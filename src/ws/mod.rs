@@ -13,6 +13,7 @@ use crate::http::{ApiError, Bearer, Path};
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 
 /// Bytes read from the socket at a time. Client frames are well under this; a rare larger one
@@ -21,10 +22,11 @@ const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write goes to the socket (a flush always writes everything).
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// `GET /v1/calls/{call_id}/ws`.
+/// `GET /v1/calls/{call_id}/ws` (`?ticket=` when coming back after `4013`).
 pub async fn upgrade(
     State(app): State<AppState>,
     Path(call_id): Path<String>,
+    uri: Uri,
     token: Result<Bearer, ApiError>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -51,14 +53,23 @@ pub async fn upgrade(
         return ApiError::overloaded("This call has as many connections as it may have on this hub.").into_response();
     }
     // Past what the store can serve, a join is told when to come back (a close code a browser
-    // can read, unlike a refused upgrade's status) and costs the store nothing.
-    let slot = match app.joins.enter() {
-        Ok(slot) => slot,
+    // can read, unlike a refused upgrade's status) and costs the store nothing. It is given a
+    // ticket for its place, so when it comes back it goes ahead of joins that have not waited.
+    let now_ms = crate::store::now_ms().max(0) as u64;
+    let ticketed = ticket_of(&uri).is_some_and(|t| app.join_tickets.honours(t, &call_id, &claims.sub, now_ms));
+    let slot = match app.joins.enter(ticketed) {
+        Ok(slot) => {
+            if ticketed {
+                app.metrics.joins_ticketed.inc();
+            }
+            slot
+        }
         Err(retry) => {
             app.metrics.joins_shed.inc();
+            let ticket = app.join_tickets.issue(&call_id, &claims.sub, now_ms + retry.as_millis() as u64);
             return ws
                 .protocols([callpay_protocol::SUBPROTOCOL])
-                .on_upgrade(move |socket| session::shed(socket, retry));
+                .on_upgrade(move |socket| session::shed(socket, retry, ticket));
         }
     };
     // A call belongs to the clinic of its first join: a token naming another clinic for the same
@@ -100,4 +111,9 @@ pub async fn upgrade(
             let tracker = app.tracker.clone();
             tracker.track_future(session::run(socket, app, claims, permit, slot))
         })
+}
+
+/// The `ticket` query parameter, if the join came back with one.
+fn ticket_of(uri: &Uri) -> Option<&str> {
+    uri.query()?.split('&').find_map(|pair| pair.strip_prefix("ticket="))
 }

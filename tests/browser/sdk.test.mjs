@@ -35,6 +35,38 @@ test('a shed join retries at its place in the hub\'s line, give or take half a s
   assert.ok(reconnectDelay(4012, 'reconnect within 0 ms', 0, () => 0.999).wait <= 100);
 });
 
+test('a shed join comes back with the ticket for its place, until it is admitted', async () => {
+  const { CallpayClient } = await import('../../web/sdk/callpay.js');
+  const opened = [];
+  // Node 20 has no WebSocket: a stand-in that records where the client connects.
+  globalThis.WebSocket = class { constructor(url) { opened.push(url); } };
+  try {
+    const client = new CallpayClient({ hubUrl: 'https://hub.test/', callId: 'c 1', token: 't' });
+    const reconnectAfter = (code, reason) => {
+      client.ws.onclose({ code, reason });
+      assert.ok(client.timer, 'a reconnect is due');
+      clearTimeout(client.timer);
+      client.connect();
+      return opened.at(-1);
+    };
+    client.connect();
+    assert.equal(opened[0], 'wss://hub.test/v1/calls/c%201/ws');
+    const shed = 'hub busy admitting joins; retry in 800 ms; ticket 1700000000000.00ff00ff00ff00ff';
+    assert.equal(reconnectAfter(4013, shed), 'wss://hub.test/v1/calls/c%201/ws?ticket=1700000000000.00ff00ff00ff00ff');
+    // Refused on the way (a balancer with no instance free): still in line.
+    assert.match(reconnectAfter(1006, ''), /\?ticket=1700000000000\.00ff00ff00ff00ff$/);
+    // Shed again: the newest ticket.
+    assert.match(reconnectAfter(4013, 'hub busy admitting joins; retry in 250 ms; ticket 17.ab'), /\?ticket=17\.ab$/);
+    // An older hub's reason has no ticket: none is sent.
+    assert.equal(reconnectAfter(4013, 'hub busy admitting joins; retry in 800 ms'), 'wss://hub.test/v1/calls/c%201/ws');
+    reconnectAfter(4013, shed);
+    client.handle({ type: 'welcome', you: {}, participants: [], payments_available: true, payments: [] });
+    assert.equal(reconnectAfter(1006, ''), 'wss://hub.test/v1/calls/c%201/ws', 'admitted: the ticket is spent');
+  } finally {
+    delete globalThis.WebSocket;
+  }
+});
+
 test('any other close backs off exponentially with jitter', () => {
   assert.deepEqual(reconnectDelay(1006, '', 0, () => 1), { wait: 500, failed: true });
   assert.deepEqual(reconnectDelay(1006, '', 3, () => 1), { wait: 4000, failed: true });

@@ -220,11 +220,17 @@ impl Client {
 /// it, as the `callpay.bearer.<token>` subprotocol, not in the URL.
 pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let (base, token) = match url.split_once("?token=") {
-        Some((base, token)) => (base, Some(token)),
-        None => (url, None),
+    // `?token=T` becomes the subprotocol entry a browser sends; any other parameters (`ticket`)
+    // stay in the URL.
+    let (base, token, rest) = match url.split_once("?token=") {
+        Some((base, tail)) => {
+            let (token, rest) = tail.split_once('&').map_or((tail, None), |(t, r)| (t, Some(r)));
+            (base, Some(token), rest)
+        }
+        None => (url, None, None),
     };
-    let mut req = base.into_client_request().expect("a ws:// URL");
+    let target = rest.map_or_else(|| base.to_owned(), |r| format!("{base}?{r}"));
+    let mut req = target.into_client_request().expect("a ws:// URL");
     if let Some(token) = token {
         let offered = callpay_protocol::offered_protocols(token).parse().expect("header value");
         req.headers_mut().insert("sec-websocket-protocol", offered);

@@ -265,36 +265,55 @@ async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
         assert!(std::time::Instant::now() < deadline, "the two slow joins never reached the store");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    // ...so a third is told to come back, at once.
+    // ...so a third is told to come back, at once, with a ticket for its place.
     let url = hub.ws_url("call_3", &hub.token_for("call_3", "doc-3", callpay_protocol::Role::Clinician));
-    let (mut ws, _) = open_ws(&url).await.expect("the upgrade goes through");
     let started = std::time::Instant::now();
-    let (code, reason) = loop {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await;
-        match next.expect("a close frame within 5 s") {
-            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
-                break (u16::from(f.code), f.reason.to_string());
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let (code, reason) = closed_with(&url).await;
     assert_eq!(code, callpay_protocol::close::BUSY, "{reason}");
     assert!(started.elapsed() < std::time::Duration::from_millis(1000), "told at once, not after the store");
-    let retry: u64 = reason
-        .strip_prefix("hub busy admitting joins; retry in ")
-        .and_then(|r| r.strip_suffix(" ms"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (retry, ticket) = busy(&reason);
     assert!((500..=10_000).contains(&retry), "{reason}");
+    // Back with its ticket while every place is still taken: it keeps its place at the front
+    // and is told to come back soon. A forged ticket, or one given to someone else, counts for
+    // nothing: such a join goes to the end of the line, like one that never waited.
+    let (code, reason) = closed_with(&format!("{url}&ticket={ticket}")).await;
+    assert_eq!((code, busy(&reason).0), (callpay_protocol::close::BUSY, 250), "{reason}");
+    let forged = format!("{}{}", &ticket[..ticket.len() - 1], if ticket.ends_with('0') { '1' } else { '0' });
+    let (_, reason) = closed_with(&format!("{url}&ticket={forged}")).await;
+    assert!(busy(&reason).0 >= 500, "a forged ticket: {reason}");
+    let someone_else = hub.ws_url("call_3", &hub.token_for("call_3", "doc-4", callpay_protocol::Role::Clinician));
+    let (_, reason) = closed_with(&format!("{someone_else}&ticket={ticket}")).await;
+    assert!(busy(&reason).0 >= 500, "another participant's ticket: {reason}");
     // The two waiting joins are admitted; afterwards joins go through again.
     assert_eq!(first.await.unwrap().welcome["type"], "welcome");
     assert_eq!(second.await.unwrap().welcome["type"], "welcome");
     slow.store(0, Ordering::SeqCst);
-    assert_eq!(join("call_3").await.welcome["type"], "welcome");
+    assert_eq!(Client::connect(&format!("{url}&ticket={ticket}")).await.welcome["type"], "welcome");
     let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
-    assert!(metrics.contains("callpay_ws_joins_shed_total 1"), "{metrics}");
+    assert!(metrics.contains("callpay_ws_joins_shed_total 4"), "{metrics}");
+    assert!(metrics.contains("callpay_ws_joins_ticketed_total 1"), "admitted with its ticket: {metrics}");
+}
+
+/// Opens `url` and reads until the hub closes it: the close code and reason.
+async fn closed_with(url: &str) -> (u16, String) {
+    let (mut ws, _) = open_ws(url).await.expect("the upgrade goes through");
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await;
+        match next.expect("a close frame within 5 s") {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A `4013` reason's retry (ms) and ticket.
+fn busy(reason: &str) -> (u64, String) {
+    let rest = reason.strip_prefix("hub busy admitting joins; retry in ").unwrap_or_else(|| panic!("{reason}"));
+    let (retry, ticket) = rest.split_once(" ms; ticket ").unwrap_or_else(|| panic!("{reason}"));
+    (retry.parse().unwrap(), ticket.to_owned())
 }
 
 /// PostgreSQL ends the store's connections while they sit in the pool (a restart, a failover,

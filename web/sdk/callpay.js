@@ -18,7 +18,8 @@ const RETRY_JITTER_MS = 1000;
  * - 4012 (the node is stopping): at a random moment within the spread its reason gives
  *   (`reconnect within N ms`), so a drained node's clients reach the others paced.
  * - 4013 (the hub is admitting as many joins as it can): at the time its reason gives
- *   (`retry in N ms`), give or take half a second at most. The time is this client's place in
+ *   (`retry in N ms`), give or take half a second at most, with the ticket it gives (see
+ *   `ticketOf`). The time is this client's place in
  *   the line of joins the hub turned away, which it paces at the rate it admits; a jitter in
  *   proportion to it (half to one and a half times, before) spread a 10 s place over 5-15 s,
  *   and the drain's last clients came back at 15 s. Not a failed attempt: the hub said when to
@@ -47,6 +48,18 @@ export function reconnectDelay(code, reason, attempt, random = Math.random) {
   return { wait: backoff, failed: true };
 }
 
+/**
+ * The ticket a shed join (4013) is given for its place in the hub's line (`ticket T` in the
+ * reason), or null. Sent back on the next attempt, it puts the join ahead of joins that have not
+ * waited, on whichever node it reaches; without it, a join shed twice went to the end of the line
+ * the second time.
+ */
+export function ticketOf(code, reason) {
+  if (code !== 4013) return null;
+  const m = /ticket ([0-9]+\.[0-9a-f]+)/.exec(reason || '');
+  return m ? m[1] : null;
+}
+
 export class CallpayClient {
   /**
    * @param {object} opts
@@ -73,6 +86,8 @@ export class CallpayClient {
     this.closedByUser = false;
     this.attempt = 0;
     this.timer = null;
+    /** The ticket the last shed join was given; kept until a `welcome` (see `ticketOf`). */
+    this.ticket = null;
     /** Requests the hub has not acknowledged yet, by client_ref: re-sent after every welcome. */
     this.pending = new Map();
   }
@@ -80,7 +95,8 @@ export class CallpayClient {
   /** Opens the connection (and keeps it open until close()). */
   connect() {
     this.closedByUser = false;
-    const url = `${this.hubUrl.replace(/^http/, 'ws')}/v1/calls/${encodeURIComponent(this.callId)}/ws`;
+    const base = `${this.hubUrl.replace(/^http/, 'ws')}/v1/calls/${encodeURIComponent(this.callId)}/ws`;
+    const url = this.ticket ? `${base}?ticket=${encodeURIComponent(this.ticket)}` : base;
     this.on('status', { state: this.attempt ? 'reconnecting' : 'connecting' });
     // The token travels as a subprotocol (a header), never in the URL where proxies log it.
     const ws = new WebSocket(url, ['callpay.v1', `callpay.bearer.${this.token}`]);
@@ -98,6 +114,9 @@ export class CallpayClient {
       }
       this.on('status', { state: 'reconnecting', code: ev.code });
       const { wait, failed } = reconnectDelay(ev.code, ev.reason, this.attempt);
+      // A new shed replaces the ticket (or drops it: an older hub gives none); any other close
+      // keeps it, as the join is still in line (a refused connection, a balancer's 502).
+      if (ev.code === 4013) this.ticket = ticketOf(ev.code, ev.reason);
       if (failed) this.attempt += 1;
       this.timer = setTimeout(() => this.connect(), wait);
     };
@@ -181,6 +200,7 @@ export class CallpayClient {
     switch (frame.type) {
       case 'welcome': {
         this.attempt = 0;
+        this.ticket = null;
         this.you = frame.you;
         this.clinicName = frame.clinic_name;
         this.participants = frame.participants;
