@@ -119,6 +119,12 @@ struct Queue {
     admitted: u64,
     /// Joins admitted in the last whole second (0 before there was one).
     last_rate: u64,
+    /// The best of the last seconds' rates, fading by a tenth a second: what the node can
+    /// admit. A second's count is the lesser of that and the joins that came, so after a storm's
+    /// fresh joins end (only the line's, arriving at their times) the last second alone would
+    /// time new places at a fraction of what the node admits, and its last clients came back
+    /// seconds after it had gone quiet.
+    best_rate: f64,
     /// Shed joins told to come back that are not yet due, as of `drained_at`.
     owed: f64,
     drained_at: Instant,
@@ -129,6 +135,8 @@ impl Queue {
         let elapsed = now.saturating_duration_since(self.second);
         if elapsed >= Duration::from_secs(1) {
             self.last_rate = if elapsed < Duration::from_secs(2) { self.admitted } else { 0 };
+            let faded = self.best_rate * 0.9f64.powi(elapsed.as_secs().min(1_000) as i32);
+            self.best_rate = faded.max(self.last_rate as f64);
             (self.second, self.admitted) = (now, 0);
         }
     }
@@ -148,7 +156,7 @@ impl JoinGate {
     /// A gate admitting `max` joins at once (at least one).
     pub fn new(max: usize) -> Self {
         let now = Instant::now();
-        let queue = Queue { second: now, admitted: 0, last_rate: 0, owed: 0.0, drained_at: now };
+        let queue = Queue { second: now, admitted: 0, last_rate: 0, best_rate: 0.0, owed: 0.0, drained_at: now };
         Self { in_flight: Arc::default(), max: max.max(1), queue: std::sync::Mutex::new(queue) }
     }
 
@@ -164,7 +172,7 @@ impl JoinGate {
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.roll(now);
-        let rate = q.last_rate.max(self.max as u64) as f64;
+        let rate = q.best_rate.max(self.max as f64);
         // The places that came due since the last count: the queue drains at the current rate
         // (a rate measured later re-times the joins still owed, rather than keeping the times
         // a first, low estimate gave them).
@@ -193,7 +201,7 @@ impl JoinGate {
     #[cfg(test)]
     fn owed_at(&self, now: Instant) -> f64 {
         let q = self.queue.lock().unwrap();
-        let rate = q.last_rate.max(self.max as u64) as f64;
+        let rate = q.best_rate.max(self.max as f64);
         (q.owed - now.saturating_duration_since(q.drained_at).as_secs_f64() * rate).max(0.0)
     }
 
@@ -326,5 +334,31 @@ mod tests {
         let waits: Vec<Duration> = (0..2000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
         assert_eq!(waits[499], RETRY_MIN, "500 places at 1,000 a second: half a second");
         assert_eq!(waits[1999], Duration::from_secs(2));
+    }
+
+    /// A second in which fewer joins came (the storm's fresh joins are over; the line's are
+    /// arriving at their times) says nothing of what the node can admit: the line is timed at
+    /// the best rate of the last seconds, fading a tenth a second, not at the last second's.
+    #[test]
+    fn a_quiet_second_does_not_lengthen_the_line() {
+        let gate = JoinGate::new(1);
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            drop(gate.enter_at(t0 + Duration::from_micros(i), false).unwrap());
+        }
+        for i in 0..100 {
+            drop(gate.enter_at(t0 + Duration::from_millis(1001) + Duration::from_micros(i), false).unwrap());
+        }
+        let t2 = t0 + Duration::from_millis(2002);
+        let _held = gate.enter_at(t2, false).unwrap();
+        let waits: Vec<Duration> = (0..900).map(|_| gate.enter_at(t2, false).unwrap_err()).collect();
+        assert_eq!(waits[899], Duration::from_secs(1), "900 places at 900 a second (1,000 a second ago, less a tenth)");
+        // Long after, the node's best second is forgotten: the line drained, the floor is left.
+        let later = t2 + Duration::from_secs(1_000);
+        drop(_held);
+        let _held = gate.enter_at(later, false).unwrap();
+        assert_eq!(gate.enter_at(later, false).unwrap_err(), Duration::from_secs(1));
+        let waits: Vec<Duration> = (0..10).map(|_| gate.enter_at(later, false).unwrap_err()).collect();
+        assert_eq!(waits[9], Duration::from_secs(11), "11 places at the floor of one a second");
     }
 }
