@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 /// Shortest and longest reconnect spread a draining node asks for.
 const SPREAD_MIN: Duration = Duration::from_millis(250);
 const SPREAD_MAX: Duration = Duration::from_secs(30);
-/// Retry told to a join back with its ticket that still found no place: soon, since it is at
-/// the front of the line (a longer wait here was what sent a drain's slowest clients to the end
-/// of the line two or three times over).
+/// Shortest retry told to a join back with its ticket that still found no place: it is given a
+/// place in a front line, ahead of every join without a ticket (a place at the end of the line
+/// was what sent a drain's slowest clients round two or three times).
 const RETRY_FRONT: Duration = Duration::from_millis(250);
 /// How early a ticket may come back (the SDK comes back within half a second either side of
 /// its time; the rest is for clocks of the deployment's machines that differ a little).
@@ -28,11 +28,14 @@ const VALID_MS: u64 = 90_000;
 const TICKET_DOMAIN: &[u8] = b"callpay.join-ticket.v1";
 /// Label for deriving the ticket key from the deployment's shared secret.
 const TICKET_LABEL: &[u8] = b"callpay join-ticket key v1";
+/// How much of the best rate of the last seconds is kept from one second to the next.
+const BEST_RATE_KEPT: f64 = 0.98;
 /// Shortest retry a shed join is told; more joins waiting means a longer one.
 const RETRY_MIN: Duration = Duration::from_millis(500);
-/// (A place later than this is told this and turned away again when it comes back: with the
-/// client's jitter bounded to half a second, a lower cap brought every later place back at
-/// once. The SDK honours up to a minute.)
+/// (A place later than this is told this; with the client's jitter bounded to half a second, a
+/// lower cap brought every later place back at once. Such joins come back with their tickets
+/// ahead of places told before them: a line longer than this at the node's rate is past what
+/// pacing can order. The SDK honours up to a minute.)
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Over how long a draining node holding `sockets` asks them to reconnect, so the rest of the
@@ -119,12 +122,16 @@ struct Queue {
     admitted: u64,
     /// Joins admitted in the last whole second (0 before there was one).
     last_rate: u64,
-    /// The best of the last seconds' rates, fading by a tenth a second: what the node can
-    /// admit. A second's count is the lesser of that and the joins that came, so after a storm's
+    /// The best of the last seconds' rates, fading by a fiftieth a second (a storm's best second
+    /// still counts while the storm lasts; one a minute old counts for a third): what the node
+    /// can admit. A second's count is the lesser of that and the joins that came, so after a storm's
     /// fresh joins end (only the line's, arriving at their times) the last second alone would
     /// time new places at a fraction of what the node admits, and its last clients came back
     /// seconds after it had gone quiet.
     best_rate: f64,
+    /// Joins back with their tickets that found no place and were told to come back, not yet
+    /// due, as of `drained_at`: the front line, served before `owed`.
+    front: f64,
     /// Shed joins told to come back that are not yet due, as of `drained_at`.
     owed: f64,
     drained_at: Instant,
@@ -135,10 +142,26 @@ impl Queue {
         let elapsed = now.saturating_duration_since(self.second);
         if elapsed >= Duration::from_secs(1) {
             self.last_rate = if elapsed < Duration::from_secs(2) { self.admitted } else { 0 };
-            let faded = self.best_rate * 0.9f64.powi(elapsed.as_secs().min(1_000) as i32);
+            let faded = self.best_rate * BEST_RATE_KEPT.powi(elapsed.as_secs().min(10_000) as i32);
             self.best_rate = faded.max(self.last_rate as f64);
             (self.second, self.admitted) = (now, 0);
         }
+    }
+
+    /// Takes off the places that came due since the last count, the front line's first, at
+    /// `rate` (a rate measured later re-times the joins still owed, rather than keeping the times
+    /// a first, low estimate gave them).
+    fn drain(&mut self, now: Instant, rate: f64) {
+        let due = now.saturating_duration_since(self.drained_at).as_secs_f64() * rate;
+        let from_front = due.min(self.front);
+        self.front -= from_front;
+        self.owed = (self.owed - (due - from_front)).max(0.0);
+        self.drained_at = now;
+    }
+
+    /// Whether joins told to come back are still owed places: a line is waiting.
+    fn waiting(&self) -> bool {
+        self.front + self.owed >= 1.0
     }
 }
 
@@ -156,13 +179,14 @@ impl JoinGate {
     /// A gate admitting `max` joins at once (at least one).
     pub fn new(max: usize) -> Self {
         let now = Instant::now();
-        let queue = Queue { second: now, admitted: 0, last_rate: 0, best_rate: 0.0, owed: 0.0, drained_at: now };
+        let queue =
+            Queue { second: now, admitted: 0, last_rate: 0, best_rate: 0.0, front: 0.0, owed: 0.0, drained_at: now };
         Self { in_flight: Arc::default(), max: max.max(1), queue: std::sync::Mutex::new(queue) }
     }
 
     /// A place for one more join, or how long the join should wait before trying again: its
-    /// place in the queue of joins shed before it, at the rate the node admitted joins in the
-    /// last second (at least `max` a second). `ticketed`: the join came back with a ticket
+    /// place in the queue of joins shed before it, at the best rate the node admitted joins in
+    /// the last seconds (at least `max` a second). `ticketed`: the join came back with a ticket
     /// that is due ([`TicketKey::honours`]), so it goes ahead of joins that have not waited.
     pub fn enter(&self, ticketed: bool) -> Result<JoinSlot, Duration> {
         self.enter_at(Instant::now(), ticketed)
@@ -173,36 +197,36 @@ impl JoinGate {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.roll(now);
         let rate = q.best_rate.max(self.max as f64);
-        // The places that came due since the last count: the queue drains at the current rate
-        // (a rate measured later re-times the joins still owed, rather than keeping the times
-        // a first, low estimate gave them).
-        let drained = now.saturating_duration_since(q.drained_at).as_secs_f64() * rate;
-        (q.owed, q.drained_at) = ((q.owed - drained).max(0.0), now);
-        // While a line is waiting, a quarter of the places are kept for the joins that come
-        // back with their tickets, so joins arriving fresh (a drain's spread goes on) do not
-        // take every place that comes free and send the line's joins round again.
-        let line_waiting = q.owed >= 1.0;
-        let limit = if ticketed || !line_waiting { self.max } else { self.max - self.max / 4 };
+        q.drain(now, rate);
+        // While a line is waiting, a quarter of the places (rounded down) are kept for the
+        // joins that come back with their tickets, so joins arriving fresh (a drain's spread
+        // goes on) do not take every place that comes free and send the line's joins round
+        // again.
+        let limit = if ticketed || !q.waiting() { self.max } else { self.max - self.max / 4 };
         if in_flight > limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             if ticketed {
-                // At the front of the line already: it is owed no new place.
-                return Err(RETRY_FRONT);
+                // A place in the front line: ahead of every join without a ticket, and spread
+                // at the node's rate among the others that found no place, so that they do not
+                // all come back together a quarter of a second later.
+                q.front += 1.0;
+                return Err(Duration::from_secs_f64(q.front / rate).clamp(RETRY_FRONT, RETRY_MAX));
             }
             q.owed += 1.0;
-            let wait = Duration::from_secs_f64(q.owed / rate);
+            let wait = Duration::from_secs_f64((q.front + q.owed) / rate);
             return Err(wait.clamp(RETRY_MIN, RETRY_MAX));
         }
         q.admitted += 1;
         Ok(JoinSlot(self.in_flight.clone()))
     }
 
-    /// Places owed to shed joins not yet due at `now`.
+    /// Places in the front line and the line not yet due at `now`.
     #[cfg(test)]
-    fn owed_at(&self, now: Instant) -> f64 {
-        let q = self.queue.lock().unwrap();
+    fn owed_at(&self, now: Instant) -> (f64, f64) {
+        let mut q = self.queue.lock().unwrap();
         let rate = q.best_rate.max(self.max as f64);
-        (q.owed - now.saturating_duration_since(q.drained_at).as_secs_f64() * rate).max(0.0)
+        q.drain(now, rate);
+        (q.front, q.owed)
     }
 
     /// Joins in progress now.
@@ -284,14 +308,23 @@ mod tests {
         let newcomer = gate.enter_at(t0, false);
         assert!(newcomer.is_err(), "the fourth place is kept for the join that waited");
         let back = gate.enter_at(t0, true).expect("the ticket holder takes the kept place");
-        // Full: a ticket holder is told to come back soon, and the line does not grow for it.
-        let owed = gate.owed_at(t0);
-        assert_eq!(gate.enter_at(t0, true).unwrap_err(), RETRY_FRONT);
-        assert_eq!(gate.owed_at(t0), owed, "a ticket holder keeps its place, not a new one");
+        assert_eq!(gate.owed_at(t0), (0.0, 2.0), "two joins without tickets are owed places");
+        // Full: ticket holders get places in a front line, spread at the node's rate (4 a
+        // second), ahead of the line; a join without a ticket waits behind both.
+        assert_eq!(gate.enter_at(t0, true).unwrap_err(), RETRY_FRONT, "first in the front line");
+        assert_eq!(gate.enter_at(t0, true).unwrap_err(), Duration::from_millis(500), "second in it");
+        assert_eq!(gate.owed_at(t0), (2.0, 2.0), "the line did not grow for them");
+        assert_eq!(
+            gate.enter_at(t0, false).unwrap_err(),
+            Duration::from_millis(1250),
+            "the fifth place: behind the front line"
+        );
+        // The front line is served first: after a quarter of a second, one of its places.
+        assert_eq!(gate.owed_at(t0 + Duration::from_millis(250)), (1.0, 3.0));
         drop(back);
-        // Once the line has drained, newcomers have every place again.
+        // Once the lines have drained, newcomers have every place again.
         let later = t0 + Duration::from_secs(60);
-        assert_eq!(gate.owed_at(later), 0.0);
+        assert_eq!(gate.owed_at(later), (0.0, 0.0));
         let _fourth = gate.enter_at(later, false).expect("no line: no place is kept");
     }
 
@@ -338,7 +371,7 @@ mod tests {
 
     /// A second in which fewer joins came (the storm's fresh joins are over; the line's are
     /// arriving at their times) says nothing of what the node can admit: the line is timed at
-    /// the best rate of the last seconds, fading a tenth a second, not at the last second's.
+    /// the best rate of the last seconds, fading a fiftieth a second, not at the last second's.
     #[test]
     fn a_quiet_second_does_not_lengthen_the_line() {
         let gate = JoinGate::new(1);
@@ -351,8 +384,9 @@ mod tests {
         }
         let t2 = t0 + Duration::from_millis(2002);
         let _held = gate.enter_at(t2, false).unwrap();
-        let waits: Vec<Duration> = (0..900).map(|_| gate.enter_at(t2, false).unwrap_err()).collect();
-        assert_eq!(waits[899], Duration::from_secs(1), "900 places at 900 a second (1,000 a second ago, less a tenth)");
+        let waits: Vec<Duration> = (0..980).map(|_| gate.enter_at(t2, false).unwrap_err()).collect();
+        let last = waits[979].as_secs_f64();
+        assert!((last - 1.0).abs() < 0.001, "980 places at 980 a second (1,000 a second ago, less a fiftieth): {last}");
         // Long after, the node's best second is forgotten: the line drained, the floor is left.
         let later = t2 + Duration::from_secs(1_000);
         drop(_held);

@@ -125,6 +125,7 @@ export class CallpayClient {
   /** Closes for good. */
   close() {
     this.closedByUser = true;
+    this.ticket = null;
     clearTimeout(this.timer);
     if (this.ws) this.ws.close(1000);
   }
