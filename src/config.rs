@@ -290,7 +290,11 @@ pub struct ServerConfig {
     pub drain_reconnects_per_sec: u64,
     /// Joins waiting on the store at once (binding the call, reading the welcome); a join past
     /// it is closed at once with `4013` and a time to retry, instead of queueing into the store
-    /// pool's time-outs.
+    /// pool's time-outs. 1,024 by default: a join is about one statement now, so that many
+    /// take a 16-connection pool well under a second even at a few milliseconds a statement;
+    /// with 256, a drain behind nginx shed so many joins that their retries' handshakes slowed
+    /// everyone (README, "A drained node's clients": max 11.4-14.4 s at 256, 10.0-11.4 s at
+    /// 1,024).
     pub max_joins_in_flight: usize,
 }
 
@@ -315,7 +319,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             max_http_connections: 1024,
             drain_reconnects_per_sec: 4_000,
-            max_joins_in_flight: 256,
+            max_joins_in_flight: 1024,
             query_token: false,
         }
     }

@@ -117,8 +117,9 @@ pub struct JoinGate {
     in_flight: Arc<AtomicUsize>,
     max: usize,
     /// The joins told to come back, and the rate this node admits: each shed join is given the
-    /// next place in one queue that drains at that rate, so a storm's shed joins come back
-    /// paced, in the order they were shed, however many seconds the storm lasts.
+    /// next place in a line that drains at that rate (a ticket holder that found no place, in a
+    /// front line served first), so a storm's shed joins come back paced, in the order they
+    /// were shed, however many seconds the storm lasts.
     queue: std::sync::Mutex<Queue>,
 }
 
@@ -131,7 +132,7 @@ struct Queue {
     /// Joins admitted in the last whole second (0 before there was one).
     last_rate: u64,
     /// The best of the last seconds' rates, fading by a fiftieth a second (a storm's best second
-    /// still counts while the storm lasts; one a minute old counts for a third): what the node
+    /// still counts while the storm lasts; one a minute old counts for 30 %): what the node
     /// can admit. A second's count is the lesser of that and the joins that came, so after a storm's
     /// fresh joins end (only the line's, arriving at their times) the last second alone would
     /// time new places at a fraction of what the node admits, and its last clients came back
@@ -290,19 +291,20 @@ mod tests {
         let waits: Vec<Duration> = (0..100).map(|_| gate.enter_at(t0, false).unwrap_err()).collect();
         assert_eq!(waits[3], Duration::from_secs(4));
         assert_eq!(waits[99], RETRY_MAX);
-        // 1.5 s later (a new second): 1.5 places came due, 98.5 are still owed, so the next
-        // join shed waits behind them.
+        // 1.5 s later (a new second, one join admitted in the first: the line is timed at two
+        // a second): 3 places came due, 97 are still owed, so the next join shed waits behind
+        // them.
         let later = gate.enter_at(t0 + Duration::from_millis(1500), false).unwrap_err();
         assert_eq!(later, RETRY_MAX, "told {later:?}: ahead of the joins shed before it");
-        // Once the line has drained, a shed join waits only the shortest retry.
+        // Once the line has drained, a shed join waits only its own place.
         let drained = gate.enter_at(t0 + Duration::from_secs(200), false).unwrap_err();
         assert_eq!(drained, Duration::from_secs(1), "its own place only, at 1 a second");
     }
 
     /// A join that comes back with its ticket when its time has come is admitted ahead of
     /// joins that have not waited: while the line is not empty, a quarter of the places are
-    /// kept for ticket holders; and a ticket holder that still finds no place is told to come
-    /// back at once, keeping its place, rather than being sent to the end of the line.
+    /// kept for ticket holders; and a ticket holder that still finds no place gets a place in
+    /// a front line, ahead of every join without a ticket, rather than at the end of the line.
     #[test]
     fn a_join_back_with_its_ticket_goes_ahead_of_joins_that_have_not_waited() {
         let gate = JoinGate::new(4);
