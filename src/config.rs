@@ -293,8 +293,8 @@ pub struct ServerConfig {
     /// pool's time-outs. 1,024 by default: a join is about one statement now, so that many
     /// take a 16-connection pool well under a second even at a few milliseconds a statement;
     /// with 256, a drain behind nginx shed so many joins that their retries' handshakes slowed
-    /// everyone (README, "A drained node's clients": max 11.4-14.4 s at 256, 10.0-11.4 s at
-    /// 1,024).
+    /// everyone (README, "A drained node's clients": max 11.4-14.4 s in 6 runs at 256,
+    /// 10.0-13.1 s in 7 at 1,024).
     pub max_joins_in_flight: usize,
 }
 
