@@ -119,17 +119,17 @@ fn close_with(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: reason.to_owned().into() }))
 }
 
-/// Runs a connection to completion.
-///
-/// One owner of the socket for both directions: split halves would take a lock on every read
-/// and write. It is `mut` from the start: rebinding it after an `.await` (the presence read)
-/// made the task keep two copies of the socket, ~0.4 KB more for every connection.
 /// Closes a join the hub shed with `4013`, when to retry and the ticket to retry with.
 pub async fn shed(mut socket: WebSocket, retry: Duration, ticket: String) {
     let reason = crate::pacing::busy_reason(retry, &ticket);
     send_within(&mut socket, close_with(close::BUSY, &reason), Duration::from_secs(1)).await;
 }
 
+/// Runs a connection to completion.
+///
+/// One owner of the socket for both directions: split halves would take a lock on every read
+/// and write. It is `mut` from the start: rebinding it after an `.await` (the presence read)
+/// made the task keep two copies of the socket, ~0.4 KB more for every connection.
 pub async fn run(
     mut socket: WebSocket,
     app: AppState,
