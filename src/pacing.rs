@@ -129,8 +129,6 @@ struct Queue {
     /// Start of the current second and the joins admitted in it.
     second: Instant,
     admitted: u64,
-    /// Joins admitted in the last whole second (0 before there was one).
-    last_rate: u64,
     /// The best of the last seconds' rates, fading by a fiftieth a second (a storm's best second
     /// still counts while the storm lasts; one a minute old counts for 30 %): what the node
     /// can admit. A second's count is the lesser of that and the joins that came, so after a storm's
@@ -150,9 +148,10 @@ impl Queue {
     fn roll(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.second);
         if elapsed >= Duration::from_secs(1) {
-            self.last_rate = if elapsed < Duration::from_secs(2) { self.admitted } else { 0 };
+            // The second just ended (none counts after a gap of whole seconds without joins).
+            let last_rate = if elapsed < Duration::from_secs(2) { self.admitted } else { 0 };
             let faded = self.best_rate * BEST_RATE_KEPT.powi(elapsed.as_secs().min(10_000) as i32);
-            self.best_rate = faded.max(self.last_rate as f64);
+            self.best_rate = faded.max(last_rate as f64);
             (self.second, self.admitted) = (now, 0);
         }
     }
@@ -188,8 +187,7 @@ impl JoinGate {
     /// A gate admitting `max` joins at once (at least one).
     pub fn new(max: usize) -> Self {
         let now = Instant::now();
-        let queue =
-            Queue { second: now, admitted: 0, last_rate: 0, best_rate: 0.0, front: 0.0, owed: 0.0, drained_at: now };
+        let queue = Queue { second: now, admitted: 0, best_rate: 0.0, front: 0.0, owed: 0.0, drained_at: now };
         Self { in_flight: Arc::default(), max: max.max(1), queue: std::sync::Mutex::new(queue) }
     }
 
@@ -247,6 +245,13 @@ impl JoinGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Admits `n` joins one after the other from `from`, a microsecond apart.
+    fn admit(gate: &JoinGate, from: Instant, n: u64) {
+        for i in 0..n {
+            drop(gate.enter_at(from + Duration::from_micros(i), false).unwrap());
+        }
+    }
 
     #[test]
     fn a_bigger_node_spreads_its_reconnects_wider_within_bounds() {
@@ -369,9 +374,7 @@ mod tests {
     fn the_line_drains_at_the_rate_the_node_admits() {
         let gate = JoinGate::new(1);
         let t0 = Instant::now();
-        for i in 0..1000 {
-            drop(gate.enter_at(t0 + Duration::from_micros(i), false).unwrap());
-        }
+        admit(&gate, t0, 1000);
         let t1 = t0 + Duration::from_millis(1001);
         let _held = gate.enter_at(t1, false).unwrap();
         let waits: Vec<Duration> = (0..2000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
@@ -386,12 +389,8 @@ mod tests {
     fn a_quiet_second_does_not_lengthen_the_line() {
         let gate = JoinGate::new(1);
         let t0 = Instant::now();
-        for i in 0..1000 {
-            drop(gate.enter_at(t0 + Duration::from_micros(i), false).unwrap());
-        }
-        for i in 0..100 {
-            drop(gate.enter_at(t0 + Duration::from_millis(1001) + Duration::from_micros(i), false).unwrap());
-        }
+        admit(&gate, t0, 1000);
+        admit(&gate, t0 + Duration::from_millis(1001), 100);
         let t2 = t0 + Duration::from_millis(2002);
         let _held = gate.enter_at(t2, false).unwrap();
         let waits: Vec<Duration> = (0..1960).map(|_| gate.enter_at(t2, false).unwrap_err()).collect();

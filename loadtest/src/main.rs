@@ -268,14 +268,8 @@ impl Hub {
 /// subprotocol, as real clients send it (the hub refuses tokens in URLs by default).
 fn ws_request(url: &str) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    // `?token=T` becomes the subprotocol entry a browser sends; any other parameters (`ticket`)
-    // stay in the URL.
-    let (base, tail) = url.split_once("?token=").map_or((url, None), |(b, t)| (b, Some(t)));
-    let (token, rest) = match tail.map(|t| t.split_once('&').map_or((t, None), |(t, r)| (t, Some(r)))) {
-        Some((token, rest)) => (Some(token), rest),
-        None => (None, None),
-    };
-    let mut req = rest.map_or_else(|| base.to_owned(), |r| format!("{base}?{r}")).into_client_request()?;
+    let (target, token) = callpay_protocol::split_token_url(url);
+    let mut req = target.into_client_request()?;
     if let Some(token) = token {
         req.headers_mut().insert("sec-websocket-protocol", callpay_protocol::offered_protocols(token).parse()?);
     }

@@ -29,6 +29,17 @@ pub fn offered_protocols(token: &str) -> String {
     format!("{SUBPROTOCOL}, {BEARER_PROTOCOL_PREFIX}{token}")
 }
 
+/// A test or load client's join URL (`…/ws?token=T`, perhaps `&ticket=…` after) split the way
+/// a browser sends it: the URL without the token, and the token for the subprotocol entry
+/// ([`offered_protocols`]). Other parameters stay in the URL.
+pub fn split_token_url(url: &str) -> (String, Option<&str>) {
+    let Some((base, tail)) = url.split_once("?token=") else { return (url.to_owned(), None) };
+    match tail.split_once('&') {
+        Some((token, rest)) => (format!("{base}?{rest}"), Some(token)),
+        None => (base.to_owned(), Some(tail)),
+    }
+}
+
 /// A participant's role in the call, from the join token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -377,4 +388,19 @@ pub mod close {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame was larger than the hub accepts (standard "message too big").
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_token_url;
+
+    #[test]
+    fn a_join_url_gives_up_its_token_and_keeps_its_other_parameters() {
+        assert_eq!(split_token_url("ws://h/v1/calls/c/ws?token=abc"), ("ws://h/v1/calls/c/ws".to_owned(), Some("abc")));
+        assert_eq!(
+            split_token_url("ws://h/v1/calls/c/ws?token=abc&ticket=1.ff"),
+            ("ws://h/v1/calls/c/ws?ticket=1.ff".to_owned(), Some("abc"))
+        );
+        assert_eq!(split_token_url("ws://h/v1/calls/c/ws"), ("ws://h/v1/calls/c/ws".to_owned(), None));
+    }
 }

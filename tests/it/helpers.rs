@@ -220,16 +220,7 @@ impl Client {
 /// it, as the `callpay.bearer.<token>` subprotocol, not in the URL.
 pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    // `?token=T` becomes the subprotocol entry a browser sends; any other parameters (`ticket`)
-    // stay in the URL.
-    let (base, token, rest) = match url.split_once("?token=") {
-        Some((base, tail)) => {
-            let (token, rest) = tail.split_once('&').map_or((tail, None), |(t, r)| (t, Some(r)));
-            (base, Some(token), rest)
-        }
-        None => (url, None, None),
-    };
-    let target = rest.map_or_else(|| base.to_owned(), |r| format!("{base}?{r}"));
+    let (target, token) = callpay_protocol::split_token_url(url);
     let mut req = target.into_client_request().expect("a ws:// URL");
     if let Some(token) = token {
         let offered = callpay_protocol::offered_protocols(token).parse().expect("header value");
