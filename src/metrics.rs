@@ -15,6 +15,9 @@ use std::time::Instant;
 /// Labels of a Stripe call: `operation`, `outcome`.
 pub type StripeLabels = Vec<(&'static str, &'static str)>;
 
+/// Label of an ended connection: `why`.
+pub type EndLabels = Vec<(&'static str, &'static str)>;
+
 fn seconds() -> Histogram {
     // 50 µs to ~26 s in factors of 2: a relay takes tens of µs, a Stripe call hundreds of ms.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
@@ -27,6 +30,9 @@ pub struct Metrics {
     pub connections_opened: Counter,
     /// WebSocket connections ended.
     pub connections_closed: Counter,
+    /// WebSocket connections ended after their `welcome`, by why the hub ended them
+    /// (`why`: peer closed, shutdown, heartbeat lost, slow consumer, ...).
+    pub connections_ended: Family<EndLabels, Counter>,
     /// Join attempts refused (bad, expired or wrong-call token).
     pub joins_refused: Counter,
     /// Joins shed with `4013` because as many as the store can serve were in progress.
@@ -78,6 +84,7 @@ impl Metrics {
         let m = Self {
             connections_opened: Counter::default(),
             connections_closed: Counter::default(),
+            connections_ended: Family::default(),
             joins_refused: Counter::default(),
             joins_shed: Counter::default(),
             joins_ticketed: Counter::default(),
@@ -101,6 +108,11 @@ impl Metrics {
         let r = &mut registry;
         r.register("ws_connections_opened", "WebSocket connections accepted", m.connections_opened.clone());
         r.register("ws_connections_closed", "WebSocket connections ended", m.connections_closed.clone());
+        r.register(
+            "ws_connections_ended",
+            "Joined WebSocket connections ended, by why the hub ended them",
+            m.connections_ended.clone(),
+        );
         r.register(
             "ws_joins_refused",
             "Upgrades refused for a bad, expired or wrong-call token",
@@ -165,6 +177,11 @@ impl Metrics {
     /// Records the seconds since `start` in `histogram`.
     pub fn since(histogram: &Histogram, start: Instant) {
         histogram.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Counts a joined connection's end, by `why` (a fixed phrase from the session loop).
+    pub fn ended(&self, why: &'static str) {
+        self.connections_ended.get_or_create(&vec![("why", why)]).inc();
     }
 
     /// WebSocket connections open now (opened less closed), without walking the rooms.

@@ -22,6 +22,7 @@ use crate::fleet::MAX_SOCKETS_PER_WORKER;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -67,8 +68,44 @@ fn open_files(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
+/// What an instance reports on `/metrics`: live tasks, open sockets, and its joined connections
+/// ended so far by why it ended them.
+struct Scraped {
+    tasks: u64,
+    open: u64,
+    ended: BTreeMap<String, u64>,
+}
+
+/// `callpay_ws_connections_ended_total{why="..."} N` lines, by `why`.
+fn ended_by_why(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("callpay_ws_connections_ended_total{why=\""))
+        .filter_map(|l| {
+            let (why, n) = l.split_once("\"} ")?;
+            Some((why.to_owned(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The ends counted between two scrapes of one instance. A count below the last one read means
+/// the instance was started again in between: everything it has counted is new.
+fn ended_since(last: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let restarted = last.iter().any(|(why, n)| now.get(why).is_none_or(|m| m < n));
+    now.iter()
+        .map(|(why, m)| (why.clone(), m - if restarted { 0 } else { last.get(why).copied().unwrap_or(0) }))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// Adds a JSON object of counts (`{"4009": 3}`) into `into`.
+fn add_counts(into: &mut BTreeMap<String, u64>, counts: &Value) {
+    for (k, n) in counts.as_object().into_iter().flatten() {
+        *into.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+    }
+}
+
 /// The live tasks and open sockets an instance reports on `/metrics`.
-async fn scrape(port: u16) -> Option<(u64, u64)> {
+async fn scrape(port: u16) -> Option<Scraped> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Full<bytes::Bytes>>();
     let url = format!("http://127.0.0.1:{port}/metrics").parse().ok()?;
@@ -76,7 +113,11 @@ async fn scrape(port: u16) -> Option<(u64, u64)> {
     let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
     let text = String::from_utf8_lossy(&body);
     let read = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok());
-    Some((read("callpay_runtime_tasks_alive ")?, read("callpay_ws_connections_open ")?))
+    Some(Scraped {
+        tasks: read("callpay_runtime_tasks_alive ")?,
+        open: read("callpay_ws_connections_open ")?,
+        ended: ended_by_why(&text),
+    })
 }
 
 async fn redis_used_memory(url: &str) -> Option<u64> {
@@ -165,9 +206,17 @@ struct Second {
     per_node: Vec<Option<u64>>,
     redis_memory: Option<u64>,
     cpu_us: [u64; 4],
+    /// Joined sockets' ends by close code, and join attempts turned away before `welcome` by
+    /// close code, as the clients saw them.
+    ended_by_code: BTreeMap<String, u64>,
+    turned_away_by_code: BTreeMap<String, u64>,
+    /// The instances' own account of why they ended connections, since their last scrape.
+    hub_ended: BTreeMap<String, u64>,
+    /// Calls with a frame in flight for over a second, as the workers last reported them.
+    stalled_calls: u64,
 }
 
-const COUNTS: [&str; 14] = [
+const COUNTS: [&str; 15] = [
     "joins",
     "closes",
     "shed",
@@ -182,6 +231,7 @@ const COUNTS: [&str; 14] = [
     "rejected",
     "withdrawn",
     "lost_bus_down",
+    "held",
 ];
 
 /// A named stretch of the run (a fault, or the steady load around it).
@@ -204,6 +254,10 @@ struct Run {
     done: Vec<Value>,
     marks: Vec<Mark>,
     total_sockets: usize,
+    /// Each instance's ended-by-why counters at its last scrape (they restart from zero with
+    /// the instance; ends in the seconds before a stop are not seen).
+    hub_ended_last: Vec<BTreeMap<String, u64>>,
+    stalled_by_worker: Vec<u64>,
 }
 
 impl Run {
@@ -225,6 +279,13 @@ impl Run {
                 for (i, name) in COUNTS.iter().enumerate() {
                     self.current.counts[i] += v[*name].as_u64().unwrap_or(0);
                 }
+                // A gauge: the worker's latest report stands for it (its ticks are a second apart).
+                self.stalled_by_worker.resize(self.workers, 0);
+                if let Some(n) = self.stalled_by_worker.get_mut(w) {
+                    *n = v["stalled_calls"].as_u64().unwrap_or(0);
+                }
+                add_counts(&mut self.current.ended_by_code, &v["ended_by_code"]);
+                add_counts(&mut self.current.turned_away_by_code, &v["turned_away_by_code"]);
                 self.current.latencies.extend(
                     v["latency_us"].as_array().into_iter().flatten().filter_map(|l| l.as_u64()).map(|l| l as u32),
                 );
@@ -256,6 +317,7 @@ impl Run {
         let mut s = std::mem::take(&mut self.current);
         s.t = self.now();
         s.connected = self.connected();
+        s.stalled_calls = self.stalled_by_worker.iter().sum();
         s.rss = nodes.iter().map(|p| crate::compare::rss_bytes(*p)).sum();
         s.files = nodes.iter().map(|p| open_files(*p)).sum();
         let redis = cluster.redis_pid();
@@ -273,12 +335,18 @@ impl Run {
         if self.seconds.len().is_multiple_of(5) {
             let mut tasks = 0;
             let mut all = true;
-            for (port, child) in &cluster.nodes {
+            self.hub_ended_last.resize(cluster.nodes.len(), BTreeMap::new());
+            for (i, (port, child)) in cluster.nodes.iter().enumerate() {
                 let read = if child.is_some() { scrape(*port).await } else { None };
                 match read {
-                    Some((n, open)) => {
-                        tasks += n;
-                        s.per_node.push(Some(open));
+                    Some(read) => {
+                        tasks += read.tasks;
+                        s.per_node.push(Some(read.open));
+                        let last = &mut self.hub_ended_last[i];
+                        for (why, n) in ended_since(last, &read.ended) {
+                            *s.hub_ended.entry(why).or_default() += n;
+                        }
+                        *last = read.ended;
                     }
                     None => {
                         all = false;
@@ -322,7 +390,16 @@ impl Run {
         let mut counts = [0u64; COUNTS.len()];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
+        let (mut ended, mut turned_away, mut hub_ended) =
+            (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
+            for (into, from) in [
+                (&mut ended, &s.ended_by_code),
+                (&mut turned_away, &s.turned_away_by_code),
+                (&mut hub_ended, &s.hub_ended),
+            ] {
+                from.iter().for_each(|(k, n)| *into.entry(k.clone()).or_default() += n);
+            }
             for l in &s.latencies {
                 let _ = h.record(u64::from(*l));
             }
@@ -337,6 +414,8 @@ impl Run {
             "from_s": (from * 10.0).round() / 10.0, "to_s": (to * 10.0).round() / 10.0,
             "relay_p50_ms": ms(0.5), "relay_p99_ms": ms(0.99), "relay_max_ms": if h.is_empty() { Value::Null } else { json!(h.max() as f64 / 1000.0) },
             "cpu_percent_of_a_core": {"instances": pct(cpu[0]), "redis": pct(cpu[1]), "postgres": pct(cpu[2]), "nginx": pct(cpu[3])},
+            "clients_ended_by_code": ended, "clients_turned_away_by_code": turned_away,
+            "instances_ended_by_why": hub_ended,
         });
         for (i, name) in COUNTS.iter().enumerate() {
             v[*name] = json!(counts[i]);
@@ -370,6 +449,8 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         done: Vec::new(),
         marks: Vec::new(),
         total_sockets: calls * 2,
+        hub_ended_last: Vec::new(),
+        stalled_by_worker: Vec::new(),
     };
     // Setup: every socket joined once.
     let mut ready = Vec::new();
@@ -390,45 +471,23 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     run.cpu_last = [0; 4];
     run.close_second(&cluster).await;
     run.seconds.clear();
-    let steady = Duration::from_secs(plan.steady_secs);
     let mut faults = Vec::new();
     if plan.scenario == "scale" {
         let t = run.now();
-        run.run_for(&cluster, steady).await;
+        run.run_for(&cluster, Duration::from_secs(plan.steady_secs)).await;
         run.mark("steady", t);
         let per_socket = run.seconds.last().map_or(0, |s| s.rss) as f64 / run.total_sockets as f64;
-        // A rolling restart: each instance drained and started again once its clients are back.
-        let t = run.now();
-        for i in 0..plan.nodes {
-            cluster.stop_node(i, libc::SIGTERM).await?;
-            cluster.start_node(i).await?;
-            run.until_all_connected(&cluster, Duration::from_secs(180)).await?;
+        if let Err(e) = faults_in_turn(&plan, &mut run, &mut cluster, &mut workers, &mut faults).await {
+            // What happened up to the failure is the evidence of why: kept, then the error.
+            let since = run.marks.last().map_or(0.0, |m| m.end);
+            let extra = json!({
+                "failed": format!("{e:#}"), "since_last_fault": run.window(since, run.now()),
+                "rss_per_socket_bytes": per_socket.round(), "joins_per_sec": joins_per_sec.round(), "setup_s": setup_s,
+                "faults": faults,
+            });
+            write_report(&plan, "scale-failed", &report_base(&plan, Value::Null, extra, &run))?;
+            return Err(e);
         }
-        let converge = run.now() - t;
-        run.mark("rolling restart", t);
-        faults.push(fault_report(&run, "rolling restart", t, converge, plan.steady_secs));
-        run.run_for(&cluster, steady).await;
-        // Redis down. Frames sent from its stop until relay flows again are counted apart if
-        // they never arrive: between instances there is no bus to carry them.
-        let t = run.now();
-        tell(&mut workers, "bus down").await;
-        cluster.stop_redis().await?;
-        run.run_for(&cluster, Duration::from_secs(plan.outage_secs)).await;
-        cluster.start_redis().await?;
-        let converge = until_relay_flows(&mut run, &cluster, t).await?;
-        tell(&mut workers, "bus up").await;
-        run.mark("redis stopped", t);
-        faults.push(fault_report(&run, "redis stopped", t, converge, plan.steady_secs));
-        run.run_for(&cluster, steady).await;
-        // One instance killed.
-        let t = run.now();
-        let victim = plan.nodes - 1;
-        cluster.stop_node(victim, libc::SIGKILL).await?;
-        let back = run.until_all_connected(&cluster, Duration::from_secs(180)).await?;
-        run.mark("instance killed", t);
-        faults.push(fault_report(&run, "instance killed", t, back, plan.steady_secs));
-        cluster.start_node(victim).await?;
-        run.run_for(&cluster, steady).await;
         faults.iter_mut().for_each(|f| fill_after(&run, f, plan.steady_secs));
         let report = finish(&mut run, &mut workers, &cluster, &plan).await?;
         return conclude(
@@ -460,8 +519,56 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     Ok(result)
 }
 
+/// The faults of `scale` in turn, each with `--steady` seconds of load after it; each fault's
+/// report is pushed to `faults` as it ends, so a failure keeps the ones before it.
+async fn faults_in_turn(
+    plan: &Plan,
+    run: &mut Run,
+    cluster: &mut Cluster,
+    workers: &mut [Worker],
+    faults: &mut Vec<Value>,
+) -> anyhow::Result<()> {
+    let steady = Duration::from_secs(plan.steady_secs);
+    // A rolling restart: each instance drained and started again once its clients are back.
+    let t = run.now();
+    for i in 0..plan.nodes {
+        cluster.stop_node(i, libc::SIGTERM).await?;
+        cluster.start_node(i).await?;
+        run.until_all_connected(cluster, Duration::from_secs(180)).await?;
+    }
+    let converge = run.now() - t;
+    run.mark("rolling restart", t);
+    faults.push(fault_report(run, "rolling restart", t, converge, plan.steady_secs));
+    run.run_for(cluster, steady).await;
+    // Redis down. Frames sent from its stop until relay flows again are counted apart if
+    // they never arrive: between instances there is no bus to carry them.
+    let t = run.now();
+    tell(workers, "bus down").await;
+    cluster.stop_redis().await?;
+    run.run_for(cluster, Duration::from_secs(plan.outage_secs)).await;
+    cluster.start_redis().await?;
+    tell(workers, "bus back").await;
+    let converge = until_relay_flows(run, cluster, t).await?;
+    tell(workers, "bus up").await;
+    run.mark("redis stopped", t);
+    faults.push(fault_report(run, "redis stopped", t, converge, plan.steady_secs));
+    run.run_for(cluster, steady).await;
+    // One instance killed.
+    let t = run.now();
+    let victim = plan.nodes - 1;
+    cluster.stop_node(victim, libc::SIGKILL).await?;
+    let back = run.until_all_connected(cluster, Duration::from_secs(180)).await?;
+    run.mark("instance killed", t);
+    faults.push(fault_report(run, "instance killed", t, back, plan.steady_secs));
+    cluster.start_node(victim).await?;
+    run.run_for(cluster, steady).await;
+    Ok(())
+}
+
 /// After Redis is back: the seconds from `t` until a second relays at least 95 % of what was
-/// sent in it with every socket connected.
+/// sent in it with every socket connected and no call stalled. The share alone is not enough:
+/// with most calls on one instance it is met while the calls across instances still wait for
+/// their links to Redis, and frames they lose then are not lost with the bus down.
 async fn until_relay_flows(run: &mut Run, cluster: &Cluster, t: f64) -> anyhow::Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -471,7 +578,8 @@ async fn until_relay_flows(run: &mut Run, cluster: &Cluster, t: f64) -> anyhow::
             && let Some(s) = run.seconds.last()
         {
             let (sent, delivered) = (s.counts[4], s.counts[5]);
-            if sent > 0 && delivered * 100 >= sent * 95 && s.connected as usize >= run.total_sockets {
+            let flowing = sent > 0 && delivered * 100 >= sent * 95 && s.stalled_calls == 0;
+            if flowing && s.connected as usize >= run.total_sockets {
                 return Ok(run.now() - t);
             }
         }
@@ -600,9 +708,8 @@ fn growth_bounds(plan: &Plan, growth: &Value) -> Vec<Value> {
     ]
 }
 
-/// Adds the timeline and totals, writes JSON and SVG, and fails on anything lost or doubled.
-fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Result<Value> {
-    let totals = run.totals();
+/// The run's report: the plan, `payments`, the timeline and totals, and `extra`.
+fn report_base(plan: &Plan, payments: Value, extra: Value, run: &Run) -> Value {
     let timeline: Vec<Value> = run
         .seconds
         .iter()
@@ -610,13 +717,20 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
             let mut l = s.latencies.clone();
             l.sort_unstable();
             let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).map(|v| f64::from(*v) / 1000.0);
-            json!({
-                "t": (s.t * 10.0).round() / 10.0, "connected": s.connected,
+            let mut second = json!({
+                "t": (s.t * 10.0).round() / 10.0, "connected": s.connected, "stalled_calls": s.stalled_calls,
                 "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7], "lost_bus_down": s.counts[13],
                 "p50_ms": q(0.5), "p99_ms": q(0.99),
                 "rss_bytes": s.rss, "open_files": s.files, "tasks": s.tasks,
                 "sockets_per_instance": if s.per_node.is_empty() { Value::Null } else { json!(s.per_node) }, "redis_used_memory_bytes": s.redis_memory,
-            })
+            });
+            // Ends and refusals only in the seconds that had them: the file stays readable.
+            for (key, counts) in [("ended_by_code", &s.ended_by_code), ("turned_away_by_code", &s.turned_away_by_code), ("instances_ended_by_why", &s.hub_ended)] {
+                if !counts.is_empty() {
+                    second[key] = json!(counts);
+                }
+            }
+            second
         })
         .collect();
     let mut report = json!({
@@ -627,18 +741,31 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
         "relay_per_sec_asked": plan.relay_per_sec, "churn_per_sec_asked": plan.churn_per_sec,
         "balancer": "nginx (least_conn, one zone shared by its workers)",
         "payments": payments,
-        "totals": totals,
+        "totals": run.totals(),
         "marks": run.marks.iter().map(|m| json!({"name": m.name, "start_s": m.start, "end_s": m.end})).collect::<Vec<_>>(),
         "timeline": timeline,
     });
     if let (Some(r), Some(e)) = (report.as_object_mut(), extra.as_object()) {
         r.extend(e.clone());
     }
+    report
+}
+
+/// Writes `report` as `<date>-<name>.json` and its chart as `.svg` under `--out`.
+fn write_report(plan: &Plan, name: &str, report: &Value) -> anyhow::Result<()> {
     std::fs::create_dir_all(&plan.out_dir)?;
-    let base = plan.out_dir.join(format!("{}-{}", crate::compare::today(), plan.scenario));
-    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(&report)?)?;
-    std::fs::write(base.with_extension("svg"), crate::chart::timeline_svg(&report))?;
+    let base = plan.out_dir.join(format!("{}-{name}", crate::compare::today()));
+    std::fs::write(base.with_extension("json"), serde_json::to_string_pretty(report)?)?;
+    std::fs::write(base.with_extension("svg"), crate::chart::timeline_svg(report))?;
     eprintln!("wrote {}.json and .svg", base.display());
+    Ok(())
+}
+
+/// Writes the report with its timeline and totals, and fails on anything lost or doubled.
+fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Result<Value> {
+    let report = report_base(&plan, payments, extra, run);
+    write_report(&plan, &plan.scenario, &report)?;
+    let totals = &report["totals"];
     let p = &report["payments"];
     let faults = [
         ("relay events lost", totals["lost"].as_u64()),
@@ -656,4 +783,30 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
         bail!("{}: {} (examples: {})", plan.scenario, bad.join(", "), p["notices_missing_examples"]);
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instances_ends_are_read_from_its_metrics_and_counted_once_across_scrapes_and_restarts() {
+        let metrics = callpay::metrics::Metrics::new();
+        metrics.ended("heartbeat lost");
+        metrics.ended("heartbeat lost");
+        metrics.ended("peer closed");
+        let first = ended_by_why(&metrics.render(0));
+        assert_eq!(first, BTreeMap::from([("heartbeat lost".into(), 2), ("peer closed".into(), 1)]));
+
+        metrics.ended("peer closed");
+        let second = ended_by_why(&metrics.render(0));
+        assert_eq!(ended_since(&first, &second), BTreeMap::from([("peer closed".into(), 1)]), "only what is new");
+        assert!(ended_since(&second, &second).is_empty());
+
+        // Started again: its counters begin at zero, and all it counts since is new.
+        let again = callpay::metrics::Metrics::new();
+        again.ended("heartbeat lost");
+        let restarted = ended_by_why(&again.render(0));
+        assert_eq!(ended_since(&second, &restarted), BTreeMap::from([("heartbeat lost".into(), 1)]));
+    }
 }

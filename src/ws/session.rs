@@ -319,6 +319,7 @@ pub async fn run(
         }
     };
     tracing::debug!(call_id, why, "connection ended");
+    app.metrics.ended(why);
     drop(dispatch);
     if let Some(left) = joined.membership.leave() {
         if shared {

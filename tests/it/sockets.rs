@@ -95,6 +95,11 @@ async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
     assert_eq!(patient.until_closed().await, 4009);
     eventually(async || (open_connections(&hub) == 0).then_some(())).await;
     assert_eq!(hub.state.metrics.connections_closed.get(), 1);
+    // The hub says why it ended each connection, so an operator can tell a storm of dead peers
+    // from a storm of drains or slow readers.
+    let text = hub.state.metrics.render(0);
+    assert!(text.contains("callpay_ws_connections_ended_total{why=\"heartbeat lost\"} 1"), "{text}");
+    assert!(!text.contains("why=\"peer closed\""), "no other reason counted: {text}");
 }
 
 #[tokio::test]
