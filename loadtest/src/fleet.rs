@@ -55,14 +55,15 @@ const STAGES: [&str; 3] = ["viewing", "entering_details", "submitting"];
 const IN_FLIGHT_AT_STOP: Duration = Duration::from_secs(1);
 /// A progress frame not delivered after this long is judged (cut or lost).
 const JUDGE_AFTER: Duration = Duration::from_secs(10);
-/// Frames a call may have in flight while the bus is down: fewer than the stages, so that
-/// frames lost in a row (the outage loses some, and delivers others late once Redis is back)
-/// never shift later matches. The call's later turns are held, not sent.
-const IN_FLIGHT_BUS_DOWN: usize = STAGES.len() - 1;
-/// A frame sent while the bus was down and not delivered this long after Redis is back (or
-/// after it was sent, if later) will not be: what the instances queued for Redis is published
-/// within their reconnect backoff (at most a second) of its return.
-const JUDGE_AFTER_BUS_BACK: Duration = Duration::from_secs(3);
+/// Frames a call may have in flight while Redis is stopped, and from its return until relay
+/// flows again. A call's frames in flight have consecutive numbers, so up to three have three
+/// different stages and each arrival matches exactly one (the outage loses some frames and
+/// delivers others late, once the instances reach Redis again). While Redis is stopped only
+/// one: after its return the call can then send two more without waiting for the first to be
+/// judged, and the first of those to arrive shows that relay flows again (it settles the
+/// frame before it). The call's other turns are held, not sent.
+const IN_FLIGHT_REDIS_STOPPED: usize = 1;
+const IN_FLIGHT_REDIS_BACK: usize = STAGES.len();
 /// A call whose oldest frame in flight was sent longer ago than this is not relaying (relay
 /// takes milliseconds; after Redis comes back, a call waits for its instances' links).
 const STALLED_AFTER: Duration = Duration::from_secs(1);
@@ -110,6 +111,9 @@ struct Call {
     relay_payment: OnceLock<String>,
     inflight: Mutex<VecDeque<Sent>>,
     sent: AtomicU64,
+    /// A frame sent while the bus was down was judged lost by time, and none has arrived since:
+    /// the call may still be cut off from the bus, so it counts as stalled.
+    awaiting: AtomicBool,
 }
 
 impl Call {
@@ -119,12 +123,15 @@ impl Call {
 
     /// Takes the newest `n` frames out of those in flight: the patient's socket closed with
     /// them still queued, unwritten. Left in, each would later be matched by the next frame of
-    /// its stage (stages alternate, so two unwritten in a row shift every later match by one
-    /// and give each a latency of the call's whole send interval, then a "lost" at the end).
+    /// its stage, shifting later matches and giving each a latency of the call's whole send
+    /// interval, then a "lost" at the end. Their numbers are given back, so the frames in flight
+    /// keep consecutive numbers (different stages, up to three).
     fn withdraw(&self, n: u64) {
         let mut inflight = self.inflight.lock().unwrap();
         for _ in 0..n {
-            inflight.pop_back();
+            if inflight.pop_back().is_some() {
+                self.sent.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -166,8 +173,8 @@ struct Counters {
     errors: AtomicU64,
     leaves: AtomicU64,
     pay_failed: AtomicU64,
-    /// Relay turns not sent while the bus was down because the call had
-    /// [`IN_FLIGHT_BUS_DOWN`] frames in flight.
+    /// Relay turns not sent while the bus was down because the call had as many frames in
+    /// flight as it may then have ([`IN_FLIGHT_REDIS_STOPPED`], [`IN_FLIGHT_REDIS_BACK`]).
     held: AtomicU64,
 }
 
@@ -187,8 +194,8 @@ struct Fleet {
     stopping: AtomicBool,
     /// The coordinator has stopped the bus (and it has not carried relay again since).
     bus_down: AtomicBool,
-    /// When the coordinator started Redis again, during an outage.
-    bus_back: Mutex<Option<Instant>>,
+    /// The coordinator has started Redis again (and not yet said that relay flows).
+    bus_back: AtomicBool,
     source_offset: usize,
     /// How joined sockets ended, by close code (1006: the connection dropped without a close
     /// frame), and how join attempts that reached the hub were turned away before `welcome`
@@ -226,6 +233,7 @@ impl Fleet {
                         relay_payment: OnceLock::new(),
                         inflight: Mutex::new(VecDeque::new()),
                         sent: AtomicU64::new(0),
+                        awaiting: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -240,7 +248,7 @@ impl Fleet {
             requests_open: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             bus_down: AtomicBool::new(false),
-            bus_back: Mutex::new(None),
+            bus_back: AtomicBool::new(false),
             source_offset,
             ended: Mutex::default(),
             turned_away: Mutex::default(),
@@ -391,8 +399,9 @@ impl Fleet {
 
     /// A clinician received a progress frame: match it with the oldest one in flight with its
     /// stage; those before it were cut by a reconnect, or lost (the hub relays a call's frames
-    /// in order). This is exact while fewer than three frames in a row go missing on a call,
-    /// which the hold in [`relay_one`] keeps true through a Redis outage.
+    /// in order). This is exact while a call has at most three frames in flight, which the hold
+    /// in [`relay_one`] keeps true from Redis stopping until relay flows again; elsewhere
+    /// three frames in a row lost on one call would shift its later matches.
     fn progress_arrived(&self, call: &Call, stage: &str) {
         let Some(stage) = stage_index(stage) else { return };
         let now = call.epochs();
@@ -413,6 +422,7 @@ impl Fleet {
         }
         let sent = inflight.pop_front().expect("found above");
         drop(inflight);
+        call.awaiting.store(false, Ordering::Relaxed);
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
         let us = sent.at.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         self.latencies_us.lock().unwrap().push(us.max(1));
@@ -431,23 +441,19 @@ impl Fleet {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Judges frames in flight for longer than [`JUDGE_AFTER`], and frames sent while the bus
-    /// was down [`JUDGE_AFTER_BUS_BACK`] after Redis is back (all of them with `all`).
+    /// Judges frames in flight for longer than [`JUDGE_AFTER`] (all of them with `all`).
     fn judge(&self, all: bool) {
-        let back = *self.bus_back.lock().unwrap();
-        let due = |s: &Sent| {
-            let late = s.at + JUDGE_AFTER;
-            match back {
-                Some(back) if s.bus_down => late.min(s.at.max(back) + JUDGE_AFTER_BUS_BACK),
-                _ => late,
-            }
-        };
         for call in &self.calls {
             let now = call.epochs();
             let mut inflight = call.inflight.lock().unwrap();
             while let Some(s) = inflight.front() {
-                if !all && Instant::now() < due(s) {
+                if !all && s.at.elapsed() < JUDGE_AFTER {
                     break;
+                }
+                // Judged by time, not settled by a later arrival: nothing yet shows that the
+                // call relays again.
+                if s.bus_down && s.epochs == now {
+                    call.awaiting.store(true, Ordering::Relaxed);
                 }
                 self.judged_missing(s, now);
                 inflight.pop_front();
@@ -745,7 +751,8 @@ fn relay_one(fleet: &Fleet, k: u64) {
     {
         let mut inflight = call.inflight.lock().unwrap();
         let bus_down = fleet.bus_down.load(Ordering::Relaxed);
-        if bus_down && inflight.len() >= IN_FLIGHT_BUS_DOWN {
+        let most = if fleet.bus_back.load(Ordering::Relaxed) { IN_FLIGHT_REDIS_BACK } else { IN_FLIGHT_REDIS_STOPPED };
+        if bus_down && inflight.len() >= most {
             fleet.counters.held.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -872,10 +879,10 @@ pub async fn worker() -> anyhow::Result<()> {
                     inflight.iter_mut().filter(|s| s.at.elapsed() < IN_FLIGHT_AT_STOP).for_each(|s| s.bus_down = true);
                 }
             }
-            "bus back" => *fleet.bus_back.lock().unwrap() = Some(Instant::now()),
+            "bus back" => fleet.bus_back.store(true, Ordering::Relaxed),
             "bus up" => {
                 fleet.bus_down.store(false, Ordering::Relaxed);
-                *fleet.bus_back.lock().unwrap() = None;
+                fleet.bus_back.store(false, Ordering::Relaxed);
             }
             _ => {}
         }
@@ -905,12 +912,16 @@ pub async fn worker() -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
-/// Calls whose oldest progress frame in flight was sent more than [`STALLED_AFTER`] ago.
+/// Calls whose oldest progress frame in flight was sent more than [`STALLED_AFTER`] ago, or
+/// that have had nothing delivered since a frame sent while the bus was down was judged lost.
 fn stalled_calls(fleet: &Fleet) -> usize {
     fleet
         .calls
         .iter()
-        .filter(|c| c.inflight.lock().unwrap().front().is_some_and(|s| s.at.elapsed() > STALLED_AFTER))
+        .filter(|c| {
+            c.awaiting.load(Ordering::Relaxed)
+                || c.inflight.lock().unwrap().front().is_some_and(|s| s.at.elapsed() > STALLED_AFTER)
+        })
         .count()
 }
 
@@ -1032,6 +1043,22 @@ mod tests {
         assert_eq!(call.inflight.lock().unwrap().len(), 10);
     }
 
+    /// A fleet of one call with both sides live and its relay payment, frames going nowhere.
+    fn one_call() -> (Fleet, mpsc::Receiver<Cmd>) {
+        let fleet = Fleet::new(["c0".to_owned()].into_iter(), "ws://x", "s", "http://x", 0);
+        let call = &fleet.calls[0];
+        call.relay_payment.set("pay_1".into()).unwrap();
+        let (tx, rx) = mpsc::channel(1000);
+        *call.pat.tx.lock().unwrap() = Some(tx);
+        call.pat.live.store(true, Ordering::Release);
+        call.doc.live.store(true, Ordering::Release);
+        (fleet, rx)
+    }
+
+    fn count(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
     /// Redis stopped: a cross-node call loses frames until its instances' links are back, often
     /// three or more in a row, and may get others late. Matched to the oldest frame of its
     /// stage, the first frame to arrive after three lost took a lost frame's place, and every
@@ -1039,76 +1066,64 @@ mod tests {
     /// losses were counted as frames lost after it (9 "lost" in a local `scale` smoke run).
     #[test]
     fn frames_lost_in_a_redis_outage_are_judged_as_those_frames() {
-        let fleet = Fleet::new(["c0".to_owned()].into_iter(), "ws://x", "s", "http://x", 0);
-        let call = &fleet.calls[0];
-        call.relay_payment.set("pay_1".into()).unwrap();
-        let (tx, _rx) = mpsc::channel(1000);
-        *call.pat.tx.lock().unwrap() = Some(tx);
-        call.pat.live.store(true, Ordering::Release);
-        call.doc.live.store(true, Ordering::Release);
-        let c = &fleet.counters;
+        let (fleet, _rx) = one_call();
+        let (call, c) = (&fleet.calls[0], &fleet.counters);
         fleet.bus_down.store(true, Ordering::Relaxed);
         for k in 0..6 {
             relay_one(&fleet, k);
         }
-        assert_eq!(c.sent.load(Ordering::Relaxed), 2, "two in flight at most while the bus is down");
-        assert_eq!(c.held.load(Ordering::Relaxed), 4);
-        // Redis is back; the two are not delivered, and are judged lost with the bus down once
-        // the instances have had time to publish what they held.
-        *fleet.bus_back.lock().unwrap() = Some(Instant::now());
-        fleet.judge(false);
-        assert_eq!(c.lost_bus_down.load(Ordering::Relaxed), 0, "Redis has only just come back");
-        let earlier = JUDGE_AFTER_BUS_BACK + Duration::from_millis(1);
-        call.inflight.lock().unwrap().iter_mut().for_each(|s| s.at -= earlier);
-        *fleet.bus_back.lock().unwrap() = Some(Instant::now() - earlier);
-        fleet.judge(false);
-        assert_eq!(c.lost_bus_down.load(Ordering::Relaxed), 2);
-        assert!(call.inflight.lock().unwrap().is_empty());
-        // Relay flows again: the next frame is matched to itself, nothing is shifted.
+        assert_eq!((count(&c.sent), count(&c.held)), (1, 5), "one in flight while Redis is stopped");
+        fleet.bus_back.store(true, Ordering::Relaxed);
+        for k in 6..12 {
+            relay_one(&fleet, k);
+        }
+        assert_eq!((count(&c.sent), count(&c.held)), (3, 9), "three once it is back: three stages");
+        assert_eq!(stalled_calls(&fleet), 0, "all sent within the last second");
+        // The instances reach Redis again: the third frame arrives, which settles the two
+        // before it as lost while the bus was down (not the first frame of its stage sent
+        // after the outage, which then shifted every later match).
+        fleet.progress_arrived(call, STAGES[2]);
+        assert_eq!((count(&c.delivered), count(&c.lost_bus_down), count(&c.lost)), (1, 2, 0));
         fleet.bus_down.store(false, Ordering::Relaxed);
-        for k in 6..9 {
+        fleet.bus_back.store(false, Ordering::Relaxed);
+        for k in 12..15 {
             relay_one(&fleet, k);
             let stage = call.inflight.lock().unwrap().back().map(|s| s.stage).unwrap();
             fleet.progress_arrived(call, STAGES[stage]);
         }
-        assert_eq!(c.delivered.load(Ordering::Relaxed), 3);
-        assert_eq!((c.lost.load(Ordering::Relaxed), c.unexpected.load(Ordering::Relaxed)), (0, 0));
+        assert_eq!((count(&c.delivered), count(&c.lost), count(&c.unexpected)), (4, 0, 0));
         assert!(call.inflight.lock().unwrap().is_empty());
     }
 
     /// A frame the instances held while Redis was down and published once it was back arrives
-    /// late: matched to itself, not judged lost.
+    /// late: matched to itself, even after two frames sent since.
     #[test]
     fn a_frame_delivered_late_after_a_redis_outage_is_matched_to_itself() {
-        let fleet = Fleet::new(["c0".to_owned()].into_iter(), "ws://x", "s", "http://x", 0);
-        let call = &fleet.calls[0];
-        call.relay_payment.set("pay_1".into()).unwrap();
-        let (tx, _rx) = mpsc::channel(1000);
-        *call.pat.tx.lock().unwrap() = Some(tx);
-        call.pat.live.store(true, Ordering::Release);
-        call.doc.live.store(true, Ordering::Release);
-        let c = &fleet.counters;
+        let (fleet, _rx) = one_call();
+        let (call, c) = (&fleet.calls[0], &fleet.counters);
         fleet.bus_down.store(true, Ordering::Relaxed);
-        for k in 0..4 {
-            relay_one(&fleet, k);
+        relay_one(&fleet, 0);
+        call.inflight.lock().unwrap()[0].at -= Duration::from_secs(5);
+        fleet.bus_back.store(true, Ordering::Relaxed);
+        relay_one(&fleet, 1);
+        relay_one(&fleet, 2);
+        relay_one(&fleet, 3);
+        assert_eq!(count(&c.held), 1, "a fourth would share the first one's stage");
+        for stage in STAGES {
+            fleet.progress_arrived(call, stage);
         }
-        *fleet.bus_back.lock().unwrap() = Some(Instant::now());
-        fleet.judge(false);
-        // The first was lost, the second arrives late; then relay flows.
-        fleet.progress_arrived(call, STAGES[1]);
-        fleet.bus_down.store(false, Ordering::Relaxed);
-        relay_one(&fleet, 4);
-        fleet.progress_arrived(call, STAGES[2]);
-        assert_eq!(c.delivered.load(Ordering::Relaxed), 2);
-        assert_eq!(c.lost_bus_down.load(Ordering::Relaxed), 1);
-        assert_eq!((c.lost.load(Ordering::Relaxed), c.unexpected.load(Ordering::Relaxed)), (0, 0));
+        assert_eq!((count(&c.delivered), count(&c.lost_bus_down), count(&c.unexpected)), (3, 0, 0));
+        let mut latencies = fleet.latencies_us.lock().unwrap().clone();
+        latencies.sort_unstable();
+        assert!(latencies[2] >= 5_000_000, "the late one is counted with its own latency: {latencies:?}");
+        assert!(latencies[1] < 1_000_000, "the others with theirs: {latencies:?}");
     }
 
     /// The coordinator waits for this to be zero before it counts Redis as back.
     #[test]
-    fn a_call_whose_frame_waits_over_a_second_is_stalled_until_one_arrives() {
+    fn a_call_is_stalled_while_a_frame_waits_over_a_second_or_an_outage_frame_was_judged_lost() {
         let fleet = Fleet::new(["c0".to_owned(), "c1".to_owned()].into_iter(), "ws://x", "s", "http://x", 0);
-        let call = &fleet.calls[0];
+        let (call, c) = (&fleet.calls[0], &fleet.counters);
         call.relay_payment.set("pay_1".into()).unwrap();
         let (tx, _rx) = mpsc::channel(1000);
         *call.pat.tx.lock().unwrap() = Some(tx);
@@ -1121,5 +1136,20 @@ mod tests {
         relay_one(&fleet, 2);
         fleet.progress_arrived(call, STAGES[1]);
         assert_eq!(stalled_calls(&fleet), 0, "a frame arrived: relay flows on the call");
+        assert_eq!((count(&c.delivered), count(&c.lost)), (1, 1));
+
+        // A frame sent with the bus down and judged lost by time leaves nothing in flight, but
+        // nothing shows the call relays again until a frame arrives.
+        fleet.bus_down.store(true, Ordering::Relaxed);
+        relay_one(&fleet, 4);
+        call.inflight.lock().unwrap()[0].at -= JUDGE_AFTER;
+        fleet.judge(false);
+        assert_eq!(count(&c.lost_bus_down), 1);
+        assert!(call.inflight.lock().unwrap().is_empty());
+        assert_eq!(stalled_calls(&fleet), 1);
+        relay_one(&fleet, 6);
+        let stage = call.inflight.lock().unwrap()[0].stage;
+        fleet.progress_arrived(call, STAGES[stage]);
+        assert_eq!(stalled_calls(&fleet), 0);
     }
 }

@@ -15,7 +15,11 @@
 //!   `--warmup` seconds is fitted to a line and checked against bounds (see [`growth_bounds`]).
 //!
 //! Both write `<out>/<date>-<scenario>.json` and an SVG timeline, and fail (after writing) if an
-//! event or a confirmation was lost or duplicated.
+//! event or a confirmation was lost or duplicated. A `scale` run whose faults do not converge
+//! writes `<date>-scale-failed.json` and `.svg` instead, with everything up to the failure.
+//! Each window and second also says how sockets ended: by close code as the clients saw them
+//! (joined sockets, and joins turned away before `welcome`), and by why, as the instances
+//! report it (`callpay_ws_connections_ended_total`, read every five seconds).
 
 use crate::cluster::Cluster;
 use crate::fleet::MAX_SOCKETS_PER_WORKER;
@@ -254,9 +258,10 @@ struct Run {
     done: Vec<Value>,
     marks: Vec<Mark>,
     total_sockets: usize,
-    /// Each instance's ended-by-why counters at its last scrape (they restart from zero with
-    /// the instance; ends in the seconds before a stop are not seen).
-    hub_ended_last: Vec<BTreeMap<String, u64>>,
+    /// Each instance's process id and ended-by-why counters at its last scrape (they start
+    /// from zero with each process; the ends after its last scrape before a stop, a drain's
+    /// among them, are not seen here but in the clients' close codes).
+    hub_ended_last: Vec<(Option<u32>, BTreeMap<String, u64>)>,
     stalled_by_worker: Vec<u64>,
 }
 
@@ -335,14 +340,19 @@ impl Run {
         if self.seconds.len().is_multiple_of(5) {
             let mut tasks = 0;
             let mut all = true;
-            self.hub_ended_last.resize(cluster.nodes.len(), BTreeMap::new());
+            self.hub_ended_last.resize(cluster.nodes.len(), (None, BTreeMap::new()));
             for (i, (port, child)) in cluster.nodes.iter().enumerate() {
                 let read = if child.is_some() { scrape(*port).await } else { None };
                 match read {
                     Some(read) => {
                         tasks += read.tasks;
                         s.per_node.push(Some(read.open));
-                        let last = &mut self.hub_ended_last[i];
+                        let (pid, last) = &mut self.hub_ended_last[i];
+                        // Another process on the port: all it has counted is new.
+                        let now_pid = child.as_ref().and_then(Child::id);
+                        if *pid != now_pid {
+                            (*pid, *last) = (now_pid, BTreeMap::new());
+                        }
                         for (why, n) in ended_since(last, &read.ended) {
                             *s.hub_ended.entry(why).or_default() += n;
                         }
@@ -485,7 +495,10 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
                 "rss_per_socket_bytes": per_socket.round(), "joins_per_sec": joins_per_sec.round(), "setup_s": setup_s,
                 "faults": faults,
             });
-            write_report(&plan, "scale-failed", &report_base(&plan, Value::Null, extra, &run))?;
+            run.mark("failed", since);
+            if let Err(w) = write_report(&plan, "scale-failed", &report_base(&plan, Value::Null, extra, &run)) {
+                eprintln!("could not write the failed run's report: {w:#}");
+            }
             return Err(e);
         }
         faults.iter_mut().for_each(|f| fill_after(&run, f, plan.steady_secs));

@@ -47,6 +47,8 @@ pub fn refused_frame(e: axum::Error) -> Option<(u16, &'static str)> {
     match *e.into_inner().downcast::<Error>().ok()? {
         Error::Capacity(_) => Some((close::MESSAGE_TOO_BIG, "frame larger than the hub accepts")),
         Error::Utf8(_) => Some((close::INVALID_PAYLOAD, "text frame is not valid UTF-8")),
+        // The peer's TCP stream ended without a close frame: it is gone, nothing to tell it.
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
         Error::Protocol(_) => Some((close::PROTOCOL_ERROR, "not a valid WebSocket frame")),
         _ => None,
     }

@@ -278,7 +278,7 @@ pub async fn run(
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => {
-                        let Some((code, reason)) = refused_frame(e) else { break "read failed" };
+                        let Some((code, reason)) = refused_frame(e) else { break "connection lost" };
                         send_within(&mut socket, close_with(code, reason), write_deadline).await;
                         break reason;
                     }

@@ -86,6 +86,19 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
     assert!(matches!(ended, None | Some(4008)), "closed as a slow consumer or dropped: {ended:?}");
 }
 
+/// A client that vanishes without the closing handshake (a phone losing its network, a tab
+/// killed) is a lost connection, not a peer sending a bad frame.
+#[tokio::test]
+async fn a_peer_gone_without_closing_is_counted_as_a_lost_connection() {
+    let hub = TestHub::start().await;
+    let patient = hub.patient().await;
+    drop(patient);
+    eventually(async || (open_connections(&hub) == 0).then_some(())).await;
+    let text = hub.state.metrics.render(0);
+    let ended: Vec<&str> = text.lines().filter(|l| l.starts_with("callpay_ws_connections_ended_total")).collect();
+    assert_eq!(ended, ["callpay_ws_connections_ended_total{why=\"connection lost\"} 1"], "{text}");
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
     let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
@@ -98,8 +111,8 @@ async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
     // The hub says why it ended each connection, so an operator can tell a storm of dead peers
     // from a storm of drains or slow readers.
     let text = hub.state.metrics.render(0);
-    assert!(text.contains("callpay_ws_connections_ended_total{why=\"heartbeat lost\"} 1"), "{text}");
-    assert!(!text.contains("why=\"peer closed\""), "no other reason counted: {text}");
+    let ended: Vec<&str> = text.lines().filter(|l| l.starts_with("callpay_ws_connections_ended_total")).collect();
+    assert_eq!(ended, ["callpay_ws_connections_ended_total{why=\"heartbeat lost\"} 1"], "{text}");
 }
 
 #[tokio::test]
