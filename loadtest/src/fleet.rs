@@ -1152,4 +1152,49 @@ mod tests {
         fleet.progress_arrived(call, STAGES[stage]);
         assert_eq!(stalled_calls(&fleet), 0);
     }
+
+    /// Frames taken back (never written, or never queued) give their numbers back, so the frames
+    /// in flight keep consecutive numbers: up to three are three different stages.
+    #[test]
+    fn frames_taken_back_give_their_numbers_back() {
+        let (fleet, rx) = one_call();
+        let call = &fleet.calls[0];
+        for k in 0..3 {
+            relay_one(&fleet, k);
+        }
+        call.withdraw(2);
+        relay_one(&fleet, 3);
+        let stages: Vec<usize> = call.inflight.lock().unwrap().iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [0, 1], "withdrawn numbers reused");
+        // The socket's queue is gone: the send fails, and its number is not used up either.
+        drop(rx);
+        relay_one(&fleet, 4);
+        call.pat.live.store(true, Ordering::Release);
+        let (tx, _rx) = mpsc::channel(1000);
+        *call.pat.tx.lock().unwrap() = Some(tx);
+        relay_one(&fleet, 5);
+        let stages: Vec<usize> = call.inflight.lock().unwrap().iter().map(|s| s.stage).collect();
+        assert_eq!(stages, [0, 1, 2], "a failed send's number reused");
+    }
+
+    /// Only a frame of the outage, on the sockets the call still has, leaves the call waiting
+    /// for proof that it relays again when judged lost.
+    #[test]
+    fn only_an_outage_frame_on_the_current_sockets_leaves_its_call_stalled_when_judged() {
+        let (fleet, _rx) = one_call();
+        let call = &fleet.calls[0];
+        relay_one(&fleet, 0);
+        call.inflight.lock().unwrap()[0].at -= JUDGE_AFTER;
+        fleet.judge(false);
+        assert_eq!(count(&fleet.counters.lost), 1);
+        assert_eq!(stalled_calls(&fleet), 0, "lost with the bus up: nothing to wait for");
+
+        fleet.bus_down.store(true, Ordering::Relaxed);
+        relay_one(&fleet, 1);
+        call.inflight.lock().unwrap()[0].at -= JUDGE_AFTER;
+        call.doc.epoch.fetch_add(1, Ordering::AcqRel);
+        fleet.judge(false);
+        assert_eq!(count(&fleet.counters.cut), 1);
+        assert_eq!(stalled_calls(&fleet), 0, "cut by a reconnect: the new socket has had nothing yet");
+    }
 }

@@ -59,6 +59,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stream_ended_without_a_close_frame_gets_no_close_but_a_bad_frame_does() {
+        use tungstenite::error::ProtocolError;
+        let refused = |e: ProtocolError| refused_frame(axum::Error::new(tungstenite::Error::Protocol(e)));
+        assert_eq!(refused(ProtocolError::ResetWithoutClosingHandshake), None, "the peer is gone");
+        assert_eq!(refused(ProtocolError::UnmaskedFrameFromClient).map(|r| r.0), Some(close::PROTOCOL_ERROR));
+    }
+
+    #[test]
     fn decode_sorts_bad_frames() {
         assert!(decode(r#"{"type":"payment.cancel","payment_id":"p"}"#).is_ok());
         assert_eq!(decode("not json").unwrap_err().code, ErrorCode::BadFrame);

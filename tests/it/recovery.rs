@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a far node may take to show a payment confirmed during a Redis outage, from Redis
-/// being back (the node resyncs its calls once its subscriber reconnects: the client's backoff
-/// is at most 5 s, then one chunked read per 500 calls).
+/// being back (the node resyncs its calls once its subscriber reconnects: the backoff is capped
+/// at 1 s, up to 2 s with its jitter, then one chunked read per 500 calls).
 const AFTER_REDIS_BACK: Duration = Duration::from_secs(30);
 
 /// A client of `fleet`'s node `i` in `call`.

@@ -34,10 +34,12 @@ const PUSH_BUFFER: usize = 8192;
 const GAP_CHANNEL: &str = "callpay:gap";
 /// How long one round trip to Redis may take before the bus counts as unavailable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnection backoff bounds. The longest wait is how long after Redis is back relay across
-/// instances can still be cut off: at 5 s, relay flowed again 4.8-12.1 s after a 3 s outage
-/// began in three `scale` runs of three instances; at 1 s, 3.8-5.1 s in four (README, "A
-/// national service's Monday morning"). A ping a second from each instance costs little.
+/// Reconnection backoff bounds. The longest wait (up to twice it, with the jitter) is how long
+/// after Redis is back relay across instances can still be cut off: capped at 5 s, relay
+/// flowed again 4.8-12.1 s after a 3 s outage began in three `scale` runs of three instances;
+/// at 1 s, 3.8-5.1 s in four (README, "A national service's Monday morning"). A ping every 1-2 s
+/// from each instance costs little. The same cap bounds the connection manager's waits between
+/// its reconnect attempts, so its attempts now span a shorter time.
 const RETRY_START: Duration = Duration::from_millis(100);
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(1);
 
