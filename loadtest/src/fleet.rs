@@ -45,6 +45,8 @@ pub const MAX_SOCKETS_PER_WORKER: usize = 15_000;
 const SOURCE_ADDRS: usize = 8;
 /// First connections opening at once per worker.
 const SETUP_CONCURRENCY: usize = 48;
+/// Relay payments asked for at setup and not yet created, per worker, before it asks more.
+const SETUP_REQUESTS_WAITING: usize = 200;
 /// Stages the relay cycles through (never `submitted` or `authenticating`: those make the hub
 /// ask Stripe about the payment).
 /// Three, in turn: a delivered frame is matched to the oldest in flight with its stage (see
@@ -823,12 +825,18 @@ pub async fn worker() -> anyhow::Result<()> {
     let mut asked = 0;
     let mut round = Instant::now();
     while fleet.calls.iter().any(|c| c.relay_payment.get().is_none()) {
-        // 200 clinicians every 20 ms at most; one that reconnects meanwhile asks again from
-        // its own welcome (the request's client_ref makes the repeat harmless).
-        for c in fleet.calls.iter().skip(asked).take(200) {
-            c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
+        // 200 clinicians every 20 ms at most, and only while fewer than
+        // SETUP_REQUESTS_WAITING asked are still without their payment: 35,000 asked at once
+        // (70,000 sockets) timed out in the store's pool and were refused, again and again. One
+        // that reconnects meanwhile asks again from its own welcome (the request's client_ref
+        // makes the repeat harmless).
+        let waiting = fleet.calls.iter().take(asked).filter(|c| c.relay_payment.get().is_none()).count();
+        if waiting < SETUP_REQUESTS_WAITING {
+            for c in fleet.calls.iter().skip(asked).take(200) {
+                c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
+            }
+            asked = (asked + 200).min(count);
         }
-        asked = (asked + 200).min(count);
         // A request the hub refused (a busy store answers `internal`: nothing saved) is asked
         // again, as a clinician would, once every pass is through and a few seconds have gone
         // by (sooner, thousands of repeats keep the store as busy as the first wave did).
