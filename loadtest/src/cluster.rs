@@ -254,6 +254,31 @@ http {{
     }
 }
 
+impl Cluster {
+    /// nginx's error log so far, by kind of message (the text after the connection number, up
+    /// to the first `, client:`, with digits left out), so a run can say what the proxy saw.
+    pub fn nginx_errors(&self) -> std::collections::BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default();
+        nginx_error_kinds(&text)
+    }
+}
+
+/// Counts nginx error-log lines by kind: `upstream prematurely closed connection while reading
+/// upstream`, `connect() failed (111: Connection refused) while connecting to upstream`, ...
+pub fn nginx_error_kinds(text: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut kinds = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        // `2026/12/05 02:00:00 [error] 123#0: *456 what happened, client: ...`
+        let what = line.split_once("] ").map_or(line, |(_, rest)| rest);
+        let what = what.split_once(": ").map_or(what, |(_, rest)| rest);
+        let what = what.strip_prefix('*').and_then(|w| w.split_once(' ')).map_or(what, |(_, rest)| rest);
+        let what = what.split(", client:").next().unwrap_or(what);
+        let kind: String = what.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *kinds.entry(kind).or_default() += 1;
+    }
+    kinds
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // nginx's workers outlive a killed master: ask for its fast shutdown and give it a
@@ -280,5 +305,25 @@ impl Drop for Cluster {
         }
         let _ = crate::psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_errors_are_counted_by_kind() {
+        let log = "2026/12/05 02:00:00 [error] 123#0: *456 upstream prematurely closed connection while reading upstream, client: 127.0.0.2, server: , request: \"GET /v1/calls/c/ws HTTP/1.1\", upstream: \"http://127.0.0.1:4101/v1/calls/c/ws\"\n\
+2026/12/05 02:00:01 [error] 124#0: *9 upstream prematurely closed connection while reading upstream, client: 127.0.0.3, server: \n\
+2026/12/05 02:00:02 [crit] 124#0: *10 connect() to 127.0.0.1:4102 failed (99: Cannot assign requested address) while connecting to upstream, client: 127.0.0.4\n";
+        let kinds = nginx_error_kinds(log);
+        assert_eq!(kinds.get("upstream prematurely closed connection while reading upstream"), Some(&2));
+        assert_eq!(
+            kinds.get("connect() to ...: failed (: Cannot assign requested address) while connecting to upstream"),
+            Some(&1),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.len(), 2);
     }
 }

@@ -493,7 +493,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             let extra = json!({
                 "failed": format!("{e:#}"), "since_last_fault": run.window(since, run.now()),
                 "rss_per_socket_bytes": per_socket.round(), "joins_per_sec": joins_per_sec.round(), "setup_s": setup_s,
-                "faults": faults,
+                "faults": faults, "nginx_errors": cluster.nginx_errors(),
             });
             run.mark("failed", since);
             if let Err(w) = write_report(&plan, "scale-failed", &report_base(&plan, Value::Null, extra, &run)) {
@@ -509,7 +509,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
             json!({
                 "rss_per_socket_bytes": per_socket.round(),
                 "joins_per_sec": joins_per_sec.round(), "setup_s": setup_s,
-                "faults": faults,
+                "faults": faults, "nginx_errors": cluster.nginx_errors(),
             }),
             &run,
         );
