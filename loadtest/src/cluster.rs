@@ -258,8 +258,10 @@ impl Cluster {
     /// nginx's error log so far, by kind of message (the text after the connection number, up
     /// to the first `, client:`, with digits left out), so a run can say what the proxy saw.
     pub fn nginx_errors(&self) -> std::collections::BTreeMap<String, u64> {
-        let text = std::fs::read_to_string(self.dir.join("nginx-error.log")).unwrap_or_default();
-        nginx_error_kinds(&text)
+        match std::fs::read(self.dir.join("nginx-error.log")) {
+            Ok(bytes) => nginx_error_kinds(&String::from_utf8_lossy(&bytes)),
+            Err(e) => std::collections::BTreeMap::from([(format!("(log not read: {e})"), 0)]),
+        }
     }
 }
 

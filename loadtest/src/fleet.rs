@@ -838,11 +838,12 @@ pub async fn worker() -> anyhow::Result<()> {
             asked = (asked + 200).min(count);
         }
         // A request the hub refused (a busy store answers `internal`: nothing saved) is asked
-        // again, as a clinician would, once every pass is through and a few seconds have gone
-        // by (sooner, thousands of repeats keep the store as busy as the first wave did).
-        if asked == count && round.elapsed() > Duration::from_secs(5) {
+        // again, as a clinician would, every few seconds (sooner, thousands of repeats keep the
+        // store as busy as the first wave did). Not only once every pass is through: refused
+        // requests stay waiting, and 200 of them would stop the passes.
+        if round.elapsed() > Duration::from_secs(5) {
             round = Instant::now();
-            for c in fleet.calls.iter().filter(|c| c.relay_payment.get().is_none()) {
+            for c in fleet.calls.iter().take(asked).filter(|c| c.relay_payment.get().is_none()) {
                 c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
             }
         }

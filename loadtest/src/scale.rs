@@ -101,6 +101,13 @@ fn ended_since(last: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> BTr
         .collect()
 }
 
+/// Whether every worker reported since the last call, and starts the next second's record.
+fn every_worker_reported(reported: &mut [bool]) -> bool {
+    let all = reported.iter().all(|r| *r);
+    reported.iter_mut().for_each(|r| *r = false);
+    all
+}
+
 /// Adds a JSON object of counts (`{"4009": 3}`) into `into`.
 fn add_counts(into: &mut BTreeMap<String, u64>, counts: &Value) {
     for (k, n) in counts.as_object().into_iter().flatten() {
@@ -218,6 +225,8 @@ struct Second {
     hub_ended: BTreeMap<String, u64>,
     /// Calls with a frame in flight for over a second, as the workers last reported them.
     stalled_calls: u64,
+    /// Every worker reported during this second: its counts are current.
+    all_reported: bool,
 }
 
 const COUNTS: [&str; 15] = [
@@ -251,6 +260,10 @@ struct Run {
     rx: mpsc::UnboundedReceiver<Report>,
     workers: usize,
     connected_by_worker: Vec<u64>,
+    /// Which workers have reported since the last second closed. A saturated worker's reports
+    /// come late; its last count may be stale by tens of seconds (a rolling restart once moved
+    /// on to the next instance on a count of 70,000 that four workers had not updated).
+    reported: Vec<bool>,
     seconds: Vec<Second>,
     current: Second,
     cpu_last: [u64; 4],
@@ -278,6 +291,9 @@ impl Run {
         match r {
             Report::Tick(v) => {
                 let w = v["worker"].as_u64().unwrap_or(0) as usize;
+                if let Some(r) = self.reported.get_mut(w) {
+                    *r = true;
+                }
                 if let Some(c) = self.connected_by_worker.get_mut(w) {
                     *c = v["connected"].as_u64().unwrap_or(0);
                 }
@@ -322,6 +338,7 @@ impl Run {
         let mut s = std::mem::take(&mut self.current);
         s.t = self.now();
         s.connected = self.connected();
+        s.all_reported = every_worker_reported(&mut self.reported);
         s.stalled_calls = self.stalled_by_worker.iter().sum();
         s.rss = nodes.iter().map(|p| crate::compare::rss_bytes(*p)).sum();
         s.files = nodes.iter().map(|p| open_files(*p)).sum();
@@ -383,7 +400,8 @@ impl Run {
             let before = self.seconds.len();
             self.run_for(cluster, Duration::from_millis(250)).await;
             if self.seconds.len() > before {
-                full = if self.connected() as usize >= self.total_sockets { full + 1 } else { 0 };
+                let fresh = self.seconds.last().is_some_and(|s| s.all_reported);
+                full = if fresh && self.connected() as usize >= self.total_sockets { full + 1 } else { 0 };
             }
         }
         Ok(self.now() - from)
@@ -452,6 +470,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         rx,
         workers: workers.len(),
         connected_by_worker: vec![0; workers.len()],
+        reported: vec![false; workers.len()],
         seconds: Vec::new(),
         current: Second::default(),
         cpu_last: [0; 4],
@@ -592,7 +611,7 @@ async fn until_relay_flows(run: &mut Run, cluster: &Cluster, t: f64) -> anyhow::
         {
             let (sent, delivered) = (s.counts[4], s.counts[5]);
             let flowing = sent > 0 && delivered * 100 >= sent * 95 && s.stalled_calls == 0;
-            if flowing && s.connected as usize >= run.total_sockets {
+            if flowing && s.all_reported && s.connected as usize >= run.total_sockets {
                 return Ok(run.now() - t);
             }
         }
@@ -731,7 +750,7 @@ fn report_base(plan: &Plan, payments: Value, extra: Value, run: &Run) -> Value {
             l.sort_unstable();
             let q = |p: f64| l.get(((l.len() as f64 - 1.0) * p).round() as usize).map(|v| f64::from(*v) / 1000.0);
             let mut second = json!({
-                "t": (s.t * 10.0).round() / 10.0, "connected": s.connected, "stalled_calls": s.stalled_calls,
+                "t": (s.t * 10.0).round() / 10.0, "connected": s.connected, "all_reported": s.all_reported, "stalled_calls": s.stalled_calls,
                 "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7], "lost_bus_down": s.counts[13],
                 "p50_ms": q(0.5), "p99_ms": q(0.99),
                 "rss_bytes": s.rss, "open_files": s.files, "tasks": s.tasks,
@@ -801,6 +820,15 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_counts_only_if_every_worker_reported_in_it() {
+        let mut reported = vec![true, false, true];
+        assert!(!every_worker_reported(&mut reported), "one worker's count is stale");
+        assert_eq!(reported, [false, false, false], "the next second starts afresh");
+        reported.iter_mut().for_each(|r| *r = true);
+        assert!(every_worker_reported(&mut reported));
+    }
 
     #[test]
     fn an_instances_ends_are_read_from_its_metrics_and_counted_once_across_scrapes_and_restarts() {
