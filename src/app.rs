@@ -55,7 +55,9 @@ pub struct AppState {
     /// One permit per open WebSocket.
     pub connection_slots: Arc<Semaphore>,
     /// Joins in progress, bounded by `server.max_joins_in_flight`.
-    pub joins: Arc<crate::pacing::JoinGate>,
+    pub joins: Arc<crate::pacing::Gate>,
+    /// Payment commands in progress, bounded by `payments.max_commands_in_flight`.
+    pub commands: Arc<crate::pacing::Gate>,
     /// Signs the tickets of shed joins. Derived from the Stripe secret key: the one secret every
     /// instance of a deployment is sure to share whatever its token algorithm, and a one-way
     /// derivation, so a ticket says nothing about the key.
@@ -188,7 +190,8 @@ impl AppState {
         tracing::info!(max_connections = cap, "connection cap (server.max_connections; 0 = from the open-file limit)");
         Ok(Self {
             connection_slots: Arc::new(Semaphore::new(cap)),
-            joins: Arc::new(crate::pacing::JoinGate::new(config.server.max_joins_in_flight)),
+            joins: Arc::new(crate::pacing::Gate::for_joins(config.server.max_joins_in_flight)),
+            commands: Arc::new(crate::pacing::Gate::for_commands(config.payments.max_commands_in_flight)),
             join_tickets: Arc::new(crate::pacing::TicketKey::derive(config.stripe.secret_key.expose().as_bytes())),
             drain_spread: Arc::default(),
             config: Arc::new(config),

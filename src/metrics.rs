@@ -39,6 +39,9 @@ pub struct Metrics {
     pub joins_shed: Counter,
     /// Joins that came back after `4013` with a ticket due and valid, and were admitted.
     pub joins_ticketed: Counter,
+    /// Payment commands (requests, cancels) answered `busy` because as many as the store can
+    /// serve were in progress: nothing was done with them.
+    pub commands_shed: Counter,
     /// Client frames answered with an `error`.
     pub frames_refused: Counter,
     /// Webhook deliveries with a bad or missing signature.
@@ -88,6 +91,7 @@ impl Metrics {
             joins_refused: Counter::default(),
             joins_shed: Counter::default(),
             joins_ticketed: Counter::default(),
+            commands_shed: Counter::default(),
             frames_refused: Counter::default(),
             webhooks_rejected: Counter::default(),
             webhooks_applied: Counter::default(),
@@ -122,6 +126,11 @@ impl Metrics {
             "ws_joins_shed",
             "Joins closed with 4013 (retry later) because the node was admitting as many as its store serves",
             m.joins_shed.clone(),
+        );
+        r.register(
+            "payment_commands_shed",
+            "Payment requests and cancels answered busy (retry later) because the node had as many in progress as its store serves",
+            m.commands_shed.clone(),
         );
         r.register(
             "ws_joins_ticketed",

@@ -3,7 +3,8 @@
 //! its own load, and a node sheds joins past what its store can serve with a time to retry,
 //! rather than queueing them into the pool's time-outs. A shed join is given a ticket for its
 //! place in line; back with it when its time has come, it goes ahead of joins that have not
-//! waited, on whichever node of the deployment it reaches.
+//! waited, on whichever node of the deployment it reaches. The same gate, without tickets,
+//! bounds a node's payment commands (requests and cancels) in flight.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -111,11 +112,16 @@ impl TicketKey {
     }
 }
 
-/// Joins in progress (from the upgrade until `welcome` is sent), bounded.
+/// Work in progress on the store, bounded: joins (from the upgrade until `welcome` is sent) or
+/// payment commands (from the frame until its answer).
 #[derive(Debug)]
-pub struct JoinGate {
+pub struct Gate {
     in_flight: Arc<AtomicUsize>,
     max: usize,
+    /// Places kept for ticket holders while a line is waiting (see [`Gate::enter`]).
+    kept: usize,
+    /// The line is timed at this many times the best rate measured ([`AFTER_STORM`] for joins).
+    pace: f64,
     /// The joins told to come back, and the rate this node admits: each shed join is given the
     /// next place in a line that drains at that rate (a ticket holder that found no place, in a
     /// front line served first), so a storm's shed joins come back paced, in the order they
@@ -173,43 +179,60 @@ impl Queue {
     }
 }
 
-/// One join's place at the gate, given back when dropped.
+/// One place at a [`Gate`], given back when dropped.
 #[derive(Debug)]
-pub struct JoinSlot(Arc<AtomicUsize>);
+pub struct Slot(Arc<AtomicUsize>);
 
-impl Drop for JoinSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-impl JoinGate {
-    /// A gate admitting `max` joins at once (at least one).
-    pub fn new(max: usize) -> Self {
-        let now = Instant::now();
-        let queue = Queue { second: now, admitted: 0, best_rate: 0.0, front: 0.0, owed: 0.0, drained_at: now };
-        Self { in_flight: Arc::default(), max: max.max(1), queue: std::sync::Mutex::new(queue) }
+impl Gate {
+    /// A gate admitting `max` joins at once (at least one), its line timed at [`AFTER_STORM`]
+    /// times the best rate, with a quarter of its places kept for ticket holders while a line
+    /// is waiting.
+    pub fn for_joins(max: usize) -> Self {
+        let max = max.max(1);
+        Self::with(max, max / 4, AFTER_STORM)
     }
 
-    /// A place for one more join, or how long the join should wait before trying again: its
-    /// place in the queue of joins shed before it, at twice the best rate the node admitted
-    /// joins in the last seconds (at least `max` a second; see [`AFTER_STORM`]). `ticketed`: the join came back with a ticket
-    /// that is due ([`TicketKey::honours`]), so it goes ahead of joins that have not waited.
-    pub fn enter(&self, ticketed: bool) -> Result<JoinSlot, Duration> {
+    /// A gate admitting `max` payment commands at once (at least one). Commands have no
+    /// tickets (a command sent again is simply the same command), so no place is kept, and
+    /// the line is timed at the rate the node completes them: unlike a storm's handshakes,
+    /// commands turned away cost the node next to nothing, so its rate does not rise once they
+    /// stop.
+    pub fn for_commands(max: usize) -> Self {
+        Self::with(max.max(1), 0, 1.0)
+    }
+
+    fn with(max: usize, kept: usize, pace: f64) -> Self {
+        let now = Instant::now();
+        let queue = Queue { second: now, admitted: 0, best_rate: 0.0, front: 0.0, owed: 0.0, drained_at: now };
+        Self { in_flight: Arc::default(), max, kept, pace, queue: std::sync::Mutex::new(queue) }
+    }
+
+    /// A place for one more join or command, or how long it should wait before trying again:
+    /// its place in the queue of those shed before it, at the gate's pace times the best rate
+    /// the node admitted in the last seconds (at least `max` a second). `ticketed`: a join came
+    /// back with a ticket that is due ([`TicketKey::honours`]), so it goes ahead of joins that
+    /// have not waited.
+    pub fn enter(&self, ticketed: bool) -> Result<Slot, Duration> {
         self.enter_at(Instant::now(), ticketed)
     }
 
-    fn enter_at(&self, now: Instant, ticketed: bool) -> Result<JoinSlot, Duration> {
+    fn enter_at(&self, now: Instant, ticketed: bool) -> Result<Slot, Duration> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         q.roll(now);
-        let rate = (AFTER_STORM * q.best_rate).max(self.max as f64);
+        let rate = (self.pace * q.best_rate).max(self.max as f64);
         q.drain(now, rate);
         // While a line is waiting, a quarter of the places (rounded down) are kept for the
         // joins that come back with their tickets, so joins arriving fresh (a drain's spread
         // goes on) do not take every place that comes free and send the line's joins round
         // again.
-        let limit = if ticketed || !q.waiting() { self.max } else { self.max - self.max / 4 };
+        let limit = if ticketed || !q.waiting() { self.max } else { self.max - self.kept };
         if in_flight > limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             if ticketed {
@@ -224,19 +247,19 @@ impl JoinGate {
             return Err(wait.clamp(RETRY_MIN, RETRY_MAX));
         }
         q.admitted += 1;
-        Ok(JoinSlot(self.in_flight.clone()))
+        Ok(Slot(self.in_flight.clone()))
     }
 
     /// Places in the front line and the line not yet due at `now`.
     #[cfg(test)]
     fn owed_at(&self, now: Instant) -> (f64, f64) {
         let mut q = self.queue.lock().unwrap();
-        let rate = (AFTER_STORM * q.best_rate).max(self.max as f64);
+        let rate = (self.pace * q.best_rate).max(self.max as f64);
         q.drain(now, rate);
         (q.front, q.owed)
     }
 
-    /// Joins in progress now.
+    /// Joins or commands in progress now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
     }
@@ -247,7 +270,7 @@ mod tests {
     use super::*;
 
     /// Admits `n` joins one after the other from `from`, a microsecond apart.
-    fn admit(gate: &JoinGate, from: Instant, n: u64) {
+    fn admit(gate: &Gate, from: Instant, n: u64) {
         for i in 0..n {
             drop(gate.enter_at(from + Duration::from_micros(i), false).unwrap());
         }
@@ -265,7 +288,7 @@ mod tests {
 
     #[test]
     fn the_gate_admits_its_max_and_tells_the_rest_when_to_retry() {
-        let gate = JoinGate::new(2);
+        let gate = Gate::for_joins(2);
         let t0 = Instant::now();
         let a = gate.enter_at(t0, false).unwrap();
         let b = gate.enter_at(t0, false).unwrap();
@@ -288,7 +311,7 @@ mod tests {
     /// back at once, ahead of (and together with) those shed before it.
     #[test]
     fn shed_joins_keep_their_place_in_line_across_seconds() {
-        let gate = JoinGate::new(1);
+        let gate = Gate::for_joins(1);
         let t0 = Instant::now();
         let _held = gate.enter_at(t0, false).unwrap();
         // 100 shed at once, at the floor rate of 1 a second: the last waits its 100 places
@@ -312,14 +335,14 @@ mod tests {
     /// a front line, ahead of every join without a ticket, rather than at the end of the line.
     #[test]
     fn a_join_back_with_its_ticket_goes_ahead_of_joins_that_have_not_waited() {
-        let gate = JoinGate::new(4);
+        let gate = Gate::for_joins(4);
         let t0 = Instant::now();
-        let held: Vec<JoinSlot> = (0..4).map(|_| gate.enter_at(t0, false).unwrap()).collect();
+        let held: Vec<Slot> = (0..4).map(|_| gate.enter_at(t0, false).unwrap()).collect();
         let first_wait = gate.enter_at(t0, false).unwrap_err();
         assert!(first_wait >= RETRY_MIN, "{first_wait:?}");
         drop(held);
         // Three places are in use again; the line is not empty (its join is not due yet).
-        let _three: Vec<JoinSlot> = (0..3).map(|_| gate.enter_at(t0, false).unwrap()).collect();
+        let _three: Vec<Slot> = (0..3).map(|_| gate.enter_at(t0, false).unwrap()).collect();
         let newcomer = gate.enter_at(t0, false);
         assert!(newcomer.is_err(), "the fourth place is kept for the join that waited");
         let back = gate.enter_at(t0, true).expect("the ticket holder takes the kept place");
@@ -372,7 +395,7 @@ mod tests {
     /// admitted a second, the line is timed at 2,000 a second ([`AFTER_STORM`]).
     #[test]
     fn the_line_drains_at_the_rate_the_node_admits() {
-        let gate = JoinGate::new(1);
+        let gate = Gate::for_joins(1);
         let t0 = Instant::now();
         admit(&gate, t0, 1000);
         let t1 = t0 + Duration::from_millis(1001);
@@ -382,12 +405,31 @@ mod tests {
         assert_eq!(waits[1999], Duration::from_secs(1), "2,000 places: a second");
     }
 
+    /// Payment commands have no tickets: no place is kept while a line waits, and the line is
+    /// timed at the rate the node admits them, not twice it.
+    #[test]
+    fn a_command_gate_keeps_no_places_and_times_its_line_at_the_rate_it_admits() {
+        let gate = Gate::for_commands(4);
+        let t0 = Instant::now();
+        let mut held: Vec<Slot> = (0..4).map(|_| gate.enter_at(t0, false).unwrap()).collect();
+        gate.enter_at(t0, false).unwrap_err();
+        held.pop();
+        let _next = gate.enter_at(t0, false).expect("a line is waiting, but no place is kept for tickets");
+        let gate = Gate::for_commands(1);
+        admit(&gate, t0, 1000);
+        let t1 = t0 + Duration::from_millis(1001);
+        let _held = gate.enter_at(t1, false).unwrap();
+        let waits: Vec<Duration> = (0..1000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
+        assert_eq!(waits[499], RETRY_MIN, "500 places at 1,000 a second: half a second");
+        assert_eq!(waits[999], Duration::from_secs(1), "1,000 places: a second");
+    }
+
     /// A second in which fewer joins came (the storm's fresh joins are over; the line's are
     /// arriving at their times) says nothing of what the node can admit: the line is timed at
     /// the best rate of the last seconds, fading a fiftieth a second, not at the last second's.
     #[test]
     fn a_quiet_second_does_not_lengthen_the_line() {
-        let gate = JoinGate::new(1);
+        let gate = Gate::for_joins(1);
         let t0 = Instant::now();
         admit(&gate, t0, 1000);
         admit(&gate, t0 + Duration::from_millis(1001), 100);

@@ -326,7 +326,10 @@ const client = new CallpayClient({
     }
     if (event === 'request' && detail.client_ref === sending) {
       sending = null;
-      if (detail.payment) $('request').reset();
+      if (detail.payment) {
+        $('request').reset();
+        $('form-error').textContent = '';
+      }
       retryable = detail.error?.code === 'stripe_unavailable' ? lastSent : null;
     }
     if (event === 'progress') progress.set(detail.payment_id, detail.stage);
@@ -334,6 +337,10 @@ const client = new CallpayClient({
     if (event === 'clinic') unavailableReason = detail.reason || '';
     if (event === 'welcome') unavailableReason = detail.unavailable_reason || '';
     if (event === 'error') $('form-error').textContent = hubError(detail);
+    if (event === 'busy' && detail.client_ref === sending) {
+      const seconds = Math.max(1, Math.round(detail.wait / 1000)).toLocaleString(document.documentElement.lang);
+      $('form-error').textContent = t('clinician.busy', { seconds });
+    }
     render();
   },
 });

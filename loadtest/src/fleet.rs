@@ -178,6 +178,8 @@ struct Counters {
     /// Relay turns not sent while the bus was down because the call had as many frames in
     /// flight as it may then have ([`IN_FLIGHT_REDIS_STOPPED`], [`IN_FLIGHT_REDIS_BACK`]).
     held: AtomicU64,
+    /// Payment requests the hub turned away as `busy` (sent again at the time it gave).
+    busy: AtomicU64,
 }
 
 struct Fleet {
@@ -274,13 +276,17 @@ pub fn wait_after(code: u16, reason: &str, attempt: u32) -> Duration {
     let backoff = (500.0 * 2f64.powi(attempt.min(5) as i32)).min(10_000.0) * (0.5 + r / 2.0);
     let ms = match code {
         4012 if attempt == 0 => r * said("within ").unwrap_or(100).clamp(100, 60_000) as f64,
-        4013 => {
-            let retry = said("retry in ").unwrap_or(500).clamp(100, 60_000) as f64;
-            (retry + (r - 0.5) * retry.min(1_000.0)).min(60_000.0)
-        }
+        4013 => return retry_delay(said("retry in ").unwrap_or(500), r),
         _ => backoff,
     };
     Duration::from_millis(ms as u64)
+}
+
+/// When to come back to a place the hub gave (`retryDelay` in the SDK): `retry_ms`, bounded to
+/// 0.1-60 s, give or take half a second (half of it, if shorter); `r` is uniform in [0, 1).
+fn retry_delay(retry_ms: u64, r: f64) -> Duration {
+    let retry = retry_ms.clamp(100, 60_000) as f64;
+    Duration::from_millis((retry + (r - 0.5) * retry.min(1_000.0)).min(60_000.0) as u64)
 }
 
 /// The ticket a shed join was given for its place in line (`ticketOf` in the SDK): sent back
@@ -655,15 +661,31 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                             {
                                 fleet.counters.rejected.fetch_add(1, Ordering::Relaxed);
                             }
-                            // A refused request is answered, as the SDK settles it: not sent again.
-                            if let Some(r) = f["ref"].as_str()
-                                && requests.remove(r).is_some()
-                                && let Some(pay) = fleet.pays.lock().unwrap().get_mut(r)
+                            // Turned away untouched by a hub at capacity: still pending, and
+                            // sent again at the time the hub gave, as the SDK does (or sooner,
+                            // from the next welcome).
+                            if f["code"] == "busy"
+                                && let Some(m) = f["ref"].as_str().and_then(|r| requests.get(r))
                             {
-                                pay.refused = true;
-                            }
-                            if fleet.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                                eprintln!("fleet: error frame on {}: {f}", call.id);
+                                fleet.counters.busy.fetch_add(1, Ordering::Relaxed);
+                                let wait = retry_delay(f["retry_after_ms"].as_u64().unwrap_or(500), rand_unit());
+                                let (call, m) = (call.clone(), m.clone());
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(wait).await;
+                                    call.doc.send(Cmd::Frame(m));
+                                });
+                            } else {
+                                // A refused request is answered, as the SDK settles it: not sent
+                                // again.
+                                if let Some(r) = f["ref"].as_str()
+                                    && requests.remove(r).is_some()
+                                    && let Some(pay) = fleet.pays.lock().unwrap().get_mut(r)
+                                {
+                                    pay.refused = true;
+                                }
+                                if fleet.counters.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                    eprintln!("fleet: error frame on {}: {f}", call.id);
+                                }
                             }
                         }
                         _ => {}
@@ -837,9 +859,9 @@ pub async fn worker() -> anyhow::Result<()> {
             }
             asked = (asked + 200).min(count);
         }
-        // A request the hub refused (a busy store answers `internal`: nothing saved) is asked
-        // again, as a clinician would, every few seconds (sooner, thousands of repeats keep the
-        // store as busy as the first wave did). Not only once every pass is through: refused
+        // A request turned away as `busy` comes back by itself at the time the hub gave. One
+        // refused otherwise (a store failure answers `internal`: nothing saved) is asked again,
+        // as a clinician would, every few seconds. Not only once every pass is through: refused
         // requests stay waiting, and 200 of them would stop the passes.
         if round.elapsed() > Duration::from_secs(5) {
             round = Instant::now();
@@ -951,7 +973,7 @@ fn tick_report(fleet: &Fleet, worker: usize) -> Value {
         "joins": take(&c.joins), "closes": take(&c.closes), "shed": take(&c.shed), "refused": take(&c.refused),
         "leaves": take(&c.leaves),
         "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
-        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "lost_bus_down": take(&c.lost_bus_down), "skipped": take(&c.skipped), "held": take(&c.held), "errors": take(&c.errors),
+        "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "lost_bus_down": take(&c.lost_bus_down), "skipped": take(&c.skipped), "held": take(&c.held), "busy": take(&c.busy), "errors": take(&c.errors),
         "pay_failed": take(&c.pay_failed),
         "ended_by_code": take_tally(&fleet.ended), "turned_away_by_code": take_tally(&fleet.turned_away),
         "latency_us": latencies,
@@ -1013,6 +1035,15 @@ mod tests {
     }
 
     /// The load clients come back with their tickets as the SDK does (`ticketOf`).
+    /// The SDK's `retryDelay`: a shed join's place and a `busy` request's both come back at
+    /// the time the hub gave, give or take half a second, within 0.1-60 s.
+    #[test]
+    fn a_place_the_hub_gives_is_kept_give_or_take_half_a_second() {
+        let ms = |retry, r| retry_delay(retry, r).as_millis();
+        assert_eq!((ms(1200, 0.5), ms(1200, 0.0), ms(300, 1.0)), (1200, 700, 450));
+        assert_eq!((ms(0, 0.5), ms(u64::MAX, 0.5)), (100, 60_000));
+    }
+
     #[test]
     fn a_shed_client_keeps_the_ticket_the_hub_gave() {
         let reason = "hub busy admitting joins; retry in 800 ms; ticket 1796422935879.e7ac65b0789382bb";

@@ -229,7 +229,7 @@ struct Second {
     all_reported: bool,
 }
 
-const COUNTS: [&str; 15] = [
+const COUNTS: [&str; 16] = [
     "joins",
     "closes",
     "shed",
@@ -245,6 +245,7 @@ const COUNTS: [&str; 15] = [
     "withdrawn",
     "lost_bus_down",
     "held",
+    "busy",
 ];
 
 /// A named stretch of the run (a fault, or the steady load around it).

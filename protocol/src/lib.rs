@@ -243,6 +243,10 @@ pub enum ErrorCode {
     BadFrame,
     /// Something failed inside the hub; nothing was lost, retry.
     Internal,
+    /// The hub is handling as many payment commands as its store can serve: nothing was done
+    /// with this one. Send it again, unchanged (a request with the same `client_ref`), after
+    /// `retry_after_ms`.
+    Busy,
 }
 
 /// Frames the hub sends (inside [`ServerFrame`]).
@@ -348,6 +352,10 @@ pub enum ServerMsg {
         /// The `client_ref` or `payment_id` the error is about.
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+        /// With `busy`: when to send the command again (ms from now), the sender's place in the
+        /// line of commands turned away.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 

@@ -158,6 +158,19 @@ fn server_examples() -> Vec<(&'static str, ServerFrame)> {
                     code: ErrorCode::InvalidAmount,
                     message: "Amount must be at least 0.50 AUD.".into(),
                     reference: Some("req-2f7c".into()),
+                    retry_after_ms: None,
+                },
+            ),
+        ),
+        (
+            "server.error.busy",
+            f(
+                11,
+                ServerMsg::Error {
+                    code: ErrorCode::Busy,
+                    message: "The hub is busy; nothing was done. Send it again in 1.2 s.".into(),
+                    reference: Some("req-2f7c".into()),
+                    retry_after_ms: Some(1200),
                 },
             ),
         ),
@@ -204,7 +217,7 @@ fn schema_is_generated_from_the_types() {
 fn wire_details_clients_rely_on() {
     let v = serde_json::to_value(ServerFrame {
         seq: 1,
-        msg: ServerMsg::Error { code: ErrorCode::BadFrame, message: "x".into(), reference: None },
+        msg: ServerMsg::Error { code: ErrorCode::BadFrame, message: "x".into(), reference: None, retry_after_ms: None },
     })
     .unwrap();
     assert_eq!(v, serde_json::json!({"seq": 1, "type": "error", "code": "bad_frame", "message": "x"}));

@@ -46,6 +46,8 @@ pub struct Refusal {
     pub message: String,
     /// The `client_ref` or `payment_id` concerned.
     pub reference: Option<String>,
+    /// With [`ErrorCode::Busy`]: when to send the command again.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Refusal {
@@ -53,7 +55,14 @@ impl Refusal {
     /// control characters) is not echoed back.
     pub fn new(code: ErrorCode, message: impl Into<String>, reference: Option<&str>) -> Self {
         let reference = reference.filter(|r| validate::client_ref_ok(r)).map(str::to_owned);
-        Self { code, message: message.into(), reference }
+        Self { code, message: message.into(), reference, retry_after: None }
+    }
+
+    /// A command turned away before anything was done with it, because the node is handling
+    /// as many as its store can serve: to be sent again, unchanged, after `retry`.
+    pub fn busy(retry: std::time::Duration, reference: Option<&str>) -> Self {
+        let message = format!("The hub is busy; nothing was done. Send it again in {:.1} s.", retry.as_secs_f64());
+        Self { retry_after: Some(retry), ..Self::new(ErrorCode::Busy, message, reference) }
     }
 
     pub(crate) fn store(e: StoreError, reference: Option<&str>) -> Self {

@@ -27,17 +27,13 @@ pub fn decode(text: &str) -> Result<ClientMsg, Refusal> {
             why.truncate(cut);
             why.push('…');
         }
-        Refusal { code: ErrorCode::BadFrame, message: format!("Not a valid protocol message: {why}"), reference: None }
+        Refusal::new(ErrorCode::BadFrame, format!("Not a valid protocol message: {why}"), None)
     })
 }
 
 /// A binary frame: not part of the protocol.
 pub fn binary_refused() -> Refusal {
-    Refusal {
-        code: ErrorCode::BadFrame,
-        message: "Binary frames are not part of the protocol.".into(),
-        reference: None,
-    }
+    Refusal::new(ErrorCode::BadFrame, "Binary frames are not part of the protocol.", None)
 }
 
 /// The close a frame the WebSocket layer refused deserves, so the client learns why instead of

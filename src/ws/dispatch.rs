@@ -52,10 +52,12 @@ impl Dispatch {
                     app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
                     tx
                 });
-                tx.try_send(cmd).err().map(|_| Refusal {
-                    code: ErrorCode::RateLimited,
-                    message: "Too many requests in flight; wait for the earlier ones.".into(),
-                    reference: None,
+                tx.try_send(cmd).err().map(|_| {
+                    Refusal::new(
+                        ErrorCode::RateLimited,
+                        "Too many requests in flight; wait for the earlier ones.",
+                        None,
+                    )
                 })
             }
         }
@@ -65,6 +67,24 @@ impl Dispatch {
 /// Runs a clinician's slow commands in order until the connection drops its [`Dispatch`].
 async fn commands(app: AppState, caller: Caller, mut rx: mpsc::Receiver<ClientMsg>, out: Outbound) {
     while let Some(cmd) = rx.recv().await {
+        // A place at the node's gate first: past what the store can serve, a command is turned
+        // away at once with its place in line, untouched (nothing stored, nothing audited, no
+        // Stripe call), rather than queued into the pool's time-out and answered `internal`.
+        let _slot = match app.commands.enter(false) {
+            Ok(slot) => slot,
+            Err(retry) => {
+                app.metrics.commands_shed.inc();
+                app.metrics.frames_refused.inc();
+                let reference = match &cmd {
+                    ClientMsg::PaymentRequest { client_ref, .. } => client_ref,
+                    ClientMsg::PaymentCancel { payment_id } | ClientMsg::PaymentProgress { payment_id, .. } => {
+                        payment_id
+                    }
+                };
+                out.push(super::session::error_frame(&app, &caller.call_id, Refusal::busy(retry, Some(reference))));
+                continue;
+            }
+        };
         let result = match cmd {
             ClientMsg::PaymentRequest { client_ref, amount, currency, description } => {
                 app.payments.request(&caller, &client_ref, amount, &currency, &description).await

@@ -22,11 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 /// What a client over its frame budget is told (once per notice window).
 fn rate_limited() -> Refusal {
-    Refusal {
-        code: ErrorCode::RateLimited,
-        message: "Too many messages; slow down. Further frames are dropped until you do.".into(),
-        reference: None,
-    }
+    Refusal::new(ErrorCode::RateLimited, "Too many messages; slow down. Further frames are dropped until you do.", None)
 }
 
 /// Whether a connection silent for `silent` has lost its heartbeat: no frame (pongs included)
@@ -37,7 +33,9 @@ fn heartbeat_lost(silent: Duration, ping_every: Duration) -> bool {
 
 /// An `error` frame telling the client why its frame was refused.
 pub(super) fn error_frame(app: &AppState, call_id: &str, r: Refusal) -> Bytes {
-    encode(app.hub.rooms.seq(call_id), ServerMsg::Error { code: r.code, message: r.message, reference: r.reference })
+    let retry_after_ms = r.retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let msg = ServerMsg::Error { code: r.code, message: r.message, reference: r.reference, retry_after_ms };
+    encode(app.hub.rooms.seq(call_id), msg)
 }
 
 /// A frame as a text message; frames are UTF-8 JSON, so the check never fails in practice.
@@ -135,7 +133,7 @@ pub async fn run(
     app: AppState,
     claims: JoinClaims,
     _permit: OwnedSemaphorePermit,
-    join_slot: crate::pacing::JoinSlot,
+    join_slot: crate::pacing::Slot,
 ) {
     let participant = claims.participant();
     let call_id = claims.call_id.clone();
@@ -178,11 +176,7 @@ pub async fn run(
             let frame = error_frame(
                 &app,
                 &call_id,
-                Refusal {
-                    code: ErrorCode::Internal,
-                    message: "The hub cannot load this call right now; reconnect shortly.".into(),
-                    reference: None,
-                },
+                Refusal::new(ErrorCode::Internal, "The hub cannot load this call right now; reconnect shortly.", None),
             );
             if let Some(m) = text(frame)
                 && send_within(&mut socket, m, write_deadline).await
@@ -388,8 +382,17 @@ mod tests {
                 r#"{{"seq":{seq},"type":"payment.confirmed","payment":{{"payment_id":"pay_1","version":{version}}}}}"#
             ))
         };
-        let error =
-            |seq| encode(seq, ServerMsg::Error { code: ErrorCode::BadFrame, message: "x".into(), reference: None });
+        let error = |seq| {
+            encode(
+                seq,
+                ServerMsg::Error {
+                    code: ErrorCode::BadFrame,
+                    message: "x".into(),
+                    reference: None,
+                    retry_after_ms: None,
+                },
+            )
+        };
         let shown = vec![("pay_1".to_owned(), 4)];
         let mut stale = Stale::after(3, (6, shown.clone()));
         assert!(stale.skip(&confirmed(2, 9)), "queued before the snapshot was read: covered whatever it says");

@@ -1,7 +1,7 @@
 // The SDK's reconnect pacing, without a browser: how long a client waits after each close.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { reconnectDelay } from '../../web/sdk/callpay.js';
+import { reconnectDelay, retryDelay } from '../../web/sdk/callpay.js';
 
 test('a drained node\'s clients reconnect spread over the window it gives, not at once', () => {
   const reason = 'hub node stopping; reconnect within 5000 ms';
@@ -105,4 +105,50 @@ test('a request answered by a payment.sync that shows it paid gives the notice',
   const paid = { payment_id: 'pay_1', client_ref: ref, status: 'succeeded', version: 3 };
   client.handle({ type: 'payment.sync', payments: [paid], confirmed: ['pay_1'] });
   assert.deepEqual(events.filter(([e]) => e === 'confirmed').map(([, p]) => p.payment_id), ['pay_1']);
+});
+
+test('a request the hub turned away as busy stays pending and goes again at the time given, once', async () => {
+  const { CallpayClient } = await import('../../web/sdk/callpay.js');
+  const sent = [];
+  // Node 20 has no WebSocket: an open stand-in that records what the client sends.
+  globalThis.WebSocket = class { static OPEN = 1; readyState = 1; send(text) { sent.push(JSON.parse(text)); } };
+  try {
+    const events = [];
+    const client = new CallpayClient({ hubUrl: 'http://hub.test', callId: 'c1', token: 't', on: (e, d) => events.push([e, d]) });
+    client.connect();
+    const ref = client.request({ amount: 5000, description: 'Consult' });
+    assert.equal(sent.length, 1);
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref, retry_after_ms: 120 });
+    assert.ok(client.isPending(ref), 'not an answer: still pending');
+    assert.deepEqual(events.filter(([e]) => e === 'request' || e === 'error'), [], 'nothing settled, no error shown');
+    const busy = events.find(([e]) => e === 'busy')[1];
+    assert.equal(busy.client_ref, ref);
+    assert.ok(busy.wait >= 60 && busy.wait <= 180, `${busy.wait}`);
+    await new Promise((r) => setTimeout(r, 250));
+    assert.deepEqual(sent.map((m) => [m.type, m.client_ref]), [['payment.request', ref], ['payment.request', ref]], 'sent again under the same client_ref');
+    // Turned away again, then a welcome on a new connection: the welcome sends it at once and
+    // the waiting retry is dropped, so the hub gets it once more, not twice.
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref, retry_after_ms: 100 });
+    client.handle({ type: 'welcome', you: {}, participants: [], payments_available: true, payments: [] });
+    await new Promise((r) => setTimeout(r, 250));
+    assert.equal(sent.length, 3, 'the welcome sent it; the retry timer did not as well');
+    // The answer settles it.
+    client.handle({ type: 'payment.requested', payment: { payment_id: 'pay_1', client_ref: ref, status: 'requested', version: 1 } });
+    assert.ok(!client.isPending(ref));
+    assert.equal(events.filter(([e]) => e === 'request').length, 1);
+    // A busy answer to a command that is not a pending request (a cancel) is shown as an error.
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref: 'pay_1', retry_after_ms: 500 });
+    assert.equal(events.filter(([e]) => e === 'error').length, 1);
+  } finally {
+    delete globalThis.WebSocket;
+  }
+});
+
+test('a place the hub gives is kept give or take half a second, within bounds', () => {
+  assert.equal(retryDelay(1200, () => 0.5), 1200);
+  assert.equal(retryDelay(1200, () => 0), 700);
+  assert.equal(retryDelay(300, () => 1), 450, 'a short wait moves by half itself at most');
+  assert.equal(retryDelay(undefined, () => 0.5), 500, 'no figure: half a second');
+  assert.equal(retryDelay(-5, () => 0.5), 100, 'never under a tenth of a second');
+  assert.equal(retryDelay(1e12, () => 0.5), 60000, 'never over a minute');
 });

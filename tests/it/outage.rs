@@ -313,6 +313,54 @@ async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
     assert!(metrics.contains("callpay_ws_joins_ticketed_total 1\n"), "admitted with its ticket: {metrics}");
 }
 
+/// A node handling as many payment commands as its store serves answers the next one `busy` at
+/// once, with a time to retry, and does nothing with it: no payment, no Stripe call, no audit.
+/// Sent again unchanged once there is room, the same request goes through, once.
+#[tokio::test]
+async fn payment_commands_past_what_the_store_serves_are_told_when_to_retry() {
+    let hub = TestHub::start_with(|c| c.payments.max_commands_in_flight = 1).await;
+    // The first request holds the node's one place while Stripe takes 1.5 s to answer.
+    hub.sim_control("POST", "/_sim/faults", serde_json::json!({"api_delays": 1, "api_delay_ms": 1500})).await;
+    let mut first = hub.clinician().await;
+    first.request("slow", 5000, "Consult").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while hub.state.commands.in_flight() < 1 {
+        assert!(std::time::Instant::now() < deadline, "the first request never took its place");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let other_call =
+        |sub: &str| hub.ws_url("call_busy", &hub.token_for("call_busy", sub, callpay_protocol::Role::Clinician));
+    let mut second = Client::connect(&other_call("doc-busy")).await;
+    let started = std::time::Instant::now();
+    second.request("b1", 7000, "Follow-up").await;
+    let err = second.until("error").await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(1000), "told at once, not after the first: {err}");
+    assert_eq!((err["code"].as_str(), err["ref"].as_str()), (Some("busy"), Some("b1")), "{err}");
+    let retry = err["retry_after_ms"].as_u64().unwrap_or_else(|| panic!("a time to retry: {err}"));
+    assert!((500..=30_000).contains(&retry), "{err}");
+    // Nothing was made of it: a fresh connection's welcome shows no payment in that call, and
+    // Stripe has only the first request's PaymentIntent.
+    let look = Client::connect(&other_call("doc-look")).await;
+    assert_eq!(look.welcome["payments"], serde_json::json!([]), "{}", look.welcome);
+    first.until("payment.requested").await;
+    let intents = hub.sim.sim.with_world(|w| w.accounts.values().map(|a| a.payment_intents.len()).sum::<usize>());
+    assert_eq!(intents, 1, "only the first request reached Stripe");
+    // Once the first is done, the same request sent again goes through, once.
+    while hub.state.commands.in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline + std::time::Duration::from_secs(5), "the first kept its place");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    second.request("b1", 7000, "Follow-up").await;
+    let made = second.until("payment.requested").await;
+    assert_eq!((made["payment"]["client_ref"].as_str(), made["payment"]["amount"].as_i64()), (Some("b1"), Some(7000)));
+    let audit = hub.state.store.audit_for_clinic(callpay::demo::DEMO_CLINIC, 100, None, true).await.unwrap();
+    let requested: Vec<_> =
+        audit.iter().filter(|a| a.action == "payment.requested").map(|a| a.outcome.as_str()).collect();
+    assert_eq!(requested, ["ok", "ok"], "the busy answer is not a decision and is not audited: {audit:?}");
+    let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
+    assert!(metrics.contains("callpay_payment_commands_shed_total 1\n"), "{metrics}");
+}
+
 /// Opens `url` and reads until the hub closes it: the close code and reason.
 async fn closed_with(url: &str) -> (u16, String) {
     let (mut ws, _) = open_ws(url).await.expect("the upgrade goes through");

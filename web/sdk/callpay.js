@@ -42,10 +42,21 @@ export function reconnectDelay(code, reason, attempt, random = Math.random) {
     return { wait: random() * (said(/within (\d+) ms/) ?? RESTART_JITTER_MS), failed: true };
   }
   if (code === 4013) {
-    const retry = said(/retry in (\d+) ms/) ?? BACKOFF_START_MS;
-    return { wait: Math.min(MAX_WAIT_MS, retry + (random() - 0.5) * Math.min(retry, RETRY_JITTER_MS)), failed: false };
+    return { wait: retryDelay(said(/retry in (\d+) ms/) ?? BACKOFF_START_MS, random), failed: false };
   }
   return { wait: backoff, failed: true };
+}
+
+/**
+ * When to come back to a place the hub gave (a shed join's `retry in N ms`, a `busy` command's
+ * `retry_after_ms`), in ms: at that time give or take half a second (half of it, if shorter),
+ * never less than a tenth of a second nor more than a minute. A missing or nonsensical figure
+ * counts as half a second.
+ */
+export function retryDelay(retryMs, random = Math.random) {
+  const n = Number(retryMs);
+  const retry = Number.isFinite(n) ? Math.min(MAX_WAIT_MS, Math.max(MIN_WAIT_MS, n)) : BACKOFF_START_MS;
+  return Math.min(MAX_WAIT_MS, retry + (random() - 0.5) * Math.min(retry, RETRY_JITTER_MS));
 }
 
 /**
@@ -90,6 +101,8 @@ export class CallpayClient {
     this.ticket = null;
     /** Requests the hub has not acknowledged yet, by client_ref: re-sent after every welcome. */
     this.pending = new Map();
+    /** Timers sending a request again that the hub turned away as `busy`, by client_ref. */
+    this.retries = new Map();
   }
 
   /** Opens the connection (and keeps it open until close()). */
@@ -162,6 +175,8 @@ export class CallpayClient {
    */
   settle(clientRef, outcome) {
     if (!clientRef || !this.pending.delete(clientRef)) return;
+    clearTimeout(this.retries.get(clientRef));
+    this.retries.delete(clientRef);
     if (outcome.payment) this.sawUnpaid.add(outcome.payment.payment_id);
     this.on('request', { client_ref: clientRef, ...outcome });
   }
@@ -210,8 +225,11 @@ export class CallpayClient {
         for (const p of frame.payments) this.keep(p);
         this.on('status', { state: 'live' });
         this.on('welcome', frame);
-        // Requests the hub already has are done; the rest go (again) now.
+        // Requests the hub already has are done; the rest go (again) now, those waiting to
+        // retry after `busy` included (a new connection may reach a node with room).
         for (const p of this.payments.values()) this.settle(p.client_ref, { payment: p });
+        for (const timer of this.retries.values()) clearTimeout(timer);
+        this.retries.clear();
         for (const msg of this.pending.values()) this.send(msg);
         // The patient's last stage per waiting payment, as if the progress frames were replayed.
         for (const [paymentId, stage] of Object.entries(frame.progress || {})) {
@@ -269,6 +287,21 @@ export class CallpayClient {
         this.on('clinic', frame);
         break;
       case 'error':
+        // Turned away untouched by a hub at capacity: not an answer. The request stays pending
+        // and goes again at the time the hub gave, under the same client_ref, which makes a
+        // repeat harmless; the page learns when.
+        if (frame.code === 'busy' && this.pending.has(frame.ref)) {
+          const ref = frame.ref;
+          const wait = retryDelay(frame.retry_after_ms);
+          clearTimeout(this.retries.get(ref));
+          this.retries.set(ref, setTimeout(() => {
+            this.retries.delete(ref);
+            const msg = this.pending.get(ref);
+            if (msg) this.send(msg);
+          }, wait));
+          this.on('busy', { client_ref: ref, wait });
+          break;
+        }
         // A refused request has its answer: the page shows why and the person decides.
         this.settle(frame.ref, { error: frame });
         this.on('error', frame);
