@@ -438,7 +438,10 @@ pub struct PaymentsConfig {
     /// `busy` with a time to retry. Each reads and writes the store two to four times and waits
     /// on Stripe in between (holding no connection), so 128 keep a 16-connection pool busy
     /// without queueing into its time-out: 35,000 requests sent at once (a 70,000-socket load
-    /// test's setup) timed out in the pool and were answered `internal` after 5 s each.
+    /// test's setup) timed out in the pool and were answered `internal` after 5 s each. A
+    /// command keeps its place while it waits on Stripe too, so when Stripe is slow, commands
+    /// past this are answered `busy` even though the store is idle: a bound on what one node
+    /// has outstanding, whichever side is slow.
     pub max_commands_in_flight: usize,
 }
 

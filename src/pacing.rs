@@ -122,14 +122,14 @@ pub struct Gate {
     kept: usize,
     /// The line is timed at this many times the best rate measured ([`AFTER_STORM`] for joins).
     pace: f64,
-    /// The joins told to come back, and the rate this node admits: each shed join is given the
-    /// next place in a line that drains at that rate (a ticket holder that found no place, in a
-    /// front line served first), so a storm's shed joins come back paced, in the order they
-    /// were shed, however many seconds the storm lasts.
+    /// The joins (or commands) told to come back, and the rate this node admits them: each
+    /// one shed is given the next place in a line that drains at that rate (a ticket holder
+    /// that found no place, in a front line served first), so a storm's shed joins come back
+    /// paced, in the order they were shed, however many seconds the storm lasts.
     queue: std::sync::Mutex<Queue>,
 }
 
-/// The gate's count of joins admitted per second and of joins owed a place.
+/// The gate's count of joins (or commands) admitted per second and of those owed a place.
 #[derive(Debug)]
 struct Queue {
     /// Start of the current second and the joins admitted in it.
@@ -199,12 +199,14 @@ impl Gate {
     }
 
     /// A gate admitting `max` payment commands at once (at least one). Commands have no
-    /// tickets (a command sent again is simply the same command), so no place is kept, and
-    /// the line is timed at the rate the node completes them: unlike a storm's handshakes,
-    /// commands turned away cost the node next to nothing, so its rate does not rise once they
-    /// stop.
+    /// tickets (a command sent again is simply the same command), so no place is kept. The
+    /// line is timed at [`AFTER_STORM`] times the best rate, as for joins: the gate measures
+    /// what it admits, and once a burst is over it admits only the line's returns, at the
+    /// times it gave; timed at that rate itself, the line would never learn that the node
+    /// could go faster (it would stay at the floor of `max` a second). A command back too
+    /// early costs one small `busy` frame.
     pub fn for_commands(max: usize) -> Self {
-        Self::with(max.max(1), 0, 1.0)
+        Self::with(max.max(1), 0, AFTER_STORM)
     }
 
     fn with(max: usize, kept: usize, pace: f64) -> Self {
@@ -228,10 +230,10 @@ impl Gate {
         q.roll(now);
         let rate = (self.pace * q.best_rate).max(self.max as f64);
         q.drain(now, rate);
-        // While a line is waiting, a quarter of the places (rounded down) are kept for the
-        // joins that come back with their tickets, so joins arriving fresh (a drain's spread
-        // goes on) do not take every place that comes free and send the line's joins round
-        // again.
+        // While a line is waiting, a join gate keeps a quarter of its places (rounded down)
+        // for the joins that come back with their tickets, so joins arriving fresh (a drain's
+        // spread goes on) do not take every place that comes free and send the line's joins
+        // round again. A command gate keeps none: commands have no tickets.
         let limit = if ticketed || !q.waiting() { self.max } else { self.max - self.kept };
         if in_flight > limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -405,10 +407,10 @@ mod tests {
         assert_eq!(waits[1999], Duration::from_secs(1), "2,000 places: a second");
     }
 
-    /// Payment commands have no tickets: no place is kept while a line waits, and the line is
-    /// timed at the rate the node admits them, not twice it.
+    /// Payment commands have no tickets: no place is kept while a line waits. Their line is
+    /// timed at twice the best rate, as joins' is, so that it can find out the node is faster.
     #[test]
-    fn a_command_gate_keeps_no_places_and_times_its_line_at_the_rate_it_admits() {
+    fn a_command_gate_keeps_no_places_and_times_its_line_at_twice_the_rate_it_admits() {
         let gate = Gate::for_commands(4);
         let t0 = Instant::now();
         let mut held: Vec<Slot> = (0..4).map(|_| gate.enter_at(t0, false).unwrap()).collect();
@@ -416,12 +418,13 @@ mod tests {
         held.pop();
         let _next = gate.enter_at(t0, false).expect("a line is waiting, but no place is kept for tickets");
         let gate = Gate::for_commands(1);
+        let t0 = Instant::now();
         admit(&gate, t0, 1000);
         let t1 = t0 + Duration::from_millis(1001);
         let _held = gate.enter_at(t1, false).unwrap();
-        let waits: Vec<Duration> = (0..1000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
-        assert_eq!(waits[499], RETRY_MIN, "500 places at 1,000 a second: half a second");
-        assert_eq!(waits[999], Duration::from_secs(1), "1,000 places: a second");
+        let waits: Vec<Duration> = (0..3000).map(|_| gate.enter_at(t1, false).unwrap_err()).collect();
+        assert_eq!(waits[1499], Duration::from_millis(750), "1,500 places at 2,000 a second");
+        assert_eq!(waits[2999], Duration::from_millis(1500), "3,000 places");
     }
 
     /// A second in which fewer joins came (the storm's fresh joins are over; the line's are

@@ -94,6 +94,8 @@ enum Cmd {
     Frame(Message),
     /// Close this socket as a user leaving would, then join again.
     Leave,
+    /// Send the request with this client_ref again if it is still pending (its `busy` retry).
+    Retry(String),
 }
 
 /// A progress frame in flight.
@@ -116,6 +118,8 @@ struct Call {
     /// A frame sent while the bus was down was judged lost by time, and none has arrived since:
     /// the call may still be cut off from the bus, so it counts as stalled.
     awaiting: AtomicBool,
+    /// The hub refused the relay payment's request (not `busy`): setup asks again.
+    relay_refused: AtomicBool,
 }
 
 impl Call {
@@ -238,6 +242,7 @@ impl Fleet {
                         inflight: Mutex::new(VecDeque::new()),
                         sent: AtomicU64::new(0),
                         awaiting: AtomicBool::new(false),
+                        relay_refused: AtomicBool::new(false),
                     })
                 })
                 .collect(),
@@ -605,6 +610,13 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                             break;
                         }
                     }
+                    Some(Cmd::Retry(r)) => {
+                        if let Some(m) = requests.get(&r).cloned()
+                            && ws.send(m).await.is_err()
+                        {
+                            break;
+                        }
+                    }
                     Some(Cmd::Leave) => {
                         fleet.counters.leaves.fetch_add(1, Ordering::Relaxed);
                         let _ = ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "leaving".into() })).await;
@@ -665,18 +677,21 @@ async fn client(fleet: Arc<Fleet>, call_index: usize, n: usize, role: Role, gate
                             // sent again at the time the hub gave, as the SDK does (or sooner,
                             // from the next welcome).
                             if f["code"] == "busy"
-                                && let Some(m) = f["ref"].as_str().and_then(|r| requests.get(r))
+                                && let Some(r) = f["ref"].as_str().filter(|r| requests.contains_key(*r))
                             {
                                 fleet.counters.busy.fetch_add(1, Ordering::Relaxed);
                                 let wait = retry_delay(f["retry_after_ms"].as_u64().unwrap_or(500), rand_unit());
-                                let (call, m) = (call.clone(), m.clone());
+                                let (call, r) = (call.clone(), r.to_owned());
                                 tokio::spawn(async move {
                                     tokio::time::sleep(wait).await;
-                                    call.doc.send(Cmd::Frame(m));
+                                    call.doc.send(Cmd::Retry(r));
                                 });
                             } else {
                                 // A refused request is answered, as the SDK settles it: not sent
                                 // again.
+                                if f["ref"] == "relay" && requests.contains_key("relay") {
+                                    call.relay_refused.store(true, Ordering::Release);
+                                }
                                 if let Some(r) = f["ref"].as_str()
                                     && requests.remove(r).is_some()
                                     && let Some(pay) = fleet.pays.lock().unwrap().get_mut(r)
@@ -865,7 +880,9 @@ pub async fn worker() -> anyhow::Result<()> {
         // requests stay waiting, and 200 of them would stop the passes.
         if round.elapsed() > Duration::from_secs(5) {
             round = Instant::now();
-            for c in fleet.calls.iter().take(asked).filter(|c| c.relay_payment.get().is_none()) {
+            let refused =
+                |c: &&Arc<Call>| c.relay_payment.get().is_none() && c.relay_refused.swap(false, Ordering::AcqRel);
+            for c in fleet.calls.iter().take(asked).filter(refused) {
                 c.doc.send(Cmd::Frame(Message::Text(relay.to_string().into())));
             }
         }
@@ -1034,7 +1051,6 @@ mod tests {
         assert!(after_refusal <= Duration::from_millis(500), "{after_refusal:?}");
     }
 
-    /// The load clients come back with their tickets as the SDK does (`ticketOf`).
     /// The SDK's `retryDelay`: a shed join's place and a `busy` request's both come back at
     /// the time the hub gave, give or take half a second, within 0.1-60 s.
     #[test]
@@ -1044,6 +1060,7 @@ mod tests {
         assert_eq!((ms(0, 0.5), ms(u64::MAX, 0.5)), (100, 60_000));
     }
 
+    /// The load clients come back with their tickets as the SDK does (`ticketOf`).
     #[test]
     fn a_shed_client_keeps_the_ticket_the_hub_gave() {
         let reason = "hub busy admitting joins; retry in 800 ms; ticket 1796422935879.e7ac65b0789382bb";

@@ -116,6 +116,7 @@ test('a request the hub turned away as busy stays pending and goes again at the 
     const events = [];
     const client = new CallpayClient({ hubUrl: 'http://hub.test', callId: 'c1', token: 't', on: (e, d) => events.push([e, d]) });
     client.connect();
+    client.handle({ type: 'welcome', you: {}, participants: [], payments_available: true, payments: [] });
     const ref = client.request({ amount: 5000, description: 'Consult' });
     assert.equal(sent.length, 1);
     client.handle({ type: 'error', code: 'busy', message: 'busy', ref, retry_after_ms: 120 });
@@ -136,9 +137,26 @@ test('a request the hub turned away as busy stays pending and goes again at the 
     client.handle({ type: 'payment.requested', payment: { payment_id: 'pay_1', client_ref: ref, status: 'requested', version: 1 } });
     assert.ok(!client.isPending(ref));
     assert.equal(events.filter(([e]) => e === 'request').length, 1);
-    // A busy answer to a command that is not a pending request (a cancel) is shown as an error.
+    // A late busy for the answered request (a copy sent again) is not news; one for a payment
+    // (a cancel) is shown as an error.
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref, retry_after_ms: 500 });
+    assert.equal(events.filter(([e]) => e === 'error').length, 0);
     client.handle({ type: 'error', code: 'busy', message: 'busy', ref: 'pay_1', retry_after_ms: 500 });
     assert.equal(events.filter(([e]) => e === 'error').length, 1);
+    // Turned away, then asked again by the page at once: sent now, and the retry is dropped.
+    const again = client.request({ amount: 6000, description: 'Second' });
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref: again, retry_after_ms: 100 });
+    client.request({ amount: 6000, description: 'Second', clientRef: again });
+    const before = sent.length;
+    await new Promise((r) => setTimeout(r, 250));
+    assert.equal(sent.length, before, 'no second copy from the dropped retry');
+    // A retry due while a new connection has not had its welcome waits for the welcome.
+    client.handle({ type: 'error', code: 'busy', message: 'busy', ref: again, retry_after_ms: 100 });
+    client.connect();
+    await new Promise((r) => setTimeout(r, 250));
+    assert.equal(sent.length, before, 'nothing sent before the welcome');
+    client.handle({ type: 'welcome', you: {}, participants: [], payments_available: true, payments: [] });
+    assert.equal(sent.length, before + 1, 'the welcome sends it');
   } finally {
     delete globalThis.WebSocket;
   }

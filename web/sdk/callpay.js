@@ -103,6 +103,8 @@ export class CallpayClient {
     this.pending = new Map();
     /** Timers sending a request again that the hub turned away as `busy`, by client_ref. */
     this.retries = new Map();
+    /** Whether the current connection has had its `welcome` (which sends every pending request). */
+    this.welcomed = false;
   }
 
   /** Opens the connection (and keeps it open until close()). */
@@ -114,6 +116,7 @@ export class CallpayClient {
     // The token travels as a subprotocol (a header), never in the URL where proxies log it.
     const ws = new WebSocket(url, ['callpay.v1', `callpay.bearer.${this.token}`]);
     this.ws = ws;
+    this.welcomed = false;
     ws.onmessage = (ev) => this.handle(JSON.parse(ev.data));
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -158,6 +161,9 @@ export class CallpayClient {
     const ref = clientRef || `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
     const msg = { type: 'payment.request', client_ref: ref, amount, currency, description };
     this.pending.set(ref, msg);
+    // Sent now: a retry waiting after `busy` would only send it twice.
+    clearTimeout(this.retries.get(ref));
+    this.retries.delete(ref);
     this.send(msg);
     return ref;
   }
@@ -215,6 +221,7 @@ export class CallpayClient {
   handle(frame) {
     switch (frame.type) {
       case 'welcome': {
+        this.welcomed = true;
         this.attempt = 0;
         this.ticket = null;
         this.you = frame.you;
@@ -290,6 +297,7 @@ export class CallpayClient {
         // Turned away untouched by a hub at capacity: not an answer. The request stays pending
         // and goes again at the time the hub gave, under the same client_ref, which makes a
         // repeat harmless; the page learns when.
+        // (Before its welcome, a new connection sends nothing: the welcome sends it.)
         if (frame.code === 'busy' && this.pending.has(frame.ref)) {
           const ref = frame.ref;
           const wait = retryDelay(frame.retry_after_ms);
@@ -297,11 +305,15 @@ export class CallpayClient {
           this.retries.set(ref, setTimeout(() => {
             this.retries.delete(ref);
             const msg = this.pending.get(ref);
-            if (msg) this.send(msg);
+            if (msg && this.welcomed) this.send(msg);
           }, wait));
           this.on('busy', { client_ref: ref, wait });
           break;
         }
+        // A `busy` for a request already answered (a copy sent again from a welcome, turned
+        // away after the first went through) says nothing new; one for a payment (a cancel)
+        // is shown.
+        if (frame.code === 'busy' && !this.payments.has(frame.ref)) break;
         // A refused request has its answer: the page shows why and the person decides.
         this.settle(frame.ref, { error: frame });
         this.on('error', frame);
