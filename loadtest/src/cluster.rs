@@ -32,6 +32,8 @@ async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Resu
 /// The running cluster; dropping it stops every process and drops the database.
 pub struct Cluster {
     bin: String,
+    /// Where each instance's log is appended (`instance-<i>.log`), when one was asked for.
+    logs: Option<PathBuf>,
     dir: PathBuf,
     db: String,
     env: Vec<(String, String)>,
@@ -70,8 +72,11 @@ impl Cluster {
         .await?;
         let redis_port = free_port()?;
         let secret = "scale-platform-secret-0123456789abcdef".to_owned();
+        // For a diagnosis, `CALLPAY_LOADTEST_INSTANCE_LOG=<filter>` sets the instances' log
+        // filter and keeps what they log (see `start_node`); otherwise warnings only, dropped.
+        let log_filter = std::env::var("CALLPAY_LOADTEST_INSTANCE_LOG").ok();
         let env = vec![
-            ("RUST_LOG", "warn".to_owned()),
+            ("RUST_LOG", log_filter.clone().unwrap_or_else(|| "warn".to_owned())),
             ("CALLPAY__AUTH__SECRET", secret.clone()),
             ("CALLPAY__DATABASE__URL", db_url.clone()),
             ("CALLPAY__BUS__REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")),
@@ -83,8 +88,15 @@ impl Cluster {
             ("CALLPAY__STRIPE__WEBHOOK_SECRETS", webhook_secret.to_owned()),
             ("CALLPAY__SERVER__SHUTDOWN_GRACE_SECS", SHUTDOWN_GRACE_SECS.to_string()),
         ];
+        let logs =
+            log_filter.map(|_| std::env::temp_dir().join(format!("callpay-instance-logs-{}", std::process::id())));
+        if let Some(logs) = &logs {
+            std::fs::create_dir_all(logs)?;
+            eprintln!("instance logs: {}", logs.display());
+        }
         let mut cluster = Self {
             bin: bin.to_owned(),
+            logs,
             dir,
             db,
             env: env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
@@ -146,11 +158,21 @@ impl Cluster {
     /// Starts (or restarts) instance `i` on its port and waits until it listens.
     pub async fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
         let port = self.nodes[i].0;
+        let stdout = match &self.logs {
+            Some(dir) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(format!("instance-{i}.log")))?;
+                Stdio::from(file)
+            }
+            None => Stdio::null(),
+        };
         let child = Command::new(&self.bin)
             .arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting instance {i} from {}", self.bin))?;
@@ -204,15 +226,32 @@ impl Cluster {
         let upstreams: String =
             self.nodes.iter().map(|(port, _)| format!("    server 127.0.0.1:{port} max_fails=0;\n")).collect();
         let d = self.dir.display();
+        // With diagnostic logs asked for, nginx also logs at `info` beside the instances: each
+        // connection a client or an upstream closed, with its request line (the call) and
+        // upstream (the instance), to pair with what the instances logged.
+        // And an access log line as each connection ends: which upstreams it was offered to,
+        // what each answered, and when and how long.
+        let (info_log, access_log) = match &self.logs {
+            Some(logs) => (
+                format!("error_log {}/nginx-info.log info;\n", logs.display()),
+                format!(
+                    "log_format ends '$msec $connection $remote_addr:$remote_port \"$request\" $status $request_time \
+                     up=$upstream_addr ups=$upstream_status uct=$upstream_connect_time uht=$upstream_header_time \
+                     sent=$bytes_sent';\n  access_log {}/nginx-access.log ends;",
+                    logs.display()
+                ),
+            ),
+            None => (String::new(), "access_log off;".to_owned()),
+        };
         let conf = format!(
             "daemon off;
 worker_processes {workers};
 worker_rlimit_nofile 19500;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log error;
-events {{ worker_connections 19000; multi_accept on; }}
+{info_log}events {{ worker_connections 19000; multi_accept on; }}
 http {{
-  access_log off;
+  {access_log}
   client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}

@@ -50,6 +50,7 @@ pub async fn upgrade(
         }
     };
     if app.hub.rooms.members(&call_id) >= app.config.server.max_sockets_per_call {
+        tracing::debug!(call_id, "join refused: the call is at its socket cap here");
         return ApiError::overloaded("This call has as many connections as it may have on this hub.").into_response();
     }
     // Past what the store can serve, a join is told when to come back (a close code a browser
@@ -92,6 +93,7 @@ pub async fn upgrade(
         }
     }
     let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
+        tracing::debug!(call_id, "join refused: the hub is at its connection cap");
         return ApiError::overloaded("This hub is at its connection limit; retry shortly.").into_response();
     };
     let limit = app.config.server.max_message_bytes;

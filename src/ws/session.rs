@@ -188,8 +188,10 @@ pub async fn run(
     };
     let Some(welcome) = text(welcome) else { return };
     if !send_within(&mut socket, welcome, write_deadline).await {
+        tracing::debug!(call_id, sub = %participant.id, "welcome not written");
         return;
     }
+    tracing::debug!(call_id, sub = %participant.id, "welcome written");
     // Joined: the next join may take this place.
     drop(join_slot);
     if joined.first_connection {
@@ -255,7 +257,12 @@ pub async fn run(
                 };
                 match tokio::time::timeout(write_deadline, batch).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(_)) => break "write failed",
+                    Ok(Err(e)) => {
+                        // The error says which: a reset, a broken pipe, or a write after the
+                        // close handshake began (a close read while these frames were fed).
+                        tracing::debug!(call_id, error = %e, "write failed");
+                        break "write failed";
+                    }
                     Err(_) => break "write deadline passed (peer not reading)",
                 }
             }
@@ -312,7 +319,7 @@ pub async fn run(
             }
         }
     };
-    tracing::debug!(call_id, why, "connection ended");
+    tracing::debug!(call_id, sub = %participant.id, why, "connection ended");
     app.metrics.ended(why);
     drop(dispatch);
     if let Some(left) = joined.membership.leave() {

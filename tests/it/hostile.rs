@@ -340,3 +340,29 @@ async fn nothing_is_kept_per_closed_connection_or_refused_frame() {
     eventually(async || (hub.state.hub.rooms.calls().is_empty()).then_some(())).await;
     assert_eq!(hub.state.hub.rooms.connections(), 0);
 }
+
+/// A join refused at the HTTP connection cap (503 written at accept, then closed) never becomes a
+/// session. Behind nginx in a scale run, instances ran sessions that nginx had abandoned, only
+/// while this cap was refusing connections (README, "Ghost sessions"); this pins the direct path.
+#[tokio::test]
+async fn a_join_refused_at_the_http_connection_cap_never_becomes_a_session() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start_with(|c| {
+        c.server.header_read_timeout_ms = 3000;
+        c.server.max_http_connections = 1;
+    })
+    .await;
+    let addr = hub.info.hub_url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let url = hub.ws_url(&hub.info.call_id, &hub.info.patient_token);
+    match open_ws(&url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected a 503 before the upgrade, got {:?}", other.map(|_| "an upgrade")),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(hub.state.metrics.connections_opened.get(), 0, "a refused join became a session");
+    assert_eq!(hub.state.hub.rooms.connections(), 0);
+    assert!(hub.state.metrics.http_refused.get() >= 1);
+}
