@@ -74,7 +74,7 @@ impl Cluster {
         let secret = "scale-platform-secret-0123456789abcdef".to_owned();
         // For a diagnosis, `CALLPAY_LOADTEST_INSTANCE_LOG=<filter>` sets the instances' log
         // filter and keeps what they log (see `start_node`); otherwise warnings only, dropped.
-        let log_filter = std::env::var("CALLPAY_LOADTEST_INSTANCE_LOG").ok();
+        let log_filter = std::env::var("CALLPAY_LOADTEST_INSTANCE_LOG").ok().filter(|f| !f.is_empty());
         let env = vec![
             ("RUST_LOG", log_filter.clone().unwrap_or_else(|| "warn".to_owned())),
             ("CALLPAY__AUTH__SECRET", secret.clone()),
@@ -87,6 +87,8 @@ impl Cluster {
             ("CALLPAY__STRIPE__CONNECT_BASE", sim.url.clone()),
             ("CALLPAY__STRIPE__WEBHOOK_SECRETS", webhook_secret.to_owned()),
             ("CALLPAY__SERVER__SHUTDOWN_GRACE_SECS", SHUTDOWN_GRACE_SECS.to_string()),
+            // Kept logs are for grep: no colour codes around the fields.
+            ("NO_COLOR", "1".to_owned()),
         ];
         let logs =
             log_filter.map(|_| std::env::temp_dir().join(format!("callpay-instance-logs-{}", std::process::id())));

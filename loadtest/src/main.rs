@@ -79,7 +79,10 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
     --peers a,b       default callpay,socketio
     --out DIR         write DIR/<date>-<scenario>.json and .svg (default loadtest/results)
     --strict          fail if any event is lost (smoke runs)
-  --hub BIN         the callpay binary (default target/release/callpay)";
+  --hub BIN         the callpay binary (default target/release/callpay)
+environment: CALLPAY_LOADTEST_INSTANCE_LOG=<filter> (scale, soak) keeps each instance's log at
+  that filter (e.g. warn,callpay::ws=debug), nginx's info log and an access line per connection,
+  in a temporary folder whose path is printed";
 
 /// Latency samples.
 #[derive(Default)]

@@ -348,7 +348,7 @@ async fn nothing_is_kept_per_closed_connection_or_refused_frame() {
 async fn a_join_refused_at_the_http_connection_cap_never_becomes_a_session() {
     use tokio::io::AsyncWriteExt;
     let hub = TestHub::start_with(|c| {
-        c.server.header_read_timeout_ms = 3000;
+        c.server.header_read_timeout_ms = 30_000;
         c.server.max_http_connections = 1;
     })
     .await;
