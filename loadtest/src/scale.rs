@@ -229,7 +229,7 @@ struct Second {
     all_reported: bool,
 }
 
-const COUNTS: [&str; 16] = [
+const COUNTS: [&str; 17] = [
     "joins",
     "closes",
     "shed",
@@ -246,6 +246,7 @@ const COUNTS: [&str; 16] = [
     "lost_bus_down",
     "held",
     "busy",
+    "crossed",
 ];
 
 /// A named stretch of the run (a fault, or the steady load around it).
