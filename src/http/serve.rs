@@ -2,8 +2,10 @@
 //! connections, so a client that opens connections and never finishes a request holds them
 //! forever (slowloris). Here every connection is served by hyper's HTTP/1 server with a header
 //! read deadline, which also bounds how long an idle keep-alive connection is kept, and only
-//! `max_connections` connections may be speaking HTTP at once. A WebSocket leaves this pool
-//! when its upgrade completes; the hub counts it against its own cap.
+//! `max_connections` connections may be speaking HTTP at once. Connections past that are
+//! answered 503 once their request head is in (as many again may wait for it, within the same
+//! deadline; past those a connection is closed unanswered). A WebSocket leaves this pool when its
+//! upgrade completes; the hub counts it against its own cap.
 
 use crate::metrics::Metrics;
 use axum::Router;
@@ -29,8 +31,9 @@ pub struct Limits {
     pub grace: Duration,
 }
 
-/// What a connection over the cap gets before it is closed. Written without waiting: a new
-/// socket's send buffer is empty, so this fits; if it does not, the client just sees the close.
+/// What a connection over the cap gets before it is closed, once its request is in. Written
+/// without waiting: a new socket's send buffer is empty, so this fits; if it does not, the
+/// client just sees the close.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 connection: close\r\nretry-after: 1\r\ncontent-length: 88\r\n\r\n\
 {\"code\":\"overloaded\",\"message\":\"This hub has too many open connections; retry shortly.\"}";
@@ -47,6 +50,7 @@ pub async fn serve(
     closed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -65,7 +69,17 @@ pub async fn serve(
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             metrics.http_refused.inc();
-            let _ = tcp.try_write(BUSY);
+            // Answered once the request is in, never at accept: nginx 1.22, answered before it
+            // has sent its request, reads the next instance's answer as a 503 as well and
+            // abandons that connection after the instance has upgraded and joined it (a ghost
+            // session; README, "Ghost sessions behind nginx"). Waiting is bounded in time and in
+            // number; past that number a connection is closed unanswered.
+            if let Ok(waiting) = refusals.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _waiting = waiting;
+                    refuse_after_request(tcp, limits.header_read_timeout).await;
+                });
+            }
             continue;
         };
         // Real-time frames must not wait for Nagle's algorithm to coalesce them.
@@ -95,6 +109,31 @@ pub async fn serve(
     if tokio::time::timeout(limits.grace, connections.wait()).await.is_err() {
         tracing::warn!("HTTP requests still in flight after the grace period");
     }
+}
+
+/// Reads a refused connection's request head (up to its blank line, the peer's close, a few KiB
+/// or `within`), then writes [`BUSY`] and closes it.
+async fn refuse_after_request(mut tcp: tokio::net::TcpStream, within: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MOST: usize = 8 * 1024;
+    let mut head = Vec::with_capacity(1024);
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while head.len() < MOST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+    let answer = async {
+        tcp.write_all(BUSY).await?;
+        tcp.shutdown().await
+    };
+    // A fresh socket's send buffer takes the answer at once; a peer that reads nothing does
+    // not hold the task.
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 #[cfg(test)]

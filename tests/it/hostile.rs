@@ -228,9 +228,15 @@ async fn slow_headers_are_cut_off_and_http_connections_are_capped() {
         tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
         slow.push(tcp);
     }
-    // All four slots are held: a fifth connection is answered 503 and closed at once.
+    // All four slots are held: a fifth connection is answered 503 once its request is in, and
+    // closed. Not before: nginx 1.22, answered before it has sent its request, takes the next
+    // instance's answer for a 503 too and abandons it after that instance has upgraded and
+    // joined (a "ghost" session: README, "Ghost sessions behind nginx").
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let early = read_until_closed(&mut fifth, std::time::Duration::from_millis(300)).await;
+    assert_eq!(early, None, "answered before its request was sent");
+    fifth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let answer = read_until_closed(&mut fifth, std::time::Duration::from_secs(2)).await.expect("closed at once");
     assert!(answer.starts_with("HTTP/1.1 503"), "the fifth connection was not answered 503: {answer:?}");
     assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
@@ -247,6 +253,32 @@ async fn slow_headers_are_cut_off_and_http_connections_are_capped() {
     let got = read_until_closed(&mut idle, std::time::Duration::from_secs(3)).await.expect("idle connection closed");
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     assert!(hub.state.metrics.http_refused.get() >= 1);
+}
+
+/// Connections past the cap wait for their request before the 503, but only as many as the cap
+/// again: past those a connection is closed unanswered, so a flood of silent connections holds
+/// no more than twice the cap.
+#[tokio::test]
+async fn refused_connections_waiting_for_their_request_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let hub = TestHub::start_with(|c| {
+        c.server.header_read_timeout_ms = 30_000;
+        c.server.max_http_connections = 1;
+    })
+    .await;
+    let addr = hub.info.hub_url.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut waiting = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_until_closed(&mut third, std::time::Duration::from_secs(2)).await;
+    assert_eq!(got.as_deref(), Some(""), "past the waiting refusals a connection is closed unanswered");
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut waiting, std::time::Duration::from_secs(2)).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    assert_eq!(hub.state.metrics.http_refused.get(), 2);
 }
 
 #[tokio::test]
