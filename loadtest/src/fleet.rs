@@ -73,6 +73,11 @@ const IN_FLIGHT_REDIS_BACK: usize = STAGES.len();
 const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// Frames queued for one socket by the load generator.
 const QUEUE: usize = 64;
+/// Relay events (sends and arrivals) each call remembers, printed when one of its frames is
+/// lost or arrives unexpected: what a failed run needs to tell a reorder from a duplicate.
+const HISTORY: usize = 12;
+/// Histories printed per worker at most.
+const HISTORIES_PRINTED: u32 = 20;
 
 /// What one side of a call is doing now.
 #[derive(Default)]
@@ -122,6 +127,9 @@ struct Call {
     awaiting: AtomicBool,
     /// The hub refused the relay payment's request (not `busy`): setup asks again.
     relay_refused: AtomicBool,
+    /// The last [`HISTORY`] relay events: milliseconds since the worker started, `S`ent or
+    /// `A`rrived, the stage, and the call's epochs then.
+    history: Mutex<VecDeque<(u32, char, usize, (u32, u32))>>,
 }
 
 impl Call {
@@ -215,6 +223,8 @@ struct Fleet {
     /// (4013 among them): what tells a storm of drains from one of dead peers or timeouts.
     ended: Mutex<BTreeMap<u16, u64>>,
     turned_away: Mutex<BTreeMap<u16, u64>>,
+    started: Instant,
+    histories_printed: AtomicU32,
 }
 
 /// Adds one to `code`'s count.
@@ -248,6 +258,7 @@ impl Fleet {
                         sent: AtomicU64::new(0),
                         awaiting: AtomicBool::new(false),
                         relay_refused: AtomicBool::new(false),
+                        history: Mutex::new(VecDeque::with_capacity(HISTORY)),
                     })
                 })
                 .collect(),
@@ -260,6 +271,8 @@ impl Fleet {
             paying: Mutex::new(HashSet::new()),
             first_welcomes: AtomicUsize::new(0),
             requests_open: AtomicBool::new(false),
+            started: Instant::now(),
+            histories_printed: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
             bus_down: AtomicBool::new(false),
             bus_back: AtomicBool::new(false),
@@ -429,13 +442,15 @@ impl Fleet {
     fn progress_arrived(&self, call: &Call, stage: &str) {
         let Some(stage) = stage_index(stage) else { return };
         let now = call.epochs();
+        self.note(call, 'A', stage, now);
         let mut inflight = call.inflight.lock().unwrap();
         let Some(pos) = inflight.iter().position(|s| s.stage == stage) else {
             self.counters.unexpected.fetch_add(1, Ordering::Relaxed);
+            self.print_history(call, "arrived unexpected");
             return;
         };
         for skipped in inflight.drain(..pos) {
-            self.judged_missing(&skipped, now);
+            self.judged_missing(call, &skipped, now);
         }
         let sent = inflight.pop_front().expect("found above");
         drop(inflight);
@@ -450,15 +465,42 @@ impl Fleet {
 
     /// A frame that will not arrive: cut (a socket of its call closed since), lost while the
     /// bus was down, or lost.
-    fn judged_missing(&self, s: &Sent, epochs_now: (u32, u32)) {
+    fn judged_missing(&self, call: &Call, s: &Sent, epochs_now: (u32, u32)) {
         let counter = if s.epochs != epochs_now {
             &self.counters.cut
         } else if s.bus_down {
             &self.counters.lost_bus_down
         } else {
+            self.print_history(call, "lost");
             &self.counters.lost
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Remembers a relay event of `call` (the oldest goes past [`HISTORY`]).
+    fn note(&self, call: &Call, what: char, stage: usize, epochs: (u32, u32)) {
+        let ms = self.started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let mut history = call.history.lock().unwrap();
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back((ms, what, stage, epochs));
+    }
+
+    /// Prints `call`'s recent relay events with what went wrong (the first few per worker).
+    fn print_history(&self, call: &Call, what: &str) {
+        if self.histories_printed.fetch_add(1, Ordering::Relaxed) >= HISTORIES_PRINTED {
+            return;
+        }
+        let at = self.started.elapsed().as_millis();
+        let history = call.history.lock().unwrap();
+        let events: Vec<String> =
+            history.iter().map(|(ms, e, stage, (d, p))| format!("{ms}{e}{stage}@{d}/{p}")).collect();
+        eprintln!(
+            "fleet: relay frame {what} on {} at {at} ms; last events (ms, Sent/Arrived, stage@epochs): {}",
+            call.id,
+            events.join(" ")
+        );
     }
 
     /// Judges frames in flight for longer than [`JUDGE_AFTER`] (all of them with `all`).
@@ -475,7 +517,7 @@ impl Fleet {
                 if s.bus_down && s.epochs == now {
                     call.awaiting.store(true, Ordering::Relaxed);
                 }
-                self.judged_missing(s, now);
+                self.judged_missing(call, s, now);
                 inflight.pop_front();
             }
         }
@@ -809,6 +851,7 @@ fn relay_one(fleet: &Fleet, k: u64) {
         inflight.push_back(Sent { at: Instant::now(), stage, epochs: call.epochs(), bus_down });
         if call.pat.send(Cmd::Frame(Message::Text(frame.to_string().into()))) {
             fleet.counters.sent.fetch_add(1, Ordering::Relaxed);
+            fleet.note(call, 'S', stage, call.epochs());
             return;
         }
         inflight.pop_back();
@@ -1206,6 +1249,22 @@ mod tests {
         fleet.progress_arrived(call, STAGES[0]);
         assert_eq!((count(&c.delivered), count(&c.cut), count(&c.unexpected), count(&c.lost)), (3, 1, 0, 0));
         assert!(call.inflight.lock().unwrap().is_empty());
+    }
+
+    /// A call keeps its last relay events, sends and arrivals in order, for a failed run's report.
+    #[test]
+    fn a_call_keeps_its_last_relay_events() {
+        let (fleet, _rx) = one_call();
+        let call = &fleet.calls[0];
+        for k in 0..20 {
+            relay_one(&fleet, k);
+        }
+        fleet.progress_arrived(call, STAGES[0]);
+        let history = call.history.lock().unwrap();
+        assert_eq!(history.len(), HISTORY);
+        let (last, before) = (history[HISTORY - 1], history[HISTORY - 2]);
+        assert_eq!((last.1, last.2), ('A', 0));
+        assert_eq!((before.1, before.2), ('S', 19 % STAGES.len()), "the twentieth send, just before");
     }
 
     /// The coordinator waits for this to be zero before it counts Redis as back.
