@@ -282,7 +282,9 @@ pub struct ServerConfig {
     /// `Authorization` header). Only for old clients that cannot.
     pub query_token: bool,
     /// Most connections still speaking HTTP at once (WebSockets leave this pool once upgraded
-    /// and count against `max_connections`). Further connections get 503 and are closed.
+    /// and count against `max_connections`). Further connections get 503 once their request
+    /// head is in and are closed; one whose head does not come within `header_read_timeout_ms`,
+    /// or past 256 such waiting at once, is closed unanswered.
     pub max_http_connections: usize,
     /// Joins the rest of the fleet is expected to take per second when this node drains: its
     /// `4012` close tells clients to reconnect spread over `sockets / this` seconds (at least

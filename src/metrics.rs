@@ -170,7 +170,7 @@ impl Metrics {
         );
         r.register(
             "http_connections_refused",
-            "HTTP connections closed at once because server.max_http_connections were open",
+            "HTTP connections refused because server.max_http_connections were open (answered 503 once their request head was in, or closed unanswered)",
             m.http_refused.clone(),
         );
         r.register(

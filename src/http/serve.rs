@@ -31,9 +31,9 @@ pub struct Limits {
     pub grace: Duration,
 }
 
-/// What a connection over the cap gets before it is closed, once its request is in. Written
-/// without waiting: a new socket's send buffer is empty, so this fits; if it does not, the
-/// client just sees the close.
+/// What a connection over the cap gets once its request head is in, before it is closed. A new
+/// socket's send buffer takes it at once; a peer that reads nothing holds the write at most a
+/// second.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 connection: close\r\nretry-after: 1\r\ncontent-length: 88\r\n\r\n\
 {\"code\":\"overloaded\",\"message\":\"This hub has too many open connections; retry shortly.\"}";
@@ -50,7 +50,7 @@ pub async fn serve(
     closed: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let refusals = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(limits.max_connections.clamp(1, REFUSALS_WAITING)));
     let connections = TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -111,34 +111,105 @@ pub async fn serve(
     }
 }
 
-/// Reads a refused connection's request head (up to its blank line, the peer's close, a few KiB
-/// or `within`), then writes [`BUSY`] and closes it.
+/// Refused connections that may wait for their request head at once (and never more than the
+/// cap). Each holds an open file for up to the header deadline, so a flood of silent connections
+/// holds at most this many more files, not one per connection.
+const REFUSALS_WAITING: usize = 256;
+/// Bytes a refused connection may send before its request head ends; past this it is closed
+/// unanswered.
+const REFUSAL_HEAD_MOST: usize = 16 * 1024;
+
+/// Waits for a refused connection's request head, then writes [`BUSY`] and closes it. A
+/// connection whose head does not end within `within` (or that closes first, or sends more than
+/// [`REFUSAL_HEAD_MOST`]) is closed unanswered: it asked nothing, and an answer before the
+/// request is what misleads nginx.
 async fn refuse_after_request(mut tcp: tokio::net::TcpStream, within: Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const MOST: usize = 8 * 1024;
-    let mut head = Vec::with_capacity(1024);
-    let read = async {
-        let mut buf = [0u8; 1024];
-        while head.len() < MOST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match tcp.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(within, read).await;
+    if !tokio::time::timeout(within, head_ends(&mut tcp)).await.unwrap_or(false) {
+        return;
+    }
     let answer = async {
         tcp.write_all(BUSY).await?;
-        tcp.shutdown().await
+        tcp.shutdown().await?;
+        // Closing with unread bytes would reset the connection, and a reset can destroy the
+        // answer before the peer reads it: read until the peer closes (within the second).
+        let mut sink = [0u8; 1024];
+        let mut read = 0;
+        while read < REFUSAL_HEAD_MOST {
+            match tcp.read(&mut sink).await? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
     };
-    // A fresh socket's send buffer takes the answer at once; a peer that reads nothing does
-    // not hold the task.
     let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
+}
+
+/// Reads until a request head's blank line (true), or the peer's close, an error or more than
+/// [`REFUSAL_HEAD_MOST`] bytes (false). Looks only at what each read adds, plus the three bytes
+/// before it, so a client trickling its head costs no rescans.
+async fn head_ends(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let mut seen = Vec::with_capacity(buf.len() + 3);
+    let mut total = 0;
+    loop {
+        let n = match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        total += n;
+        seen.extend_from_slice(&buf[..n]);
+        if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            // Where the head ends in the whole stream: within the most a head may be?
+            return total - seen.len() + at + 4 <= REFUSAL_HEAD_MOST;
+        }
+        if total > REFUSAL_HEAD_MOST {
+            return false;
+        }
+        seen.drain(..seen.len().saturating_sub(3));
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::BUSY;
+    use super::{BUSY, REFUSAL_HEAD_MOST, head_ends};
+    use tokio::io::AsyncWriteExt;
+
+    /// What `head_ends` says of `chunks` written one after another, then the writer closed.
+    async fn ends(chunks: &[&[u8]]) -> bool {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        for chunk in chunks {
+            client.write_all(chunk).await.unwrap();
+        }
+        drop(client);
+        head_ends(&mut server).await
+    }
+
+    #[tokio::test]
+    async fn a_request_head_ends_at_its_blank_line_even_split_across_reads() {
+        assert!(ends(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]).await);
+        // The blank line straddles two writes, after more than one read buffer of headers.
+        let long = format!("GET / HTTP/1.1\r\nX-Pad: {}\r", "a".repeat(3000));
+        let (mut client, mut server) = tokio::io::duplex(16);
+        let writer = tokio::spawn(async move {
+            client.write_all(long.as_bytes()).await.unwrap();
+            client.write_all(b"\n\r\n").await.unwrap();
+            client
+        });
+        let within = std::time::Duration::from_secs(5);
+        assert_eq!(tokio::time::timeout(within, head_ends(&mut server)).await, Ok(true));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_head_cut_short_or_too_long_does_not_end() {
+        assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).await, "closed before its blank line");
+        assert!(!ends(&[]).await, "nothing sent");
+        let endless = format!("GET / HTTP/1.1\r\nX-Pad: {}", "a".repeat(REFUSAL_HEAD_MOST + 1));
+        assert!(!ends(&[endless.as_bytes(), b"\r\n\r\n"]).await, "past the most a head may be");
+    }
 
     #[test]
     fn the_busy_answer_is_well_formed_json_of_its_declared_length() {
