@@ -441,8 +441,10 @@ impl Fleet {
     /// it was on its way through the bus when the clinician joined again, and the room relays
     /// it to whichever socket the clinician has then. So an arrival whose stage only such a
     /// frame has is matched to it, once, and counted apart as `crossed`. When a frame sent since
-    /// the reconnect has that stage too, the arrival is taken as that newer frame and the older
-    /// ones are cut: the reading that cannot hide a lost frame (it may call a late one lost).
+    /// the reconnect has that stage too, the arrival is taken as that newer frame: the older
+    /// frames before it are cut and the newer ones before it lost (and should the old frame
+    /// have been the one arriving, the newer one's own arrival later counts unexpected). That
+    /// reading cannot hide a lost frame; it may call a late one lost.
     fn progress_arrived(&self, call: &Call, stage: &str) {
         let Some(stage) = stage_index(stage) else { return };
         let now = call.epochs();
@@ -822,13 +824,27 @@ async fn paced(fleet: Arc<Fleet>, per_sec: f64, mut f: impl FnMut(&Fleet, u64)) 
     let interval = Duration::from_secs_f64(1.0 / per_sec);
     let start = Instant::now();
     let mut k = 0u64;
-    while !fleet.stopping.load(Ordering::Relaxed) {
+    loop {
         let at = start + interval.mul_f64(k as f64);
         if at > Instant::now() {
             tokio::time::sleep_until(at.into()).await;
         }
+        if fleet.stopping.load(Ordering::Relaxed) {
+            return;
+        }
         f(&fleet, k);
         k += 1;
+    }
+}
+
+/// Stops the paced loads and waits until each has ended, so nothing is sent once this returns.
+/// Only setting `stopping` left a send racing the stop: a frame sent just after the worker
+/// found nothing in flight was judged lost at once, then counted unexpected when it arrived (a
+/// 20k `scale` run failed so, on one frame in its last second).
+async fn stop_sending(fleet: &Fleet, loads: Vec<tokio::task::JoinHandle<()>>) {
+    fleet.stopping.store(true, Ordering::Relaxed);
+    for load in loads {
+        let _ = load.await;
     }
 }
 
@@ -951,12 +967,14 @@ pub async fn worker() -> anyhow::Result<()> {
     let relay_rate = plan["relay_per_sec"].as_f64().unwrap_or(0.0);
     let pay_rate = plan["pays_per_min"].as_f64().unwrap_or(0.0) / 60.0;
     let churn_rate = plan["churn_per_sec"].as_f64().unwrap_or(0.0);
-    tokio::spawn(paced(fleet.clone(), relay_rate, relay_one));
-    tokio::spawn(paced(fleet.clone(), pay_rate, move |f, k| request_one(f, k, worker)));
-    tokio::spawn(paced(fleet.clone(), churn_rate, |f, k| {
-        let call = &f.calls[(k as usize * 15_485_863) % f.calls.len()];
-        f.counters.skipped.fetch_add(u64::from(!call.pat.send(Cmd::Leave)), Ordering::Relaxed);
-    }));
+    let loads = vec![
+        tokio::spawn(paced(fleet.clone(), relay_rate, relay_one)),
+        tokio::spawn(paced(fleet.clone(), pay_rate, move |f, k| request_one(f, k, worker))),
+        tokio::spawn(paced(fleet.clone(), churn_rate, |f, k| {
+            let call = &f.calls[(k as usize * 15_485_863) % f.calls.len()];
+            f.counters.skipped.fetch_add(u64::from(!call.pat.send(Cmd::Leave)), Ordering::Relaxed);
+        })),
+    ];
     let ticker = {
         let fleet = fleet.clone();
         tokio::spawn(async move {
@@ -991,7 +1009,7 @@ pub async fn worker() -> anyhow::Result<()> {
             _ => {}
         }
     }
-    fleet.stopping.store(true, Ordering::Relaxed);
+    stop_sending(&fleet, loads).await;
     // Let frames in flight arrive and confirmations reach both sides.
     let quiet_until = Instant::now() + JUDGE_AFTER;
     let settle_until = Instant::now() + Duration::from_secs(60);
@@ -1291,6 +1309,22 @@ mod tests {
         let (last, before) = (history[HISTORY - 1], history[HISTORY - 2]);
         assert_eq!((last.1, last.2), ('A', 0));
         assert_eq!((before.1, before.2), ('S', 19 % STAGES.len()), "the twentieth send, just before");
+    }
+
+    /// Once stopped, nothing more is sent: every frame sent is in flight for the settling to
+    /// wait on, not racing the final judgement.
+    #[tokio::test]
+    async fn nothing_is_sent_once_the_loads_are_stopped() {
+        let (fleet, _rx) = one_call();
+        let fleet = Arc::new(fleet);
+        let relay = tokio::spawn(paced(fleet.clone(), 20_000.0, relay_one));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop_sending(&fleet, vec![relay]).await;
+        let sent = count(&fleet.counters.sent);
+        assert!(sent > 0, "the load ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(count(&fleet.counters.sent), sent, "sent after the stop");
+        assert_eq!(fleet.calls[0].inflight.lock().unwrap().len() as u64, sent, "each one waits in flight");
     }
 
     /// The coordinator waits for this to be zero before it counts Redis as back.
