@@ -3,9 +3,10 @@
 //! forever (slowloris). Here every connection is served by hyper's HTTP/1 server with a header
 //! read deadline, which also bounds how long an idle keep-alive connection is kept, and only
 //! `max_connections` connections may be speaking HTTP at once. Connections past that are
-//! answered 503 once their request head is in (as many again may wait for it, within the same
-//! deadline; past those a connection is closed unanswered). A WebSocket leaves this pool when its
-//! upgrade completes; the hub counts it against its own cap.
+//! answered 503 once their request head is in (up to [`REFUSALS_WAITING`] may wait for it,
+//! within the same deadline; past those, or without a head by then, a connection is closed
+//! unanswered). A WebSocket leaves this pool when its upgrade completes; the hub counts it
+//! against its own cap.
 
 use crate::metrics::Metrics;
 use axum::Router;
