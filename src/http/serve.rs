@@ -205,6 +205,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_may_end_exactly_at_the_most_with_a_body_read_along() {
+        let head = |len: usize| {
+            let mut h = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h.extend_from_slice(&[b'b'; 2000]);
+            h
+        };
+        assert!(ends(&[&head(REFUSAL_HEAD_MOST)]).await, "ends exactly at the most, body after");
+        assert!(!ends(&[&head(REFUSAL_HEAD_MOST + 1)]).await, "ends one byte past the most");
+    }
+
+    #[tokio::test]
     async fn a_head_cut_short_or_too_long_does_not_end() {
         assert!(!ends(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).await, "closed before its blank line");
         assert!(!ends(&[]).await, "nothing sent");
