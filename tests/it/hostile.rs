@@ -255,14 +255,9 @@ async fn slow_headers_are_cut_off_and_http_connections_are_capped() {
     assert!(hub.state.metrics.http_refused.get() >= 1);
 }
 
-/// A connection past the cap is answered 503 once its request is in, never before: nginx 1.22,
-/// answered before it has sent its request, takes the next instance's answer for a 503 too and
-/// abandons that connection after the instance has upgraded and joined it (a "ghost" session:
-/// README, "Ghost sessions behind nginx"). Such refusals wait only as many at once as the cap
-/// (at most 256): past those a connection is closed unanswered, so a flood of silent
-/// connections holds a bounded number of open files.
-#[tokio::test]
-async fn refused_connections_are_answered_after_their_request_and_bounded() {
+/// A hub whose one HTTP connection slot is held by a client still sending its headers (with a
+/// 30 s header deadline), its address, and that client's connection: the next is refused.
+async fn hub_with_its_http_slot_held() -> (TestHub, String, tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     let hub = TestHub::start_with(|c| {
         c.server.header_read_timeout_ms = 30_000;
@@ -273,6 +268,19 @@ async fn refused_connections_are_answered_after_their_request_and_bounded() {
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    (hub, addr, slow)
+}
+
+/// A connection past the cap is answered 503 once its request is in, never before: nginx 1.22,
+/// answered before it has sent its request, takes the next instance's answer for a 503 too and
+/// abandons that connection after the instance has upgraded and joined it (a "ghost" session:
+/// README, "Ghost sessions behind nginx"). Such refusals wait only as many at once as the cap
+/// (at most 256): past those a connection is closed unanswered, so a flood of silent
+/// connections holds a bounded number of open files.
+#[tokio::test]
+async fn refused_connections_are_answered_after_their_request_and_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let (hub, addr, _slow) = hub_with_its_http_slot_held().await;
     let mut waiting = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let early = read_until_closed(&mut waiting, std::time::Duration::from_millis(300)).await;
     assert_eq!(early, None, "answered before its request was sent");
@@ -390,21 +398,12 @@ async fn nothing_is_kept_per_closed_connection_or_refused_frame() {
     assert_eq!(hub.state.hub.rooms.connections(), 0);
 }
 
-/// A join refused at the HTTP connection cap (503 written at accept, then closed) never becomes a
-/// session. Behind nginx in a scale run, instances ran sessions that nginx had abandoned, only
+/// A join refused at the HTTP connection cap (503 once its request is in, then closed) never
+/// becomes a session. Behind nginx in a scale run, instances ran sessions that nginx had abandoned, only
 /// while this cap was refusing connections (README, "Ghost sessions"); this pins the direct path.
 #[tokio::test]
 async fn a_join_refused_at_the_http_connection_cap_never_becomes_a_session() {
-    use tokio::io::AsyncWriteExt;
-    let hub = TestHub::start_with(|c| {
-        c.server.header_read_timeout_ms = 30_000;
-        c.server.max_http_connections = 1;
-    })
-    .await;
-    let addr = hub.info.hub_url.trim_start_matches("http://").to_owned();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let (hub, _addr, _slow) = hub_with_its_http_slot_held().await;
     let url = hub.ws_url(&hub.info.call_id, &hub.info.patient_token);
     match open_ws(&url).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
