@@ -5,6 +5,7 @@
 mod binder;
 mod migrations;
 pub mod outbox;
+mod snapshots;
 mod sql;
 
 pub use outbox::{Outbox, OutboxEvent};

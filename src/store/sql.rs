@@ -3,6 +3,7 @@
 
 use super::binder::Binder;
 use super::migrations::MIGRATIONS;
+use super::snapshots::Snapshots;
 use super::{
     AuditEntry, CallSnapshot, Clinic, ClinicChange, Committed, Enablement, Inserted, OAuthState, Org, Payment,
     PaymentFilter, PaymentScope, ReceiptJob, ReceiptOutcome, Refund, StateTaken, Store, StoreError, StoreResult, Write,
@@ -13,6 +14,7 @@ use callpay_protocol::PaymentStatus;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 // Every composed statement below is built from constants only; values are always bound.
 use sqlx::{AnyPool, AssertSqlSafe, Connection, Row};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long a SQLite writer waits for another writer before giving up; short enough that a
@@ -33,6 +35,8 @@ pub struct SqlStore {
     postgres: bool,
     /// Binds new calls in batches (one transaction for every call that arrived meanwhile).
     binder: Binder,
+    /// Reads welcomes in batches (one statement for every join that asked meanwhile).
+    snapshots: Snapshots,
 }
 
 const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, currency, \
@@ -89,7 +93,10 @@ impl SqlStore {
             .connect(&url)
             .await?;
         let binder = Binder::start(pool.clone());
-        let store = Self { pool, postgres: url.starts_with("postgres"), binder };
+        // A quarter of the pool: the rest stays free for payments, webhooks and the binder.
+        let pool_size = if sqlite { SQLITE_POOL } else { POSTGRES_POOL } as usize;
+        let snapshots = Snapshots::start(pool.clone(), pool_size / 4);
+        let store = Self { pool, postgres: url.starts_with("postgres"), binder, snapshots };
         store.migrate().await?;
         Ok(store)
     }
@@ -133,6 +140,12 @@ impl SqlStore {
             tx.commit().await?;
         }
         Ok(())
+    }
+
+    /// Statements the welcomes' reads have taken so far; each reads every join that asked
+    /// while the readers were busy, so joins per statement shows how much they batch.
+    pub fn welcome_statements(&self) -> u64 {
+        self.snapshots.statements()
     }
 
     /// Closes the pool, waiting for in-flight statements.
@@ -199,20 +212,72 @@ const CLINIC_COLUMNS: [&str; 11] = [
     "own_receipts",
 ];
 
-/// A call's clinic and payments in one statement: one row per payment (the clinic's columns
-/// repeated, as `c_…`), or one row of NULL payment columns when the call has none; the clinic's
-/// columns are NULL when it does not exist. The one-row derived table keeps a row either way.
-static CALL_SNAPSHOT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// Sizes the batched welcome read is prepared for. A batch is padded up to the next size, so
+/// each pooled connection caches nine statements rather than one per batch size.
+const SNAPSHOT_SIZES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// The welcome read of [`SNAPSHOT_SIZES`]`[i]` calls at index `i`.
+static CALL_SNAPSHOTS_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| SNAPSHOT_SIZES.iter().map(|&calls| call_snapshots_sql(calls)).collect());
+
+/// Several calls' clinics and payments in one statement: for each asked (call, clinic) pair,
+/// one row per payment (the clinic's columns repeated, as `c_…`), or one row of NULL payment
+/// columns when the call has none; the clinic's columns are NULL when it does not exist. Each
+/// row names its pair (`q_call`, `q_clinic`), and a pair's payments come oldest first.
+fn call_snapshots_sql(calls: usize) -> String {
     let clinic: Vec<String> = CLINIC_COLUMNS.iter().map(|c| format!("c.{c} AS c_{c}")).collect();
     // Named explicitly: SQLite leaves a column's name unspecified without `AS`.
     let payment: Vec<String> = PAYMENT_COLUMNS.split(',').map(|c| format!("p.{c} AS {c}", c = c.trim())).collect();
+    let asked: Vec<String> = (0..calls).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
+    // `column1` and `column2` are the names PostgreSQL and SQLite both give a VALUES list's columns.
     format!(
-        "SELECT {}, {} FROM (SELECT 1 AS one) AS q LEFT JOIN clinics c ON c.id = $2 \
-         LEFT JOIN payments p ON p.call_id = $1 ORDER BY p.created_at, p.id",
+        "SELECT q.column1 AS q_call, q.column2 AS q_clinic, {}, {} FROM (VALUES {}) AS q \
+         LEFT JOIN clinics c ON c.id = q.column2 LEFT JOIN payments p ON p.call_id = q.column1 \
+         ORDER BY q.column1, q.column2, p.created_at, p.id",
         clinic.join(", "),
-        payment.join(", ")
+        payment.join(", "),
+        asked.join(", ")
     )
-});
+}
+
+/// The snapshot of each asked (call, clinic) pair, in the order asked, read in one statement.
+/// At most [`SNAPSHOT_SIZES`]' last entry of pairs; a pair may be asked more than once.
+pub(super) async fn read_call_snapshots(pool: &AnyPool, asked: &[(&str, &str)]) -> StoreResult<Vec<CallSnapshot>> {
+    let Some(&(first_call, first_clinic)) = asked.first() else { return Ok(Vec::new()) };
+    let size = SNAPSHOT_SIZES
+        .iter()
+        .position(|&n| n >= asked.len())
+        .ok_or_else(|| StoreError::Corrupt(format!("{} calls asked of one welcome read", asked.len())))?;
+    let mut q = sqlx::query(AssertSqlSafe(CALL_SNAPSHOTS_SQL[size].as_str()));
+    for i in 0..SNAPSHOT_SIZES[size] {
+        // The padding asks for the first pair again; repeated rows are dropped below.
+        let (call, clinic) = asked.get(i).copied().unwrap_or((first_call, first_clinic));
+        q = q.bind(call).bind(clinic);
+    }
+    let rows = q.fetch_all(pool).await?;
+    let mut read: HashMap<(String, String), CallSnapshot> = HashMap::with_capacity(asked.len());
+    for row in &rows {
+        let pair = (row.try_get::<String, _>("q_call")?, row.try_get::<String, _>("q_clinic")?);
+        let snapshot = read.entry(pair).or_default();
+        if snapshot.clinic.is_none() && row.try_get::<Option<String>, _>("c_id")?.is_some() {
+            snapshot.clinic = Some(clinic_from_prefixed(row, "c_")?);
+        }
+        if let Some(id) = row.try_get::<Option<String>, _>("id")? {
+            // A pair asked twice gives each of its rows twice, next to each other in the order.
+            if snapshot.payments.last().is_none_or(|p| p.id != id) {
+                snapshot.payments.push(payment_from(row)?);
+            }
+        }
+    }
+    asked
+        .iter()
+        .map(|&(call, clinic)| {
+            read.get(&(call.to_owned(), clinic.to_owned()))
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt(format!("no welcome row read for call {call}")))
+        })
+        .collect()
+}
 
 fn payment_from(row: &AnyRow) -> StoreResult<Payment> {
     Ok(Payment {
@@ -526,23 +591,8 @@ impl Store for SqlStore {
     }
 
     async fn call_snapshot(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
-        let rows = sqlx::query(AssertSqlSafe(CALL_SNAPSHOT_SQL.as_str()))
-            .bind(call_id)
-            .bind(clinic_id)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut snapshot = CallSnapshot::default();
-        if let Some(first) = rows.first()
-            && first.try_get::<Option<String>, _>("c_id")?.is_some()
-        {
-            snapshot.clinic = Some(clinic_from_prefixed(first, "c_")?);
-        }
-        for row in &rows {
-            if row.try_get::<Option<String>, _>("id")?.is_some() {
-                snapshot.payments.push(payment_from(row)?);
-            }
-        }
-        Ok(snapshot)
+        // Read in one statement with every other welcome asked for meanwhile.
+        self.snapshots.read(call_id, clinic_id).await
     }
 
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {

@@ -402,3 +402,78 @@ async fn a_call_snapshot_is_what_the_two_reads_give(store: &SqlStore) {
 async fn a_call_snapshot_is_what_the_two_reads_give_on_sqlite() {
     a_call_snapshot_is_what_the_two_reads_give(&SqlStore::connect("sqlite::memory:").await.unwrap()).await;
 }
+
+/// Welcomes read together give each join its own call: a storm's concurrent reads (calls with
+/// none, one or two payments, a clinic that does not exist, a pair asked twice, one call asked
+/// with two clinics) each equal the two plain reads, and they took far fewer statements than
+/// joins.
+async fn concurrent_welcome_reads_are_each_their_own_and_batched(store: &SqlStore) {
+    use callpay::store::{CallSnapshot, Clinic, Write};
+    for n in 0..2 {
+        let clinic = Clinic {
+            id: format!("clinic_many_{n}"),
+            org_id: "org_many".into(),
+            name: format!("Clinic {n}"),
+            app_enabled: n == 0,
+            ..Clinic::default()
+        };
+        store.commit(&[Write::UpsertClinic(clinic)]).await.unwrap();
+    }
+    const CALLS: usize = 120;
+    for call in 0..CALLS {
+        for k in 0..call % 3 {
+            let payment = callpay::store::Payment {
+                id: format!("pay_many_{call}_{k}"),
+                call_id: format!("call_many_{call}"),
+                clinic_id: format!("clinic_many_{}", call % 2),
+                client_ref: format!("ref_{k}"),
+                amount: (100 * call + k) as i64,
+                currency: "aud".into(),
+                created_at: 50 - k as i64,
+                updated_at: 50 - k as i64,
+                ..Default::default()
+            };
+            assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
+        }
+    }
+    let mut asked: Vec<(String, String)> =
+        (0..CALLS).map(|call| (format!("call_many_{call}"), format!("clinic_many_{}", call % 2))).collect();
+    asked.push(("call_many_5".into(), "clinic_many_1".into()));
+    asked.push(("call_many_5".into(), "clinic_gone".into()));
+    asked.push(("call_many_4".into(), "clinic_many_0".into()));
+    asked.push(("call_unknown".into(), "clinic_many_0".into()));
+    let mut expected = Vec::new();
+    for (call, clinic) in &asked {
+        let snapshot = CallSnapshot {
+            clinic: store.clinic(clinic).await.unwrap(),
+            payments: store.payments_for_call(call).await.unwrap(),
+        };
+        expected.push(snapshot);
+    }
+    assert_eq!(expected[5].payments.len(), 2);
+    assert!(expected[5].payments[0].created_at < expected[5].payments[1].created_at, "oldest first");
+    assert!(expected[CALLS + 1].clinic.is_none());
+    let before = store.welcome_statements();
+    let reads = asked.iter().map(|(call, clinic)| store.call_snapshot(call, clinic));
+    let got = futures_util::future::join_all(reads).await;
+    let statements = store.welcome_statements() - before;
+    for (((call, clinic), got), expected) in asked.iter().zip(got).zip(expected) {
+        assert_eq!(got.unwrap(), expected, "{call}/{clinic}");
+    }
+    // One at a time would be 124 statements; together they are a handful (a free reader may
+    // take a batch before the rest has arrived).
+    assert!(statements <= 20, "{statements} statements for {} welcome reads", asked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_welcome_reads_are_each_their_own_and_batched_on_postgres() {
+    let db = TempDb::new();
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    concurrent_welcome_reads_are_each_their_own_and_batched(&store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_welcome_reads_are_each_their_own_and_batched_on_sqlite() {
+    concurrent_welcome_reads_are_each_their_own_and_batched(&SqlStore::connect("sqlite::memory:").await.unwrap()).await;
+}
