@@ -80,6 +80,7 @@ const USAGE: &str = "usage: callpay-loadtest SCENARIO [--calls N] [--rounds N] [
     --out DIR         write DIR/<date>-<scenario>.json and .svg (default loadtest/results)
     --strict          fail if any event is lost (smoke runs)
   --hub BIN         the callpay binary (default target/release/callpay)
+  -h, --help        this text (a flag no scenario reads is refused before anything starts)
 environment: CALLPAY_LOADTEST_INSTANCE_LOG=<filter> (scale, soak) keeps each instance's log at
   that filter (e.g. warn,callpay::ws=debug), nginx's info log and an access line per connection,
   in a temporary folder whose path is printed";
@@ -590,13 +591,51 @@ fn raise_open_files() {
     }
 }
 
+/// Flags some scenario reads; a value follows each except `--lost-webhooks`, `--nginx` and
+/// `--strict`.
+const FLAGS: [&str; 19] = [
+    "--calls",
+    "--churn",
+    "--hub",
+    "--lost-webhooks",
+    "--nginx",
+    "--nodes",
+    "--out",
+    "--outage",
+    "--pays",
+    "--peers",
+    "--rate",
+    "--rates",
+    "--relay",
+    "--rounds",
+    "--seconds",
+    "--sockets",
+    "--steady",
+    "--strict",
+    "--warmup",
+];
+
+/// What the command line asks for before any scenario starts: the usage, or an error naming a
+/// flag no scenario reads. A scenario's defaults are large (`scale` starts 100,000 sockets), so
+/// `--help` or a misspelt `--socket 60` must not quietly start one.
+fn check_args(args: &[String]) -> Result<bool, String> {
+    if args.is_empty() || args.iter().any(|a| matches!(a.as_str(), "-h" | "--help" | "help")) {
+        return Ok(true);
+    }
+    match args.iter().find(|a| a.starts_with('-') && !FLAGS.contains(&a.as_str())) {
+        Some(unknown) => Err(format!("unknown flag {unknown}\n{USAGE}")),
+        None => Ok(false),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(scenario) = args.first().cloned() else {
+    if check_args(&args).map_err(anyhow::Error::msg)? {
         println!("{USAGE}");
         return Ok(());
-    };
+    }
+    let scenario = args[0].clone();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let number = |name: &str, default: usize| {
         flag(name).map_or(Ok(default), |v| v.parse().context(format!("{name} takes a number")))
@@ -700,4 +739,26 @@ async fn main() -> anyhow::Result<()> {
     println!("LOADTEST {result}");
     drop(hub);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn help_and_unknown_flags_start_no_scenario() {
+        assert_eq!(check_args(&args("")), Ok(true));
+        assert_eq!(check_args(&args("drain --help")), Ok(true));
+        assert_eq!(check_args(&args("scale -h")), Ok(true));
+        assert_eq!(check_args(&args("help")), Ok(true));
+        let typo = check_args(&args("scale --socket 60")).unwrap_err();
+        assert!(typo.starts_with("unknown flag --socket\n"), "{typo}");
+        assert_eq!(check_args(&args("drain --sockets 40 --nodes 2 --nginx --hub target/debug/callpay")), Ok(false));
+        assert_eq!(check_args(&args("compare relay --rates 5000,20000 --strict")), Ok(false));
+        assert_eq!(check_args(&args("fleet-worker")), Ok(false));
+    }
 }

@@ -9,17 +9,22 @@
 //! a reader is free, and its statement runs after that. So a welcome shows every change
 //! committed before its connection joined the room, as a read of its own did.
 
-use super::sql::read_call_snapshots;
+use super::sql::{SNAPSHOTS_MAX, read_call_snapshots};
 use super::{CallSnapshot, StoreError, StoreResult};
 use sqlx::AnyPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Calls one statement reads, at most (two bound values each).
-pub(super) const MAX_BATCH: usize = 256;
+/// Joins one statement answers, at most.
+const MAX_BATCH: usize = SNAPSHOTS_MAX;
 /// Reads waiting for a reader, at most; a join past it waits for room.
 const QUEUE: usize = 4096;
+/// Longest one attempt at a batch may take, the wait for a pooled connection included: a
+/// statement stuck on a dead connection fails its joins with a store error (they reconnect)
+/// rather than holding them and the reader.
+const ATTEMPT_WITHIN: Duration = Duration::from_secs(8);
 
 /// One join's request for its call's snapshot.
 struct Ask {
@@ -71,9 +76,8 @@ impl Snapshots {
     }
 
     async fn alone(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
-        self.statements.fetch_add(1, Ordering::Relaxed);
-        let mut one = read_call_snapshots(&self.pool, &[(call_id, clinic_id)]).await?;
-        one.pop().ok_or_else(|| StoreError::Corrupt(format!("no snapshot read for call {call_id}")))
+        let mut one = read_call_snapshots(&self.pool, &[(call_id, clinic_id)], &self.statements).await?;
+        one.pop().unwrap_or_else(|| Err(StoreError::Corrupt(format!("no snapshot read for call {call_id}"))))
     }
 }
 
@@ -91,26 +95,119 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>, readers: usize, stat
         let statements = statements.clone();
         tokio::spawn(async move {
             let _reader = reader;
-            statements.fetch_add(1, Ordering::Relaxed);
-            answer(&pool, batch).await;
+            answer(&pool, batch, &statements).await;
         });
     }
 }
 
-/// Reads the batch's calls in one statement and answers each ask with its own.
-async fn answer(pool: &AnyPool, batch: Vec<Ask>) {
+/// Reads the batch's calls in one statement and answers each ask with its own. A statement
+/// that fails (a connection that died, a moment's outage) is tried once more: a read is safe
+/// to repeat, and it still starts after every ask in the batch. One that times out is not.
+async fn answer(pool: &AnyPool, batch: Vec<Ask>, statements: &AtomicU64) {
     let pairs: Vec<(&str, &str)> = batch.iter().map(|a| (a.call_id.as_str(), a.clinic_id.as_str())).collect();
-    match read_call_snapshots(pool, &pairs).await {
+    let attempt = || async {
+        match tokio::time::timeout(ATTEMPT_WITHIN, read_call_snapshots(pool, &pairs, statements)).await {
+            Ok(read) => read.map_err(|e| (e.to_string(), true)),
+            Err(_) => Err((format!("no answer within {ATTEMPT_WITHIN:?}"), false)),
+        }
+    };
+    let read = match attempt().await {
+        Err((e, true)) => {
+            tracing::warn!(error = %e, calls = batch.len(), "welcome read failed; trying once more");
+            attempt().await
+        }
+        read => read,
+    };
+    match read {
         Ok(snapshots) => {
             for (ask, snapshot) in batch.into_iter().zip(snapshots) {
-                let _ = ask.reply.send(Ok(snapshot));
+                let _ = ask.reply.send(snapshot);
             }
         }
-        Err(e) => {
+        Err((e, _)) => {
             tracing::warn!(error = %e, calls = batch.len(), "cannot read calls for welcomes: store unavailable");
             for ask in batch {
-                let _ = ask.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                let _ = ask.reply.send(Err(StoreError::Unavailable(e.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Clinic, Inserted, Payment, SqlStore, Store, Write};
+
+    async fn store_with_two_calls() -> SqlStore {
+        let store = SqlStore::connect("sqlite::memory:").await.unwrap();
+        let clinic = Clinic { id: "clinic_x".into(), name: "X".into(), ..Clinic::default() };
+        store.commit(&[Write::UpsertClinic(clinic)]).await.unwrap();
+        for (call, n) in [("call_a", 2), ("call_b", 1)] {
+            for k in 0..n {
+                let payment = Payment {
+                    id: format!("pay_{call}_{k}"),
+                    call_id: call.into(),
+                    clinic_id: "clinic_x".into(),
+                    client_ref: format!("ref_{k}"),
+                    amount: 100 + k,
+                    currency: "aud".into(),
+                    created_at: 10 + k,
+                    ..Default::default()
+                };
+                assert!(matches!(store.insert_payment(&payment).await.unwrap(), Inserted::New));
+            }
+        }
+        store
+    }
+
+    fn ids(snapshot: &StoreResult<CallSnapshot>) -> Vec<String> {
+        snapshot.as_ref().unwrap().payments.iter().map(|p| p.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn one_statement_reads_each_pair_once_in_the_order_asked() {
+        let store = store_with_two_calls().await;
+        let statements = AtomicU64::new(0);
+        let asked =
+            [("call_a", "clinic_x"), ("call_b", "clinic_gone"), ("call_a", "clinic_x"), ("call_none", "clinic_x")];
+        let read = read_call_snapshots(&store.pool, &asked, &statements).await.unwrap();
+        assert_eq!(statements.load(Ordering::Relaxed), 1);
+        assert_eq!(read.len(), 4);
+        assert_eq!(ids(&read[0]), ["pay_call_a_0", "pay_call_a_1"], "oldest first, each once");
+        assert_eq!(ids(&read[2]), ids(&read[0]), "a pair asked twice gets the same answer");
+        assert_eq!(ids(&read[1]), ["pay_call_b_0"]);
+        assert!(read[1].as_ref().unwrap().clinic.is_none(), "no such clinic");
+        assert_eq!(read[0].as_ref().unwrap().clinic.as_ref().map(|c| c.name.as_str()), Some("X"));
+        assert!(ids(&read[3]).is_empty());
+        assert!(read[3].as_ref().unwrap().clinic.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_row_fails_only_its_own_calls_welcome() {
+        let store = store_with_two_calls().await;
+        sqlx::query("UPDATE payments SET status = 'bogus' WHERE id = 'pay_call_a_1'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let read =
+            read_call_snapshots(&store.pool, &[("call_a", "clinic_x"), ("call_b", "clinic_x")], &AtomicU64::new(0))
+                .await
+                .unwrap();
+        assert!(matches!(read[0], Err(StoreError::Corrupt(_))), "{:?}", read[0]);
+        assert_eq!(ids(&read[1]), ["pay_call_b_0"]);
+        // Through the readers too: the other call's join is answered.
+        let (bad, good) =
+            tokio::join!(store.call_snapshot("call_a", "clinic_x"), store.call_snapshot("call_b", "clinic_x"));
+        assert!(bad.is_err());
+        assert_eq!(ids(&good), ["pay_call_b_0"]);
+    }
+
+    #[tokio::test]
+    async fn with_the_store_closed_every_read_fails_and_none_hangs() {
+        let store = store_with_two_calls().await;
+        store.close().await;
+        let reads = futures_util::future::join_all((0..20).map(|_| store.call_snapshot("call_a", "clinic_x")));
+        let read = tokio::time::timeout(Duration::from_secs(30), reads).await.expect("every read answered");
+        assert!(read.iter().all(|r| matches!(r, Err(StoreError::Unavailable(_)))), "{read:?}");
     }
 }

@@ -216,6 +216,9 @@ const CLINIC_COLUMNS: [&str; 11] = [
 /// each pooled connection caches nine statements rather than one per batch size.
 const SNAPSHOT_SIZES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 
+/// Most (call, clinic) pairs one welcome read takes.
+pub(super) const SNAPSHOTS_MAX: usize = SNAPSHOT_SIZES[SNAPSHOT_SIZES.len() - 1];
+
 /// The welcome read of [`SNAPSHOT_SIZES`]`[i]` calls at index `i`.
 static CALL_SNAPSHOTS_SQL: std::sync::LazyLock<Vec<String>> =
     std::sync::LazyLock::new(|| SNAPSHOT_SIZES.iter().map(|&calls| call_snapshots_sql(calls)).collect());
@@ -240,43 +243,69 @@ fn call_snapshots_sql(calls: usize) -> String {
     )
 }
 
-/// The snapshot of each asked (call, clinic) pair, in the order asked, read in one statement.
-/// At most [`SNAPSHOT_SIZES`]' last entry of pairs; a pair may be asked more than once.
-pub(super) async fn read_call_snapshots(pool: &AnyPool, asked: &[(&str, &str)]) -> StoreResult<Vec<CallSnapshot>> {
-    let Some(&(first_call, first_clinic)) = asked.first() else { return Ok(Vec::new()) };
+/// The snapshot of each asked (call, clinic) pair, in the order asked, read in one statement
+/// (counted in `statements`). At most [`SNAPSHOTS_MAX`] pairs; a pair may be asked more than
+/// once. The outer error is the statement's (every pair failed); an inner one is a pair whose
+/// rows could not be read (a corrupt row fails its own call's welcome, not the batch's).
+pub(super) async fn read_call_snapshots(
+    pool: &AnyPool,
+    asked: &[(&str, &str)],
+    statements: &std::sync::atomic::AtomicU64,
+) -> StoreResult<Vec<StoreResult<CallSnapshot>>> {
+    let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(asked.len());
+    for pair in asked {
+        if !pairs.contains(pair) {
+            pairs.push(*pair);
+        }
+    }
     let size = SNAPSHOT_SIZES
         .iter()
-        .position(|&n| n >= asked.len())
-        .ok_or_else(|| StoreError::Corrupt(format!("{} calls asked of one welcome read", asked.len())))?;
+        .position(|&n| n >= pairs.len())
+        .ok_or_else(|| StoreError::Corrupt(format!("{} calls asked of one welcome read", pairs.len())))?;
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut q = sqlx::query(AssertSqlSafe(CALL_SNAPSHOTS_SQL[size].as_str()));
     for i in 0..SNAPSHOT_SIZES[size] {
-        // The padding asks for the first pair again; repeated rows are dropped below.
-        let (call, clinic) = asked.get(i).copied().unwrap_or((first_call, first_clinic));
+        // The padding is NULL, which joins nothing; its rows are skipped below.
+        let (call, clinic) = pairs.get(i).map_or((None, None), |&(call, clinic)| (Some(call), Some(clinic)));
         q = q.bind(call).bind(clinic);
     }
+    statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let rows = q.fetch_all(pool).await?;
-    let mut read: HashMap<(String, String), CallSnapshot> = HashMap::with_capacity(asked.len());
+    let mut read: HashMap<(String, String), StoreResult<CallSnapshot>> = HashMap::with_capacity(pairs.len());
     for row in &rows {
-        let pair = (row.try_get::<String, _>("q_call")?, row.try_get::<String, _>("q_clinic")?);
-        let snapshot = read.entry(pair).or_default();
-        if snapshot.clinic.is_none() && row.try_get::<Option<String>, _>("c_id")?.is_some() {
-            snapshot.clinic = Some(clinic_from_prefixed(row, "c_")?);
-        }
-        if let Some(id) = row.try_get::<Option<String>, _>("id")? {
-            // A pair asked twice gives each of its rows twice, next to each other in the order.
-            if snapshot.payments.last().is_none_or(|p| p.id != id) {
-                snapshot.payments.push(payment_from(row)?);
-            }
+        let (Some(call), Some(clinic)) =
+            (row.try_get::<Option<String>, _>("q_call")?, row.try_get::<Option<String>, _>("q_clinic")?)
+        else {
+            continue;
+        };
+        let entry = read.entry((call, clinic)).or_insert_with(|| Ok(CallSnapshot::default()));
+        if let Ok(snapshot) = &mut *entry
+            && let Err(e) = add_snapshot_row(snapshot, row)
+        {
+            *entry = Err(e);
         }
     }
-    asked
+    Ok(asked
         .iter()
-        .map(|&(call, clinic)| {
-            read.get(&(call.to_owned(), clinic.to_owned()))
-                .cloned()
-                .ok_or_else(|| StoreError::Corrupt(format!("no welcome row read for call {call}")))
+        .map(|&(call, clinic)| match read.get(&(call.to_owned(), clinic.to_owned())) {
+            Some(Ok(snapshot)) => Ok(snapshot.clone()),
+            Some(Err(e)) => Err(StoreError::Corrupt(e.to_string())),
+            None => Err(StoreError::Corrupt(format!("no welcome row read for call {call}"))),
         })
-        .collect()
+        .collect())
+}
+
+/// Adds one row of [`call_snapshots_sql`] to its pair's snapshot.
+fn add_snapshot_row(snapshot: &mut CallSnapshot, row: &AnyRow) -> StoreResult<()> {
+    if snapshot.clinic.is_none() && row.try_get::<Option<String>, _>("c_id")?.is_some() {
+        snapshot.clinic = Some(clinic_from_prefixed(row, "c_")?);
+    }
+    if row.try_get::<Option<String>, _>("id")?.is_some() {
+        snapshot.payments.push(payment_from(row)?);
+    }
+    Ok(())
 }
 
 fn payment_from(row: &AnyRow) -> StoreResult<Payment> {

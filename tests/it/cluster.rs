@@ -462,7 +462,7 @@ async fn concurrent_welcome_reads_are_each_their_own_and_batched(store: &SqlStor
     }
     // One at a time would be 124 statements; together they are a handful (a free reader may
     // take a batch before the rest has arrived).
-    assert!(statements <= 20, "{statements} statements for {} welcome reads", asked.len());
+    assert!((1..=20).contains(&statements), "{statements} statements for {} welcome reads", asked.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
