@@ -21,10 +21,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 const MAX_BATCH: usize = SNAPSHOTS_MAX;
 /// Reads waiting for a reader, at most; a join past it waits for room.
 const QUEUE: usize = 4096;
-/// Longest one attempt at a batch may take, the wait for a pooled connection included: a
-/// statement stuck on a dead connection fails its joins with a store error (they reconnect)
-/// rather than holding them and the reader.
-const ATTEMPT_WITHIN: Duration = Duration::from_secs(8);
+/// Longest a batch's joins wait for their answer once a reader took them, both attempts and
+/// the waits for a pooled connection included: past it they get a store error (and reconnect).
+/// The reader itself stays taken until its statement ends, since the statement's connection is
+/// out of the pool until then; a fresh batch must not take another one.
+const ANSWER_WITHIN: Duration = Duration::from_secs(8);
+/// Longest a join waits for its answer from the moment it asked, a wait for a free reader
+/// included: with every reader held by a stuck statement, joins still get their error.
+const ASK_WITHIN: Duration = Duration::from_secs(12);
 
 /// One join's request for its call's snapshot.
 struct Ask {
@@ -61,12 +65,13 @@ impl Snapshots {
             tracing::error!("the welcome readers stopped; reading calls one at a time");
             return self.alone(call_id, clinic_id).await;
         }
-        match answer.await {
-            Ok(snapshot) => snapshot,
-            Err(_) => {
+        match tokio::time::timeout(ASK_WITHIN, answer).await {
+            Ok(Ok(snapshot)) => snapshot,
+            Ok(Err(_)) => {
                 tracing::error!("a welcome reader stopped mid-batch; reading this call on its own");
                 self.alone(call_id, clinic_id).await
             }
+            Err(_) => Err(StoreError::Unavailable(format!("no welcome reader answered within {ASK_WITHIN:?}"))),
         }
     }
 
@@ -102,34 +107,47 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>, readers: usize, stat
 
 /// Reads the batch's calls in one statement and answers each ask with its own. A statement
 /// that fails (a connection that died, a moment's outage) is tried once more: a read is safe
-/// to repeat, and it still starts after every ask in the batch. One that times out is not.
+/// to repeat, and it still starts after every ask in the batch. Whatever happens, the asks are
+/// answered within [`ANSWER_WITHIN`]; a read still running then is awaited before the reader
+/// is free again.
 async fn answer(pool: &AnyPool, batch: Vec<Ask>, statements: &AtomicU64) {
-    let pairs: Vec<(&str, &str)> = batch.iter().map(|a| (a.call_id.as_str(), a.clinic_id.as_str())).collect();
-    let attempt = || async {
-        match tokio::time::timeout(ATTEMPT_WITHIN, read_call_snapshots(pool, &pairs, statements)).await {
-            Ok(read) => read.map_err(|e| (e.to_string(), true)),
-            Err(_) => Err((format!("no answer within {ATTEMPT_WITHIN:?}"), false)),
+    let (pairs, replies): (Vec<(String, String)>, Vec<_>) =
+        batch.into_iter().map(|a| ((a.call_id, a.clinic_id), a.reply)).unzip();
+    let asked: Vec<(&str, &str)> = pairs.iter().map(|(call, clinic)| (call.as_str(), clinic.as_str())).collect();
+    let read = async {
+        match read_call_snapshots(pool, &asked, statements).await {
+            Err(e) => {
+                tracing::warn!(error = %e, calls = asked.len(), "welcome read failed; trying once more");
+                read_call_snapshots(pool, &asked, statements).await
+            }
+            read => read,
         }
     };
-    let read = match attempt().await {
-        Err((e, true)) => {
-            tracing::warn!(error = %e, calls = batch.len(), "welcome read failed; trying once more");
-            attempt().await
-        }
-        read => read,
+    tokio::pin!(read);
+    let outcome = tokio::select! {
+        read = &mut read => Some(read),
+        _ = tokio::time::sleep(ANSWER_WITHIN) => None,
     };
-    match read {
-        Ok(snapshots) => {
-            for (ask, snapshot) in batch.into_iter().zip(snapshots) {
-                let _ = ask.reply.send(snapshot);
+    let finished = outcome.is_some();
+    let error = match outcome {
+        Some(Ok(snapshots)) => {
+            for (reply, snapshot) in replies.into_iter().zip(snapshots) {
+                let _ = reply.send(snapshot);
             }
+            return;
         }
-        Err((e, _)) => {
-            tracing::warn!(error = %e, calls = batch.len(), "cannot read calls for welcomes: store unavailable");
-            for ask in batch {
-                let _ = ask.reply.send(Err(StoreError::Unavailable(e.clone())));
-            }
-        }
+        Some(Err(e)) => e.to_string(),
+        None => format!("no answer within {ANSWER_WITHIN:?}"),
+    };
+    tracing::warn!(error = %error, calls = asked.len(), "cannot read calls for welcomes: store unavailable");
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::Unavailable(error.clone())));
+    }
+    if !finished {
+        // Its connection is out of the pool until the statement ends (or the connection
+        // breaks), and so is this reader: stuck statements take at most the readers' share of
+        // the pool, never the connections payments and webhooks need.
+        let _ = read.await;
     }
 }
 
@@ -185,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_row_fails_only_its_own_calls_welcome() {
         let store = store_with_two_calls().await;
-        sqlx::query("UPDATE payments SET status = 'bogus' WHERE id = 'pay_call_a_1'")
+        sqlx::query("UPDATE payments SET status = 'bogus' WHERE id = 'pay_call_a_0'")
             .execute(&store.pool)
             .await
             .unwrap();

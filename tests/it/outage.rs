@@ -401,3 +401,40 @@ async fn connections_postgres_ended_while_idle_are_replaced_before_their_next_us
         assert!(read.is_ok(), "a dead idle connection was used: {read:?}");
     }
 }
+
+/// A welcome read stuck behind a lock on PostgreSQL (a migration elsewhere, a connection that
+/// stopped answering): its joins and those asking after it get a store error in bounded time,
+/// the stuck statements take only the welcome readers' share of the pool (payments and
+/// webhooks keep theirs), and once the lock goes, welcomes are read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_welcome_read_fails_its_joins_in_time_and_keeps_to_its_share_of_the_pool() {
+    use sqlx::Connection;
+    use std::time::Duration;
+    let db = crate::services::TempDb::new();
+    let store = SqlStore::connect(&db.url).await.unwrap();
+    store.call_snapshot("call_stuck", "clinic_stuck").await.unwrap();
+    let mut locker = sqlx::AnyConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE payments IN ACCESS EXCLUSIVE MODE").execute(&mut locker).await.unwrap();
+    let before = store.welcome_statements();
+    // Asked one after another, so that each free reader takes one and the last four wait.
+    let mut asks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        asks.push(tokio::spawn(async move { store.call_snapshot(&format!("call_stuck_{i}"), "clinic_stuck").await }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for ask in asks {
+        let read = tokio::time::timeout(Duration::from_secs(30), ask).await.expect("answered in time").unwrap();
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+    }
+    assert_eq!(store.welcome_statements() - before, 4, "one statement per reader, none past the readers' share");
+    assert!(store.clinic("clinic_stuck").await.is_ok(), "the rest of the pool still serves");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.call_snapshot("call_stuck", "clinic_stuck").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "welcomes never read again after the lock went");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    store.close().await;
+}
