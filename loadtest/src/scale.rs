@@ -217,6 +217,9 @@ struct Second {
     per_node: Vec<Option<u64>>,
     redis_memory: Option<u64>,
     cpu_us: [u64; 4],
+    /// The time `cpu_us` covers: since the previous second closed, which is more than a second
+    /// when a starved coordinator closed none for a while.
+    cpu_span_s: f64,
     /// Joined sockets' ends by close code, and join attempts turned away before `welcome` by
     /// close code, as the clients saw them.
     ended_by_code: BTreeMap<String, u64>,
@@ -269,6 +272,8 @@ struct Run {
     seconds: Vec<Second>,
     current: Second,
     cpu_last: [u64; 4],
+    /// When `cpu_last` was read, in seconds since the start.
+    cpu_at: f64,
     last_sample: Instant,
     done: Vec<Value>,
     marks: Vec<Mark>,
@@ -356,6 +361,8 @@ impl Run {
             *used = now.saturating_sub(last);
         }
         self.cpu_last = cpu;
+        s.cpu_span_s = s.t - self.cpu_at;
+        self.cpu_at = s.t;
         if self.seconds.len().is_multiple_of(5) {
             let mut tasks = 0;
             let mut all = true;
@@ -435,7 +442,9 @@ impl Run {
             }
             counts.iter_mut().zip(s.counts).for_each(|(c, n)| *c += n);
             cpu.iter_mut().zip(s.cpu_us).for_each(|(c, n)| *c += n);
-            secs += 1.0;
+            // Over the time the readings cover, not the seconds closed: a starved coordinator
+            // closes fewer seconds than pass, and each of its readings spans the gap.
+            secs += s.cpu_span_s;
         }
         let ms = |q: f64| if h.is_empty() { Value::Null } else { json!(h.value_at_quantile(q) as f64 / 1000.0) };
         let pct =
@@ -476,6 +485,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
         seconds: Vec::new(),
         current: Second::default(),
         cpu_last: [0; 4],
+        cpu_at: 0.0,
         last_sample: Instant::now(),
         done: Vec::new(),
         marks: Vec::new(),
@@ -822,6 +832,36 @@ fn conclude(plan: Plan, payments: Value, extra: Value, run: &Run) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_in_a_window_is_a_share_of_the_time_its_readings_cover() {
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let mut run = Run {
+            started: Instant::now(),
+            rx,
+            workers: 1,
+            connected_by_worker: vec![0],
+            reported: vec![false],
+            seconds: Vec::new(),
+            current: Second::default(),
+            cpu_last: [0; 4],
+            cpu_at: 0.0,
+            last_sample: Instant::now(),
+            done: Vec::new(),
+            marks: Vec::new(),
+            total_sockets: 2,
+            hub_ended_last: Vec::new(),
+            stalled_by_worker: Vec::new(),
+        };
+        // Instances at one core throughout; the coordinator closed no second from 2 s to 32 s.
+        for (t, span) in [(1.0, 1.0), (2.0, 1.0), (32.0, 30.0)] {
+            let us = (span * 1e6) as u64;
+            run.seconds.push(Second { t, cpu_span_s: span, cpu_us: [us, 0, us / 2, 0], ..Second::default() });
+        }
+        let w = run.window(0.0, 32.0);
+        assert_eq!(w["cpu_percent_of_a_core"]["instances"], 100.0, "{w}");
+        assert_eq!(w["cpu_percent_of_a_core"]["postgres"], 50.0);
+    }
 
     #[test]
     fn a_second_counts_only_if_every_worker_reported_in_it() {
