@@ -70,6 +70,11 @@ pub struct Metrics {
     pub repaired_calls: Counter,
     /// Store reads made by repairs (each covers up to a chunk of calls).
     pub repair_store_reads: Counter,
+    /// Statements the store's batched welcome reads have taken (joins per statement shows how
+    /// much a storm's welcomes share); kept up to date at each scrape.
+    store_welcome_statements: Counter,
+    /// The store's total at the last scrape, so each scrape adds only what is new.
+    welcome_statements_seen: std::sync::atomic::AtomicU64,
     open_connections: Gauge,
     tasks_alive: Gauge,
 }
@@ -105,6 +110,8 @@ impl Metrics {
             repairs_node_wide: Counter::default(),
             repaired_calls: Counter::default(),
             repair_store_reads: Counter::default(),
+            store_welcome_statements: Counter::default(),
+            welcome_statements_seen: std::sync::atomic::AtomicU64::new(0),
             open_connections: Gauge::default(),
             tasks_alive: Gauge::default(),
             registry: Registry::default(),
@@ -147,6 +154,11 @@ impl Metrics {
         r.register("webhooks_duplicate", "Webhook events already processed", m.webhooks_duplicate.clone());
         r.register("ws_connections_open", "WebSocket connections open now", m.open_connections.clone());
         r.register("runtime_tasks_alive", "Tasks alive in the async runtime now", m.tasks_alive.clone());
+        r.register(
+            "store_welcome_statements",
+            "Statements the batched welcome reads took (each answers every join that asked meanwhile)",
+            m.store_welcome_statements.clone(),
+        );
         r.register(
             "relay_seconds",
             "A payment.progress frame from being read to every local recipient's queue",
@@ -198,6 +210,14 @@ impl Metrics {
         self.connections_opened.get().saturating_sub(self.connections_closed.get()) as usize
     }
 
+    /// Brings the welcome-statements counter up to the store's running `total`. Scrapes that
+    /// race add each statement once: `fetch_max` hands every increase to exactly one of them,
+    /// and a scrape that read an older total adds nothing.
+    pub fn welcome_statements_at(&self, total: u64) {
+        let before = self.welcome_statements_seen.fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        self.store_welcome_statements.inc_by(total.saturating_sub(before));
+    }
+
     /// Prometheus text exposition; `open_connections` and the runtime's live tasks are read at
     /// scrape time.
     pub fn render(&self, open_connections: usize) -> String {
@@ -216,6 +236,16 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_welcome_statements_counter_adds_each_statement_once() {
+        let m = Metrics::new();
+        m.welcome_statements_at(5);
+        m.welcome_statements_at(3); // a scrape that read an older total, late
+        m.welcome_statements_at(5);
+        m.welcome_statements_at(8);
+        assert!(m.render(0).contains("callpay_store_welcome_statements_total 8\n"));
+    }
 
     #[test]
     fn renders_counters_histograms_and_help() {

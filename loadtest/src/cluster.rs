@@ -306,6 +306,29 @@ impl Cluster {
     }
 }
 
+/// The text of an instance's `/metrics`, if it answers within 2 s.
+pub async fn metrics_text(port: u16) -> Option<String> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let url = format!("http://127.0.0.1:{port}/metrics").parse().ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(url)).await.ok()?.ok()?;
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Welcome-read statements the instances on `ports` report (`None` if one does not answer).
+pub async fn welcome_statements(ports: &[u16]) -> Option<u64> {
+    let mut total = 0;
+    for port in ports {
+        let text = metrics_text(*port).await?;
+        total += text
+            .lines()
+            .find_map(|l| l.strip_prefix("callpay_store_welcome_statements_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())?;
+    }
+    Some(total)
+}
+
 /// Counts nginx error-log lines by kind: `upstream prematurely closed connection while reading
 /// upstream`, `connect() failed (111: Connection refused) while connecting to upstream`, ...
 pub fn nginx_error_kinds(text: &str) -> std::collections::BTreeMap<String, u64> {

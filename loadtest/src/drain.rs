@@ -115,6 +115,8 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize, nginx: bool) -> anyhow
         let db = cluster.db().to_owned();
         let mut report = storm(clients, vec![urls], pid, &db, nodes, sockets).await?;
         report["balancer"] = json!("nginx (least_conn), as in `scale`");
+        let receiving: Vec<u16> = cluster.nodes[1..].iter().map(|(port, _)| *port).collect();
+        report["welcome_statements"] = welcome_statements(&receiving, sockets).await;
         return Ok(report);
     }
     let hub = Hub::start_cluster_with(bin, nodes, &[]).await?;
@@ -129,7 +131,21 @@ pub async fn run(bin: &str, sockets: usize, nodes: usize, nginx: bool) -> anyhow
     let db = hub.db.clone().context("a cluster has a database")?;
     let mut report = storm(clients, urls, pid, &db, nodes, sockets).await?;
     report["balancer"] = json!("none: each client tries the live instances in turn");
+    let receiving: Vec<u16> =
+        hub.nodes[1..].iter().filter_map(|url| url.rsplit(':').next()?.trim_end_matches('/').parse().ok()).collect();
+    report["welcome_statements"] = welcome_statements(&receiving, sockets).await;
     Ok(report)
+}
+
+/// The statements the receiving instances' welcome reads took for the storm (they joined
+/// nobody before it), and per client brought back.
+async fn welcome_statements(receiving: &[u16], sockets: usize) -> Value {
+    match crate::cluster::welcome_statements(receiving).await {
+        Some(n) => {
+            json!({"receiving_instances": n, "per_join": (n as f64 / sockets.max(1) as f64 * 1000.0).round() / 1000.0})
+        }
+        None => Value::Null,
+    }
 }
 
 /// SIGTERM to `pid` (instance 0, holding `clients`), then every client back through `urls`

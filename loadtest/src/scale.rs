@@ -117,12 +117,7 @@ fn add_counts(into: &mut BTreeMap<String, u64>, counts: &Value) {
 
 /// The live tasks and open sockets an instance reports on `/metrics`.
 async fn scrape(port: u16) -> Option<Scraped> {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Full<bytes::Bytes>>();
-    let url = format!("http://127.0.0.1:{port}/metrics").parse().ok()?;
-    let resp = tokio::time::timeout(Duration::from_secs(2), client.get(url)).await.ok()?.ok()?;
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let text = crate::cluster::metrics_text(port).await?;
     let read = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok());
     Some(Scraped {
         tasks: read("callpay_runtime_tasks_alive ")?,

@@ -23,5 +23,6 @@ pub async fn ready(State(app): State<AppState>) -> Response {
 
 /// `GET /metrics`.
 pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.metrics.welcome_statements_at(app.store.welcome_statements());
     ([("content-type", "text/plain; version=0.0.4")], app.metrics.render(app.hub.rooms.connections())).into_response()
 }

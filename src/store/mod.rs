@@ -439,6 +439,11 @@ pub trait Store: Send + Sync + 'static {
         let clinic = self.clinic(clinic_id).await?;
         Ok(CallSnapshot { clinic, payments })
     }
+    /// Statements the welcome reads have taken so far, for `/metrics`; 0 for a store that
+    /// does not batch them.
+    fn welcome_statements(&self) -> u64 {
+        0
+    }
     /// Whether a Stripe event id was already processed.
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool>;
     /// Binds `call_id` to `clinic_id` if it is new, and returns the clinic it is bound to (the

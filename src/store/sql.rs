@@ -142,12 +142,6 @@ impl SqlStore {
         Ok(())
     }
 
-    /// Statements the welcomes' reads have taken so far; each reads every join that asked
-    /// while the readers were busy, so joins per statement shows how much they batch.
-    pub fn welcome_statements(&self) -> u64 {
-        self.snapshots.statements()
-    }
-
     /// Closes the pool, waiting for in-flight statements.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -622,6 +616,11 @@ impl Store for SqlStore {
     async fn call_snapshot(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
         // Read in one statement with every other welcome asked for meanwhile.
         self.snapshots.read(call_id, clinic_id).await
+    }
+
+    fn welcome_statements(&self) -> u64 {
+        // Each reads every join that asked while the readers were busy.
+        self.snapshots.statements()
     }
 
     async fn webhook_seen(&self, event_id: &str) -> StoreResult<bool> {

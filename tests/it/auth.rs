@@ -61,6 +61,10 @@ async fn bad_tokens_get_401_before_upgrade() {
     assert!(first.to_text().unwrap().contains("\"welcome\""));
     let metrics = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
     assert!(metrics.contains("callpay_ws_joins_refused_total 4"), "{metrics}");
+    // The one welcome was read in one statement, and a second scrape does not count it again.
+    assert!(metrics.contains("callpay_store_welcome_statements_total 1\n"), "{metrics}");
+    let again = hub.http.send("GET", &format!("{}/metrics", hub.info.hub_url), &[], String::new()).await.2;
+    assert!(again.contains("callpay_store_welcome_statements_total 1\n"), "{again}");
 }
 
 #[tokio::test]
