@@ -281,6 +281,27 @@ struct Run {
 }
 
 impl Run {
+    /// A run of `workers` fleet workers holding `total_sockets`, starting now.
+    fn new(rx: mpsc::UnboundedReceiver<Report>, workers: usize, total_sockets: usize) -> Self {
+        Self {
+            started: Instant::now(),
+            rx,
+            workers,
+            connected_by_worker: vec![0; workers],
+            reported: vec![false; workers],
+            seconds: Vec::new(),
+            current: Second::default(),
+            cpu_last: [0; 4],
+            cpu_at: 0.0,
+            last_sample: Instant::now(),
+            done: Vec::new(),
+            marks: Vec::new(),
+            total_sockets,
+            hub_ended_last: Vec::new(),
+            stalled_by_worker: Vec::new(),
+        }
+    }
+
     fn now(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
     }
@@ -471,23 +492,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Value> {
     let (tx, rx) = mpsc::unbounded_channel();
     let calls = plan.sockets / 2;
     let mut workers = start_workers(&plan, &cluster, tx).await?;
-    let mut run = Run {
-        started: Instant::now(),
-        rx,
-        workers: workers.len(),
-        connected_by_worker: vec![0; workers.len()],
-        reported: vec![false; workers.len()],
-        seconds: Vec::new(),
-        current: Second::default(),
-        cpu_last: [0; 4],
-        cpu_at: 0.0,
-        last_sample: Instant::now(),
-        done: Vec::new(),
-        marks: Vec::new(),
-        total_sockets: calls * 2,
-        hub_ended_last: Vec::new(),
-        stalled_by_worker: Vec::new(),
-    };
+    let mut run = Run::new(rx, workers.len(), calls * 2);
     // Setup: every socket joined once.
     let mut ready = Vec::new();
     let setup_deadline = Instant::now() + Duration::from_secs(900);
@@ -831,23 +836,7 @@ mod tests {
     #[test]
     fn cpu_in_a_window_is_a_share_of_the_time_its_readings_cover() {
         let (_tx, rx) = mpsc::unbounded_channel();
-        let mut run = Run {
-            started: Instant::now(),
-            rx,
-            workers: 1,
-            connected_by_worker: vec![0],
-            reported: vec![false],
-            seconds: Vec::new(),
-            current: Second::default(),
-            cpu_last: [0; 4],
-            cpu_at: 0.0,
-            last_sample: Instant::now(),
-            done: Vec::new(),
-            marks: Vec::new(),
-            total_sockets: 2,
-            hub_ended_last: Vec::new(),
-            stalled_by_worker: Vec::new(),
-        };
+        let mut run = Run::new(rx, 1, 2);
         // Instances at one core throughout; the coordinator closed no second from 2 s to 32 s.
         for (t, span) in [(1.0, 1.0), (2.0, 1.0), (32.0, 30.0)] {
             let us = (span * 1e6) as u64;
