@@ -183,7 +183,7 @@ pub async fn start_several(
     let demo = start_inner(data_dir, listen, stripe_sim::SimConfig::default(), &tweak, |s| s, Some(redis_url)).await?;
     let mut more = Vec::new();
     for _ in 1..nodes.max(1) {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(listen.ip(), 0)).await?;
+        let listener = crate::http::serve::bind(SocketAddr::new(listen.ip(), 0)).await?;
         let addr = listener.local_addr()?;
         let mut config = demo.app.state.config.as_ref().clone();
         config.server.listen = addr;
@@ -215,7 +215,7 @@ async fn start_inner(
     wrap_store: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     redis_url: Option<&str>,
 ) -> anyhow::Result<Demo> {
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = crate::http::serve::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; choose another address with --listen 127.0.0.1:PORT"))?;
     let addr = listener.local_addr()?;

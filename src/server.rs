@@ -93,7 +93,7 @@ pub struct App {
 impl App {
     /// Binds `config.server.listen` and wires everything.
     pub async fn build(config: Config, deps: Dependencies, node_id: String) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(config.server.listen)
+        let listener = crate::http::serve::bind(config.server.listen)
             .await
             .with_context(|| format!("binding {}", config.server.listen))?;
         Self::build_on(listener, config, deps, node_id).await
@@ -109,7 +109,7 @@ impl App {
         let addr = listener.local_addr()?;
         let metrics_listener = match config.server.metrics_listen {
             Some(a) => Some(
-                tokio::net::TcpListener::bind(a)
+                crate::http::serve::bind(a)
                     .await
                     .with_context(|| format!("cannot listen on {a} for metrics (server.metrics_listen)"))?,
             ),

@@ -5,8 +5,10 @@
 //! the spread the reason names, after `4013` at the retry time give or take half a second with its ticket, after a
 //! refused connection the SDK's backoff; then joins the next live instance (a balancer's round
 //! robin), or, with `--nginx`, goes through nginx as every `scale` client does. Reported: how long until each client has its `welcome` again (p50, p99, max), the
-//! joins shed with `4013`, the connections refused, and the spread the node asked for. No
-//! traffic besides the joins; loopback only; stops by itself.
+//! joins shed with `4013`, the connections refused, and the spread the node asked for; how each
+//! attempt's time split between the TCP connect, the upgrade and the join (over every attempt,
+//! and attempt by attempt for the slowest clients); and the kernel's TCP counters over the storm
+//! ([`crate::netstat`]). No traffic besides the joins; loopback only; stops by itself.
 
 use crate::fleet::{is_failure, ticket_of, wait_after, with_ticket};
 use crate::{Hub, ws_request};
@@ -40,14 +42,78 @@ struct Counts {
     attempts: AtomicU64,
 }
 
-async fn open(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
+/// A TCP connection to `url`'s host from client `n`'s source address.
+async fn connect(url: &str, n: usize) -> anyhow::Result<tokio::net::TcpStream> {
     let authority = url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
     let socket = TcpSocket::new_v4()?;
     socket.bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % SOURCE_ADDRS) as u8), 0).into())?;
-    let stream = socket.connect(authority.parse()?).await?;
+    Ok(socket.connect(authority.parse()?).await?)
+}
+
+/// The WebSocket upgrade of `url` over `stream` (until its `101`, or the refusal).
+async fn upgrade(url: &str, stream: tokio::net::TcpStream) -> anyhow::Result<crate::Ws> {
     let (ws, _) =
         tokio_tungstenite::client_async(ws_request(url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
     Ok(ws)
+}
+
+async fn open(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
+    upgrade(url, connect(url, n).await?).await
+}
+
+/// A stage of a join attempt.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// The TCP connect (to nginx, or to the instance without a balancer).
+    Tcp,
+    /// The HTTP upgrade: the request out until its `101` (or a refusal).
+    Upgrade,
+    /// From the `101` until the `welcome` or a close (`4013` when shed).
+    Answer,
+    /// From SIGTERM until the drained instance's close reached the client (failed: not a `4012`).
+    Close,
+}
+
+/// How long each stage of every attempt of the storm took, and how many failed.
+struct Split(std::sync::Mutex<[(hdrhistogram::Histogram<u64>, u64); 4]>);
+
+/// A connect that took this long waited for a SYN to be sent again (Linux's first
+/// retransmission timeout is 1 s): a listener's queue was full.
+const SYN_RETRANSMITTED: Duration = Duration::from_millis(950);
+
+impl Split {
+    fn new() -> anyhow::Result<Self> {
+        let histogram = || hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3);
+        Ok(Self(std::sync::Mutex::new([(histogram()?, 0), (histogram()?, 0), (histogram()?, 0), (histogram()?, 0)])))
+    }
+
+    /// Records the stage begun at `since`, whether it went through, and gives its milliseconds.
+    fn record(&self, stage: Stage, since: Instant, ok: bool) -> u128 {
+        let took = since.elapsed();
+        let mut stages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (histogram, failed) = &mut stages[stage as usize];
+        histogram.saturating_record(took.as_micros().max(1) as u64);
+        *failed += u64::from(!ok);
+        took.as_millis()
+    }
+
+    fn report(&self) -> Value {
+        let stages = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let one = |(h, failed): &(hdrhistogram::Histogram<u64>, u64), what: &str| {
+            let ms = |q: f64| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0;
+            json!({
+                "what": what, "count": h.len(), "failed": failed,
+                "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": (h.max() as f64 / 100.0).round() / 10.0,
+                "over_950ms": h.len() - h.count_between(0, SYN_RETRANSMITTED.as_micros() as u64 - 1),
+            })
+        };
+        json!({
+            "tcp_connect": one(&stages[Stage::Tcp as usize], "the client's TCP connect; over 950 ms is a SYN sent again"),
+            "upgrade": one(&stages[Stage::Upgrade as usize], "request to 101 or refusal, through the proxy if any"),
+            "answer": one(&stages[Stage::Answer as usize], "101 to welcome, or to a close (failed)"),
+            "drain_close": one(&stages[Stage::Close as usize], "SIGTERM to the drained instance's close at the client (failed: not 4012)"),
+        })
+    }
 }
 
 /// Reads until `welcome` (Ok) or a close (its code and reason).
@@ -168,16 +234,21 @@ async fn storm(
     let counts = Arc::new(Counts::default());
     let spread_said = Arc::new(std::sync::Mutex::new(None::<String>));
     let urls = Arc::new(urls);
+    let split = Arc::new(Split::new()?);
+    let kernel_before = crate::netstat::read();
     let drained_at = Instant::now();
     let mut back = Vec::with_capacity(sockets);
     for (i, mut ws) in clients.into_iter().enumerate() {
-        let (counts, urls, spread_said) = (counts.clone(), urls.clone(), spread_said.clone());
+        let (counts, urls, spread_said, split) = (counts.clone(), urls.clone(), spread_said.clone(), split.clone());
         back.push(tokio::spawn(async move {
             // The drain's close.
             let (mut code, mut reason) = match until_welcome(&mut ws).await {
                 Err(close) => close,
                 Ok(()) => (1000, String::new()),
             };
+            // When the close came: the spread starts from it, so a close sent (or read) late
+            // brings its client back late whatever the spread.
+            let closed_at = split.record(Stage::Close, drained_at, code == 4012);
             if code == 4012 {
                 spread_said.lock().unwrap().get_or_insert(reason.clone());
             }
@@ -191,29 +262,59 @@ async fn storm(
             let mut path = Vec::new();
             loop {
                 let wait = wait_after(code, &reason, failures);
-                path.push(format!("{code} +{}ms", wait.as_millis()));
+                match path.is_empty() {
+                    true => path.push(format!("{code} @{closed_at}ms +{}ms", wait.as_millis())),
+                    false => path.push(format!("{code} +{}ms", wait.as_millis())),
+                }
                 tokio::time::sleep(wait).await;
                 attempt += 1;
                 if is_failure(code) {
                     failures += 1;
                 }
                 counts.attempts.fetch_add(1, Ordering::Relaxed);
-                let target = &urls[(i + attempt as usize) % urls.len()][i];
+                let target = with_ticket(&urls[(i + attempt as usize) % urls.len()][i], ticket.as_deref());
                 if ticket.is_some() {
                     counts.ticketed.fetch_add(1, Ordering::Relaxed);
                 }
-                match open(&with_ticket(target, ticket.as_deref()), i).await {
-                    Ok(mut ws) => match until_welcome(&mut ws).await {
-                        Ok(()) => return Some((drained_at.elapsed(), ws, path)),
-                        Err((c, r)) => {
-                            if c == 4013 {
-                                counts.shed.fetch_add(1, Ordering::Relaxed);
-                                ticket = ticket_of(c, &r);
+                // Each stage timed on its own: where an attempt's time goes (the kernel's
+                // connect, the proxy and the instance's upgrade, the instance's join).
+                let at = drained_at.elapsed().as_millis();
+                let stage = Instant::now();
+                let attempted = match connect(&target, i).await {
+                    Err(_) => Err(format!("@{at}ms tcp failed after {}ms", split.record(Stage::Tcp, stage, false))),
+                    Ok(stream) => {
+                        let tcp = split.record(Stage::Tcp, stage, true);
+                        let stage = Instant::now();
+                        match upgrade(&target, stream).await {
+                            Err(_) => Err(format!(
+                                "@{at}ms tcp {tcp}ms, upgrade refused after {}ms",
+                                split.record(Stage::Upgrade, stage, false)
+                            )),
+                            Ok(ws) => {
+                                let up = split.record(Stage::Upgrade, stage, true);
+                                Ok((ws, format!("@{at}ms tcp {tcp}ms, upgrade {up}ms, answer in")))
                             }
-                            (code, reason) = (c, r);
                         }
-                    },
-                    Err(_) => {
+                    }
+                };
+                match attempted {
+                    Ok((mut ws, timings)) => {
+                        let stage = Instant::now();
+                        let answer = until_welcome(&mut ws).await;
+                        path.push(format!("{timings} {}ms", split.record(Stage::Answer, stage, answer.is_ok())));
+                        match answer {
+                            Ok(()) => return Some((drained_at.elapsed(), ws, path)),
+                            Err((c, r)) => {
+                                if c == 4013 {
+                                    counts.shed.fetch_add(1, Ordering::Relaxed);
+                                    ticket = ticket_of(c, &r);
+                                }
+                                (code, reason) = (c, r);
+                            }
+                        }
+                    }
+                    Err(timings) => {
+                        path.push(timings);
                         counts.refused.fetch_add(1, Ordering::Relaxed);
                         (code, reason) = (1006, String::new());
                     }
@@ -247,6 +348,7 @@ async fn storm(
             None => lost += 1,
         }
     }
+    let kernel = crate::netstat::growth(&kernel_before, &crate::netstat::read());
     slowest.sort_by_key(|s| std::cmp::Reverse(s.0));
     slowest.truncate(SLOWEST);
     let slowest: Vec<Value> =
@@ -276,6 +378,8 @@ async fn storm(
         "attempts_with_ticket": counts.ticketed.load(Ordering::Relaxed),
         "connections_refused": counts.refused.load(Ordering::Relaxed),
         "join_attempts": counts.attempts.load(Ordering::Relaxed),
+        "attempt_stages": split.report(),
+        "kernel_tcp_during_storm": kernel,
         "slowest": slowest,
     });
     drop(kept);

@@ -29,6 +29,7 @@ mod compare;
 mod confirm;
 mod drain;
 mod fleet;
+mod netstat;
 mod scale;
 
 use anyhow::{Context, bail};
