@@ -198,7 +198,7 @@ impl Server {
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             crate::ws_request(&url)?,
             tokio_tungstenite::MaybeTlsStream::Plain(stream),
-            Some(client_config()),
+            Some(crate::client_config()),
         )
         .await?;
         match self.proto {
@@ -227,16 +227,6 @@ impl Server {
         }
         Ok(ws)
     }
-}
-
-/// The generator's socket buffers, sized for the small frames both peers send. tungstenite's
-/// default 128 KiB read buffer is allocated and zeroed for every socket opened: in the join
-/// profile that page-faulting and zeroing was about a quarter of the generator's CPU, taken
-/// from the two cores the server under test shares with it.
-fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(4 * 1024)
 }
 
 async fn text(ws: &mut Ws) -> anyhow::Result<String> {

@@ -81,8 +81,8 @@ pub async fn run(hub: &Hub, calls: usize, rate: u64) -> anyhow::Result<Value> {
         let pat_url = hub.url(0, &call, "pat", Role::Patient);
         setups.push(tokio::spawn(async move {
             let _slot = gate.acquire().await?;
-            let (mut doc, _) = tokio_tungstenite::connect_async(crate::ws_request(&doc_url)?).await?;
-            let (mut pat, _) = tokio_tungstenite::connect_async(crate::ws_request(&pat_url)?).await?;
+            let mut doc = crate::connect_ws(&doc_url).await?;
+            let mut pat = crate::connect_ws(&pat_url).await?;
             send(&mut doc, json!({"type": "payment.request", "client_ref": "r1", "amount": 5000, "currency": "aud", "description": "Consult"})).await?;
             let payment = until_payable(&mut pat).await?;
             Ok::<_, anyhow::Error>((doc, pat, payment))

@@ -52,8 +52,12 @@ async fn connect(url: &str, n: usize) -> anyhow::Result<tokio::net::TcpStream> {
 
 /// The WebSocket upgrade of `url` over `stream` (until its `101`, or the refusal).
 async fn upgrade(url: &str, stream: tokio::net::TcpStream) -> anyhow::Result<crate::Ws> {
-    let (ws, _) =
-        tokio_tungstenite::client_async(ws_request(url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        ws_request(url)?,
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Some(crate::client_config()),
+    )
+    .await?;
     Ok(ws)
 }
 

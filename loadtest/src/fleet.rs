@@ -537,8 +537,12 @@ async fn connect(url: &str, n: usize) -> anyhow::Result<crate::Ws> {
     socket.bind((std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % SOURCE_ADDRS) as u8), 0).into())?;
     let stream = socket.connect(authority.parse()?).await?;
     stream.set_nodelay(true)?;
-    let (ws, _) =
-        tokio_tungstenite::client_async(ws_request(url)?, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        ws_request(url)?,
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        Some(crate::client_config()),
+    )
+    .await?;
     Ok(ws)
 }
 
