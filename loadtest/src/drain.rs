@@ -74,15 +74,18 @@ enum Stage {
     Upgrade,
     /// From the `101` until the `welcome` or a close (`4013` when shed).
     Answer,
-    /// From SIGTERM until the drained instance's close reached the client (failed: not a `4012`).
+    /// From the storm's start (SIGTERM, see `signal_sent_after_ms`) until the drained instance's
+    /// close reached the client: once per client (failed: not a `4012`, or none within 30 s).
     Close,
 }
 
-/// How long each stage of every attempt of the storm took, and how many failed.
+/// How long each stage of the storm's attempts took (and each client's wait for the drain's
+/// close), and how many failed: failed ones are in the percentiles too.
 struct Split(std::sync::Mutex<[(hdrhistogram::Histogram<u64>, u64); 4]>);
 
-/// A connect that took this long waited for a SYN to be sent again (Linux's first
-/// retransmission timeout is 1 s): a listener's queue was full.
+/// A connect or upgrade that took this long probably waited for a packet of the handshake to be
+/// sent again (Linux's first retransmission timeout is 1 s), though a starved generator reading
+/// its answer late looks the same: the kernel counters tell which.
 const SYN_RETRANSMITTED: Duration = Duration::from_millis(950);
 
 impl Split {
@@ -103,19 +106,25 @@ impl Split {
 
     fn report(&self) -> Value {
         let stages = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let one = |(h, failed): &(hdrhistogram::Histogram<u64>, u64), what: &str| {
-            let ms = |q: f64| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0;
-            json!({
+        let one = |stage: Stage, what: &str| {
+            let (h, failed) = &stages[stage as usize];
+            let ms = |v: u64| (v as f64 / 100.0).round() / 10.0;
+            let mut figures = json!({
                 "what": what, "count": h.len(), "failed": failed,
-                "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99), "max_ms": (h.max() as f64 / 100.0).round() / 10.0,
-                "over_950ms": h.len() - h.count_between(0, SYN_RETRANSMITTED.as_micros() as u64 - 1),
-            })
+                "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
+                "p99_ms": ms(h.value_at_quantile(0.99)), "max_ms": ms(h.max()),
+            });
+            // Only a handshake's stages wait on retransmissions.
+            if matches!(stage, Stage::Tcp | Stage::Upgrade) {
+                figures["over_950ms"] = json!(h.len() - h.count_between(0, SYN_RETRANSMITTED.as_micros() as u64 - 1));
+            }
+            figures
         };
         json!({
-            "tcp_connect": one(&stages[Stage::Tcp as usize], "the client's TCP connect; over 950 ms is a SYN sent again"),
-            "upgrade": one(&stages[Stage::Upgrade as usize], "request to 101 or refusal, through the proxy if any"),
-            "answer": one(&stages[Stage::Answer as usize], "101 to welcome, or to a close (failed)"),
-            "drain_close": one(&stages[Stage::Close as usize], "SIGTERM to the drained instance's close at the client (failed: not 4012)"),
+            "tcp_connect": one(Stage::Tcp, "the client's TCP connect; over 950 ms: probably a SYN sent again"),
+            "upgrade": one(Stage::Upgrade, "request to 101 or refusal, through the proxy if any; over 950 ms: probably a packet of nginx's connect sent again"),
+            "answer": one(Stage::Answer, "101 to welcome, or to a close (failed)"),
+            "drain_close": one(Stage::Close, "storm start to the drained instance's close at the client (failed: not 4012)"),
         })
     }
 }
@@ -266,9 +275,10 @@ async fn storm(
             let mut path = Vec::new();
             loop {
                 let wait = wait_after(code, &reason, failures);
-                match path.is_empty() {
-                    true => path.push(format!("{code} @{closed_at}ms +{}ms", wait.as_millis())),
-                    false => path.push(format!("{code} +{}ms", wait.as_millis())),
+                if path.is_empty() {
+                    path.push(format!("{code} @{closed_at}ms +{}ms", wait.as_millis()));
+                } else {
+                    path.push(format!("{code} +{}ms", wait.as_millis()));
                 }
                 tokio::time::sleep(wait).await;
                 attempt += 1;
@@ -329,6 +339,9 @@ async fn storm(
             }
         }));
     }
+    // Times count from before the clients' tasks were spawned; the report says how much later
+    // the signal went.
+    let signal_sent_after = drained_at.elapsed();
     // SAFETY: kill(2) with a pid of our own child and a plain signal number.
     unsafe {
         libc::kill(pid as i32, libc::SIGTERM);
@@ -383,6 +396,7 @@ async fn storm(
         "connections_refused": counts.refused.load(Ordering::Relaxed),
         "join_attempts": counts.attempts.load(Ordering::Relaxed),
         "attempt_stages": split.report(),
+        "signal_sent_after_ms": signal_sent_after.as_millis() as u64,
         "kernel_tcp_during_storm": kernel,
         "slowest": slowest,
     });

@@ -27,26 +27,27 @@ const COUNTERS: [(&str, &str, &str); 7] = [
 ];
 
 /// The counters of [`COUNTERS`] in `texts` (files in the format of `/proc/net/netstat`: for each
-/// table a line of names and a line of values, both starting `Table:`). A counter not found is
-/// left out, so an older kernel gives a shorter report rather than a wrong one.
+/// table a line of names and then a line of values, both starting `Table:`). A counter not
+/// found is left out, so an older kernel gives a shorter report rather than a wrong one; a
+/// line without its partner is skipped without shifting the tables after it.
 pub fn parse(texts: &[&str]) -> BTreeMap<&'static str, u64> {
     let mut found = BTreeMap::new();
     for text in texts {
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks_exact(2) {
-            let (Some((table, names)), Some((same, values))) = (pair[0].split_once(':'), pair[1].split_once(':'))
-            else {
-                continue;
-            };
-            if table != same {
-                continue;
-            }
-            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
-                if let Some((_, _, ours)) = COUNTERS.iter().find(|(t, f, _)| *t == table && *f == name)
-                    && let Ok(value) = value.parse::<u64>()
-                {
-                    found.insert(*ours, value);
+        // The names line waiting for its values line.
+        let mut names: Option<(&str, &str)> = None;
+        for line in text.lines() {
+            let Some((table, rest)) = line.split_once(':') else { continue };
+            match names.take() {
+                Some((named, fields)) if named == table => {
+                    for (name, value) in fields.split_whitespace().zip(rest.split_whitespace()) {
+                        if let Some((_, _, ours)) = COUNTERS.iter().find(|(t, f, _)| *t == table && *f == name)
+                            && let Ok(value) = value.parse::<u64>()
+                        {
+                            found.insert(*ours, value);
+                        }
+                    }
                 }
+                _ => names = Some((table, rest)),
             }
         }
     }
@@ -79,7 +80,8 @@ mod tests {
                        TcpExt: 5 9 120 131 40 77\n\
                        IpExt: InNoRoutes ListenDrops\n\
                        IpExt: 1 999\n";
-        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm OutRsts RetransSegs\nTcp: 1 12 300\n";
+        // A names line without its values (a truncated read) must not shift the tables after it.
+        let snmp = "Icmp: InMsgs\nTcp: RtoAlgorithm OutRsts RetransSegs\nTcp: 1 12 300\n";
         let read = parse(&[netstat, snmp]);
         assert_eq!(read["listen_overflows"], 120);
         assert_eq!(read["listen_drops"], 131, "IpExt's field of the same name is not TcpExt's");
@@ -98,6 +100,7 @@ mod tests {
         assert_eq!(growth(&before, &after), BTreeMap::from([("listen_drops", 15), ("syn_retransmits", 0)]));
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn this_machine_s_counters_are_readable() {
         // The run's report depends on it; a kernel without these files would show empty figures.
