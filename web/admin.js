@@ -251,7 +251,27 @@ async function toggleRefund(p) {
   if (payments.refunding.get(p.id) === state) renderPayments();
 }
 
+/**
+ * A payment's refund form. It is built once per opening and kept in `state`: the list redraws
+ * it (its figures arrive, the list reloads) by moving the same elements and updating what
+ * changed, because a form built afresh detached the button under a click landing at that
+ * moment, and the refund was never sent.
+ */
 function refundRow(p, state) {
+  if (!state.view) state.view = buildRefundRow(p, state);
+  const { tr, amount, submit, error } = state.view;
+  const left = state.left ?? (p.amount_received ?? p.amount) - p.amount_refunded;
+  // What is typed is kept as it is typed; until then the form offers all that remains.
+  if (!state.amount) amount.value = (left / 100).toFixed(2);
+  amount.title = t('refund.amount.help', { amount: money(left, p.currency) });
+  submit.textContent = state.sending ? t('refund.sending') : t('refund.submit');
+  submit.disabled = state.sending;
+  error.textContent = state.error;
+  return tr;
+}
+
+/** The elements of a refund form (see [`refundRow`]), wired to `state`. */
+function buildRefundRow(p, state) {
   const tr = document.createElement('tr');
   tr.className = 'refund';
   tr.dataset.refundOf = p.id;
@@ -260,7 +280,6 @@ function refundRow(p, state) {
   const form = document.createElement('form');
   form.className = 'filters';
   form.setAttribute('aria-label', t('refund.title'));
-  const left = state.left ?? (p.amount_received ?? p.amount) - p.amount_refunded;
   const field = (id, label, input) => {
     const div = document.createElement('div');
     const l = document.createElement('label');
@@ -274,8 +293,6 @@ function refundRow(p, state) {
   const amount = field(`refund-amount-${p.id}`, t('refund.amount'), document.createElement('input'));
   amount.inputMode = 'decimal';
   amount.dataset.role = 'refund-amount';
-  amount.value = state.amount || (left / 100).toFixed(2);
-  amount.title = t('refund.amount.help', { amount: money(left, p.currency) });
   const reason = field(`refund-reason-${p.id}`, t('refund.reason'), document.createElement('select'));
   reason.dataset.role = 'refund-reason';
   for (const r of REASONS) {
@@ -288,8 +305,6 @@ function refundRow(p, state) {
   const note = field(`refund-note-${p.id}`, t('refund.note'), document.createElement('input'));
   note.maxLength = 200;
   note.value = state.note;
-  // What is typed is kept as it is typed: the form may be redrawn (its figures arrive, the list
-  // reloads) while someone types.
   amount.addEventListener('input', () => { state.amount = amount.value; });
   reason.addEventListener('change', () => { state.reason = reason.value; });
   note.addEventListener('input', () => { state.note = note.value; });
@@ -298,8 +313,6 @@ function refundRow(p, state) {
   const submit = document.createElement('button');
   submit.type = 'submit';
   submit.dataset.role = 'refund-submit';
-  submit.textContent = state.sending ? t('refund.sending') : t('refund.submit');
-  submit.disabled = state.sending;
   const close = document.createElement('button');
   close.type = 'button';
   close.className = 'secondary';
@@ -308,11 +321,11 @@ function refundRow(p, state) {
   const error = document.createElement('span');
   error.className = 'error';
   error.setAttribute('role', 'alert');
-  error.textContent = state.error;
   row.append(submit, close, error);
   form.append(row);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
+    if (state.sending) return;
     state.amount = amount.value;
     state.reason = reason.value;
     state.note = note.value;
@@ -350,7 +363,7 @@ function refundRow(p, state) {
   });
   td.append(form);
   tr.append(td);
-  return tr;
+  return { tr, amount, submit, error };
 }
 
 function statusLabel(p) {
