@@ -248,24 +248,46 @@ async function toggleRefund(p) {
   } catch (_) {
     // The list's own figures stand in.
   }
-  if (payments.refunding.get(p.id) === state) renderPayments();
+  if (payments.refunding.get(p.id) === state) redrawRefund(p.id, state);
 }
 
 /**
- * A payment's refund form. It is built once per opening and kept in `state`: the list redraws
- * it (its figures arrive, the list reloads) by moving the same elements and updating what
- * changed, because a form built afresh detached the button under a click landing at that
- * moment, and the refund was never sent.
+ * Updates an open refund form where it stands, with the payment as the list now has it. The
+ * rest of the list is left alone: a redraw takes the form out of the page for a moment, and
+ * a button pressed then never gets its click (the refund would not be sent), while a field
+ * being typed in loses its focus.
+ */
+function redrawRefund(paymentId, state) {
+  const current = payments.rows.find((r) => r.id === paymentId);
+  if (!current || !state.view?.tr.isConnected) {
+    renderPayments();
+    return;
+  }
+  refundRow(current, state);
+}
+
+/**
+ * A payment's refund form. It is built once per opening (and language) and kept in `state`; its
+ * own changes (the hub's figures arriving, sending, an error) update it where it stands
+ * ([`redrawRefund`]), and a redraw of the whole list moves the same elements. A form built afresh
+ * at each redraw lost a click landing at that moment, and the refund was never sent.
  */
 function refundRow(p, state) {
-  if (!state.view) state.view = buildRefundRow(p, state);
+  // Built again only in another language (its labels and choices are written once).
+  if (state.view?.lang !== lang) {
+    state.view = buildRefundRow(p, state);
+    state.view.lang = lang;
+    if (state.edited) state.view.amount.value = state.amount;
+  }
   const { tr, amount, submit, error } = state.view;
   const left = state.left ?? (p.amount_received ?? p.amount) - p.amount_refunded;
   // What is typed is kept as it is typed; until then the form offers all that remains.
-  if (!state.amount) amount.value = (left / 100).toFixed(2);
+  if (!state.edited) amount.value = (left / 100).toFixed(2);
   amount.title = t('refund.amount.help', { amount: money(left, p.currency) });
   submit.textContent = state.sending ? t('refund.sending') : t('refund.submit');
   submit.disabled = state.sending;
+  // Closing while a refund is on its way would let a new form send a second one under a new key.
+  state.view.close.disabled = state.sending;
   error.textContent = state.error;
   return tr;
 }
@@ -305,7 +327,7 @@ function buildRefundRow(p, state) {
   const note = field(`refund-note-${p.id}`, t('refund.note'), document.createElement('input'));
   note.maxLength = 200;
   note.value = state.note;
-  amount.addEventListener('input', () => { state.amount = amount.value; });
+  amount.addEventListener('input', () => { state.amount = amount.value; state.edited = true; });
   reason.addEventListener('change', () => { state.reason = reason.value; });
   note.addEventListener('input', () => { state.note = note.value; });
   const row = document.createElement('p');
@@ -332,12 +354,12 @@ function buildRefundRow(p, state) {
     const value = cents(amount.value);
     if (!value) {
       state.error = t('refund.error.invalid_amount');
-      renderPayments();
+      redrawRefund(p.id, state);
       return;
     }
     state.sending = true;
     state.error = '';
-    renderPayments();
+    redrawRefund(p.id, state);
     try {
       const r = await api('POST', `/v1/payments/${encodeURIComponent(p.id)}/refunds`, {
         amount: value, reason: state.reason, note: state.note || undefined, request_key: state.key,
@@ -359,11 +381,11 @@ function buildRefundRow(p, state) {
       }
     }
     state.sending = false;
-    renderPayments();
+    redrawRefund(p.id, state);
   });
   td.append(form);
   tr.append(td);
-  return { tr, amount, submit, error };
+  return { tr, amount, submit, close, error };
 }
 
 function statusLabel(p) {
