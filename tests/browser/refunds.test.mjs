@@ -22,13 +22,21 @@ function adminUrl(info) {
   return `${info.hub_url}/admin/client-payment?clinic=${info.clinic_id}#token=${info.clinic_admin_token}`;
 }
 
+/**
+ * A clinic admin's page on its Payments tab (`tab`, named in the page's language), and the row
+ * of the payment described `description`.
+ */
+async function paymentsTab(info, description, { lang, tab = 'Payments' } = {}) {
+  const admin = await page(b, lang ? { lang } : {});
+  await admin.goto(adminUrl(info));
+  await admin.getByRole('tab', { name: tab }).click();
+  return { admin, row: admin.locator('#payments tr[data-payment-id]', { hasText: description }) };
+}
+
 test('a partial then a full refund from the admin page, seen by the patient still in the call', async () => {
   await inCall(b, async ({ info, doc, pat }) => {
     await paid(doc, pat, '50.00', 'Consultation');
-    const admin = await page(b);
-    await admin.goto(adminUrl(info));
-    await admin.getByRole('tab', { name: 'Payments' }).click();
-    const row = admin.locator('#payments tr[data-payment-id]', { hasText: 'Consultation' });
+    const { admin, row } = await paymentsTab(info, 'Consultation');
     await row.getByRole('button', { name: 'Refund' }).click();
     const form = admin.locator('tr.refund');
     assert.equal(await form.getByLabel('Amount to refund').inputValue(), '50.00', 'all that remains, offered');
@@ -113,10 +121,7 @@ test('the refund form is updated where it stands when its figures arrive, so a c
   // failed once in a fresh-clone run).
   await inCall(b, async ({ info, doc, pat }) => {
     await paid(doc, pat, '50.00', 'Consultation');
-    const admin = await page(b);
-    await admin.goto(adminUrl(info));
-    await admin.getByRole('tab', { name: 'Payments' }).click();
-    const row = admin.locator('#payments tr[data-payment-id]', { hasText: 'Consultation' });
+    const { admin, row } = await paymentsTab(info, 'Consultation');
     let release;
     const held = new Promise((r) => { release = r; });
     let asked;
@@ -149,10 +154,7 @@ test('an open refund form follows a language switch and keeps what was typed', a
   // The form is built once per opening; a switch of language builds it again in the new one.
   await inCall(b, async ({ info, doc, pat }) => {
     await paid(doc, pat, '50.00', 'Consultation');
-    const admin = await page(b);
-    await admin.goto(adminUrl(info));
-    await admin.getByRole('tab', { name: 'Payments' }).click();
-    const row = admin.locator('#payments tr[data-payment-id]', { hasText: 'Consultation' });
+    const { admin, row } = await paymentsTab(info, 'Consultation');
     await row.getByRole('button', { name: 'Refund' }).click();
     const form = admin.locator('tr.refund');
     await form.getByLabel('Amount to refund').fill('12.00');
@@ -166,10 +168,7 @@ test('an open refund form follows a language switch and keeps what was typed', a
 test('refunds and reports in Bengali, with no stray English', async () => {
   await inCall(b, async ({ info, doc, pat }) => {
     await paid(doc, pat, '50.00', 'Consultation');
-    const admin = await page(b, { lang: 'bn-BD' });
-    await admin.goto(adminUrl(info));
-    await admin.getByRole('tab', { name: 'পেমেন্টসমূহ' }).click();
-    const row = admin.locator('#payments tr[data-payment-id]', { hasText: 'Consultation' });
+    const { admin, row } = await paymentsTab(info, 'Consultation', { lang: 'bn-BD', tab: 'পেমেন্টসমূহ' });
     await row.getByRole('button', { name: 'ফেরত দিন' }).click();
     const form = admin.locator('tr.refund');
     await form.getByLabel('ফেরতের পরিমাণ').fill('৯০');
