@@ -4,7 +4,7 @@
 //! that arrived while the previous batch was written and writes them together: one multi-row
 //! insert and one read in one transaction, so one fsync per batch instead of one per call.
 
-use super::sql::IN_LIST_MAX;
+use super::sql::{CALLS_PER_READ, IN_LIST_MAX, placeholders};
 use super::{StoreError, StoreResult, now_ms};
 use sqlx::AnyPool;
 use sqlx::AssertSqlSafe;
@@ -117,13 +117,17 @@ async fn write(pool: &AnyPool, batch: &[Ask]) -> StoreResult<HashMap<String, Str
         q = q.bind(&ask.call_id).bind(&ask.clinic_id).bind(now);
     }
     q.execute(&mut *tx).await?;
-    let list: Vec<String> = (1..=calls.len()).map(|i| format!("${i}")).collect();
-    let select = format!("SELECT call_id, clinic_id FROM calls WHERE call_id IN ({})", list.join(", "));
-    let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(select));
-    for ask in &calls {
-        q = q.bind(&ask.call_id);
+    // Read back in short lists, which PostgreSQL reads through the primary key (see
+    // `CALLS_PER_READ`); the batch's whole list made it scan every call ever bound.
+    let mut bound = HashMap::with_capacity(calls.len());
+    for chunk in calls.chunks(CALLS_PER_READ) {
+        let select = format!("SELECT call_id, clinic_id FROM calls WHERE call_id IN ({})", placeholders(chunk.len()));
+        let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(select));
+        for ask in chunk {
+            q = q.bind(&ask.call_id);
+        }
+        bound.extend(q.fetch_all(&mut *tx).await?);
     }
-    let bound: HashMap<String, String> = q.fetch_all(&mut *tx).await?.into_iter().collect();
     tx.commit().await?;
     Ok(bound)
 }

@@ -17,6 +17,7 @@ mod links;
 mod money;
 mod nodes;
 mod outage;
+mod plans;
 mod receipts;
 mod recovery;
 mod refunds;
