@@ -18,10 +18,8 @@ use tokio_util::sync::CancellationToken;
 const ASKED_GAP: Duration = Duration::from_secs(1);
 /// Checks per sweep, so a hub with many waiting payments spreads its reads over sweeps.
 const PER_SWEEP: usize = 50;
-/// Calls whose waiting payments one sweep reads from the store at a time: as many as the store
-/// asks for in one statement (a longer list is split there anyway), so the reads are spread
-/// evenly over the sweep.
-const SWEEP_CHUNK: usize = 64;
+/// Calls whose waiting payments one sweep reads from the store at a time.
+const SWEEP_CHUNK: usize = 200;
 /// Checks of one sweep that wait on Stripe at the same time.
 const SWEEP_CONCURRENCY: usize = 8;
 /// Longest one check may wait on Stripe (its client retries inside this): a Stripe that does

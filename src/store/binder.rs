@@ -4,7 +4,7 @@
 //! that arrived while the previous batch was written and writes them together: one multi-row
 //! insert and one read in one transaction, so one fsync per batch instead of one per call.
 
-use super::sql::{CALLS_PER_READ, IN_LIST_MAX, placeholders};
+use super::sql::{IN_LIST_MAX, placeholders};
 use super::{StoreError, StoreResult, now_ms};
 use sqlx::AnyPool;
 use sqlx::AssertSqlSafe;
@@ -13,6 +13,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Bindings written in one transaction, at most (three bound values each).
 const MAX_BATCH: usize = 256;
+/// Calls one read-back asks for. PostgreSQL weighs a long `IN (…)` list against reading the
+/// whole table: with 35,000 calls bound and their statistics known, it read `calls` whole for
+/// a list of 256 (also in a copy of a 70,000-socket `scale` run's table); at 64 the primary key
+/// is the cheaper plan by a wide margin, which grows with the table.
+const READ_BACK: usize = 64;
 /// Bindings waiting for the writer, at most; a join past it waits for room.
 const QUEUE: usize = 4096;
 
@@ -118,9 +123,9 @@ async fn write(pool: &AnyPool, batch: &[Ask]) -> StoreResult<HashMap<String, Str
     }
     q.execute(&mut *tx).await?;
     // Read back in short lists, which PostgreSQL reads through the primary key (see
-    // `CALLS_PER_READ`); the batch's whole list made it scan every call ever bound.
+    // [`READ_BACK`]).
     let mut bound = HashMap::with_capacity(calls.len());
-    for chunk in calls.chunks(CALLS_PER_READ) {
+    for chunk in calls.chunks(READ_BACK) {
         let select = format!("SELECT call_id, clinic_id FROM calls WHERE call_id IN ({})", placeholders(chunk.len()));
         let mut q = sqlx::query_as::<_, (String, String)>(AssertSqlSafe(select));
         for ask in chunk {

@@ -42,17 +42,19 @@ struct Ask {
 pub(super) struct Snapshots {
     asks: mpsc::Sender<Ask>,
     pool: AnyPool,
+    /// Whether `pool` is PostgreSQL's (the statement differs: see `read_call_snapshots`).
+    postgres: bool,
     statements: Arc<AtomicU64>,
 }
 
 impl Snapshots {
     /// Starts the readers on the current runtime, at most `readers` statements at once (the
     /// rest of the pool stays free for payments and webhooks).
-    pub(super) fn start(pool: AnyPool, readers: usize) -> Self {
+    pub(super) fn start(pool: AnyPool, postgres: bool, readers: usize) -> Self {
         let (asks, queue) = mpsc::channel(QUEUE);
         let statements = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(pool.clone(), queue, readers.max(1), statements.clone()));
-        Self { asks, pool, statements }
+        tokio::spawn(run(pool.clone(), postgres, queue, readers.max(1), statements.clone()));
+        Self { asks, pool, postgres, statements }
     }
 
     /// The clinic `clinic_id` and every payment of `call_id`, read after this call was made.
@@ -81,12 +83,18 @@ impl Snapshots {
     }
 
     async fn alone(&self, call_id: &str, clinic_id: &str) -> StoreResult<CallSnapshot> {
-        let mut one = read_call_snapshots(&self.pool, &[(call_id, clinic_id)], &self.statements).await?;
+        let mut one = read_call_snapshots(&self.pool, self.postgres, &[(call_id, clinic_id)], &self.statements).await?;
         one.pop().unwrap_or_else(|| Err(StoreError::Corrupt(format!("no snapshot read for call {call_id}"))))
     }
 }
 
-async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>, readers: usize, statements: Arc<AtomicU64>) {
+async fn run(
+    pool: AnyPool,
+    postgres: bool,
+    mut queue: mpsc::Receiver<Ask>,
+    readers: usize,
+    statements: Arc<AtomicU64>,
+) {
     let free = Arc::new(Semaphore::new(readers));
     loop {
         // A reader is free before the queue is read: while every reader is busy, reads pile up
@@ -100,7 +108,7 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>, readers: usize, stat
         let statements = statements.clone();
         tokio::spawn(async move {
             let _reader = reader;
-            answer(&pool, batch, &statements).await;
+            answer(&pool, postgres, batch, &statements).await;
         });
     }
 }
@@ -110,15 +118,15 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Ask>, readers: usize, stat
 /// to repeat, and it still starts after every ask in the batch. Whatever happens, the asks are
 /// answered within [`ANSWER_WITHIN`]; a read still running then is awaited before the reader
 /// is free again.
-async fn answer(pool: &AnyPool, batch: Vec<Ask>, statements: &AtomicU64) {
+async fn answer(pool: &AnyPool, postgres: bool, batch: Vec<Ask>, statements: &AtomicU64) {
     let (pairs, replies): (Vec<(String, String)>, Vec<_>) =
         batch.into_iter().map(|a| ((a.call_id, a.clinic_id), a.reply)).unzip();
     let asked: Vec<(&str, &str)> = pairs.iter().map(|(call, clinic)| (call.as_str(), clinic.as_str())).collect();
     let read = async {
-        match read_call_snapshots(pool, &asked, statements).await {
+        match read_call_snapshots(pool, postgres, &asked, statements).await {
             Err(e) => {
                 tracing::warn!(error = %e, calls = asked.len(), "welcome read failed; trying once more");
-                read_call_snapshots(pool, &asked, statements).await
+                read_call_snapshots(pool, postgres, &asked, statements).await
             }
             read => read,
         }
@@ -188,7 +196,7 @@ mod tests {
         let statements = AtomicU64::new(0);
         let asked =
             [("call_a", "clinic_x"), ("call_b", "clinic_gone"), ("call_a", "clinic_x"), ("call_none", "clinic_x")];
-        let read = read_call_snapshots(&store.pool, &asked, &statements).await.unwrap();
+        let read = read_call_snapshots(&store.pool, false, &asked, &statements).await.unwrap();
         assert_eq!(statements.load(Ordering::Relaxed), 1);
         assert_eq!(read.len(), 4);
         assert_eq!(ids(&read[0]), ["pay_call_a_0", "pay_call_a_1"], "oldest first, each once");
@@ -207,10 +215,14 @@ mod tests {
             .execute(&store.pool)
             .await
             .unwrap();
-        let read =
-            read_call_snapshots(&store.pool, &[("call_a", "clinic_x"), ("call_b", "clinic_x")], &AtomicU64::new(0))
-                .await
-                .unwrap();
+        let read = read_call_snapshots(
+            &store.pool,
+            false,
+            &[("call_a", "clinic_x"), ("call_b", "clinic_x")],
+            &AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
         assert!(matches!(read[0], Err(StoreError::Corrupt(_))), "{:?}", read[0]);
         assert_eq!(ids(&read[1]), ["pay_call_b_0"]);
         // Through the readers too: the other call's join is answered.

@@ -95,8 +95,9 @@ impl SqlStore {
         let binder = Binder::start(pool.clone());
         // A quarter of the pool: the rest stays free for payments, webhooks and the binder.
         let pool_size = if sqlite { SQLITE_POOL } else { POSTGRES_POOL } as usize;
-        let snapshots = Snapshots::start(pool.clone(), pool_size / 4);
-        let store = Self { pool, postgres: url.starts_with("postgres"), binder, snapshots };
+        let postgres = url.starts_with("postgres");
+        let snapshots = Snapshots::start(pool.clone(), postgres, pool_size / 4);
+        let store = Self { pool, postgres, binder, snapshots };
         store.migrate().await?;
         Ok(store)
     }
@@ -213,15 +214,37 @@ const SNAPSHOT_SIZES: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
 /// Most (call, clinic) pairs one welcome read takes.
 pub(super) const SNAPSHOTS_MAX: usize = SNAPSHOT_SIZES[SNAPSHOT_SIZES.len() - 1];
 
-/// The welcome read of [`SNAPSHOT_SIZES`]`[i]` calls at index `i`.
-static CALL_SNAPSHOTS_SQL: std::sync::LazyLock<Vec<String>> =
-    std::sync::LazyLock::new(|| SNAPSHOT_SIZES.iter().map(|&calls| call_snapshots_sql(calls)).collect());
+/// The welcome read of [`SNAPSHOT_SIZES`]`[i]` calls at index `i`, for SQLite (`[0]`) and for
+/// PostgreSQL (`[1]`).
+static CALL_SNAPSHOTS_SQL: std::sync::LazyLock<[Vec<String>; 2]> = std::sync::LazyLock::new(|| {
+    [false, true].map(|postgres| SNAPSHOT_SIZES.iter().map(|&calls| call_snapshots_sql(calls, postgres)).collect())
+});
+
+/// The payments of one call, as `p`, for a statement to join each call it asks about to:
+/// `call` is the SQL expression naming the call.
+///
+/// On PostgreSQL a subquery per call, fenced with `OFFSET 0` so the planner cannot fold it into
+/// a join over the whole table: each call is then read through `payments_call`, whatever the
+/// planner knows. Without statistics on `payments` (autovacuum off, as on this machine, or a
+/// table grown faster than autovacuum analyses it) it guessed hundreds of payments per call and
+/// read the whole table for every welcome and every sweep or repair read, often with parallel
+/// workers forked for each: a quarter of the machine's time in a 70,000-socket rolling restart
+/// (README, "A national service's Monday morning"). SQLite uses the index for a plain join.
+fn payments_of_call(call: &str, postgres: bool) -> String {
+    if postgres {
+        format!(
+            "LATERAL (SELECT {PAYMENT_COLUMNS} FROM payments WHERE payments.call_id = {call} OFFSET 0) AS p ON TRUE"
+        )
+    } else {
+        format!("payments p ON p.call_id = {call}")
+    }
+}
 
 /// Several calls' clinics and payments in one statement: for each asked (call, clinic) pair,
 /// one row per payment (the clinic's columns repeated, as `c_…`), or one row of NULL payment
 /// columns when the call has none; the clinic's columns are NULL when it does not exist. Each
 /// row names its pair (`q_call`, `q_clinic`), and a pair's payments come oldest first.
-fn call_snapshots_sql(calls: usize) -> String {
+fn call_snapshots_sql(calls: usize, postgres: bool) -> String {
     let clinic: Vec<String> = CLINIC_COLUMNS.iter().map(|c| format!("c.{c} AS c_{c}")).collect();
     // Named explicitly: SQLite leaves a column's name unspecified without `AS`.
     let payment: Vec<String> = PAYMENT_COLUMNS.split(',').map(|c| format!("p.{c} AS {c}", c = c.trim())).collect();
@@ -229,11 +252,12 @@ fn call_snapshots_sql(calls: usize) -> String {
     // `column1` and `column2` are the names PostgreSQL and SQLite both give a VALUES list's columns.
     format!(
         "SELECT q.column1 AS q_call, q.column2 AS q_clinic, {}, {} FROM (VALUES {}) AS q \
-         LEFT JOIN clinics c ON c.id = q.column2 LEFT JOIN payments p ON p.call_id = q.column1 \
+         LEFT JOIN clinics c ON c.id = q.column2 LEFT JOIN {} \
          ORDER BY q.column1, q.column2, p.created_at, p.id",
         clinic.join(", "),
         payment.join(", "),
-        asked.join(", ")
+        asked.join(", "),
+        payments_of_call("q.column1", postgres)
     )
 }
 
@@ -243,6 +267,7 @@ fn call_snapshots_sql(calls: usize) -> String {
 /// rows could not be read (a corrupt row fails its own call's welcome, not the batch's).
 pub(super) async fn read_call_snapshots(
     pool: &AnyPool,
+    postgres: bool,
     asked: &[(&str, &str)],
     statements: &std::sync::atomic::AtomicU64,
 ) -> StoreResult<Vec<StoreResult<CallSnapshot>>> {
@@ -259,7 +284,7 @@ pub(super) async fn read_call_snapshots(
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut q = sqlx::query(AssertSqlSafe(CALL_SNAPSHOTS_SQL[size].as_str()));
+    let mut q = sqlx::query(AssertSqlSafe(CALL_SNAPSHOTS_SQL[usize::from(postgres)][size].as_str()));
     for i in 0..SNAPSHOT_SIZES[size] {
         // The padding is NULL, which joins nothing; its rows are skipped below.
         let (call, clinic) = pairs.get(i).map_or((None, None), |&(call, clinic)| (Some(call), Some(clinic)));
@@ -376,15 +401,6 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
 /// Most values one `IN (…)` list binds. PostgreSQL refuses a statement with more than 65,535
 /// parameters and SQLite's default limit is 32,766; lists longer than this are read in chunks.
 pub const IN_LIST_MAX: usize = 1000;
-
-/// Most calls one read by call id asks for. PostgreSQL weighs a long `IN (…)` list against
-/// scanning the whole table, and with tens of thousands of rows a list of a few hundred tips it
-/// over: `payments` of 35,000 calls was read by a (parallel) sequential scan for 200 calls, and
-/// `calls` for 256, in a 70,000-socket `scale` run (README, "A national service's Monday
-/// morning"), each read costing the whole table and forked workers. At 64 the index is the
-/// cheaper plan by a wide margin (a third of a sequential scan's estimate on those tables), and
-/// the margin grows with the table; more statements cost far less than a scan each.
-pub(super) const CALLS_PER_READ: usize = 64;
 
 /// `$1, $2, …, $n`.
 
@@ -765,11 +781,23 @@ impl Store for SqlStore {
 
     async fn payments_for_calls(&self, call_ids: &[String]) -> StoreResult<Vec<Payment>> {
         let mut found = Vec::new();
-        for chunk in call_ids.chunks(CALLS_PER_READ) {
-            let sql = format!(
-                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id IN ({}) ORDER BY created_at, id",
-                placeholders(chunk.len())
-            );
+        // Each call once: the lateral form would read a call asked twice twice.
+        let mut seen = std::collections::HashSet::with_capacity(call_ids.len());
+        let call_ids: Vec<&String> = call_ids.iter().filter(|c| seen.insert(c.as_str())).collect();
+        for chunk in call_ids.chunks(IN_LIST_MAX) {
+            let sql = if self.postgres {
+                let asked: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
+                format!(
+                    "SELECT p.* FROM (VALUES {}) AS q JOIN {} ORDER BY p.created_at, p.id",
+                    asked.join(", "),
+                    payments_of_call("q.column1", true)
+                )
+            } else {
+                format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE call_id IN ({}) ORDER BY created_at, id",
+                    placeholders(chunk.len())
+                )
+            };
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id);
