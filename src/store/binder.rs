@@ -2,7 +2,7 @@
 //! a write; on SQLite each write transaction is one fsync of the journal, and a reconnect storm
 //! or a Monday morning brings thousands of new calls a second. One task takes every binding
 //! that arrived while the previous batch was written and writes them together: one multi-row
-//! insert and one read in one transaction, so one fsync per batch instead of one per call.
+//! insert and its reads back in one transaction, so one fsync per batch instead of one per call.
 
 use super::sql::{IN_LIST_MAX, placeholders};
 use super::{StoreError, StoreResult, now_ms};

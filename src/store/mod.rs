@@ -453,7 +453,8 @@ pub trait Store: Send + Sync + 'static {
     async fn commit(&self, writes: &[Write]) -> StoreResult<Committed>;
     /// The clinics with these ids that exist, in one query.
     async fn clinics(&self, ids: &[String]) -> StoreResult<Vec<Clinic>>;
-    /// Every payment of these calls, oldest first, in one query.
+    /// Every payment of these calls (each asked once however often it is listed), oldest first,
+    /// in one query per thousand calls.
     async fn payments_for_calls(&self, call_ids: &[String]) -> StoreResult<Vec<Payment>>;
     /// An organisation by id.
     async fn org(&self, id: &str) -> StoreResult<Option<Org>>;

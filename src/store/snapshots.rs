@@ -42,7 +42,8 @@ struct Ask {
 pub(super) struct Snapshots {
     asks: mpsc::Sender<Ask>,
     pool: AnyPool,
-    /// Whether `pool` is PostgreSQL's (the statement differs: see `read_call_snapshots`).
+    /// Whether `pool` is PostgreSQL's (the statement joins payments differently: see
+    /// `payments_of_call`).
     postgres: bool,
     statements: Arc<AtomicU64>,
 }

@@ -224,8 +224,9 @@ static CALL_SNAPSHOTS_SQL: std::sync::LazyLock<[Vec<String>; 2]> = std::sync::La
 /// `call` is the SQL expression naming the call.
 ///
 /// On PostgreSQL a subquery per call, fenced with `OFFSET 0` so the planner cannot fold it into
-/// a join over the whole table: each call is then read through `payments_call`, whatever the
-/// planner knows. Without statistics on `payments` (autovacuum off, as on this machine, or a
+/// one join over the whole table: each call is a lookup of its own, which the planner reads
+/// through `payments_call` once the table is past a few pages, with or without statistics
+/// (`tests/it/plans.rs` checks it at 40,000 rows). Without statistics on `payments` (autovacuum off, as on this machine, or a
 /// table grown faster than autovacuum analyses it) it guessed hundreds of payments per call and
 /// read the whole table for every welcome and every sweep or repair read, often with parallel
 /// workers forked for each: a quarter of the machine's time in a 70,000-socket rolling restart
@@ -403,7 +404,6 @@ const UPDATE_PAYMENT: &str = "UPDATE payments SET call_id = $1, clinic_id = $2, 
 pub const IN_LIST_MAX: usize = 1000;
 
 /// `$1, $2, …, $n`.
-
 pub(super) fn placeholders(n: usize) -> String {
     (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }

@@ -10,7 +10,8 @@
 //! tables have been analysed.
 //!
 //! What PostgreSQL did is read from its own counters (`pg_stat_user_tables`), which a backend
-//! reports when it exits: the store is closed before they are read.
+//! reports at the end of a transaction (at most once a second) and when it exits: they are
+//! read once every other backend of the database has gone.
 
 use crate::services::TempDb;
 use callpay::store::{SqlStore, Store};
@@ -36,19 +37,20 @@ fn scans(url: &str, table: &str) -> (u64, u64) {
     (seq.parse().unwrap(), idx.parse().unwrap())
 }
 
-/// Waits until PostgreSQL's counters for `table` stop moving (the closed store's backends have
-/// reported), then answers them.
+/// [`scans`] once every other backend of the database has exited, having reported its counters.
 fn settled_scans(url: &str, table: &str) -> (u64, u64) {
-    let mut last = scans(url, table);
-    for _ in 0..20 {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-        let now = scans(url, table);
-        if now == last {
-            return now;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let others = psql_value(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        );
+        if others == "0" {
+            return scans(url, table);
         }
-        last = now;
+        assert!(std::time::Instant::now() < deadline, "{others} backends still connected after 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    last
 }
 
 /// (call, its clinic) for every `step`-th call from the `first`-th, as the table numbers them.
@@ -76,7 +78,9 @@ async fn reads_by_hundreds_of_calls_go_through_the_indexes_on_tables_of_tens_of_
     psql_value(
         &db.url,
         &format!(
-            "INSERT INTO calls (call_id, clinic_id, created_at) \
+            "INSERT INTO clinics (id, org_id, name, updated_at) \
+               SELECT 'clinic_' || i, 'org_1', 'Clinic ' || i, {EPOCH} FROM generate_series(0, 49) i; \
+             INSERT INTO calls (call_id, clinic_id, created_at) \
                SELECT 'call_' || md5(i::text), 'clinic_' || (i % 50), {EPOCH} + i \
                FROM generate_series(0, {last}) i; \
              INSERT INTO payments (id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, \
@@ -84,6 +88,10 @@ async fn reads_by_hundreds_of_calls_go_through_the_indexes_on_tables_of_tens_of_
                SELECT 'pay_' || md5(i::text), 'call_' || md5(i::text), 'clinic_' || (i % 50), 'ref_' || i, \
                'doc_' || (i % 50), 'Dr Who', 4200, 'aud', 'Consultation', 'requested', 1, 'acct_' || (i % 50), \
                {EPOCH} + i, {EPOCH} + i FROM generate_series(0, {last}) i; \
+             INSERT INTO payments (id, call_id, clinic_id, client_ref, requested_by_id, requested_by_name, amount, \
+               currency, description, status, version, stripe_account, created_at, updated_at) \
+               SELECT 'pay_many_' || i, 'call_many', 'clinic_1', 'ref_many_' || i, 'doc_1', 'Dr Who', 100 * i, 'aud', \
+               'Consultation', 'requested', 1, 'acct_1', {EPOCH} + 10 * ((i * 2) % 3), {EPOCH} FROM generate_series(0, 2) i; \
              UPDATE payments SET payment_intent_id = 'pi_' || md5(id), client_secret = 'pi_' || md5(id) || '_secret', \
                version = 2",
             last = ROWS - 1
@@ -130,11 +138,17 @@ async fn reads_by_many_calls(url: &str) -> [u64; 2] {
         assert_eq!(&bound.expect("bound"), clinic, "{call} keeps its clinic");
     }
     let welcomes = welcomed.iter().map(|(call, clinic)| store.call_snapshot(call, clinic));
-    for ((call, _), snapshot) in welcomed.iter().zip(futures_util::future::join_all(welcomes).await) {
+    for ((call, clinic), snapshot) in welcomed.iter().zip(futures_util::future::join_all(welcomes).await) {
         let snapshot = snapshot.expect("the welcome is read");
         let ids: Vec<&str> = snapshot.payments.iter().map(|p| p.call_id.as_str()).collect();
         assert_eq!(ids, [call.as_str()], "the welcome of {call} holds its one payment");
+        assert_eq!(snapshot.clinic.map(|c| c.id), Some(clinic.clone()), "the welcome of {call} holds its clinic");
     }
+    // A call asked twice is read once, a call with no payment adds nothing, and a call's
+    // payments come oldest first (`call_many`'s were created in the order 0, 2, 1).
+    let twice = ["call_many".to_owned(), "call_without_payments".to_owned(), "call_many".to_owned()];
+    let read = store.payments_for_calls(&twice).await.expect("read");
+    assert_eq!(read.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["pay_many_0", "pay_many_2", "pay_many_1"]);
     store.close().await;
 
     let after = [settled_scans(url, "payments"), settled_scans(url, "calls")];
