@@ -309,6 +309,27 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
     stop.cancel();
 }
 
+/// A node's presence writes and its publishes travel on connections of their own. A node
+/// taking thousands of joins at once writes presence for each; on one shared connection a
+/// publish waited behind them past its time-out, and the live frames of its batch were lost
+/// (173 relay frames in the eleventh 70,000-socket `scale` run, README "A national service's
+/// Monday morning"). Three connections: publishing, presence, subscribing.
+#[tokio::test]
+async fn publishes_do_not_share_a_connection_with_presence_writes() {
+    ensure_services();
+    let redis = PrivateRedis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let list = async |conn: &mut redis::aio::MultiplexedConnection| -> usize {
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(conn).await.unwrap();
+        // Every connection but this test's own.
+        clients.lines().filter(|l| !l.is_empty()).count() - 1
+    };
+    assert_eq!(list(&mut conn).await, 0);
+    let _bus = RedisBus::connect(&redis.url(), "n".into()).await.unwrap();
+    assert_eq!(list(&mut conn).await, 3, "publishing, presence and subscribing each on a connection of its own");
+}
+
 /// Calls bound in batches: many joins at once, two clinics racing for each call, on two
 /// instances sharing PostgreSQL (and on SQLite): every call ends bound to one clinic, and every
 /// join to it, on either instance, is told the same one.

@@ -7,7 +7,9 @@
 //!   numbers skip;
 //! - [`presence`] keeps the shared presence record, with expiry judged by Redis's clock.
 //!
-//! Subscriptions live on a dedicated RESP3 connection with automatic resubscription. Redis
+//! Publishing, presence and subscriptions each have a connection of their own, so that neither
+//! a burst of presence writes nor a burst of messages holds up the others. Subscriptions live
+//! on a RESP3 connection with automatic resubscription. Redis
 //! drops messages published while a subscriber is disconnected, so after a disconnection the
 //! node repairs its own calls from the store, in paced chunks.
 
@@ -68,7 +70,7 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Connects the publishing and the subscribing connection to one Redis.
+    /// Connects the publishing, the presence and the subscribing connection to one Redis.
     pub async fn connect(url: &str, node: String) -> Result<Self, BusError> {
         Self::connect_to(&[url.to_owned()], false, node).await
     }
@@ -81,6 +83,11 @@ impl RedisBus {
     async fn connect_to(urls: &[String], cluster: bool, node: String) -> Result<Self, BusError> {
         let unavailable = |e: redis::RedisError| BusError::Unavailable(e.to_string());
         let conn = Link::connect(urls, cluster, None).await.map_err(unavailable)?;
+        // Presence on a connection of its own: a node taking thousands of joins at once writes
+        // presence for each, and a publish queued behind them on one connection waited past its
+        // time-out, losing its batch's live frames (a 70,000-socket `scale` run's killed
+        // instance; README, "A national service's Monday morning").
+        let presence_conn = Link::connect(urls, cluster, None).await.map_err(unavailable)?;
         let (push_tx, push_rx) = mpsc::channel::<PushInfo>(PUSH_BUFFER);
         let wanted: Arc<subscriptions::Wanted> = Arc::default();
         let ours = wanted.clone();
@@ -108,7 +115,7 @@ impl RedisBus {
         let subscriber = Link::connect(urls, cluster, Some(pushes)).await.map_err(unavailable)?;
         Ok(Self {
             publisher: publisher::Publisher::start(conn.clone(), node.clone()),
-            presence: presence::PresenceRecord::new(conn, node.clone()),
+            presence: presence::PresenceRecord::new(presence_conn, node.clone()),
             node,
             subscriber,
             wanted,
