@@ -37,13 +37,15 @@ fn scans(url: &str, table: &str) -> (u64, u64) {
     (seq.parse().unwrap(), idx.parse().unwrap())
 }
 
-/// [`scans`] once every other backend of the database has exited, having reported its counters.
+/// [`scans`] once every other client backend of the database has exited, having reported its
+/// counters (PostgreSQL 15 and later write them before the backend leaves `pg_stat_activity`).
 fn settled_scans(url: &str, table: &str) -> (u64, u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let others = psql_value(
             url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND backend_type IN ('client backend', 'parallel worker')",
         );
         if others == "0" {
             return scans(url, table);

@@ -7,9 +7,13 @@
 //!   numbers skip;
 //! - [`presence`] keeps the shared presence record, with expiry judged by Redis's clock.
 //!
-//! Publishing, presence and subscriptions each have a connection of their own, so that neither
-//! a burst of presence writes nor a burst of messages holds up the others. Subscriptions live
-//! on a RESP3 connection with automatic resubscription. Redis
+//! Publishing, presence and subscriptions each have a connection of their own (per node of a
+//! Redis Cluster, each a connection to every node), so that a publish does not queue in the
+//! client behind a burst of presence writes (Redis itself still runs one command at a time).
+//! The price: a join's or leave's event can now reach other nodes before its presence write
+//! when that write took longer than the join waits for it (`PRESENCE_WAIT`); a node renewing
+//! in between reads the entry as it was, until its next renewal. Subscriptions live on a RESP3
+//! connection with automatic resubscription. Redis
 //! drops messages published while a subscriber is disconnected, so after a disconnection the
 //! node repairs its own calls from the store, in paced chunks.
 
