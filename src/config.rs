@@ -224,11 +224,17 @@ pub struct BusConfig {
     /// renew theirs every third of it, so a crashed node's participants disappear from the
     /// other nodes' calls within this time (plus one renewal period).
     pub presence_ttl_ms: u64,
+    /// Longest a join waits for its node to hear the call (Redis confirming the subscription to
+    /// its channel) before sending `welcome` anyway. Until then what other nodes publish on the
+    /// call does not reach this node; a room repairs its payments from the store once it does
+    /// hear, but live frames sent in between (a patient's progress) are gone. A node cut off
+    /// from Redis does not wait.
+    pub subscribe_wait_ms: u64,
 }
 
 impl Default for BusConfig {
     fn default() -> Self {
-        Self { redis_url: None, redis_cluster_urls: Vec::new(), presence_ttl_ms: 15_000 }
+        Self { redis_url: None, redis_cluster_urls: Vec::new(), presence_ttl_ms: 15_000, subscribe_wait_ms: 1_000 }
     }
 }
 

@@ -203,6 +203,13 @@ impl Hub {
         }
     }
 
+    /// Waits (at most `within`) until this node hears what other nodes publish on `call_id`:
+    /// a `welcome` sent after it misses nothing live. False if it did not (the room's repair
+    /// brings its payments once it does; live frames meanwhile are lost).
+    pub async fn hears(&self, call_id: &str, within: Duration) -> bool {
+        self.bus.hears(call_id, within).await
+    }
+
     /// Writes this node's entry for `call_id` now: on a participant's first connection here, so
     /// that a participant joining on another node a moment later finds them in its `welcome`,
     /// and on their last leaving, so that the next renewal elsewhere does not bring them back.

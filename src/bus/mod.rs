@@ -169,6 +169,12 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self, _call_id: &str, _clinic_id: &str) {}
     /// This node no longer has members in `call_id`.
     fn unwatch(&self, _call_id: &str, _clinic_id: &str) {}
+    /// Waits (at most `within`) until this node hears `call_id`: from then on every envelope
+    /// another node publishes on it reaches this node's sink. False if it does not within
+    /// `within`, or cannot now (cut off from the bus). A bus without other nodes always hears.
+    async fn hears(&self, _call_id: &str, _within: Duration) -> bool {
+        true
+    }
     /// Waits (at most `within`) until what was handed to [`Bus::publish`] has been sent: a
     /// stopping node's last events (its participants leaving) are not lost with the process.
     async fn flush(&self, _within: Duration) {}

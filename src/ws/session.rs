@@ -161,8 +161,20 @@ pub async fn run(
         app.hub.rooms.sync_remote(&call_id, remote, read_at);
         participants = app.hub.rooms.visible(&call_id);
     }
-    if shared && joined.first_connection {
-        Box::pin(app.hub.share_presence(&call_id)).await;
+    if shared {
+        // The welcome waits until this node hears the call (other nodes' events reach it), so
+        // that a frame sent to this socket after its welcome cannot be lost to a subscription
+        // not yet live; a call this node already hears costs one lookup.
+        let within = Duration::from_millis(app.config.bus.subscribe_wait_ms);
+        let hears = app.hub.hears(&call_id, within);
+        let heard = if joined.first_connection {
+            Box::pin(async { tokio::join!(app.hub.share_presence(&call_id), hears).1 }).await
+        } else {
+            Box::pin(hears).await
+        };
+        if !heard {
+            tracing::debug!(call_id, "welcome sent before this node hears the call; its repair follows");
+        }
     }
     // Frames the room queued for this connection up to now come from changes committed before
     // the snapshot below is read: the welcome already shows their payments as they are or

@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub(crate) struct Cluster {
     sim: stripe_sim::SimHandle,
     pub(crate) nodes: Vec<(AppState, String)>,
+    /// Each node's bus, to reach below its rooms.
+    buses: Vec<Arc<RedisBus>>,
     secret: String,
     call_id: String,
     _db: TempDb,
@@ -26,6 +28,11 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// `n` nodes on one database and one Redis; Stripe's webhooks go to node 0.
     pub(crate) async fn start(n: usize, redis_url: &str) -> Self {
+        Self::start_with(n, redis_url, |_| {}).await
+    }
+
+    /// As [`Cluster::start`], with every node's settings changed by `tweak`.
+    async fn start_with(n: usize, redis_url: &str, tweak: impl Fn(&mut Config)) -> Self {
         ensure_services();
         let db = TempDb::new();
         let listeners: Vec<tokio::net::TcpListener> =
@@ -47,6 +54,7 @@ impl Cluster {
         .unwrap();
         let secret = "cluster-platform-secret-0123456789abcdef".to_owned();
         let mut nodes = Vec::new();
+        let mut buses = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let addr = listener.local_addr().unwrap();
             let mut config = Config::default();
@@ -56,9 +64,11 @@ impl Cluster {
             config.bus.redis_url = Some(redis_url.to_owned());
             callpay::demo::use_simulator(&mut config, &sim, &webhook_secret);
             config.stripe.max_attempts = 2;
+            tweak(&mut config);
             config.validate_for_serve().unwrap();
             let node = format!("node-{i}");
             let bus = Arc::new(RedisBus::connect(redis_url, node.clone()).await.unwrap());
+            buses.push(bus.clone());
             let store = Arc::new(SqlStore::connect(&db.url).await.unwrap());
             let deps = Dependencies {
                 outbox: store.clone(),
@@ -77,7 +87,7 @@ impl Cluster {
         let store = &nodes[0].0.store;
         callpay::demo::seed(store.as_ref(), &sim).await.unwrap();
         let call_id = format!("cluster-{}", callpay::ids::random_id());
-        Self { sim, nodes, secret, call_id, _db: db }
+        Self { sim, nodes, buses, secret, call_id, _db: db }
     }
 
     async fn join(&self, node: usize, sub: &str, role: Role) -> Client {
@@ -307,6 +317,36 @@ async fn a_subscribe_made_while_redis_is_down_is_retried_until_it_succeeds() {
         redis::cmd("PUBSUB").arg("NUMSUB").arg("callpay:call:call_down").query_async(&mut conn).await.unwrap();
     assert_eq!(n, 1, "subscribed once Redis came back");
     stop.cancel();
+}
+
+/// A `welcome` means its node hears the call: whatever another node publishes on it from then
+/// on reaches this socket. A clinician joining again on a node whose subscribing task had a
+/// backlog got its `welcome` before that node subscribed to the call, and the patient's first
+/// progress frame, published in between, was lost (the twelfth 70,000-socket `scale` run's one
+/// lost frame, README "A national service's Monday morning"). Here the backlog is 50,000 other
+/// calls for node 1 to subscribe.
+#[tokio::test]
+async fn a_welcome_comes_once_its_node_hears_the_call() {
+    use callpay::bus::Bus;
+    let cluster = Cluster::start_with(2, REDIS_URL, |c| c.bus.subscribe_wait_ms = 30_000).await;
+    let channel = format!("callpay:call:{}", cluster.call_id);
+    let mut pat = cluster.join(0, "pat", Role::Patient).await;
+    let mut doc = cluster.join(1, "doc", Role::Clinician).await;
+    doc.request("w1", 2500, "Follow-up").await;
+    let requested = pat.until("payment.requested").await;
+    let payment_id = requested["payment"]["payment_id"].clone();
+    // The clinician leaves; node 1's room closes and it stops hearing the call.
+    doc.close().await;
+    eventually(async || (numsub(&channel).await == 1).then_some(())).await;
+    for i in 0..50_000 {
+        cluster.buses[1].watch(&format!("{}-backlog-{i}", cluster.call_id), "backlog-clinic");
+    }
+    let mut doc = cluster.join(1, "doc", Role::Clinician).await;
+    assert_eq!(numsub(&channel).await, 2, "welcome sent before node 1 subscribed to the call");
+    pat.send(json!({"type": "payment.progress", "payment_id": payment_id, "stage": "viewing"})).await;
+    let progress = doc.until("payment.progress").await;
+    assert_eq!(progress["payment_id"], payment_id);
+    assert_eq!(progress["stage"], "viewing");
 }
 
 /// A node's presence writes and its publishes travel on connections of their own. A node

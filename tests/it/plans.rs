@@ -106,7 +106,7 @@ async fn reads_by_hundreds_of_calls_go_through_the_indexes_on_tables_of_tens_of_
         (whole_table_scans, analysed),
         ([0, 0], [0, 0]),
         "whole-table scans of [payments, calls], before and after ANALYZE: the payments of 1,000 calls, \
-         600 joins' calls read back, or 300 welcomes"
+         600 joins' calls read back, 300 welcomes, or the sweep's recent changes"
     );
 }
 
@@ -151,6 +151,17 @@ async fn reads_by_many_calls(url: &str) -> [u64; 2] {
     let twice = ["call_many".to_owned(), "call_without_payments".to_owned(), "call_many".to_owned()];
     let read = store.payments_for_calls(&twice).await.expect("read");
     assert_eq!(read.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["pay_many_0", "pay_many_2", "pay_many_1"]);
+    // The sweep's read of the payments changed lately, which every instance makes every few
+    // seconds: the last 100 changed, oldest change first, at most a page.
+    // PostgreSQL plans a statement prepared on a connection afresh for its first five runs, then
+    // may keep a plan made without the values: ten runs, as a sweep makes in under a minute.
+    let since = EPOCH + ROWS as i64 - 100;
+    for _ in 0..10 {
+        let changed = store.payments_changed_since(since, 500).await.expect("read");
+        assert_eq!(changed.len(), 100, "the payments changed since {since}");
+        assert!(changed.windows(2).all(|w| (w[0].updated_at, &w[0].id) <= (w[1].updated_at, &w[1].id)), "in order");
+    }
+    assert_eq!(store.payments_changed_since(since, 30).await.expect("read").len(), 30, "a page");
     store.close().await;
 
     let after = [settled_scans(url, "payments"), settled_scans(url, "calls")];

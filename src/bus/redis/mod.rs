@@ -174,6 +174,10 @@ impl Bus for RedisBus {
     fn unwatch(&self, call_id: &str, clinic_id: &str) {
         self.wanted.unwatch(call_id, clinic_id);
     }
+
+    async fn hears(&self, call_id: &str, within: Duration) -> bool {
+        self.wanted.hears(call_id, within).await
+    }
 }
 
 #[async_trait]

@@ -33,11 +33,14 @@ enum Want {
     Yes(Option<(String, String)>),
 }
 
-/// The calls this node serves, and subscriptions Redis dropped on its own.
+/// The calls this node serves, which of them it hears, and subscriptions Redis dropped on its
+/// own.
 #[derive(Default)]
 pub(super) struct Wanted {
     state: Mutex<WantedState>,
     changed: Notify,
+    /// Woken when calls come to be heard, or when the node is cut off from Redis.
+    heard_changed: Notify,
 }
 
 #[derive(Default)]
@@ -55,6 +58,11 @@ struct WantedState {
     /// Channels this node is unsubscribing: Redis's confirmation for them is ours, not a
     /// subscription lost on Redis's side.
     leaving: HashSet<String>,
+    /// Calls of `calls` whose channel Redis confirmed since they were last watched: what other
+    /// nodes publish on them reaches this node.
+    heard: HashSet<String>,
+    /// The subscribing connection is lost: nothing is heard until it is back.
+    cut_off: bool,
 }
 
 impl WantedState {
@@ -107,6 +115,7 @@ impl Wanted {
     pub(super) fn unwatch(&self, call_id: &str, _clinic_id: &str) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(clinic) = state.calls.remove(call_id) else { return };
+        state.heard.remove(call_id);
         state.count_clinic(&clinic, false);
         state.dirty.insert(call_channel(call_id));
         drop(state);
@@ -120,6 +129,9 @@ impl Wanted {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.leaving.remove(channel) {
             return true;
+        }
+        if let Some(call) = channel.strip_prefix(CALL_PREFIX) {
+            state.heard.remove(call);
         }
         state.dropped.insert(channel.to_owned());
         state.dirty.insert(channel.to_owned());
@@ -140,6 +152,53 @@ impl Wanted {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for c in channels {
             state.leaving.remove(c);
+        }
+        drop(state);
+        self.heard(channels);
+    }
+
+    /// Redis holds `channels` for this node: the calls among them still wanted are heard.
+    fn heard(&self, channels: &[String]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut any = false;
+        for call in channels.iter().filter_map(|c| c.strip_prefix(CALL_PREFIX)) {
+            if state.calls.contains_key(call) {
+                any |= state.heard.insert(call.to_owned());
+            }
+        }
+        drop(state);
+        if any {
+            self.heard_changed.notify_waiters();
+        }
+    }
+
+    /// The subscribing connection was lost (`true`) or is back (`false`).
+    pub(super) fn cut_off(&self, lost: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).cut_off = lost;
+        self.heard_changed.notify_waiters();
+    }
+
+    /// Waits (at most `within`) until `call_id` is heard; false if it is not by then, if this
+    /// node is cut off from Redis, or if the call is no longer served here.
+    pub(super) async fn hears(&self, call_id: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before looking, so a change between the look and the wait still wakes.
+            let changed = self.heard_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if state.cut_off || !state.calls.contains_key(call_id) {
+                    return false;
+                }
+                if state.heard.contains(call_id) {
+                    return true;
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
         }
     }
 
@@ -180,7 +239,9 @@ pub(super) async fn keep_subscribed(
     let mut wait = RETRY_START;
     loop {
         let (changes, dropped) = wanted.changes();
-        let (to_add, to_drop) = ledger.plan(changes, dropped);
+        let Plan { to_add, to_drop, held } = ledger.plan(changes, dropped);
+        // Calls watched again while their channel was still held: heard already.
+        wanted.heard(&held);
         let mut failed = false;
         for chunk in to_add.chunks(SUBSCRIBE_BATCH) {
             match sub.subscribe(chunk).await {
@@ -229,6 +290,14 @@ pub(super) async fn keep_subscribed(
     }
 }
 
+/// One round's work: what to subscribe and unsubscribe, and the call channels wanted again
+/// that Redis still holds.
+struct Plan {
+    to_add: Vec<String>,
+    to_drop: Vec<String>,
+    held: Vec<String>,
+}
+
 /// What the subscribing task knows of its connection's subscriptions and what is left to do,
 /// without I/O: the task asks it for a round, does the round, and reports each chunk's outcome.
 struct Ledger {
@@ -249,8 +318,10 @@ impl Ledger {
     }
 
     /// Takes in what changed since the last round and what Redis dropped; the channels to
-    /// subscribe and to unsubscribe now.
-    fn plan(&mut self, changes: Vec<(String, Want)>, dropped: HashSet<String>) -> (Vec<String>, Vec<String>) {
+    /// subscribe and to unsubscribe now, and the call channels wanted that are held already.
+    fn plan(&mut self, changes: Vec<(String, Want)>, dropped: HashSet<String>) -> Plan {
+        let wanted_calls: Vec<String> =
+            changes.iter().filter(|(_, w)| matches!(w, Want::Yes(Some(_)))).map(|(c, _)| c.clone()).collect();
         self.pending.extend(changes);
         for channel in dropped {
             if self.held.remove(&channel) && self.pending.get(&channel).is_some_and(|w| *w != Want::No) {
@@ -266,7 +337,9 @@ impl Ledger {
         let pick = |no: bool| -> Vec<String> {
             self.pending.iter().filter(|(_, w)| (**w == Want::No) == no).map(|(c, _)| c.clone()).collect()
         };
-        (pick(false), pick(true))
+        let held =
+            wanted_calls.into_iter().filter(|c| self.held.contains(c) && !self.pending.contains_key(c)).collect();
+        Plan { to_add: pick(false), to_drop: pick(true), held }
     }
 
     /// Redis confirmed a SUBSCRIBE of `chunk`: the calls whose channel is live now (to repair).
@@ -393,9 +466,12 @@ impl Receiver {
                 PushKind::Unsubscribe | PushKind::SUnsubscribe => {}
                 PushKind::Disconnection => {
                     tracing::warn!("redis bus disconnected; this node's calls are repaired once it is back");
+                    // Joins meanwhile do not wait to hear their calls: nothing can be heard.
+                    self.wanted.cut_off(true);
                     if !wait_for_redis(&self.sub, &stop).await {
                         return;
                     }
+                    self.wanted.cut_off(false);
                     tracing::info!("redis bus reconnected; repairing this node's calls from the store");
                     // Everything from before is covered by the repair: numbering starts afresh.
                     streams = Streams::default();
@@ -512,7 +588,7 @@ mod tests {
     }
 
     fn settle_round(ledger: &mut Ledger, changes: Vec<(String, Want)>) -> (Vec<String>, Vec<String>) {
-        let (mut add, mut drop) = ledger.plan(changes, HashSet::new());
+        let Plan { to_add: mut add, to_drop: mut drop, .. } = ledger.plan(changes, HashSet::new());
         add.sort();
         drop.sort();
         (add, drop)
@@ -528,6 +604,57 @@ mod tests {
         assert_eq!(settle_round(&mut l, vec![]), (vec![], vec![]), "nothing left to do");
         // A call asked for again while held needs nothing, and is not repaired again.
         assert_eq!(settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]), (vec![], vec![]));
+    }
+
+    /// A call is heard from Redis's confirmation of its channel until it closes here; watched
+    /// again while its channel is still held, it is heard at once (no SUBSCRIBE is sent, so no
+    /// confirmation would ever come); and nothing is heard while the connection is lost.
+    #[tokio::test]
+    async fn a_call_is_heard_from_its_subscription_until_it_closes() {
+        use futures_util::FutureExt;
+        let hour = Duration::from_secs(3600);
+        let w = Arc::new(Wanted::default());
+        let mut l = Ledger::new();
+        w.watch("c1", "k1");
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.hears("c1", hour).await }
+        });
+        let (changes, dropped) = w.changes();
+        let plan = l.plan(changes, dropped);
+        assert!(plan.held.is_empty(), "not held yet");
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "not heard before Redis confirms");
+        w.subscribed(&plan.to_add);
+        l.subscribed(&plan.to_add);
+        assert!(waiting.await.unwrap(), "heard once confirmed");
+        // Closed here: no longer heard, though Redis still holds the channel until the next round.
+        w.unwatch("c1", "k1");
+        assert_eq!(w.hears("c1", hour).now_or_never(), Some(false), "not served here");
+        w.watch("c1", "k1");
+        assert_eq!(w.hears("c1", Duration::ZERO).await, false, "watched again: not yet looked at");
+        let (changes, dropped) = w.changes();
+        let plan = l.plan(changes, dropped);
+        assert_eq!((plan.to_add.len(), plan.to_drop.len()), (0, 0), "still held: nothing to send");
+        assert_eq!(plan.held, ["callpay:call:c1"]);
+        w.heard(&plan.held);
+        assert_eq!(w.hears("c1", hour).now_or_never(), Some(true), "held, so heard");
+        // The connection is lost: nothing is heard, and a waiter is let go at once.
+        w.watch("c2", "k1");
+        let waiting = tokio::spawn({
+            let w = w.clone();
+            async move { w.hears("c2", hour).await }
+        });
+        tokio::task::yield_now().await;
+        w.cut_off(true);
+        assert!(!waiting.await.unwrap(), "cut off: the waiter goes on without");
+        assert_eq!(w.hears("c1", hour).now_or_never(), Some(false), "nothing is heard while cut off");
+        // Back: the connection subscribed again to what it held.
+        w.cut_off(false);
+        assert_eq!(w.hears("c1", hour).now_or_never(), Some(true));
+        // Redis dropping a call's channel on its own: not heard until subscribed again.
+        assert!(!w.unsubscribed("callpay:call:c1"));
+        assert_eq!(w.hears("c1", Duration::ZERO).await, false);
     }
 
     #[test]
@@ -565,13 +692,14 @@ mod tests {
         let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
         l.subscribed(&add);
         let dropped = HashSet::from(["callpay:call:c1".to_owned()]);
-        let (add, drop) = l.plan(vec![("callpay:call:c1".into(), yes("c1", "k1"))], dropped.clone());
-        assert_eq!((add, drop), (vec!["callpay:call:c1".to_owned()], vec![]));
+        let plan = l.plan(vec![("callpay:call:c1".into(), yes("c1", "k1"))], dropped.clone());
+        assert_eq!((plan.to_add, plan.to_drop, plan.held), (vec!["callpay:call:c1".to_owned()], vec![], vec![]));
         // Dropped after its call closed: nothing to subscribe or unsubscribe.
         let mut l = Ledger::new();
         let (add, _) = settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]);
         l.subscribed(&add);
-        assert_eq!(l.plan(vec![("callpay:call:c1".into(), Want::No)], dropped), (vec![], vec![]));
+        let plan = l.plan(vec![("callpay:call:c1".into(), Want::No)], dropped);
+        assert!(plan.to_add.is_empty() && plan.to_drop.is_empty() && plan.held.is_empty());
     }
 
     /// An UNSUBSCRIBE that failed before Redis applied it is never confirmed; once the channel
