@@ -213,9 +213,12 @@ impl Hub {
     /// Writes this node's entry for `call_id` now: on a participant's first connection here, so
     /// that a participant joining on another node a moment later finds them in its `welcome`,
     /// and on their last leaving, so that the next renewal elsewhere does not bring them back.
-    pub async fn share_presence(&self, call_id: &str) {
+    /// Answers the write's number, for the join's or leave's event to carry (also when the
+    /// write is slow or failed: other nodes then keep what the event said until the record
+    /// holds a write at least as new).
+    pub async fn share_presence(&self, call_id: &str) -> u64 {
         if !self.bus.has_peers() {
-            return;
+            return 0;
         }
         // Numbered before the room is read: see `PresenceStore::next_write`.
         let write = self.record.next_write();
@@ -226,6 +229,14 @@ impl Hub {
             Ok(Err(e)) => tracing::warn!(error = %e, call_id, "presence not written; the next renewal writes it"),
             Err(_) => tracing::warn!(call_id, "presence write slow; the next renewal writes it"),
         }
+        write
+    }
+
+    /// Adopts other nodes' entries in `call_id`'s presence record, read from `read_at` on, into
+    /// its room here. What the bus said since of a node's participants is kept while the record
+    /// does not yet hold that node's write of it, for at most the presence expiry.
+    pub fn adopt_presence(&self, call_id: &str, presence: Presence, read_at: std::time::Instant) -> usize {
+        self.rooms.sync_remote(call_id, presence, read_at, self.presence.ttl)
     }
 
     /// Renews this node's entries every third of the expiry, adopting the other nodes' entries
@@ -315,7 +326,7 @@ impl Hub {
             match self.record.read(calls).await {
                 Ok(presence) => {
                     for (call, nodes) in calls.iter().zip(presence) {
-                        self.rooms.sync_remote(call, nodes, read_at);
+                        self.adopt_presence(call, nodes, read_at);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "presence not read; keeping what the rooms know"),
@@ -440,11 +451,11 @@ impl EnvelopeSink for Hub {
         match &envelope.event {
             // The bus turns a gap into a repair; it is nothing to show.
             RoomEvent::Gap => {}
-            RoomEvent::Joined { participant } => {
-                self.rooms.remote_joined(&envelope.call_id, &envelope.origin, participant);
+            RoomEvent::Joined { participant, write } => {
+                self.rooms.remote_joined(&envelope.call_id, &envelope.origin, participant, *write);
             }
-            RoomEvent::Left { participant } => {
-                self.rooms.remote_left(&envelope.call_id, &envelope.origin, participant);
+            RoomEvent::Left { participant, write } => {
+                self.rooms.remote_left(&envelope.call_id, &envelope.origin, participant, *write);
             }
             _ if envelope.call_id.is_empty() => {
                 self.rooms.deliver_clinic(&envelope.clinic_id, &envelope.event);

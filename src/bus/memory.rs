@@ -1,7 +1,7 @@
 //! In-process bus: every clone shares one broadcast channel, so several hub nodes in one
 //! process (tests, the demo) behave like nodes on Redis.
 
-use super::{Bus, BusError, Envelope, EnvelopeSink, Presence, PresenceEntry, PresenceStore, now_ms};
+use super::{Bus, BusError, Envelope, EnvelopeSink, NodePresence, Presence, PresenceEntry, PresenceStore, now_ms};
 use async_trait::async_trait;
 use callpay_protocol::Participant;
 use std::collections::HashMap;
@@ -72,8 +72,8 @@ impl PresenceStore for MemoryBus {
                     .get(call_id)
                     .into_iter()
                     .flatten()
-                    .filter(|(node, e)| **node != self.node && e.expires_ms > now && !e.participants.is_empty())
-                    .map(|(node, e)| (node.clone(), e.participants.clone()))
+                    .filter(|(node, e)| **node != self.node && e.expires_ms > now)
+                    .map(|(node, e)| (node.clone(), NodePresence { write: e.n, participants: e.participants.clone() }))
                     .collect()
             })
             .collect())

@@ -24,7 +24,16 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Who other nodes have in a call, by node id (a node's own entry is never included).
-pub type Presence = BTreeMap<String, Vec<Participant>>;
+pub type Presence = BTreeMap<String, NodePresence>;
+
+/// One other node's unexpired entry in a call's presence record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePresence {
+    /// The number of the write that made it (see [`PresenceStore::next_write`]).
+    pub write: u64,
+    /// Its participants there; empty after its last one left.
+    pub participants: Vec<Participant>,
+}
 
 /// Something that happened in a call, in role-neutral form: each node renders it per recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,11 +43,19 @@ pub enum RoomEvent {
     Joined {
         /// Who.
         participant: Participant,
+        /// The number of the presence write that records it on the publishing node (0: none,
+        /// or a node from before numbering). A node reading the record compares it with the
+        /// entry's, so a slow write cannot undo the join it already heard of.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        write: u64,
     },
     /// A participant's last connection closed.
     Left {
         /// Who.
         participant: Participant,
+        /// As for [`RoomEvent::Joined`].
+        #[serde(default, skip_serializing_if = "is_zero")]
+        write: u64,
     },
     /// A new payment request (status `requested`, or `creating` for clinicians only).
     PaymentRequested {
@@ -228,6 +245,32 @@ mod tests {
             "origin": "node_old", "call_id": "", "clinic_id": "c1",
             "event": {"kind": "clinic_updated", "payments_available": false, "reason": reason}
         })
+    }
+
+    /// A rolling deploy mixes nodes from before presence write numbers with nodes after: each
+    /// reads the other's join and leave events (an unnumbered one reads as write 0).
+    #[test]
+    fn join_events_are_read_across_the_numbering_change() {
+        let pat = serde_json::json!({"id": "pat", "name": "Pat", "role": "patient"});
+        let old: Envelope = serde_json::from_value(serde_json::json!({
+            "origin": "node_old", "call_id": "c", "clinic_id": "k",
+            "event": {"kind": "joined", "participant": pat}
+        }))
+        .expect("an older node's join is readable");
+        let RoomEvent::Joined { write, .. } = old.event else { panic!("a join") };
+        assert_eq!(write, 0);
+        let participant: Participant = serde_json::from_value(pat).unwrap();
+        let new = Envelope::new("n", "c", "k", RoomEvent::Left { participant, write: 7 });
+        let sent = serde_json::to_value(&new).unwrap();
+        assert_eq!(sent["event"]["write"], 7);
+        // What an older node's type (no `write` field) makes of it: the participant, as before.
+        #[derive(Deserialize)]
+        #[serde(tag = "kind", rename_all = "snake_case")]
+        enum OlderEvent {
+            Left { participant: Participant },
+        }
+        let OlderEvent::Left { participant } = serde_json::from_value(sent["event"].clone()).unwrap();
+        assert_eq!(participant.id, "pat");
     }
 
     #[test]

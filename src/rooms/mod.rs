@@ -27,7 +27,7 @@ use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Told when a call gains its first or loses its last member on this node (the bus uses it to
 /// subscribe only to calls it serves). Called under the room map's shard lock, so calls for one
@@ -63,8 +63,19 @@ struct RoomInner {
     /// What routing and authorising a relay needs about each known payment, and the patient's
     /// last reported stage (for the `welcome` of a page that reloads).
     payments: HashMap<String, Known, RandomState>,
-    /// Who other nodes have in this call, by node id, and when that was last learnt.
-    remote: BTreeMap<String, (Vec<Participant>, Instant)>,
+    /// Who other nodes have in this call, by node id.
+    remote: BTreeMap<String, Remote>,
+}
+
+/// What a room knows of one other node's participants in its call.
+#[derive(Debug)]
+struct Remote {
+    participants: Vec<Participant>,
+    /// When it was last learnt (from the bus, or a read of the presence record).
+    learnt: Instant,
+    /// The highest presence write number bus events about it carried since it was last read
+    /// from the record (0: none, or only from nodes from before numbering).
+    announced: u64,
 }
 
 /// A payment as a room knows it.
@@ -363,48 +374,81 @@ impl RoomRegistry {
     }
 
     /// Another node says `participant` joined there.
-    pub fn remote_joined(&self, call_id: &str, node: &str, participant: &Participant) -> usize {
+    /// `write` is the number of the presence write that records it there (0: unknown).
+    pub fn remote_joined(&self, call_id: &str, node: &str, participant: &Participant, write: u64) -> usize {
         self.change_remote(call_id, |remote| {
-            let (there, learnt) = remote.entry(node.to_owned()).or_insert_with(|| (Vec::new(), Instant::now()));
-            *learnt = Instant::now();
-            if !there.iter().any(|p| p.id == participant.id) {
-                there.push(participant.clone());
+            let there = remote.entry(node.to_owned()).or_insert_with(|| Remote {
+                participants: Vec::new(),
+                learnt: Instant::now(),
+                announced: 0,
+            });
+            there.learnt = Instant::now();
+            there.announced = there.announced.max(write);
+            if !there.participants.iter().any(|p| p.id == participant.id) {
+                there.participants.push(participant.clone());
             }
         })
     }
 
     /// Another node says `participant` left there (its last connection there closed).
-    pub fn remote_left(&self, call_id: &str, node: &str, participant: &Participant) -> usize {
+    /// `write` as for [`RoomRegistry::remote_joined`].
+    pub fn remote_left(&self, call_id: &str, node: &str, participant: &Participant, write: u64) -> usize {
         self.change_remote(call_id, |remote| {
             // An emptied entry stays until the next sync, as a record that the node has nobody
-            // here any more that is newer than a presence read already under way.
-            if let Some((there, learnt)) = remote.get_mut(node) {
-                there.retain(|p| p.id != participant.id);
-                *learnt = Instant::now();
-            }
+            // here any more that is newer than a presence read already under way (made empty if
+            // the room knew nothing of the node: a record read later may still list the leaver).
+            let there = remote.entry(node.to_owned()).or_insert_with(|| Remote {
+                participants: Vec::new(),
+                learnt: Instant::now(),
+                announced: 0,
+            });
+            there.participants.retain(|p| p.id != participant.id);
+            there.learnt = Instant::now();
+            there.announced = there.announced.max(write);
         })
     }
 
     /// Adopts the shared presence record, read from `read_at` on, as what this room knows of
     /// other nodes (the periodic repair: a crashed node's entry has expired out of it, and a
-    /// leave lost in a bus gap is no longer listed). What a bus event said about a node after
-    /// `read_at` is newer than the record and is kept.
-    pub fn sync_remote(&self, call_id: &str, presence: Presence, read_at: Instant) -> usize {
+    /// leave lost in a bus gap is no longer listed). What the bus said of a node is kept over
+    /// its entry when it is newer:
+    /// - it carries a write number above the entry's (the join's or leave's own presence write
+    ///   has not landed when the record was read: it travels on another connection);
+    /// - the record has no entry for the node, and the bus spoke of it after `read_at`, or
+    ///   carried a write number less than `unwritten_for` (the presence expiry) ago: the write
+    ///   may yet land, and an entry written then would not expire sooner;
+    /// - it carries no number (a node from before numbering) and was learnt after `read_at`.
+    pub fn sync_remote(&self, call_id: &str, presence: Presence, read_at: Instant, unwritten_for: Duration) -> usize {
         self.change_remote(call_id, move |remote| {
-            let newer: Vec<(String, (Vec<Participant>, Instant))> =
-                std::mem::take(remote).into_iter().filter(|(_, (_, learnt))| *learnt > read_at).collect();
-            *remote = presence.into_iter().map(|(node, ps)| (node, (ps, read_at))).collect();
-            remote.extend(newer);
-            remote.retain(|_, (ps, learnt)| !ps.is_empty() || *learnt > read_at);
+            let mut presence = presence;
+            let mut kept = BTreeMap::new();
+            for (node, known) in std::mem::take(remote) {
+                let newer = match presence.get(&node) {
+                    Some(entry) if known.announced > 0 => known.announced > entry.write,
+                    Some(_) => known.learnt > read_at,
+                    None => {
+                        known.learnt > read_at
+                            || (known.announced > 0 && read_at.saturating_duration_since(known.learnt) < unwritten_for)
+                    }
+                };
+                if newer {
+                    presence.remove(&node);
+                    kept.insert(node, known);
+                }
+            }
+            // Entries the record holds for nodes with nobody here say nothing the room needs;
+            // kept bus entries stay even when empty, as a leave newer than the record.
+            *remote = presence
+                .into_iter()
+                .filter(|(_, e)| !e.participants.is_empty())
+                .map(|(node, e)| (node, Remote { participants: e.participants, learnt: read_at, announced: 0 }))
+                .collect();
+            remote.extend(kept);
         })
     }
 
     /// Applies `change` to a room's remote presence and tells its members who appeared or went.
-    fn change_remote(
-        &self,
-        call_id: &str,
-        change: impl FnOnce(&mut BTreeMap<String, (Vec<Participant>, Instant)>),
-    ) -> usize {
+    fn change_remote(&self, call_id: &str, change: impl FnOnce(&mut BTreeMap<String, Remote>)) -> usize {
         let Some(room) = self.rooms.get(call_id).map(|r| r.clone()) else { return 0 };
         let mut inner = room.inner.lock().unwrap_or_else(|p| p.into_inner());
         let before = inner.visible();
@@ -412,10 +456,10 @@ impl RoomRegistry {
         let after = inner.visible();
         let mut sent = 0;
         for p in after.iter().filter(|p| !before.iter().any(|b| b.id == p.id)) {
-            sent += inner.fan_out(&RoomEvent::Joined { participant: p.clone() }, &self.publishable_key);
+            sent += inner.fan_out(&RoomEvent::Joined { participant: p.clone(), write: 0 }, &self.publishable_key);
         }
         for p in before.iter().filter(|b| !after.iter().any(|p| p.id == b.id)) {
-            sent += inner.fan_out(&RoomEvent::Left { participant: p.clone() }, &self.publishable_key);
+            sent += inner.fan_out(&RoomEvent::Left { participant: p.clone(), write: 0 }, &self.publishable_key);
         }
         sent
     }
@@ -458,7 +502,7 @@ impl RoomInner {
     /// other nodes' participants not also here.
     fn visible(&self) -> Vec<Participant> {
         let mut seen = unique_participants(&self.members);
-        for p in self.remote.values().flat_map(|(ps, _)| ps) {
+        for p in self.remote.values().flat_map(|r| &r.participants) {
             if !seen.iter().any(|s| s.id == p.id) {
                 seen.push(p.clone());
             }
@@ -470,8 +514,8 @@ impl RoomInner {
     fn broadcast(&mut self, event: &RoomEvent, publishable_key: &str) -> usize {
         // A participant also present through another node was never gone, or was already here,
         // for the members: a join or leave of theirs on this node changes nothing they see.
-        if let RoomEvent::Joined { participant } | RoomEvent::Left { participant } = event
-            && self.remote.values().flat_map(|(ps, _)| ps).any(|p| p.id == participant.id)
+        if let RoomEvent::Joined { participant, .. } | RoomEvent::Left { participant, .. } = event
+            && self.remote.values().flat_map(|r| &r.participants).any(|p| p.id == participant.id)
         {
             return 0;
         }
@@ -617,8 +661,8 @@ fn unique_participants(members: &HashMap<u64, Member, RandomState>) -> Vec<Parti
 /// The frame `role` gets for `event`, or `None` if that role does not see it.
 fn render(event: &RoomEvent, role: Role, seq: u64, pk: &str) -> Option<Bytes> {
     let msg = match event {
-        RoomEvent::Joined { participant } => ServerMsg::ParticipantJoined { participant: participant.clone() },
-        RoomEvent::Left { participant } => ServerMsg::ParticipantLeft { participant: participant.clone() },
+        RoomEvent::Joined { participant, .. } => ServerMsg::ParticipantJoined { participant: participant.clone() },
+        RoomEvent::Left { participant, .. } => ServerMsg::ParticipantLeft { participant: participant.clone() },
         RoomEvent::PaymentRequested { payment } => {
             if !visible_to(payment, role) {
                 return None;
@@ -959,17 +1003,17 @@ mod tests {
     fn members_hear_of_other_nodes_participants_once_however_many_nodes_have_them() {
         let (reg, _doc, mut rx) = room_with_doc();
         let pat = person("pat", Role::Patient);
-        reg.remote_joined("call", "node-b", &pat);
-        reg.remote_joined("call", "node-c", &pat);
+        reg.remote_joined("call", "node-b", &pat, 0);
+        reg.remote_joined("call", "node-c", &pat, 0);
         assert_eq!(presence_frames(&mut rx), [("participant.joined".into(), "pat".into())]);
         assert_eq!(ids(&reg.visible("call")), ["doc", "pat"]);
-        reg.remote_left("call", "node-b", &pat);
+        reg.remote_left("call", "node-b", &pat, 0);
         assert_eq!(presence_frames(&mut rx), [], "pat is still on node-c");
-        reg.remote_left("call", "node-c", &pat);
+        reg.remote_left("call", "node-c", &pat, 0);
         assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
         assert_eq!(ids(&reg.visible("call")), ["doc"]);
         // A join's own list includes other nodes' participants.
-        reg.remote_joined("call", "node-b", &pat);
+        reg.remote_joined("call", "node-b", &pat, 0);
         let doc2 = reg.join("call", "c", person("doc2", Role::Clinician), Outbound::new(4).0);
         assert_eq!(ids(&doc2.participants), ["doc", "doc2", "pat"]);
     }
@@ -978,17 +1022,17 @@ mod tests {
     fn a_participant_on_two_nodes_neither_appears_twice_nor_leaves_early() {
         let (reg, _doc, mut rx) = room_with_doc();
         let pat = person("pat", Role::Patient);
-        reg.remote_joined("call", "node-b", &pat);
+        reg.remote_joined("call", "node-b", &pat, 0);
         presence_frames(&mut rx);
         // The patient opens a second tab, on this node: nothing new for the clinician...
         let here = reg.join("call", "c", pat.clone(), Outbound::new(4).0);
-        assert_eq!(reg.deliver("call", &RoomEvent::Joined { participant: pat.clone() }), 0);
+        assert_eq!(reg.deliver("call", &RoomEvent::Joined { participant: pat.clone(), write: 0 }), 0);
         // ...and closing it does not make them leave while node-b still has them.
         assert_eq!(here.membership.leave().map(|p| p.id), Some("pat".into()));
-        assert_eq!(reg.deliver("call", &RoomEvent::Left { participant: pat.clone() }), 0);
+        assert_eq!(reg.deliver("call", &RoomEvent::Left { participant: pat.clone(), write: 0 }), 0);
         assert_eq!(presence_frames(&mut rx), []);
         // Node-b's entry going (expired: its node died) is a leave.
-        reg.sync_remote("call", Presence::new(), Instant::now());
+        reg.sync_remote("call", Presence::new(), Instant::now(), Duration::ZERO);
         assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
     }
 
@@ -998,23 +1042,94 @@ mod tests {
         let pat = person("pat", Role::Patient);
         // While the read is under way: node-b says pat joined, node-c says its patient left.
         let old = person("old", Role::Patient);
-        reg.remote_joined("call", "node-c", &old);
+        reg.remote_joined("call", "node-c", &old, 0);
         std::thread::sleep(std::time::Duration::from_millis(2));
         let read_at_2 = Instant::now();
-        reg.remote_joined("call", "node-b", &pat);
-        reg.remote_left("call", "node-c", &old);
+        reg.remote_joined("call", "node-b", &pat, 0);
+        reg.remote_left("call", "node-c", &old, 0);
         presence_frames(&mut rx);
         // The record, read before those events, has node-c with `old` and no node-b.
-        let stale: Presence = [("node-c".to_owned(), vec![old.clone()])].into();
-        reg.sync_remote("call", stale, read_at_2);
+        let stale: Presence = [("node-c".to_owned(), entry(0, &[&old]))].into();
+        reg.sync_remote("call", stale, read_at_2, Duration::ZERO);
         assert_eq!(presence_frames(&mut rx), [], "the events are newer than the read");
         assert_eq!(ids(&reg.visible("call")), ["doc", "pat"]);
         // A read taken after the events wins.
-        let fresh: Presence = [("node-b".to_owned(), vec![pat.clone()])].into();
-        reg.sync_remote("call", fresh, Instant::now());
+        let fresh: Presence = [("node-b".to_owned(), entry(0, &[&pat]))].into();
+        reg.sync_remote("call", fresh, Instant::now(), Duration::ZERO);
         assert_eq!(presence_frames(&mut rx), []);
-        reg.sync_remote("call", Presence::new(), Instant::now());
+        reg.sync_remote("call", Presence::new(), Instant::now(), Duration::ZERO);
         assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
+    }
+
+    /// A record entry numbered `write` listing `who`.
+    fn entry(write: u64, who: &[&Participant]) -> crate::bus::NodePresence {
+        crate::bus::NodePresence { write, participants: who.iter().map(|p| (*p).clone()).collect() }
+    }
+
+    const TTL: Duration = Duration::from_secs(15);
+
+    /// Presence writes and bus events travel on different connections, so a join's event can
+    /// arrive before its presence write lands. A renewal reading the record in between must not
+    /// undo the join (a `participant.left`, then a `participant.joined` a renewal later), nor
+    /// bring back a participant whose leave was heard; the write numbers the events carry say
+    /// which is newer. Failed before the rule, which judged by the time of reading alone.
+    #[test]
+    fn a_presence_read_missing_a_write_the_bus_announced_does_not_undo_it() {
+        let (reg, _doc, mut rx) = room_with_doc();
+        let pat = person("pat", Role::Patient);
+        let old = person("old", Role::Patient);
+        // node-b's first participant here: its write (numbered 7) has not landed, and the record
+        // has no entry for node-b yet.
+        reg.remote_joined("call", "node-b", &pat, 7);
+        // node-c's patient left (write 9); the record still has its entry numbered 4.
+        reg.remote_joined("call", "node-c", &old, 4);
+        reg.remote_left("call", "node-c", &old, 9);
+        assert_eq!(
+            presence_frames(&mut rx),
+            [
+                ("participant.joined".into(), "pat".into()),
+                ("participant.joined".into(), "old".into()),
+                ("participant.left".into(), "old".into())
+            ]
+        );
+        std::thread::sleep(Duration::from_millis(2));
+        let stale: Presence = [("node-c".to_owned(), entry(4, &[&old]))].into();
+        reg.sync_remote("call", stale, Instant::now(), TTL);
+        assert_eq!(presence_frames(&mut rx), [], "the events are newer than the record read after them");
+        assert_eq!(ids(&reg.visible("call")), ["doc", "pat"]);
+        // node-b's entry as written before the join (numbered 5, nobody): still older.
+        let stale: Presence = [("node-b".to_owned(), entry(5, &[])), ("node-c".to_owned(), entry(4, &[&old]))].into();
+        reg.sync_remote("call", stale, Instant::now(), TTL);
+        assert_eq!(presence_frames(&mut rx), []);
+        // The writes land: the record agrees, and from now on it is what counts.
+        let landed: Presence = [("node-b".to_owned(), entry(7, &[&pat])), ("node-c".to_owned(), entry(9, &[]))].into();
+        reg.sync_remote("call", landed, Instant::now(), TTL);
+        assert_eq!(presence_frames(&mut rx), []);
+        let later: Presence = [("node-b".to_owned(), entry(12, &[]))].into();
+        reg.sync_remote("call", later, Instant::now(), TTL);
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
+    }
+
+    /// A join heard on the bus whose write never lands (its node died right after) lasts no
+    /// longer than an entry would: the presence expiry. And an event older than the record
+    /// (a late copy) gives way to it at the next read.
+    #[test]
+    fn a_join_whose_write_never_lands_expires_like_an_entry_and_an_older_event_gives_way() {
+        let (reg, _doc, mut rx) = room_with_doc();
+        let pat = person("pat", Role::Patient);
+        reg.remote_joined("call", "node-b", &pat, 7);
+        presence_frames(&mut rx);
+        std::thread::sleep(Duration::from_millis(5));
+        reg.sync_remote("call", Presence::new(), Instant::now(), TTL);
+        assert_eq!(ids(&reg.visible("call")), ["doc", "pat"], "within the expiry: the write may still land");
+        reg.sync_remote("call", Presence::new(), Instant::now(), Duration::from_millis(1));
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())], "past it: gone");
+        // The record says node-b's patient left (write 12); a late copy of the join (write 11).
+        reg.remote_joined("call", "node-b", &pat, 11);
+        presence_frames(&mut rx);
+        reg.sync_remote("call", [("node-b".to_owned(), entry(12, &[]))].into(), Instant::now(), TTL);
+        assert_eq!(presence_frames(&mut rx), [("participant.left".into(), "pat".into())]);
+        assert_eq!(ids(&reg.visible("call")), ["doc"]);
     }
 
     /// A page reload: the new socket joins while the old one leaves. Whatever the interleaving,

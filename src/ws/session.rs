@@ -158,9 +158,11 @@ pub async fn run(
     // for `welcome`, and left in place it would stay allocated for the connection's life.
     let mut participants = std::mem::take(&mut joined.participants);
     if let Some(remote) = remote {
-        app.hub.rooms.sync_remote(&call_id, remote, read_at);
+        app.hub.adopt_presence(&call_id, remote, read_at);
         participants = app.hub.rooms.visible(&call_id);
     }
+    // The number of the presence write that records this join here, for its event to carry.
+    let mut presence_write = 0;
     if shared {
         // The welcome waits until this node hears the call (other nodes' events reach it), so
         // that a frame sent to this socket after its welcome cannot be lost to a subscription
@@ -168,7 +170,9 @@ pub async fn run(
         let within = Duration::from_millis(app.config.bus.subscribe_wait_ms);
         let hears = app.hub.hears(&call_id, within);
         let heard = if joined.first_connection {
-            Box::pin(async { tokio::join!(app.hub.share_presence(&call_id), hears).1 }).await
+            let (write, heard) = Box::pin(async { tokio::join!(app.hub.share_presence(&call_id), hears) }).await;
+            presence_write = write;
+            heard
         } else {
             Box::pin(hears).await
         };
@@ -207,7 +211,11 @@ pub async fn run(
     // Joined: the next join may take this place.
     drop(join_slot);
     if joined.first_connection {
-        app.hub.publish(&call_id, &clinic_id, RoomEvent::Joined { participant: participant.clone() });
+        app.hub.publish(
+            &call_id,
+            &clinic_id,
+            RoomEvent::Joined { participant: participant.clone(), write: presence_write },
+        );
     }
 
     let caller = Caller { participant: participant.clone(), call_id: call_id.clone(), clinic_id: clinic_id.clone() };
@@ -335,10 +343,8 @@ pub async fn run(
     app.metrics.ended(why);
     drop(dispatch);
     if let Some(left) = joined.membership.leave() {
-        if shared {
-            Box::pin(app.hub.share_presence(&call_id)).await;
-        }
-        app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left });
+        let write = if shared { Box::pin(app.hub.share_presence(&call_id)).await } else { 0 };
+        app.hub.publish(&call_id, &clinic_id, RoomEvent::Left { participant: left, write });
     }
 }
 

@@ -349,6 +349,40 @@ async fn a_welcome_comes_once_its_node_hears_the_call() {
     assert_eq!(progress["stage"], "viewing");
 }
 
+/// A join's event on the bus carries the number of the presence write that records it, the
+/// number the record then holds for the joining node (or a renewal's newer one): a node that
+/// reads the record before that write lands keeps the join it heard of.
+#[tokio::test]
+async fn a_joins_event_carries_the_number_of_its_presence_write() {
+    use futures_util::StreamExt;
+    let cluster = Cluster::start(2, REDIS_URL).await;
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut listener = client.get_async_pubsub().await.unwrap();
+    listener.subscribe(format!("callpay:call:{}", cluster.call_id)).await.unwrap();
+    let _doc = cluster.join(0, "doc", Role::Clinician).await;
+    let mut messages = listener.on_message();
+    let joined = loop {
+        let msg = tokio::time::timeout(WAIT, messages.next()).await.expect("an envelope").expect("open");
+        let envelope: serde_json::Value = serde_json::from_str(&msg.get_payload::<String>().unwrap()).unwrap();
+        if envelope["event"]["kind"] == "joined" {
+            break envelope;
+        }
+    };
+    assert_eq!(joined["origin"], "node-0");
+    let write = joined["event"]["write"].as_u64().expect("the join carries its write's number");
+    assert!(write > 0);
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entry: String = redis::cmd("HGET")
+        .arg(format!("callpay:presence:{}", cluster.call_id))
+        .arg("node-0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    assert!(entry["n"].as_u64().unwrap() >= write, "the record holds that write: {entry}");
+    assert_eq!(entry["participants"][0]["id"], "doc");
+}
+
 /// A node's presence writes and its publishes travel on connections of their own. A node
 /// taking thousands of joins at once writes presence for each; on one shared connection a
 /// publish waited behind them past its time-out, and the live frames of its batch were lost

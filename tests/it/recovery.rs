@@ -531,11 +531,13 @@ async fn the_presence_record_keeps_a_nodes_newest_write_and_expires_by_redis_tim
     a.put(&[("call_p".into(), vec![who("stays")])], ttl, 5).await.unwrap();
     a.put(&[("call_p".into(), vec![who("stays"), who("left")])], ttl, 3).await.unwrap();
     let seen = b.read(&["call_p".to_owned()]).await.unwrap();
-    let ids: Vec<&str> = seen[0]["a"].iter().map(|p| p.id.as_str()).collect();
+    let ids: Vec<&str> = seen[0]["a"].participants.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["stays"], "an older write brought a leaver back");
-    // An empty list (numbered 6) is a leave kept until it expires: nobody there.
+    assert_eq!(seen[0]["a"].write, 5, "read with its number");
+    // An empty list (numbered 6) is a leave kept until it expires: nobody there, as of write 6.
     a.put(&[("call_p".into(), Vec::new())], ttl, 6).await.unwrap();
-    assert!(b.read(&["call_p".to_owned()]).await.unwrap()[0].is_empty());
+    let seen = b.read(&["call_p".to_owned()]).await.unwrap();
+    assert_eq!(seen[0]["a"], callpay::bus::NodePresence { write: 6, participants: Vec::new() });
     // Written again, then left to expire: gone after the ttl by Redis's clock.
     a.put(&[("call_p".into(), vec![who("stays")])], ttl, 7).await.unwrap();
     assert_eq!(b.read(&["call_p".to_owned()]).await.unwrap()[0].len(), 1);

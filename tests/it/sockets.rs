@@ -53,7 +53,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
     let (call, clinic) = (hub.info.call_id.clone(), callpay::demo::DEMO_CLINIC.to_owned());
     let big = "x".repeat(8 * 1024);
     for i in 0..2_000 {
-        let event = RoomEvent::Joined { participant: visitor(&big) };
+        let event = RoomEvent::Joined { participant: visitor(&big), write: 0 };
         hub.state.hub.publish(&call, &clinic, event);
         if i % 8 == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -65,7 +65,7 @@ async fn a_peer_that_stops_reading_is_dropped_and_the_call_goes_on() {
     assert_eq!(closed, 1, "exactly the stalled connection ended");
 
     // The patient got every event, and still gets new ones.
-    let event = RoomEvent::Joined { participant: visitor("done") };
+    let event = RoomEvent::Joined { participant: visitor("done"), write: 0 };
     hub.state.hub.publish(&call, &clinic, event);
     let (_patient, got) = tokio::time::timeout(WAIT, reader).await.expect("patient keeps receiving").unwrap();
     assert_eq!(got, 2_001, "the reading member missed nothing");

@@ -10,10 +10,11 @@
 //! Publishing, presence and subscriptions each have a connection of their own (per node of a
 //! Redis Cluster, each a connection to every node), so that a publish does not queue in the
 //! client behind a burst of presence writes (Redis itself still runs one command at a time).
-//! The price: a join's or leave's event can now reach other nodes before its presence write
-//! when that write took longer than the join waits for it (`PRESENCE_WAIT`); a node renewing
-//! in between reads the entry as it was, until its next renewal. Subscriptions live on a RESP3
-//! connection with automatic resubscription. Redis
+//! So a join's or leave's event can reach other nodes before its presence write, when that
+//! write took longer than the join waits for it (`PRESENCE_WAIT`): the event carries the
+//! write's number, and a node reading the record in between keeps what the event said until
+//! the record holds a write at least as new (see `RoomRegistry::sync_remote`). Subscriptions
+//! live on a RESP3 connection with automatic resubscription. Redis
 //! drops messages published while a subscriber is disconnected, so after a disconnection the
 //! node repairs its own calls from the store, in paced chunks.
 

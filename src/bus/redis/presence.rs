@@ -9,7 +9,7 @@
 //! participant who just left. A leave is stored as an empty entry that expires like any other.
 //! Reading removes expired entries in the same script, atomically.
 
-use super::super::{BusError, Presence, PresenceEntry};
+use super::super::{BusError, NodePresence, Presence, PresenceEntry};
 use super::{Link, REDIS_TIMEOUT};
 use callpay_protocol::Participant;
 use std::sync::Mutex;
@@ -132,11 +132,10 @@ impl PresenceRecord {
                     if *node == self.node {
                         continue;
                     }
-                    // An empty entry is a leave that has not expired yet: nobody there.
-                    if let Ok(entry) = serde_json::from_str::<PresenceEntry>(value)
-                        && !entry.participants.is_empty()
-                    {
-                        nodes.insert(node.clone(), entry.participants);
+                    // An empty entry (a leave that has not expired yet) is kept: its number says
+                    // which of the node's joins and leaves it already shows.
+                    if let Ok(entry) = serde_json::from_str::<PresenceEntry>(value) {
+                        nodes.insert(node.clone(), NodePresence { write: entry.n, participants: entry.participants });
                     }
                 }
                 Ok(nodes)
