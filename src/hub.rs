@@ -203,9 +203,10 @@ impl Hub {
         }
     }
 
-    /// Waits (at most `within`) until this node hears what other nodes publish on `call_id`:
-    /// a `welcome` sent after it misses nothing live. False if it did not (the room's repair
-    /// brings its payments once it does; live frames meanwhile are lost).
+    /// Waits (at most `within`) until this node hears what other nodes publish on `call_id` and
+    /// its clinic ([`Bus::hears`]): a `welcome` sent after it misses nothing live while the
+    /// bus connection holds. False if it did not (the room's repair brings its payments once it
+    /// does; live frames meanwhile are lost).
     pub async fn hears(&self, call_id: &str, within: Duration) -> bool {
         self.bus.hears(call_id, within).await
     }

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub joins_shed: Counter,
     /// Joins that came back after `4013` with a ticket due and valid, and were admitted.
     pub joins_ticketed: Counter,
+    /// Welcomes sent before their node heard the call (`bus.subscribe_wait_ms` passed, or the
+    /// node was cut off from Redis): frames other nodes sent to those sockets meanwhile are lost.
+    pub welcomes_unheard: Counter,
     /// Payment commands (requests, cancels) answered `busy` because as many as the store can
     /// serve were in progress: nothing was done with them.
     pub commands_shed: Counter,
@@ -96,6 +99,7 @@ impl Metrics {
             joins_refused: Counter::default(),
             joins_shed: Counter::default(),
             joins_ticketed: Counter::default(),
+            welcomes_unheard: Counter::default(),
             commands_shed: Counter::default(),
             frames_refused: Counter::default(),
             webhooks_rejected: Counter::default(),
@@ -143,6 +147,11 @@ impl Metrics {
             "ws_joins_ticketed",
             "Joins admitted ahead of others because they came back after 4013 with their ticket",
             m.joins_ticketed.clone(),
+        );
+        r.register(
+            "ws_welcomes_unheard",
+            "Welcomes sent before this node heard the call on the bus (its subscription not yet confirmed, or Redis unreachable)",
+            m.welcomes_unheard.clone(),
         );
         r.register("ws_frames_refused", "Client frames answered with an error frame", m.frames_refused.clone());
         r.register(

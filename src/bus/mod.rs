@@ -186,9 +186,11 @@ pub trait Bus: Send + Sync + 'static {
     fn watch(&self, _call_id: &str, _clinic_id: &str) {}
     /// This node no longer has members in `call_id`.
     fn unwatch(&self, _call_id: &str, _clinic_id: &str) {}
-    /// Waits (at most `within`) until this node hears `call_id`: from then on every envelope
-    /// another node publishes on it reaches this node's sink. False if it does not within
-    /// `within`, or cannot now (cut off from the bus). A bus without other nodes always hears.
+    /// Waits (at most `within`) until this node hears `call_id`: the bus has confirmed this
+    /// node's subscriptions to the call's envelopes and its clinic's, so what another node
+    /// publishes on them from then on reaches this node's sink (while the connection stays up;
+    /// a lost connection is repaired from the store). False if not within `within`, or if
+    /// the node knows it is cut off from the bus. A bus that delivers in-process always hears.
     async fn hears(&self, _call_id: &str, _within: Duration) -> bool {
         true
     }

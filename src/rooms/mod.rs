@@ -394,9 +394,10 @@ impl RoomRegistry {
     /// `write` as for [`RoomRegistry::remote_joined`].
     pub fn remote_left(&self, call_id: &str, node: &str, participant: &Participant, write: u64) -> usize {
         self.change_remote(call_id, |remote| {
-            // An emptied entry stays until the next sync, as a record that the node has nobody
-            // here any more that is newer than a presence read already under way (made empty if
-            // the room knew nothing of the node: a record read later may still list the leaver).
+            // An emptied entry stays, as a record that the node has nobody here any more that is
+            // newer than the presence record may be, for as long as `sync_remote` keeps bus news
+            // (made empty if the room knew nothing of the node: a record read later may still
+            // list the leaver).
             let there = remote.entry(node.to_owned()).or_insert_with(|| Remote {
                 participants: Vec::new(),
                 learnt: Instant::now(),

@@ -177,6 +177,7 @@ pub async fn run(
             Box::pin(hears).await
         };
         if !heard {
+            app.metrics.welcomes_unheard.inc();
             tracing::debug!(call_id, "welcome sent before this node hears the call; its repair follows");
         }
     }

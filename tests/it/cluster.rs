@@ -372,15 +372,45 @@ async fn a_joins_event_carries_the_number_of_its_presence_write() {
     let write = joined["event"]["write"].as_u64().expect("the join carries its write's number");
     assert!(write > 0);
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entry: String = redis::cmd("HGET")
-        .arg(format!("callpay:presence:{}", cluster.call_id))
-        .arg("node-0")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // The write may land after the event (it waits 500 ms at most); the next renewal, 5 s
+    // after the node started, would number its own write higher.
+    let entry: String = eventually(async || {
+        redis::cmd("HGET")
+            .arg(format!("callpay:presence:{}", cluster.call_id))
+            .arg("node-0")
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .unwrap()
+    })
+    .await;
     let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
-    assert!(entry["n"].as_u64().unwrap() >= write, "the record holds that write: {entry}");
+    assert_eq!(entry["n"].as_u64(), Some(write), "the record holds that write: {entry}");
     assert_eq!(entry["participants"][0]["id"], "doc");
+}
+
+/// A call whose room closes and opens again before the subscribing task looks is heard at once:
+/// its channels are still held, so no SUBSCRIBE is sent and no confirmation would ever come.
+/// Taken as unheard, every such join would wait `bus.subscribe_wait_ms` for nothing.
+#[tokio::test]
+async fn a_call_opened_again_while_its_channels_are_held_is_heard_without_subscribing_again() {
+    use callpay::bus::Bus;
+    ensure_services();
+    let run = callpay::ids::random_id();
+    let (call, clinic) = (format!("call_{run}"), format!("clinic_{run}"));
+    let bus = RedisBus::connect(REDIS_URL, "b".into()).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    bus.start(Arc::new(Recorder::default()), stop.clone());
+    bus.watch(&call, &clinic);
+    assert!(bus.hears(&call, WAIT).await, "heard once subscribed");
+    // Closed and opened again with nothing awaited between: the task sees only the reopening.
+    bus.unwatch(&call, &clinic);
+    bus.watch(&call, &clinic);
+    assert!(bus.hears(&call, WAIT).await, "heard again without a new confirmation");
+    assert_eq!(numsub(&format!("callpay:call:{call}")).await, 1, "never unsubscribed");
+    // Closed for good: no longer heard.
+    bus.unwatch(&call, &clinic);
+    assert!(!bus.hears(&call, WAIT).await);
+    stop.cancel();
 }
 
 /// A node's presence writes and its publishes travel on connections of their own. A node

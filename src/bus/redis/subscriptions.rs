@@ -58,8 +58,9 @@ struct WantedState {
     /// Channels this node is unsubscribing: Redis's confirmation for them is ours, not a
     /// subscription lost on Redis's side.
     leaving: HashSet<String>,
-    /// Calls of `calls` whose channel Redis confirmed since they were last watched: what other
-    /// nodes publish on them reaches this node.
+    /// Wanted channels (of calls and of clinics) Redis confirmed holding since they were last
+    /// wanted: what other nodes publish on them reaches this node. A call is heard when its
+    /// channel and its clinic's are.
     heard: HashSet<String>,
     /// The subscribing connection is lost: nothing is heard until it is back.
     cut_off: bool,
@@ -73,6 +74,7 @@ impl WantedState {
             *n -= 1;
             if *n == 0 {
                 self.clinics.remove(clinic_id);
+                self.heard.remove(&clinic_channel(clinic_id));
             }
         }
         self.dirty.insert(clinic_channel(clinic_id));
@@ -115,7 +117,7 @@ impl Wanted {
     pub(super) fn unwatch(&self, call_id: &str, _clinic_id: &str) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let Some(clinic) = state.calls.remove(call_id) else { return };
-        state.heard.remove(call_id);
+        state.heard.remove(&call_channel(call_id));
         state.count_clinic(&clinic, false);
         state.dirty.insert(call_channel(call_id));
         drop(state);
@@ -130,9 +132,7 @@ impl Wanted {
         if state.leaving.remove(channel) {
             return true;
         }
-        if let Some(call) = channel.strip_prefix(CALL_PREFIX) {
-            state.heard.remove(call);
-        }
+        state.heard.remove(channel);
         state.dropped.insert(channel.to_owned());
         state.dirty.insert(channel.to_owned());
         drop(state);
@@ -157,13 +157,15 @@ impl Wanted {
         self.heard(channels);
     }
 
-    /// Redis holds `channels` for this node: the calls among them still wanted are heard.
+    /// Redis holds `channels` for this node: those still wanted are heard. Not one Redis said
+    /// it dropped since the round began (its notice came between the round's look and now):
+    /// that one is subscribed again next round, and heard once confirmed then.
     fn heard(&self, channels: &[String]) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut any = false;
-        for call in channels.iter().filter_map(|c| c.strip_prefix(CALL_PREFIX)) {
-            if state.calls.contains_key(call) {
-                any |= state.heard.insert(call.to_owned());
+        for c in channels {
+            if c != GAP_CHANNEL && state.want(c) != Want::No && !state.dropped.contains(c) {
+                any |= state.heard.insert(c.clone());
             }
         }
         drop(state);
@@ -178,8 +180,9 @@ impl Wanted {
         self.heard_changed.notify_waiters();
     }
 
-    /// Waits (at most `within`) until `call_id` is heard; false if it is not by then, if this
-    /// node is cut off from Redis, or if the call is no longer served here.
+    /// Waits (at most `within`) until `call_id` is heard (its channel and its clinic's are held);
+    /// false if it is not by then, if this node is cut off from Redis, or if the call is no
+    /// longer served here when it looks.
     pub(super) async fn hears(&self, call_id: &str, within: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -189,10 +192,11 @@ impl Wanted {
             changed.as_mut().enable();
             {
                 let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if state.cut_off || !state.calls.contains_key(call_id) {
+                let Some(clinic) = state.calls.get(call_id) else { return false };
+                if state.cut_off {
                     return false;
                 }
-                if state.heard.contains(call_id) {
+                if state.heard.contains(&call_channel(call_id)) && state.heard.contains(&clinic_channel(clinic)) {
                     return true;
                 }
             }
@@ -240,7 +244,7 @@ pub(super) async fn keep_subscribed(
     loop {
         let (changes, dropped) = wanted.changes();
         let Plan { to_add, to_drop, held } = ledger.plan(changes, dropped);
-        // Calls watched again while their channel was still held: heard already.
+        // Channels wanted again while still held: heard already.
         wanted.heard(&held);
         let mut failed = false;
         for chunk in to_add.chunks(SUBSCRIBE_BATCH) {
@@ -290,8 +294,8 @@ pub(super) async fn keep_subscribed(
     }
 }
 
-/// One round's work: what to subscribe and unsubscribe, and the call channels wanted again
-/// that Redis still holds.
+/// One round's work: what to subscribe and unsubscribe, and the channels wanted again that
+/// Redis still holds.
 struct Plan {
     to_add: Vec<String>,
     to_drop: Vec<String>,
@@ -318,10 +322,9 @@ impl Ledger {
     }
 
     /// Takes in what changed since the last round and what Redis dropped; the channels to
-    /// subscribe and to unsubscribe now, and the call channels wanted that are held already.
+    /// subscribe and to unsubscribe now, and the channels wanted that are held already.
     fn plan(&mut self, changes: Vec<(String, Want)>, dropped: HashSet<String>) -> Plan {
-        let wanted_calls: Vec<String> =
-            changes.iter().filter(|(_, w)| matches!(w, Want::Yes(Some(_)))).map(|(c, _)| c.clone()).collect();
+        let wanted: Vec<String> = changes.iter().filter(|(_, w)| *w != Want::No).map(|(c, _)| c.clone()).collect();
         self.pending.extend(changes);
         for channel in dropped {
             if self.held.remove(&channel) && self.pending.get(&channel).is_some_and(|w| *w != Want::No) {
@@ -337,8 +340,7 @@ impl Ledger {
         let pick = |no: bool| -> Vec<String> {
             self.pending.iter().filter(|(_, w)| (**w == Want::No) == no).map(|(c, _)| c.clone()).collect()
         };
-        let held =
-            wanted_calls.into_iter().filter(|c| self.held.contains(c) && !self.pending.contains_key(c)).collect();
+        let held = wanted.into_iter().filter(|c| self.held.contains(c) && !self.pending.contains_key(c)).collect();
         Plan { to_add: pick(false), to_drop: pick(true), held }
     }
 
@@ -625,6 +627,11 @@ mod tests {
         assert!(plan.held.is_empty(), "not held yet");
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished(), "not heard before Redis confirms");
+        // The call's channel confirmed in one chunk, its clinic's in another: clinic-wide events
+        // (a Stripe account unlinked) are not heard until the second.
+        w.subscribed(&["callpay:call:c1".to_owned()]);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "its clinic's channel is not held yet");
         w.subscribed(&plan.to_add);
         l.subscribed(&plan.to_add);
         assert!(waiting.await.unwrap(), "heard once confirmed");
@@ -636,7 +643,9 @@ mod tests {
         let (changes, dropped) = w.changes();
         let plan = l.plan(changes, dropped);
         assert_eq!((plan.to_add.len(), plan.to_drop.len()), (0, 0), "still held: nothing to send");
-        assert_eq!(plan.held, ["callpay:call:c1"]);
+        let mut held = plan.held.clone();
+        held.sort();
+        assert_eq!(held, ["callpay:call:c1", "callpay:clinic:k1"]);
         w.heard(&plan.held);
         assert_eq!(w.hears("c1", hour).now_or_never(), Some(true), "held, so heard");
         // The connection is lost: nothing is heard, and a waiter is let go at once.
@@ -652,9 +661,19 @@ mod tests {
         // Back: the connection subscribed again to what it held.
         w.cut_off(false);
         assert_eq!(w.hears("c1", hour).now_or_never(), Some(true));
-        // Redis dropping a call's channel on its own: not heard until subscribed again.
+        // Redis dropping a call's channel on its own: not heard until subscribed again, also
+        // when its notice comes between a round's look and that round's confirmation.
         assert!(!w.unsubscribed("callpay:call:c1"));
         assert!(!w.hears("c1", Duration::ZERO).await);
+        w.heard(&["callpay:call:c1".to_owned()]);
+        assert!(!w.hears("c1", Duration::ZERO).await, "dropped since the round looked");
+        let (changes, dropped) = w.changes();
+        let plan = l.plan(changes, dropped);
+        let mut again = plan.to_add.clone();
+        again.sort();
+        assert_eq!(again, ["callpay:call:c1", "callpay:call:c2"], "subscribed again (and c2, never confirmed)");
+        w.subscribed(&plan.to_add);
+        assert!(w.hears("c1", Duration::ZERO).await);
     }
 
     #[test]
