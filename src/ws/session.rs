@@ -161,6 +161,19 @@ pub async fn run(
         app.hub.adopt_presence(&call_id, remote, read_at);
         participants = app.hub.rooms.visible(&call_id);
     }
+    // The welcome waits until this node hears the call (other nodes' events on it and on its
+    // clinic reach it), so that a frame sent to this socket after its welcome cannot be lost to
+    // a subscription not yet live, and the snapshot below, read once it hears, misses nothing
+    // committed elsewhere. A call this node already hears costs one lookup. The join keeps its
+    // place at the gate meanwhile: reading the snapshot first would let a repair newer than the
+    // welcome reach a room that has not seen the welcome's payments (no `payment.confirmed`).
+    if shared {
+        let within = Duration::from_millis(app.config.bus.subscribe_wait_ms);
+        if !Box::pin(app.hub.hears(&call_id, within)).await {
+            app.metrics.welcomes_unheard.inc();
+            tracing::debug!(call_id, "welcome sent before this node hears the call; its repair follows");
+        }
+    }
     // Frames the room queued for this connection up to now come from changes committed before
     // the snapshot below is read: the welcome already shows their payments as they are or
     // newer, so they are not sent again (a `payment.confirmed` among them would be a second
@@ -183,32 +196,13 @@ pub async fn run(
             return;
         }
     };
-    // The store's part of the join is done: the next join may take this place. What follows
-    // waits on Redis, not on the store, and holding the place through it shed more of a drained
-    // node's clients.
+    // The store's part of the join is done: the next join may take this place. The presence
+    // write waits on Redis, not on the store; holding the place through the waits on Redis shed
+    // more of a drained node's clients (README, "when a `welcome` waits to hear the call").
     drop(join_slot);
     // The number of the presence write that records this join here, for its event to carry.
-    let mut presence_write = 0;
-    if shared {
-        // The welcome waits until this node hears the call (other nodes' events reach it), so
-        // that a frame sent to this socket after its welcome cannot be lost to a subscription
-        // not yet live; a call this node already hears costs one lookup. A change committed
-        // elsewhere between the snapshot above and the subscription going live reaches the
-        // room through the repair that follows every new subscription.
-        let within = Duration::from_millis(app.config.bus.subscribe_wait_ms);
-        let hears = app.hub.hears(&call_id, within);
-        let heard = if joined.first_connection {
-            let (write, heard) = Box::pin(async { tokio::join!(app.hub.share_presence(&call_id), hears) }).await;
-            presence_write = write;
-            heard
-        } else {
-            Box::pin(hears).await
-        };
-        if !heard {
-            app.metrics.welcomes_unheard.inc();
-            tracing::debug!(call_id, "welcome sent before this node hears the call; its repair follows");
-        }
-    }
+    let presence_write =
+        if shared && joined.first_connection { Box::pin(app.hub.share_presence(&call_id)).await } else { 0 };
     let Some(welcome) = text(welcome) else { return };
     if !send_within(&mut socket, welcome, write_deadline).await {
         tracing::debug!(call_id, sub = %participant.id, "welcome not written");

@@ -299,7 +299,7 @@ async fn joins_past_what_the_store_serves_are_told_when_to_retry() {
     assert_eq!(first.await.unwrap().welcome["type"], "welcome");
     assert_eq!(second.await.unwrap().welcome["type"], "welcome");
     slow.store(0, Ordering::SeqCst);
-    // (A join's place is given back just after its welcome is sent.)
+    // (A join's place is given back once its welcome is read, before its presence write and send.)
     while hub.state.joins.in_flight() > 0 {
         assert!(
             std::time::Instant::now() < deadline + std::time::Duration::from_secs(5),
