@@ -4,6 +4,7 @@
 //! the Stripe simulator in this process sending its webhooks through nginx too. Each instance
 //! keeps its port across restarts, as a deployment's would.
 
+use crate::free_port;
 use anyhow::{Context, bail};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -13,10 +14,6 @@ use tokio::process::{Child, Command};
 
 /// Seconds a drained instance waits for its sockets before it stops (the hub's setting).
 const SHUTDOWN_GRACE_SECS: u64 = 20;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;

@@ -185,9 +185,7 @@ impl Hub {
         psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
         psql(&format!("CREATE DATABASE {db}"))?;
         let db_url = format!("postgres://postgres@127.0.0.1:5432/{db}");
-        let ports: Vec<u16> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-            .collect::<Result<_, _>>()?;
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let webhook_secret = "whsec_loadtest";
         let sim = stripe_sim::spawn(stripe_sim::SimConfig {
             webhooks: vec![stripe_sim::WebhookTarget {
@@ -760,9 +758,61 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lowest port handed to a process this run starts.
+const PORT_FLOOR: u16 = 10_000;
+
+/// A loopback port for a process this run starts (an instance, nginx, a private Redis): free
+/// when asked, below the kernel's range for ports it picks itself, and never handed out twice
+/// by this run. A port from the kernel's own range (what binding port 0 gives) could be taken,
+/// between its choice and the process binding it, by anything else binding port 0 (the Stripe
+/// simulator in this process) or by any outgoing connection.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let kernels_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32_768);
+    anyhow::ensure!(kernels_low > PORT_FLOOR + 1_000, "the kernel's port range starts at {kernels_low}");
+    let span = u64::from(kernels_low - PORT_FLOOR);
+    // A random start (processes of several runs at once pick apart), then upwards.
+    let start = std::collections::hash_map::RandomState::new().build_hasher().finish() % span;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..span {
+        let port = PORT_FLOOR + ((start + i) % span) as u16;
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port below {kernels_low}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's range for ports it picks itself, from `/proc`.
+    fn ephemeral_range() -> (u16, u16) {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let mut bounds = range.split_whitespace().map(|p| p.parse::<u16>().unwrap());
+        (bounds.next().unwrap(), bounds.next().unwrap())
+    }
+
+    /// A port handed to a process this run starts is never one the kernel gives out by itself
+    /// (to a listener on port 0, such as the in-process Stripe simulator, or to an outgoing
+    /// connection), and never the same twice: either could take an instance's port between
+    /// its choice and the instance binding it. A smoke run of `cluster-confirm` failed so:
+    /// "binding 127.0.0.1:33971: Address already in use", and its client, sent to that port,
+    /// got the simulator's 404.
+    #[test]
+    fn ports_for_started_processes_are_outside_the_kernels_range_and_never_repeat() {
+        let (low, _) = ephemeral_range();
+        let ports: Vec<u16> = (0..300).map(|_| free_port().unwrap()).collect();
+        assert!(ports.iter().all(|p| *p < low), "a port from the kernel's own range: {ports:?}");
+        let unique: std::collections::HashSet<&u16> = ports.iter().collect();
+        assert_eq!(unique.len(), ports.len(), "a port handed out twice");
+    }
 
     fn args(line: &str) -> Vec<String> {
         line.split_whitespace().map(str::to_owned).collect()
