@@ -611,6 +611,12 @@ mod tests {
     /// A call is heard from Redis's confirmation of its channel until it closes here; watched
     /// again while its channel is still held, it is heard at once (no SUBSCRIBE is sent, so no
     /// confirmation would ever come); and nothing is heard while the connection is lost.
+    /// What a waiter answered. A waiter still waiting after 10 s fails the test (waiters here
+    /// are given an hour, so one that is never let go shows as a failure, not a hung run).
+    async fn settled(waiter: tokio::task::JoinHandle<bool>) -> bool {
+        tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("the waiter was let go").unwrap()
+    }
+
     #[tokio::test]
     async fn a_call_is_heard_from_its_subscription_until_it_closes() {
         use futures_util::FutureExt;
@@ -634,7 +640,7 @@ mod tests {
         assert!(!waiting.is_finished(), "its clinic's channel is not held yet");
         w.subscribed(&plan.to_add);
         l.subscribed(&plan.to_add);
-        assert!(waiting.await.unwrap(), "heard once confirmed");
+        assert!(settled(waiting).await, "heard once confirmed");
         // Closed here: no longer heard, though Redis still holds the channel until the next round.
         w.unwatch("c1", "k1");
         assert_eq!(w.hears("c1", hour).now_or_never(), Some(false), "not served here");
@@ -656,7 +662,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         w.cut_off(true);
-        assert!(!waiting.await.unwrap(), "cut off: the waiter goes on without");
+        assert!(!settled(waiting).await, "cut off: the waiter goes on without");
         assert_eq!(w.hears("c1", hour).now_or_never(), Some(false), "nothing is heard while cut off");
         // Back: the connection subscribed again to what it held.
         w.cut_off(false);
