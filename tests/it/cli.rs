@@ -83,7 +83,7 @@ async fn serve_runs_the_whole_product_from_environment_settings() {
     use callpay_protocol::Role;
     use serde_json::json;
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::ports::reserve();
     let hub = format!("http://127.0.0.1:{port}");
     let sim = stripe_sim::spawn(stripe_sim::SimConfig {
         webhooks: vec![stripe_sim::WebhookTarget {

@@ -2,6 +2,7 @@
 //! starts its own hub and Stripe simulator on loopback ports.
 
 mod helpers;
+mod ports;
 mod services;
 
 mod admin;

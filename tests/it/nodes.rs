@@ -24,11 +24,6 @@ pub struct Fleet {
     db: TempDb,
 }
 
-/// A free loopback port (bound and released: the process that gets it binds it a moment later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Fleet {
     /// `n` nodes on the machine's Redis; Stripe's webhooks go to `webhook_url(ports)`.
     pub async fn start(n: usize, webhook_url: impl FnOnce(&[u16]) -> String) -> Self {
@@ -55,7 +50,7 @@ impl Fleet {
     ) -> Self {
         ensure_services();
         let db = TempDb::new();
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..n).map(|_| crate::ports::reserve()).collect();
         let webhook_secret = "whsec_fleet_test";
         let sim = stripe_sim::spawn(stripe_sim::SimConfig {
             webhooks: vec![stripe_sim::WebhookTarget { url: webhook_url(&ports), secret: webhook_secret.into() }],
@@ -376,7 +371,7 @@ enum Victim {
 /// its welcome; the patient pays; Stripe's webhook reaches another live node through the
 /// balancer; each side ends with exactly one `payment.confirmed`.
 async fn a_node_dies_mid_payment(victim: Victim) {
-    let lb_port = free_port();
+    let lb_port = crate::ports::reserve();
     let mut fleet = Fleet::start(3, |_| format!("http://127.0.0.1:{lb_port}/v1/stripe/webhook")).await;
     let lb = Balancer::start(lb_port, &fleet.ports);
     let before = fleet.connection_counts().await;
@@ -643,7 +638,7 @@ async fn within<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 async fn a_rolling_restart_under_load_loses_and_repeats_nothing() {
     const CALLS: usize = 10;
     const PAYMENTS_PER_CALL: usize = 5;
-    let lb_port = free_port();
+    let lb_port = crate::ports::reserve();
     let mut fleet = Fleet::start(3, |_| format!("http://127.0.0.1:{lb_port}/v1/stripe/webhook")).await;
     let lb = Balancer::start(lb_port, &fleet.ports);
     let stop = tokio_util::sync::CancellationToken::new();

@@ -81,10 +81,6 @@ impl SmtpSink {
 }
 
 /// A loopback port nothing listens on (just released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Receipts over SMTP to `port`, fast retries.
 fn smtp_to(port: u16) -> impl FnOnce(&mut callpay::config::Config) {
     move |c| {
@@ -132,7 +128,7 @@ async fn paid(hub: &TestHub, lang: &str, amount: i64, description: &str) -> Stri
 
 #[tokio::test]
 async fn the_receipt_reaches_a_real_smtp_server_in_bengali_with_its_subject_encoded() {
-    let port = free_port();
+    let port = crate::ports::reserve();
     let mut sink = SmtpSink::start(port).await;
     let hub = TestHub::start_with(smtp_to(port)).await;
     let (s, clinic) = hub.own_receipts(true).await;
@@ -172,7 +168,7 @@ async fn the_receipt_reaches_a_real_smtp_server_in_bengali_with_its_subject_enco
 
 #[tokio::test]
 async fn an_english_receipt_over_smtp() {
-    let port = free_port();
+    let port = crate::ports::reserve();
     let mut sink = SmtpSink::start(port).await;
     let hub = TestHub::start_with(smtp_to(port)).await;
     assert_eq!(hub.own_receipts(true).await.0, 200);
@@ -192,7 +188,7 @@ async fn a_receipt_is_retried_with_backoff_until_the_server_answers_and_never_ho
     const SLACK_MS: i64 = 15_000;
     let dir = std::env::temp_dir().join(format!("callpay-receipts-{}", callpay::ids::random_id()));
     let db_url = format!("sqlite://{}", dir.join("callpay.db").display());
-    let port = free_port();
+    let port = crate::ports::reserve();
     // Nothing listens yet: every attempt fails to connect, at once. Waits of a minute and more,
     // so no retry comes on its own during the test: each is made due by the test, and what is
     // checked is the schedule the hub stored, not how long anything took.
@@ -249,7 +245,7 @@ async fn a_receipt_is_retried_with_backoff_until_the_server_answers_and_never_ho
 #[tokio::test]
 async fn a_queued_receipt_is_sent_after_a_restart() {
     let dir = std::env::temp_dir().join(format!("callpay-receipts-{}", callpay::ids::random_id()));
-    let port = free_port();
+    let port = crate::ports::reserve();
     let first = TestHub::start_in(&dir, |c| {
         smtp_to(port)(c);
         // Long waits: this hub stops before its second attempt.
@@ -436,7 +432,7 @@ impl Workers {
 async fn two_instances_deliver_a_receipt_exactly_once_when_the_mail_server_hangs_mid_send() {
     crate::services::ensure_services();
     let db = crate::services::TempDb::new();
-    let port = free_port();
+    let port = crate::ports::reserve();
     // The first session hangs at its recipient for 4 s: longer than a claim's lease used to be
     // (2 x 1 s + 1 s), and a hang no per-exchange timeout may see end.
     let mut sink = SmtpSink::start_stalling(port, 4_000).await;
@@ -530,7 +526,7 @@ async fn an_instance_without_a_mail_server_leaves_receipts_to_one_that_has_one()
     crate::services::ensure_services();
     let db = crate::services::TempDb::new();
     let sim = stripe_sim::spawn(stripe_sim::SimConfig::for_tests()).await.unwrap();
-    let port = free_port();
+    let port = crate::ports::reserve();
     let mut sink = SmtpSink::start(port).await;
     let store = callpay::store::SqlStore::connect(&db.url).await.unwrap();
     let pid = queued_receipt(&store).await;

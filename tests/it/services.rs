@@ -104,7 +104,7 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = crate::ports::reserve();
         let mut r = Self { port, child: None };
         r.restart();
         r
@@ -153,8 +153,8 @@ pub struct PrivateRedisCluster {
 
 impl PrivateRedisCluster {
     pub fn start() -> Self {
-        let ports: Vec<u16> =
-            (0..6).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+        // Each node also listens on its port + 10000 for the cluster's bus.
+        let ports: Vec<u16> = (0..6).map(|_| crate::ports::reserve_with(&[10_000])).collect();
         let dir = std::env::temp_dir().join(format!("callpay-redis-cluster-{}", ports[0]));
         std::fs::create_dir_all(&dir).unwrap();
         let children = ports
