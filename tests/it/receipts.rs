@@ -275,7 +275,12 @@ async fn a_queued_receipt_is_sent_after_a_restart() {
 /// the past in the database itself (the store records outcomes only for the attempt that
 /// claimed a receipt, and claiming one would count an attempt).
 async fn make_due_now(db_url: &str, payment_id: &str) {
-    let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+    use std::str::FromStr;
+    // The hub writes to the same file meanwhile: the test's write waits for any write of the
+    // hub's in flight as long as the test waits for anything (sqlx's default gives up after
+    // 5 s with "database is locked"; a CI failure of this file's retry test came at 5.4 s).
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(db_url).unwrap().busy_timeout(WAIT);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     let moved =
         sqlx::query("UPDATE receipt_outbox SET next_attempt_at = 0 WHERE payment_id = $1 AND status = 'pending'")
             .bind(payment_id)
