@@ -29,9 +29,15 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(6);
 /// How far before the last pass's start the next pass over recent changes reads: `updated_at`
 /// is the writing node's clock, which may run behind this node's.
 const CHANGES_CLOCK_MARGIN_MS: i64 = 30_000;
-/// Most changed payments one pass reads (a fleet taking 100 payments a minute changes a few
-/// hundred in a window).
-const CHANGES_PER_PASS: i64 = 5_000;
+/// Changed payments read at a time. Small on purpose: without statistics on `payments`
+/// (autovacuum off, or a table restored or grown faster than it is analysed) PostgreSQL guesses
+/// that a third of the table changed, and reading 5,000 of those through `payments_updated`
+/// cost more, by that guess, than scanning the whole table and sorting it, which it then did on
+/// every instance every sweep (tests/it/plans.rs; 204 whole-table scans in the 70k `scale` run 9).
+pub const CHANGES_PAGE: i64 = 500;
+/// Most pages one pass reads: 5,000 changes (a fleet taking 100 payments a minute changes a few
+/// hundred in a window); the next pass goes on from where this one stopped.
+const CHANGES_PAGES_PER_PASS: usize = 10;
 /// A gate entry not used for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
 
@@ -228,30 +234,52 @@ impl Payments {
     }
 
     /// Anti-entropy for changes that wait on nothing (a refund total, a cancel): reads the
-    /// payments changed since shortly before the last pass began and brings this node's rooms
-    /// of their calls up to them. A change stored by a node that died before publishing it, or
-    /// whose publish was lost, reaches every room within one sweep period; what rooms already
-    /// have changes nothing.
+    /// payments changed since shortly before the last pass began, a page at a time, and brings
+    /// this node's rooms of their calls up to them. A change stored by a node that died before
+    /// publishing it, or whose publish was lost, reaches every room within one sweep period;
+    /// what rooms already have changes nothing.
     async fn reconcile_recent_changes(&self) {
         use std::sync::atomic::Ordering;
         let started = now_ms();
         let last = self.changes_read_at.load(Ordering::Relaxed);
-        let since = if last == 0 { started } else { last } - CHANGES_CLOCK_MARGIN_MS;
-        let changed = match self.store.payments_changed_since(since, CHANGES_PER_PASS).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read recent payment changes: store unavailable");
-                return;
+        let mut since = if last == 0 { started } else { last } - CHANGES_CLOCK_MARGIN_MS;
+        // Where the next pass goes on from, less the clock margin again (a writer whose clock
+        // runs ahead must not move the cursor past changes of others); none if nothing was read.
+        let mut next = None;
+        for _ in 0..CHANGES_PAGES_PER_PASS {
+            let changed = match self.store.payments_changed_since(since, CHANGES_PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read recent payment changes: store unavailable");
+                    break;
+                }
+            };
+            self.reconcile_changes(&changed);
+            match changed.last() {
+                // A full page: the next one goes on from its last change, never past this
+                // node's now. One that cannot move on (a page of changes made in one
+                // millisecond) leaves the rest to the next pass, as before pages.
+                Some(p) if changed.len() as i64 == CHANGES_PAGE => {
+                    let reached = p.updated_at.min(started);
+                    next = Some(reached);
+                    if reached <= since {
+                        break;
+                    }
+                    since = reached;
+                }
+                _ => {
+                    next = Some(started);
+                    break;
+                }
             }
-        };
-        // A full page: the next pass goes on from its last change, less the clock margin again
-        // (a writer whose clock runs ahead must not move the cursor past changes of others), and
-        // never past this node's now.
-        let next = match changed.last() {
-            Some(p) if changed.len() as i64 == CHANGES_PER_PASS => p.updated_at.min(started),
-            _ => started,
-        };
-        self.changes_read_at.store(next, Ordering::Relaxed);
+        }
+        if let Some(next) = next {
+            self.changes_read_at.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// Brings this node's rooms of the calls of `changed` up to them.
+    fn reconcile_changes(&self, changed: &[crate::store::Payment]) {
         let mut by_call: HashMap<&str, Vec<crate::store::Payment>> = HashMap::new();
         for p in changed.iter().filter(|p| self.hub.rooms.has(&p.call_id)) {
             by_call.entry(p.call_id.as_str()).or_default().push(p.clone());
@@ -355,6 +383,29 @@ mod tests {
         let now = store.payment("pay_1").await.unwrap().unwrap();
         assert_eq!(now.status, PaymentStatus::Processing, "a stale read moved the payment backwards to failed");
         assert_eq!(now.version, 3);
+    }
+
+    /// More changes in one pass's window than a page: the pass reads them all, page after
+    /// page, and the next pass goes on from this one's start.
+    #[tokio::test]
+    async fn a_pass_reads_every_change_of_its_window_a_page_at_a_time() {
+        use std::sync::atomic::Ordering;
+        let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
+        let (payments, store) = crate::payments::testing::service(stripe).await;
+        let before = now_ms();
+        let changes = CHANGES_PAGE * 2 + 100;
+        for i in 0..changes {
+            let p = Payment {
+                id: format!("pay_{i}"),
+                client_ref: format!("r{i}"),
+                updated_at: before - 10_000 + i,
+                ..crate::payments::testing::paid()
+            };
+            store.insert_payment(&p).await.unwrap();
+        }
+        payments.reconcile_recent_changes().await;
+        let cursor = payments.changes_read_at.load(Ordering::Relaxed);
+        assert!(cursor >= before, "the pass stopped at {} of {changes} changes", cursor - (before - 10_000) + 1);
     }
 
     #[test]
