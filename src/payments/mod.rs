@@ -94,8 +94,8 @@ pub struct Payments {
     cfg: PaymentsConfig,
     verify_gate: verify::Gate,
     refusal_gate: refusals::Gate,
-    /// When the last pass over recently changed payments began (Unix ms; 0 before the first).
-    changes_read_at: std::sync::atomic::AtomicI64,
+    /// Where the next pass over recently changed payments goes on from (none before the first).
+    changes_cursor: std::sync::Mutex<Option<verify::ChangesCursor>>,
     /// Woken when a receipt is queued, so the receipt sender need not wait for its next poll.
     receipts_queued: Arc<tokio::sync::Notify>,
 }
@@ -110,7 +110,7 @@ impl Payments {
             cfg,
             verify_gate: verify::Gate::default(),
             refusal_gate: refusals::Gate::default(),
-            changes_read_at: std::sync::atomic::AtomicI64::new(0),
+            changes_cursor: std::sync::Mutex::new(None),
             receipts_queued: Arc::default(),
         }
     }

@@ -32,14 +32,28 @@ const CHANGES_CLOCK_MARGIN_MS: i64 = 30_000;
 /// Changed payments read at a time. Small on purpose: without statistics on `payments`
 /// (autovacuum off, or a table restored or grown faster than it is analysed) PostgreSQL guesses
 /// that a third of the table changed, and reading 5,000 of those through `payments_updated`
-/// cost more, by that guess, than scanning the whole table and sorting it, which it then did on
-/// every instance every sweep (tests/it/plans.rs; 204 whole-table scans in the 70k `scale` run 9).
+/// cost more, by that guess, than scanning the whole table and sorting it. It did that on every
+/// instance every sweep (tests/it/plans.rs; found on 40,000 payments with `auto_explain`, and
+/// most likely the steady whole-table scans of the 70k `scale` runs).
 pub const CHANGES_PAGE: i64 = 500;
 /// Most pages one pass reads: 5,000 changes (a fleet taking 100 payments a minute changes a few
-/// hundred in a window); the next pass goes on from where this one stopped.
+/// hundred in a window). More than that, and the next pass goes on from the last one read.
 const CHANGES_PAGES_PER_PASS: usize = 10;
 /// A gate entry not used for this long is forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// Where a pass over recently changed payments goes on from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChangesCursor {
+    /// The last pass read every change up to its start (Unix ms): the next reads again from
+    /// [`CHANGES_CLOCK_MARGIN_MS`] before it, since `updated_at` is the writing node's clock,
+    /// which may run behind this node's, and a write may commit a moment after its stamp.
+    CaughtUp(i64),
+    /// The last pass stopped at its page limit: the next goes on after this change
+    /// (`updated_at`, id), with no margin, so that a backlog is read through instead of the
+    /// same window again and again.
+    Behind(i64, String),
+}
 
 /// Why a check is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,18 +250,20 @@ impl Payments {
     /// Anti-entropy for changes that wait on nothing (a refund total, a cancel): reads the
     /// payments changed since shortly before the last pass began, a page at a time, and brings
     /// this node's rooms of their calls up to them. A change stored by a node that died before
-    /// publishing it, or whose publish was lost, reaches every room within one sweep period;
-    /// what rooms already have changes nothing.
+    /// publishing it, or whose publish was lost, reaches every room within a sweep period or
+    /// two while the fleet changes fewer than [`CHANGES_PAGE`] x [`CHANGES_PAGES_PER_PASS`]
+    /// payments a pass; what rooms already have changes nothing.
     async fn reconcile_recent_changes(&self) {
-        use std::sync::atomic::Ordering;
         let started = now_ms();
-        let last = self.changes_read_at.load(Ordering::Relaxed);
-        let mut since = if last == 0 { started } else { last } - CHANGES_CLOCK_MARGIN_MS;
-        // Where the next pass goes on from, less the clock margin again (a writer whose clock
-        // runs ahead must not move the cursor past changes of others); none if nothing was read.
+        let cursor = self.changes_cursor.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (mut since, mut after) = match cursor {
+            None => (started - CHANGES_CLOCK_MARGIN_MS, String::new()),
+            Some(ChangesCursor::CaughtUp(at)) => (at - CHANGES_CLOCK_MARGIN_MS, String::new()),
+            Some(ChangesCursor::Behind(at, id)) => (at, id),
+        };
         let mut next = None;
         for _ in 0..CHANGES_PAGES_PER_PASS {
-            let changed = match self.store.payments_changed_since(since, CHANGES_PAGE).await {
+            let changed = match self.store.payments_changed_since(since, &after, CHANGES_PAGE).await {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read recent payment changes: store unavailable");
@@ -256,25 +272,26 @@ impl Payments {
             };
             self.reconcile_changes(&changed);
             match changed.last() {
-                // A full page: the next one goes on from its last change, never past this
-                // node's now. One that cannot move on (a page of changes made in one
-                // millisecond) leaves the rest to the next pass, as before pages.
+                // A full page: the next goes on after its last change, by time and then id, so a
+                // page of changes made in the same millisecond is passed, not read again.
                 Some(p) if changed.len() as i64 == CHANGES_PAGE => {
-                    let reached = p.updated_at.min(started);
-                    next = Some(reached);
-                    if reached <= since {
-                        break;
-                    }
-                    since = reached;
+                    (since, after) = (p.updated_at, p.id.clone());
+                    next = Some(ChangesCursor::Behind(since, after.clone()));
                 }
                 _ => {
-                    next = Some(started);
+                    next = Some(ChangesCursor::CaughtUp(started));
                     break;
                 }
             }
         }
+        if let Some(ChangesCursor::Behind(at, _)) = &next {
+            tracing::warn!(
+                behind_ms = started - at,
+                "more payment changes than one pass reads; the next pass goes on from the last one read"
+            );
+        }
         if let Some(next) = next {
-            self.changes_read_at.store(next, Ordering::Relaxed);
+            *self.changes_cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(next);
         }
     }
 
@@ -385,27 +402,84 @@ mod tests {
         assert_eq!(now.version, 3);
     }
 
-    /// More changes in one pass's window than a page: the pass reads them all, page after
-    /// page, and the next pass goes on from this one's start.
-    #[tokio::test]
-    async fn a_pass_reads_every_change_of_its_window_a_page_at_a_time() {
-        use std::sync::atomic::Ordering;
-        let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
-        let (payments, store) = crate::payments::testing::service(stripe).await;
-        let before = now_ms();
-        let changes = CHANGES_PAGE * 2 + 100;
-        for i in 0..changes {
+    /// The payments of one pass's window: `calls` calls with a payment each, changed at
+    /// `at(i)`, each call with a room here; answers the rooms' counters after joining.
+    async fn changed_calls(
+        payments: &Payments,
+        store: &Arc<dyn crate::store::Store>,
+        calls: i64,
+        at: impl Fn(i64) -> i64,
+    ) -> Vec<(String, u64, crate::rooms::Joined)> {
+        let mut rooms = Vec::new();
+        for i in 0..calls {
+            let call = format!("call_{i:05}");
             let p = Payment {
-                id: format!("pay_{i}"),
+                id: format!("pay_{i:05}"),
+                call_id: call.clone(),
                 client_ref: format!("r{i}"),
-                updated_at: before - 10_000 + i,
+                updated_at: at(i),
                 ..crate::payments::testing::paid()
             };
             store.insert_payment(&p).await.unwrap();
+            let who = callpay_protocol::Participant {
+                id: "doc".into(),
+                name: "Doc".into(),
+                role: callpay_protocol::Role::Clinician,
+            };
+            let joined = payments.hub.rooms.join(&call, "c", who, crate::rooms::Outbound::new(8).0);
+            rooms.push((call.clone(), payments.hub.rooms.seq(&call), joined));
         }
+        rooms
+    }
+
+    /// The calls whose rooms heard nothing since `changed_calls` joined them.
+    fn unheard(payments: &Payments, rooms: &[(String, u64, crate::rooms::Joined)]) -> Vec<String> {
+        rooms.iter().filter(|(call, seq, _)| payments.hub.rooms.seq(call) == *seq).map(|(c, _, _)| c.clone()).collect()
+    }
+
+    /// More changes in one pass's window than a page, 600 of them made in the same
+    /// millisecond: the pass reads every one, page after page, and the next pass reads again
+    /// from the margin before this one's start.
+    #[tokio::test]
+    async fn a_pass_reads_every_change_of_its_window_a_page_at_a_time() {
+        let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
+        let (payments, store) = crate::payments::testing::service(stripe).await;
+        let before = now_ms();
+        let calls = CHANGES_PAGE * 2 + 100;
+        // 0-399 a millisecond apart, 400-999 in one millisecond, 1000-1099 after it.
+        let at = |i: i64| before - 10_000 + i.min(400) + (i - 999).max(0);
+        let rooms = changed_calls(&payments, &store, calls, at).await;
         payments.reconcile_recent_changes().await;
-        let cursor = payments.changes_read_at.load(Ordering::Relaxed);
-        assert!(cursor >= before, "the pass stopped at {} of {changes} changes", cursor - (before - 10_000) + 1);
+        let missed = unheard(&payments, &rooms);
+        assert!(missed.is_empty(), "{} of {calls} rooms missed their change, from {:?}", missed.len(), missed.first());
+        let cursor = payments.changes_cursor.lock().unwrap().clone();
+        assert!(matches!(cursor, Some(ChangesCursor::CaughtUp(at)) if at >= before), "{cursor:?}");
+    }
+
+    /// A backlog longer than a pass reads: the next pass goes on after the last change read,
+    /// not from the clock margin again, so the backlog is read through.
+    #[tokio::test]
+    async fn a_backlog_longer_than_a_pass_is_read_through_by_the_next_passes() {
+        let stripe = Arc::new(SlowStaleStripe { release: Notify::new(), asked: Notify::new() });
+        let (payments, store) = crate::payments::testing::service(stripe).await;
+        let before = now_ms();
+        let per_pass = CHANGES_PAGE * CHANGES_PAGES_PER_PASS as i64;
+        // Two passes' worth and a half, over the last 20 s (inside the clock margin).
+        let calls = per_pass * 5 / 2;
+        let rooms = changed_calls(&payments, &store, calls, |i| before - 20_000 + i * 20_000 / calls).await;
+        payments.reconcile_recent_changes().await;
+        let after_one = unheard(&payments, &rooms).len() as i64;
+        assert_eq!(after_one, calls - per_pass, "one pass reads its pages' worth");
+        let cursor = payments.changes_cursor.lock().unwrap().clone();
+        assert!(
+            matches!(&cursor, Some(ChangesCursor::Behind(_, id)) if id == &format!("pay_{:05}", per_pass - 1)),
+            "{cursor:?}"
+        );
+        payments.reconcile_recent_changes().await;
+        payments.reconcile_recent_changes().await;
+        let missed = unheard(&payments, &rooms);
+        assert!(missed.is_empty(), "{} rooms never heard their change, from {:?}", missed.len(), missed.first());
+        assert!(matches!(payments.changes_cursor.lock().unwrap().clone(), Some(ChangesCursor::CaughtUp(_))));
     }
 
     #[test]

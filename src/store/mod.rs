@@ -490,9 +490,10 @@ pub trait Store: Send + Sync + 'static {
     async fn refunds_for_payment(&self, payment_id: &str) -> StoreResult<Vec<Refund>>;
     /// The refund made with `request_key` for a payment, if any.
     async fn refund_by_key(&self, payment_id: &str, request_key: &str) -> StoreResult<Option<Refund>>;
-    /// Payments changed at or after `since_ms` (by their `updated_at`), oldest change first; at
-    /// most `limit`.
-    async fn payments_changed_since(&self, since_ms: i64, limit: i64) -> StoreResult<Vec<Payment>>;
+    /// Payments changed after the change `(since_ms, after_id)` (by `updated_at`, then `id`):
+    /// with `after_id` empty, every change at or after `since_ms`. Oldest change first, ties by
+    /// id, at most `limit`, so a page's last row is where the next page goes on from.
+    async fn payments_changed_since(&self, since_ms: i64, after_id: &str, limit: i64) -> StoreResult<Vec<Payment>>;
     /// Refunds stored `pending` that Stripe never answered (no Stripe id), last touched before
     /// `before_ms`, oldest first; at most `limit`.
     async fn unsent_refunds(&self, before_ms: i64, limit: i64) -> StoreResult<Vec<Refund>>;

@@ -1019,10 +1019,15 @@ impl Store for SqlStore {
         row.as_ref().map(refund_from).transpose()
     }
 
-    async fn payments_changed_since(&self, since_ms: i64, limit: i64) -> StoreResult<Vec<Payment>> {
-        let sql =
-            format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE updated_at >= $1 ORDER BY updated_at, id LIMIT $2");
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(since_ms).bind(limit).fetch_all(&self.pool).await?;
+    async fn payments_changed_since(&self, since_ms: i64, after_id: &str, limit: i64) -> StoreResult<Vec<Payment>> {
+        // `updated_at >= $1` on its own, so the index on `updated_at` bounds the read; the tie
+        // on `since_ms` is settled by id.
+        let sql = format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE updated_at >= $1 AND (updated_at > $1 OR id > $2) \
+             ORDER BY updated_at, id LIMIT $3"
+        );
+        let rows =
+            sqlx::query(AssertSqlSafe(sql)).bind(since_ms).bind(after_id).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(payment_from).collect()
     }
 

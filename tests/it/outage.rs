@@ -84,7 +84,7 @@ pass! {
         payments_created_between(c: &[String], f: i64, t: i64) -> Vec<Payment>;
         refund_by_key(p: &str, k: &str) -> Option<Refund>;
         unsent_refunds(b: i64, l: i64) -> Vec<Refund>;
-        payments_changed_since(s: i64, l: i64) -> Vec<Payment>;
+        payments_changed_since(s: i64, a: &str, l: i64) -> Vec<Payment>;
         set_payment_lang(p: &str, l: &str) -> ();
         payment_lang(p: &str) -> Option<String>;
         due_receipts(n: i64, l: i64) -> Vec<ReceiptJob>;

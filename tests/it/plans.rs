@@ -160,11 +160,12 @@ async fn reads_by_many_calls(url: &str) -> [u64; 2] {
     // may keep a plan made without the values: ten runs, as a sweep makes in under a minute.
     let since = EPOCH + ROWS as i64 - 100;
     for _ in 0..10 {
-        let changed = store.payments_changed_since(since, callpay::payments::verify::CHANGES_PAGE).await.expect("read");
+        let changed =
+            store.payments_changed_since(since, "", callpay::payments::verify::CHANGES_PAGE).await.expect("read");
         assert_eq!(changed.len(), 100, "the payments changed since {since}");
         assert!(changed.windows(2).all(|w| (w[0].updated_at, &w[0].id) <= (w[1].updated_at, &w[1].id)), "in order");
     }
-    assert_eq!(store.payments_changed_since(since, 30).await.expect("read").len(), 30, "a page");
+    assert_eq!(store.payments_changed_since(since, "", 30).await.expect("read").len(), 30, "a page");
     store.close().await;
 
     let after = [settled_scans(url, "payments"), settled_scans(url, "calls")];

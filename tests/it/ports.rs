@@ -33,7 +33,11 @@ pub fn reserve() -> u16 {
 /// Cluster node also listens on its port + 10000).
 pub fn reserve_with(offsets: &[u16]) -> u16 {
     let reach = offsets.iter().copied().max().unwrap_or(0);
-    let top = kernels_low().checked_sub(reach).filter(|top| *top > FLOOR + 100).expect("room below the kernel's range");
+    let top = kernels_low().checked_sub(reach).filter(|top| *top > FLOOR + 100).unwrap_or_else(|| {
+        panic!(
+            "no room for test servers' ports between {FLOOR} and the kernel's range (ip_local_port_range) less {reach}"
+        )
+    });
     let span = u32::from(top - FLOOR);
     let dir = std::env::temp_dir().join("callpay-test-ports");
     std::fs::create_dir_all(&dir).unwrap();

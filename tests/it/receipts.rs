@@ -80,7 +80,6 @@ impl SmtpSink {
     }
 }
 
-/// A loopback port nothing listens on (just released).
 /// Receipts over SMTP to `port`, fast retries.
 fn smtp_to(port: u16) -> impl FnOnce(&mut callpay::config::Config) {
     move |c| {

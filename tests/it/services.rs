@@ -155,7 +155,9 @@ impl PrivateRedisCluster {
     pub fn start() -> Self {
         // Each node also listens on its port + 10000 for the cluster's bus.
         let ports: Vec<u16> = (0..6).map(|_| crate::ports::reserve_with(&[10_000])).collect();
-        let dir = std::env::temp_dir().join(format!("callpay-redis-cluster-{}", ports[0]));
+        // Never an earlier run's directory: a node finding an old `nodes-*.conf` would rejoin
+        // that run's cluster.
+        let dir = std::env::temp_dir().join(format!("callpay-redis-cluster-{}", callpay::ids::random_id()));
         std::fs::create_dir_all(&dir).unwrap();
         let children = ports
             .iter()
