@@ -600,7 +600,10 @@ async fn faults_in_turn(
     run.run_for(cluster, steady).await;
     // One instance killed.
     let t = run.now();
-    let (victim, held) = kill_victim(&run.seconds).unwrap_or((plan.nodes - 1, 0));
+    let (victim, held) = match kill_victim(&run.seconds) {
+        Some((victim, held)) => (victim, Some(held)),
+        None => (plan.nodes - 1, None),
+    };
     cluster.stop_node(victim, libc::SIGKILL).await?;
     let back = run.until_all_connected(cluster, Duration::from_secs(180)).await?;
     run.mark("instance killed", t);
