@@ -27,7 +27,8 @@ use tokio_util::task::TaskTracker;
 /// What every handler and session shares: one pointer, so a clone is one count, not one per
 /// service. axum clones the state for every request it routes, and each session keeps one;
 /// with a count per field (and a lock for each cancellation token) clones and drops of the
-/// state were 3.6 % of the hub's CPU in the join profile (README "Joins").
+/// state were 3.6 % of the hub's CPU in the join profile (README "The app state behind one
+/// pointer").
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
 
