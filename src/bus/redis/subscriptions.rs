@@ -608,15 +608,15 @@ mod tests {
         assert_eq!(settle_round(&mut l, vec![("callpay:call:c1".into(), yes("c1", "k1"))]), (vec![], vec![]));
     }
 
-    /// A call is heard from Redis's confirmation of its channel until it closes here; watched
-    /// again while its channel is still held, it is heard at once (no SUBSCRIBE is sent, so no
-    /// confirmation would ever come); and nothing is heard while the connection is lost.
     /// What a waiter answered. A waiter still waiting after 10 s fails the test (waiters here
     /// are given an hour, so one that is never let go shows as a failure, not a hung run).
     async fn settled(waiter: tokio::task::JoinHandle<bool>) -> bool {
         tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("the waiter was let go").unwrap()
     }
 
+    /// A call is heard from Redis's confirmation of its channel until it closes here; watched
+    /// again while its channel is still held, it is heard at once (no SUBSCRIBE is sent, so no
+    /// confirmation would ever come); and nothing is heard while the connection is lost.
     #[tokio::test]
     async fn a_call_is_heard_from_its_subscription_until_it_closes() {
         use futures_util::FutureExt;
