@@ -77,9 +77,11 @@ pub struct Services {
     /// instance of a deployment is sure to share whatever its token algorithm, and a one-way
     /// derivation, so a ticket says nothing about the key.
     pub join_tickets: Arc<crate::pacing::TicketKey>,
-    /// The reconnect spread of this node's drain, fixed by the first socket it closes (while
-    /// every socket is still open), so all of them are told the same window.
-    pub drain_spread: Arc<std::sync::OnceLock<std::time::Duration>>,
+    /// Turns to close once the node drains: each session waits for one, handed out at the
+    /// drain's pace ([`crate::ws::drain`]); closed once every session may go.
+    pub drain_turns: Semaphore,
+    /// The reconnect spread (ms) a session's `4012` tells its client, set when the drain begins.
+    pub drain_spread_ms: std::sync::atomic::AtomicU64,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,
     /// The key pay-by-link tokens are signed with (`None`: links are off on this hub).
@@ -208,7 +210,8 @@ impl AppState {
             joins: Arc::new(crate::pacing::Gate::for_joins(config.server.max_joins_in_flight)),
             commands: Arc::new(crate::pacing::Gate::for_commands(config.payments.max_commands_in_flight)),
             join_tickets: Arc::new(crate::pacing::TicketKey::derive(config.stripe.secret_key.expose().as_bytes())),
-            drain_spread: Arc::default(),
+            drain_turns: Semaphore::new(0),
+            drain_spread_ms: std::sync::atomic::AtomicU64::new(crate::pacing::drain::WAVE_SPREAD.as_millis() as u64),
             config: Arc::new(config),
             store: deps.store,
             hub,

@@ -292,10 +292,18 @@ pub struct ServerConfig {
     /// head is in and are closed; one whose head does not come within `header_read_timeout_ms`,
     /// or past 256 such waiting at once, is closed unanswered.
     pub max_http_connections: usize,
-    /// Joins the rest of the fleet is expected to take per second when this node drains: its
-    /// `4012` close tells clients to reconnect spread over `sockets / this` seconds (at least
-    /// a quarter of a second, at most 30), so a drained node's clients arrive paced, not at once.
+    /// Most sockets a second a draining node lets go. With other nodes on the bus it closes
+    /// them a wave at a time, from 500 a second, growing to this while the rest of the fleet
+    /// turns no join away and halving when it does (each `4012` told to reconnect within 1 s).
+    /// A lone node closes every socket at once, telling its clients to spread their reconnects
+    /// over `sockets / this` seconds (a quarter of a second to 30).
     pub drain_reconnects_per_sec: u64,
+    /// Longest a drain with other nodes holds its sockets: however much the fleet turns away,
+    /// it lets them go at no less than `sockets / this` a second, and lets every socket still
+    /// open go at the end. Shutdown takes up to this plus `shutdown_grace_secs`; give the
+    /// orchestrator's grace period (Docker's `stop_grace_period`, Kubernetes'
+    /// `terminationGracePeriodSeconds`) more than that.
+    pub drain_max_secs: u64,
     /// Joins waiting on the store at once (binding the call, reading the welcome); a join past
     /// it is closed at once with `4013` and a time to retry, instead of queueing into the store
     /// pool's time-outs. 1,024 by default: a join is about one statement now, so that many
@@ -327,6 +335,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             max_http_connections: 1024,
             drain_reconnects_per_sec: 4_000,
+            drain_max_secs: 30,
             max_joins_in_flight: 1024,
             query_token: false,
         }

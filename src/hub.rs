@@ -180,6 +180,21 @@ impl Hub {
         self.tracker.spawn(self.clone().keep_presence(stop));
     }
 
+    /// Whether other nodes may be there to take this node's clients when it drains.
+    pub fn has_peers(&self) -> bool {
+        self.bus.has_peers()
+    }
+
+    /// Adds joins this node turned away to the deployment's running count ([`Bus::add_turned_away`]).
+    pub async fn add_turned_away(&self, n: u64) -> Result<(), crate::bus::BusError> {
+        self.bus.add_turned_away(n).await
+    }
+
+    /// The deployment's running count of turned-away joins ([`Bus::turned_away`]).
+    pub async fn fleet_turned_away(&self) -> Result<Option<u64>, crate::bus::BusError> {
+        self.bus.turned_away().await
+    }
+
     /// Whether this node keeps a shared presence record (it has peers on the bus). Checked
     /// before calling the presence methods, so a lone node never even builds their futures.
     pub fn shares_presence(&self) -> bool {

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub joins_refused: Counter,
     /// Joins shed with `4013` because as many as the store can serve were in progress.
     pub joins_shed: Counter,
+    /// Joins refused with 503 because the node held `server.max_connections` sockets.
+    pub joins_at_capacity: Counter,
     /// Joins that came back after `4013` with a ticket due and valid, and were admitted.
     pub joins_ticketed: Counter,
     /// Welcomes sent before their node heard the call (`bus.subscribe_wait_ms` passed, or the
@@ -98,6 +100,7 @@ impl Metrics {
             connections_ended: Family::default(),
             joins_refused: Counter::default(),
             joins_shed: Counter::default(),
+            joins_at_capacity: Counter::default(),
             joins_ticketed: Counter::default(),
             welcomes_unheard: Counter::default(),
             commands_shed: Counter::default(),
@@ -137,6 +140,11 @@ impl Metrics {
             "ws_joins_shed",
             "Joins closed with 4013 (retry later) because the node was admitting as many as its store serves",
             m.joins_shed.clone(),
+        );
+        r.register(
+            "ws_joins_at_capacity",
+            "Upgrades refused with 503 because the node held as many sockets as server.max_connections allows",
+            m.joins_at_capacity.clone(),
         );
         r.register(
             "payment_commands_shed",
@@ -212,6 +220,12 @@ impl Metrics {
     /// Counts a joined connection's end, by `why` (a fixed phrase from the session loop).
     pub fn ended(&self, why: &'static str) {
         self.connections_ended.get_or_create(&vec![("why", why)]).inc();
+    }
+
+    /// Joins this node turned away for its load so far: shed with a time to retry, or refused at
+    /// its connection caps (HTTP or sockets). What a draining node paces its clients by.
+    pub fn turned_away(&self) -> u64 {
+        self.joins_shed.get() + self.joins_at_capacity.get() + self.http_refused.get()
     }
 
     /// WebSocket connections open now (opened less closed), without walking the rooms.

@@ -138,6 +138,8 @@ impl App {
             max_connections: state.config.server.max_http_connections,
             grace: Duration::from_secs(state.config.server.shutdown_grace_secs),
         };
+        state.tracker.spawn(crate::ws::drain::release(state.clone()));
+        state.tracker.spawn(crate::ws::drain::report_turned_away(state.clone()));
         if let Some(listener) = self.metrics_listener {
             let metrics = metrics_router(state.clone());
             let closed = CancellationToken::new();
@@ -147,9 +149,10 @@ impl App {
         }
         crate::http::serve::serve(self.listener, router, limits, stop, state.metrics.clone(), state.drain.clone())
             .await;
-        // axum does not wait for upgraded sockets; sessions close themselves on the token.
+        // axum does not wait for upgraded sockets; sessions close themselves when the drain
+        // gives them their turn, within its window.
         state.tracker.close();
-        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs);
+        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs + state.config.server.drain_max_secs);
         if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "sessions still open after the grace period");
         }

@@ -14,6 +14,9 @@ use tokio::process::{Child, Command};
 
 /// Seconds a drained instance waits for its sockets before it stops (the hub's setting).
 const SHUTDOWN_GRACE_SECS: u64 = 20;
+/// Longest a drained instance holds its sockets while the others take them (the hub's default
+/// `server.drain_max_secs`).
+const DRAIN_MAX_SECS: u64 = 30;
 
 async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
@@ -187,7 +190,7 @@ impl Cluster {
         unsafe {
             libc::kill(pid as i32, signal);
         }
-        tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_SECS + 15), child.wait())
+        tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_SECS + DRAIN_MAX_SECS + 15), child.wait())
             .await
             .with_context(|| format!("instance {i} did not exit after signal {signal}"))??;
         Ok(())

@@ -22,17 +22,31 @@ pub struct MemoryBus {
     presence: Arc<Mutex<HashMap<String, HashMap<String, PresenceEntry>>>>,
     /// This handle's presence write numbers.
     writes: Arc<std::sync::atomic::AtomicU64>,
+    /// The joins every handle turned away (see [`Bus::add_turned_away`]).
+    turned_away: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MemoryBus {
     /// A new channel with one node on it.
     pub fn new(node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: broadcast::channel(CAPACITY).0, presence: Arc::default(), writes: Arc::default() }
+        Self {
+            node: node.into(),
+            tx: broadcast::channel(CAPACITY).0,
+            presence: Arc::default(),
+            writes: Arc::default(),
+            turned_away: Arc::default(),
+        }
     }
 
     /// Another node's handle on the same channel.
     pub fn clone_for(&self, node: impl Into<String>) -> Self {
-        Self { node: node.into(), tx: self.tx.clone(), presence: self.presence.clone(), writes: Arc::default() }
+        Self {
+            node: node.into(),
+            tx: self.tx.clone(),
+            presence: self.presence.clone(),
+            writes: Arc::default(),
+            turned_away: self.turned_away.clone(),
+        }
     }
 }
 
@@ -91,6 +105,15 @@ impl Bus for MemoryBus {
     /// A started node holds one receiver of its own: only more than that means other nodes.
     fn has_peers(&self) -> bool {
         self.tx.receiver_count() > 1
+    }
+
+    async fn add_turned_away(&self, n: u64) -> Result<(), BusError> {
+        self.turned_away.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn turned_away(&self) -> Result<Option<u64>, BusError> {
+        Ok(Some(self.turned_away.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     fn start(&self, sink: Arc<dyn EnvelopeSink>, stop: CancellationToken) {

@@ -197,6 +197,16 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits (at most `within`) until what was handed to [`Bus::publish`] has been sent: a
     /// stopping node's last events (its participants leaving) are not lost with the process.
     async fn flush(&self, _within: Duration) {}
+    /// Adds `n` joins this node turned away (shed with a time to retry, or refused at a cap) to
+    /// the running count every node of the deployment shares. A draining node reads it to let
+    /// its clients go no faster than the rest of the fleet takes them (`crate::pacing::drain`).
+    async fn add_turned_away(&self, _n: u64) -> Result<(), BusError> {
+        Ok(())
+    }
+    /// The deployment's running count of turned-away joins; `None` for a bus with no fleet.
+    async fn turned_away(&self) -> Result<Option<u64>, BusError> {
+        Ok(None)
+    }
 }
 
 /// The shared presence record: per call, each node's participants, each entry valid until an

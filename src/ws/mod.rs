@@ -3,6 +3,7 @@
 
 mod decode;
 mod dispatch;
+pub(crate) mod drain;
 mod limit;
 mod session;
 
@@ -94,6 +95,7 @@ pub async fn upgrade(
     }
     let Ok(permit) = app.connection_slots.clone().try_acquire_owned() else {
         tracing::debug!(call_id, "join refused: the hub is at its connection cap");
+        app.metrics.joins_at_capacity.inc();
         return ApiError::overloaded("This hub is at its connection limit; retry shortly.").into_response();
     };
     let limit = app.config.server.max_message_bytes;

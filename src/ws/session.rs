@@ -226,9 +226,14 @@ pub async fn run(
     // Created once and polled by reference: a `cancelled()` future made afresh on every turn of
     // the loop registers and unregisters a waiter each time (it showed in the relay profile).
     // `drain`, not `shutdown`: it fires once the listener is closed, so a client told to
-    // reconnect at once cannot land on this node again.
-    let shutdown = app.drain.clone();
-    let shutdown = shutdown.cancelled();
+    // reconnect cannot land on this node again. Then the session goes on serving its call until
+    // the drain gives it its turn to close (a closed semaphore: every session may go).
+    let shutdown = async {
+        app.drain.cancelled().await;
+        if let Ok(turn) = app.drain_turns.acquire().await {
+            turn.forget();
+        }
+    };
     tokio::pin!(shutdown);
     // Each write is bounded by `write_deadline`, so the loop comes back to the slow-consumer
     // flag, shutdown, the heartbeat and reading within that time whatever the peer does. A close
@@ -237,10 +242,9 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = &mut shutdown => {
-                // Spread over a window sized to this node's load, so the fleet is not stampeded.
-                let spread = *app.drain_spread.get_or_init(|| {
-                    crate::pacing::reconnect_spread(app.metrics.open_now(), app.config.server.drain_reconnects_per_sec)
-                });
+                // Spread so that the fleet is not stampeded: a wave's window, or a lone node's
+                // window sized to its own load.
+                let spread = Duration::from_millis(app.drain_spread_ms.load(std::sync::atomic::Ordering::Acquire));
                 let reason = crate::pacing::restarting_reason(spread);
                 send_within(&mut socket, close_with(close::RESTARTING, &reason), write_deadline).await;
                 break "shutdown";

@@ -602,3 +602,98 @@ async fn concurrent_welcome_reads_are_each_their_own_and_batched_on_postgres() {
 async fn concurrent_welcome_reads_are_each_their_own_and_batched_on_sqlite() {
     concurrent_welcome_reads_are_each_their_own_and_batched(&SqlStore::connect("sqlite::memory:").await.unwrap()).await;
 }
+
+/// Joins `sockets` clients to node `node` (two a call), each in a task that answers when its
+/// socket was closed, with what, relative to `from`.
+async fn hold_sockets(
+    cluster: &Cluster,
+    node: usize,
+    sockets: usize,
+) -> Vec<tokio::sync::oneshot::Receiver<(std::time::Instant, Option<(u16, String)>)>> {
+    let mut closes = Vec::new();
+    for i in 0..sockets {
+        let call = format!("{}-held-{node}-{}", cluster.call_id, i / 2);
+        let (sub, role) = if i % 2 == 0 { ("doc", Role::Clinician) } else { ("pat", Role::Patient) };
+        let token = join_token(&cluster.secret, &call, DEMO_CLINIC, sub, sub, role);
+        let mut client = Client::connect(&format!("{}/v1/calls/{call}/ws?token={token}", cluster.nodes[node].1)).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            client.until_closed().await;
+            let _ = tx.send((std::time::Instant::now(), client.closed.take()));
+        });
+        closes.push(rx);
+    }
+    closes
+}
+
+/// Issue 19, item 2: a draining node with peers lets its sockets go a wave at a time, slower
+/// while the rest of the fleet turns joins away (read through Redis from the other node's own
+/// count), and every socket still goes within the drain's window, told to reconnect within a
+/// wave's second. The same drain on a calm fleet is over in about a second.
+#[tokio::test]
+async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_fleet_takes_them() {
+    use callpay::bus::Bus;
+    const SOCKETS: usize = 60;
+    // A Redis of its own: the fleet's count is one key, and other tests' nodes shed joins too.
+    let redis = PrivateRedis::start();
+    let cluster = Cluster::start_with(3, &redis.url(), |c| {
+        c.server.drain_reconnects_per_sec = 50;
+        c.server.drain_max_secs = 10;
+    })
+    .await;
+
+    // Node 2 turns joins away the whole time node 0 drains (its shed counter, as the upgrade
+    // handler counts them); node 2 reports them to the fleet's count.
+    let held = hold_sockets(&cluster, 0, SOCKETS).await;
+    let shedding = tokio_util::sync::CancellationToken::new();
+    let sheds = cluster.nodes[2].0.metrics.clone();
+    let stop_shedding = shedding.clone();
+    tokio::spawn(async move {
+        while !stop_shedding.is_cancelled() {
+            sheds.joins_shed.inc();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    // Node 2's count reaches Redis before the drain begins.
+    let before = cluster.buses[0].turned_away().await.unwrap().unwrap();
+    let mut waited = 0;
+    while cluster.buses[0].turned_away().await.unwrap().unwrap() == before {
+        waited += 1;
+        assert!(waited < 100, "node 2's turned-away joins never reached the fleet's count");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let drained = std::time::Instant::now();
+    cluster.nodes[0].0.shutdown.cancel();
+    let mut pressed = Vec::new();
+    for close in held {
+        let (at, closed) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
+        assert_eq!(
+            closed,
+            Some((callpay_protocol::close::RESTARTING, "hub node stopping; reconnect within 1000 ms".to_owned()))
+        );
+        pressed.push(at - drained);
+    }
+    shedding.cancel();
+    pressed.sort();
+    // Under pressure the rate is cut to half of 50 a second at the first tick, and again each
+    // second after; 60 sockets at 25 a second or less take 2.4 s at the very least.
+    let last = *pressed.last().unwrap();
+    assert!(last >= std::time::Duration::from_millis(2_400), "a pressed fleet's drain took only {last:?}");
+    assert!(last <= std::time::Duration::from_secs(12), "past the drain's window of 10 s: {last:?}");
+    // While it was held back, the node went on serving the sockets not yet let go.
+    assert!(pressed[0] < last / 2, "the first socket went at {:?}, the last at {last:?}", pressed[0]);
+
+    // Node 1 drains the same number of sockets with nobody turning joins away.
+    let held = hold_sockets(&cluster, 1, SOCKETS).await;
+    let drained = std::time::Instant::now();
+    cluster.nodes[1].0.shutdown.cancel();
+    let mut calm = Vec::new();
+    for close in held {
+        let (at, closed) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
+        assert_eq!(closed.map(|(code, _)| code), Some(callpay_protocol::close::RESTARTING));
+        calm.push(at - drained);
+    }
+    let calm_last = calm.into_iter().max().unwrap();
+    assert!(calm_last < std::time::Duration::from_millis(2_400), "a calm fleet's drain took {calm_last:?}");
+    println!("drain of {SOCKETS} sockets: pressed fleet {last:?}, calm fleet {calm_last:?}");
+}

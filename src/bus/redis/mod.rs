@@ -50,6 +50,10 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_START: Duration = Duration::from_millis(100);
 pub(super) const RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// The deployment's running count of turned-away joins (see [`Bus::add_turned_away`]). One key:
+/// written only while some node turns joins away, read only while one drains.
+const TURNED_AWAY_KEY: &str = "callpay:fleet:turned-away";
+
 fn call_channel(call_id: &str) -> String {
     format!("callpay:call:{call_id}")
 }
@@ -68,6 +72,9 @@ pub struct RedisBus {
     node: String,
     publisher: publisher::Publisher,
     presence: presence::PresenceRecord,
+    /// The presence connection again, for the fleet's count of turned-away joins (written in
+    /// the same storms as presence, and as rarely).
+    fleet: Link,
     subscriber: Link,
     wanted: Arc<subscriptions::Wanted>,
     pushes: std::sync::Mutex<Option<mpsc::Receiver<PushInfo>>>,
@@ -120,6 +127,7 @@ impl RedisBus {
         let subscriber = Link::connect(urls, cluster, Some(pushes)).await.map_err(unavailable)?;
         Ok(Self {
             publisher: publisher::Publisher::start(conn.clone(), node.clone()),
+            fleet: presence_conn.clone(),
             presence: presence::PresenceRecord::new(presence_conn, node.clone()),
             node,
             subscriber,
@@ -178,6 +186,32 @@ impl Bus for RedisBus {
 
     async fn hears(&self, call_id: &str, within: Duration) -> bool {
         self.wanted.hears(call_id, within).await
+    }
+
+    async fn add_turned_away(&self, n: u64) -> Result<(), BusError> {
+        let mut incr = redis::cmd("INCRBY");
+        incr.arg(TURNED_AWAY_KEY).arg(n);
+        self.fleet_command(incr).await.map(drop)
+    }
+
+    async fn turned_away(&self) -> Result<Option<u64>, BusError> {
+        let mut get = redis::cmd("GET");
+        get.arg(TURNED_AWAY_KEY);
+        match self.fleet_command(get).await? {
+            redis::Value::Nil => Ok(Some(0)),
+            value => redis::from_redis_value::<u64>(value).map(Some).map_err(|e| BusError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+impl RedisBus {
+    /// One command on the fleet connection, bounded by [`REDIS_TIMEOUT`].
+    async fn fleet_command(&self, cmd: redis::Cmd) -> Result<redis::Value, BusError> {
+        match tokio::time::timeout(REDIS_TIMEOUT, self.fleet.run(vec![cmd])).await {
+            Ok(Ok(mut values)) => Ok(values.pop().unwrap_or(redis::Value::Nil)),
+            Ok(Err(e)) => Err(BusError::Unavailable(e.to_string())),
+            Err(_) => Err(BusError::Unavailable("timed out".into())),
+        }
     }
 }
 

@@ -4,7 +4,11 @@
 //! rather than queueing them into the pool's time-outs. A shed join is given a ticket for its
 //! place in line; back with it when its time has come, it goes ahead of joins that have not
 //! waited, on whichever node of the deployment it reaches. The same gate, without tickets,
-//! bounds a node's payment commands (requests and cancels) in flight.
+//! bounds a node's payment commands (requests and cancels) in flight. With other nodes to take
+//! its clients, a draining node lets them go a wave at a time at a rate it adjusts from the
+//! fleet's turned-away joins ([`drain`]).
+
+pub mod drain;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

@@ -1,0 +1,195 @@
+//! How fast a draining node lets its clients go when other nodes are there to take them.
+//!
+//! Told all at once to reconnect over a window the node picked from its own socket count (its
+//! sockets over `server.drain_reconnects_per_sec`), the clients of one instance of five sharing
+//! two cores arrived faster than the other four could take them: they shed 40,000-70,000 joins
+//! in a 70,000-socket rolling restart, and the retries' handshakes held relay frames of calls
+//! that never moved past 10 s (README, "A national service's Monday morning", runs 9, 18 and 20).
+//! What the fleet can take depends on its load at that moment, which the draining node cannot
+//! know in advance. So it closes its sockets a wave at a time and adjusts the rate from what the
+//! fleet reports: the running count of joins the other nodes turned away (shed with a time to
+//! retry, or refused at their caps). The rate starts modest and grows while that count stands
+//! still; when it moves, the rate halves, at most once per [`REACTION`] (a wave's clients show
+//! at the other nodes only after their reconnect spread), and then grows gently. It never falls
+//! below the rate that lets every socket go within the drain's longest window, so a drain under
+//! sustained pressure is no slower than the old fixed spread over that window.
+//!
+//! Pure arithmetic on the caller's clock; `crate::ws::drain` reads the fleet and closes sockets.
+
+use std::time::{Duration, Instant};
+
+/// How often the draining node reads the fleet's count and lets a wave go (and how often a node
+/// reports its own turned-away joins).
+pub const TICK: Duration = Duration::from_millis(200);
+/// The reconnect window each wave's clients are told: a wave's clients arrive over it rather
+/// than in one instant, and the next waves overlap it.
+pub const WAVE_SPREAD: Duration = Duration::from_secs(1);
+/// Sockets a second at the start. 500 a second let 70,000 sockets roll through five instances on
+/// two cores with nothing shed (runs 10-19); a fleet with room takes the faster rates the
+/// growth reaches within two seconds.
+const START_RATE: f64 = 500.0;
+/// Growth per tick while the fleet has turned nobody away since the drain began: about 3x a
+/// second, so an idle fleet takes 20,000 sockets in about 6 s (goal: back within 10 s).
+const GROWTH_FIRST: f64 = 1.25;
+/// Growth per tick after the fleet has turned joins away once: about 1.3x a second, so the rate
+/// comes back to what the fleet took without overshooting it at once.
+const GROWTH_AFTER: f64 = 1.05;
+/// The rate after the fleet turned joins away.
+const CUT: f64 = 0.5;
+/// At most one cut, and no growth, for this long after a cut: the waves let go before the cut
+/// are still arriving (their spread, then the handshake), and counting their sheds again would
+/// cut for the same cause twice.
+pub const REACTION: Duration = Duration::from_secs(1);
+
+/// What the fleet said between two ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fleet {
+    /// No node turned a join away.
+    Calm,
+    /// Some node turned joins away.
+    Pressed,
+    /// The count could not be read (the bus is down): the rate is held.
+    Unknown,
+}
+
+/// The release rate of one drain: see the module's doc.
+#[derive(Debug)]
+pub struct DrainPace {
+    floor: f64,
+    ceiling: f64,
+    rate: f64,
+    /// When the rate was last cut, if it ever was.
+    cut_at: Option<Instant>,
+    /// Sockets owed a release, not yet whole.
+    credit: f64,
+    last: Instant,
+    /// When every socket still held is let go, whatever the fleet says.
+    deadline: Instant,
+}
+
+impl DrainPace {
+    /// A drain starting at `now` with `sockets` open, never faster than `ceiling` sockets a
+    /// second (`server.drain_reconnects_per_sec`) and letting the last go within `window`.
+    pub fn new(now: Instant, sockets: usize, ceiling: u64, window: Duration) -> Self {
+        let ceiling = ceiling.max(1) as f64;
+        let window = window.max(TICK);
+        // The floor may exceed the ceiling: the window is the promise made to the operator
+        // (their orchestrator's grace period), the ceiling a preference.
+        let floor = sockets as f64 / window.as_secs_f64();
+        let rate = START_RATE.min(ceiling).max(floor);
+        Self { floor, ceiling: ceiling.max(floor), rate, cut_at: None, credit: 0.0, last: now, deadline: now + window }
+    }
+
+    /// Sockets a second now.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// How many more sockets to let go at `now`, given what the fleet said since the last
+    /// tick; `None` once the window is over (let every socket still held go).
+    pub fn tick(&mut self, now: Instant, fleet: Fleet) -> Option<usize> {
+        if now >= self.deadline {
+            return None;
+        }
+        let settled = self.cut_at.is_none_or(|at| now.saturating_duration_since(at) >= REACTION);
+        match fleet {
+            Fleet::Pressed if settled => {
+                self.rate = (self.rate * CUT).max(self.floor);
+                self.cut_at = Some(now);
+            }
+            Fleet::Calm if settled => {
+                let growth = if self.cut_at.is_some() { GROWTH_AFTER } else { GROWTH_FIRST };
+                self.rate = (self.rate * growth).min(self.ceiling);
+            }
+            Fleet::Pressed | Fleet::Calm | Fleet::Unknown => {}
+        }
+        // Released by the time elapsed, not per tick: a late tick lets go what was due, so the
+        // rate holds however the timer runs.
+        self.credit += self.rate * now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let whole = self.credit.floor();
+        self.credit -= whole;
+        Some(whole as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a drain of `sockets` tick by tick with the fleet's answers from `fleet(tick index)`;
+    /// answers the released count after each tick.
+    fn run(sockets: usize, ceiling: u64, window: Duration, fleet: impl Fn(usize) -> Fleet) -> Vec<usize> {
+        let t0 = Instant::now();
+        let mut pace = DrainPace::new(t0, sockets, ceiling, window);
+        let mut released = 0;
+        let mut after = Vec::new();
+        for i in 1.. {
+            match pace.tick(t0 + TICK * i as u32, fleet(i)) {
+                Some(n) => released += n,
+                None => released = sockets,
+            }
+            after.push(released.min(sockets));
+            if released >= sockets {
+                break;
+            }
+        }
+        after
+    }
+
+    #[test]
+    fn a_calm_fleet_takes_twenty_thousand_sockets_within_the_drain_goal() {
+        let after = run(20_000, 4_000, Duration::from_secs(30), |_| Fleet::Calm);
+        let took = TICK * after.len() as u32;
+        // Slow start: 500 a second growing to the ceiling of 4,000 within two seconds.
+        assert!(after[0] <= 200, "the first wave is modest: {}", after[0]);
+        assert!(took <= Duration::from_secs(7), "took {took:?}");
+        assert!(took >= Duration::from_secs(5), "never above the ceiling of 4,000 a second: {took:?}");
+    }
+
+    #[test]
+    fn a_pressed_fleet_gets_the_floor_and_every_socket_goes_within_the_window() {
+        let window = Duration::from_secs(30);
+        let after = run(14_000, 4_000, window, |_| Fleet::Pressed);
+        let took = TICK * after.len() as u32;
+        // At the floor (14,000 over 30 s) from the second cut on: the last go by the deadline.
+        assert!(took <= window, "took {took:?}");
+        assert!(took >= window - Duration::from_secs(2), "the pressure slowed it to the floor: {took:?}");
+        // Against the same drain with a calm fleet.
+        let calm = run(14_000, 4_000, window, |_| Fleet::Calm);
+        assert!(calm.len() * 4 < after.len(), "calm {} ticks, pressed {}", calm.len(), after.len());
+    }
+
+    #[test]
+    fn the_rate_is_cut_once_per_reaction_time_and_regrows_gently() {
+        let t0 = Instant::now();
+        let mut pace = DrainPace::new(t0, 1_000, 4_000, Duration::from_secs(30));
+        for i in 1..=4 {
+            pace.tick(t0 + TICK * i, Fleet::Calm);
+        }
+        let grown = pace.rate();
+        assert!((grown - 500.0 * 1.25f64.powi(4)).abs() < 1e-6, "{grown}");
+        pace.tick(t0 + TICK * 5, Fleet::Pressed);
+        assert_eq!(pace.rate(), grown / 2.0);
+        // Pressure and calm within the reaction time change nothing.
+        pace.tick(t0 + TICK * 6, Fleet::Pressed);
+        pace.tick(t0 + TICK * 7, Fleet::Calm);
+        assert_eq!(pace.rate(), grown / 2.0);
+        // Once it has passed, calm grows by the gentle step.
+        pace.tick(t0 + TICK * 10, Fleet::Calm);
+        assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
+        // An unknown fleet holds the rate.
+        pace.tick(t0 + TICK * 11, Fleet::Unknown);
+        assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
+    }
+
+    #[test]
+    fn a_late_tick_lets_go_what_was_due_and_the_window_ends_the_drain() {
+        let t0 = Instant::now();
+        let mut pace = DrainPace::new(t0, 100_000, 100, Duration::from_secs(10));
+        // The floor (10,000 a second) is above the ceiling: the window wins.
+        assert_eq!(pace.rate(), 10_000.0);
+        assert_eq!(pace.tick(t0 + Duration::from_secs(2), Fleet::Unknown), Some(20_000));
+        assert_eq!(pace.tick(t0 + Duration::from_secs(10), Fleet::Calm), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! A draining node letting its sockets go, and every node's report of the joins it turned away.
+//!
+//! Each session waits for a turn ([`crate::app::Services::drain_turns`]) once the node drains,
+//! and keeps serving its call until it gets one. A lone node gives every session its turn at
+//! once, with a reconnect spread from its own socket count: its clients can only come back to
+//! its next process. A node with peers hands out turns at the rate [`DrainPace`] sets from the
+//! fleet's count of turned-away joins, each wave told [`WAVE_SPREAD`].
+
+use crate::app::AppState;
+use crate::pacing::drain::{DrainPace, Fleet, TICK, WAVE_SPREAD};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::time::MissedTickBehavior;
+
+/// Once the node drains, hands out the sessions' turns to close until none is left open or the
+/// drain's window (`server.drain_max_secs`) is over; then every session still waiting gets its
+/// turn.
+pub(crate) async fn release(app: AppState) {
+    app.drain.cancelled().await;
+    let sockets = app.metrics.open_now();
+    let ceiling = app.config.server.drain_reconnects_per_sec;
+    let window = Duration::from_secs(app.config.server.drain_max_secs.max(1));
+    if !app.hub.has_peers() {
+        let spread = crate::pacing::reconnect_spread(sockets, ceiling);
+        app.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Release);
+        app.drain_turns.close();
+        return;
+    }
+    app.drain_spread_ms.store(WAVE_SPREAD.as_millis() as u64, Ordering::Release);
+    let started = Instant::now();
+    let mut pace = DrainPace::new(started, sockets, ceiling, window);
+    let mut last = fleet_count(&app).await;
+    let (mut cuts, mut unknown) = (0u32, 0u32);
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if app.metrics.open_now() == 0 {
+            break;
+        }
+        let count = fleet_count(&app).await;
+        let fleet = match (last, count) {
+            (Some(before), Some(now)) if now > before => Fleet::Pressed,
+            (Some(_), Some(_)) => Fleet::Calm,
+            _ => Fleet::Unknown,
+        };
+        if count.is_some() {
+            last = count;
+        }
+        let rate = pace.rate();
+        let Some(n) = pace.tick(Instant::now(), fleet) else {
+            tracing::warn!(
+                open = app.metrics.open_now(),
+                ?window,
+                "drain window over; letting every socket still open go"
+            );
+            break;
+        };
+        cuts += u32::from(pace.rate() < rate);
+        unknown += u32::from(fleet == Fleet::Unknown);
+        app.drain_turns.add_permits(n);
+    }
+    app.drain_turns.close();
+    tracing::info!(
+        sockets,
+        took_ms = started.elapsed().as_millis() as u64,
+        cuts,
+        ticks_unread = unknown,
+        "drain: every socket let go"
+    );
+}
+
+/// The fleet's count of turned-away joins, or `None` if it cannot be read now.
+async fn fleet_count(app: &AppState) -> Option<u64> {
+    match app.hub.fleet_turned_away().await {
+        Ok(count) => count,
+        Err(e) => {
+            tracing::debug!(error = %e, "the fleet's turned-away joins not read");
+            None
+        }
+    }
+}
+
+/// Adds the joins this node turns away to the fleet's count, every [`TICK`], until shutdown.
+/// Nothing is written while the node turns nobody away; a count not written (the bus is down)
+/// is added with the next.
+pub(crate) async fn report_turned_away(app: AppState) {
+    let mut reported = app.metrics.turned_away();
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = app.metrics.turned_away();
+        if now > reported && app.hub.has_peers() {
+            match app.hub.add_turned_away(now - reported).await {
+                Ok(()) => reported = now,
+                Err(e) => tracing::debug!(error = %e, "turned-away joins not reported; added to the next report"),
+            }
+        }
+    }
+}
