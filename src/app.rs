@@ -60,8 +60,15 @@ pub struct Services {
     pub verifier: Arc<Verifier>,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Every session and background task, so shutdown can wait for them.
+    /// Background tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Sessions and the work they start (payment commands, checks with Stripe): shutdown waits
+    /// for them before it stops the hub's bus and presence upkeep.
+    pub sessions: TaskTracker,
+    /// Stops the hub's subscriptions to other nodes and its presence upkeep. Cancelled once
+    /// every session has closed, not at the signal: the sockets a drain holds keep hearing
+    /// other nodes and stay in the shared presence record until they go.
+    pub hub_stop: CancellationToken,
     /// Cancelled on shutdown: the listener stops accepting, background tasks stop.
     pub shutdown: CancellationToken,
     /// Cancelled once the listener is closed after `shutdown`: sessions then close with
@@ -169,7 +176,8 @@ impl AppState {
         let hub = Hub::new(node_id, rooms, io, presence_ttl, metrics.clone());
         let payments = Payments::new(deps.store.clone(), stripe.clone(), hub.clone(), config.payments.clone());
         let shutdown = CancellationToken::new();
-        hub.start(shutdown.clone());
+        let hub_stop = CancellationToken::new();
+        hub.start(hub_stop.clone());
         let payments = Arc::new(payments);
         tracker.spawn(payments.clone().run_sweeper(shutdown.clone()));
         // Never a receiver: callpay's own listeners and public URL.
@@ -222,6 +230,8 @@ impl AppState {
             verifier: Arc::new(verifier),
             metrics,
             tracker,
+            sessions: TaskTracker::new(),
+            hub_stop,
             shutdown,
             drain: CancellationToken::new(),
             metrics_addr,

@@ -292,15 +292,17 @@ pub struct ServerConfig {
     /// head is in and are closed; one whose head does not come within `header_read_timeout_ms`,
     /// or past 256 such waiting at once, is closed unanswered.
     pub max_http_connections: usize,
-    /// Most sockets a second a draining node lets go. With other nodes on the bus it closes
-    /// them a wave at a time, from 500 a second, growing to this while the rest of the fleet
-    /// turns no join away and halving when it does (each `4012` told to reconnect within 1 s).
-    /// A lone node closes every socket at once, telling its clients to spread their reconnects
-    /// over `sockets / this` seconds (a quarter of a second to 30).
+    /// Most sockets a second a draining node lets go. On Redis (other nodes may be there) it
+    /// closes them a wave at a time, from 500 a second (or this, if lower), growing to this
+    /// while the rest of the fleet turns no join away and halving when it does (each `4012`
+    /// told to reconnect within 1 s). On the in-process bus it closes every socket at once,
+    /// telling its clients to spread their reconnects over `sockets / this` seconds (a quarter
+    /// of a second to 30).
     pub drain_reconnects_per_sec: u64,
     /// Longest a drain with other nodes holds its sockets: however much the fleet turns away,
     /// it lets them go at no less than `sockets / this` a second, and lets every socket still
-    /// open go at the end. Shutdown takes up to this plus `shutdown_grace_secs`; give the
+    /// open go at the end. Shutdown takes up to this plus `shutdown_grace_secs` (and up to 3 s
+    /// to hand over presence); give the
     /// orchestrator's grace period (Docker's `stop_grace_period`, Kubernetes'
     /// `terminationGracePeriodSeconds`) more than that.
     pub drain_max_secs: u64,

@@ -60,6 +60,10 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Least time background tasks get to stop after the sessions have closed (they stop on the
+/// signal; the hub's upkeep on the last session's close).
+const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
+
 /// Largest request body: admin bodies are a few hundred bytes and Stripe's events a few KiB.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
@@ -147,14 +151,36 @@ impl App {
                 crate::http::serve::serve(listener, metrics, limits, stop.clone(), state.metrics.clone(), closed);
             state.tracker.spawn(serving);
         }
-        crate::http::serve::serve(self.listener, router, limits, stop, state.metrics.clone(), state.drain.clone())
-            .await;
+        let signalled = async {
+            stop.cancelled().await;
+            tokio::time::Instant::now()
+        };
+        let serving = crate::http::serve::serve(
+            self.listener,
+            router,
+            limits,
+            stop.clone(),
+            state.metrics.clone(),
+            state.drain.clone(),
+        );
+        let ((), signalled) = tokio::join!(serving, signalled);
+        // One deadline from the signal: the drain's window, then the grace for the last
+        // sessions to close (requests in flight were finished meanwhile, within the grace).
         // axum does not wait for upgraded sockets; sessions close themselves when the drain
-        // gives them their turn, within its window.
+        // gives them their turn.
+        let server = &state.config.server;
+        let deadline =
+            signalled + Duration::from_secs(server.drain_max_secs.saturating_add(server.shutdown_grace_secs));
+        state.sessions.close();
+        if tokio::time::timeout_at(deadline, state.sessions.wait()).await.is_err() {
+            tracing::warn!(open = state.metrics.open_now(), "sessions still open after the drain and the grace period");
+        }
+        // Only now: sockets held by the drain heard other nodes until they went.
+        state.hub_stop.cancel();
         state.tracker.close();
-        let grace = Duration::from_secs(state.config.server.shutdown_grace_secs + state.config.server.drain_max_secs);
-        if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
-            tracing::warn!(?grace, "sessions still open after the grace period");
+        let background = deadline.max(tokio::time::Instant::now() + BACKGROUND_GRACE);
+        if tokio::time::timeout_at(background, state.tracker.wait()).await.is_err() {
+            tracing::warn!("background tasks still running after the grace period");
         }
         state.hub.depart().await;
         Ok(())

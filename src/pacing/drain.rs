@@ -37,9 +37,12 @@ const GROWTH_AFTER: f64 = 1.05;
 /// The rate after the fleet turned joins away.
 const CUT: f64 = 0.5;
 /// At most one cut, and no growth, for this long after a cut: the waves let go before the cut
-/// are still arriving (their spread, then the handshake), and counting their sheds again would
-/// cut for the same cause twice.
-pub const REACTION: Duration = Duration::from_secs(1);
+/// are still arriving and being counted (their spread of [`WAVE_SPREAD`], the handshake, a tick
+/// of the other node's report and one of this node's read), and counting their sheds again
+/// would cut for the same cause twice.
+pub const REACTION: Duration = Duration::from_secs(2);
+/// Longest window taken (a setting of days would only overflow the clock).
+const WINDOW_MAX: Duration = Duration::from_secs(3_600);
 
 /// What the fleet said between two ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +75,7 @@ impl DrainPace {
     /// second (`server.drain_reconnects_per_sec`) and letting the last go within `window`.
     pub fn new(now: Instant, sockets: usize, ceiling: u64, window: Duration) -> Self {
         let ceiling = ceiling.max(1) as f64;
-        let window = window.max(TICK);
+        let window = window.clamp(TICK, WINDOW_MAX);
         // The floor may exceed the ceiling: the window is the promise made to the operator
         // (their orchestrator's grace period), the ceiling a preference.
         let floor = sockets as f64 / window.as_secs_f64();
@@ -118,8 +121,9 @@ mod tests {
     use super::*;
 
     /// Runs a drain of `sockets` tick by tick with the fleet's answers from `fleet(tick index)`;
-    /// answers the released count after each tick.
-    fn run(sockets: usize, ceiling: u64, window: Duration, fleet: impl Fn(usize) -> Fleet) -> Vec<usize> {
+    /// answers the released count after each tick, and how many were still held when the
+    /// window ended (0 if the pace let every socket go in time).
+    fn run(sockets: usize, ceiling: u64, window: Duration, fleet: impl Fn(usize) -> Fleet) -> (Vec<usize>, usize) {
         let t0 = Instant::now();
         let mut pace = DrainPace::new(t0, sockets, ceiling, window);
         let mut released = 0;
@@ -127,19 +131,20 @@ mod tests {
         for i in 1.. {
             match pace.tick(t0 + TICK * i as u32, fleet(i)) {
                 Some(n) => released += n,
-                None => released = sockets,
+                None => return (after, sockets - released),
             }
             after.push(released.min(sockets));
             if released >= sockets {
                 break;
             }
         }
-        after
+        (after, 0)
     }
 
     #[test]
     fn a_calm_fleet_takes_twenty_thousand_sockets_within_the_drain_goal() {
-        let after = run(20_000, 4_000, Duration::from_secs(30), |_| Fleet::Calm);
+        let (after, held) = run(20_000, 4_000, Duration::from_secs(30), |_| Fleet::Calm);
+        assert_eq!(held, 0);
         let took = TICK * after.len() as u32;
         // Slow start: 500 a second growing to the ceiling of 4,000 within two seconds.
         assert!(after[0] <= 200, "the first wave is modest: {}", after[0]);
@@ -150,13 +155,15 @@ mod tests {
     #[test]
     fn a_pressed_fleet_gets_the_floor_and_every_socket_goes_within_the_window() {
         let window = Duration::from_secs(30);
-        let after = run(14_000, 4_000, window, |_| Fleet::Pressed);
-        let took = TICK * after.len() as u32;
-        // At the floor (14,000 over 30 s) from the second cut on: the last go by the deadline.
-        assert!(took <= window, "took {took:?}");
+        let (after, held) = run(14_000, 4_000, window, |_| Fleet::Pressed);
+        // At the floor (14,000 over 30 s) from the first cut on. The window's end lets go what
+        // is still held; the floor leaves at most one tick's worth of sockets to it.
+        let floor_tick = 14_000.0 / 30.0 * TICK.as_secs_f64();
+        assert!(held as f64 <= floor_tick + 1.0, "{held} sockets left for the window's end");
+        let took = TICK * (after.len() as u32 + 1);
         assert!(took >= window - Duration::from_secs(2), "the pressure slowed it to the floor: {took:?}");
         // Against the same drain with a calm fleet.
-        let calm = run(14_000, 4_000, window, |_| Fleet::Calm);
+        let (calm, _) = run(14_000, 4_000, window, |_| Fleet::Calm);
         assert!(calm.len() * 4 < after.len(), "calm {} ticks, pressed {}", calm.len(), after.len());
     }
 
@@ -175,11 +182,13 @@ mod tests {
         pace.tick(t0 + TICK * 6, Fleet::Pressed);
         pace.tick(t0 + TICK * 7, Fleet::Calm);
         assert_eq!(pace.rate(), grown / 2.0);
+        pace.tick(t0 + TICK * 14, Fleet::Pressed);
+        assert_eq!(pace.rate(), grown / 2.0, "{REACTION:?} after the cut, not yet");
         // Once it has passed, calm grows by the gentle step.
-        pace.tick(t0 + TICK * 10, Fleet::Calm);
+        pace.tick(t0 + TICK * 15, Fleet::Calm);
         assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
         // An unknown fleet holds the rate.
-        pace.tick(t0 + TICK * 11, Fleet::Unknown);
+        pace.tick(t0 + TICK * 16, Fleet::Unknown);
         assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
     }
 

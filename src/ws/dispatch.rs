@@ -39,7 +39,7 @@ impl Dispatch {
                     // wait for the webhook.
                     if matches!(stage, ProgressStage::Submitted | ProgressStage::Authenticating) {
                         let payments = app.payments.clone();
-                        app.tracker.spawn(async move {
+                        app.sessions.spawn(async move {
                             payments.verify(&payment_id, crate::payments::verify::Reason::PageAsked).await;
                         });
                     }
@@ -49,7 +49,7 @@ impl Dispatch {
             cmd => {
                 let tx = self.commands_tx.get_or_insert_with(|| {
                     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                    app.tracker.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
+                    app.sessions.spawn(commands(app.clone(), caller.clone(), rx, out.clone()));
                     tx
                 });
                 tx.try_send(cmd).err().map(|_| {

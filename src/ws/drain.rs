@@ -42,7 +42,8 @@ pub(crate) async fn release(app: AppState) {
         let count = fleet_count(&app).await;
         let fleet = match (last, count) {
             (Some(before), Some(now)) if now > before => Fleet::Pressed,
-            (Some(_), Some(_)) => Fleet::Calm,
+            (Some(before), Some(now)) if now == before => Fleet::Calm,
+            // Lower than before: the count was lost (Redis restarted, a failover); no news.
             _ => Fleet::Unknown,
         };
         if count.is_some() {
@@ -59,7 +60,9 @@ pub(crate) async fn release(app: AppState) {
         };
         cuts += u32::from(pace.rate() < rate);
         unknown += u32::from(fleet == Fleet::Unknown);
-        app.drain_turns.add_permits(n);
+        // No more turns than sockets open: a long stall's credit could otherwise pass the
+        // semaphore's limit.
+        app.drain_turns.add_permits(n.min(app.metrics.open_now()));
     }
     app.drain_turns.close();
     tracing::info!(

@@ -112,8 +112,8 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + 2 * limit)
         .on_upgrade(move |socket| {
-            let tracker = app.tracker.clone();
-            tracker.track_future(session::run(socket, app, claims, permit, slot))
+            let sessions = app.sessions.clone();
+            sessions.track_future(session::run(socket, app, claims, permit, slot))
         })
 }
 

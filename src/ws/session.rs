@@ -230,7 +230,9 @@ pub async fn run(
     // the drain gives it its turn to close (a closed semaphore: every session may go).
     let shutdown = async {
         app.drain.cancelled().await;
-        if let Ok(turn) = app.drain_turns.acquire().await {
+        // Boxed: every idle socket holds this future, and unboxed its wait for a turn would
+        // add its size to each of them for the whole session.
+        if let Ok(turn) = Box::pin(app.drain_turns.acquire()).await {
             turn.forget();
         }
     };

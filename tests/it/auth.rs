@@ -83,7 +83,7 @@ async fn shutdown_closes_sockets_with_reconnect_now() {
     assert_eq!(doc.until_closed().await, callpay_protocol::close::RESTARTING);
     assert_eq!(pat.until_closed().await, callpay_protocol::close::RESTARTING);
     // Two sockets: the shortest spread. (The spread grows with the node's sockets: unit tests
-    // in ws/pacing.rs; the SDK's wait within it: tests/browser/sdk.test.mjs.)
+    // in src/pacing/; the SDK's wait within it: tests/browser/sdk.test.mjs.)
     assert_eq!(doc.closed.map(|(_, reason)| reason).as_deref(), Some("hub node stopping; reconnect within 250 ms"));
 }
 
