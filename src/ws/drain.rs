@@ -29,8 +29,8 @@ pub(crate) async fn release(app: AppState) {
     app.drain_spread_ms.store(WAVE_SPREAD.as_millis() as u64, Ordering::Release);
     let started = Instant::now();
     let mut pace = DrainPace::new(started, sockets, ceiling, window);
-    let mut last = fleet_count(&app).await;
-    let (mut cuts, mut unknown) = (0u32, 0u32);
+    let mut last = fleet_count(&app).await.ok().flatten();
+    let (mut cuts, mut unread) = (0u32, 0u32);
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await;
@@ -41,12 +41,16 @@ pub(crate) async fn release(app: AppState) {
         }
         let count = fleet_count(&app).await;
         let fleet = match (last, count) {
-            (Some(before), Some(now)) if now > before => Fleet::Pressed,
-            (Some(before), Some(now)) if now == before => Fleet::Calm,
-            // Lower than before: the count was lost (Redis restarted, a failover); no news.
+            (Some(before), Ok(Some(now))) if now > before => Fleet::Pressed,
+            (Some(before), Ok(Some(now))) if now == before => Fleet::Calm,
+            // Not read in time: Redis is down or swamped, and a storm of joins swamps it. Slow
+            // down (to the floor at worst) rather than push on blind.
+            (_, Err(())) => Fleet::Pressed,
+            // Lower than before (Redis restarted, a failover lost the key), or the first
+            // reading: no news.
             _ => Fleet::Unknown,
         };
-        if count.is_some() {
+        if let Ok(count) = count {
             last = count;
         }
         let rate = pace.rate();
@@ -58,8 +62,9 @@ pub(crate) async fn release(app: AppState) {
             );
             break;
         };
+        tracing::debug!(?fleet, rate = pace.rate() as u64, released = n, open = app.metrics.open_now(), "drain tick");
         cuts += u32::from(pace.rate() < rate);
-        unknown += u32::from(fleet == Fleet::Unknown);
+        unread += u32::from(count.is_err());
         // No more turns than sockets open: a long stall's credit could otherwise pass the
         // semaphore's limit.
         app.drain_turns.add_permits(n.min(app.metrics.open_now()));
@@ -69,20 +74,15 @@ pub(crate) async fn release(app: AppState) {
         sockets,
         took_ms = started.elapsed().as_millis() as u64,
         cuts,
-        ticks_unread = unknown,
+        ticks_unread = unread,
         "drain: every socket let go"
     );
 }
 
-/// The fleet's count of turned-away joins, or `None` if it cannot be read now.
-async fn fleet_count(app: &AppState) -> Option<u64> {
-    match app.hub.fleet_turned_away().await {
-        Ok(count) => count,
-        Err(e) => {
-            tracing::debug!(error = %e, "the fleet's turned-away joins not read");
-            None
-        }
-    }
+/// The fleet's count of turned-away joins (`None`: the bus keeps none), or `Err` if it could
+/// not be read in time.
+async fn fleet_count(app: &AppState) -> Result<Option<u64>, ()> {
+    app.hub.fleet_turned_away().await.map_err(|e| tracing::debug!(error = %e, "the fleet's turned-away joins not read"))
 }
 
 /// Adds the joins this node turns away to the fleet's count, every [`TICK`], until shutdown.
