@@ -55,11 +55,12 @@ pub(crate) async fn release(app: AppState) {
         }
         let rate = pace.rate();
         let Some(n) = pace.tick(Instant::now(), fleet) else {
-            tracing::warn!(
-                open = app.metrics.open_now(),
-                ?window,
-                "drain window over; letting every socket still open go"
-            );
+            // The rest go at once, told to spread their reconnects as a lone node's are, at the
+            // rate reached.
+            let open = app.metrics.open_now();
+            let spread = crate::pacing::reconnect_spread(open, pace.rate() as u64);
+            app.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Release);
+            tracing::warn!(open, ?window, ?spread, "drain window over; letting every socket still open go");
             break;
         };
         tracing::debug!(?fleet, rate = pace.rate() as u64, released = n, open = app.metrics.open_now(), "drain tick");
