@@ -179,7 +179,10 @@ impl AppState {
         let hub_stop = CancellationToken::new();
         hub.start(hub_stop.clone());
         let payments = Arc::new(payments);
-        tracker.spawn(payments.clone().run_sweeper(shutdown.clone()));
+        // The sweeper checks with Stripe the payments of this node's calls, and repairs them from
+        // the store: it serves the sockets a drain holds, so it stops with the hub, not at the
+        // signal.
+        tracker.spawn(payments.clone().run_sweeper(hub_stop.clone()));
         // Never a receiver: callpay's own listeners and public URL.
         let own = OwnAddresses {
             listen: Some(config.server.listen),

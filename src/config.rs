@@ -295,7 +295,7 @@ pub struct ServerConfig {
     /// Most sockets a second a draining node lets go. On Redis (other nodes may be there) it
     /// closes them a wave at a time, from 500 a second (or this, if lower), growing to this
     /// while the rest of the fleet turns no join away and halving when it does (each `4012`
-    /// told to reconnect within 1 s). On the in-process bus it closes every socket at once,
+    /// told to reconnect within 1 s), though never slower than `drain_max_secs` allows. On the in-process bus it closes every socket at once,
     /// telling its clients to spread their reconnects over `sockets / this` seconds (a quarter
     /// of a second to 30).
     pub drain_reconnects_per_sec: u64,

@@ -62,7 +62,9 @@ pub fn router(state: AppState) -> Router {
 
 /// Least time background tasks get to stop after the sessions have closed (they stop on the
 /// signal; the hub's upkeep on the last session's close).
-const BACKGROUND_GRACE: Duration = Duration::from_secs(1);
+const BACKGROUND_GRACE: Duration = Duration::from_millis(500);
+/// Longest shutdown taken from the settings (a setting of days would only overflow the clock).
+const SHUTDOWN_MAX: Duration = Duration::from_secs(7_200);
 
 /// Largest request body: admin bodies are a few hundred bytes and Stripe's events a few KiB.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -169,11 +171,15 @@ impl App {
         // axum does not wait for upgraded sockets; sessions close themselves when the drain
         // gives them their turn.
         let server = &state.config.server;
-        let deadline =
-            signalled + Duration::from_secs(server.drain_max_secs.saturating_add(server.shutdown_grace_secs));
+        let deadline = signalled
+            + Duration::from_secs(server.drain_max_secs.saturating_add(server.shutdown_grace_secs)).min(SHUTDOWN_MAX);
         state.sessions.close();
         if tokio::time::timeout_at(deadline, state.sessions.wait()).await.is_err() {
-            tracing::warn!(open = state.metrics.open_now(), "sessions still open after the drain and the grace period");
+            tracing::warn!(
+                open = state.metrics.open_now(),
+                tasks = state.sessions.len(),
+                "sessions (or their commands) still running after the drain and the grace period"
+            );
         }
         // Only now: sockets held by the drain heard other nodes until they went.
         state.hub_stop.cancel();

@@ -42,12 +42,14 @@ const CUT: f64 = 0.5;
 /// are still arriving and being counted (their spread of [`WAVE_SPREAD`], the handshake, a tick
 /// of the other node's report and one of this node's read), and counting their sheds again
 /// would cut for the same cause twice.
-pub const REACTION: Duration = Duration::from_secs(2);
+pub const REACTION: Duration = Duration::from_millis(2_500);
 /// Longest window taken (a setting of days would only overflow the clock).
 const WINDOW_MAX: Duration = Duration::from_secs(3_600);
-/// Most time one tick counts. The ticks of a node closing thousands of sockets came 1-8 s
-/// apart in a 70,000-socket rolling restart (its own runtime busy with the closes), and counting
-/// all of it let thousands go at once: a late tick is itself a sign to go slower.
+/// Most time one tick counts above the floor. The ticks of a node closing thousands of sockets
+/// came 1-8 s apart in a 70,000-socket rolling restart (its own runtime busy with the closes),
+/// and counting all of it at the rate reached let thousands go at once: a late tick is itself a
+/// sign to go slower. The floor's share of the time always counts, so the window's end is left
+/// no more than it would be with ticks on time.
 const TICK_COUNTED_MAX: Duration = Duration::from_millis(400);
 
 /// What the fleet said between two ticks.
@@ -55,9 +57,11 @@ const TICK_COUNTED_MAX: Duration = Duration::from_millis(400);
 pub enum Fleet {
     /// No node turned a join away.
     Calm,
-    /// Some node turned joins away.
+    /// Some node turned joins away, or the count could not be read in time (Redis down or
+    /// swamped, as a storm of joins swamps it).
     Pressed,
-    /// The count could not be read (the bus is down): the rate is held.
+    /// No news (the first reading, or a count lower than before: Redis lost it): the rate is
+    /// held.
     Unknown,
 }
 
@@ -112,9 +116,11 @@ impl DrainPace {
             }
             Fleet::Pressed | Fleet::Calm | Fleet::Unknown => {}
         }
-        // Released by the time elapsed (a tick a little late lets go what was due), up to
-        // [`TICK_COUNTED_MAX`].
-        self.credit += self.rate * now.saturating_duration_since(self.last).min(TICK_COUNTED_MAX).as_secs_f64();
+        // Released by the time elapsed: all of it at the floor, and at most
+        // [`TICK_COUNTED_MAX`] of it at the rate above the floor.
+        let elapsed = now.saturating_duration_since(self.last);
+        self.credit += self.floor * elapsed.as_secs_f64()
+            + (self.rate - self.floor).max(0.0) * elapsed.min(TICK_COUNTED_MAX).as_secs_f64();
         self.last = now;
         let whole = self.credit.floor();
         self.credit -= whole;
@@ -156,6 +162,7 @@ mod tests {
         assert!(after[0] <= 200, "the first wave is modest: {}", after[0]);
         assert!(took <= Duration::from_secs(7), "took {took:?}");
         assert!(took >= Duration::from_secs(5), "never above the ceiling of 4,000 a second: {took:?}");
+        assert!(after.windows(2).all(|w| w[1] - w[0] <= 801), "a tick let more than 4,000 a second go");
     }
 
     #[test]
@@ -188,24 +195,40 @@ mod tests {
         pace.tick(t0 + TICK * 6, Fleet::Pressed);
         pace.tick(t0 + TICK * 7, Fleet::Calm);
         assert_eq!(pace.rate(), grown / 2.0);
-        pace.tick(t0 + TICK * 14, Fleet::Pressed);
+        pace.tick(t0 + TICK * 17, Fleet::Pressed);
         assert_eq!(pace.rate(), grown / 2.0, "{REACTION:?} after the cut, not yet");
         // Once it has passed, calm grows by the gentle step.
-        pace.tick(t0 + TICK * 15, Fleet::Calm);
+        pace.tick(t0 + TICK * 18, Fleet::Calm);
         assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
         // An unknown fleet holds the rate.
-        pace.tick(t0 + TICK * 16, Fleet::Unknown);
+        pace.tick(t0 + TICK * 19, Fleet::Unknown);
         assert!((pace.rate() - grown / 2.0 * GROWTH_AFTER).abs() < 1e-6, "{}", pace.rate());
     }
 
     #[test]
-    fn a_late_tick_lets_go_at_most_two_ticks_worth_and_the_window_ends_the_drain() {
+    fn a_late_tick_counts_its_time_above_the_floor_only_up_to_a_limit_and_the_window_ends_the_drain() {
         let t0 = Instant::now();
-        let mut pace = DrainPace::new(t0, 100_000, 100, Duration::from_secs(10));
-        // The floor (10,000 a second) is above the ceiling: the window wins.
-        assert_eq!(pace.rate(), 10_000.0);
-        assert_eq!(pace.tick(t0 + Duration::from_millis(250), Fleet::Unknown), Some(2_500), "a little late: all due");
-        assert_eq!(pace.tick(t0 + Duration::from_millis(4_250), Fleet::Unknown), Some(4_000), "4 s late: 400 ms");
+        // 10,000 sockets over 10 s: a floor of 1,000 a second; the start rate of 500 is below it.
+        let mut pace = DrainPace::new(t0, 10_000, 4_000, Duration::from_secs(10));
+        assert_eq!(pace.rate(), 1_000.0);
+        assert_eq!(pace.tick(t0 + Duration::from_millis(250), Fleet::Unknown), Some(250), "a little late: all due");
+        // Growth to 1,150 a second; 4 s late: 4 s at the floor and 400 ms above it.
+        assert_eq!(pace.tick(t0 + Duration::from_millis(4_250), Fleet::Calm), Some(4_060));
         assert_eq!(pace.tick(t0 + Duration::from_secs(10), Fleet::Calm), None);
+    }
+
+    #[test]
+    fn late_ticks_under_pressure_still_let_every_socket_go_at_the_floor() {
+        let t0 = Instant::now();
+        let window = Duration::from_secs(30);
+        let mut pace = DrainPace::new(t0, 14_000, 4_000, window);
+        let mut released = 0;
+        // Ticks a second apart, as on a node busy closing sockets, the fleet pressed throughout.
+        for s in 1..30 {
+            released += pace.tick(t0 + Duration::from_secs(s), Fleet::Pressed).unwrap();
+        }
+        // At the floor (14,000 over 30 s): one second's worth left for the window's end.
+        assert!(14_000 - released <= 467 + 1, "{} left for the window's end", 14_000 - released);
+        assert_eq!(pace.tick(t0 + window, Fleet::Pressed), None);
     }
 }

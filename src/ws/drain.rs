@@ -17,6 +17,9 @@ use tokio::time::MissedTickBehavior;
 /// turn.
 pub(crate) async fn release(app: AppState) {
     app.drain.cancelled().await;
+    // Every session gets its turn however this ends (a panic included): a session left waiting
+    // would be dropped at the deadline without its `4012`.
+    let _every_turn = EveryTurnOnDrop(&app.drain_turns);
     let sockets = app.metrics.open_now();
     let ceiling = app.config.server.drain_reconnects_per_sec;
     let window = Duration::from_secs(app.config.server.drain_max_secs.max(1));
@@ -39,7 +42,9 @@ pub(crate) async fn release(app: AppState) {
         if app.metrics.open_now() == 0 {
             break;
         }
-        let count = fleet_count(&app).await;
+        // Within a tick: a read waiting out the bus's own 2 s time-out would hold back the
+        // next waves, the window's last one included.
+        let count = tokio::time::timeout(TICK, fleet_count(&app)).await.unwrap_or(Err(()));
         let fleet = match (last, count) {
             (Some(before), Ok(Some(now))) if now > before => Fleet::Pressed,
             (Some(before), Ok(Some(now))) if now == before => Fleet::Calm,
@@ -78,6 +83,15 @@ pub(crate) async fn release(app: AppState) {
         ticks_unread = unread,
         "drain: every socket let go"
     );
+}
+
+/// Closes the turns' semaphore when dropped: every session still waiting may go.
+struct EveryTurnOnDrop<'a>(&'a tokio::sync::Semaphore);
+
+impl Drop for EveryTurnOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The fleet's count of turned-away joins (`None`: the bus keeps none), or `Err` if it could

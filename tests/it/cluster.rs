@@ -686,22 +686,26 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
     let drained = std::time::Instant::now();
     cluster.nodes[0].0.shutdown.cancel();
     // While node 0 drains, a third participant joins each held call on node 1.
-    let mut observers = Vec::new();
-    for k in 0..SOCKETS / 2 {
+    let observers = futures_util::future::join_all((0..SOCKETS / 2).map(|k| {
         let call = held_call(&cluster, 0, k);
         let token = join_token(&cluster.secret, &call, DEMO_CLINIC, "obs", "obs", Role::Patient);
-        observers.push(Client::connect(&format!("{}/v1/calls/{call}/ws?token={token}", cluster.nodes[1].1)).await);
-    }
+        let url = format!("{}/v1/calls/{call}/ws?token={token}", cluster.nodes[1].1);
+        async move { Client::connect(&url).await }
+    }))
+    .await;
     let observed = std::time::Instant::now();
     let mut pressed = Vec::new();
     let mut heard = (0, 0);
+    let mut waves = 0;
     for close in held {
         let (at, closed, frames) =
             tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
-        assert_eq!(
-            closed,
-            Some((callpay_protocol::close::RESTARTING, "hub node stopping; reconnect within 1000 ms".to_owned()))
-        );
+        // Told a wave's second; only sockets still held when the window ends (ticks far apart on
+        // a loaded machine) are told a spread of their own.
+        let (code, reason) = closed.expect("closed by the hub");
+        assert_eq!(code, callpay_protocol::close::RESTARTING);
+        assert!(reason.starts_with("hub node stopping; reconnect within "), "{reason}");
+        waves += usize::from(reason == "hub node stopping; reconnect within 1000 ms");
         // A socket still held well after the observers joined heard them.
         if at > observed + std::time::Duration::from_secs(1) {
             let joined = frames.iter().any(|f| {
@@ -716,12 +720,14 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
     pressed.sort();
     // Under pressure the rate is cut to half of 50 a second at the first tick (or the second,
     // if no report fell between the first two reads), and again each two seconds after: 100
-    // sockets take 3.8 s at the very least. At 50 a second, a calm drain takes 2 s.
+    // sockets take 3.8 s at the very least. At 50 a second, a calm drain takes 2 s (the bound
+    // below is relative: a loaded machine slows both).
     let bound = std::time::Duration::from_secs(3);
     let last = *pressed.last().unwrap();
     assert!(last >= bound, "a pressed fleet's drain took only {last:?}");
     assert!(last <= std::time::Duration::from_secs(12), "past the drain's window of 10 s: {last:?}");
     assert!(pressed[0] < last / 2, "the first socket went at {:?}, the last at {last:?}", pressed[0]);
+    assert!(waves >= SOCKETS / 2, "only {waves} sockets went in waves");
     assert!(heard.1 >= 10, "only {} sockets were held past the observers' joins", heard.1);
     assert_eq!(heard.0, heard.1, "held sockets that did not hear a join on another node");
     for observer in observers {
@@ -740,7 +746,7 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
         calm.push(at - drained);
     }
     let calm_last = calm.into_iter().max().unwrap();
-    assert!(calm_last < bound, "a calm fleet's drain took {calm_last:?}");
+    assert!(calm_last * 2 < last, "a calm fleet's drain took {calm_last:?}, a pressed one {last:?}");
     println!(
         "drain of {SOCKETS} sockets: pressed fleet {last:?} ({} held past the joins on node 1, all heard them), calm fleet {calm_last:?}",
         heard.1
