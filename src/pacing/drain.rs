@@ -45,11 +45,14 @@ const CUT: f64 = 0.5;
 pub const REACTION: Duration = Duration::from_millis(2_500);
 /// Longest window taken (a setting of days would only overflow the clock).
 const WINDOW_MAX: Duration = Duration::from_secs(3_600);
-/// Most time one tick counts above the floor. The ticks of a node closing thousands of sockets
-/// came 1-8 s apart in a 70,000-socket rolling restart (its own runtime busy with the closes),
-/// and counting all of it at the rate reached let thousands go at once: a late tick is itself a
-/// sign to go slower. The floor's share of the time always counts, so the window's end is left
-/// no more than it would be with ticks on time.
+/// Most time one tick counts. The ticks of a node closing thousands of sockets came 1-8 s apart
+/// in a 70,000-socket rolling restart (its own runtime busy with the closes), and counting all
+/// of it let thousands go at once (run 23 lost 945 frames): a late tick is itself a sign to go
+/// slower. This applies to the floor's share too: counted in full, a tick 5 s late at the floor
+/// of a 19,488-socket drain let 3,250 go at once, and the run that did so (26) lost 2,151
+/// frames where the two before it (24, 25), counting at most this, lost none. So a busy node
+/// may fall behind its floor; the window's end lets the rest go, told a spread at the rate
+/// reached (`crate::ws::drain`).
 const TICK_COUNTED_MAX: Duration = Duration::from_millis(400);
 
 /// What the fleet said between two ticks.
@@ -116,11 +119,9 @@ impl DrainPace {
             }
             Fleet::Pressed | Fleet::Calm | Fleet::Unknown => {}
         }
-        // Released by the time elapsed: all of it at the floor, and at most
-        // [`TICK_COUNTED_MAX`] of it at the rate above the floor.
-        let elapsed = now.saturating_duration_since(self.last);
-        self.credit += self.floor * elapsed.as_secs_f64()
-            + (self.rate - self.floor).max(0.0) * elapsed.min(TICK_COUNTED_MAX).as_secs_f64();
+        // Released by the time elapsed (a tick a little late lets go what was due), up to
+        // [`TICK_COUNTED_MAX`].
+        self.credit += self.rate * now.saturating_duration_since(self.last).min(TICK_COUNTED_MAX).as_secs_f64();
         self.last = now;
         let whole = self.credit.floor();
         self.credit -= whole;
@@ -206,29 +207,31 @@ mod tests {
     }
 
     #[test]
-    fn a_late_tick_counts_its_time_above_the_floor_only_up_to_a_limit_and_the_window_ends_the_drain() {
+    fn a_late_tick_counts_at_most_400_ms_and_the_window_ends_the_drain() {
         let t0 = Instant::now();
         // 10,000 sockets over 10 s: a floor of 1,000 a second; the start rate of 500 is below it.
         let mut pace = DrainPace::new(t0, 10_000, 4_000, Duration::from_secs(10));
         assert_eq!(pace.rate(), 1_000.0);
         assert_eq!(pace.tick(t0 + Duration::from_millis(250), Fleet::Unknown), Some(250), "a little late: all due");
-        // Growth to 1,150 a second; 4 s late: 4 s at the floor and 400 ms above it.
-        assert_eq!(pace.tick(t0 + Duration::from_millis(4_250), Fleet::Calm), Some(4_060));
+        // Growth to 1,150 a second; 4 s late: 400 ms of it.
+        assert_eq!(pace.tick(t0 + Duration::from_millis(4_250), Fleet::Calm), Some(460));
         assert_eq!(pace.tick(t0 + Duration::from_secs(10), Fleet::Calm), None);
     }
 
     #[test]
-    fn late_ticks_under_pressure_still_let_every_socket_go_at_the_floor() {
+    fn late_ticks_let_go_at_most_their_counted_time_and_the_window_takes_the_rest() {
         let t0 = Instant::now();
         let window = Duration::from_secs(30);
         let mut pace = DrainPace::new(t0, 14_000, 4_000, window);
         let mut released = 0;
-        // Ticks a second apart, as on a node busy closing sockets, the fleet pressed throughout.
+        // Ticks a second apart, as on a node busy closing sockets, the fleet pressed throughout:
+        // 400 ms of each second at the floor (14,000 over 30 s), never a second's worth at once.
         for s in 1..30 {
-            released += pace.tick(t0 + Duration::from_secs(s), Fleet::Pressed).unwrap();
+            let n = pace.tick(t0 + Duration::from_secs(s), Fleet::Pressed).unwrap();
+            assert!(n <= 187, "{n} let go in one late tick");
+            released += n;
         }
-        // At the floor (14,000 over 30 s): one second's worth left for the window's end.
-        assert!(14_000 - released <= 467 + 1, "{} left for the window's end", 14_000 - released);
-        assert_eq!(pace.tick(t0 + window, Fleet::Pressed), None);
+        assert!((5_400..=5_420).contains(&released), "{released}");
+        assert_eq!(pace.tick(t0 + window, Fleet::Pressed), None, "the window's end lets the rest go");
     }
 }
