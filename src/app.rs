@@ -74,6 +74,9 @@ pub struct Services {
     /// Cancelled once the listener is closed after `shutdown`: sessions then close with
     /// "reconnect now" (4012).
     pub drain: CancellationToken,
+    /// Cancelled by a second shutdown signal: the drain stops pacing and lets every socket
+    /// still held go at once.
+    pub drain_hurry: CancellationToken,
     /// One permit per open WebSocket.
     pub connection_slots: Arc<Semaphore>,
     /// Joins in progress, bounded by `server.max_joins_in_flight`.
@@ -118,7 +121,11 @@ pub struct Dependencies {
 impl Dependencies {
     /// The production set: the configured database, Stripe, and the in-process bus.
     pub async fn from_config(config: &Config, node_id: &str) -> anyhow::Result<Self> {
-        let store = Arc::new(SqlStore::connect(&config.database.url).await.context("opening the database")?);
+        let store = Arc::new(
+            SqlStore::connect_with(&config.database.url, config.database.max_connections)
+                .await
+                .context("opening the database")?,
+        );
         let stripe = StripeGateway::new(&config.stripe).context("configuring the Stripe client")?;
         let (bus, presence): (Arc<dyn Bus>, Arc<dyn PresenceStore>) = match &config.bus.redis_url {
             Some(url) => {
@@ -237,6 +244,7 @@ impl AppState {
             hub_stop,
             shutdown,
             drain: CancellationToken::new(),
+            drain_hurry: CancellationToken::new(),
             metrics_addr,
             link_key,
             outbox,

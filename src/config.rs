@@ -387,11 +387,16 @@ impl Default for AuthConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path/to/callpay.db`, `sqlite::memory:` or `postgres://…`.
     pub url: String,
+    /// Most PostgreSQL connections one instance opens (SQLite always gets 4: it serialises
+    /// writers anyway). Every instance of a deployment opens up to this many, so instances ×
+    /// this must stay below the server's `max_connections` (100 by default) with room for
+    /// migrations and operators.
+    pub max_connections: u32,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite://callpay.db".into() }
+        Self { url: "sqlite://callpay.db".into(), max_connections: crate::store::POSTGRES_POOL }
     }
 }
 
@@ -564,6 +569,13 @@ impl Config {
             || self.payments.currencies.iter().any(|c| c.len() != 3 || c.chars().any(|ch| !ch.is_ascii_lowercase()))
         {
             return invalid("payments.currencies", "PAYMENTS__CURRENCIES", "a list of lowercase ISO 4217 codes");
+        }
+        if self.database.max_connections < crate::store::POSTGRES_POOL_MIN {
+            return invalid(
+                "database.max_connections",
+                "DATABASE__MAX_CONNECTIONS",
+                "at least 4: a quarter of the pool reads welcomes, the rest serves payments, webhooks and binding calls",
+            );
         }
         if self.payments.max_amount <= 0 {
             return invalid("payments.max_amount", "PAYMENTS__MAX_AMOUNT", "must be positive");
@@ -752,6 +764,20 @@ mod tests {
         assert_eq!(cfg.stripe.webhook_secrets.len(), 2);
         cfg.validate_for_serve().unwrap();
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_postgres_pool_is_set_per_instance_and_never_below_four() {
+        assert_eq!(Config::load(None, good_env()).unwrap().database.max_connections, 16);
+        let mut e = good_env();
+        e.push(("CALLPAY__DATABASE__MAX_CONNECTIONS".into(), "12".into()));
+        let cfg = Config::load(None, e).unwrap();
+        assert_eq!(cfg.database.max_connections, 12);
+        cfg.validate_for_serve().unwrap();
+        let mut e = good_env();
+        e.push(("CALLPAY__DATABASE__MAX_CONNECTIONS".into(), "3".into()));
+        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+        assert!(err.contains("DATABASE__MAX_CONNECTIONS") && err.contains("at least 4"), "{err}");
     }
 
     #[test]

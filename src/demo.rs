@@ -250,7 +250,11 @@ async fn start_inner(
     tweak(&mut config);
     config.validate_for_serve().context("demo configuration")?;
 
-    let store = Arc::new(SqlStore::connect(&config.database.url).await.context("opening the demo database")?);
+    let store = Arc::new(
+        SqlStore::connect_with(&config.database.url, config.database.max_connections)
+            .await
+            .context("opening the demo database")?,
+    );
     seed(store.as_ref(), &sim).await?;
     let node = node_id();
     let (bus, presence): (Arc<dyn crate::bus::Bus>, Arc<dyn crate::bus::PresenceStore>) = match redis_url {
@@ -399,9 +403,9 @@ pub async fn run(
             "stripe_secret_key": i.stripe_secret_key,
         })
     );
-    crate::shutdown::on_signal(demo.app.state.shutdown.clone());
+    crate::shutdown::on_signal(demo.app.state.shutdown.clone(), demo.app.state.drain_hurry.clone());
     for app in &more {
-        crate::shutdown::on_signal(app.state.shutdown.clone());
+        crate::shutdown::on_signal(app.state.shutdown.clone(), app.state.drain_hurry.clone());
     }
     let _sim = demo.sim;
     let runs = std::iter::once(demo.app).chain(more).map(App::run_until_stopped);

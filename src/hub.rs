@@ -180,7 +180,9 @@ impl Hub {
         self.tracker.spawn(self.clone().keep_presence(stop));
     }
 
-    /// Whether other nodes may be there to take this node's clients when it drains.
+    /// Whether other nodes may share this node's calls: it keeps a shared presence record, and
+    /// when it drains there may be peers to take its clients. Checked before calling the
+    /// presence methods, so a lone node never even builds their futures.
     pub fn has_peers(&self) -> bool {
         self.bus.has_peers()
     }
@@ -193,12 +195,6 @@ impl Hub {
     /// The deployment's running count of turned-away joins ([`Bus::turned_away`]).
     pub async fn fleet_turned_away(&self) -> Result<Option<u64>, crate::bus::BusError> {
         self.bus.turned_away().await
-    }
-
-    /// Whether this node keeps a shared presence record (it has peers on the bus). Checked
-    /// before calling the presence methods, so a lone node never even builds their futures.
-    pub fn shares_presence(&self) -> bool {
-        self.bus.has_peers()
     }
 
     /// Other nodes' participants in `call_id`, for a room about to open here (its `welcome`

@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
             let deps = Dependencies::from_config(&config, &node).await?;
             let app = App::build(config, deps, node).await?;
             tracing::info!(addr = %app.addr(), "callpay serving");
-            callpay::shutdown::on_signal(app.state.shutdown.clone());
+            callpay::shutdown::on_signal(app.state.shutdown.clone(), app.state.drain_hurry.clone());
             app.run_until_stopped().await
         }
         #[cfg(feature = "demo")]

@@ -17,6 +17,15 @@ const SHUTDOWN_GRACE_SECS: u64 = 20;
 /// Longest a drained instance holds its sockets while the others take them (the hub's default
 /// `server.drain_max_secs`).
 const DRAIN_MAX_SECS: u64 = 30;
+/// PostgreSQL connections the instances may open between them: the machine's server allows
+/// 100, and the run and the operator need a few.
+const POSTGRES_CONNECTIONS: usize = 90;
+
+/// Each instance's PostgreSQL pool (`database.max_connections`): the hub's default of 16 up to
+/// five instances, smaller past that so that the fleet stays within [`POSTGRES_CONNECTIONS`].
+fn pool_per_instance(nodes: usize) -> usize {
+    (POSTGRES_CONNECTIONS / nodes.max(1)).clamp(4, 16)
+}
 
 async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
@@ -79,6 +88,7 @@ impl Cluster {
             ("RUST_LOG", log_filter.clone().unwrap_or_else(|| "warn".to_owned())),
             ("CALLPAY__AUTH__SECRET", secret.clone()),
             ("CALLPAY__DATABASE__URL", db_url.clone()),
+            ("CALLPAY__DATABASE__MAX_CONNECTIONS", pool_per_instance(nodes).to_string()),
             ("CALLPAY__BUS__REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")),
             ("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key().to_owned()),
             ("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key().to_owned()),
@@ -377,6 +387,16 @@ impl Drop for Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instances_pools_fit_in_the_servers_connections() {
+        assert_eq!(pool_per_instance(5), 16, "five instances keep the hub's default");
+        assert_eq!(pool_per_instance(7), 12);
+        assert_eq!(pool_per_instance(40), 4, "never below the hub's least");
+        for nodes in 1..=22 {
+            assert!(nodes * pool_per_instance(nodes) <= POSTGRES_CONNECTIONS, "{nodes} instances");
+        }
+    }
 
     #[test]
     fn nginx_errors_are_counted_by_kind() {

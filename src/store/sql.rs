@@ -20,9 +20,13 @@ use std::time::Duration;
 /// How long a SQLite writer waits for another writer before giving up; short enough that a
 /// stuck database surfaces as an error to the caller rather than a hung request.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
-/// Pool sizes: SQLite serialises writers anyway; PostgreSQL gets a few for concurrent calls.
+/// Pool sizes: SQLite serialises writers anyway; PostgreSQL gets a few for concurrent calls
+/// unless `database.max_connections` says otherwise.
 const SQLITE_POOL: u32 = 4;
-const POSTGRES_POOL: u32 = 16;
+/// The default PostgreSQL pool (`database.max_connections`).
+pub const POSTGRES_POOL: u32 = 16;
+/// The smallest PostgreSQL pool: a quarter of it (at least one connection) reads welcomes.
+pub const POSTGRES_POOL_MIN: u32 = 4;
 /// Longest wait for a pooled connection before a request fails with a store error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A PostgreSQL connection idle in the pool this long is pinged before it is used again.
@@ -47,7 +51,14 @@ const PAYMENT_COLUMNS: &str = "id, call_id, clinic_id, client_ref, requested_by_
 impl SqlStore {
     /// Connects and applies pending migrations. `sqlite::memory:` gives a private in-memory database.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, POSTGRES_POOL).await
+    }
+
+    /// As [`Self::connect`], opening at most `postgres_pool` connections to PostgreSQL
+    /// (`database.max_connections`; SQLite's pool does not change).
+    pub async fn connect_with(url: &str, postgres_pool: u32) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
+        let postgres_pool = postgres_pool.max(POSTGRES_POOL_MIN);
         let sqlite = url.starts_with("sqlite:");
         let url = if url == "sqlite::memory:" {
             // One shared in-memory database per store, however many pooled connections use it.
@@ -58,7 +69,7 @@ impl SqlStore {
             url.to_owned()
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { SQLITE_POOL } else { POSTGRES_POOL })
+            .max_connections(if sqlite { SQLITE_POOL } else { postgres_pool })
             .min_connections(if url.contains("mode=memory") { 1 } else { 0 })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // sqlx pings a connection each time it is taken from the pool. A SQLite connection
@@ -94,7 +105,7 @@ impl SqlStore {
             .await?;
         let binder = Binder::start(pool.clone());
         // A quarter of the pool: the rest stays free for payments, webhooks and the binder.
-        let pool_size = if sqlite { SQLITE_POOL } else { POSTGRES_POOL } as usize;
+        let pool_size = if sqlite { SQLITE_POOL } else { postgres_pool } as usize;
         let postgres = url.starts_with("postgres");
         let snapshots = Snapshots::start(pool.clone(), postgres, pool_size / 4);
         let store = Self { pool, postgres, binder, snapshots };

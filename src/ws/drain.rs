@@ -4,7 +4,8 @@
 //! and keeps serving its call until it gets one. A lone node gives every session its turn at
 //! once, with a reconnect spread from its own socket count: its clients can only come back to
 //! its next process. A node with peers hands out turns at the rate [`DrainPace`] sets from the
-//! fleet's count of turned-away joins, each wave told [`WAVE_SPREAD`].
+//! fleet's count of turned-away joins, each wave told [`WAVE_SPREAD`]. A second shutdown signal
+//! ([`crate::app::Services::drain_hurry`]) lets every socket still held go at once.
 
 use crate::app::AppState;
 use crate::pacing::drain::{DrainPace, Fleet, TICK, WAVE_SPREAD};
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::time::MissedTickBehavior;
 
 /// Once the node drains, hands out the sessions' turns to close until none is left open or the
-/// drain's window (`server.drain_max_secs`) is over; then every session still waiting gets its
-/// turn.
+/// drain's window (`server.drain_max_secs`) is over or a second signal hurries it; then every
+/// session still waiting gets its turn.
 pub(crate) async fn release(app: AppState) {
     app.drain.cancelled().await;
     // Every session gets its turn however this ends (a panic included): a session left waiting
@@ -32,19 +33,27 @@ pub(crate) async fn release(app: AppState) {
     app.drain_spread_ms.store(WAVE_SPREAD.as_millis() as u64, Ordering::Release);
     let started = Instant::now();
     let mut pace = DrainPace::new(started, sockets, ceiling, window);
-    let mut last = fleet_count(&app).await.ok().flatten();
+    // Within a tick, as every read below: the first wave must not wait for a Redis that is
+    // swamped or stalled.
+    let mut last = fleet_count_within_tick(&app).await.ok().flatten();
     let (mut cuts, mut unread) = (0u32, 0u32);
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = app.drain_hurry.cancelled() => {
+                let_the_rest_go(&app, pace.rate(), "second shutdown signal");
+                break;
+            }
+        }
         if app.metrics.open_now() == 0 {
             break;
         }
         // Within a tick: a read waiting out the bus's own 2 s time-out would hold back the
         // next waves, the window's last one included.
-        let count = tokio::time::timeout(TICK, fleet_count(&app)).await.unwrap_or(Err(()));
+        let count = fleet_count_within_tick(&app).await;
         let fleet = match (last, count) {
             (Some(before), Ok(Some(now))) if now > before => Fleet::Pressed,
             (Some(before), Ok(Some(now))) if now == before => Fleet::Calm,
@@ -60,12 +69,7 @@ pub(crate) async fn release(app: AppState) {
         }
         let rate = pace.rate();
         let Some(n) = pace.tick(Instant::now(), fleet) else {
-            // The rest go at once, told to spread their reconnects as a lone node's are, at the
-            // rate reached.
-            let open = app.metrics.open_now();
-            let spread = crate::pacing::reconnect_spread(open, pace.rate() as u64);
-            app.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Release);
-            tracing::warn!(open, ?window, ?spread, "drain window over; letting every socket still open go");
+            let_the_rest_go(&app, pace.rate(), "drain window over");
             break;
         };
         tracing::debug!(?fleet, rate = pace.rate() as u64, released = n, open = app.metrics.open_now(), "drain tick");
@@ -85,6 +89,15 @@ pub(crate) async fn release(app: AppState) {
     );
 }
 
+/// Tells every session still waiting to spread its reconnect as a lone node's are, at `rate`
+/// (the rate the drain reached); the semaphore's closing then lets them all go at once.
+fn let_the_rest_go(app: &AppState, rate: f64, why: &'static str) {
+    let open = app.metrics.open_now();
+    let spread = crate::pacing::reconnect_spread(open, rate as u64);
+    app.drain_spread_ms.store(spread.as_millis() as u64, Ordering::Release);
+    tracing::warn!(open, ?spread, why, "letting every socket still open go");
+}
+
 /// Closes the turns' semaphore when dropped: every session still waiting may go.
 struct EveryTurnOnDrop<'a>(&'a tokio::sync::Semaphore);
 
@@ -95,9 +108,19 @@ impl Drop for EveryTurnOnDrop<'_> {
 }
 
 /// The fleet's count of turned-away joins (`None`: the bus keeps none), or `Err` if it could
-/// not be read in time.
-async fn fleet_count(app: &AppState) -> Result<Option<u64>, ()> {
-    app.hub.fleet_turned_away().await.map_err(|e| tracing::debug!(error = %e, "the fleet's turned-away joins not read"))
+/// not be read within a [`TICK`] (the bus's own time-out is 2 s).
+async fn fleet_count_within_tick(app: &AppState) -> Result<Option<u64>, ()> {
+    match tokio::time::timeout(TICK, app.hub.fleet_turned_away()).await {
+        Ok(Ok(count)) => Ok(count),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "the fleet's turned-away joins not read");
+            Err(())
+        }
+        Err(_) => {
+            tracing::debug!("the fleet's turned-away joins not read within a tick");
+            Err(())
+        }
+    }
 }
 
 /// Adds the joins this node turns away to the fleet's count, every [`TICK`], until shutdown.

@@ -148,7 +148,7 @@ pub async fn run(
     let read_at = std::time::Instant::now();
     // The presence calls are skipped on a lone node (there is nobody to share with) and boxed
     // otherwise, so their timers and requests are not laid out in this long-lived task.
-    let shared = app.hub.shares_presence();
+    let shared = app.hub.has_peers();
     let remote =
         if shared && !app.hub.rooms.has(&call_id) { Box::pin(app.hub.remote_presence(&call_id)).await } else { None };
     // Join before reading the snapshot: anything that happens meanwhile is queued behind

@@ -752,3 +752,66 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
         heard.1
     );
 }
+
+/// A draining node whose Redis stalls (stopped with SIGSTOP: its connections stay open and
+/// nothing answers, so a read waits out the bus's 2 s time-out) starts letting its sockets go
+/// within a tick or two all the same: no read of the fleet's count may hold back a wave longer
+/// than a tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_whose_redis_stalls_still_lets_its_first_sockets_go_at_once() {
+    const SOCKETS: usize = 20;
+    let redis = PrivateRedis::start();
+    let cluster = Cluster::start_with(2, &redis.url(), |c| {
+        c.server.drain_reconnects_per_sec = 50;
+        c.server.drain_max_secs = 10;
+    })
+    .await;
+    let held = hold_sockets(&cluster, 0, SOCKETS).await;
+    redis.pause();
+    let drained = std::time::Instant::now();
+    cluster.nodes[0].0.shutdown.cancel();
+    let mut went = Vec::new();
+    for close in held {
+        let (at, closed, _) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
+        assert_eq!(closed.map(|(code, _)| code), Some(callpay_protocol::close::RESTARTING));
+        went.push(at - drained);
+    }
+    redis.resume();
+    // Two ticks (a read cut off at one) make 400 ms; a read waiting out the bus's time-out alone
+    // makes 2 s.
+    let first = went.into_iter().min().unwrap();
+    assert!(first < std::time::Duration::from_millis(1500), "the first socket went {first:?} after the signal");
+    println!("with Redis stalled, the first of {SOCKETS} sockets went {first:?} after the signal");
+}
+
+/// `database.max_connections` bounds what one instance opens on PostgreSQL however many
+/// requests wait: every instance of a deployment opens up to that many, so instances × the
+/// setting is what must stay under the server's own `max_connections`. Past it PostgreSQL
+/// refuses every new connection, every instance's included (seven instances of the default 16
+/// on a server allowing 100 did just that in a load test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_opens_no_more_postgres_connections_than_its_setting() {
+    const POOL: u32 = 5;
+    let db = TempDb::new();
+    let store = Arc::new(SqlStore::connect_with(&db.url, POOL).await.unwrap());
+    // Far more at once than the pool holds: each waits for a connection rather than opening one.
+    let writes = (0..200).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let payment = callpay::store::Payment {
+                id: format!("pay_{i}"),
+                call_id: format!("call_{i}"),
+                client_ref: "r".into(),
+                amount: 100,
+                currency: "aud".into(),
+                ..Default::default()
+            };
+            store.insert_payment(&payment).await.unwrap();
+            store.payment(&payment.id).await.unwrap().unwrap();
+        })
+    });
+    futures_util::future::join_all(writes).await.into_iter().for_each(|r| r.unwrap());
+    // Idle connections stay in the pool (minutes), so this is how many it ever opened.
+    let opened = db.connections();
+    assert!((1..=POOL as usize).contains(&opened), "{opened} connections open with a pool of {POOL}");
+}

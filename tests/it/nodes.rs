@@ -167,6 +167,13 @@ impl Fleet {
         started.elapsed()
     }
 
+    /// Sends `signal` to node `i` without waiting for anything.
+    pub fn signal(&self, i: usize, signal: i32) {
+        let pid = self.children[i].as_ref().and_then(|c| c.id()).expect("node running") as i32;
+        // SAFETY: signalling a child process this test started and still owns.
+        unsafe { libc::kill(pid, signal) };
+    }
+
     /// Starts node `i` again on its port.
     pub async fn restart(&mut self, i: usize) {
         let child = self.spawn(i);
@@ -874,4 +881,59 @@ async fn a_redis_cluster_failover_mid_call_loses_nothing() {
     doc.until_where("payment.confirmed", paid).await;
     let _nurse = fleet.join(1, "nurse", Role::Clinician).await;
     doc.until_where("participant.joined", |f| f["participant"]["id"] == "nurse").await;
+}
+
+/// A second SIGTERM (or Ctrl-C) while a node drains at its pace lets every socket it still holds
+/// go at once, each told a spread, and the node exits cleanly: an operator who cannot wait out
+/// the drain's window need not SIGKILL it (which skips the `4012`s and the presence hand-over).
+#[tokio::test]
+async fn a_second_sigterm_lets_every_socket_still_held_go_at_once() {
+    const SOCKETS: usize = 30;
+    // Two a second: at its own pace the drain would take 15 s.
+    let mut fleet = Fleet::start_with(
+        2,
+        |p| format!("http://127.0.0.1:{}/v1/stripe/webhook", p[1]),
+        ("CALLPAY__BUS__REDIS_URL", REDIS_URL.to_owned()),
+        &[("CALLPAY__SERVER__DRAIN_RECONNECTS_PER_SEC", "2"), ("CALLPAY__SERVER__DRAIN_MAX_SECS", "60")],
+    )
+    .await;
+    let (tx, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..SOCKETS {
+        let call = format!("{}-{i}", fleet.call_id);
+        let token = join_token(&fleet.secret, &call, DEMO_CLINIC, "pat", "pat", Role::Patient);
+        let mut client =
+            Client::connect(&format!("ws://127.0.0.1:{}/v1/calls/{call}/ws?token={token}", fleet.ports[0])).await;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let code = tokio::time::timeout(Duration::from_secs(30), client.until_closed()).await;
+            let _ = tx.send((Instant::now(), code.ok(), client.closed.take()));
+        });
+    }
+    drop(tx);
+
+    fleet.signal(0, libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut early = 0;
+    while closes.try_recv().is_ok() {
+        early += 1;
+    }
+    assert!(early < SOCKETS / 2, "{early} of {SOCKETS} sockets went in the drain's first 1.5 s: it did not pace");
+    let second = Instant::now();
+    fleet.signal(0, libc::SIGTERM);
+    let mut last = Duration::ZERO;
+    let mut rest = 0;
+    while let Some((at, code, closed)) = closes.recv().await {
+        let (code, reason) = closed.unwrap_or_else(|| panic!("a socket not closed by the hub ({code:?})"));
+        assert_eq!(code, callpay_protocol::close::RESTARTING);
+        assert!(reason.starts_with("hub node stopping; reconnect within "), "{reason}");
+        last = last.max(at.saturating_duration_since(second));
+        rest += 1;
+    }
+    assert_eq!(early + rest, SOCKETS);
+    // At its own pace the last would go some 13 s after the second signal.
+    assert!(last < Duration::from_secs(4), "the last socket went {last:?} after the second SIGTERM");
+    assert!(fleet.exited(0, Duration::from_secs(10)).await, "the node did not exit after its sockets went");
+    println!(
+        "{early} of {SOCKETS} sockets went in the drain's first 1.5 s; the last {last:?} after the second SIGTERM"
+    );
 }

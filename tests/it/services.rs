@@ -71,6 +71,20 @@ impl TempDb {
 }
 
 impl TempDb {
+    /// How many connections this database has open now (its server's `pg_stat_activity`).
+    pub fn connections(&self) -> usize {
+        let out = Command::new("psql")
+            .args([
+                PG_ADMIN_URL,
+                "-Atc",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}'", self.name),
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+    }
+
     /// Ends every connection to this database, as a PostgreSQL restart or failover would.
     pub fn end_connections(&self) {
         psql(&format!(
@@ -122,6 +136,22 @@ impl PrivateRedis {
             .expect("redis-server starts");
         self.child = Some(child);
         wait_up(self.port, "private Redis");
+    }
+
+    /// Stops the server with SIGSTOP: connections stay open and nothing is answered, as with a
+    /// Redis swamped or stalled, rather than refused.
+    pub fn pause(&self) {
+        self.send("-STOP");
+    }
+
+    /// Lets a [`Self::pause`]d server go on.
+    pub fn resume(&self) {
+        self.send("-CONT");
+    }
+
+    fn send(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args([signal, &pid]).status().expect("kill runs").success());
     }
 
     pub fn stop(&mut self) {
