@@ -90,7 +90,8 @@ pub struct Services {
     /// Turns to close once the node drains: each session waits for one, handed out at the
     /// drain's pace ([`crate::ws::drain`]); closed once every session may go.
     pub drain_turns: Semaphore,
-    /// The reconnect spread (ms) a session's `4012` tells its client, set when the drain begins.
+    /// The reconnect spread (ms) a session's `4012` tells its client: set when the drain begins,
+    /// and again for the sockets let go at once when its window ends or a second signal hurries it.
     pub drain_spread_ms: std::sync::atomic::AtomicU64,
     /// Where `/metrics` is served when `server.metrics_listen` is set.
     pub metrics_addr: Option<SocketAddr>,

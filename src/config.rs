@@ -387,16 +387,26 @@ impl Default for AuthConfig {
 pub struct DatabaseConfig {
     /// `sqlite://path/to/callpay.db`, `sqlite::memory:` or `postgres://…`.
     pub url: String,
-    /// Most PostgreSQL connections one instance opens (SQLite always gets 4: it serialises
-    /// writers anyway). Every instance of a deployment opens up to this many, so instances ×
-    /// this must stay below the server's `max_connections` (100 by default) with room for
-    /// migrations and operators.
+    /// Most PostgreSQL connections one instance opens, 4 to 1,000 (SQLite always gets 4: it
+    /// serialises writers anyway). Every instance of a deployment opens up to this many, so
+    /// instances × this must stay below the server's `max_connections` (100 by default) with
+    /// room for migrations and operators.
     pub max_connections: u32,
 }
 
+/// The default `database.max_connections`: enough for a node's concurrent calls, and five
+/// instances fit PostgreSQL's default of 100.
+pub const POSTGRES_POOL: u32 = 16;
+/// The smallest `database.max_connections`: a quarter of the pool (at least one connection)
+/// reads welcomes, the rest serves payments, webhooks and binding calls.
+pub const POSTGRES_POOL_MIN: u32 = 4;
+/// The largest `database.max_connections` taken: PostgreSQL forks a process per connection, so
+/// a larger figure is a typo rather than a plan.
+const POSTGRES_POOL_MAX: u32 = 1_000;
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        Self { url: "sqlite://callpay.db".into(), max_connections: crate::store::POSTGRES_POOL }
+        Self { url: "sqlite://callpay.db".into(), max_connections: POSTGRES_POOL }
     }
 }
 
@@ -570,11 +580,14 @@ impl Config {
         {
             return invalid("payments.currencies", "PAYMENTS__CURRENCIES", "a list of lowercase ISO 4217 codes");
         }
-        if self.database.max_connections < crate::store::POSTGRES_POOL_MIN {
+        // SQLite's pool is fixed, so the setting only matters (and is only checked) on PostgreSQL.
+        if self.database.url.starts_with("postgres")
+            && !(POSTGRES_POOL_MIN..=POSTGRES_POOL_MAX).contains(&self.database.max_connections)
+        {
             return invalid(
                 "database.max_connections",
                 "DATABASE__MAX_CONNECTIONS",
-                "at least 4: a quarter of the pool reads welcomes, the rest serves payments, webhooks and binding calls",
+                "between 4 (a quarter of the pool reads welcomes, the rest serves payments, webhooks and binding calls) and 1000",
             );
         }
         if self.payments.max_amount <= 0 {
@@ -774,10 +787,17 @@ mod tests {
         let cfg = Config::load(None, e).unwrap();
         assert_eq!(cfg.database.max_connections, 12);
         cfg.validate_for_serve().unwrap();
+        for bad in ["3", "1001"] {
+            let mut e = good_env();
+            e.push(("CALLPAY__DATABASE__URL".into(), "postgres://db/callpay".into()));
+            e.push(("CALLPAY__DATABASE__MAX_CONNECTIONS".into(), bad.into()));
+            let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
+            assert!(err.contains("DATABASE__MAX_CONNECTIONS") && err.contains("between 4"), "{bad}: {err}");
+        }
+        // SQLite's pool is fixed: the setting is not looked at.
         let mut e = good_env();
         e.push(("CALLPAY__DATABASE__MAX_CONNECTIONS".into(), "3".into()));
-        let err = Config::load(None, e).unwrap().validate_for_serve().unwrap_err().to_string();
-        assert!(err.contains("DATABASE__MAX_CONNECTIONS") && err.contains("at least 4"), "{err}");
+        Config::load(None, e).unwrap().validate_for_serve().unwrap();
     }
 
     #[test]

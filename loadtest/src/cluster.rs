@@ -22,9 +22,14 @@ const DRAIN_MAX_SECS: u64 = 30;
 const POSTGRES_CONNECTIONS: usize = 90;
 
 /// Each instance's PostgreSQL pool (`database.max_connections`): the hub's default of 16 up to
-/// five instances, smaller past that so that the fleet stays within [`POSTGRES_CONNECTIONS`].
-fn pool_per_instance(nodes: usize) -> usize {
-    (POSTGRES_CONNECTIONS / nodes.max(1)).clamp(4, 16)
+/// five instances, smaller past that so that the fleet stays within [`POSTGRES_CONNECTIONS`];
+/// an error past 22 instances, where even the hub's least (4) would not fit.
+pub(crate) fn pool_per_instance(nodes: usize) -> anyhow::Result<usize> {
+    let pool = (POSTGRES_CONNECTIONS / nodes.max(1)).min(16);
+    if pool < 4 {
+        bail!("{nodes} instances of at least 4 PostgreSQL connections each do not fit in {POSTGRES_CONNECTIONS}");
+    }
+    Ok(pool)
 }
 
 async fn wait_listening(port: u16, what: &str, within: Duration) -> anyhow::Result<()> {
@@ -63,6 +68,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts Redis, the instances, nginx for `sockets` client sockets, and seeds the demo clinic.
     pub async fn start(bin: &str, nodes: usize, sockets: usize) -> anyhow::Result<Self> {
+        let pool = pool_per_instance(nodes)?;
         let dir = std::env::temp_dir().join(format!("callpay-scale-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let db = format!("callpay_scale_{}", std::process::id());
@@ -88,7 +94,7 @@ impl Cluster {
             ("RUST_LOG", log_filter.clone().unwrap_or_else(|| "warn".to_owned())),
             ("CALLPAY__AUTH__SECRET", secret.clone()),
             ("CALLPAY__DATABASE__URL", db_url.clone()),
-            ("CALLPAY__DATABASE__MAX_CONNECTIONS", pool_per_instance(nodes).to_string()),
+            ("CALLPAY__DATABASE__MAX_CONNECTIONS", pool.to_string()),
             ("CALLPAY__BUS__REDIS_URL", format!("redis://127.0.0.1:{redis_port}/")),
             ("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key().to_owned()),
             ("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key().to_owned()),
@@ -390,11 +396,12 @@ mod tests {
 
     #[test]
     fn the_instances_pools_fit_in_the_servers_connections() {
-        assert_eq!(pool_per_instance(5), 16, "five instances keep the hub's default");
-        assert_eq!(pool_per_instance(7), 12);
-        assert_eq!(pool_per_instance(40), 4, "never below the hub's least");
+        assert_eq!(pool_per_instance(5).unwrap(), 16, "five instances keep the hub's default");
+        assert_eq!(pool_per_instance(7).unwrap(), 12);
+        assert_eq!(pool_per_instance(22).unwrap(), 4);
+        assert!(pool_per_instance(23).is_err(), "below the hub's least");
         for nodes in 1..=22 {
-            assert!(nodes * pool_per_instance(nodes) <= POSTGRES_CONNECTIONS, "{nodes} instances");
+            assert!(nodes * pool_per_instance(nodes).unwrap() <= POSTGRES_CONNECTIONS, "{nodes} instances");
         }
     }
 

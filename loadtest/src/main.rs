@@ -181,6 +181,7 @@ impl Hub {
 
     /// [`Hub::start_cluster`] with extra `CALLPAY__…` settings for every instance.
     async fn start_cluster_with(bin: &str, n: usize, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let pool = cluster::pool_per_instance(n)?.to_string();
         let db = format!("callpay_load_{}", std::process::id());
         psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))?;
         psql(&format!("CREATE DATABASE {db}"))?;
@@ -205,6 +206,7 @@ impl Hub {
                     .env("CALLPAY__SERVER__LISTEN", format!("127.0.0.1:{port}"))
                     .env("CALLPAY__AUTH__SECRET", &secret)
                     .env("CALLPAY__DATABASE__URL", &db_url)
+                    .env("CALLPAY__DATABASE__MAX_CONNECTIONS", &pool)
                     .env("CALLPAY__BUS__REDIS_URL", "redis://127.0.0.1:6379/")
                     .env("CALLPAY__STRIPE__SECRET_KEY", sim.secret_key())
                     .env("CALLPAY__STRIPE__PUBLISHABLE_KEY", sim.publishable_key())

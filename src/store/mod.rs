@@ -9,7 +9,7 @@ mod snapshots;
 mod sql;
 
 pub use outbox::{Outbox, OutboxEvent};
-pub use sql::{PING_IF_IDLE, POSTGRES_POOL, POSTGRES_POOL_MIN, SqlStore, status_str};
+pub use sql::{PING_IF_IDLE, SqlStore, status_str};
 
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;

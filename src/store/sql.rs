@@ -9,6 +9,7 @@ use super::{
     PaymentFilter, PaymentScope, ReceiptJob, ReceiptOutcome, Refund, StateTaken, Store, StoreError, StoreResult, Write,
     now_ms,
 };
+use crate::config::{POSTGRES_POOL, POSTGRES_POOL_MIN};
 use async_trait::async_trait;
 use callpay_protocol::PaymentStatus;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -20,13 +21,9 @@ use std::time::Duration;
 /// How long a SQLite writer waits for another writer before giving up; short enough that a
 /// stuck database surfaces as an error to the caller rather than a hung request.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
-/// Pool sizes: SQLite serialises writers anyway; PostgreSQL gets a few for concurrent calls
-/// unless `database.max_connections` says otherwise.
+/// SQLite's pool: it serialises writers anyway. PostgreSQL's is `database.max_connections`
+/// ([`POSTGRES_POOL`] by default, never below [`POSTGRES_POOL_MIN`]).
 const SQLITE_POOL: u32 = 4;
-/// The default PostgreSQL pool (`database.max_connections`).
-pub const POSTGRES_POOL: u32 = 16;
-/// The smallest PostgreSQL pool: a quarter of it (at least one connection) reads welcomes.
-pub const POSTGRES_POOL_MIN: u32 = 4;
 /// Longest wait for a pooled connection before a request fails with a store error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A PostgreSQL connection idle in the pool this long is pinged before it is used again.
@@ -55,7 +52,7 @@ impl SqlStore {
     }
 
     /// As [`Self::connect`], opening at most `postgres_pool` connections to PostgreSQL
-    /// (`database.max_connections`; SQLite's pool does not change).
+    /// (`database.max_connections`; taken as 4 if lower). SQLite's pool does not change.
     pub async fn connect_with(url: &str, postgres_pool: u32) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
         let postgres_pool = postgres_pool.max(POSTGRES_POOL_MIN);

@@ -41,19 +41,24 @@ pub(crate) async fn release(app: AppState) {
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            _ = app.drain_hurry.cancelled() => {
-                let_the_rest_go(&app, pace.rate(), "second shutdown signal");
-                break;
-            }
-        }
+        // The hurry first: once asked for, no further wave or read is waited for.
+        let count = tokio::select! {
+            biased;
+            _ = app.drain_hurry.cancelled() => None,
+            // Within a tick: a read waiting out the bus's own 2 s time-out would hold back the
+            // next waves, the window's last one included.
+            count = async {
+                ticks.tick().await;
+                fleet_count_within_tick(&app).await
+            } => Some(count),
+        };
+        let Some(count) = count else {
+            let_the_rest_go(&app, pace.rate(), "second shutdown signal");
+            break;
+        };
         if app.metrics.open_now() == 0 {
             break;
         }
-        // Within a tick: a read waiting out the bus's own 2 s time-out would hold back the
-        // next waves, the window's last one included.
-        let count = fleet_count_within_tick(&app).await;
         let fleet = match (last, count) {
             (Some(before), Ok(Some(now))) if now > before => Fleet::Pressed,
             (Some(before), Ok(Some(now))) if now == before => Fleet::Calm,

@@ -778,9 +778,9 @@ async fn a_draining_node_whose_redis_stalls_still_lets_its_first_sockets_go_at_o
     }
     redis.resume();
     // Two ticks (a read cut off at one) make 400 ms; a read waiting out the bus's time-out alone
-    // makes 2 s.
+    // makes 2 s, and a wave after it 2.4 s.
     let first = went.into_iter().min().unwrap();
-    assert!(first < std::time::Duration::from_millis(1500), "the first socket went {first:?} after the signal");
+    assert!(first < std::time::Duration::from_millis(2000), "the first socket went {first:?} after the signal");
     println!("with Redis stalled, the first of {SOCKETS} sockets went {first:?} after the signal");
 }
 
