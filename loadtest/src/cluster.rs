@@ -17,6 +17,12 @@ const SHUTDOWN_GRACE_SECS: u64 = 20;
 /// Longest a drained instance holds its sockets while the others take them (the hub's default
 /// `server.drain_max_secs`).
 const DRAIN_MAX_SECS: u64 = 30;
+
+/// The instances' `server.drain_max_secs`: they inherit this process's environment, so a run
+/// may set `CALLPAY__SERVER__DRAIN_MAX_SECS`; otherwise the hub's default.
+fn drain_max_secs() -> u64 {
+    std::env::var("CALLPAY__SERVER__DRAIN_MAX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(DRAIN_MAX_SECS)
+}
 /// PostgreSQL connections the instances may open between them: the machine's server allows
 /// 100, and the run and the operator need a few.
 const POSTGRES_CONNECTIONS: usize = 90;
@@ -206,7 +212,7 @@ impl Cluster {
         unsafe {
             libc::kill(pid as i32, signal);
         }
-        tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_SECS + DRAIN_MAX_SECS + 15), child.wait())
+        tokio::time::timeout(Duration::from_secs(SHUTDOWN_GRACE_SECS + drain_max_secs() + 15), child.wait())
             .await
             .with_context(|| format!("instance {i} did not exit after signal {signal}"))??;
         Ok(())
