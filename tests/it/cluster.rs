@@ -630,6 +630,16 @@ fn held_call(cluster: &Cluster, node: usize, k: usize) -> String {
     format!("{}-held-{node}-{k}", cluster.call_id)
 }
 
+/// `nodes` nodes on `redis` whose drains are slow enough to watch: at most 50 sockets a second,
+/// within 10 s.
+async fn draining_cluster(nodes: usize, redis: &PrivateRedis) -> Cluster {
+    Cluster::start_with(nodes, &redis.url(), |c| {
+        c.server.drain_reconnects_per_sec = 50;
+        c.server.drain_max_secs = 10;
+    })
+    .await
+}
+
 /// Waits until the fleet's count of turned-away joins has stood still for a second.
 async fn until_fleet_calm(bus: &RedisBus) {
     use callpay::bus::Bus;
@@ -657,11 +667,7 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
     const SOCKETS: usize = 100;
     // A Redis of its own: the fleet's count is one key, and other tests' nodes shed joins too.
     let redis = PrivateRedis::start();
-    let cluster = Cluster::start_with(3, &redis.url(), |c| {
-        c.server.drain_reconnects_per_sec = 50;
-        c.server.drain_max_secs = 10;
-    })
-    .await;
+    let cluster = draining_cluster(3, &redis).await;
 
     // Node 2 turns joins away the whole time node 0 drains (its shed counter, as the upgrade
     // handler counts them); node 2 reports them to the fleet's count.
@@ -761,11 +767,7 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
 async fn a_draining_node_whose_redis_stalls_still_lets_its_first_sockets_go_at_once() {
     const SOCKETS: usize = 20;
     let redis = PrivateRedis::start();
-    let cluster = Cluster::start_with(2, &redis.url(), |c| {
-        c.server.drain_reconnects_per_sec = 50;
-        c.server.drain_max_secs = 10;
-    })
-    .await;
+    let cluster = draining_cluster(2, &redis).await;
     let held = hold_sockets(&cluster, 0, SOCKETS).await;
     redis.pause();
     let drained = std::time::Instant::now();
