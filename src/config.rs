@@ -580,8 +580,9 @@ impl Config {
         {
             return invalid("payments.currencies", "PAYMENTS__CURRENCIES", "a list of lowercase ISO 4217 codes");
         }
-        // SQLite's pool is fixed, so the setting only matters (and is only checked) on PostgreSQL.
-        if self.database.url.starts_with("postgres")
+        // SQLite's pool is fixed, so the setting only matters (and is only checked) on PostgreSQL:
+        // any URL that is not SQLite's, as the store decides.
+        if !self.database.url.starts_with("sqlite:")
             && !(POSTGRES_POOL_MIN..=POSTGRES_POOL_MAX).contains(&self.database.max_connections)
         {
             return invalid(

@@ -18,7 +18,9 @@ pub fn on_signal(stop: CancellationToken, hurry: CancellationToken) {
     tokio::spawn(async move {
         signals.next().await;
         let first = tokio::time::Instant::now();
-        tracing::info!("shutdown signal received; a second one lets every socket still held go at once");
+        tracing::info!(
+            "shutdown signal received; another, a second or more later, lets every socket still held go at once"
+        );
         stop.cancel();
         loop {
             signals.next().await;

@@ -49,16 +49,21 @@ pub(crate) async fn release(app: AppState) {
             // next waves, the window's last one included.
             count = async {
                 ticks.tick().await;
-                fleet_count_within_tick(&app).await
+                // Every socket gone: no read, the loop ends.
+                if app.metrics.open_now() == 0 {
+                    return None;
+                }
+                Some(fleet_count_within_tick(&app).await)
             } => Some(count),
         };
-        let Some(count) = count else {
-            let_the_rest_go(&app, pace.rate(), "second shutdown signal");
-            break;
+        let count = match count {
+            None => {
+                let_the_rest_go(&app, pace.rate(), "second shutdown signal");
+                break;
+            }
+            Some(None) => break,
+            Some(Some(count)) => count,
         };
-        if app.metrics.open_now() == 0 {
-            break;
-        }
         let fleet = match (last, count) {
             (Some(before), Ok(Some(now))) if now > before => Fleet::Pressed,
             (Some(before), Ok(Some(now))) if now == before => Fleet::Calm,
