@@ -640,6 +640,20 @@ async fn draining_cluster(nodes: usize, redis: &PrivateRedis) -> Cluster {
     .await
 }
 
+/// How long after `drained` each of the `held` sockets was closed, each with `4012`.
+async fn went_after(
+    held: Vec<tokio::sync::oneshot::Receiver<Held>>,
+    drained: std::time::Instant,
+) -> Vec<std::time::Duration> {
+    let mut went = Vec::new();
+    for close in held {
+        let (at, closed, _) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
+        assert_eq!(closed.map(|(code, _)| code), Some(callpay_protocol::close::RESTARTING));
+        went.push(at - drained);
+    }
+    went
+}
+
 /// Waits until the fleet's count of turned-away joins has stood still for a second.
 async fn until_fleet_calm(bus: &RedisBus) {
     use callpay::bus::Bus;
@@ -745,13 +759,7 @@ async fn a_draining_node_lets_its_sockets_go_no_faster_than_the_rest_of_the_flee
     let held = hold_sockets(&cluster, 1, SOCKETS).await;
     let drained = std::time::Instant::now();
     cluster.nodes[1].0.shutdown.cancel();
-    let mut calm = Vec::new();
-    for close in held {
-        let (at, closed, _) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
-        assert_eq!(closed.map(|(code, _)| code), Some(callpay_protocol::close::RESTARTING));
-        calm.push(at - drained);
-    }
-    let calm_last = calm.into_iter().max().unwrap();
+    let calm_last = went_after(held, drained).await.into_iter().max().unwrap();
     assert!(calm_last * 2 < last, "a calm fleet's drain took {calm_last:?}, a pressed one {last:?}");
     println!(
         "drain of {SOCKETS} sockets: pressed fleet {last:?} ({} held past the joins on node 1, all heard them), calm fleet {calm_last:?}",
@@ -772,12 +780,7 @@ async fn a_draining_node_whose_redis_stalls_still_lets_its_first_sockets_go_at_o
     redis.pause();
     let drained = std::time::Instant::now();
     cluster.nodes[0].0.shutdown.cancel();
-    let mut went = Vec::new();
-    for close in held {
-        let (at, closed, _) = tokio::time::timeout(std::time::Duration::from_secs(30), close).await.unwrap().unwrap();
-        assert_eq!(closed.map(|(code, _)| code), Some(callpay_protocol::close::RESTARTING));
-        went.push(at - drained);
-    }
+    let went = went_after(held, drained).await;
     redis.resume();
     // The first read cut off at a tick, a tick, and its read cut off at a tick: 600 ms. A first
     // read waiting out the bus's time-out alone makes 2 s, and the wave after it 2.4 s.
