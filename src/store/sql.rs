@@ -55,8 +55,8 @@ impl SqlStore {
     /// (`database.max_connections`; taken as 4 if lower). SQLite's pool does not change.
     pub async fn connect_with(url: &str, postgres_pool: u32) -> StoreResult<Self> {
         sqlx::any::install_default_drivers();
-        let postgres_pool = postgres_pool.max(POSTGRES_POOL_MIN);
         let sqlite = url.starts_with("sqlite:");
+        let pool_size = if sqlite { SQLITE_POOL } else { postgres_pool.max(POSTGRES_POOL_MIN) };
         let url = if url == "sqlite::memory:" {
             // One shared in-memory database per store, however many pooled connections use it.
             format!("sqlite:file:callpay_{}?mode=memory&cache=shared", rand::random::<u64>())
@@ -66,7 +66,7 @@ impl SqlStore {
             url.to_owned()
         };
         let pool = AnyPoolOptions::new()
-            .max_connections(if sqlite { SQLITE_POOL } else { postgres_pool })
+            .max_connections(pool_size)
             .min_connections(if url.contains("mode=memory") { 1 } else { 0 })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             // sqlx pings a connection each time it is taken from the pool. A SQLite connection
@@ -102,9 +102,8 @@ impl SqlStore {
             .await?;
         let binder = Binder::start(pool.clone());
         // A quarter of the pool: the rest stays free for payments, webhooks and the binder.
-        let pool_size = if sqlite { SQLITE_POOL } else { postgres_pool } as usize;
         let postgres = url.starts_with("postgres");
-        let snapshots = Snapshots::start(pool.clone(), postgres, pool_size / 4);
+        let snapshots = Snapshots::start(pool.clone(), postgres, pool_size as usize / 4);
         let store = Self { pool, postgres, binder, snapshots };
         store.migrate().await?;
         Ok(store)
