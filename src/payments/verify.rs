@@ -188,8 +188,9 @@ impl Payments {
     /// waiting on Stripe (anti-entropy: a change another node stored but never announced, for
     /// instance because it died between its commit and its publish, reaches the room here
     /// within one sweep period), then checks with Stripe the payments that have waited longer
-    /// than `payments.verify_after_ms` and whose backoff allows it: at most [`PER_SWEEP`], at
-    /// most [`SWEEP_CONCURRENCY`] at a time, each within [`CHECK_TIMEOUT`]. The waiting calls
+    /// than `payments.verify_after_ms` and whose backoff allows it: at most [`PER_SWEEP`]
+    /// (those Stripe is working on first, then the newest), at most [`SWEEP_CONCURRENCY`] at a
+    /// time, each within [`CHECK_TIMEOUT`]. The waiting calls
     /// are read [`SWEEP_CHUNK`] at a time, spread over the first quarter of the sweep period.
     pub async fn sweep(&self) {
         self.verify_gate.prune();
@@ -235,13 +236,17 @@ impl Payments {
         let before = now_ms() - self.cfg.verify_after_ms as i64;
         // Due ones only, before taking the sweep's share: payments still backing off (an
         // abandoned request, say) must not take the places of newer ones.
-        let due: Vec<&str> = payments
+        let mut due: Vec<&crate::store::Payment> = payments
             .iter()
             .filter(|p| awaiting_stripe(p.status) && p.payment_intent_id.is_some() && p.updated_at < before)
             .filter(|p| self.verify_gate.due(&p.id, Reason::Waiting, gap))
-            .take(PER_SWEEP)
-            .map(|p| p.id.as_str())
             .collect();
+        // The likeliest to have changed first: those Stripe is already working on, then the
+        // newest. A node can hold thousands of requests nobody is paying, and read oldest
+        // first they took every sweep's share for tens of minutes, while a request
+        // paid a minute ago, its webhooks lost, waited behind them unconfirmed.
+        due.sort_by_key(|p| (p.status == PaymentStatus::Requested, std::cmp::Reverse(p.updated_at)));
+        let due: Vec<&str> = due.into_iter().take(PER_SWEEP).map(|p| p.id.as_str()).collect();
         futures_util::stream::iter(due)
             .for_each_concurrent(SWEEP_CONCURRENCY, |id| self.verify(id, Reason::Waiting))
             .await;
@@ -487,6 +492,84 @@ mod tests {
         let missed = unheard(&payments, &rooms);
         assert!(missed.is_empty(), "{} rooms never heard their change, from {:?}", missed.len(), missed.first());
         assert!(matches!(payments.changes_cursor.lock().unwrap().clone(), Some(ChangesCursor::CaughtUp(_))));
+    }
+
+    /// Stripe with one PaymentIntent paid (`pi_paid`) among many still waiting for a card;
+    /// counts its reads.
+    struct OnePaidStripe {
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl StripeApi for OnePaidStripe {
+        async fn create_intent(&self, _: &NewIntent) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn cancel_intent(&self, _: &str, _: &str, _: &str) -> Result<IntentInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+        async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if id == "pi_paid" {
+                return Ok(crate::payments::testing::succeeded_intent(id, 0));
+            }
+            Ok(IntentInfo {
+                status: "requires_payment_method".into(),
+                amount_received: 0,
+                ..crate::payments::testing::succeeded_intent(id, 0)
+            })
+        }
+        async fn account_name(&self, _: &str) -> Option<String> {
+            None
+        }
+        async fn create_refund(&self, _: &NewRefund) -> Result<RefundInfo, GatewayError> {
+            Err(GatewayError::Unavailable("this test only reads".into()))
+        }
+    }
+
+    /// A node holding thousands of requests nobody pays (found in the 100,000-socket `scale`
+    /// run: every call kept one open) checks [`PER_SWEEP`] a sweep. A payment paid since, whose
+    /// webhooks all failed, must not wait behind all of them: it went unconfirmed for the
+    /// run's last 10 minutes, and neither side was told it was paid. The sweep checks the
+    /// newest requests first.
+    #[tokio::test]
+    async fn a_paid_request_is_checked_before_older_requests_nobody_paid() {
+        let stripe = Arc::new(OnePaidStripe { reads: Default::default() });
+        let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
+        let now = now_ms();
+        let waiting = |i: usize, at: i64| Payment {
+            id: format!("pay_{i:04}"),
+            client_ref: format!("r{i}"),
+            status: PaymentStatus::Requested,
+            amount_received: None,
+            payment_intent_id: Some(format!("pi_{i:04}")),
+            created_at: at,
+            updated_at: at,
+            ..crate::payments::testing::paid()
+        };
+        // Requested ten minutes ago and never paid, as at the run's setup...
+        let mut all: Vec<Payment> = (0..4 * PER_SWEEP).map(|i| waiting(i, now - 600_000 + i as i64)).collect();
+        // ...and one requested a minute ago and paid, its webhooks lost.
+        all.push(Payment { payment_intent_id: Some("pi_paid".into()), ..waiting(9_999, now - 60_000) });
+        for p in &all {
+            store.insert_payment(p).await.unwrap();
+        }
+        let who = callpay_protocol::Participant {
+            id: "doc".into(),
+            name: "Doc".into(),
+            role: callpay_protocol::Role::Clinician,
+        };
+        let _joined = payments.hub.rooms.join("call", "c", who, crate::rooms::Outbound::new(8).0);
+        payments.hub.rooms.reconcile("call", &all);
+        payments.sweep().await;
+        assert_eq!(stripe.reads.load(std::sync::atomic::Ordering::Relaxed), PER_SWEEP, "one sweep's share of reads");
+        let paid = store.payment("pay_9999").await.unwrap().unwrap();
+        assert_eq!(
+            paid.status,
+            PaymentStatus::Succeeded,
+            "the paid request waited behind {} older ones",
+            4 * PER_SWEEP
+        );
     }
 
     #[test]
