@@ -209,6 +209,10 @@ struct Fleet {
     stripe: String,
     counters: Counters,
     latencies_us: Mutex<Vec<u32>>,
+    /// The worker's own runtime: the latest any timer woke past its time since the last
+    /// report (µs). A frame's latency is taken when this worker reads it, so a worker too busy
+    /// to read shows as a late relay; this says how much of a second's lateness was its own.
+    lag_us: Arc<AtomicU64>,
     pays: Mutex<HashMap<String, Pay>>,
     paying: Mutex<HashSet<String>>,
     first_welcomes: AtomicUsize,
@@ -270,6 +274,7 @@ impl Fleet {
             stripe: stripe.to_owned(),
             counters: Counters::default(),
             latencies_us: Mutex::new(Vec::new()),
+            lag_us: Arc::default(),
             pays: Mutex::new(HashMap::new()),
             paying: Mutex::new(HashSet::new()),
             first_welcomes: AtomicUsize::new(0),
@@ -924,6 +929,7 @@ pub async fn worker() -> anyhow::Result<()> {
     ));
     crate::raise_open_files();
     let started = Instant::now();
+    tokio::spawn(measure_lag(fleet.lag_us.clone()));
     let gate = Arc::new(Semaphore::new(SETUP_CONCURRENCY));
     for i in 0..count {
         tokio::spawn(client(fleet.clone(), i, 2 * i, Role::Clinician, gate.clone()));
@@ -1051,6 +1057,22 @@ fn stalled_calls(fleet: &Fleet) -> usize {
         .count()
 }
 
+/// How often [`measure_lag`] asks to be woken.
+const LAG_PERIOD: Duration = Duration::from_millis(100);
+
+/// Keeps in `worst_us` the most a timer of this runtime woke past its time (µs), until the
+/// next report takes it.
+async fn measure_lag(worst_us: Arc<AtomicU64>) {
+    let mut tick = tokio::time::interval(LAG_PERIOD);
+    // Delay: a late tick counts once, and the next is asked for a period after it.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = tick.tick().await;
+        let late = Instant::now().saturating_duration_since(due.into_std());
+        worst_us.fetch_max(late.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 fn tick_report(fleet: &Fleet, worker: usize) -> Value {
     let c = &fleet.counters;
     let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
@@ -1070,6 +1092,7 @@ fn tick_report(fleet: &Fleet, worker: usize) -> Value {
         "sent": take(&c.sent), "delivered": take(&c.delivered), "cut": take(&c.cut), "lost": take(&c.lost),
         "unexpected": take(&c.unexpected), "rejected": take(&c.rejected), "withdrawn": take(&c.withdrawn), "lost_bus_down": take(&c.lost_bus_down), "skipped": take(&c.skipped), "held": take(&c.held), "busy": take(&c.busy), "crossed": take(&c.crossed), "errors": take(&c.errors),
         "pay_failed": take(&c.pay_failed),
+        "lag_ms": fleet.lag_us.swap(0, Ordering::Relaxed) / 1000,
         "ended_by_code": take_tally(&fleet.ended), "turned_away_by_code": take_tally(&fleet.turned_away),
         "latency_us": latencies,
     })
@@ -1408,5 +1431,18 @@ mod tests {
         fleet.judge(false);
         assert_eq!(count(&fleet.counters.cut), 1);
         assert_eq!(stalled_calls(&fleet), 0, "cut by a reconnect: the new socket has had nothing yet");
+    }
+
+    /// A worker whose runtime is held (as a saturated one is) reports how late it woke.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_held_runtime_is_reported_late() {
+        let worst = Arc::new(AtomicU64::new(0));
+        tokio::spawn(measure_lag(worst.clone()));
+        tokio::time::sleep(LAG_PERIOD).await;
+        // Holds the only thread, as a worker busy with thousands of handshakes holds its own.
+        std::thread::sleep(Duration::from_millis(400));
+        tokio::time::sleep(LAG_PERIOD * 2).await;
+        let late = worst.load(Ordering::Relaxed);
+        assert!(late >= 250_000, "held 400 ms, reported {late} µs late");
     }
 }

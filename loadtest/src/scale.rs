@@ -199,6 +199,11 @@ async fn start_workers(
     Ok(workers)
 }
 
+/// A second in which some worker's runtime woke this late (ms) or later counts in a window's
+/// `generator_late_seconds`: a relay frame is judged lost at 10 s, and a generator a second
+/// behind is a tenth of the way there on its own.
+const GENERATOR_LATE_MS: u64 = 1_000;
+
 /// One second of the run, as the coordinator saw it.
 #[derive(Default, Clone)]
 struct Second {
@@ -226,6 +231,9 @@ struct Second {
     stalled_calls: u64,
     /// Every worker reported during this second: its counts are current.
     all_reported: bool,
+    /// The most any worker's runtime woke past its time in the reports of this second (ms):
+    /// how much of a late relay was the load generator's own.
+    generator_lag_ms: u64,
 }
 
 const COUNTS: [&str; 17] = [
@@ -329,6 +337,7 @@ impl Run {
                 if let Some(n) = self.stalled_by_worker.get_mut(w) {
                     *n = v["stalled_calls"].as_u64().unwrap_or(0);
                 }
+                self.current.generator_lag_ms = self.current.generator_lag_ms.max(v["lag_ms"].as_u64().unwrap_or(0));
                 add_counts(&mut self.current.ended_by_code, &v["ended_by_code"]);
                 add_counts(&mut self.current.turned_away_by_code, &v["turned_away_by_code"]);
                 self.current.latencies.extend(
@@ -444,6 +453,7 @@ impl Run {
         let mut counts = [0u64; COUNTS.len()];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
+        let (mut lag_max, mut lag_seconds) = (0u64, 0u64);
         let (mut ended, mut turned_away, mut hub_ended) =
             (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
@@ -458,6 +468,8 @@ impl Run {
                 let _ = h.record(u64::from(*l));
             }
             counts.iter_mut().zip(s.counts).for_each(|(c, n)| *c += n);
+            lag_max = lag_max.max(s.generator_lag_ms);
+            lag_seconds += u64::from(s.generator_lag_ms >= GENERATOR_LATE_MS);
             cpu.iter_mut().zip(s.cpu_us).for_each(|(c, n)| *c += n);
             // Over the time the readings cover, not the seconds closed: a starved coordinator
             // closes fewer seconds than pass, and each of its readings spans the gap.
@@ -472,6 +484,7 @@ impl Run {
             "cpu_percent_of_a_core": {"instances": pct(cpu[0]), "redis": pct(cpu[1]), "postgres": pct(cpu[2]), "nginx": pct(cpu[3])},
             "clients_ended_by_code": ended, "clients_turned_away_by_code": turned_away,
             "instances_ended_by_why": hub_ended,
+            "generator_lag_max_ms": lag_max, "generator_late_seconds": lag_seconds,
         });
         for (i, name) in COUNTS.iter().enumerate() {
             v[*name] = json!(counts[i]);
@@ -783,7 +796,7 @@ fn report_base(plan: &Plan, payments: Value, extra: Value, run: &Run) -> Value {
             let mut second = json!({
                 "t": (s.t * 10.0).round() / 10.0, "connected": s.connected, "all_reported": s.all_reported, "stalled_calls": s.stalled_calls,
                 "joins": s.counts[0], "sent": s.counts[4], "delivered": s.counts[5], "cut": s.counts[6], "lost": s.counts[7], "lost_bus_down": s.counts[13],
-                "p50_ms": q(0.5), "p99_ms": q(0.99),
+                "p50_ms": q(0.5), "p99_ms": q(0.99), "generator_lag_ms": s.generator_lag_ms,
                 "rss_bytes": s.rss, "open_files": s.files, "tasks": s.tasks,
                 "sockets_per_instance": if s.per_node.is_empty() { Value::Null } else { json!(s.per_node) }, "redis_used_memory_bytes": s.redis_memory,
             });
