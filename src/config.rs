@@ -461,7 +461,8 @@ pub struct PaymentsConfig {
     pub currencies: Vec<String>,
     /// Largest amount in minor units (default 10,000.00).
     pub max_amount: i64,
-    /// A payment waiting on Stripe (requested, authenticating, processing) with no news for
+    /// A payment waiting on Stripe (requested, authenticating, processing, or failed: the
+    /// patient may retry) with no news for
     /// this long has its PaymentIntent read from Stripe, so a lost webhook cannot leave it
     /// waiting; later checks of the same payment back off.
     pub verify_after_ms: u64,

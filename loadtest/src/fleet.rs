@@ -209,9 +209,10 @@ struct Fleet {
     stripe: String,
     counters: Counters,
     latencies_us: Mutex<Vec<u32>>,
-    /// The worker's own runtime: the latest any timer woke past its time since the last
+    /// The most the worker's lag probe ([`measure_lag`]) woke past its time since the last
     /// report (µs). A frame's latency is taken when this worker reads it, so a worker too busy
-    /// to read shows as a late relay; this says how much of a second's lateness was its own.
+    /// to read shows as a late relay. A lower bound on the worker's own lateness: the probe is
+    /// one task, and may run on a free thread while another is held.
     lag_us: Arc<AtomicU64>,
     pays: Mutex<HashMap<String, Pay>>,
     paying: Mutex<HashSet<String>>,
@@ -1060,8 +1061,8 @@ fn stalled_calls(fleet: &Fleet) -> usize {
 /// How often [`measure_lag`] asks to be woken.
 const LAG_PERIOD: Duration = Duration::from_millis(100);
 
-/// Keeps in `worst_us` the most a timer of this runtime woke past its time (µs), until the
-/// next report takes it.
+/// Keeps in `worst_us` the most this probe's timer woke past its time (µs), until the next
+/// report takes it.
 async fn measure_lag(worst_us: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(LAG_PERIOD);
     // Delay: a late tick counts once, and the next is asked for a period after it.
@@ -1438,7 +1439,8 @@ mod tests {
     async fn a_held_runtime_is_reported_late() {
         let worst = Arc::new(AtomicU64::new(0));
         tokio::spawn(measure_lag(worst.clone()));
-        tokio::time::sleep(LAG_PERIOD).await;
+        // The probe runs once (its first tick is at once) and asks for the next a period on.
+        tokio::task::yield_now().await;
         // Holds the only thread, as a worker busy with thousands of handshakes holds its own.
         std::thread::sleep(Duration::from_millis(400));
         tokio::time::sleep(LAG_PERIOD * 2).await;

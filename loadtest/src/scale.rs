@@ -199,11 +199,6 @@ async fn start_workers(
     Ok(workers)
 }
 
-/// A second in which some worker's runtime woke this late (ms) or later counts in a window's
-/// `generator_late_seconds`: a relay frame is judged lost at 10 s, and a generator a second
-/// behind is a tenth of the way there on its own.
-const GENERATOR_LATE_MS: u64 = 1_000;
-
 /// One second of the run, as the coordinator saw it.
 #[derive(Default, Clone)]
 struct Second {
@@ -453,7 +448,7 @@ impl Run {
         let mut counts = [0u64; COUNTS.len()];
         let mut cpu = [0u64; 4];
         let mut secs = 0.0;
-        let (mut lag_max, mut lag_seconds) = (0u64, 0u64);
+        let (mut lag_max, mut stalled_s) = (0u64, 0u64);
         let (mut ended, mut turned_away, mut hub_ended) =
             (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
         for s in self.seconds.iter().filter(|s| s.t > from && s.t <= to + 0.999) {
@@ -469,7 +464,9 @@ impl Run {
             }
             counts.iter_mut().zip(s.counts).for_each(|(c, n)| *c += n);
             lag_max = lag_max.max(s.generator_lag_ms);
-            lag_seconds += u64::from(s.generator_lag_ms >= GENERATOR_LATE_MS);
+            // Whole seconds of each stall: a worker stalled 5 s reports once, after it, and the
+            // seconds it sent nothing show no lag of their own.
+            stalled_s += s.generator_lag_ms / 1000;
             cpu.iter_mut().zip(s.cpu_us).for_each(|(c, n)| *c += n);
             // Over the time the readings cover, not the seconds closed: a starved coordinator
             // closes fewer seconds than pass, and each of its readings spans the gap.
@@ -484,7 +481,7 @@ impl Run {
             "cpu_percent_of_a_core": {"instances": pct(cpu[0]), "redis": pct(cpu[1]), "postgres": pct(cpu[2]), "nginx": pct(cpu[3])},
             "clients_ended_by_code": ended, "clients_turned_away_by_code": turned_away,
             "instances_ended_by_why": hub_ended,
-            "generator_lag_max_ms": lag_max, "generator_late_seconds": lag_seconds,
+            "generator_lag_max_ms": lag_max, "generator_stalled_s": stalled_s,
         });
         for (i, name) in COUNTS.iter().enumerate() {
             v[*name] = json!(counts[i]);

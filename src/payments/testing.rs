@@ -9,6 +9,14 @@ use std::sync::Arc;
 
 /// The service over a fresh in-memory SQLite store, a memory bus and `stripe`.
 pub async fn service(stripe: Arc<dyn StripeApi>) -> (Arc<Payments>, Arc<dyn Store>) {
+    service_with(stripe, crate::config::PaymentsConfig::default()).await
+}
+
+/// [`service`] with settings of the test's own.
+pub async fn service_with(
+    stripe: Arc<dyn StripeApi>,
+    cfg: crate::config::PaymentsConfig,
+) -> (Arc<Payments>, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(SqlStore::connect("sqlite::memory:").await.unwrap());
     let bus = Arc::new(crate::bus::MemoryBus::new("n"));
     let io = crate::hub::HubIo {
@@ -19,7 +27,7 @@ pub async fn service(stripe: Arc<dyn StripeApi>) -> (Arc<Payments>, Arc<dyn Stor
     };
     let rooms = crate::rooms::RoomRegistry::new("pk");
     let hub = crate::hub::Hub::new("n".into(), rooms, io, std::time::Duration::from_secs(15), Arc::default());
-    let payments = Payments::new(store.clone(), stripe, hub, crate::config::PaymentsConfig::default());
+    let payments = Payments::new(store.clone(), stripe, hub, cfg);
     (Arc::new(payments), store)
 }
 
