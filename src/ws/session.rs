@@ -291,15 +291,6 @@ pub async fn run(
                     Err(_) => break "write deadline passed (peer not reading)",
                 }
             }
-            _ = ping.tick() => {
-                if heartbeat_lost(last_seen.elapsed(), ping_every) {
-                    send_within(&mut socket, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
-                    break "heartbeat lost";
-                }
-                if !send_within(&mut socket, Message::Ping(Bytes::new()), write_deadline).await {
-                    break "ping not written in time";
-                }
-            }
             msg = socket.next() => {
                 let msg = match msg {
                     Some(Ok(msg)) => msg,
@@ -340,6 +331,18 @@ pub async fn run(
                 if let Some(r) = refusal {
                     app.metrics.frames_refused.inc();
                     out.push(error_frame(&app, &call_id, r));
+                }
+            }
+            // After the read: a task woken late (a saturated machine) finds the tick and the
+            // peer's pong ready together, and judged first the tick would close a peer that
+            // answered. The tick stays ready until taken, so the next turn of the loop takes it.
+            _ = ping.tick() => {
+                if heartbeat_lost(last_seen.elapsed(), ping_every) {
+                    send_within(&mut socket, close_with(close::HEARTBEAT_TIMEOUT, "no pong"), write_deadline).await;
+                    break "heartbeat lost";
+                }
+                if !send_within(&mut socket, Message::Ping(Bytes::new()), write_deadline).await {
+                    break "ping not written in time";
                 }
             }
         }

