@@ -10,7 +10,7 @@ use crate::store::now_ms;
 use callpay_protocol::PaymentStatus;
 use futures_util::StreamExt;
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -141,11 +141,20 @@ impl Gate {
     }
 
     /// Drops entries not used for [`FORGET_AFTER`] (payments whose calls ended while they
-    /// waited); answers how many are left.
-    pub fn prune(&self) -> usize {
+    /// waited), except those of payments in `waiting`; answers how many are left.
+    pub fn prune(&self, waiting: &HashSet<&str>) -> usize {
+        self.prune_at(waiting, Instant::now())
+    }
+
+    /// [`Gate::prune`] as of `now`. A payment still waiting keeps its entry however long ago it
+    /// was read: forgotten, it would count as never read and go ahead of every payment read
+    /// since, and past what the sweeps read in [`FORGET_AFTER`] the newest of those would take
+    /// every sweep's share, the oldest never read again.
+    fn prune_at(&self, waiting: &HashSet<&str>, now: Instant) -> usize {
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        checked.retain(|_, c| c.last_use().is_some_and(|at| now.duration_since(at) < FORGET_AFTER));
+        checked.retain(|id, c| {
+            waiting.contains(id.as_str()) || c.last_use().is_some_and(|at| now.duration_since(at) < FORGET_AFTER)
+        });
         checked.len()
     }
 }
@@ -210,13 +219,13 @@ impl Payments {
     /// time, each within [`CHECK_TIMEOUT`]. The waiting calls
     /// are read [`SWEEP_CHUNK`] at a time, spread over the first quarter of the sweep period.
     pub async fn sweep(&self) {
-        self.verify_gate.prune();
         self.resend_unsent_refunds().await;
         self.reconcile_recent_changes().await;
         // Only calls whose room knows of a payment waiting on Stripe: most calls have none, and
         // the store is not asked about them.
         let calls = self.hub.rooms.calls_awaiting_stripe();
         if calls.is_empty() {
+            self.verify_gate.prune(&HashSet::new());
             return;
         }
         // In chunks spread over the first quarter of the sweep period: thousands of waiting
@@ -249,6 +258,9 @@ impl Payments {
             }
             payments.extend(read);
         }
+        let waiting: HashSet<&str> =
+            payments.iter().filter(|p| awaiting_stripe(p.status)).map(|p| p.id.as_str()).collect();
+        self.verify_gate.prune(&waiting);
         let gap = Duration::from_millis(self.cfg.verify_after_ms.max(1));
         let before = now_ms() - self.cfg.verify_after_ms as i64;
         // Due ones only, before taking the sweep's share: payments still backing off (an
@@ -517,10 +529,13 @@ mod tests {
         assert!(matches!(payments.changes_cursor.lock().unwrap().clone(), Some(ChangesCursor::CaughtUp(_))));
     }
 
-    /// Stripe with the PaymentIntents `pi_paid…` paid and every other one still waiting for a card;
+    /// Stripe with the PaymentIntents `pi_paid…` paid, `pi_late…` paid once the test says so,
+    /// and every other one still waiting for a card;
     /// counts its reads.
     struct SomePaidStripe {
         reads: std::sync::atomic::AtomicUsize,
+        /// Whether `pi_late…` is paid yet.
+        late_paid: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -533,7 +548,9 @@ mod tests {
         }
         async fn intent(&self, _: &str, id: &str) -> Result<IntentInfo, GatewayError> {
             self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if id.starts_with("pi_paid") {
+            if id.starts_with("pi_paid")
+                || (id.starts_with("pi_late") && self.late_paid.load(std::sync::atomic::Ordering::Relaxed))
+            {
                 return Ok(crate::payments::testing::succeeded_intent(id, 0));
             }
             Ok(IntentInfo {
@@ -592,7 +609,7 @@ mod tests {
     /// first, the newest of them first.
     #[tokio::test]
     async fn a_paid_request_is_checked_before_older_requests_nobody_paid() {
-        let stripe = Arc::new(SomePaidStripe { reads: Default::default() });
+        let stripe = Arc::new(SomePaidStripe { reads: Default::default(), late_paid: Default::default() });
         let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
         let now = now_ms();
         // Requested ten minutes ago and never paid, as at the run's setup...
@@ -613,34 +630,54 @@ mod tests {
     }
 
     /// More waiting payments than the sweeps can keep checking at their backoff (about 3,200
-    /// at the default settings; here every sweep finds all due): the old ones still get their
-    /// turn, longest unchecked first, so an old request paid late is confirmed within a few
-    /// sweeps, not never.
+    /// at the default settings; here every sweep finds all due): requests paid only after
+    /// every payment was read once, the oldest and the newest, both get their turn again within
+    /// a round of the line, the longest unread first. Newest first never reads the oldest;
+    /// oldest first never reads the newest again; the most recently read first never comes back
+    /// to the first ones read.
     #[tokio::test]
-    async fn an_old_paid_request_gets_its_turn_among_more_newer_ones_than_a_sweep_checks() {
-        let stripe = Arc::new(SomePaidStripe { reads: Default::default() });
+    async fn old_and_new_requests_paid_late_get_their_turn_among_more_than_a_sweep_checks() {
+        let stripe = Arc::new(SomePaidStripe { reads: Default::default(), late_paid: Default::default() });
         // A wait of 1 ms: the backlog the sweeps cannot keep up with, in a test's time.
         let cfg = crate::config::PaymentsConfig { verify_after_ms: 1, ..Default::default() };
         let (payments, store) = crate::payments::testing::service_with(stripe.clone(), cfg).await;
         let now = now_ms();
-        let mut all: Vec<Payment> =
-            (0..4 * PER_SWEEP).map(|i| waiting(i, PaymentStatus::Requested, now - 60_000 + i as i64, false)).collect();
-        all.push(waiting(9_999, PaymentStatus::Requested, now - 600_000, true));
+        let late = |p: Payment| Payment { payment_intent_id: Some(format!("pi_late_{}", p.id)), ..p };
+        // Four sweeps' worth: the oldest, 198 between, the newest.
+        let mut all = vec![late(waiting(0, PaymentStatus::Requested, now - 600_000, false))];
+        all.extend(
+            (1..4 * PER_SWEEP - 1).map(|i| waiting(i, PaymentStatus::Requested, now - 60_000 + i as i64, false)),
+        );
+        all.push(late(waiting(9_999, PaymentStatus::Requested, now - 1_000, false)));
         let _member = waiting_in_a_room(&payments, &store, &all).await;
-        for _ in 0..5 {
-            // Past the longest backoff (1 ms x 32): each sweep finds all 201 due again.
-            tokio::time::sleep(Duration::from_millis(40)).await;
-            payments.sweep().await;
+        let sweeps = |n: usize| {
+            let payments = payments.clone();
+            async move {
+                for _ in 0..n {
+                    // Past the longest backoff (1 ms x 32): each sweep finds all 200 due again.
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    payments.sweep().await;
+                }
+            }
+        };
+        // Every payment read once: the newest in the first sweep, the oldest in the fourth...
+        sweeps(4).await;
+        assert_eq!(stripe.reads.load(std::sync::atomic::Ordering::Relaxed), 4 * PER_SWEEP);
+        assert!(["pay_0000", "pay_9999"].iter().all(|id| payments.verify_gate.swept_at(id).is_some()));
+        // ...then both are paid, their webhooks lost: a round of the line reads each again.
+        stripe.late_paid.store(true, std::sync::atomic::Ordering::Relaxed);
+        sweeps(4).await;
+        for id in ["pay_0000", "pay_9999"] {
+            let p = store.payment(id).await.unwrap().unwrap();
+            assert_eq!(p.status, PaymentStatus::Succeeded, "a round of the line never came back to {id}");
         }
-        let old = store.payment("pay_9999").await.unwrap().unwrap();
-        assert_eq!(old.status, PaymentStatus::Succeeded, "five sweeps of {PER_SWEEP} never reached the oldest request");
     }
 
     /// A patient whose first card was declined pays with another, and every webhook of it is
     /// lost: the failed payment is still checked (a retry can go straight to paid).
     #[tokio::test]
     async fn a_declined_payment_paid_on_a_retry_is_confirmed_without_its_webhooks() {
-        let stripe = Arc::new(SomePaidStripe { reads: Default::default() });
+        let stripe = Arc::new(SomePaidStripe { reads: Default::default(), late_paid: Default::default() });
         let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
         let failed = waiting(1, PaymentStatus::Failed, now_ms() - 60_000, true);
         let _member = waiting_in_a_room(&payments, &store, std::slice::from_ref(&failed)).await;
@@ -653,7 +690,7 @@ mod tests {
     /// or the card processing) go before requests, however much newer the requests are.
     #[tokio::test]
     async fn a_payment_the_patient_started_paying_goes_before_newer_requests() {
-        let stripe = Arc::new(SomePaidStripe { reads: Default::default() });
+        let stripe = Arc::new(SomePaidStripe { reads: Default::default(), late_paid: Default::default() });
         let (payments, store) = crate::payments::testing::service(stripe.clone()).await;
         let now = now_ms();
         let mut all: Vec<Payment> =
@@ -695,13 +732,24 @@ mod tests {
     }
 
     #[test]
+    fn the_gate_keeps_what_still_waits_however_long_ago_it_was_read() {
+        let gate = Gate::default();
+        gate.allow("waiting", Reason::Waiting, Duration::ZERO);
+        gate.allow("gone", Reason::Waiting, Duration::ZERO);
+        let later = Instant::now() + FORGET_AFTER + Duration::from_secs(1);
+        assert_eq!(gate.prune_at(&HashSet::from(["waiting"]), later), 1);
+        assert!(gate.swept_at("waiting").is_some(), "a payment still waiting lost its place in the line");
+        assert!(gate.swept_at("gone").is_none(), "an entry of a payment no longer here stayed");
+    }
+
+    #[test]
     fn the_gate_forgets_what_no_longer_waits() {
         let gate = Gate::default();
         for i in 0..10 {
             gate.allow(&format!("p{i}"), Reason::Waiting, Duration::ZERO);
         }
         gate.forget("p0");
-        assert_eq!(gate.prune(), 9, "recent entries stay; a forgotten one is gone");
+        assert_eq!(gate.prune(&HashSet::new()), 9, "recent entries stay; a forgotten one is gone");
         assert!(gate.due("p0", Reason::Waiting, Duration::from_secs(60)), "a forgotten payment starts afresh");
     }
 }

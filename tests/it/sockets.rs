@@ -134,6 +134,23 @@ async fn a_pong_waiting_when_a_late_runtime_wakes_counts_before_the_heartbeat_is
     assert_eq!(open_connections(&hub), 1, "the hub judged the heartbeat before reading the pong it had");
 }
 
+/// A hub that wakes to its ping tick late, with nothing to read: the peer answered the last
+/// ping long ago, and no ping was sent while the hub was held. Time since the last frame read
+/// says nothing about the peer then; only a ping left unanswered does.
+#[tokio::test]
+async fn a_ping_tick_woken_late_does_not_close_a_peer_that_answered() {
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
+    let mut patient = hub.patient().await;
+    // Reading answers the pings (a pong is written at the next read, before it waits).
+    let end = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
+    // The runtime held for more than two ping periods.
+    std::thread::sleep(Duration::from_millis(450));
+    let end = tokio::time::Instant::now() + Duration::from_millis(600);
+    while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
+    assert_eq!(open_connections(&hub), 1, "the hub counted its own lateness against a peer that answered");
+}
+
 #[tokio::test]
 async fn a_peer_that_answers_pings_stays() {
     let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 100).await;
