@@ -259,7 +259,8 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Largest accepted client frame; real frames are under 1 KiB.
     pub max_message_bytes: usize,
-    /// Milliseconds between server pings; a connection silent for 1.5x this is closed (4009).
+    /// Milliseconds between server pings; a ping still unanswered (by a pong or any other frame)
+    /// at the next one closes the connection (4009).
     pub ping_interval_ms: u64,
     /// Longest a single socket write (frame, flush, ping or close) may take. A peer that stops
     /// reading fills its TCP window and then every write blocks; past this deadline the socket is

@@ -236,6 +236,9 @@ impl Payments {
         let chunks = calls.len().div_ceil(SWEEP_CHUNK);
         let pause = Duration::from_millis(self.cfg.verify_after_ms / 8) / chunks.max(1) as u32;
         let mut payments = Vec::new();
+        // Whether every chunk was read: only then does `payments` hold every waiting payment
+        // here, and may the gate forget the rest.
+        let mut complete = true;
         for (i, chunk) in calls.chunks(SWEEP_CHUNK).enumerate() {
             if i > 0 {
                 tokio::time::sleep(pause).await;
@@ -246,6 +249,7 @@ impl Payments {
                     // The other chunks are still reconciled and their due payments checked;
                     // this one's calls come round at the next sweep.
                     tracing::warn!(error = %e, calls = chunk.len(), "cannot sweep some waiting payments: store unavailable");
+                    complete = false;
                     continue;
                 }
             };
@@ -260,7 +264,9 @@ impl Payments {
         }
         let waiting: HashSet<&str> =
             payments.iter().filter(|p| awaiting_stripe(p.status)).map(|p| p.id.as_str()).collect();
-        self.verify_gate.prune(&waiting);
+        if complete {
+            self.verify_gate.prune(&waiting);
+        }
         let gap = Duration::from_millis(self.cfg.verify_after_ms.max(1));
         let before = now_ms() - self.cfg.verify_after_ms as i64;
         // Due ones only, before taking the sweep's share: payments still backing off (an

@@ -349,6 +349,9 @@ pub async fn run(
                     break "ping not written in time";
                 }
                 unanswered = true;
+                // The peer gets a whole period from the ping being written, however long the
+                // write took.
+                ping.reset();
             }
         }
     };

@@ -116,20 +116,21 @@ async fn a_peer_that_stops_answering_pings_is_closed_with_4009() {
 }
 
 /// A hub whose runtime runs late, as on a saturated machine, wakes to its ping tick and to the
-/// client's pong at once. The pong must count before the tick judges the heartbeat: in a
-/// 100,000-socket rolling restart the instances ended 87,275 sessions for "heartbeat lost",
-/// and each of those clients joined the storm again.
+/// client's pong at once. The pong must count before the tick judges the heartbeat: judged
+/// first, the tick would close a peer that answered.
 #[tokio::test]
 async fn a_pong_waiting_when_a_late_runtime_wakes_counts_before_the_heartbeat_is_judged() {
-    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 500).await;
     let mut patient = hub.patient().await;
-    // A pong on the wire (RFC 6455 allows one unasked)...
+    // Not reading: the hub's first ping (at 500 ms) goes unanswered for now.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The answer on the wire...
     patient.send_raw(Message::Pong(Default::default())).await;
-    // ...and the whole runtime (hub and client alike) held past the heartbeat's limit, one and
-    // a half ping periods since the last frame the hub read.
-    std::thread::sleep(Duration::from_millis(500));
+    // ...and the whole runtime (hub and client alike) held past the next tick (1,000 ms), so
+    // the hub wakes to the tick and the pong together.
+    std::thread::sleep(Duration::from_millis(600));
     // Reading answers the pings that follow; the socket stays open.
-    let end = tokio::time::Instant::now() + Duration::from_millis(600);
+    let end = tokio::time::Instant::now() + Duration::from_millis(1_500);
     while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
     assert_eq!(open_connections(&hub), 1, "the hub judged the heartbeat before reading the pong it had");
 }
@@ -139,14 +140,15 @@ async fn a_pong_waiting_when_a_late_runtime_wakes_counts_before_the_heartbeat_is
 /// says nothing about the peer then; only a ping left unanswered does.
 #[tokio::test]
 async fn a_ping_tick_woken_late_does_not_close_a_peer_that_answered() {
-    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 200).await;
+    let hub = TestHub::start_with(|c| c.server.ping_interval_ms = 500).await;
     let mut patient = hub.patient().await;
-    // Reading answers the pings (a pong is written at the next read, before it waits).
-    let end = tokio::time::Instant::now() + Duration::from_millis(300);
+    // Reading answers the first ping (at 500 ms; a pong is written at the next read, before
+    // it waits).
+    let end = tokio::time::Instant::now() + Duration::from_millis(750);
     while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
     // The runtime held for more than two ping periods.
-    std::thread::sleep(Duration::from_millis(450));
-    let end = tokio::time::Instant::now() + Duration::from_millis(600);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let end = tokio::time::Instant::now() + Duration::from_millis(1_500);
     while tokio::time::timeout_at(end, patient.next()).await.is_ok() {}
     assert_eq!(open_connections(&hub), 1, "the hub counted its own lateness against a peer that answered");
 }
